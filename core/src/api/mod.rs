@@ -1,0 +1,147 @@
+//! The REST API: routes a parsed request to the engine and encodes the answer in
+//! the negotiated format. Errors become `{"error","code","message"}` JSON bodies.
+
+pub mod codec;
+mod collections;
+mod kv;
+mod records;
+pub mod router;
+
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{url, Request, Response};
+use crate::time::Timestamp;
+use codec::Format;
+use router::Route;
+use serde::Serialize;
+use serde_json::Value as J;
+
+/// One request's context: its decoded query parameters and negotiated format.
+pub struct Ctx<'a> {
+    pub req: &'a Request,
+    pub params: Vec<(String, String)>,
+    pub out: Format,
+    pub now: Timestamp,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(req: &'a Request, now: Timestamp) -> Result<Ctx<'a>> {
+        let params = url::parse_query(&req.query)
+            .map_err(|e| Error::invalid(format!("bad query string: {e}")))?;
+        Ok(Ctx {
+            req,
+            params,
+            out: codec::response_format(req),
+            now,
+        })
+    }
+
+    /// The last value of a query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a list parameter: repeated and/or comma-joined.
+    pub fn list_param(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, v) in &self.params {
+            if k == name {
+                for f in crate::engine::query::split_fields(v) {
+                    if !out.contains(&f) {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn body(&self) -> Result<J> {
+        codec::decode_body(self.req)
+    }
+
+    /// A 200 response in the negotiated format.
+    pub fn ok<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
+        Ok(Response::new(
+            200,
+            codec::content_type(self.out),
+            codec::encode(self.out, value)?,
+        ))
+    }
+
+    /// A 200 JSON response whatever was negotiated (endpoints the clients always
+    /// read as JSON).
+    pub fn ok_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
+        Ok(Response::json(200, codec::encode(Format::Json, value)?))
+    }
+}
+
+/// The JSON error response for an error.
+pub fn error_response(e: &Error) -> Response {
+    let r = Response::error(e.status(), &e.message);
+    match e.kind {
+        ErrorKind::Unavailable => r.with_header("Retry-After", "1"),
+        ErrorKind::MethodNotAllowed => r,
+        _ => r,
+    }
+}
+
+/// Runs a routed data-plane request against the engine.
+pub fn dispatch(engine: &mut Engine, ctx: &Ctx<'_>, route: Route) -> Result<Response> {
+    use Route as R;
+    if ctx.param("transaction_id").is_some_and(|t| !t.is_empty()) {
+        return Err(Error::not_implemented("transactions"));
+    }
+    match route {
+        R::ListCollections => collections::list(engine, ctx),
+        R::CreateCollection(c) => collections::create(engine, ctx, &c),
+        R::GetCollection(c) => collections::get(engine, ctx, &c),
+        R::DropCollection(c) => collections::drop(engine, ctx, &c),
+        R::GetSchema(c) => collections::schema(engine, ctx, &c),
+        R::UpdateSchema(c) => collections::update_schema(engine, ctx, &c),
+        R::Insert(c) => records::insert(engine, ctx, &c),
+        R::Find(c) => records::find(engine, ctx, &c),
+        R::FindById(c, id) => records::find_by_id(engine, ctx, &c, &id),
+        R::Update(c, id) => records::update(engine, ctx, &c, &id),
+        R::UpdateAction(c, id, a) => records::action(engine, ctx, &c, &id, &a),
+        R::UpdateSequence(c, id) => records::sequence(engine, ctx, &c, &id),
+        R::Delete(c, id) => records::delete(engine, ctx, &c, &id),
+        R::RestoreOne(c, id) => records::restore_one(engine, ctx, &c, &id),
+        R::RestoreAll(c) => records::restore_all(engine, ctx, &c),
+        R::BatchInsert(c) => records::batch_insert(engine, ctx, &c),
+        R::BatchUpdate(c) => records::batch_update(engine, ctx, &c),
+        R::BatchDelete(c) => records::batch_delete(engine, ctx, &c),
+        R::Distinct(c, f) => records::distinct(engine, ctx, &c, &f),
+        R::KvSet(k) => kv::set(engine, ctx, &k),
+        R::KvGet(k) => kv::get(engine, ctx, &k),
+        R::KvDelete(k) => kv::delete(engine, ctx, &k),
+        R::KvClear => kv::clear(engine, ctx),
+        R::KvBatchGet => kv::batch_get(engine, ctx),
+        R::KvBatchSet => kv::batch_set(engine, ctx),
+        R::KvBatchDelete => kv::batch_delete(engine, ctx),
+        R::KvFind => kv::find(engine, ctx),
+        R::KvLinks(k) => kv::links(engine, ctx, &k),
+        R::KvLink(k, c, d) => kv::link(engine, ctx, &k, &c, &d),
+        R::KvUnlink(k, c, d) => kv::unlink(engine, ctx, &k, &c, &d),
+        R::KvLegacyLinks(k) => kv::legacy_links(engine, ctx, &k),
+        R::KvLegacyLink => kv::legacy_link(engine, ctx, true),
+        R::KvLegacyUnlink => kv::legacy_link(engine, ctx, false),
+        R::Search(_) => Err(Error::not_implemented("search")),
+        R::Embed => Err(Error::not_implemented("embeddings")),
+        R::TxBegin
+        | R::TxStatus(_)
+        | R::TxCommit(_)
+        | R::TxRollback(_)
+        | R::TxSavepoint(_)
+        | R::TxSavepointRollback(..)
+        | R::TxSavepointRelease(..) => Err(Error::not_implemented("transactions")),
+        R::WebSocket => Err(Error::not_implemented("the WebSocket API")),
+        R::Subscribe(_) => Err(Error::not_implemented("SSE subscriptions")),
+        R::Unimplemented(what) => Err(Error::not_implemented(what)),
+        R::Health | R::AuthToken => Err(Error::internal("handled by the server")),
+    }
+}

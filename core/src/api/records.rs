@@ -1,0 +1,265 @@
+//! Record CRUD, batches and distinct values (spec 6, 7, 8, 10).
+
+use super::Ctx;
+use crate::engine::actions::Action;
+use crate::engine::filter::Filter;
+use crate::engine::query::FindQuery;
+use crate::engine::record::{Projection, RecordOut};
+use crate::engine::{BatchOutcome, Engine, Found};
+use crate::error::{Error, Result};
+use crate::http::Response;
+use crate::value::Plain;
+use serde_json::{json, Value as J};
+
+fn projection(ctx: &Ctx<'_>) -> Projection {
+    Projection {
+        select: ctx.list_param("select_fields"),
+        exclude: ctx.list_param("exclude_fields"),
+    }
+}
+
+fn out<'a>(found: Found<'a>, projection: Option<&'a Projection>) -> RecordOut<'a> {
+    RecordOut {
+        projection: projection.filter(|p| !p.is_empty()),
+        ..RecordOut::new(found.pk, found.id, found.record)
+    }
+}
+
+pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    if !body.is_object() {
+        return Err(Error::invalid("the record must be a JSON object"));
+    }
+    let id = engine.insert(c, body, ctx.now)?;
+    let pk = engine.pk_name(c);
+    let mut reply = serde_json::Map::new();
+    reply.insert("id".into(), J::String(id.clone()));
+    reply.insert(pk.to_string(), J::String(id));
+    ctx.ok(&reply)
+}
+
+pub fn find_by_id(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    let p = projection(ctx);
+    let found = engine.find_by_id(c, id, ctx.now)?;
+    ctx.ok(&out(found, Some(&p)))
+}
+
+pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let q = FindQuery::parse(&ctx.body()?)?;
+    let rows = engine.find(c, &q, ctx.now)?;
+    let records: Vec<RecordOut<'_>> = rows
+        .into_iter()
+        .map(|row| {
+            let mut r = out(row.found, Some(&q.projection));
+            r.joined = row
+                .joined
+                .into_iter()
+                .map(|(name, found)| (name, found.into_iter().map(|f| out(f, None)).collect()))
+                .collect();
+            r
+        })
+        .collect();
+    ctx.ok(&records)
+}
+
+pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    if !body.is_object() {
+        return Err(Error::invalid("the update must be a JSON object of fields"));
+    }
+    let p = projection(ctx);
+    let found = engine.update(c, id, body, ctx.now)?;
+    ctx.ok(&out(found, Some(&p)))
+}
+
+/// `{"field","value"}`, Rust's positional `[field, value]`, or Go's `{"Field","Value"}`.
+fn action_operands(body: J) -> Result<(String, Option<J>)> {
+    match body {
+        J::Array(mut items) if !items.is_empty() => {
+            let value = if items.len() > 1 { Some(items.remove(1)) } else { None };
+            match items.remove(0) {
+                J::String(f) => Ok((f, value)),
+                _ => Err(Error::invalid("the action's field must be a string")),
+            }
+        }
+        J::Object(map) => {
+            let mut field = None;
+            let mut value = None;
+            for (k, v) in map {
+                if k.eq_ignore_ascii_case("field") {
+                    field = v.as_str().map(str::to_string);
+                } else if k.eq_ignore_ascii_case("value") {
+                    value = Some(v);
+                }
+            }
+            let field = field.ok_or_else(|| Error::invalid("an action needs a string `field`"))?;
+            Ok((field, value))
+        }
+        _ => Err(Error::invalid("an action body is {\"field\": name, \"value\": operand}")),
+    }
+}
+
+pub fn action(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str, a: &str) -> Result<Response> {
+    let action = Action::parse(a)?;
+    let (field, value) = action_operands(ctx.body()?)?;
+    let found = engine.apply_actions(c, id, vec![(action, field, value)], ctx.now)?;
+    ctx.ok(&out(found, None))
+}
+
+pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    let J::Array(items) = ctx.body()? else {
+        return Err(Error::invalid("an action sequence is an array of [action, field, value]"));
+    };
+    let mut steps = Vec::with_capacity(items.len());
+    for item in items {
+        let (a, field, value) = match item {
+            J::Array(mut t) if t.len() >= 2 => {
+                let value = if t.len() > 2 { Some(t.remove(2)) } else { None };
+                let field = t.remove(1);
+                (t.remove(0), field, value)
+            }
+            J::Object(mut o) => (
+                o.remove("action").unwrap_or(J::Null),
+                o.remove("field").unwrap_or(J::Null),
+                o.remove("value"),
+            ),
+            _ => return Err(Error::invalid("each step is [action, field, value]")),
+        };
+        let (Some(a), Some(field)) = (a.as_str(), field.as_str()) else {
+            return Err(Error::invalid("each step's action and field must be strings"));
+        };
+        steps.push((Action::parse(a)?, field.to_string(), value));
+    }
+    let found = engine.apply_actions(c, id, steps, ctx.now)?;
+    ctx.ok(&out(found, None))
+}
+
+pub fn delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    let found = engine.delete(c, id, ctx.now)?;
+    ctx.ok(&out(found, None))
+}
+
+pub fn restore_one(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    if engine.restore(c, id, ctx.now)? {
+        ctx.ok_json(&json!({"status": "restored", "restored": true, "collection": c, "id": id}))
+    } else {
+        ctx.ok_json(&json!({"status": "not_found", "restored": false, "collection": c, "id": id}))
+    }
+}
+
+pub fn restore_all(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let n = engine.restore_all(c, ctx.now)?;
+    ctx.ok_json(&json!({"status": "restored", "collection": c, "records_restored": n, "cleared_count": n}))
+}
+
+fn batch_reply(ctx: &Ctx<'_>, outcome: BatchOutcome) -> Result<Response> {
+    let failed: Vec<J> = outcome
+        .failed
+        .into_iter()
+        .map(|(id, error)| match id {
+            Some(id) => json!({"id": id, "error": error}),
+            None => json!({"error": error}),
+        })
+        .collect();
+    ctx.ok(&json!({"successful": outcome.successful, "failed": failed}))
+}
+
+/// The list inside a batch body: `{"<key>": [...]}`, the Rust MessagePack struct
+/// form `[[...]]`, or a bare array.
+fn batch_items(body: J, key: &str) -> Result<Vec<J>> {
+    match body {
+        J::Object(mut o) => match o.remove(key) {
+            Some(J::Array(items)) => Ok(items),
+            Some(_) => Err(Error::invalid(format!("`{key}` must be an array"))),
+            None => Err(Error::invalid(format!("the batch body needs `{key}`"))),
+        },
+        J::Array(mut items) => {
+            if items.len() == 1 && items[0].is_array() {
+                match items.remove(0) {
+                    J::Array(inner) => Ok(inner),
+                    _ => Ok(Vec::new()),
+                }
+            } else {
+                Ok(items)
+            }
+        }
+        _ => Err(Error::invalid(format!("the batch body must be {{\"{key}\": [...]}}"))),
+    }
+}
+
+fn id_of(v: &J) -> Result<String> {
+    match v {
+        J::String(s) => Ok(s.clone()),
+        J::Number(n) => Ok(n.to_string()),
+        _ => Err(Error::invalid("each batch item needs a string `id`")),
+    }
+}
+
+pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let items = batch_items(ctx.body()?, "inserts")?;
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        records.push(match item {
+            J::Object(mut o) if o.get("data").is_some_and(J::is_object) => o.remove("data").unwrap_or(J::Null),
+            J::Object(o) => J::Object(o),
+            J::Array(mut t) if !t.is_empty() => t.remove(0),
+            _ => return Err(Error::invalid("each insert is {\"data\": {...}}")),
+        });
+    }
+    let outcome = engine.batch_insert(c, records, ctx.now)?;
+    batch_reply(ctx, outcome)
+}
+
+pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let items = batch_items(ctx.body()?, "updates")?;
+    let mut updates = Vec::with_capacity(items.len());
+    for item in items {
+        updates.push(match item {
+            J::Object(mut o) => (
+                id_of(o.get("id").unwrap_or(&J::Null))?,
+                o.remove("data").or_else(|| o.remove("record")).unwrap_or(J::Null),
+            ),
+            J::Array(mut t) if t.len() >= 2 => {
+                let data = t.remove(1);
+                (id_of(&t[0])?, data)
+            }
+            _ => return Err(Error::invalid("each update is {\"id\": ..., \"data\": {...}}")),
+        });
+    }
+    let outcome = engine.batch_update(c, updates, ctx.now)?;
+    batch_reply(ctx, outcome)
+}
+
+pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    let items = match body {
+        J::Object(ref o) if o.contains_key("ids") => match o.get("ids") {
+            Some(J::Array(ids)) => ids.clone(),
+            _ => return Err(Error::invalid("`ids` must be an array")),
+        },
+        other => batch_items(other, "deletes")?,
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        ids.push(match item {
+            J::Object(o) => id_of(o.get("id").unwrap_or(&J::Null))?,
+            J::Array(t) if !t.is_empty() => id_of(&t[0])?,
+            other => id_of(&other)?,
+        });
+    }
+    let outcome = engine.batch_delete(c, ids, ctx.now)?;
+    batch_reply(ctx, outcome)
+}
+
+pub fn distinct(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, field: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    let filter = Filter::parse(body.get("filter"))?;
+    let values = engine.distinct(c, field, &filter, ctx.now)?;
+    let plain: Vec<Plain<'_>> = values.iter().map(Plain).collect();
+    ctx.ok(&json!({
+        "collection": c,
+        "field": field,
+        "values": serde_json::to_value(&plain).unwrap_or_default(),
+        "count": values.len(),
+    }))
+}

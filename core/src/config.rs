@@ -1,0 +1,229 @@
+//! Server settings. One table drives `--help`, command-line flags and environment
+//! variables, so the three can never disagree. Parsing is pure: the runtime hands
+//! in the arguments and an environment lookup.
+
+use std::fmt::Write as _;
+
+/// One setting: its flag (`--data-dir`), variable (`TIDEPOOL_DATA_DIR`), default
+/// and description.
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+pub const SETTINGS: &[Setting] = &[
+    Setting { flag: "listen", env: "TIDEPOOL_LISTEN", default: "127.0.0.1:8080", help: "address to listen on" },
+    Setting { flag: "data-dir", env: "TIDEPOOL_DATA_DIR", default: "./data", help: "directory for the log, snapshots and generated secrets" },
+    Setting { flag: "api-key", env: "TIDEPOOL_API_KEY", default: "", help: "API key(s), comma-separated; if empty one is generated on first start, saved in the data directory and printed" },
+    Setting { flag: "jwt-secret", env: "TIDEPOOL_JWT_SECRET", default: "", help: "secret that signs tokens; if empty one is generated and kept in the data directory" },
+    Setting { flag: "token-lifetime", env: "TIDEPOOL_TOKEN_LIFETIME", default: "3600", help: "seconds a token stays valid" },
+    Setting { flag: "fsync", env: "TIDEPOOL_FSYNC", default: "sync", help: "durability policy: sync (acknowledge after fsync), batch:MS (fsync at least every MS ms, acknowledge after it), none (UNSAFE: acknowledge before data reaches the disk)" },
+    Setting { flag: "threads", env: "TIDEPOOL_THREADS", default: "0", help: "worker threads (0 = one per CPU core)" },
+    Setting { flag: "max-body-bytes", env: "TIDEPOOL_MAX_BODY_BYTES", default: "67108864", help: "largest request body accepted (413 above)" },
+    Setting { flag: "max-head-bytes", env: "TIDEPOOL_MAX_HEAD_BYTES", default: "16384", help: "largest request head accepted (431 above)" },
+    Setting { flag: "max-connections", env: "TIDEPOOL_MAX_CONNECTIONS", default: "20000", help: "open connections beyond which new ones are refused" },
+    Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
+    Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
+    Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
+    Setting { flag: "outbound-queue-bytes", env: "TIDEPOOL_OUTBOUND_QUEUE_BYTES", default: "4194304", help: "bytes queued for a slow subscriber before it is disconnected" },
+    Setting { flag: "segment-bytes", env: "TIDEPOOL_SEGMENT_BYTES", default: "67108864", help: "log segment size before rolling to a new file" },
+    Setting { flag: "history-bytes", env: "TIDEPOOL_HISTORY_BYTES", default: "268435456", help: "log kept for resuming subscribers (Last-Event-ID)" },
+    Setting { flag: "compact-after-bytes", env: "TIDEPOOL_COMPACT_AFTER_BYTES", default: "268435456", help: "log growth since the last snapshot that triggers compaction (0 = never)" },
+    Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
+];
+
+/// Parsed settings with their types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: String,
+    pub api_keys: Vec<String>,
+    pub jwt_secret: String,
+    pub token_lifetime_secs: u64,
+    pub fsync: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub max_head_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout_secs: u64,
+    pub heartbeat_secs: u64,
+    pub ws_max_message_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub segment_bytes: u64,
+    pub history_bytes: u64,
+    pub compact_after_bytes: u64,
+    pub salvage: bool,
+}
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Run(Config),
+    Help(String),
+    Version,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        match Config::parse(Vec::<String>::new(), |_| None) {
+            Ok(Command::Run(c)) => c,
+            _ => unreachable_default(),
+        }
+    }
+}
+
+fn unreachable_default() -> Config {
+    // The defaults in SETTINGS parse; a test checks it.
+    Config {
+        listen: String::new(),
+        data_dir: String::new(),
+        api_keys: Vec::new(),
+        jwt_secret: String::new(),
+        token_lifetime_secs: 3600,
+        fsync: "sync".into(),
+        threads: 0,
+        max_body_bytes: 1 << 26,
+        max_head_bytes: 1 << 14,
+        max_connections: 20_000,
+        idle_timeout_secs: 300,
+        heartbeat_secs: 20,
+        ws_max_message_bytes: 1 << 24,
+        outbound_queue_bytes: 1 << 22,
+        segment_bytes: 1 << 26,
+        history_bytes: 1 << 28,
+        compact_after_bytes: 1 << 28,
+        salvage: false,
+    }
+}
+
+pub fn help_text(program: &str) -> String {
+    let mut out = format!(
+        "{program}: Tidepool, an embeddable real-time document database (ekoDB wire-compatible)\n\n\
+         USAGE: {program} [--SETTING VALUE]...\n\n\
+         Every setting can also be given as an environment variable; flags win.\n\n"
+    );
+    for s in SETTINGS {
+        let _ = writeln!(out, "  --{:<22} {:<32} {}", s.flag, s.env, s.help);
+        if !s.default.is_empty() {
+            let _ = writeln!(out, "  {:<57} (default: {})", "", s.default);
+        }
+    }
+    out.push_str("\n  --help                  print this help\n  --version               print the version\n");
+    out
+}
+
+impl Config {
+    /// Parses `args` (without the program name); `env` looks up a variable.
+    pub fn parse<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Command, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut given: Vec<(usize, String)> = Vec::new();
+        let mut args = args.into_iter().map(Into::into);
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Ok(Command::Help(help_text("tidepool")));
+            }
+            if arg == "--version" || arg == "-V" {
+                return Ok(Command::Version);
+            }
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument `{arg}` (see --help)"));
+            };
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (flag, None),
+            };
+            let idx = SETTINGS
+                .iter()
+                .position(|s| s.flag == name)
+                .ok_or_else(|| format!("unknown option `--{name}` (see --help)"))?;
+            let value = match inline {
+                Some(v) => v,
+                None if name == "salvage" => "true".to_string(),
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("option `--{name}` needs a value"))?,
+            };
+            given.push((idx, value));
+        }
+        let get = |flag: &str| -> String {
+            let idx = SETTINGS.iter().position(|s| s.flag == flag).unwrap_or(0);
+            given
+                .iter()
+                .rev()
+                .find(|(i, _)| *i == idx)
+                .map(|(_, v)| v.clone())
+                .or_else(|| env(SETTINGS[idx].env))
+                .unwrap_or_else(|| SETTINGS[idx].default.to_string())
+        };
+        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("`--{flag}` must be a non-negative integer, got `{v}`"))
+        }
+        let fsync = get("fsync");
+        let ok_fsync = fsync == "sync"
+            || fsync == "none"
+            || fsync == "batch"
+            || fsync.strip_prefix("batch:").is_some_and(|ms| ms.parse::<u64>().is_ok());
+        if !ok_fsync {
+            return Err(format!("`--fsync` must be sync, batch, batch:MS or none, got `{fsync}`"));
+        }
+        let salvage = get("salvage");
+        Ok(Command::Run(Config {
+            listen: get("listen"),
+            data_dir: get("data-dir"),
+            api_keys: get("api-key")
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
+            jwt_secret: get("jwt-secret"),
+            token_lifetime_secs: num("token-lifetime", get("token-lifetime"))?,
+            fsync,
+            threads: num("threads", get("threads"))?,
+            max_body_bytes: num("max-body-bytes", get("max-body-bytes"))?,
+            max_head_bytes: num("max-head-bytes", get("max-head-bytes"))?,
+            max_connections: num("max-connections", get("max-connections"))?,
+            idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
+            heartbeat_secs: num("heartbeat", get("heartbeat"))?,
+            ws_max_message_bytes: num("ws-max-message-bytes", get("ws-max-message-bytes"))?,
+            outbound_queue_bytes: num("outbound-queue-bytes", get("outbound-queue-bytes"))?,
+            segment_bytes: num("segment-bytes", get("segment-bytes"))?,
+            history_bytes: num("history-bytes", get("history-bytes"))?,
+            compact_after_bytes: num("compact-after-bytes", get("compact-after-bytes"))?,
+            salvage: matches!(salvage.as_str(), "true" | "1" | "yes"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_flags_and_env() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.data_dir, "./data");
+        assert!(c.api_keys.is_empty());
+        let env = |k: &str| (k == "TIDEPOOL_LISTEN").then(|| "0.0.0.0:1".to_string());
+        let Command::Run(c) = Config::parse(["--api-key", "a,b", "--data-dir=/x"], env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.listen, "0.0.0.0:1");
+        assert_eq!(c.api_keys, vec!["a", "b"]);
+        assert_eq!(c.data_dir, "/x");
+        let Command::Run(c) = Config::parse(["--listen", "1.2.3.4:5"], env).unwrap() else { panic!() };
+        assert_eq!(c.listen, "1.2.3.4:5");
+        assert!(Config::parse(["--bogus", "1"], |_| None).is_err());
+        assert!(Config::parse(["--threads", "x"], |_| None).is_err());
+        assert!(Config::parse(["--fsync", "sometimes"], |_| None).is_err());
+        assert!(matches!(Config::parse(["--help"], |_| None), Ok(Command::Help(h)) if h.contains("TIDEPOOL_DATA_DIR")));
+    }
+}

@@ -1,0 +1,211 @@
+//! One collection: its live records, trash, expiry index and unique-value indexes.
+//! Every change to `records` goes through `put` / `take` so the indexes follow.
+
+use super::record::Record;
+use super::schema::Schema;
+use crate::time::Timestamp;
+use crate::value::View;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+#[derive(Debug)]
+pub struct Collection {
+    pub schema: Schema,
+    records: BTreeMap<Box<str>, Record>,
+    trash: BTreeMap<Box<str>, (Record, Timestamp)>,
+    /// (expiry, id) of live records with a TTL, earliest first.
+    expiry: BTreeSet<(Timestamp, Box<str>)>,
+    /// unique field → rendered value → id.
+    unique: HashMap<String, HashMap<String, Box<str>>>,
+}
+
+/// How a value is keyed in a unique index: its type class and text.
+fn unique_key(v: View<'_>) -> Option<String> {
+    match v {
+        View::Null => None,
+        View::Int(_) | View::Float(_) => Some(format!("n:{}", v.as_f64().unwrap_or(0.0))),
+        View::Str(s) => Some(format!("s:{s}")),
+        View::Time(t) => Some(format!("t:{}", t.micros())),
+        other => Some(format!("j:{}", other.render())),
+    }
+}
+
+impl Collection {
+    pub fn new(schema: Schema) -> Self {
+        let mut c = Collection {
+            schema,
+            records: BTreeMap::new(),
+            trash: BTreeMap::new(),
+            expiry: BTreeSet::new(),
+            unique: HashMap::new(),
+        };
+        c.rebuild_unique();
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// A live record, expired or not (callers decide what expiry means for them).
+    pub fn raw(&self, id: &str) -> Option<&Record> {
+        self.records.get(id)
+    }
+
+    pub fn raw_entry(&self, id: &str) -> Option<(&str, &Record)> {
+        self.records.get_key_value(id).map(|(k, r)| (k.as_ref(), r))
+    }
+
+    /// Visible records in id order.
+    pub fn iter_live(&self, now: Timestamp) -> impl Iterator<Item = (&str, &Record)> {
+        self.records
+            .iter()
+            .filter(move |(_, r)| !r.is_expired(now))
+            .map(|(k, r)| (k.as_ref(), r))
+    }
+
+    /// Records after `after` (exclusive), for chunked snapshots.
+    pub fn range_after(&self, after: Option<&str>) -> impl Iterator<Item = (&str, &Record)> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.records
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(k, r)| (k.as_ref(), r))
+    }
+
+    pub fn trash_range_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&str, &(Record, Timestamp))> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.trash
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(k, r)| (k.as_ref(), r))
+    }
+
+    /// Stores a record, replacing any previous version and updating the indexes.
+    pub fn put(&mut self, id: &str, record: Record) {
+        self.take(id);
+        if let Some(t) = record.expires_at {
+            self.expiry.insert((t, id.into()));
+        }
+        for (field, index) in &mut self.unique {
+            if let Some(key) = record.get(field).and_then(|v| unique_key(v.view())) {
+                index.insert(key, id.into());
+            }
+        }
+        self.records.insert(id.into(), record);
+    }
+
+    /// Removes a live record and its index entries.
+    pub fn take(&mut self, id: &str) -> Option<Record> {
+        let old = self.records.remove(id)?;
+        if let Some(t) = old.expires_at {
+            self.expiry.remove(&(t, id.into()));
+        }
+        for (field, index) in &mut self.unique {
+            if let Some(key) = old.get(field).and_then(|v| unique_key(v.view())) {
+                if index.get(&key).is_some_and(|owner| owner.as_ref() == id) {
+                    index.remove(&key);
+                }
+            }
+        }
+        Some(old)
+    }
+
+    pub fn trash_get(&self, id: &str) -> Option<&(Record, Timestamp)> {
+        self.trash.get(id)
+    }
+
+    pub fn trash_entry(&self, id: &str) -> Option<(&str, &(Record, Timestamp))> {
+        self.trash.get_key_value(id).map(|(k, v)| (k.as_ref(), v))
+    }
+
+    pub fn trash_put(&mut self, id: &str, record: Record, deleted_at: Timestamp) {
+        self.trash.insert(id.into(), (record, deleted_at));
+    }
+
+    pub fn trash_take(&mut self, id: &str) -> Option<(Record, Timestamp)> {
+        self.trash.remove(id)
+    }
+
+    pub fn trash_ids(&self) -> Vec<Box<str>> {
+        self.trash.keys().cloned().collect()
+    }
+
+    /// Trash entries deleted before `cutoff`.
+    pub fn trash_older_than(&self, cutoff: Timestamp, max: usize) -> Vec<Box<str>> {
+        self.trash
+            .iter()
+            .filter(|(_, (_, at))| *at < cutoff)
+            .take(max)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    pub fn oldest_trash(&self) -> Option<Timestamp> {
+        self.trash.values().map(|(_, at)| *at).min()
+    }
+
+    /// Earliest expiry among live records.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Ids whose expiry has passed, earliest first.
+    pub fn expired_ids(&self, now: Timestamp, max: usize) -> Vec<Box<str>> {
+        self.expiry
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// The id holding `value` in unique field `field`, if any.
+    pub fn unique_owner(&self, field: &str, value: View<'_>) -> Option<&str> {
+        let key = unique_key(value)?;
+        self.unique.get(field)?.get(&key).map(|b| b.as_ref())
+    }
+
+    /// Rebuilds the unique indexes after the schema changed.
+    pub fn rebuild_unique(&mut self) {
+        self.unique = self
+            .schema
+            .unique_fields()
+            .map(|f| (f.to_string(), HashMap::new()))
+            .collect();
+        for (id, record) in &self.records {
+            for (field, index) in &mut self.unique {
+                if let Some(key) = record.get(field).and_then(|v| unique_key(v.view())) {
+                    index.insert(key, id.clone());
+                }
+            }
+        }
+    }
+
+    /// A value that is already taken by another record in a unique field.
+    pub fn find_unique_violation(&self, id: &str, record: &Record, now: Timestamp) -> Option<String> {
+        for field in self.unique.keys() {
+            if let Some(v) = record.get(field) {
+                if let Some(owner) = self.unique_owner(field, v.view()) {
+                    let owner_live = self.records.get(owner).is_some_and(|r| !r.is_expired(now));
+                    if owner != id && owner_live {
+                        return Some(field.clone());
+                    }
+                }
+            }
+        }
+        None
+    }
+}

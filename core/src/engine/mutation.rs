@@ -1,0 +1,182 @@
+//! Log records: what the engine asks storage to make durable, and what recovery
+//! replays. Every record is an idempotent, full-state write of one key (the whole
+//! record, the whole KV entry, the whole schema), so a fuzzy snapshot followed by a
+//! replay of the log from the snapshot's start yields exactly the committed state.
+
+use super::kv::{KvEntry, Link};
+use super::record::Record;
+use super::schema::Schema;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Owned form, produced by decoding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// `live[id] = record` (insert, update, action; creates the collection).
+    Put {
+        collection: Box<str>,
+        id: Box<str>,
+        record: Record,
+    },
+    /// Removes `live[id]`; with `trash`, keeps it in the trash (soft delete).
+    Remove {
+        collection: Box<str>,
+        id: Box<str>,
+        trash: Option<(Record, Timestamp)>,
+    },
+    /// `trash[id]` goes away and `live[id] = record`.
+    Restore {
+        collection: Box<str>,
+        id: Box<str>,
+        record: Record,
+    },
+    /// `trash[id]` goes away for good.
+    TrashPurge { collection: Box<str>, id: Box<str> },
+    /// Creates the collection if needed and sets its schema.
+    SetSchema { collection: Box<str>, schema: Schema },
+    DropCollection { collection: Box<str> },
+    KvPut { key: Box<str>, entry: KvEntry },
+    KvRemove { key: Box<str> },
+    KvClear,
+    KvLinks { key: Box<str>, links: Vec<Link> },
+}
+
+/// Borrowed form with the identical encoding, so writing never clones a record.
+#[derive(Serialize)]
+pub enum MutationRef<'a> {
+    Put {
+        collection: &'a str,
+        id: &'a str,
+        record: &'a Record,
+    },
+    Remove {
+        collection: &'a str,
+        id: &'a str,
+        trash: Option<(&'a Record, Timestamp)>,
+    },
+    Restore {
+        collection: &'a str,
+        id: &'a str,
+        record: &'a Record,
+    },
+    TrashPurge {
+        collection: &'a str,
+        id: &'a str,
+    },
+    SetSchema {
+        collection: &'a str,
+        schema: &'a Schema,
+    },
+    DropCollection {
+        collection: &'a str,
+    },
+    KvPut {
+        key: &'a str,
+        entry: &'a KvEntry,
+    },
+    KvRemove {
+        key: &'a str,
+    },
+    KvClear,
+    KvLinks {
+        key: &'a str,
+        links: &'a [Link],
+    },
+}
+
+/// Collects the mutations of one operation into one batch payload: a bincode
+/// `Vec<Mutation>` written element by element (the length is patched at the end).
+#[derive(Debug, Default)]
+pub struct Journal {
+    buf: Vec<u8>,
+    count: u64,
+}
+
+impl Journal {
+    pub fn record(&mut self, m: &MutationRef<'_>) {
+        if self.count == 0 {
+            self.buf.clear();
+            self.buf.extend_from_slice(&[0; 8]);
+        }
+        // Serialising into a Vec cannot fail for these types.
+        let _ = bincode::serialize_into(&mut self.buf, m);
+        self.count += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The finished payload, or `None` if the operation changed nothing.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        if self.count == 0 {
+            return None;
+        }
+        self.buf[..8].copy_from_slice(&self.count.to_le_bytes());
+        self.count = 0;
+        Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Drops what was recorded (the operation failed after all).
+    pub fn discard(&mut self) {
+        self.count = 0;
+        self.buf.clear();
+    }
+}
+
+/// Decodes a batch payload. Corrupt payloads are errors, never panics.
+pub fn decode_batch(payload: &[u8]) -> Result<Vec<Mutation>, String> {
+    let count = payload
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        .ok_or("batch shorter than its header")?;
+    // Each mutation takes at least a few bytes: refuse absurd counts before allocating.
+    if count > payload.len() as u64 {
+        return Err(format!("batch claims {count} mutations in {} bytes", payload.len()));
+    }
+    bincode::deserialize::<Vec<Mutation>>(payload).map_err(|e| format!("undecodable batch: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[test]
+    fn borrowed_and_owned_encodings_agree() {
+        let mut record = Record::new();
+        record.set("name".into(), Value::String("Ada".into()));
+        let mut j = Journal::default();
+        j.record(&MutationRef::Put {
+            collection: "users",
+            id: "u1",
+            record: &record,
+        });
+        j.record(&MutationRef::Remove {
+            collection: "users",
+            id: "u1",
+            trash: Some((&record, Timestamp::from_secs(5))),
+        });
+        j.record(&MutationRef::KvClear);
+        let payload = j.take().unwrap();
+        let decoded = decode_batch(&payload).unwrap();
+        assert_eq!(
+            decoded,
+            vec![
+                Mutation::Put {
+                    collection: "users".into(),
+                    id: "u1".into(),
+                    record: record.clone()
+                },
+                Mutation::Remove {
+                    collection: "users".into(),
+                    id: "u1".into(),
+                    trash: Some((record, Timestamp::from_secs(5)))
+                },
+                Mutation::KvClear,
+            ]
+        );
+        assert!(decode_batch(&payload[..payload.len() - 1]).is_err());
+        assert!(decode_batch(&[255; 8]).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! tidepool-tests
