@@ -60,7 +60,8 @@ impl Auth {
             .ok_or_else(|| unauthorized("Invalid API key"))?;
         let exp = now.secs() + self.token_lifetime.as_secs() as i64;
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let claims = serde_json::json!({"sub": key_id, "iat": now.secs(), "exp": exp, "admin": true});
+        let claims =
+            serde_json::json!({"sub": key_id, "iat": now.secs(), "exp": exp, "admin": true});
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signing_input = format!("{header}.{payload}");
         let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
@@ -79,7 +80,8 @@ impl Auth {
     /// Verifies a token's signature and expiry.
     pub fn verify(&self, token: &str, now: Timestamp) -> Result<Principal> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(unauthorized("Invalid token: not a JWT"));
         };
@@ -98,7 +100,9 @@ impl Auth {
             .map_err(|_| unauthorized("Invalid token: bad payload"))?;
         let claims: serde_json::Value = serde_json::from_slice(&payload)
             .map_err(|_| unauthorized("Invalid token: bad payload"))?;
-        let exp = claims["exp"].as_i64().ok_or_else(|| unauthorized("Invalid token: no exp"))?;
+        let exp = claims["exp"]
+            .as_i64()
+            .ok_or_else(|| unauthorized("Invalid token: no exp"))?;
         if exp <= now.secs() {
             return Err(unauthorized("Token expired"));
         }
@@ -139,12 +143,19 @@ mod tests {
         assert_eq!(token.split('.').count(), 3);
         assert!(!token.contains('='));
         let payload: serde_json::Value = serde_json::from_slice(
-            &URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap(),
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap(),
         )
         .unwrap();
         assert_eq!(payload["exp"], 1_700_003_600);
         assert!(auth.verify(&token, now).is_ok());
-        assert_eq!(auth.verify(&token, Timestamp::from_secs(1_700_003_600)).unwrap_err().kind, ErrorKind::Unauthorized);
+        assert_eq!(
+            auth.verify(&token, Timestamp::from_secs(1_700_003_600))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Unauthorized
+        );
         assert!(auth.issue("wrong", now).is_err());
         let mut forged = token.clone();
         forged.push('x');

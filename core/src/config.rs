@@ -169,9 +169,13 @@ impl Config {
         let ok_fsync = fsync == "sync"
             || fsync == "none"
             || fsync == "batch"
-            || fsync.strip_prefix("batch:").is_some_and(|ms| ms.parse::<u64>().is_ok());
+            || fsync
+                .strip_prefix("batch:")
+                .is_some_and(|ms| ms.parse::<u64>().is_ok());
         if !ok_fsync {
-            return Err(format!("`--fsync` must be sync, batch, batch:MS or none, got `{fsync}`"));
+            return Err(format!(
+                "`--fsync` must be sync, batch, batch:MS or none, got `{fsync}`"
+            ));
         }
         let salvage = get("salvage");
         Ok(Command::Run(Config {
@@ -213,17 +217,22 @@ mod tests {
         assert_eq!(c.data_dir, "./data");
         assert!(c.api_keys.is_empty());
         let env = |k: &str| (k == "TIDEPOOL_LISTEN").then(|| "0.0.0.0:1".to_string());
-        let Command::Run(c) = Config::parse(["--api-key", "a,b", "--data-dir=/x"], env).unwrap() else {
+        let Command::Run(c) = Config::parse(["--api-key", "a,b", "--data-dir=/x"], env).unwrap()
+        else {
             panic!()
         };
         assert_eq!(c.listen, "0.0.0.0:1");
         assert_eq!(c.api_keys, vec!["a", "b"]);
         assert_eq!(c.data_dir, "/x");
-        let Command::Run(c) = Config::parse(["--listen", "1.2.3.4:5"], env).unwrap() else { panic!() };
+        let Command::Run(c) = Config::parse(["--listen", "1.2.3.4:5"], env).unwrap() else {
+            panic!()
+        };
         assert_eq!(c.listen, "1.2.3.4:5");
         assert!(Config::parse(["--bogus", "1"], |_| None).is_err());
         assert!(Config::parse(["--threads", "x"], |_| None).is_err());
         assert!(Config::parse(["--fsync", "sometimes"], |_| None).is_err());
-        assert!(matches!(Config::parse(["--help"], |_| None), Ok(Command::Help(h)) if h.contains("TIDEPOOL_DATA_DIR")));
+        assert!(
+            matches!(Config::parse(["--help"], |_| None), Ok(Command::Help(h)) if h.contains("TIDEPOOL_DATA_DIR"))
+        );
     }
 }

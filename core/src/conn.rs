@@ -88,8 +88,10 @@ impl Connection {
                 Ok(Some(req)) => self.work.push_back(Work::Request(req)),
                 Ok(None) => {
                     if self.parser.take_continue() {
-                        self.replies
-                            .push_back((Lsn::ZERO, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n")));
+                        self.replies.push_back((
+                            Lsn::ZERO,
+                            Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                        ));
                     }
                     break;
                 }
@@ -110,7 +112,9 @@ impl Connection {
     /// Whether the runtime should keep reading (bounded pipelining: stop reading
     /// while many replies are queued).
     pub fn wants_read(&self) -> bool {
-        self.state == State::Open && !self.eof && self.work.len() + self.replies.len() < MAX_PIPELINE
+        self.state == State::Open
+            && !self.eof
+            && self.work.len() + self.replies.len() < MAX_PIPELINE
     }
 
     /// Runs every parsed request against the server.

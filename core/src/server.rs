@@ -118,7 +118,9 @@ impl Server {
     // ----- requests ---------------------------------------------------------
 
     pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
-        let response = self.respond(req, now).unwrap_or_else(|e| api::error_response(&e));
+        let response = self
+            .respond(req, now)
+            .unwrap_or_else(|e| api::error_response(&e));
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
         let wait_for = match self.engine.commit() {

@@ -83,7 +83,11 @@ fuzz_target!(|data: &[u8]| {
                 for b in &got {
                     assert!(b.0 > last, "lsn order");
                     last = b.0;
-                    assert!(valid.contains(b), "batch {} is not a checksummed frame of the input", b.0);
+                    assert!(
+                        valid.contains(b),
+                        "batch {} is not a checksummed frame of the input",
+                        b.0
+                    );
                 }
                 // A second open sees the same log and nothing more to repair.
                 let again = recover(&sim, false).expect("reopen after recovery");

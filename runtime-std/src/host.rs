@@ -84,11 +84,9 @@ impl Durability {
     /// Blocks until the durable LSN passes `lsn`, storage fails, or `timeout`.
     pub fn wait_past(&self, lsn: Lsn, timeout: Duration) {
         let g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self
-            .changed
-            .wait_timeout_while(g, timeout, |_| {
-                self.lsn.load(Ordering::Acquire) < lsn.0 && !self.failed.load(Ordering::Acquire)
-            });
+        let _ = self.changed.wait_timeout_while(g, timeout, |_| {
+            self.lsn.load(Ordering::Acquire) < lsn.0 && !self.failed.load(Ordering::Acquire)
+        });
     }
 }
 
@@ -207,10 +205,7 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
     } else {
         config.jwt_secret.clone()
     };
-    let sync: SyncPolicy = config
-        .fsync
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let sync: SyncPolicy = config.fsync.parse().map_err(|e| format!("{e}"))?;
     let opts = StoreOptions {
         segment_bytes: config.segment_bytes.max(1 << 20),
         history_retention_bytes: config.history_bytes,
@@ -383,12 +378,18 @@ fn writer_loop(host: Arc<Host>, mut store: Store, wake: Receiver<()>, compact_af
 /// Writes the engine's live state into a snapshot, a chunk per lock hold, so
 /// writers are never blocked for more than one chunk. Returns the snapshot and the
 /// LSN that must be durable before it may be installed.
-fn write_snapshot(host: &Host, mut writer: tidepool_storage::SnapshotWriter) -> Option<(FinishedSnapshot, Lsn)> {
+fn write_snapshot(
+    host: &Host,
+    mut writer: tidepool_storage::SnapshotWriter,
+) -> Option<(FinishedSnapshot, Lsn)> {
     let mut cursor = SnapshotCursor::default();
     let covers = loop {
         let (chunk, at) = {
             let s = host.lock();
-            (s.engine.snapshot_chunk(&mut cursor, 2_000), s.engine.last_lsn())
+            (
+                s.engine.snapshot_chunk(&mut cursor, 2_000),
+                s.engine.last_lsn(),
+            )
         };
         let Some(chunk) = chunk else { break at };
         if let Err(e) = writer.write_chunk(&chunk) {

@@ -15,6 +15,27 @@ use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::Connection;
 
+/// The command-line entry point: parses flags and environment, then runs. Exits
+/// the process with status 1 (runtime failure) or 2 (bad arguments).
+pub fn cli_main(program: &str) {
+    use tidepool_core::config::{help_text, Command};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match Config::parse(args, |k| std::env::var(k).ok()) {
+        Ok(Command::Run(config)) => {
+            if let Err(e) = run(config) {
+                eprintln!("{program}: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Command::Help(_)) => print!("{}", help_text(program)),
+        Ok(Command::Version) => println!("{program} {}", tidepool_core::server::VERSION),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Boots, binds and serves until the process ends.
 pub fn run(config: Config) -> Result<(), String> {
     let listen = config.listen.clone();
@@ -62,7 +83,10 @@ fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (limits, idle) = {
         let s = host.lock();
-        (s.limits(), Duration::from_secs(s.config().idle_timeout_secs.max(1)))
+        (
+            s.limits(),
+            Duration::from_secs(s.config().idle_timeout_secs.max(1)),
+        )
     };
     let mut conn = Connection::new(limits, idle, now());
     let mut buf = vec![0u8; 64 * 1024];
@@ -87,7 +111,8 @@ fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
             return Ok(());
         }
         if conn.awaiting_durability(durable) {
-            host.durability.wait_past(durable.next(), Duration::from_millis(100));
+            host.durability
+                .wait_past(durable.next(), Duration::from_millis(100));
             continue;
         }
         if !conn.wants_read() {
@@ -105,7 +130,12 @@ fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
         match stream.read(&mut buf) {
             Ok(0) => conn.handle_eof(),
             Ok(n) => conn.handle_input(&buf[..n], now()),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 conn.handle_timeout(now())
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

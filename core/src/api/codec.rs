@@ -132,7 +132,10 @@ fn float(f: f64) -> Result<J> {
 fn timestamp_ext(data: &[u8]) -> Result<String> {
     let bad = || Error::invalid("malformed MessagePack timestamp");
     let (secs, nanos): (i64, u32) = match data.len() {
-        4 => (i64::from(u32::from_be_bytes(data.try_into().map_err(|_| bad())?)), 0),
+        4 => (
+            i64::from(u32::from_be_bytes(data.try_into().map_err(|_| bad())?)),
+            0,
+        ),
         8 => {
             let v = u64::from_be_bytes(data.try_into().map_err(|_| bad())?);
             ((v & 0x3_FFFF_FFFF) as i64, (v >> 34) as u32)
@@ -154,7 +157,9 @@ fn timestamp_ext(data: &[u8]) -> Result<String> {
 /// Encodes a response body; MessagePack always with named maps (spec 1.3.4).
 pub fn encode<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<Bytes> {
     match format {
-        Format::Json => serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::internal(e.to_string())),
+        Format::Json => serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| Error::internal(e.to_string())),
         Format::MsgPack => rmp_serde::to_vec_named(value)
             .map(Bytes::from)
             .map_err(|e| Error::internal(e.to_string())),
@@ -183,9 +188,15 @@ mod tests {
     #[test]
     fn bin_and_timestamps() {
         let bin = rmpv::Value::Binary(vec![1, 2, 3]);
-        assert_eq!(msgpack_to_json(bin).unwrap(), json!({"type":"Binary","value":"AQID"}));
+        assert_eq!(
+            msgpack_to_json(bin).unwrap(),
+            json!({"type":"Binary","value":"AQID"})
+        );
         let ts = rmpv::Value::Ext(-1, 1_700_000_000u32.to_be_bytes().to_vec());
-        assert_eq!(msgpack_to_json(ts).unwrap(), json!("2023-11-14T22:13:20.000000+00:00"));
+        assert_eq!(
+            msgpack_to_json(ts).unwrap(),
+            json!("2023-11-14T22:13:20.000000+00:00")
+        );
     }
 
     #[test]

@@ -154,7 +154,10 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
         ),
         Some(_) => return Err(Error::invalid("`pattern` must be a string")),
     };
-    let include_expired = body.get("include_expired").and_then(J::as_bool).unwrap_or(false);
+    let include_expired = body
+        .get("include_expired")
+        .and_then(J::as_bool)
+        .unwrap_or(false);
     #[derive(Serialize)]
     struct Entry<'a> {
         key: &'a str,
@@ -186,7 +189,11 @@ fn link_json(key: &str, l: &Link) -> J {
 }
 
 pub fn links(engine: &mut Engine, ctx: &Ctx<'_>, key: &str) -> Result<Response> {
-    let links: Vec<J> = engine.kv_links(key).iter().map(|l| link_json(key, l)).collect();
+    let links: Vec<J> = engine
+        .kv_links(key)
+        .iter()
+        .map(|l| link_json(key, l))
+        .collect();
     ctx.ok_json(&links)
 }
 
@@ -202,22 +209,39 @@ pub fn link(engine: &mut Engine, ctx: &Ctx<'_>, key: &str, c: &str, doc: &str) -
     let link = Link {
         collection: c.to_string(),
         document_id: doc.to_string(),
-        field_path: body.get("field_path").and_then(J::as_str).map(str::to_string),
+        field_path: body
+            .get("field_path")
+            .and_then(J::as_str)
+            .map(str::to_string),
         keys: text_list("keys"),
-        metadata: body.get("metadata").filter(|m| !m.is_null()).cloned().map(Json::from),
+        metadata: body
+            .get("metadata")
+            .filter(|m| !m.is_null())
+            .cloned()
+            .map(Json::from),
         created_at: ctx.now,
     };
     engine.kv_link(key, link)?;
     ctx.ok_json(&J::Null)
 }
 
-pub fn unlink(engine: &mut Engine, ctx: &Ctx<'_>, key: &str, c: &str, doc: &str) -> Result<Response> {
+pub fn unlink(
+    engine: &mut Engine,
+    ctx: &Ctx<'_>,
+    key: &str,
+    c: &str,
+    doc: &str,
+) -> Result<Response> {
     engine.kv_unlink(key, c, doc);
     ctx.ok_json(&J::Null)
 }
 
 pub fn legacy_links(engine: &mut Engine, ctx: &Ctx<'_>, key: &str) -> Result<Response> {
-    let links: Vec<J> = engine.kv_links(key).iter().map(|l| link_json(key, l)).collect();
+    let links: Vec<J> = engine
+        .kv_links(key)
+        .iter()
+        .map(|l| link_json(key, l))
+        .collect();
     ctx.ok_json(&json!({ "key": key, "links": links }))
 }
 

@@ -76,7 +76,11 @@ pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<R
 fn action_operands(body: J) -> Result<(String, Option<J>)> {
     match body {
         J::Array(mut items) if !items.is_empty() => {
-            let value = if items.len() > 1 { Some(items.remove(1)) } else { None };
+            let value = if items.len() > 1 {
+                Some(items.remove(1))
+            } else {
+                None
+            };
             match items.remove(0) {
                 J::String(f) => Ok((f, value)),
                 _ => Err(Error::invalid("the action's field must be a string")),
@@ -95,7 +99,9 @@ fn action_operands(body: J) -> Result<(String, Option<J>)> {
             let field = field.ok_or_else(|| Error::invalid("an action needs a string `field`"))?;
             Ok((field, value))
         }
-        _ => Err(Error::invalid("an action body is {\"field\": name, \"value\": operand}")),
+        _ => Err(Error::invalid(
+            "an action body is {\"field\": name, \"value\": operand}",
+        )),
     }
 }
 
@@ -108,7 +114,9 @@ pub fn action(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str, a: &str) ->
 
 pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
     let J::Array(items) = ctx.body()? else {
-        return Err(Error::invalid("an action sequence is an array of [action, field, value]"));
+        return Err(Error::invalid(
+            "an action sequence is an array of [action, field, value]",
+        ));
     };
     let mut steps = Vec::with_capacity(items.len());
     for item in items {
@@ -126,7 +134,9 @@ pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result
             _ => return Err(Error::invalid("each step is [action, field, value]")),
         };
         let (Some(a), Some(field)) = (a.as_str(), field.as_str()) else {
-            return Err(Error::invalid("each step's action and field must be strings"));
+            return Err(Error::invalid(
+                "each step's action and field must be strings",
+            ));
         };
         steps.push((Action::parse(a)?, field.to_string(), value));
     }
@@ -149,7 +159,9 @@ pub fn restore_one(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Res
 
 pub fn restore_all(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     let n = engine.restore_all(c, ctx.now)?;
-    ctx.ok_json(&json!({"status": "restored", "collection": c, "records_restored": n, "cleared_count": n}))
+    ctx.ok_json(
+        &json!({"status": "restored", "collection": c, "records_restored": n, "cleared_count": n}),
+    )
 }
 
 fn batch_reply(ctx: &Ctx<'_>, outcome: BatchOutcome) -> Result<Response> {
@@ -183,7 +195,9 @@ fn batch_items(body: J, key: &str) -> Result<Vec<J>> {
                 Ok(items)
             }
         }
-        _ => Err(Error::invalid(format!("the batch body must be {{\"{key}\": [...]}}"))),
+        _ => Err(Error::invalid(format!(
+            "the batch body must be {{\"{key}\": [...]}}"
+        ))),
     }
 }
 
@@ -200,7 +214,9 @@ pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
     let mut records = Vec::with_capacity(items.len());
     for item in items {
         records.push(match item {
-            J::Object(mut o) if o.get("data").is_some_and(J::is_object) => o.remove("data").unwrap_or(J::Null),
+            J::Object(mut o) if o.get("data").is_some_and(J::is_object) => {
+                o.remove("data").unwrap_or(J::Null)
+            }
             J::Object(o) => J::Object(o),
             J::Array(mut t) if !t.is_empty() => t.remove(0),
             _ => return Err(Error::invalid("each insert is {\"data\": {...}}")),
@@ -217,13 +233,19 @@ pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
         updates.push(match item {
             J::Object(mut o) => (
                 id_of(o.get("id").unwrap_or(&J::Null))?,
-                o.remove("data").or_else(|| o.remove("record")).unwrap_or(J::Null),
+                o.remove("data")
+                    .or_else(|| o.remove("record"))
+                    .unwrap_or(J::Null),
             ),
             J::Array(mut t) if t.len() >= 2 => {
                 let data = t.remove(1);
                 (id_of(&t[0])?, data)
             }
-            _ => return Err(Error::invalid("each update is {\"id\": ..., \"data\": {...}}")),
+            _ => {
+                return Err(Error::invalid(
+                    "each update is {\"id\": ..., \"data\": {...}}",
+                ))
+            }
         });
     }
     let outcome = engine.batch_update(c, updates, ctx.now)?;

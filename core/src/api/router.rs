@@ -105,7 +105,11 @@ pub fn route(method: &Method, segments: &[String]) -> Result<Route> {
             segments.join("/")
         )));
     }
-    let method = if *method == Method::Head { &Method::Get } else { method };
+    let method = if *method == Method::Head {
+        &Method::Get
+    } else {
+        method
+    };
     for (m, r) in &candidates {
         if m == method {
             return Ok(r.clone());
@@ -202,10 +206,16 @@ fn candidates(segs: &[&str]) -> Vec<(Method, Route)> {
 }
 
 fn all_methods(r: Route) -> Vec<(Method, Route)> {
-    [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete]
-        .into_iter()
-        .map(|m| (m, r.clone()))
-        .collect()
+    [
+        Method::Get,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+    ]
+    .into_iter()
+    .map(|m| (m, r.clone()))
+    .collect()
 }
 
 #[cfg(test)]
@@ -215,17 +225,49 @@ mod tests {
 
     fn check(method: Method, path: &str, expect: Result<Route, u16>) {
         let segs = split_path(path).unwrap();
-        assert_eq!(route(&method, &segs).map_err(|e| e.status()), expect, "{path}");
+        assert_eq!(
+            route(&method, &segs).map_err(|e| e.status()),
+            expect,
+            "{path}"
+        );
     }
 
     #[test]
     fn literals_win_over_variables() {
-        check(Method::Put, "/api/update/sequence/c/1", Ok(Route::UpdateSequence("c".into(), "1".into())));
-        check(Method::Put, "/api/update/c/1", Ok(Route::Update("c".into(), "1".into())));
-        check(Method::Put, "/api/update/c/1/action/increment", Ok(Route::UpdateAction("c".into(), "1".into(), "increment".into())));
-        check(Method::Get, "/api/kv/get/links", Ok(Route::KvGet("links".into())));
-        check(Method::Get, "/api/kv/session%2Fabc/links", Ok(Route::KvLinks("session/abc".into())));
-        check(Method::Get, "/api/find/my%20c/a%2Fb", Ok(Route::FindById("my c".into(), "a/b".into())));
+        check(
+            Method::Put,
+            "/api/update/sequence/c/1",
+            Ok(Route::UpdateSequence("c".into(), "1".into())),
+        );
+        check(
+            Method::Put,
+            "/api/update/c/1",
+            Ok(Route::Update("c".into(), "1".into())),
+        );
+        check(
+            Method::Put,
+            "/api/update/c/1/action/increment",
+            Ok(Route::UpdateAction(
+                "c".into(),
+                "1".into(),
+                "increment".into(),
+            )),
+        );
+        check(
+            Method::Get,
+            "/api/kv/get/links",
+            Ok(Route::KvGet("links".into())),
+        );
+        check(
+            Method::Get,
+            "/api/kv/session%2Fabc/links",
+            Ok(Route::KvLinks("session/abc".into())),
+        );
+        check(
+            Method::Get,
+            "/api/find/my%20c/a%2Fb",
+            Ok(Route::FindById("my c".into(), "a/b".into())),
+        );
     }
 
     #[test]
@@ -233,7 +275,11 @@ mod tests {
         check(Method::Get, "/api/insert/c", Err(405));
         check(Method::Get, "/api/nothing", Err(404));
         check(Method::Get, "/", Err(404));
-        check(Method::Get, "/api/find/c/", Ok(Route::FindById("c".into(), "".into())));
+        check(
+            Method::Get,
+            "/api/find/c/",
+            Ok(Route::FindById("c".into(), "".into())),
+        );
         check(Method::Post, "/api/chat", Ok(Route::Unimplemented("chat")));
     }
 }

@@ -102,7 +102,9 @@ fn arith(action: Action, a: N, b: N) -> Result<N> {
             Action::Increment => x.checked_add(y),
             Action::Decrement => x.checked_sub(y),
             Action::Multiply => x.checked_mul(y),
-            Action::Divide | Action::Modulo if y == 0 => return Err(fail(action, "division by zero")),
+            Action::Divide | Action::Modulo if y == 0 => {
+                return Err(fail(action, "division by zero"))
+            }
             Action::Divide if x % y != 0 => return Ok(N::F(x as f64 / y as f64)),
             Action::Divide => x.checked_div(y),
             _ => x.checked_rem(y),
@@ -114,7 +116,9 @@ fn arith(action: Action, a: N, b: N) -> Result<N> {
         Action::Increment => x + y,
         Action::Decrement => x - y,
         Action::Multiply => x * y,
-        Action::Divide | Action::Modulo if y == 0.0 => return Err(fail(action, "division by zero")),
+        Action::Divide | Action::Modulo if y == 0.0 => {
+            return Err(fail(action, "division by zero"))
+        }
         Action::Divide => x / y,
         _ => x % y,
     };
@@ -135,8 +139,13 @@ pub fn apply(record: &mut Record, field: Key, action: Action, value: Option<&J>)
     };
     let current = record.get(&field).cloned();
     let next = match action {
-        Action::Increment | Action::Decrement | Action::Multiply | Action::Divide | Action::Modulo => {
-            let operand = number_of(&need_value()?).ok_or_else(|| fail(action, "value not numeric"))?;
+        Action::Increment
+        | Action::Decrement
+        | Action::Multiply
+        | Action::Divide
+        | Action::Modulo => {
+            let operand =
+                number_of(&need_value()?).ok_or_else(|| fail(action, "value not numeric"))?;
             let (base, kind) = match &current {
                 None | Some(Value::Null) => (N::I(0), 'i'),
                 Some(Value::Integer(i)) => (N::I(*i), 'i'),
@@ -161,7 +170,9 @@ pub fn apply(record: &mut Record, field: Key, action: Action, value: Option<&J>)
             let item = need_value()?;
             match current {
                 None | Some(Value::Null) => Value::Array(vec![item].into_boxed_slice()),
-                Some(Value::Array(items)) => Value::Array(insert(items, item, action).into_boxed_slice()),
+                Some(Value::Array(items)) => {
+                    Value::Array(insert(items, item, action).into_boxed_slice())
+                }
                 Some(Value::Set(items)) => {
                     if items.iter().any(|i| json_eq(i, &item)) {
                         Value::Set(items)
@@ -170,7 +181,9 @@ pub fn apply(record: &mut Record, field: Key, action: Action, value: Option<&J>)
                     }
                 }
                 Some(Value::Vector(v)) => {
-                    let f = item.as_f64().ok_or_else(|| fail(action, "vectors hold numbers"))?;
+                    let f = item
+                        .as_f64()
+                        .ok_or_else(|| fail(action, "vectors hold numbers"))?;
                     let mut v = v.into_vec();
                     if action == Action::Push {
                         v.push(f)
@@ -216,10 +229,18 @@ pub fn apply(record: &mut Record, field: Key, action: Action, value: Option<&J>)
             match current {
                 None => return Err(fail(action, "field does not exist")),
                 Some(Value::Array(items)) => Value::Array(
-                    items.into_vec().into_iter().filter(|i| !json_eq(i, &item)).collect(),
+                    items
+                        .into_vec()
+                        .into_iter()
+                        .filter(|i| !json_eq(i, &item))
+                        .collect(),
                 ),
                 Some(Value::Set(items)) => Value::Set(
-                    items.into_vec().into_iter().filter(|i| !json_eq(i, &item)).collect(),
+                    items
+                        .into_vec()
+                        .into_iter()
+                        .filter(|i| !json_eq(i, &item))
+                        .collect(),
                 ),
                 Some(Value::Vector(v)) => {
                     let f = item.as_f64();
@@ -283,26 +304,65 @@ mod tests {
 
     #[test]
     fn arithmetic() {
-        assert_eq!(run(Some(Value::Integer(5)), "increment", json!(10)).unwrap(), Value::Integer(15));
-        assert_eq!(run(Some(Value::Float(1.5)), "decrement", json!(1)).unwrap(), Value::Float(0.5));
+        assert_eq!(
+            run(Some(Value::Integer(5)), "increment", json!(10)).unwrap(),
+            Value::Integer(15)
+        );
+        assert_eq!(
+            run(Some(Value::Float(1.5)), "decrement", json!(1)).unwrap(),
+            Value::Float(0.5)
+        );
         assert_eq!(run(None, "increment", json!(2)).unwrap(), Value::Integer(2));
-        assert_eq!(run(Some(Value::Integer(7)), "modulo", json!(4)).unwrap(), Value::Integer(3));
-        assert_eq!(run(Some(Value::Integer(6)), "divide", json!(3)).unwrap(), Value::Integer(2));
-        assert!(run(Some(Value::Integer(6)), "divide", json!(0)).unwrap_err().message.contains("division by zero"));
-        assert!(run(Some(Value::String("x".into())), "increment", json!(1)).unwrap_err().message.contains("field not numeric"));
+        assert_eq!(
+            run(Some(Value::Integer(7)), "modulo", json!(4)).unwrap(),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            run(Some(Value::Integer(6)), "divide", json!(3)).unwrap(),
+            Value::Integer(2)
+        );
+        assert!(run(Some(Value::Integer(6)), "divide", json!(0))
+            .unwrap_err()
+            .message
+            .contains("division by zero"));
+        assert!(run(Some(Value::String("x".into())), "increment", json!(1))
+            .unwrap_err()
+            .message
+            .contains("field not numeric"));
         assert!(run(Some(Value::Integer(i64::MAX)), "increment", json!(1)).is_err());
     }
 
     #[test]
     fn arrays_and_strings() {
         let arr = Value::Array(vec![Json::Int(1), Json::Int(2)].into_boxed_slice());
-        assert_eq!(run(Some(arr.clone()), "push", json!(3)).unwrap(), Value::Array(vec![Json::Int(1), Json::Int(2), Json::Int(3)].into()));
-        assert_eq!(run(Some(arr.clone()), "unshift", json!(0)).unwrap(), Value::Array(vec![Json::Int(0), Json::Int(1), Json::Int(2)].into()));
-        assert_eq!(run(Some(arr.clone()), "pop", J::Null).unwrap(), Value::Array(vec![Json::Int(1)].into()));
-        assert_eq!(run(Some(arr.clone()), "shift", J::Null).unwrap(), Value::Array(vec![Json::Int(2)].into()));
-        assert_eq!(run(Some(arr.clone()), "remove", json!(1)).unwrap(), Value::Array(vec![Json::Int(2)].into()));
-        assert_eq!(run(Some(arr), "clear", J::Null).unwrap(), Value::Array(Box::default()));
-        assert_eq!(run(Some(Value::String("ab".into())), "append", json!("c")).unwrap(), Value::String("abc".into()));
+        assert_eq!(
+            run(Some(arr.clone()), "push", json!(3)).unwrap(),
+            Value::Array(vec![Json::Int(1), Json::Int(2), Json::Int(3)].into())
+        );
+        assert_eq!(
+            run(Some(arr.clone()), "unshift", json!(0)).unwrap(),
+            Value::Array(vec![Json::Int(0), Json::Int(1), Json::Int(2)].into())
+        );
+        assert_eq!(
+            run(Some(arr.clone()), "pop", J::Null).unwrap(),
+            Value::Array(vec![Json::Int(1)].into())
+        );
+        assert_eq!(
+            run(Some(arr.clone()), "shift", J::Null).unwrap(),
+            Value::Array(vec![Json::Int(2)].into())
+        );
+        assert_eq!(
+            run(Some(arr.clone()), "remove", json!(1)).unwrap(),
+            Value::Array(vec![Json::Int(2)].into())
+        );
+        assert_eq!(
+            run(Some(arr), "clear", J::Null).unwrap(),
+            Value::Array(Box::default())
+        );
+        assert_eq!(
+            run(Some(Value::String("ab".into())), "append", json!("c")).unwrap(),
+            Value::String("abc".into())
+        );
         assert!(Action::parse("explode").is_err());
     }
 }

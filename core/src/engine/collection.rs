@@ -195,7 +195,12 @@ impl Collection {
     }
 
     /// A value that is already taken by another record in a unique field.
-    pub fn find_unique_violation(&self, id: &str, record: &Record, now: Timestamp) -> Option<String> {
+    pub fn find_unique_violation(
+        &self,
+        id: &str,
+        record: &Record,
+        now: Timestamp,
+    ) -> Option<String> {
         for field in self.unique.keys() {
             if let Some(v) = record.get(field) {
                 if let Some(owner) = self.unique_owner(field, v.view()) {

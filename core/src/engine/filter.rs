@@ -139,7 +139,9 @@ fn parse_expr(v: &J, depth: usize) -> Result<Filter> {
                 let exprs = content
                     .get("expressions")
                     .and_then(J::as_array)
-                    .ok_or_else(|| Error::invalid("a Logical filter needs an `expressions` array"))?;
+                    .ok_or_else(|| {
+                        Error::invalid("a Logical filter needs an `expressions` array")
+                    })?;
                 logical(op, exprs, depth)
             }
             other => Err(Error::invalid(format!(
@@ -211,7 +213,9 @@ fn parse_condition(content: &J) -> Result<Filter> {
         )))
     };
     match op {
-        Op::In | Op::NotIn if !matches!(operand.value, Json::Array(_)) => return wrong("an array value"),
+        Op::In | Op::NotIn if !matches!(operand.value, Json::Array(_)) => {
+            return wrong("an array value")
+        }
         Op::StartsWith | Op::EndsWith if operand.value.as_str().is_none() => {
             return wrong("a string value")
         }
@@ -323,7 +327,11 @@ mod tests {
 
     fn check(filter: serde_json::Value, doc: serde_json::Value, expect: bool) {
         let f = Filter::parse(Some(&filter)).unwrap();
-        assert_eq!(f.matches("id", "r1", &record(doc.clone())), expect, "{filter} on {doc}");
+        assert_eq!(
+            f.matches("id", "r1", &record(doc.clone())),
+            expect,
+            "{filter} on {doc}"
+        );
     }
 
     fn cond(field: &str, op: &str, value: serde_json::Value) -> serde_json::Value {
@@ -336,20 +344,40 @@ mod tests {
                           "price": 9.5, "when": "2026-01-02T00:00:00Z", "meta": {"owner": {"n": 1}}});
         check(cond("age", "Eq", json!(30)), doc.clone(), true);
         check(cond("age", "Eq", json!(30.0)), doc.clone(), true);
-        check(cond("age", "Equals", json!({"type":"Integer","value":30})), doc.clone(), true);
+        check(
+            cond("age", "Equals", json!({"type":"Integer","value":30})),
+            doc.clone(),
+            true,
+        );
         check(cond("age", "Ne", json!(30)), doc.clone(), false);
         check(cond("age", "Gte", json!(30)), doc.clone(), true);
         check(cond("age", "Gt", json!(30)), doc.clone(), false);
         check(cond("age", "Lt", json!("40")), doc.clone(), false);
         check(cond("price", "Lte", json!(9.5)), doc.clone(), true);
-        check(cond("name", "In", json!(["Bob", "Alice"])), doc.clone(), true);
+        check(
+            cond("name", "In", json!(["Bob", "Alice"])),
+            doc.clone(),
+            true,
+        );
         check(cond("name", "NotIn", json!(["Alice"])), doc.clone(), false);
-        check(cond("email", "Contains", json!("@example.com")), doc.clone(), true);
+        check(
+            cond("email", "Contains", json!("@example.com")),
+            doc.clone(),
+            true,
+        );
         check(cond("tags", "Contains", json!("y")), doc.clone(), true);
         check(cond("name", "StartsWith", json!("A")), doc.clone(), true);
         check(cond("name", "EndsWith", json!("ce")), doc.clone(), true);
-        check(cond("when", "Gt", json!("2026-01-01T23:00:00-02:00")), doc.clone(), false);
-        check(cond("when", "Lt", json!("2026-01-02T01:00:00+00:00")), doc.clone(), true);
+        check(
+            cond("when", "Gt", json!("2026-01-01T23:00:00-02:00")),
+            doc.clone(),
+            false,
+        );
+        check(
+            cond("when", "Lt", json!("2026-01-02T01:00:00+00:00")),
+            doc.clone(),
+            true,
+        );
         check(cond("meta.owner.n", "Eq", json!(1)), doc.clone(), true);
         check(cond("id", "Eq", json!("r1")), doc.clone(), true);
         check(cond("missing", "Eq", json!(1)), doc.clone(), false);
@@ -366,9 +394,21 @@ mod tests {
         let not = json!({"type":"Logical","content":{"operator":"Not","expressions":[
             cond("status","Eq",json!("inactive"))]}});
         check(not, doc.clone(), true);
-        check(json!({"field":"status","operator":"Eq","value":"active"}), doc.clone(), true);
-        check(json!({"or":[{"field":"age","operator":"Lt","value":1},{"field":"age","operator":"Gt","value":29}]}), doc.clone(), true);
-        check(json!({"not":{"field":"age","operator":"Eq","value":30}}), doc, false);
+        check(
+            json!({"field":"status","operator":"Eq","value":"active"}),
+            doc.clone(),
+            true,
+        );
+        check(
+            json!({"or":[{"field":"age","operator":"Lt","value":1},{"field":"age","operator":"Gt","value":29}]}),
+            doc.clone(),
+            true,
+        );
+        check(
+            json!({"not":{"field":"age","operator":"Eq","value":30}}),
+            doc,
+            false,
+        );
     }
 
     #[test]
@@ -377,7 +417,10 @@ mod tests {
         assert!(err(cond("a", "Regex", json!("x"))).contains("unknown filter operator `Regex`"));
         assert!(err(cond("a", "In", json!(3))).contains("needs an array"));
         assert!(err(cond("a", "Gt", json!({"x":1}))).contains("needs a number"));
-        assert!(err(json!({"type":"Logical","content":{"operator":"Not","expressions":[]}})).contains("exactly one"));
+        assert!(
+            err(json!({"type":"Logical","content":{"operator":"Not","expressions":[]}}))
+                .contains("exactly one")
+        );
         assert!(err(json!("just a string")).contains("must be a JSON object"));
         assert!(err(json!({"type":"Bogus","content":{}})).contains("unknown filter type"));
     }

@@ -129,8 +129,13 @@ pub fn parse_ttl(v: &J, now: Timestamp) -> Result<Option<Timestamp>> {
     match v {
         J::Null => Ok(None),
         J::Number(n) => {
-            let secs = n.as_f64().filter(|s| *s > 0.0 && s.is_finite()).ok_or_else(bad)?;
-            Ok(Some(now.saturating_add(Duration::from_secs_f64(secs.min(1e12)))))
+            let secs = n
+                .as_f64()
+                .filter(|s| *s > 0.0 && s.is_finite())
+                .ok_or_else(bad)?;
+            Ok(Some(
+                now.saturating_add(Duration::from_secs_f64(secs.min(1e12))),
+            ))
         }
         J::String(s) => {
             if let Some(d) = parse_duration(s) {
@@ -299,7 +304,9 @@ impl Engine {
     }
 
     pub fn collection(&self, name: &str) -> Result<&Collection> {
-        self.collections.get(name).ok_or_else(|| missing_collection(name))
+        self.collections
+            .get(name)
+            .ok_or_else(|| missing_collection(name))
     }
 
     /// The primary-key name of a collection (`id` unless aliased).
@@ -354,7 +361,8 @@ impl Engine {
                 collection: name,
                 schema: &schema,
             });
-            self.collections.insert(name.into(), Collection::new(schema));
+            self.collections
+                .insert(name.into(), Collection::new(schema));
         }
     }
 
@@ -414,7 +422,9 @@ impl Engine {
                 "ttl" => {
                     base.expires_at = parse_ttl(&raw, now)?;
                     base.sliding_micros = match (base.expires_at, base.sliding_micros) {
-                        (Some(t), Some(_)) => Some(t.micros().saturating_sub(now.micros()).max(0) as u64),
+                        (Some(t), Some(_)) => {
+                            Some(t.micros().saturating_sub(now.micros()).max(0) as u64)
+                        }
                         (_, s) => s,
                     };
                     continue;
@@ -526,7 +536,13 @@ impl Engine {
     }
 
     /// Merges `patch` into a record (spec 6.4) and returns the result.
-    pub fn update(&mut self, collection: &str, id: &str, patch: J, now: Timestamp) -> Result<Found<'_>> {
+    pub fn update(
+        &mut self,
+        collection: &str,
+        id: &str,
+        patch: J,
+        now: Timestamp,
+    ) -> Result<Found<'_>> {
         let base = self.live(collection, id, now)?.clone();
         let (_, record) = self.build_record(collection, patch, base, now, false)?;
         self.store(collection, id, record, now)?;
@@ -548,7 +564,11 @@ impl Engine {
             }
             let key = self.interner.intern(&field);
             actions::apply(&mut record, key, action, value.as_ref())?;
-            if let Some(schema) = self.collections.get(collection).and_then(|c| c.schema.fields.get(&field)) {
+            if let Some(schema) = self
+                .collections
+                .get(collection)
+                .and_then(|c| c.schema.fields.get(&field))
+            {
                 if let Some(v) = record.get(&field) {
                     schema.check(&field, v)?;
                 }
@@ -566,7 +586,9 @@ impl Engine {
             .collections
             .get_mut(collection)
             .ok_or_else(|| missing_collection(collection))?;
-        let record = c.take(id).ok_or_else(|| Error::not_found("Record not found"))?;
+        let record = c
+            .take(id)
+            .ok_or_else(|| Error::not_found("Record not found"))?;
         self.journal.record(&MutationRef::Remove {
             collection,
             id,
@@ -603,7 +625,9 @@ impl Engine {
             fresh.sliding_micros = None;
             c.trash_put(id, fresh, now);
         }
-        let (record, _) = c.trash_take(id).ok_or_else(|| Error::internal("trash entry vanished"))?;
+        let (record, _) = c
+            .trash_take(id)
+            .ok_or_else(|| Error::internal("trash entry vanished"))?;
         self.journal.record(&MutationRef::Restore {
             collection,
             id,
@@ -628,7 +652,12 @@ impl Engine {
         Ok(n)
     }
 
-    pub fn batch_insert(&mut self, collection: &str, items: Vec<J>, now: Timestamp) -> Result<BatchOutcome> {
+    pub fn batch_insert(
+        &mut self,
+        collection: &str,
+        items: Vec<J>,
+        now: Timestamp,
+    ) -> Result<BatchOutcome> {
         validate_name("collection", collection)?;
         let mut out = BatchOutcome::default();
         for item in items {
@@ -657,7 +686,12 @@ impl Engine {
         Ok(out)
     }
 
-    pub fn batch_delete(&mut self, collection: &str, ids: Vec<String>, now: Timestamp) -> Result<BatchOutcome> {
+    pub fn batch_delete(
+        &mut self,
+        collection: &str,
+        ids: Vec<String>,
+        now: Timestamp,
+    ) -> Result<BatchOutcome> {
         let mut out = BatchOutcome::default();
         for id in ids {
             match self.delete(collection, &id, now) {
@@ -683,7 +717,12 @@ impl Engine {
     }
 
     /// Runs a query (spec 8). An unknown collection has no records.
-    pub fn find<'a>(&'a self, collection: &str, q: &'a FindQuery, now: Timestamp) -> Result<Vec<Row<'a>>> {
+    pub fn find<'a>(
+        &'a self,
+        collection: &str,
+        q: &'a FindQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Row<'a>>> {
         let Some(c) = self.collections.get(collection) else {
             return Ok(Vec::new());
         };
@@ -730,16 +769,32 @@ impl Engine {
             index.entry(key.as_str()).or_default().push(*found);
         }
         for row in rows.iter_mut() {
-            let local = query::field_view(row.found.pk, &join.local_field, row.found.id, row.found.record);
+            let local = query::field_view(
+                row.found.pk,
+                &join.local_field,
+                row.found.id,
+                row.found.record,
+            );
             let matches = local
-                .map(|v| index.get(join_key(&v).as_str()).cloned().unwrap_or_default())
+                .map(|v| {
+                    index
+                        .get(join_key(&v).as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .unwrap_or_default();
             row.joined.push((join.as_field.as_str(), matches));
         }
     }
 
     /// Distinct values of a field among matching records, sorted (spec 10).
-    pub fn distinct(&self, collection: &str, field: &str, filter: &Filter, now: Timestamp) -> Result<Vec<Json>> {
+    pub fn distinct(
+        &self,
+        collection: &str,
+        field: &str,
+        filter: &Filter,
+        now: Timestamp,
+    ) -> Result<Vec<Json>> {
         let Some(c) = self.collections.get(collection) else {
             return Ok(Vec::new());
         };
@@ -783,7 +838,8 @@ impl Engine {
     pub fn kv_set(&mut self, key: &str, value: Json, expires_at: Option<Timestamp>) -> Result<()> {
         validate_name("key", key)?;
         let entry = KvEntry { value, expires_at };
-        self.journal.record(&MutationRef::KvPut { key, entry: &entry });
+        self.journal
+            .record(&MutationRef::KvPut { key, entry: &entry });
         self.kv_store(key, entry);
         Ok(())
     }
@@ -836,7 +892,8 @@ impl Engine {
         let mut links = self.kv_links(key).to_vec();
         links.retain(|l| !(l.collection == link.collection && l.document_id == link.document_id));
         links.push(link);
-        self.journal.record(&MutationRef::KvLinks { key, links: &links });
+        self.journal
+            .record(&MutationRef::KvLinks { key, links: &links });
         self.links.insert(key.into(), links);
         Ok(())
     }
@@ -848,7 +905,8 @@ impl Engine {
         if links.len() == before {
             return false;
         }
-        self.journal.record(&MutationRef::KvLinks { key, links: &links });
+        self.journal
+            .record(&MutationRef::KvLinks { key, links: &links });
         if links.is_empty() {
             self.links.remove(key);
         } else {
@@ -861,7 +919,11 @@ impl Engine {
 
     /// When the next record, KV entry or trash entry expires.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        let records = self.collections.values().filter_map(Collection::next_expiry).min();
+        let records = self
+            .collections
+            .values()
+            .filter_map(Collection::next_expiry)
+            .min();
         let trash = self
             .collections
             .values()
@@ -879,7 +941,9 @@ impl Engine {
         let mut budget = SWEEP_BATCH;
         let names: Vec<Box<str>> = self.collections.keys().cloned().collect();
         for name in names {
-            let Some(c) = self.collections.get_mut(&name) else { continue };
+            let Some(c) = self.collections.get_mut(&name) else {
+                continue;
+            };
             let ids = c.expired_ids(now, budget);
             budget -= ids.len();
             let mut gone = Vec::with_capacity(ids.len());
@@ -929,7 +993,11 @@ impl Engine {
 
     /// Encodes up to `max_records` more of the live state as a batch of
     /// full-state mutations; `None` when the cursor has covered everything.
-    pub fn snapshot_chunk(&self, cursor: &mut SnapshotCursor, max_records: usize) -> Option<Vec<u8>> {
+    pub fn snapshot_chunk(
+        &self,
+        cursor: &mut SnapshotCursor,
+        max_records: usize,
+    ) -> Option<Vec<u8>> {
         snapshot::chunk(self, cursor, max_records)
     }
 

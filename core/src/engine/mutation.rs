@@ -31,14 +31,30 @@ pub enum Mutation {
         record: Record,
     },
     /// `trash[id]` goes away for good.
-    TrashPurge { collection: Box<str>, id: Box<str> },
+    TrashPurge {
+        collection: Box<str>,
+        id: Box<str>,
+    },
     /// Creates the collection if needed and sets its schema.
-    SetSchema { collection: Box<str>, schema: Schema },
-    DropCollection { collection: Box<str> },
-    KvPut { key: Box<str>, entry: KvEntry },
-    KvRemove { key: Box<str> },
+    SetSchema {
+        collection: Box<str>,
+        schema: Schema,
+    },
+    DropCollection {
+        collection: Box<str>,
+    },
+    KvPut {
+        key: Box<str>,
+        entry: KvEntry,
+    },
+    KvRemove {
+        key: Box<str>,
+    },
     KvClear,
-    KvLinks { key: Box<str>, links: Vec<Link> },
+    KvLinks {
+        key: Box<str>,
+        links: Vec<Link>,
+    },
 }
 
 /// Borrowed form with the identical encoding, so writing never clones a record.
@@ -132,7 +148,10 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Mutation>, String> {
         .ok_or("batch shorter than its header")?;
     // Each mutation takes at least a few bytes: refuse absurd counts before allocating.
     if count > payload.len() as u64 {
-        return Err(format!("batch claims {count} mutations in {} bytes", payload.len()));
+        return Err(format!(
+            "batch claims {count} mutations in {} bytes",
+            payload.len()
+        ));
     }
     bincode::deserialize::<Vec<Mutation>>(payload).map_err(|e| format!("undecodable batch: {e}"))
 }

@@ -126,7 +126,9 @@ fn parse_sort(v: &J) -> Result<Vec<SortKey>> {
                     .ok_or_else(|| Error::invalid("each sort key needs a string `field`"))?;
                 let ascending = match o.get("ascending") {
                     None | Some(J::Null) => match o.get("order").and_then(J::as_str) {
-                        Some(d) => !d.eq_ignore_ascii_case("desc") && !d.eq_ignore_ascii_case("descending"),
+                        Some(d) => {
+                            !d.eq_ignore_ascii_case("desc") && !d.eq_ignore_ascii_case("descending")
+                        }
                         None => true,
                     },
                     Some(J::Bool(b)) => *b,

@@ -115,7 +115,9 @@ impl Record {
             match j {
                 Json::Str(s) => 32 + s.len(),
                 Json::Array(a) => 32 + a.iter().map(json_size).sum::<usize>(),
-                Json::Object(m) => 32 + m.iter().map(|(k, v)| k.len() + json_size(v)).sum::<usize>(),
+                Json::Object(m) => {
+                    32 + m.iter().map(|(k, v)| k.len() + json_size(v)).sum::<usize>()
+                }
                 _ => 32,
             }
         }

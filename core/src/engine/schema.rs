@@ -84,9 +84,7 @@ impl Schema {
         }
         match obj.get("primary_key_alias") {
             None | Some(J::Null) => {}
-            Some(J::String(alias)) if !alias.is_empty() => {
-                schema.primary_key_alias = alias.clone()
-            }
+            Some(J::String(alias)) if !alias.is_empty() => schema.primary_key_alias = alias.clone(),
             Some(_) => {
                 return Err(Error::invalid(
                     "`primary_key_alias` must be a non-empty string",
@@ -160,9 +158,7 @@ impl FieldSchema {
                 .get("field_type")
                 .or_else(|| o.get("type"))
                 .and_then(J::as_str)
-                .ok_or_else(|| {
-                    Error::invalid(format!("field `{name}` needs a `field_type`"))
-                })?,
+                .ok_or_else(|| Error::invalid(format!("field `{name}` needs a `field_type`")))?,
             _ => {
                 return Err(Error::invalid(format!(
                     "field `{name}` must be an object with a `field_type`"
@@ -179,13 +175,19 @@ impl FieldSchema {
             match get(k) {
                 None => Ok(false),
                 Some(J::Bool(b)) => Ok(*b),
-                Some(_) => Err(Error::invalid(format!("`{k}` of field `{name}` must be a boolean"))),
+                Some(_) => Err(Error::invalid(format!(
+                    "`{k}` of field `{name}` must be a boolean"
+                ))),
             }
         };
         let enums = match get("enums") {
             None => Vec::new(),
             Some(J::Array(items)) => items.iter().cloned().map(Json::from).collect(),
-            Some(_) => return Err(Error::invalid(format!("`enums` of field `{name}` must be an array"))),
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "`enums` of field `{name}` must be an array"
+                )))
+            }
         };
         let regex = match get("regex") {
             None => None,
@@ -195,7 +197,11 @@ impl FieldSchema {
                 })?;
                 Some(r.clone())
             }
-            Some(_) => return Err(Error::invalid(format!("`regex` of field `{name}` must be a string"))),
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "`regex` of field `{name}` must be a string"
+                )))
+            }
         };
         let index = match get("index") {
             None => None,
@@ -285,8 +291,12 @@ impl FieldSchema {
             }
             _ => return Err(mismatch(got)),
         };
-        if let (Some(IndexConfig::Vector { dimension: Some(d), .. }), Value::Vector(v)) =
-            (&self.index, &value)
+        if let (
+            Some(IndexConfig::Vector {
+                dimension: Some(d), ..
+            }),
+            Value::Vector(v),
+        ) = (&self.index, &value)
         {
             if v.len() != *d as usize {
                 return Err(Error::invalid(format!(
@@ -304,12 +314,7 @@ impl FieldSchema {
             return Ok(());
         }
         let view = value.view();
-        if !self.enums.is_empty()
-            && !self
-                .enums
-                .iter()
-                .any(|e| View::of_json(e).loose_eq(&view))
-        {
+        if !self.enums.is_empty() && !self.enums.iter().any(|e| View::of_json(e).loose_eq(&view)) {
             let allowed: Vec<String> = self
                 .enums
                 .iter()
@@ -328,14 +333,18 @@ impl FieldSchema {
                 other => other.as_f64(),
             }
         };
-        if let (Some(min), Some(actual)) = (self.min.as_ref().and_then(Json::as_f64), measure(&view)) {
+        if let (Some(min), Some(actual)) =
+            (self.min.as_ref().and_then(Json::as_f64), measure(&view))
+        {
             if actual < min {
                 return Err(Error::invalid(format!(
                     "field `{name}` is below its minimum {min}"
                 )));
             }
         }
-        if let (Some(max), Some(actual)) = (self.max.as_ref().and_then(Json::as_f64), measure(&view)) {
+        if let (Some(max), Some(actual)) =
+            (self.max.as_ref().and_then(Json::as_f64), measure(&view))
+        {
             if actual > max {
                 return Err(Error::invalid(format!(
                     "field `{name}` is above its maximum {max}"
@@ -380,14 +389,21 @@ impl IndexConfig {
                 analyzer: text("analyzer"),
             }),
             "vector" => {
-                let algorithm = text("algorithm").unwrap_or_else(|| "flat".into()).to_ascii_lowercase();
+                let algorithm = text("algorithm")
+                    .unwrap_or_else(|| "flat".into())
+                    .to_ascii_lowercase();
                 if !matches!(algorithm.as_str(), "flat" | "hnsw" | "ivf") {
                     return Err(Error::invalid(format!(
                         "unknown vector index algorithm `{algorithm}` (flat, hnsw, ivf)"
                     )));
                 }
-                let metric = text("metric").unwrap_or_else(|| "cosine".into()).to_ascii_lowercase();
-                if !matches!(metric.as_str(), "cosine" | "euclidean" | "dotproduct" | "dot") {
+                let metric = text("metric")
+                    .unwrap_or_else(|| "cosine".into())
+                    .to_ascii_lowercase();
+                if !matches!(
+                    metric.as_str(),
+                    "cosine" | "euclidean" | "dotproduct" | "dot"
+                ) {
                     return Err(Error::invalid(format!(
                         "unknown vector metric `{metric}` (cosine, euclidean, dotproduct)"
                     )));

@@ -153,8 +153,15 @@ impl HttpError {
 #[derive(Debug)]
 enum State {
     Head,
-    Body { head: Request, remaining: usize },
-    Chunked { head: Request, body: BytesMut, step: ChunkStep },
+    Body {
+        head: Request,
+        remaining: usize,
+    },
+    Chunked {
+        head: Request,
+        body: BytesMut,
+        step: ChunkStep,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +213,10 @@ impl RequestParser {
                     };
                     self.state = self.body_state(head)?;
                 }
-                State::Body { mut head, remaining } => {
+                State::Body {
+                    mut head,
+                    remaining,
+                } => {
                     if buf.len() < remaining {
                         self.state = State::Body { head, remaining };
                         return Ok(None);
@@ -274,7 +284,9 @@ impl RequestParser {
     }
 
     fn body_state(&mut self, head: Request) -> Result<State, HttpError> {
-        let te = head.header("transfer-encoding").map(str::to_ascii_lowercase);
+        let te = head
+            .header("transfer-encoding")
+            .map(str::to_ascii_lowercase);
         let cl = head.header("content-length");
         if te.is_some() && cl.is_some() {
             return Err(HttpError::Malformed(
@@ -304,11 +316,15 @@ impl RequestParser {
                     || first.is_empty()
                     || !first.bytes().all(|b| b.is_ascii_digit())
                 {
-                    return Err(HttpError::Malformed(format!("invalid Content-Length `{v}`")));
+                    return Err(HttpError::Malformed(format!(
+                        "invalid Content-Length `{v}`"
+                    )));
                 }
                 first
                     .parse::<usize>()
-                    .map_err(|_| HttpError::BodyTooLarge { limit: self.limits.max_body_bytes })?
+                    .map_err(|_| HttpError::BodyTooLarge {
+                        limit: self.limits.max_body_bytes,
+                    })?
             }
         };
         if len > self.limits.max_body_bytes {
@@ -449,7 +465,14 @@ mod tests {
         ] {
             let got: Vec<(String, String, String, Vec<u8>)> = reqs
                 .iter()
-                .map(|r| (r.method.as_str().to_string(), r.path.clone(), r.query.clone(), r.body.to_vec()))
+                .map(|r| {
+                    (
+                        r.method.as_str().to_string(),
+                        r.path.clone(),
+                        r.query.clone(),
+                        r.body.to_vec(),
+                    )
+                })
                 .collect();
             let want: Vec<(String, String, String, Vec<u8>)> = expect
                 .iter()
@@ -461,7 +484,10 @@ mod tests {
 
     #[test]
     fn simple_and_pipelined() {
-        check(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n", &[("GET", "/api/health", "", b"")]);
+        check(
+            b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n",
+            &[("GET", "/api/health", "", b"")],
+        );
         check(
             b"POST /api/insert/c?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /a? HTTP/1.1\r\n\r\n",
             &[("POST", "/api/insert/c", "x=1", b"{}"), ("GET", "/a", "", b"")],
@@ -482,22 +508,44 @@ mod tests {
 
     #[test]
     fn limits_and_errors() {
-        let small = Limits { max_head_bytes: 64, max_body_bytes: 4, max_headers: 4 };
+        let small = Limits {
+            max_head_bytes: 64,
+            max_body_bytes: 4,
+            max_headers: 4,
+        };
         let err = |input: &[u8]| parse_all(input, small).unwrap_err().status();
         assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), 413);
-        assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"), 413);
-        assert_eq!(err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n"), 413);
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n"),
+            413
+        );
         assert_eq!(err(b"G\x01T / HTTP/1.1\r\n\r\n"), 400);
         let mut long = b"GET /".to_vec();
         long.extend(vec![b'a'; 100]);
         assert_eq!(err(&long), 431);
-        assert_eq!(err(b"GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n"), 431);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n"),
+            431
+        );
         let err = |input: &[u8]| parse_all(input, Limits::default()).unwrap_err().status();
-        assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
         assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
-        assert_eq!(err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
         assert_eq!(err(b"\x00\x01\x02garbage\r\n\r\n"), 400);
-        assert_eq!(err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), 400);
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            400
+        );
     }
 
     #[test]
@@ -505,7 +553,9 @@ mod tests {
         for cut in 1..40 {
             let full = b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
             let cut = cut.min(full.len() - 1);
-            assert!(parse_all(&full[..cut], Limits::default()).unwrap().is_empty());
+            assert!(parse_all(&full[..cut], Limits::default())
+                .unwrap()
+                .is_empty());
         }
     }
 
@@ -513,7 +563,11 @@ mod tests {
     fn keep_alive_rules() {
         let r = parse_all(b"GET / HTTP/1.0\r\n\r\n", Limits::default()).unwrap();
         assert!(!r[0].keep_alive());
-        let r = parse_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", Limits::default()).unwrap();
+        let r = parse_all(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            Limits::default(),
+        )
+        .unwrap();
         assert!(!r[0].keep_alive());
         let r = parse_all(b"GET / HTTP/1.1\r\n\r\n", Limits::default()).unwrap();
         assert!(r[0].keep_alive());
@@ -521,6 +575,9 @@ mod tests {
 
     #[test]
     fn absolute_form_targets() {
-        check(b"GET http://h:1/api/health?a HTTP/1.1\r\n\r\n", &[("GET", "/api/health", "a", b"")]);
+        check(
+            b"GET http://h:1/api/health?a HTTP/1.1\r\n\r\n",
+            &[("GET", "/api/health", "a", b"")],
+        );
     }
 }

@@ -33,10 +33,12 @@ pub fn value_from_input(input: serde_json::Value) -> Result<Value, InputError> {
                     }
                 }
             }
-            Ok(Value::Object(Box::new(match Json::from(serde_json::Value::Object(map)) {
-                Json::Object(m) => m,
-                _ => JsonMap::default(),
-            })))
+            Ok(Value::Object(Box::new(
+                match Json::from(serde_json::Value::Object(map)) {
+                    Json::Object(m) => m,
+                    _ => JsonMap::default(),
+                },
+            )))
         }
         other => Ok(infer(other)),
     }

@@ -301,8 +301,14 @@ mod tests {
             json!({"type":"Binary","value":"aGk="}),
             json!({"type":"Binary","value":[104,105]}),
         );
-        check(json!({"type":"Float","value":3}), json!({"type":"Float","value":3.0}));
-        check(json!({"type":"Number","value":3}), json!({"type":"Number","value":3}));
+        check(
+            json!({"type":"Float","value":3}),
+            json!({"type":"Float","value":3.0}),
+        );
+        check(
+            json!({"type":"Number","value":3}),
+            json!({"type":"Number","value":3}),
+        );
     }
 
     #[test]

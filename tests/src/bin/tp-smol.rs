@@ -1,0 +1,3 @@
+fn main() {
+    tidepool_smol::cli_main("tidepool")
+}

@@ -1,0 +1,3 @@
+fn main() {
+    tidepool_std::cli_main("tidepool-std")
+}
