@@ -6,6 +6,7 @@ mod collections;
 mod kv;
 mod records;
 pub mod router;
+mod txn;
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -93,8 +94,19 @@ pub fn error_response(e: &Error) -> Response {
 /// Runs a routed data-plane request against the engine.
 pub fn dispatch(engine: &mut Engine, ctx: &Ctx<'_>, route: Route) -> Result<Response> {
     use Route as R;
-    if ctx.param("transaction_id").is_some_and(|t| !t.is_empty()) {
-        return Err(Error::not_implemented("transactions"));
+    if let Some(tx) = ctx.param("transaction_id").filter(|t| !t.is_empty()) {
+        let tx = tx.to_string();
+        match &route {
+            R::Insert(c) => return txn::insert(engine, ctx, &tx, c),
+            R::Update(c, id) => return txn::update(engine, ctx, &tx, c, id),
+            R::Delete(c, id) => return txn::delete(engine, ctx, &tx, c, id),
+            R::FindById(c, id) => return txn::find_by_id(engine, ctx, &tx, c, id),
+            R::Find(c) => return txn::find(engine, ctx, &tx, c),
+            R::BatchInsert(c) => return txn::batch_insert(engine, ctx, &tx, c),
+            R::BatchUpdate(c) => return txn::batch_update(engine, ctx, &tx, c),
+            R::BatchDelete(c) => return txn::batch_delete(engine, ctx, &tx, c),
+            _ => {}
+        }
     }
     match route {
         R::ListCollections => collections::list(engine, ctx),
@@ -132,13 +144,13 @@ pub fn dispatch(engine: &mut Engine, ctx: &Ctx<'_>, route: Route) -> Result<Resp
         R::KvLegacyUnlink => kv::legacy_link(engine, ctx, false),
         R::Search(_) => Err(Error::not_implemented("search")),
         R::Embed => Err(Error::not_implemented("embeddings")),
-        R::TxBegin
-        | R::TxStatus(_)
-        | R::TxCommit(_)
-        | R::TxRollback(_)
-        | R::TxSavepoint(_)
-        | R::TxSavepointRollback(..)
-        | R::TxSavepointRelease(..) => Err(Error::not_implemented("transactions")),
+        R::TxBegin => txn::begin(engine, ctx),
+        R::TxStatus(tx) => txn::status(engine, ctx, &tx),
+        R::TxCommit(tx) => txn::commit(engine, ctx, &tx),
+        R::TxRollback(tx) => txn::rollback(engine, ctx, &tx),
+        R::TxSavepoint(tx) => txn::savepoint(engine, ctx, &tx),
+        R::TxSavepointRollback(tx, name) => txn::rollback_to(engine, ctx, &tx, &name),
+        R::TxSavepointRelease(tx, name) => txn::release(engine, ctx, &tx, &name),
         R::WebSocket => Err(Error::not_implemented("the WebSocket API")),
         R::Subscribe(_) => Err(Error::not_implemented("SSE subscriptions")),
         R::Unimplemented(what) => Err(Error::not_implemented(what)),

@@ -164,7 +164,7 @@ pub fn restore_all(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respon
     )
 }
 
-fn batch_reply(ctx: &Ctx<'_>, outcome: BatchOutcome) -> Result<Response> {
+pub(super) fn batch_reply(ctx: &Ctx<'_>, outcome: BatchOutcome) -> Result<Response> {
     let failed: Vec<J> = outcome
         .failed
         .into_iter()
@@ -178,7 +178,7 @@ fn batch_reply(ctx: &Ctx<'_>, outcome: BatchOutcome) -> Result<Response> {
 
 /// The list inside a batch body: `{"<key>": [...]}`, the Rust MessagePack struct
 /// form `[[...]]`, or a bare array.
-fn batch_items(body: J, key: &str) -> Result<Vec<J>> {
+pub(super) fn batch_items(body: J, key: &str) -> Result<Vec<J>> {
     match body {
         J::Object(mut o) => match o.remove(key) {
             Some(J::Array(items)) => Ok(items),
@@ -209,8 +209,7 @@ fn id_of(v: &J) -> Result<String> {
     }
 }
 
-pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
-    let items = batch_items(ctx.body()?, "inserts")?;
+pub(super) fn parse_batch_inserts(items: Vec<J>) -> Result<Vec<J>> {
     let mut records = Vec::with_capacity(items.len());
     for item in items {
         records.push(match item {
@@ -222,12 +221,10 @@ pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
             _ => return Err(Error::invalid("each insert is {\"data\": {...}}")),
         });
     }
-    let outcome = engine.batch_insert(c, records, ctx.now)?;
-    batch_reply(ctx, outcome)
+    Ok(records)
 }
 
-pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
-    let items = batch_items(ctx.body()?, "updates")?;
+pub(super) fn parse_batch_updates(items: Vec<J>) -> Result<Vec<(String, J)>> {
     let mut updates = Vec::with_capacity(items.len());
     for item in items {
         updates.push(match item {
@@ -248,12 +245,10 @@ pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
             }
         });
     }
-    let outcome = engine.batch_update(c, updates, ctx.now)?;
-    batch_reply(ctx, outcome)
+    Ok(updates)
 }
 
-pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
-    let body = ctx.body()?;
+pub(super) fn parse_batch_deletes(body: J) -> Result<Vec<String>> {
     let items = match body {
         J::Object(ref o) if o.contains_key("ids") => match o.get("ids") {
             Some(J::Array(ids)) => ids.clone(),
@@ -269,6 +264,23 @@ pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
             other => id_of(&other)?,
         });
     }
+    Ok(ids)
+}
+
+pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let records = parse_batch_inserts(batch_items(ctx.body()?, "inserts")?)?;
+    let outcome = engine.batch_insert(c, records, ctx.now)?;
+    batch_reply(ctx, outcome)
+}
+
+pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let updates = parse_batch_updates(batch_items(ctx.body()?, "updates")?)?;
+    let outcome = engine.batch_update(c, updates, ctx.now)?;
+    batch_reply(ctx, outcome)
+}
+
+pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let ids = parse_batch_deletes(ctx.body()?)?;
     let outcome = engine.batch_delete(c, ids, ctx.now)?;
     batch_reply(ctx, outcome)
 }

@@ -13,6 +13,7 @@ pub mod query;
 pub mod record;
 pub mod schema;
 mod snapshot;
+pub mod txn;
 
 pub use snapshot::SnapshotCursor;
 
@@ -79,6 +80,7 @@ pub struct Engine {
     journal: Journal,
     last_lsn: Lsn,
     committed: VecDeque<Committed>,
+    txns: txn::Transactions,
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -167,6 +169,7 @@ impl Engine {
             journal: Journal::default(),
             last_lsn: Lsn::ZERO,
             committed: VecDeque::new(),
+            txns: txn::Transactions::default(),
         }
     }
 

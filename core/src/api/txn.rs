@@ -1,0 +1,161 @@
+//! Transactions (spec 13): begin, status, commit, rollback, savepoints, and the
+//! data calls that carry `?transaction_id=`.
+
+use super::records::{
+    batch_items, batch_reply, parse_batch_deletes, parse_batch_inserts, parse_batch_updates,
+};
+use super::Ctx;
+use crate::engine::query::FindQuery;
+use crate::engine::record::{Projection, RecordOut};
+use crate::engine::{BatchOutcome, Engine};
+use crate::error::{Error, Result};
+use crate::http::Response;
+use serde_json::{json, Value as J};
+
+pub fn begin(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
+    let body = ctx.body()?;
+    let level = body.get("isolation_level").and_then(J::as_str);
+    let (id, isolation) = engine.tx_begin(level, ctx.now)?;
+    ctx.ok_json(&json!({"transaction_id": id, "isolation_level": isolation, "state": "Active", "status": "active"}))
+}
+
+pub fn status(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str) -> Result<Response> {
+    let (state, isolation, ops) = engine.tx_status(tx)?;
+    ctx.ok_json(&json!({
+        "transaction_id": tx,
+        "state": state.name(),
+        "status": state.name().to_ascii_lowercase(),
+        "operations_count": ops,
+        "isolation_level": isolation,
+    }))
+}
+
+pub fn commit(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str) -> Result<Response> {
+    let ops = engine.tx_commit(tx, ctx.now)?;
+    ctx.ok_json(&json!({"status": "committed", "transaction_id": tx, "operations_count": ops}))
+}
+
+pub fn rollback(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str) -> Result<Response> {
+    engine.tx_rollback(tx)?;
+    ctx.ok_json(&json!({"status": "rolled_back", "transaction_id": tx}))
+}
+
+pub fn savepoint(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    let name = body
+        .get("name")
+        .and_then(J::as_str)
+        .ok_or_else(|| Error::invalid("a savepoint needs a string `name`"))?;
+    engine.tx_savepoint(tx, name)?;
+    ctx.ok_json(&json!({"ok": true, "savepoint": name}))
+}
+
+pub fn rollback_to(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, name: &str) -> Result<Response> {
+    engine.tx_rollback_to(tx, name)?;
+    ctx.ok_json(&json!({"ok": true, "savepoint": name}))
+}
+
+pub fn release(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, name: &str) -> Result<Response> {
+    engine.tx_release(tx, name)?;
+    ctx.ok_json(&json!({"ok": true, "savepoint": name}))
+}
+
+fn projection(ctx: &Ctx<'_>) -> Projection {
+    Projection {
+        select: ctx.list_param("select_fields"),
+        exclude: ctx.list_param("exclude_fields"),
+    }
+}
+
+pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
+    let body = ctx.body()?;
+    if !body.is_object() {
+        return Err(Error::invalid("the record must be a JSON object"));
+    }
+    let id = engine.tx_insert(tx, c, body, ctx.now)?;
+    ctx.ok(&json!({"id": id}))
+}
+
+pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str, id: &str) -> Result<Response> {
+    let record = engine.tx_update(tx, c, id, ctx.body()?, ctx.now)?;
+    let p = projection(ctx);
+    let mut out = RecordOut::new(engine.pk_name(c), id, &record);
+    out.projection = Some(&p).filter(|p| !p.is_empty());
+    ctx.ok(&out)
+}
+
+pub fn delete(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str, id: &str) -> Result<Response> {
+    let record = engine.tx_delete(tx, c, id, ctx.now)?;
+    ctx.ok(&RecordOut::new(engine.pk_name(c), id, &record))
+}
+
+pub fn find_by_id(
+    engine: &mut Engine,
+    ctx: &Ctx<'_>,
+    tx: &str,
+    c: &str,
+    id: &str,
+) -> Result<Response> {
+    let record = engine.tx_find_by_id(tx, c, id, ctx.now)?;
+    let p = projection(ctx);
+    let mut out = RecordOut::new(engine.pk_name(c), id, &record);
+    out.projection = Some(&p).filter(|p| !p.is_empty());
+    ctx.ok(&out)
+}
+
+pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
+    let q = FindQuery::parse(&ctx.body()?)?;
+    if !q.joins.is_empty() {
+        return Err(Error::invalid(
+            "joins are not supported inside a transaction",
+        ));
+    }
+    let rows = engine.tx_find(tx, c, &q, ctx.now)?;
+    let pk = engine.pk_name(c);
+    let records: Vec<RecordOut<'_>> = rows
+        .iter()
+        .map(|(id, r)| {
+            let mut out = RecordOut::new(pk, id, r);
+            out.projection = Some(&q.projection).filter(|p| !p.is_empty());
+            out
+        })
+        .collect();
+    ctx.ok(&records)
+}
+
+pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
+    let records = parse_batch_inserts(batch_items(ctx.body()?, "inserts")?)?;
+    let mut out = BatchOutcome::default();
+    for record in records {
+        let named = record.get("id").and_then(J::as_str).map(str::to_string);
+        match engine.tx_insert(tx, c, record, ctx.now) {
+            Ok(id) => out.successful.push(id),
+            Err(e) => out.failed.push((named, e.message)),
+        }
+    }
+    batch_reply(ctx, out)
+}
+
+pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
+    let updates = parse_batch_updates(batch_items(ctx.body()?, "updates")?)?;
+    let mut out = BatchOutcome::default();
+    for (id, patch) in updates {
+        match engine.tx_update(tx, c, &id, patch, ctx.now) {
+            Ok(_) => out.successful.push(id),
+            Err(e) => out.failed.push((Some(id), e.message)),
+        }
+    }
+    batch_reply(ctx, out)
+}
+
+pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
+    let ids = parse_batch_deletes(ctx.body()?)?;
+    let mut out = BatchOutcome::default();
+    for id in ids {
+        match engine.tx_delete(tx, c, &id, ctx.now) {
+            Ok(_) => out.successful.push(id),
+            Err(e) => out.failed.push((Some(id), e.message)),
+        }
+    }
+    batch_reply(ctx, out)
+}

@@ -1,0 +1,470 @@
+//! Buffered, optimistic transactions (spec 13). Writes are staged per transaction
+//! and invisible to others; reads through the transaction see its own writes and
+//! remember the version they observed. Commit checks that nothing the transaction
+//! read or wrote changed since (else 409), then applies every staged write as one
+//! log batch, so a commit is atomic and durable as a whole.
+//!
+//! ```text
+//! Active ──commit ok──▶ Committed
+//!   │  └──conflict──▶ Aborted
+//!   └──rollback──▶ RolledBack        (restart or timeout: forgotten = rolled back)
+//! ```
+
+use super::query::{self, FindQuery};
+use super::record::Record;
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::ids::Lsn;
+use crate::time::Timestamp;
+use serde_json::Value as J;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// Active transactions beyond this are refused (each holds staged records).
+const MAX_ACTIVE: usize = 10_000;
+/// Finished transactions remembered for status queries.
+const MAX_FINISHED: usize = 1_000;
+/// An abandoned transaction is rolled back after this long.
+pub const TX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxState {
+    Active,
+    Committed,
+    RolledBack,
+    Aborted,
+}
+
+impl TxState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TxState::Active => "Active",
+            TxState::Committed => "Committed",
+            TxState::RolledBack => "RolledBack",
+            TxState::Aborted => "Aborted",
+        }
+    }
+}
+
+type Key = (Box<str>, Box<str>);
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put { record: Record },
+    Delete,
+}
+
+#[derive(Debug)]
+pub struct Txn {
+    pub isolation: String,
+    pub state: TxState,
+    started: Timestamp,
+    /// Staged writes in order (one per operation, as counted by clients).
+    ops: Vec<(Key, Op)>,
+    /// The version of each key as first observed (None = absent).
+    observed: HashMap<Key, Option<Lsn>>,
+    savepoints: Vec<(String, usize)>,
+}
+
+impl Txn {
+    pub fn operations(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The transaction's own latest write to a key, if any.
+    fn staged(&self, key: &Key) -> Option<&Op> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, op)| op)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Transactions {
+    active: HashMap<String, Txn>,
+    finished: VecDeque<(String, Txn)>,
+}
+
+pub const ISOLATION_LEVELS: [&str; 4] = [
+    "ReadUncommitted",
+    "ReadCommitted",
+    "RepeatableRead",
+    "Serializable",
+];
+
+fn normalise_isolation(level: Option<&str>) -> Result<String> {
+    let Some(level) = level else {
+        return Ok("Serializable".to_string());
+    };
+    let squashed: String = level
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ISOLATION_LEVELS
+        .iter()
+        .find(|l| l.to_ascii_lowercase() == squashed)
+        .map(|l| l.to_string())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown isolation level `{level}` (ReadUncommitted, ReadCommitted, RepeatableRead, Serializable)"
+            ))
+        })
+}
+
+fn tx_missing(id: &str) -> Error {
+    Error::not_found(format!("Transaction not found: {id}"))
+}
+
+impl Engine {
+    fn txn(&self, id: &str) -> Result<&Txn> {
+        self.txns.active.get(id).ok_or_else(|| self.tx_gone(id))
+    }
+
+    fn txn_mut(&mut self, id: &str) -> Result<&mut Txn> {
+        if !self.txns.active.contains_key(id) {
+            return Err(self.tx_gone(id));
+        }
+        self.txns.active.get_mut(id).ok_or_else(|| tx_missing(id))
+    }
+
+    /// A data call naming a transaction that is not active is a 400 (spec 13.3).
+    fn tx_gone(&self, id: &str) -> Error {
+        match self.txns.finished.iter().find(|(t, _)| t == id) {
+            Some((_, t)) => Error::invalid(format!(
+                "transaction {id} is {} and accepts no more operations",
+                t.state.name()
+            )),
+            None => Error::invalid(format!("unknown transaction {id}")),
+        }
+    }
+
+    pub fn tx_begin(
+        &mut self,
+        isolation: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(String, String)> {
+        let isolation = normalise_isolation(isolation)?;
+        self.tx_expire(now);
+        if self.txns.active.len() >= MAX_ACTIVE {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unavailable,
+                "too many open transactions; commit or roll back some",
+            ));
+        }
+        let hex = self.token(16);
+        let id = format!(
+            "{}-{}-4{}-a{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[13..16],
+            &hex[17..20],
+            &hex[20..32]
+        );
+        self.txns.active.insert(
+            id.clone(),
+            Txn {
+                isolation: isolation.clone(),
+                state: TxState::Active,
+                started: now,
+                ops: Vec::new(),
+                observed: HashMap::new(),
+                savepoints: Vec::new(),
+            },
+        );
+        Ok((id, isolation))
+    }
+
+    /// Rolls back transactions that were abandoned.
+    fn tx_expire(&mut self, now: Timestamp) {
+        let stale: Vec<String> = self
+            .txns
+            .active
+            .iter()
+            .filter(|(_, t)| now.since(t.started) > TX_TIMEOUT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.tx_finish(&id, TxState::RolledBack);
+        }
+    }
+
+    fn tx_finish(&mut self, id: &str, state: TxState) {
+        if let Some(mut t) = self.txns.active.remove(id) {
+            t.state = state;
+            t.ops.clear();
+            t.observed.clear();
+            self.txns.finished.push_back((id.to_string(), t));
+            if self.txns.finished.len() > MAX_FINISHED {
+                self.txns.finished.pop_front();
+            }
+        }
+    }
+
+    /// (state, isolation, operations) of a transaction, active or finished.
+    pub fn tx_status(&self, id: &str) -> Result<(TxState, &str, usize)> {
+        if let Some(t) = self.txns.active.get(id) {
+            return Ok((t.state, &t.isolation, t.operations()));
+        }
+        self.txns
+            .finished
+            .iter()
+            .find(|(t, _)| t == id)
+            .map(|(_, t)| (t.state, t.isolation.as_str(), 0))
+            .ok_or_else(|| tx_missing(id))
+    }
+
+    fn committed_version(&self, key: &Key, now: Timestamp) -> Option<Lsn> {
+        self.collections
+            .get(&key.0)
+            .and_then(|c| c.raw(&key.1))
+            .filter(|r| !r.is_expired(now))
+            .map(|r| r.version)
+    }
+
+    fn observe(&mut self, tx: &str, key: &Key, now: Timestamp) -> Result<()> {
+        let version = self.committed_version(key, now);
+        self.txn_mut(tx)?
+            .observed
+            .entry(key.clone())
+            .or_insert(version);
+        Ok(())
+    }
+
+    /// The record as the transaction sees it.
+    fn tx_view(&self, tx: &str, key: &Key, now: Timestamp) -> Result<Option<Record>> {
+        match self.txn(tx)?.staged(key) {
+            Some(Op::Put { record, .. }) => Ok(Some(record.clone())),
+            Some(Op::Delete) => Ok(None),
+            None => Ok(self
+                .collections
+                .get(&key.0)
+                .and_then(|c| c.raw(&key.1))
+                .filter(|r| !r.is_expired(now))
+                .cloned()),
+        }
+    }
+
+    pub fn tx_insert(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        body: J,
+        now: Timestamp,
+    ) -> Result<String> {
+        super::validate_name("collection", collection)?;
+        self.txn(tx)?;
+        let (id, record) = self.build_record(collection, body, Record::new(), now, true)?;
+        let id = match id {
+            Some(id) => id,
+            None => self.new_id(now),
+        };
+        let key: Key = (collection.into(), id.as_str().into());
+        self.observe(tx, &key, now)?;
+        if self.tx_view(tx, &key, now)?.is_some() {
+            return Err(Error::conflict(format!(
+                "a record with id `{id}` already exists"
+            )));
+        }
+        self.txn_mut(tx)?.ops.push((key, Op::Put { record }));
+        Ok(id)
+    }
+
+    pub fn tx_update(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        id: &str,
+        patch: J,
+        now: Timestamp,
+    ) -> Result<Record> {
+        let key: Key = (collection.into(), id.into());
+        self.observe(tx, &key, now)?;
+        let base = self
+            .tx_view(tx, &key, now)?
+            .ok_or_else(|| Error::not_found("Record not found"))?;
+        let (_, record) = self.build_record(collection, patch, base, now, false)?;
+        self.txn_mut(tx)?.ops.push((
+            key,
+            Op::Put {
+                record: record.clone(),
+            },
+        ));
+        Ok(record)
+    }
+
+    pub fn tx_delete(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Record> {
+        let key: Key = (collection.into(), id.into());
+        self.observe(tx, &key, now)?;
+        let record = self
+            .tx_view(tx, &key, now)?
+            .ok_or_else(|| Error::not_found("Record not found"))?;
+        self.txn_mut(tx)?.ops.push((key, Op::Delete));
+        Ok(record)
+    }
+
+    pub fn tx_find_by_id(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Record> {
+        let key: Key = (collection.into(), id.into());
+        self.observe(tx, &key, now)?;
+        self.tx_view(tx, &key, now)?
+            .ok_or_else(|| Error::not_found("Record not found"))
+    }
+
+    /// A query over committed data overlaid with the transaction's staged writes.
+    pub fn tx_find(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        q: &FindQuery,
+        now: Timestamp,
+    ) -> Result<Vec<(String, Record)>> {
+        let t = self.txn(tx)?;
+        let mut view: BTreeMap<String, Record> = self
+            .collections
+            .get(collection)
+            .map(|c| {
+                c.iter_live(now)
+                    .map(|(id, r)| (id.to_string(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ((c, id), op) in &t.ops {
+            if c.as_ref() == collection {
+                match op {
+                    Op::Put { record, .. } => {
+                        view.insert(id.to_string(), record.clone());
+                    }
+                    Op::Delete => {
+                        view.remove(id.as_ref());
+                    }
+                }
+            }
+        }
+        let pk = self.pk_name(collection).to_string();
+        let filter = q.filter();
+        let mut hits: Vec<(String, Record)> = view
+            .into_iter()
+            .filter(|(id, r)| filter.matches(&pk, id, r))
+            .collect();
+        if !q.sort.is_empty() {
+            hits.sort_by(|a, b| query::compare_records(&q.sort, &pk, (&a.0, &a.1), (&b.0, &b.1)));
+        }
+        let hits: Vec<(String, Record)> = hits
+            .into_iter()
+            .skip(q.skip)
+            .take(q.limit.unwrap_or(usize::MAX))
+            .collect();
+        for (id, _) in &hits {
+            self.observe(tx, &(collection.into(), id.as_str().into()), now)?;
+        }
+        Ok(hits)
+    }
+
+    /// Applies the staged writes atomically, or fails with 409 if anything the
+    /// transaction touched changed since it looked.
+    pub fn tx_commit(&mut self, tx: &str, now: Timestamp) -> Result<usize> {
+        let t = self.txn(tx)?;
+        let conflict = t
+            .observed
+            .iter()
+            .find(|(key, seen)| self.committed_version(key, now) != **seen)
+            .map(|(key, _)| key.clone());
+        if let Some((c, id)) = conflict {
+            self.tx_finish(tx, TxState::Aborted);
+            return Err(Error::conflict(format!(
+                "transaction conflict: record `{id}` in `{c}` was changed by another writer; retry the transaction"
+            )));
+        }
+        // Collapse to the final state per key, in first-touch order.
+        let t = self.txns.active.get(tx).ok_or_else(|| tx_missing(tx))?;
+        let mut order: Vec<Key> = Vec::new();
+        let mut last: HashMap<Key, Op> = HashMap::new();
+        for (key, op) in &t.ops {
+            if !last.contains_key(key) {
+                order.push(key.clone());
+            }
+            last.insert(key.clone(), op.clone());
+        }
+        let count = t.ops.len();
+        for key in &order {
+            if let Some(Op::Put { record, .. }) = last.get(key) {
+                if let Some(c) = self.collections.get(&key.0) {
+                    if let Some(field) = c.find_unique_violation(&key.1, record, now) {
+                        self.tx_finish(tx, TxState::Aborted);
+                        return Err(Error::conflict(format!(
+                            "duplicate value for unique field `{field}`"
+                        )));
+                    }
+                }
+            }
+        }
+        let version = self.op_lsn();
+        for key in order {
+            match last.remove(&key) {
+                Some(Op::Put { mut record }) => {
+                    record.version = version;
+                    self.store(&key.0, &key.1, record, now)?;
+                }
+                Some(Op::Delete) => {
+                    if self.live(&key.0, &key.1, now).is_ok() {
+                        self.delete(&key.0, &key.1, now)?;
+                    }
+                }
+                None => {}
+            }
+        }
+        self.tx_finish(tx, TxState::Committed);
+        Ok(count)
+    }
+
+    pub fn tx_rollback(&mut self, tx: &str) -> Result<()> {
+        self.txn(tx)?;
+        self.tx_finish(tx, TxState::RolledBack);
+        Ok(())
+    }
+
+    pub fn tx_savepoint(&mut self, tx: &str, name: &str) -> Result<()> {
+        let t = self.txn_mut(tx)?;
+        let at = t.ops.len();
+        t.savepoints.retain(|(n, _)| n != name);
+        t.savepoints.push((name.to_string(), at));
+        Ok(())
+    }
+
+    pub fn tx_rollback_to(&mut self, tx: &str, name: &str) -> Result<()> {
+        let t = self.txn_mut(tx)?;
+        let pos = t
+            .savepoints
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::not_found(format!("Savepoint not found: {name}")))?;
+        let at = t.savepoints[pos].1;
+        t.ops.truncate(at);
+        t.savepoints.truncate(pos + 1);
+        Ok(())
+    }
+
+    pub fn tx_release(&mut self, tx: &str, name: &str) -> Result<()> {
+        let t = self.txn_mut(tx)?;
+        let before = t.savepoints.len();
+        t.savepoints.retain(|(n, _)| n != name);
+        if t.savepoints.len() == before {
+            return Err(Error::not_found(format!("Savepoint not found: {name}")));
+        }
+        Ok(())
+    }
+}
