@@ -1,0 +1,1 @@
+//! Search indexes for Tidepool (pure, no I/O).
