@@ -123,6 +123,10 @@ async fn serve_connection(
     let mut conn = Connection::new(limits, idle, now());
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
+    // One timer per connection, re-armed only when the deadline moved by more than
+    // a second: arming a timer per read costs more than the read itself.
+    let mut armed = std::time::Instant::now() + Duration::from_secs(3600);
+    let mut timer = Timer::at(armed);
     loop {
         if host.durability.failed() {
             let s = host.lock();
@@ -159,13 +163,19 @@ async fn serve_connection(
             }
             continue;
         }
-        let deadline = conn
-            .poll_timeout()
-            .map(|t| t.since(now()).max(Duration::from_millis(1)))
-            .unwrap_or(Duration::from_secs(60));
+        let deadline = std::time::Instant::now()
+            + conn
+                .poll_timeout()
+                .map(|t| t.since(now()).max(Duration::from_millis(1)))
+                .unwrap_or(Duration::from_secs(60));
+        if deadline < armed || deadline > armed + Duration::from_secs(1) {
+            armed = deadline;
+            timer.set_at(armed);
+        }
         let woke = async { Wake::Read(stream.read(&mut buf).await) }
             .or(async {
-                Timer::after(deadline).await;
+                (&mut timer).await;
+                armed = std::time::Instant::now() + Duration::from_secs(3600);
                 Wake::Timeout
             })
             .await;

@@ -409,7 +409,22 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
         }
     }
 
-    // 6. Torn tail, corruption, or salvage.
+    // 6. Zeros from the failure point to the end of the newest segment are space the
+    //    writer preallocated: the log simply ends there.
+    if let Some((i, off, _)) = &failure {
+        let (i, off) = (*i, *off);
+        let newest = i + 1 == files.len();
+        let f = &mut files[i];
+        let zeros = f.map.get(off..).is_some_and(|r| r.iter().all(|&b| b == 0));
+        if newest && f.walk.is_some() && zeros {
+            f.map = Arc::new(Mapped::owned(Vec::new()));
+            truncate(&*f.file, &f.path, off as u64)?;
+            f.map = Arc::new(f.file.map().map_err(io_err("mapping", &f.path))?);
+            failure = None;
+        }
+    }
+
+    // 7. Torn tail, corruption, or salvage.
     if let Some((i, off, why)) = failure {
         let witness = (i..files.len()).find_map(|j| {
             let from = if j == i { off } else { 0 };
@@ -502,7 +517,7 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
             .extend(salvaged_snapshots.into_iter().map(|(_, _, _, aside)| aside));
     }
 
-    // 7. A log that ends before the snapshot's replay_from (possible only after salvage)
+    // 8. A log that ends before the snapshot's replay_from (possible only after salvage)
     //    is wholly covered by the snapshot and would break the chain: drop it.
     if lsn < replay_from {
         for f in files.drain(..) {
@@ -515,7 +530,7 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
         dir_changed = true;
     }
 
-    // 8. What we read may sit only in the page cache (after a process crash): make it
+    // 9. What we read may sit only in the page cache (after a process crash): make it
     //    durable before new frames claim it as their synced watermark.
     for f in &files {
         f.file.sync_data().map_err(io_err("syncing", &f.path))?;
@@ -526,7 +541,7 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
             .map_err(io_err("syncing directory", dir))?;
     }
 
-    // 9. The active segment: reuse the newest if it holds no frame, else start one.
+    // 10. The active segment: reuse the newest if it holds no frame, else start one.
     let reuse = files
         .last()
         .is_some_and(|f| f.walk.is_some() && f.map.len() == SEGMENT_HEADER_LEN);
@@ -559,7 +574,7 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
         return Err(StoreError::misuse("no active segment after recovery"));
     };
 
-    // 10. Views for readers and the replay list.
+    // 11. Views for readers and the replay list.
     let mut views = Vec::new();
     let mut replay = Vec::new();
     for f in files {

@@ -31,6 +31,10 @@ use crate::snapshot::{FinishedSnapshot, SnapshotWriter};
 
 /// The write-combining buffer is written out once it holds this many bytes.
 pub const FLUSH_BYTES: usize = 256 << 10;
+/// Zeros are written this far ahead of the data (at most an eighth of a segment), so
+/// most syncs overwrite allocated blocks: `fdatasync` then has no file size change to
+/// commit to the file system journal, which makes it several times cheaper on ext4.
+pub const PREALLOC_BYTES: u64 = 1 << 20;
 
 /// Distinguishes stores in one process, so a snapshot cannot be installed into the
 /// wrong one.
@@ -49,6 +53,8 @@ struct Segment {
     flushed_len: u64,
     /// Bytes known durable.
     synced_len: u64,
+    /// The file holds zeros written by us from the data's end up to here.
+    prealloc_end: u64,
     /// Index entries not yet published to readers.
     index: Vec<(u64, u64)>,
     last_indexed: Option<u64>,
@@ -125,6 +131,7 @@ impl Store {
             len: r.active_len,
             flushed_len: r.active_len,
             synced_len: r.active_len,
+            prealloc_end: r.active_len,
             index: Vec::new(),
             last_indexed: None,
         };
@@ -243,7 +250,8 @@ impl Store {
         Ok(())
     }
 
-    /// Hands the write-combining buffer to the active segment (no sync).
+    /// Hands the write-combining buffer to the active segment (no sync), and keeps
+    /// zeros allocated ahead of it.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -256,6 +264,18 @@ impl Store {
         self.buf.clear();
         if self.buf.capacity() > 4 * FLUSH_BYTES {
             self.buf = Vec::with_capacity(FLUSH_BYTES + (64 << 10));
+        }
+        let step = PREALLOC_BYTES.min(self.opts.segment_bytes / 8).max(4096);
+        if a.flushed_len + step / 2 > a.prealloc_end {
+            let from = a.prealloc_end.max(a.flushed_len);
+            let to = (a.flushed_len + step).min(self.opts.segment_bytes.max(a.flushed_len));
+            if to > from {
+                let zeros = vec![0u8; (to - from) as usize];
+                a.file
+                    .write_at(&zeros, from)
+                    .map_err(|e| StoreError::io("preallocating", &a.path, e))?;
+                a.prealloc_end = to;
+            }
         }
         Ok(())
     }
@@ -287,10 +307,19 @@ impl Store {
             len,
             flushed_len: len,
             synced_len: 0,
+            prealloc_end: len,
             index: Vec::new(),
             last_indexed: None,
         };
         let old = std::mem::replace(&mut self.active, next);
+        // A sealed segment ends at its last frame: cut the preallocated zeros. The
+        // next sync makes the new length durable along with the data.
+        if old.prealloc_end > old.len {
+            old.file
+                .set_len(old.len)
+                .map_err(|e| StoreError::io("truncating", &old.path, e))?;
+        }
+        self.sealing.push(old);
         let mut s = lock(&self.shared);
         s.segments.push(SegView {
             id,
@@ -303,12 +332,6 @@ impl Store {
             map: None,
             index: Vec::new(),
         });
-        if old.synced_len == old.len {
-            // Already durable: readers can map it now.
-            publish(&mut s, old, true);
-        } else {
-            self.sealing.push(old);
-        }
         Ok(())
     }
 
@@ -497,8 +520,8 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Hand buffered frames to the OS so a clean exit without `sync` still leaves
         // them in the page cache; durability needs `sync`.
-        if !self.poisoned {
-            let _ = self.flush();
+        if !self.poisoned && self.flush().is_ok() && self.active.prealloc_end > self.active.len {
+            let _ = self.active.file.set_len(self.active.len);
         }
     }
 }

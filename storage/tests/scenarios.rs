@@ -60,17 +60,69 @@ fn bad_checksum_in_last_frame_with_nothing_after_is_a_torn_tail() {
 }
 
 #[test]
-fn zeroed_tail_is_a_torn_tail() {
+fn zeroed_tail_of_the_newest_segment_is_preallocated_space() {
     let sim = SimBackend::new();
     let (mut store, _) = open(&sim, &opts(1 << 20)).unwrap();
     let written = fill(&mut store, 3, 64, true);
     drop(store);
     let mut bytes = sim.read_file(&seg_path(1)).unwrap();
+    let end = bytes.len();
     bytes.extend_from_slice(&[0u8; 4096]);
     sim.write_file(&seg_path(1), &bytes);
     let (_s, rec) = open(&sim, &opts(1 << 20)).unwrap();
     assert_eq!(batches(&rec), written);
-    assert_eq!(rec.report().torn_tail.as_ref().unwrap().dropped_bytes, 4096);
+    assert!(rec.report().torn_tail.is_none());
+    assert_eq!(sim.read_file(&seg_path(1)).unwrap().len(), end);
+}
+
+#[test]
+fn preallocation_is_cut_when_a_segment_is_sealed_and_on_drop() {
+    let sim = SimBackend::new();
+    let o = opts(64 << 10);
+    let (mut store, _) = open(&sim, &o).unwrap();
+    let per = framed_len(100) as u64;
+    fill(&mut store, 10, 100, true);
+    let logical = SEGMENT_HEADER_LEN as u64 + 10 * per;
+    // Zeros are kept ahead of the data so syncs overwrite allocated blocks.
+    assert!(sim.read_file(&seg_path(1)).unwrap().len() as u64 > logical);
+    // Sealed segments end exactly at their last frame.
+    fill(&mut store, 1200, 100, true);
+    let segs = segment_names(&sim).len() as u64;
+    assert!(segs >= 3);
+    for id in 1..segs {
+        let len = sim.read_file(&seg_path(id)).unwrap().len() as u64;
+        assert_eq!(
+            (len - SEGMENT_HEADER_LEN as u64) % per,
+            0,
+            "segment {id} has {len} bytes"
+        );
+    }
+    drop(store);
+    let len = sim.read_file(&seg_path(segs)).unwrap().len() as u64;
+    assert_eq!(
+        (len - SEGMENT_HEADER_LEN as u64) % per,
+        0,
+        "active segment cut on drop"
+    );
+}
+
+#[test]
+fn zeros_in_a_sealed_segment_before_acknowledged_data_are_corruption() {
+    let sim = SimBackend::new();
+    let o = opts(1000);
+    let (mut store, _) = open(&sim, &o).unwrap();
+    fill(&mut store, 30, 100, true);
+    drop(store);
+    let mut bytes = sim.read_file(&seg_path(2)).unwrap();
+    let at = frame_offset(5, 100);
+    bytes[at..].iter_mut().for_each(|b| *b = 0);
+    sim.write_file(&seg_path(2), &bytes);
+    match open(&sim, &o).unwrap_err() {
+        StoreError::Corrupt { file, offset, .. } => {
+            assert_eq!((file, offset), (seg_path(2), at as u64))
+        }
+        e => panic!("{e:?}"),
+    }
 }
 
 #[test]

@@ -1,0 +1,496 @@
+//! Load generator for a Tidepool server over HTTP/1.1 keep-alive.
+//!
+//! ```sh
+//! cargo build --release -p tidepool-smol -p tidepool-std -p tidepool-benches
+//! target/release/loadgen --spawn tidepool --connections 64 --seconds 10
+//! ```
+//!
+//! With `--spawn BIN` it starts the server itself (from the same target directory)
+//! on a fresh data directory next to the build, so the fsync measurement below
+//! runs on the same disk. With `--url` it drives a server that is already running.
+//!
+//! Each workload runs for `--seconds` with N connections, each a thread doing one
+//! request at a time, and reports ops/s and p50/p99/p999 latency. The raw fsync rate
+//! of the disk (4 KiB append + fdatasync in a loop) is measured in the same run,
+//! because a durable insert cannot be acknowledged faster than its fsync allows.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    url: Option<String>,
+    spawn: Option<String>,
+    api_key: String,
+    connections: usize,
+    seconds: u64,
+    workloads: Vec<String>,
+    prefill: usize,
+    fill: usize,
+    fsync: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        url: None,
+        spawn: None,
+        api_key: "loadgen-key".into(),
+        connections: 64,
+        seconds: 10,
+        workloads: vec!["insert".into(), "get".into(), "query".into(), "kv".into()],
+        prefill: 10_000,
+        fill: 0,
+        fsync: "sync".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => a.url = Some(val()),
+            "--spawn" => a.spawn = Some(val()),
+            "--api-key" => a.api_key = val(),
+            "--connections" => a.connections = val().parse().expect("number"),
+            "--seconds" => a.seconds = val().parse().expect("number"),
+            "--workloads" => a.workloads = val().split(',').map(str::to_string).collect(),
+            "--prefill" => a.prefill = val().parse().expect("number"),
+            "--fill" => a.fill = val().parse().expect("number"),
+            "--fsync" => a.fsync = val(),
+            "--help" | "-h" => {
+                println!(
+                    "loadgen [--spawn tidepool|tidepool-std | --url http://host:port --api-key KEY]\n\
+                     \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv]\n\
+                     \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown flag {other} (see --help)"),
+        }
+    }
+    a
+}
+
+/// A keep-alive HTTP/1.1 connection doing one request at a time.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    host: String,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            host: addr.to_string(),
+        }
+    }
+
+    /// Sends a request and returns (status, body).
+    fn call(&mut self, method: &str, path: &str, token: &str, body: &str) -> (u16, Vec<u8>) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.write_all(req.as_bytes()).expect("write");
+        self.buf.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let n = self.stream.read(&mut chunk).expect("read");
+                    assert!(n > 0, "server closed the connection");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return (status, self.buf[end + 4..end + 4 + len].to_vec());
+            }
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Pulls `"key":"value"` out of a small JSON body without a JSON parser.
+fn json_str(body: &[u8], key: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let end = text[start..].find('"')? + start;
+    Some(text[start..end].to_string())
+}
+
+fn doc(i: u64) -> String {
+    format!(
+        r#"{{"name":"user-{i}","email":"user{i}@example.com","age":{},"city":"{}","score":{}.5,"active":{},"tags":["t{}","bench"],"bio":"A short line of profile text."}}"#,
+        i % 100,
+        ["Lisbon", "Osaka", "Quito", "Tromso"][(i % 4) as usize],
+        i % 1000,
+        i % 2 == 0,
+        i % 10
+    )
+}
+
+struct Server {
+    child: Option<Child>,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.child.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn spawn(bin: &str, key: &str, fsync: &str) -> Server {
+    let exe = std::env::current_exe().expect("exe");
+    let target = exe.parent().expect("target dir");
+    let path = target.join(bin);
+    assert!(
+        path.exists(),
+        "{} not found: build it with cargo build --release",
+        path.display()
+    );
+    let dir = target.join(format!("loadgen-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(&path)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            key,
+            "--fsync",
+            fsync,
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").expect("line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Server {
+        child: Some(child),
+        addr,
+        dir,
+    }
+}
+
+/// 4 KiB append + fdatasync in a loop for `secs`: the disk's durable-write ceiling.
+fn fsync_rate(dir: &Path, secs: f64) -> f64 {
+    std::fs::create_dir_all(dir).ok();
+    let path = dir.join("fsync-probe");
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("probe file");
+    let block = vec![0x5au8; 4096];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all_at(&block, n * 4096).expect("write");
+        f.sync_data().expect("fsync");
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Outcome {
+    ops: u64,
+    errors: u64,
+    secs: f64,
+    lat_us: Vec<u32>,
+}
+
+/// Runs `op` on `conns` connections for `secs`; `op` gets (connection, worker, seq).
+fn run<F>(addr: &str, conns: usize, secs: u64, op: F) -> Outcome
+where
+    F: Fn(&mut Conn, usize, u64) -> bool + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..conns)
+        .map(|w| {
+            let (op, stop, errors, addr) =
+                (op.clone(), stop.clone(), errors.clone(), addr.to_string());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(&addr);
+                let mut lat = Vec::with_capacity(1 << 16);
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if !op(&mut c, w, seq) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    seq += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat_us = Vec::new();
+    for h in handles {
+        lat_us.extend(h.join().expect("worker"));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat_us.sort_unstable();
+    Outcome {
+        ops: lat_us.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        lat_us,
+    }
+}
+
+fn pct(lat: &[u32], p: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+    lat[i] as f64 / 1000.0
+}
+
+fn report(name: &str, o: &Outcome) -> f64 {
+    let rate = o.ops as f64 / o.secs;
+    println!(
+        "| {name:<22} | {rate:>10.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>6} |",
+        pct(&o.lat_us, 0.50),
+        pct(&o.lat_us, 0.99),
+        pct(&o.lat_us, 0.999),
+        o.errors
+    );
+    rate
+}
+
+fn token(addr: &str, key: &str) -> String {
+    let mut c = Conn::open(addr);
+    let (status, body) = c.call(
+        "POST",
+        "/api/auth/token",
+        "",
+        &format!("{{\"api_key\":\"{key}\"}}"),
+    );
+    assert_eq!(status, 200, "token: {}", String::from_utf8_lossy(&body));
+    json_str(&body, "token").expect("token in body")
+}
+
+fn main() {
+    let args = parse_args();
+    let server = match (&args.spawn, &args.url) {
+        (Some(bin), _) => spawn(bin, &args.api_key, &args.fsync),
+        (None, Some(url)) => Server {
+            child: None,
+            addr: url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            dir: std::env::temp_dir(),
+        },
+        _ => {
+            eprintln!("give --spawn tidepool or --url http://host:port (see --help)");
+            std::process::exit(2);
+        }
+    };
+    let addr = server.addr.clone();
+    let tok = Arc::new(token(&addr, &args.api_key));
+    let probe_dir = if server.child.is_some() {
+        server.dir.clone()
+    } else {
+        std::env::temp_dir()
+    };
+    let fsync = fsync_rate(&probe_dir, 2.0);
+    println!(
+        "server {addr}, {} connections, {} s per workload",
+        args.connections, args.seconds
+    );
+    println!("raw fsync rate (4 KiB append + fdatasync): {fsync:.0}/s\n");
+    println!("| workload               |      ops/s | p50 (ms) | p99 (ms) | p999 (ms) | errors |");
+    println!("|------------------------|-----------:|---------:|---------:|----------:|-------:|");
+
+    // Prefill for reads and queries (batch inserts, 1,000 per request).
+    let mut ids: Vec<String> = Vec::new();
+    if args.workloads.iter().any(|w| w == "get" || w == "query") {
+        let mut c = Conn::open(&addr);
+        let mut i = 0u64;
+        while (i as usize) < args.prefill {
+            let n = 1000.min(args.prefill - i as usize) as u64;
+            let items: Vec<String> = (i..i + n)
+                .map(|j| format!("{{\"data\":{}}}", doc(j)))
+                .collect();
+            let body = format!("{{\"inserts\":[{}]}}", items.join(","));
+            let (status, resp) = c.call("POST", "/api/batch/insert/bench_read", &tok, &body);
+            assert_eq!(status, 200, "prefill: {}", String::from_utf8_lossy(&resp));
+            let text = String::from_utf8_lossy(&resp);
+            let list = text
+                .split("\"successful\":[")
+                .nth(1)
+                .and_then(|s| s.split(']').next())
+                .unwrap_or("");
+            ids.extend(
+                list.split(',')
+                    .map(|s| s.trim_matches('"').to_string())
+                    .filter(|s| !s.is_empty()),
+            );
+            i += n;
+        }
+    }
+    let ids = Arc::new(ids);
+    let mut insert_rate = 0.0;
+    for w in &args.workloads {
+        match w.as_str() {
+            "insert" => {
+                let t = tok.clone();
+                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
+                    let i = (w as u64) << 32 | seq;
+                    c.call("POST", "/api/insert/bench_write", &t, &doc(i)).0 == 200
+                });
+                insert_rate = report("insert (durable)", &o);
+            }
+            "get" => {
+                let (t, ids) = (tok.clone(), ids.clone());
+                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
+                    let id = &ids[((w as u64 * 7919 + seq * 104_729) % ids.len() as u64) as usize];
+                    c.call("GET", &format!("/api/find/bench_read/{id}"), &t, "")
+                        .0
+                        == 200
+                });
+                report("get by id", &o);
+            }
+            "query" => {
+                let t = tok.clone();
+                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
+                    let age = (w as u64 + seq) % 100;
+                    let body = format!(
+                        r#"{{"filter":{{"type":"Logical","content":{{"operator":"And","expressions":[{{"type":"Condition","content":{{"field":"age","operator":"Eq","value":{age}}}}},{{"type":"Condition","content":{{"field":"active","operator":"Eq","value":true}}}}]}}}},"limit":10}}"#
+                    );
+                    c.call("POST", "/api/find/bench_read", &t, &body).0 == 200
+                });
+                report(&format!("query ({} docs)", args.prefill), &o);
+            }
+            "kv" => {
+                let t = tok.clone();
+                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
+                    let body = format!(r#"{{"value":{{"n":{seq},"w":{w}}}}}"#);
+                    c.call(
+                        "POST",
+                        &format!("/api/kv/set/k-{w}-{}", seq % 1000),
+                        &t,
+                        &body,
+                    )
+                    .0 == 200
+                });
+                report("kv set (durable)", &o);
+                let t = tok.clone();
+                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
+                    c.call("GET", &format!("/api/kv/get/k-{w}-{}", seq % 1000), &t, "")
+                        .0
+                        == 200
+                });
+                report("kv get", &o);
+            }
+            other => eprintln!("unknown workload {other}"),
+        }
+    }
+    if insert_rate > 0.0 {
+        let floor = 0.5 * args.connections as f64 * fsync;
+        println!(
+            "\ndurable inserts: {insert_rate:.0}/s = {:.1} x the raw fsync rate (floor: half of {} x fsync = {floor:.0}/s)",
+            insert_rate / fsync,
+            args.connections
+        );
+    }
+    if args.fill > 0 {
+        let pid = server.child.as_ref().map(|c| c.id());
+        let before = pid.and_then(rss_kib).unwrap_or(0);
+        let mut c = Conn::open(&addr);
+        let start = Instant::now();
+        let mut i = 0u64;
+        while (i as usize) < args.fill {
+            let n = 2000.min(args.fill - i as usize) as u64;
+            let items: Vec<String> = (i..i + n)
+                .map(|j| format!("{{\"data\":{}}}", doc(j)))
+                .collect();
+            let (status, _) = c.call(
+                "POST",
+                "/api/batch/insert/bench_fill",
+                &tok,
+                &format!("{{\"inserts\":[{}]}}", items.join(",")),
+            );
+            assert_eq!(status, 200);
+            i += n;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_millis(500));
+        let after = pid.and_then(rss_kib).unwrap_or(0);
+        println!(
+            "\nbulk load: {} docs (~{} bytes of JSON each) in {secs:.1} s ({:.0} docs/s); server RSS {} MiB -> {} MiB",
+            args.fill,
+            doc(123_456).len(),
+            args.fill as f64 / secs,
+            before / 1024,
+            after / 1024
+        );
+    }
+}
