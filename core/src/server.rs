@@ -112,7 +112,7 @@ impl Server {
             return;
         }
         self.engine.sweep(now);
-        self.engine.commit();
+        self.engine.commit(now);
     }
 
     // ----- requests ---------------------------------------------------------
@@ -123,7 +123,7 @@ impl Server {
             .unwrap_or_else(|e| api::error_response(&e));
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
-        let wait_for = match self.engine.commit() {
+        let wait_for = match self.engine.commit(now) {
             Some(lsn) => lsn,
             None if self.storage_failure.is_some() => self.durable,
             None => self.engine.last_lsn(),

@@ -187,8 +187,8 @@ impl Engine {
 
     /// Seals the current operation's mutations into a batch. Returns its LSN, or
     /// `None` if the operation changed nothing.
-    pub fn commit(&mut self) -> Option<Lsn> {
-        let payload = self.journal.take()?;
+    pub fn commit(&mut self, now: Timestamp) -> Option<Lsn> {
+        let payload = self.journal.take(now)?;
         self.last_lsn = self.last_lsn.next();
         self.committed.push_back(Committed {
             lsn: self.last_lsn,
@@ -208,7 +208,7 @@ impl Engine {
 
     /// Applies a batch read back from the log during recovery.
     pub fn replay(&mut self, lsn: Lsn, payload: &[u8]) -> std::result::Result<(), String> {
-        for m in decode_batch(payload)? {
+        for m in decode_batch(payload)?.mutations {
             self.apply(m);
         }
         self.last_lsn = self.last_lsn.max(lsn);
@@ -227,6 +227,7 @@ impl Engine {
                 collection,
                 id,
                 mut record,
+                ..
             } => {
                 record.intern_keys(&mut self.interner);
                 self.collection_or_create(&collection, record.version)
@@ -485,10 +486,16 @@ impl Engine {
             }
         }
         self.implicit_collection(collection, now);
+        let insert = self
+            .collections
+            .get(collection)
+            .and_then(|c| c.raw(id))
+            .is_none_or(|r| r.is_expired(now));
         self.journal.record(&MutationRef::Put {
             collection,
             id,
             record: &record,
+            insert,
         });
         if let Some(c) = self.collections.get_mut(collection) {
             c.put(id, record);

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Mutation {
     /// `live[id] = record` (insert, update, action; creates the collection).
+    /// `insert` says whether the id was new, for change events.
     Put {
         collection: Box<str>,
         id: Box<str>,
         record: Record,
+        insert: bool,
     },
     /// Removes `live[id]`; with `trash`, keeps it in the trash (soft delete).
     Remove {
@@ -64,6 +66,7 @@ pub enum MutationRef<'a> {
         collection: &'a str,
         id: &'a str,
         record: &'a Record,
+        insert: bool,
     },
     Remove {
         collection: &'a str,
@@ -100,19 +103,22 @@ pub enum MutationRef<'a> {
     },
 }
 
-/// Collects the mutations of one operation into one batch payload: a bincode
-/// `Vec<Mutation>` written element by element (the length is patched at the end).
+/// Collects the mutations of one operation into one batch payload: the commit
+/// time (i64 microseconds, little-endian) followed by a bincode `Vec<Mutation>`
+/// written element by element (the length is patched at the end).
 #[derive(Debug, Default)]
 pub struct Journal {
     buf: Vec<u8>,
     count: u64,
 }
 
+const HEADER: usize = 16;
+
 impl Journal {
     pub fn record(&mut self, m: &MutationRef<'_>) {
         if self.count == 0 {
             self.buf.clear();
-            self.buf.extend_from_slice(&[0; 8]);
+            self.buf.extend_from_slice(&[0; HEADER]);
         }
         // Serialising into a Vec cannot fail for these types.
         let _ = bincode::serialize_into(&mut self.buf, m);
@@ -124,11 +130,12 @@ impl Journal {
     }
 
     /// The finished payload, or `None` if the operation changed nothing.
-    pub fn take(&mut self) -> Option<Vec<u8>> {
+    pub fn take(&mut self, at: Timestamp) -> Option<Vec<u8>> {
         if self.count == 0 {
             return None;
         }
-        self.buf[..8].copy_from_slice(&self.count.to_le_bytes());
+        self.buf[..8].copy_from_slice(&at.micros().to_le_bytes());
+        self.buf[8..HEADER].copy_from_slice(&self.count.to_le_bytes());
         self.count = 0;
         Some(std::mem::take(&mut self.buf))
     }
@@ -140,12 +147,23 @@ impl Journal {
     }
 }
 
+/// A decoded batch: when it was committed and what it changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub at: Timestamp,
+    pub mutations: Vec<Mutation>,
+}
+
 /// Decodes a batch payload. Corrupt payloads are errors, never panics.
-pub fn decode_batch(payload: &[u8]) -> Result<Vec<Mutation>, String> {
-    let count = payload
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-        .ok_or("batch shorter than its header")?;
+pub fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
+    let word = |range: std::ops::Range<usize>| -> Result<[u8; 8], String> {
+        payload
+            .get(range)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "batch shorter than its header".to_string())
+    };
+    let at = Timestamp::from_micros(i64::from_le_bytes(word(0..8)?));
+    let count = u64::from_le_bytes(word(8..HEADER)?);
     // Each mutation takes at least a few bytes: refuse absurd counts before allocating.
     if count > payload.len() as u64 {
         return Err(format!(
@@ -153,7 +171,9 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Mutation>, String> {
             payload.len()
         ));
     }
-    bincode::deserialize::<Vec<Mutation>>(payload).map_err(|e| format!("undecodable batch: {e}"))
+    let mutations = bincode::deserialize::<Vec<Mutation>>(&payload[8..])
+        .map_err(|e| format!("undecodable batch: {e}"))?;
+    Ok(Batch { at, mutations })
 }
 
 #[cfg(test)]
@@ -170,6 +190,7 @@ mod tests {
             collection: "users",
             id: "u1",
             record: &record,
+            insert: true,
         });
         j.record(&MutationRef::Remove {
             collection: "users",
@@ -177,15 +198,17 @@ mod tests {
             trash: Some((&record, Timestamp::from_secs(5))),
         });
         j.record(&MutationRef::KvClear);
-        let payload = j.take().unwrap();
+        let payload = j.take(Timestamp::from_secs(9)).unwrap();
         let decoded = decode_batch(&payload).unwrap();
+        assert_eq!(decoded.at, Timestamp::from_secs(9));
         assert_eq!(
-            decoded,
+            decoded.mutations,
             vec![
                 Mutation::Put {
                     collection: "users".into(),
                     id: "u1".into(),
-                    record: record.clone()
+                    record: record.clone(),
+                    insert: true,
                 },
                 Mutation::Remove {
                     collection: "users".into(),

@@ -25,6 +25,7 @@ enum Stage {
 }
 
 pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) -> Option<Vec<u8>> {
+    use crate::time::Timestamp;
     let mut journal = Journal::default();
     let mut budget = max.max(1);
     while budget > 0 {
@@ -53,6 +54,7 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
                             collection: name,
                             id,
                             record,
+                            insert: true,
                         });
                         budget -= 1;
                         last = Some(id);
@@ -110,7 +112,7 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
         };
         cursor.stage = next;
     }
-    journal.take()
+    journal.take(Timestamp::EPOCH)
 }
 
 fn next_collection(engine: &Engine, after: &str) -> Stage {
