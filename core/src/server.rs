@@ -1,15 +1,18 @@
-//! `Server`: the state shared by all connections (engine, auth, settings) and the
-//! one entry point for a parsed HTTP request. The runtime keeps it behind a lock;
-//! connection state machines (`conn`) call in with requests and get replies that
-//! say which LSN must be durable before the bytes may be sent.
+//! `Server`: the state shared by all connections (engine, subscription hub,
+//! auth, settings) and the entry points for parsed requests. The runtime keeps
+//! it behind a lock; connection state machines (`conn`) call in and get replies
+//! that say which LSN must be durable before their bytes may be sent.
 
 use crate::api::{self, codec, router, router::Route, Ctx};
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::engine::mutation::decode_batch;
 use crate::engine::{Committed, Engine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{url, Limits, Request, Response};
-use crate::ids::Lsn;
+use crate::ids::{ConnId, Lsn};
+use crate::realtime::events::EventPos;
+use crate::realtime::hub::{Filter, Hub};
 use crate::time::Timestamp;
 use serde_json::json;
 use std::time::Duration;
@@ -25,11 +28,27 @@ pub const COMPAT_VERSION: &str = "0.80.0";
 pub struct Reply {
     pub response: Response,
     pub wait_for: Lsn,
+    /// The request switches the connection to another protocol.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// A protocol switch decided by a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upgrade {
+    WebSocket {
+        accept: String,
+    },
+    Sse {
+        collection: String,
+        filter: Option<Filter>,
+        resume: Option<EventPos>,
+    },
 }
 
 #[derive(Debug)]
 pub struct Server {
     pub engine: Engine,
+    pub hub: Hub,
     auth: Auth,
     config: Config,
     durable: Lsn,
@@ -46,6 +65,7 @@ impl Server {
         );
         Server {
             engine: Engine::new(seed),
+            hub: Hub::new(config.outbound_queue_bytes),
             auth,
             config,
             durable: Lsn::ZERO,
@@ -72,9 +92,11 @@ impl Server {
         self.engine.poll_log()
     }
 
-    /// The runtime made everything up to `lsn` durable.
-    pub fn handle_durable(&mut self, lsn: Lsn) {
+    /// The runtime made everything up to `lsn` durable. Returns the connections
+    /// whose queued events just became deliverable (wake them).
+    pub fn handle_durable(&mut self, lsn: Lsn) -> Vec<ConnId> {
         self.durable = self.durable.max(lsn);
+        self.hub.take_ready(self.durable)
     }
 
     pub fn durable_lsn(&self) -> Lsn {
@@ -97,6 +119,11 @@ impl Server {
         self.durable = self.engine.last_lsn();
     }
 
+    /// A connection is gone: drop its subscriptions and queued events.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.hub.close(conn);
+    }
+
     // ----- timers -----------------------------------------------------------
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
@@ -112,42 +139,98 @@ impl Server {
             return;
         }
         self.engine.sweep(now);
-        self.engine.commit(now);
+        self.finish_operation(now);
     }
 
     // ----- requests ---------------------------------------------------------
 
-    pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
-        let response = self
-            .respond(req, now)
-            .unwrap_or_else(|e| api::error_response(&e));
-        // Operations validate before they mutate, so anything journaled was applied
-        // and must be logged even if the response is an error (a partial batch).
-        let wait_for = match self.engine.commit(now) {
-            Some(lsn) => lsn,
+    /// Ends an operation: seals its mutations into a batch, publishes its change
+    /// events, and returns the LSN its reply must wait for.
+    pub fn finish_operation(&mut self, now: Timestamp) -> Lsn {
+        match self.engine.commit(now) {
+            Some(lsn) => {
+                if !self.hub.is_idle() {
+                    if let Some(batch) = self
+                        .engine
+                        .peek_committed(lsn)
+                        .and_then(|p| decode_batch(p).ok())
+                    {
+                        self.hub.publish(lsn, &batch, &self.engine);
+                    }
+                }
+                lsn
+            }
             None if self.storage_failure.is_some() => self.durable,
             None => self.engine.last_lsn(),
-        };
-        Reply { response, wait_for }
+        }
     }
 
-    fn respond(&mut self, req: &Request, now: Timestamp) -> Result<Response> {
+    pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
+        let (response, upgrade) = match self.respond(req, now) {
+            Ok(r) => r,
+            Err(e) => (api::error_response(&e), None),
+        };
+        // Operations validate before they mutate, so anything journaled was applied
+        // and must be logged even if the response is an error (a partial batch).
+        let wait_for = self.finish_operation(now);
+        Reply {
+            response,
+            wait_for,
+            upgrade,
+        }
+    }
+
+    fn respond(&mut self, req: &Request, now: Timestamp) -> Result<(Response, Option<Upgrade>)> {
         let segments = url::split_path(&req.path).map_err(Error::invalid)?;
         let route = router::route(&req.method, &segments)?;
         let ctx = Ctx::new(req, now)?;
         match route {
-            Route::Health => return self.health(&ctx),
-            Route::AuthToken => return self.token(&ctx),
+            Route::Health => return Ok((self.health(&ctx)?, None)),
+            Route::AuthToken => return Ok((self.token(&ctx)?, None)),
             _ => {}
         }
-        if !route.is_public() {
-            let bearer = req.header("authorization");
-            let principal = match (bearer, ctx.param("token")) {
-                (None, Some(t)) => self.auth.verify(t, now),
-                _ => self.auth.check_bearer(bearer, now),
-            };
-            principal?;
+        let bearer = req.header("authorization");
+        match (bearer, ctx.param("token")) {
+            (None, Some(t)) => self.auth.verify(t, now),
+            _ => self.auth.check_bearer(bearer, now),
+        }?;
+        match route {
+            Route::WebSocket => {
+                let upgrade = websocket_upgrade(req)?;
+                Ok((Response::new(101, "", ""), Some(upgrade)))
+            }
+            Route::Subscribe(collection) => {
+                crate::engine::validate_name("collection", &collection)?;
+                let filter = match (ctx.param("filter_field"), ctx.param("filter_value")) {
+                    (Some(f), Some(v)) if !f.is_empty() => Some(Filter {
+                        field: f.to_string(),
+                        value: v.to_string(),
+                    }),
+                    _ => None,
+                };
+                let resume = match req.header("last-event-id").or(ctx.param("last_event_id")) {
+                    None | Some("") => None,
+                    Some(text) => Some(EventPos::parse(text).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "Last-Event-ID `{text}` is not an event id (like 42 or 42:1)"
+                        ))
+                    })?),
+                };
+                Ok((
+                    Response::new(200, "text/event-stream", ""),
+                    Some(Upgrade::Sse {
+                        collection,
+                        filter,
+                        resume,
+                    }),
+                ))
+            }
+            route => Ok((self.dispatch(&ctx, route)?, None)),
         }
+    }
+
+    /// Runs a routed data-plane call (REST, or a WebSocket message mapped to one).
+    pub fn dispatch(&mut self, ctx: &Ctx<'_>, route: Route) -> Result<Response> {
         if route.is_write() {
             if let Some(why) = &self.storage_failure {
                 return Err(Error::new(
@@ -156,7 +239,7 @@ impl Server {
                 ));
             }
         }
-        api::dispatch(&mut self.engine, &ctx, route)
+        api::dispatch(&mut self.engine, ctx, route)
     }
 
     fn health(&self, ctx: &Ctx<'_>) -> Result<Response> {
@@ -179,4 +262,28 @@ impl Server {
         let token = self.auth.issue(key, ctx.now)?;
         ctx.ok_json(&json!({ "token": token }))
     }
+}
+
+/// Validates an RFC 6455 upgrade request (no subprotocol or extension required).
+fn websocket_upgrade(req: &Request) -> Result<Upgrade> {
+    let has_token = |header: &str, token: &str| {
+        req.header(header)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",
+        ));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(Error::invalid("Sec-WebSocket-Version must be 13"));
+    }
+    let key = req
+        .header("sec-websocket-key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Error::invalid("missing Sec-WebSocket-Key"))?;
+    Ok(Upgrade::WebSocket {
+        accept: crate::ws::accept_key(key),
+    })
 }

@@ -9,11 +9,11 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{Executor, Timer};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidepool_core::config::Config;
-use tidepool_core::conn::Connection;
+use tidepool_core::conn::{Connection, Effect};
 use tidepool_std::host::{self, now, Host};
 
 /// The command-line entry point: parses flags and environment, then runs. Exits
@@ -62,23 +62,13 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let host = host::start(booted);
-        let durable = Arc::new(Event::new());
-        let hook = durable.clone();
-        host.durability.set_hook(Box::new(move || {
-            hook.notify(usize::MAX);
-        }));
         println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
-        serve(&ex, host, durable, listener).await;
+        serve(&ex, host, listener).await;
         Ok(())
     }))
 }
 
-async fn serve(
-    ex: &Arc<Executor<'static>>,
-    host: Arc<Host>,
-    durable: Arc<Event>,
-    listener: TcpListener,
-) {
+async fn serve(ex: &Arc<Executor<'static>>, host: Arc<Host>, listener: TcpListener) {
     let open = Arc::new(AtomicUsize::new(0));
     let max = host.lock().config().max_connections;
     loop {
@@ -91,43 +81,95 @@ async fn serve(
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let (h, d, o) = (host.clone(), durable.clone(), open.clone());
+        let (h, o) = (host.clone(), open.clone());
         ex.spawn(async move {
-            let _ = serve_connection(&h, &d, stream).await;
+            let _ = serve_connection(&h, stream).await;
             o.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
     }
 }
 
+/// Wakes one connection's task: a sticky flag (so no wake-up is lost between a
+/// check and a wait) plus an event to await.
+#[derive(Default)]
+struct Notifier {
+    flag: AtomicBool,
+    event: Event,
+}
+
 enum Wake {
     Read(io::Result<usize>),
+    Notified,
     Timeout,
 }
 
-/// The same loop as the threads runtime: flush what is durable, wait for
-/// durability if replies are held, otherwise read until the connection's deadline.
-async fn serve_connection(
-    host: &Host,
-    durable_event: &Event,
-    mut stream: TcpStream,
-) -> io::Result<()> {
+/// The same loop as the threads runtime, as one task: execute, perform effects,
+/// flush what is durable, then wait for whichever comes first: bytes from the
+/// socket, a wake-up (durability or hub events), or the connection's deadline.
+async fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let (limits, idle) = {
+    let id = host.next_conn_id();
+    let mut conn = {
         let s = host.lock();
-        (
+        let c = s.config();
+        Connection::new(
+            id,
             s.limits(),
-            Duration::from_secs(s.config().idle_timeout_secs.max(1)),
+            Duration::from_secs(c.idle_timeout_secs.max(1)),
+            now(),
+        )
+        .with_streaming(
+            Duration::from_secs(c.heartbeat_secs.max(1)),
+            c.ws_max_message_bytes,
         )
     };
-    let mut conn = Connection::new(limits, idle, now());
+    let notifier = Arc::new(Notifier::default());
+    let waker: host::Waker = {
+        let n = notifier.clone();
+        Arc::new(move || {
+            n.flag.store(true, Ordering::Release);
+            n.event.notify(usize::MAX);
+        })
+    };
+    let result = drive(host, &mut conn, &mut stream, &notifier, &waker).await;
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if conn.is_streaming() {
+        host.unregister(id);
+    }
+    result
+}
+
+async fn drive(
+    host: &Arc<Host>,
+    conn: &mut Connection,
+    stream: &mut TcpStream,
+    notifier: &Notifier,
+    waker: &host::Waker,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
+    let mut registered = false;
     // One timer per connection, re-armed only when the deadline moved by more than
     // a second: arming a timer per read costs more than the read itself.
     let mut armed = std::time::Instant::now() + Duration::from_secs(3600);
     let mut timer = Timer::at(armed);
     loop {
+        if notifier.flag.swap(false, Ordering::AcqRel) {
+            conn.handle_notify();
+        }
+        if conn.wants_server() {
+            host.with_server(|s| conn.execute(s, now()));
+        }
+        if conn.is_streaming() && !registered {
+            host.register(conn.id(), waker.clone());
+            registered = true;
+        }
+        while let Some(Effect::ReadHistory { after, upto }) = conn.poll_effect() {
+            let h = host.clone();
+            let history = smol::unblock(move || h.read_history(after, upto)).await;
+            host.with_server(|s| conn.handle_history(s, history));
+        }
         if host.durability.failed() {
             let s = host.lock();
             if let Some(why) = s.storage_failure() {
@@ -143,21 +185,20 @@ async fn serve_connection(
             stream.write_all(&out).await?;
         }
         if conn.is_closed() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
-        if conn.awaiting_durability(durable) {
-            let listener = durable_event.listen();
-            if conn.awaiting_durability(host.durability.lsn()) && !host.durability.failed() {
-                listener
-                    .or(async {
-                        Timer::after(Duration::from_millis(100)).await;
-                    })
-                    .await;
-            }
+        let listener = notifier.event.listen();
+        if notifier.flag.load(Ordering::Acquire) || conn.wants_server() {
             continue;
         }
-        if !conn.wants_read() {
+        if conn.awaiting_durability(durable) {
+            host.durability.notify_next(waker.clone());
+            if host.durability.lsn() != durable {
+                continue;
+            }
+        }
+        if !conn.wants_read() && !conn.awaiting_durability(durable) && !conn.is_streaming() {
+            // Closing with nothing left to send: the next poll_transmit closes.
             if conn.poll_transmit(durable).is_none() && !conn.is_closed() {
                 conn.handle_eof();
             }
@@ -172,22 +213,31 @@ async fn serve_connection(
             armed = deadline;
             timer.set_at(armed);
         }
-        let woke = async { Wake::Read(stream.read(&mut buf).await) }
-            .or(async {
-                (&mut timer).await;
-                armed = std::time::Instant::now() + Duration::from_secs(3600);
-                Wake::Timeout
-            })
-            .await;
+        let reading = conn.wants_read();
+        let woke = async {
+            if reading {
+                Wake::Read(stream.read(&mut buf).await)
+            } else {
+                smol::future::pending().await
+            }
+        }
+        .or(async {
+            listener.await;
+            Wake::Notified
+        })
+        .or(async {
+            (&mut timer).await;
+            armed = std::time::Instant::now() + Duration::from_secs(3600);
+            Wake::Timeout
+        })
+        .await;
         match woke {
             Wake::Read(Ok(0)) => conn.handle_eof(),
             Wake::Read(Ok(n)) => conn.handle_input(&buf[..n], now()),
             Wake::Read(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Wake::Read(Err(e)) => return Err(e),
+            Wake::Notified => {}
             Wake::Timeout => conn.handle_timeout(now()),
-        }
-        if conn.wants_server() {
-            host.with_server(|s| conn.execute(s, now()));
         }
     }
 }

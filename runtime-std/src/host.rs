@@ -12,6 +12,7 @@
 //! 5. each connection releases the replies whose LSN is now durable.
 
 use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -20,11 +21,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tidepool_core::config::Config;
+use tidepool_core::conn::{History, HISTORY_CHUNK_BYTES};
 use tidepool_core::engine::SnapshotCursor;
-use tidepool_core::ids::Lsn;
+use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
-use tidepool_storage::{FinishedSnapshot, Store, StoreOptions, SyncPolicy};
+use tidepool_storage::{FinishedSnapshot, Store, StoreOptions, StoreReader, SyncPolicy};
+
+/// Wakes one connection's task or thread.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The wall clock as core wants it.
 pub fn now() -> Timestamp {
@@ -43,6 +48,8 @@ pub struct Durability {
     changed: Condvar,
     /// Extra wake-up hook (the async runtime's event).
     hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Connections waiting for the next durability report.
+    waiting: Mutex<Vec<Waker>>,
 }
 
 impl std::fmt::Debug for Durability {
@@ -79,6 +86,18 @@ impl Durability {
         if let Some(hook) = self.hook.get() {
             hook();
         }
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in waiting {
+            w();
+        }
+    }
+
+    /// Calls `waker` at the next durability report (or failure).
+    pub fn notify_next(&self, waker: Waker) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(waker);
     }
 
     /// Blocks until the durable LSN passes `lsn`, storage fails, or `timeout`.
@@ -91,12 +110,22 @@ impl Durability {
 }
 
 /// The shared state of a running server.
-#[derive(Debug)]
 pub struct Host {
     server: Mutex<Server>,
     pub durability: Durability,
     wake_writer: Sender<()>,
     wake_sweeper: Sender<()>,
+    wakers: Mutex<HashMap<ConnId, Waker>>,
+    reader: StoreReader,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("durability", &self.durability)
+            .finish()
+    }
 }
 
 impl Host {
@@ -112,6 +141,64 @@ impl Host {
     /// Tells the sweeper that the next deadline may have moved earlier.
     pub fn wake_sweeper(&self) {
         let _ = self.wake_sweeper.try_send(());
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers how to wake a streaming connection when its events are ready.
+    pub fn register(&self, conn: ConnId, waker: Waker) {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn, waker);
+    }
+
+    /// Forgets a connection: its waker and its server-side state.
+    pub fn unregister(&self, conn: ConnId) {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
+        self.lock().connection_closed(conn);
+    }
+
+    fn wake(&self, conns: &[ConnId]) {
+        if conns.is_empty() {
+            return;
+        }
+        let wakers: Vec<Waker> = {
+            let map = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            conns.iter().filter_map(|c| map.get(c).cloned()).collect()
+        };
+        for w in wakers {
+            w();
+        }
+    }
+
+    /// Performs `Effect::ReadHistory`: waits (briefly) until `upto` is durable,
+    /// then reads the next stretch of log after `after`.
+    pub fn read_history(&self, after: Lsn, upto: Lsn) -> History {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.durability.lsn() < upto && !self.durability.failed() {
+            if Instant::now() > deadline {
+                return History::Failed("timed out waiting for the log to become durable".into());
+            }
+            self.durability.wait_past(upto, Duration::from_millis(50));
+        }
+        match self
+            .reader
+            .read_after(tidepool_storage::Lsn(after.0), HISTORY_CHUNK_BYTES)
+        {
+            Ok(tidepool_storage::History::Batches { batches, more }) => History::Batches {
+                batches: batches.into_iter().map(|(l, p)| (Lsn(l.0), p)).collect(),
+                more,
+            },
+            Ok(tidepool_storage::History::Truncated { .. }) => History::Truncated,
+            Err(e) => History::Failed(e.to_string()),
+        }
     }
 
     /// Runs `f` on the server, then wakes the writer if it committed anything.
@@ -257,11 +344,15 @@ pub fn start(booted: Booted) -> Arc<Host> {
     let (wake_sweeper, sweeper_rx) = bounded(1);
     let durable = server.durable_lsn();
     let compact_after = server.config().compact_after_bytes;
+    let reader = store.reader();
     let host = Arc::new(Host {
         server: Mutex::new(server),
         durability: Durability::default(),
         wake_writer,
         wake_sweeper,
+        wakers: Mutex::new(HashMap::new()),
+        reader,
+        next_conn: std::sync::atomic::AtomicU64::new(1),
     });
     host.durability.publish(durable, false);
     let h = host.clone();
@@ -350,8 +441,9 @@ fn writer_loop(host: Arc<Host>, mut store: Store, wake: Receiver<()>, compact_af
             return;
         }
         last_sync = Instant::now();
-        host.lock().handle_durable(last);
+        let ready = host.lock().handle_durable(last);
         host.durability.publish(last, false);
+        host.wake(&ready);
         if compact_after > 0 && since_snapshot >= compact_after && !compacting {
             let from = host.lock().engine.last_lsn();
             match store.begin_snapshot(tidepool_storage::Lsn(from.0)) {
@@ -411,6 +503,14 @@ fn fail(host: &Host, store: &Store, message: String) {
     let durable = Lsn(store.synced_lsn().0);
     host.lock().handle_storage_failure(message);
     host.durability.publish(durable, true);
+    let all: Vec<ConnId> = host
+        .wakers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    host.wake(&all);
 }
 
 /// Sweeps expired records when core's deadline comes (at least once a second, so

@@ -8,12 +8,12 @@ pub mod host;
 use host::{now, Host};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 use tidepool_core::config::Config;
-use tidepool_core::conn::Connection;
+use tidepool_core::conn::{Connection, Effect};
 
 /// The command-line entry point: parses flags and environment, then runs. Exits
 /// the process with status 1 (runtime failure) or 2 (bad arguments).
@@ -79,16 +79,24 @@ pub fn serve(host: Arc<Host>, listener: TcpListener) {
 
 /// The connection loop: flush what is durable, wait for durability if replies
 /// are held, otherwise read (until the connection's own deadline) and execute.
-fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
+/// A connection that upgrades to WebSocket or SSE continues in `stream`.
+fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let (limits, idle) = {
+    let id = host.next_conn_id();
+    let mut conn = {
         let s = host.lock();
-        (
+        let c = s.config();
+        Connection::new(
+            id,
             s.limits(),
-            Duration::from_secs(s.config().idle_timeout_secs.max(1)),
+            Duration::from_secs(c.idle_timeout_secs.max(1)),
+            now(),
+        )
+        .with_streaming(
+            Duration::from_secs(c.heartbeat_secs.max(1)),
+            c.ws_max_message_bytes,
         )
     };
-    let mut conn = Connection::new(limits, idle, now());
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
@@ -109,6 +117,9 @@ fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
         if conn.is_closed() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(());
+        }
+        if conn.is_streaming() {
+            return stream_connection(host, conn, stream);
         }
         if conn.awaiting_durability(durable) {
             host.durability
@@ -144,5 +155,121 @@ fn serve_connection(host: &Host, mut stream: TcpStream) -> io::Result<()> {
         if conn.wants_server() {
             host.with_server(|s| conn.execute(s, now()));
         }
+    }
+}
+
+/// A WebSocket or SSE connection: this thread reads, a second thread writes
+/// (events arrive from other connections at any time, so writing cannot wait
+/// for the next read). They share the connection state machine.
+fn stream_connection(host: &Arc<Host>, conn: Connection, stream: TcpStream) -> io::Result<()> {
+    let id = conn.id();
+    let conn = Arc::new(Mutex::new(conn));
+    let notified = Arc::new(AtomicBool::new(true));
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let waker: host::Waker = {
+        let notified = notified.clone();
+        Arc::new(move || {
+            notified.store(true, Ordering::Release);
+            let _ = tx.try_send(());
+        })
+    };
+    host.register(id, waker.clone());
+    let writer = {
+        let (host, conn, notified, waker) =
+            (host.clone(), conn.clone(), notified.clone(), waker.clone());
+        let out = stream.try_clone()?;
+        thread::Builder::new()
+            .name("tidepool-stream".into())
+            .stack_size(256 * 1024)
+            .spawn(move || stream_writer(&host, &conn, out, &rx, &notified, &waker))?
+    };
+    let mut input = stream;
+    input.set_read_timeout(None)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if n == 0 {
+                c.handle_eof();
+            } else {
+                c.handle_input(&buf[..n], now());
+            }
+        }
+        waker();
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = writer.join();
+    host.unregister(id);
+    Ok(())
+}
+
+fn stream_writer(
+    host: &Host,
+    conn: &Mutex<Connection>,
+    mut out: TcpStream,
+    wake: &crossbeam_channel::Receiver<()>,
+    notified: &AtomicBool,
+    waker: &host::Waker,
+) {
+    let mut bytes = Vec::new();
+    loop {
+        let (closed, awaiting, deadline) = {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if notified.swap(false, Ordering::AcqRel) {
+                c.handle_notify();
+            }
+            c.handle_timeout(now());
+            if c.wants_server() {
+                host.with_server(|s| c.execute(s, now()));
+            }
+            while let Some(Effect::ReadHistory { after, upto }) = c.poll_effect() {
+                let history = host.read_history(after, upto);
+                host.with_server(|s| c.handle_history(s, history));
+            }
+            if host.durability.failed() {
+                let s = host.lock();
+                if let Some(why) = s.storage_failure() {
+                    c.handle_storage_failure(s.durable_lsn(), why);
+                }
+            }
+            let durable = host.durability.lsn();
+            bytes.clear();
+            while let Some(b) = c.poll_transmit(durable) {
+                bytes.extend_from_slice(&b);
+            }
+            (
+                c.is_closed(),
+                c.awaiting_durability(durable),
+                c.poll_timeout(),
+            )
+        };
+        if !bytes.is_empty() && out.write_all(&bytes).is_err() {
+            conn.lock().unwrap_or_else(|p| p.into_inner()).handle_eof();
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if closed {
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if awaiting {
+            let before = host.durability.lsn();
+            host.durability.notify_next(waker.clone());
+            if host.durability.lsn() != before {
+                continue;
+            }
+        }
+        let wait = deadline
+            .map(|t| t.since(now()))
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let _ = wake.recv_timeout(wait);
     }
 }

@@ -16,6 +16,18 @@ pub fn list(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
     ctx.ok_json(&json!({ "collections": names }))
 }
 
+/// A bare array of names (the WebSocket `GetCollections` reply).
+pub fn names(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
+    let names: Vec<&str> = engine.collection_names().collect();
+    ctx.ok_json(&names)
+}
+
+/// Creates a collection without a schema if it does not exist.
+pub fn ensure(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    engine.ensure_collection(c, ctx.now)?;
+    ctx.ok_json(&json!({"status": "created", "collection": c}))
+}
+
 /// Names Tidepool reserves for its own collections (chat, functions, audit).
 fn is_internal(name: &str) -> bool {
     name.contains("__ek0_") || name.starts_with("_tidepool")

@@ -110,6 +110,8 @@ pub fn dispatch(engine: &mut Engine, ctx: &Ctx<'_>, route: Route) -> Result<Resp
     }
     match route {
         R::ListCollections => collections::list(engine, ctx),
+        R::CollectionNames => collections::names(engine, ctx),
+        R::EnsureCollection(c) => collections::ensure(engine, ctx, &c),
         R::CreateCollection(c) => collections::create(engine, ctx, &c),
         R::GetCollection(c) => collections::get(engine, ctx, &c),
         R::DropCollection(c) => collections::drop(engine, ctx, &c),

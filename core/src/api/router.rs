@@ -52,6 +52,10 @@ pub enum Route {
     TxSavepointRelease(String, String),
     WebSocket,
     Subscribe(String),
+    /// Internal (WebSocket `CreateCollection` without a schema).
+    EnsureCollection(String),
+    /// Internal (WebSocket `GetCollections`: a bare array of names).
+    CollectionNames,
     /// A surface of the ekoDB API that Tidepool does not serve yet (501).
     Unimplemented(&'static str),
 }
@@ -63,6 +67,7 @@ impl Route {
         matches!(
             self,
             CreateCollection(_)
+                | EnsureCollection(_)
                 | DropCollection(_)
                 | UpdateSchema(_)
                 | Insert(_)

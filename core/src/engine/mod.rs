@@ -197,6 +197,15 @@ impl Engine {
         Some(self.last_lsn)
     }
 
+    /// The payload of a committed batch still waiting to be persisted.
+    pub fn peek_committed(&self, lsn: Lsn) -> Option<&[u8]> {
+        self.committed
+            .iter()
+            .rev()
+            .find(|c| c.lsn == lsn)
+            .map(|c| c.payload.as_slice())
+    }
+
     /// The next batch for the runtime to persist, oldest first.
     pub fn poll_log(&mut self) -> Option<Committed> {
         self.committed.pop_front()

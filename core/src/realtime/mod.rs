@@ -1,0 +1,7 @@
+//! Live change feeds: change events derived from committed batches, the
+//! subscription hub, SSE framing and the ekoDB WebSocket message protocol.
+
+pub mod ekodb_ws;
+pub mod events;
+pub mod hub;
+pub mod sse;
