@@ -259,17 +259,20 @@ impl HttpReply {
 }
 
 /// Declares one test per runtime: `both_runtimes!(name, |rt| { ... })` makes
-/// `name_smol` and `name_std`.
+/// `name::smol` and `name::std`. Attributes before the name (for example
+/// `#[ignore = "..."]`) go on both tests.
 #[macro_export]
 macro_rules! both_runtimes {
-    ($name:ident, $body:expr) => {
+    ($(#[$attr:meta])* $name:ident, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            $(#[$attr])*
             #[test]
             fn smol() {
                 ($body)($crate::Runtime::Smol)
             }
+            $(#[$attr])*
             #[test]
             fn std() {
                 ($body)($crate::Runtime::Std)
