@@ -419,7 +419,7 @@ impl Connection {
                     self.notified = true;
                 }
             }
-            Err(()) => self.overflowed(),
+            Err(hub::Overflowed) => self.overflowed(),
         }
     }
 

@@ -55,6 +55,8 @@ impl ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// For 405: the methods the route does accept (the `Allow` header).
+    pub allow: Option<String>,
 }
 
 impl Error {
@@ -62,6 +64,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            allow: None,
         }
     }
 

@@ -151,7 +151,7 @@ fn doc(i: u64) -> String {
         i % 100,
         ["Lisbon", "Osaka", "Quito", "Tromso"][(i % 4) as usize],
         i % 1000,
-        i % 2 == 0,
+        i.is_multiple_of(2),
         i % 10
     )
 }

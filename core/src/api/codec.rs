@@ -56,70 +56,147 @@ pub fn decode(body: &[u8], format: Format) -> Result<J> {
 }
 
 fn decode_msgpack(body: &[u8]) -> Result<J> {
-    let mut rest = body;
-    let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_DEPTH)
+    let mut reader = MsgPackReader { buf: body, pos: 0 };
+    let value = reader
+        .value(0)
         .map_err(|e| Error::invalid(format!("malformed MessagePack body: {e}")))?;
-    if !rest.is_empty() {
+    if reader.pos != body.len() {
         return Err(Error::invalid(
             "malformed MessagePack body: trailing bytes after the value",
         ));
     }
-    msgpack_to_json(value)
+    Ok(value)
 }
 
-/// MessagePack → JSON model. `bin` becomes a Binary envelope and the timestamp
-/// extension an RFC 3339 string, so the usual inference types them (spec 1.3.3).
-pub fn msgpack_to_json(v: rmpv::Value) -> Result<J> {
-    use rmpv::Value as M;
-    Ok(match v {
-        M::Nil => J::Null,
-        M::Boolean(b) => J::Bool(b),
-        M::Integer(i) => match (i.as_i64(), i.as_u64()) {
-            (Some(x), _) => J::from(x),
-            (None, Some(x)) => J::from(x),
-            _ => J::Null,
-        },
-        M::F32(f) => float(f64::from(f))?,
-        M::F64(f) => float(f)?,
-        M::String(s) => match s.into_str() {
-            Some(s) => J::String(s),
-            None => return Err(Error::invalid("MessagePack string is not valid UTF-8")),
-        },
-        M::Binary(b) => serde_json::json!({
-            "type": "Binary",
-            "value": base64::engine::general_purpose::STANDARD.encode(b),
-        }),
-        M::Array(items) => J::Array(
-            items
-                .into_iter()
-                .map(msgpack_to_json)
-                .collect::<Result<_>>()?,
-        ),
-        M::Map(pairs) => {
-            let mut obj = serde_json::Map::with_capacity(pairs.len());
-            for (k, v) in pairs {
-                let key = match k {
-                    M::String(s) => s
-                        .into_str()
-                        .ok_or_else(|| Error::invalid("MessagePack map key is not valid UTF-8"))?,
-                    M::Integer(i) => i.to_string(),
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "MessagePack map keys must be strings, got {other}"
-                        )))
-                    }
-                };
-                obj.insert(key, msgpack_to_json(v)?);
+/// A total MessagePack decoder straight into the JSON model. Every length is
+/// checked against the bytes that remain before anything is allocated; the
+/// reserved marker 0xc1 is an error; `bin` becomes a Binary envelope and the
+/// timestamp extension an RFC 3339 string, so inference types them (spec 1.3.3).
+struct MsgPackReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+type Step<T> = std::result::Result<T, String>;
+
+impl<'a> MsgPackReader<'a> {
+    fn take(&mut self, n: usize) -> Step<&'a [u8]> {
+        match self.pos.checked_add(n).filter(|e| *e <= self.buf.len()) {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
             }
-            J::Object(obj)
+            None => Err(format!("truncated at byte {}", self.pos)),
         }
-        M::Ext(-1, data) => J::String(timestamp_ext(&data)?),
-        M::Ext(tag, _) => {
-            return Err(Error::invalid(format!(
-                "unsupported MessagePack extension type {tag}"
-            )))
+    }
+
+    fn uint(&mut self, n: usize) -> Step<u64> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+    }
+
+    /// A length prefix; a claim beyond the bytes that remain is refused before
+    /// anything is allocated (every element takes at least one byte).
+    fn len(&mut self, n: usize) -> Step<usize> {
+        let len = self.uint(n)?;
+        usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= self.buf.len() - self.pos)
+            .ok_or_else(|| format!("length {len} exceeds the message"))
+    }
+
+    fn value(&mut self, depth: usize) -> Step<J> {
+        if depth > MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
         }
-    })
+        let marker = self.take(1)?[0];
+        Ok(match marker {
+            0x00..=0x7f => J::from(marker),
+            0xe0..=0xff => J::from(marker as i8),
+            0x80..=0x8f => self.map((marker & 0x0f) as usize, depth)?,
+            0x90..=0x9f => self.array((marker & 0x0f) as usize, depth)?,
+            0xa0..=0xbf => self.string((marker & 0x1f) as usize)?,
+            0xc0 => J::Null,
+            0xc1 => return Err("reserved marker 0xc1".to_string()),
+            0xc2 => J::Bool(false),
+            0xc3 => J::Bool(true),
+            0xc4..=0xc6 => {
+                let n = self.len(1 << (marker - 0xc4))?;
+                let bytes = self.take(n)?;
+                serde_json::json!({
+                    "type": "Binary",
+                    "value": base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            }
+            0xc7..=0xc9 => {
+                let n = self.len(1 << (marker - 0xc7))?;
+                self.ext(n)?
+            }
+            0xca => {
+                let bits = self.uint(4)? as u32;
+                float(f64::from(f32::from_bits(bits))).map_err(|e| e.message)?
+            }
+            0xcb => float(f64::from_bits(self.uint(8)?)).map_err(|e| e.message)?,
+            0xcc..=0xcf => J::from(self.uint(1 << (marker - 0xcc))?),
+            0xd0 => J::from(self.take(1)?[0] as i8),
+            0xd1 => J::from(self.uint(2)? as u16 as i16),
+            0xd2 => J::from(self.uint(4)? as u32 as i32),
+            0xd3 => J::from(self.uint(8)? as i64),
+            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4))?,
+            0xd9..=0xdb => {
+                let n = self.len(1 << (marker - 0xd9))?;
+                self.string(n)?
+            }
+            0xdc | 0xdd => {
+                let n = self.len(if marker == 0xdc { 2 } else { 4 })?;
+                self.array(n, depth)?
+            }
+            0xde | 0xdf => {
+                let n = self.len(if marker == 0xde { 2 } else { 4 })?;
+                self.map(n, depth)?
+            }
+        })
+    }
+
+    fn string(&mut self, n: usize) -> Step<J> {
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(|s| J::String(s.to_string()))
+            .map_err(|_| "a string is not valid UTF-8".to_string())
+    }
+
+    fn array(&mut self, n: usize, depth: usize) -> Step<J> {
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(J::Array(items))
+    }
+
+    fn map(&mut self, n: usize, depth: usize) -> Step<J> {
+        let mut obj = serde_json::Map::new();
+        for _ in 0..n {
+            let key = match self.value(depth + 1)? {
+                J::String(s) => s,
+                J::Number(n) => n.to_string(),
+                other => return Err(format!("map keys must be strings, got {other}")),
+            };
+            obj.insert(key, self.value(depth + 1)?);
+        }
+        Ok(J::Object(obj))
+    }
+
+    fn ext(&mut self, n: usize) -> Step<J> {
+        let tag = self.take(1)?[0] as i8;
+        let data = self.take(n)?;
+        if tag != -1 {
+            return Err(format!("unsupported extension type {tag}"));
+        }
+        timestamp_ext(data).map(J::String).map_err(|e| e.message)
+    }
 }
 
 fn float(f: f64) -> Result<J> {
@@ -187,16 +264,50 @@ mod tests {
 
     #[test]
     fn bin_and_timestamps() {
-        let bin = rmpv::Value::Binary(vec![1, 2, 3]);
+        let bin = [0xc4, 3, 1, 2, 3];
         assert_eq!(
-            msgpack_to_json(bin).unwrap(),
+            decode(&bin, Format::MsgPack).unwrap(),
             json!({"type":"Binary","value":"AQID"})
         );
-        let ts = rmpv::Value::Ext(-1, 1_700_000_000u32.to_be_bytes().to_vec());
+        let mut ts = vec![0xd6, 0xff];
+        ts.extend_from_slice(&1_700_000_000u32.to_be_bytes());
         assert_eq!(
-            msgpack_to_json(ts).unwrap(),
+            decode(&ts, Format::MsgPack).unwrap(),
             json!("2023-11-14T22:13:20.000000+00:00")
         );
+    }
+
+    #[test]
+    fn every_width_of_integer_and_float() {
+        let check = |bytes: &[u8], want: serde_json::Value| {
+            assert_eq!(
+                decode(bytes, Format::MsgPack).unwrap(),
+                want,
+                "{bytes:02x?}"
+            )
+        };
+        check(&[0x05], json!(5));
+        check(&[0xff], json!(-1));
+        check(&[0xcc, 200], json!(200));
+        check(&[0xcd, 1, 0], json!(256));
+        check(
+            &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            json!(u64::MAX),
+        );
+        check(&[0xd0, 0x80], json!(-128));
+        check(&[0xd1, 0xff, 0x00], json!(-256));
+        check(
+            &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+            json!(-2),
+        );
+        check(&[0xca, 0x3f, 0xc0, 0, 0], json!(1.5));
+        check(
+            &[0x81, 0xa1, b'a', 0x92, 0xc3, 0xc0],
+            json!({"a": [true, null]}),
+        );
+        let wide = json!({"k": "x".repeat(300), "n": -70000, "f": 0.1, "m": {"z": [1, 2]}});
+        let packed = rmp_serde::to_vec_named(&wide).unwrap();
+        assert_eq!(decode(&packed, Format::MsgPack).unwrap(), wide);
     }
 
     #[test]
@@ -204,6 +315,9 @@ mod tests {
         assert!(decode(b"{not json", Format::Json).is_err());
         assert!(decode(&[0xd9], Format::MsgPack).is_err()); // str8 without its length
         assert!(decode(&[0x91], Format::MsgPack).is_err()); // truncated array
+        assert!(decode(&[0xc1], Format::MsgPack).is_err()); // reserved marker
+        assert!(decode(&[0x81, 0xa1, b'a', 0xc1], Format::MsgPack).is_err());
+        assert!(decode(&[0xdd, 0xff, 0xff, 0xff, 0xff], Format::MsgPack).is_err()); // huge length
         let mut deep = vec![0x91u8; 10_000];
         deep.push(0xc0);
         assert!(decode(&deep, Format::MsgPack).is_err());

@@ -84,9 +84,9 @@ impl<'a> Ctx<'a> {
 /// The JSON error response for an error.
 pub fn error_response(e: &Error) -> Response {
     let r = Response::error(e.status(), &e.message);
-    match e.kind {
-        ErrorKind::Unavailable => r.with_header("Retry-After", "1"),
-        ErrorKind::MethodNotAllowed => r,
+    match (e.kind, &e.allow) {
+        (ErrorKind::Unavailable, _) => r.with_header("Retry-After", "1"),
+        (ErrorKind::MethodNotAllowed, Some(allow)) => r.with_header("Allow", allow.clone()),
         _ => r,
     }
 }

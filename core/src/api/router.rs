@@ -121,14 +121,16 @@ pub fn route(method: &Method, segments: &[String]) -> Result<Route> {
         }
     }
     let allowed: Vec<&str> = candidates.iter().map(|(m, _)| m.as_str()).collect();
-    Err(Error::new(
+    let mut e = Error::new(
         ErrorKind::MethodNotAllowed,
         format!(
             "method {} is not allowed here (allowed: {})",
             method.as_str(),
             allowed.join(", ")
         ),
-    ))
+    );
+    e.allow = Some(allowed.join(", "));
+    Err(e)
 }
 
 fn candidates(segs: &[&str]) -> Vec<(Method, Route)> {

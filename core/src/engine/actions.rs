@@ -3,7 +3,7 @@
 
 use super::record::{Key, Record};
 use crate::error::{Error, Result};
-use crate::value::{json_eq, value_from_input, Json, JsonMap, Num, Value};
+use crate::value::{json_eq, value_from_input, Json, Num, Value};
 use serde_json::Value as J;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub fn apply(record: &mut Record, field: Key, action: Action, value: Option<&J>)
             Some(Value::Array(_)) => Value::Array(Box::default()),
             Some(Value::Set(_)) => Value::Set(Box::default()),
             Some(Value::Vector(_)) => Value::Vector(Box::default()),
-            Some(Value::Object(_)) => Value::Object(Box::new(JsonMap::default())),
+            Some(Value::Object(_)) => Value::Object(Box::default()),
             Some(Value::Boolean(_)) => Value::Boolean(false),
             Some(_) => Value::Null,
         },

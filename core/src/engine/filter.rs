@@ -267,10 +267,7 @@ impl Condition {
                 View::Items(items) => items
                     .iter()
                     .any(|i| View::of_json(i).loose_eq(&operand.view())),
-                View::Floats(fs) => operand
-                    .value
-                    .as_f64()
-                    .is_some_and(|x| fs.iter().any(|&f| f == x)),
+                View::Floats(fs) => operand.value.as_f64().is_some_and(|x| fs.contains(&x)),
                 _ => false,
             },
             Op::StartsWith => match (field, &operand.value) {

@@ -305,6 +305,19 @@ impl FieldSchema {
                 )));
             }
         }
+        match &value {
+            Value::Decimal(d) if !is_decimal(d) => {
+                return Err(Error::invalid(format!(
+                    "field `{name}` must be a Decimal like \"1234.56\", got \"{d}\""
+                )))
+            }
+            Value::Uuid(u) if !is_uuid(u) => {
+                return Err(Error::invalid(format!(
+                    "field `{name}` must be a UUID like \"550e8400-e29b-41d4-a716-446655440000\", got \"{u}\""
+                )))
+            }
+            _ => {}
+        }
         Ok(value)
     }
 
@@ -445,6 +458,26 @@ impl IndexConfig {
             IndexConfig::Hash => json!({"type": "hash"}),
         }
     }
+}
+
+/// `-12`, `1234.56`, `1e-3`: what a decimal type can hold.
+fn is_decimal(s: &str) -> bool {
+    let t = s.trim();
+    !t.is_empty()
+        && t.len() <= 128
+        && t.parse::<f64>().is_ok_and(f64::is_finite)
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+}
+
+/// Hyphenated (8-4-4-4-12) or plain 32-digit hexadecimal, optionally braced.
+fn is_uuid(s: &str) -> bool {
+    let t = s.trim_start_matches('{').trim_end_matches('}');
+    let hex: String = t.chars().filter(|c| *c != '-').collect();
+    let groups: Vec<usize> = t.split('-').map(str::len).collect();
+    hex.len() == 32
+        && hex.chars().all(|c| c.is_ascii_hexdigit())
+        && (groups == [32] || groups == [8, 4, 4, 4, 12])
 }
 
 fn format_uuid(b: &[u8]) -> String {

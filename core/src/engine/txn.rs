@@ -419,12 +419,10 @@ impl Engine {
                     record.version = version;
                     self.store(&key.0, &key.1, record, now)?;
                 }
-                Some(Op::Delete) => {
-                    if self.live(&key.0, &key.1, now).is_ok() {
-                        self.delete(&key.0, &key.1, now)?;
-                    }
+                Some(Op::Delete) if self.live(&key.0, &key.1, now).is_ok() => {
+                    self.delete(&key.0, &key.1, now)?;
                 }
-                None => {}
+                Some(Op::Delete) | None => {}
             }
         }
         self.tx_finish(tx, TxState::Committed);

@@ -287,7 +287,16 @@ impl RequestParser {
         let te = head
             .header("transfer-encoding")
             .map(str::to_ascii_lowercase);
-        let cl = head.header("content-length");
+        // Every Content-Length header counts: differing values are a smuggling
+        // attempt (RFC 9112 6.3), identical repeats are harmless.
+        let cl_values: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let joined = cl_values.join(",");
+        let cl = (!cl_values.is_empty()).then_some(joined.as_str());
         if te.is_some() && cl.is_some() {
             return Err(HttpError::Malformed(
                 "both Transfer-Encoding and Content-Length".into(),
@@ -537,6 +546,10 @@ mod tests {
             400
         );
         assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+        assert_eq!(
+            err(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 13\r\n\r\n{}"),
+            400
+        );
         assert_eq!(
             err(b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
             501

@@ -35,6 +35,10 @@ struct Sub {
     filter: Option<Filter>,
 }
 
+/// A subscriber fell further behind than its byte budget and was cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflowed;
+
 /// One queued, encoded event (for WebSocket: a whole message payload).
 #[derive(Clone, Debug)]
 pub struct Queued {
@@ -197,7 +201,9 @@ impl Hub {
         if q.overflowed {
             return;
         }
-        if q.bytes + item.bytes.len() > self.limit_bytes {
+        // An empty queue always takes one event, however large: the budget is
+        // for backlog, and a single event must be deliverable.
+        if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit_bytes {
             q.overflowed = true;
             q.items.clear();
             q.bytes = 0;
@@ -214,18 +220,18 @@ impl Hub {
     }
 
     /// Takes up to `max_bytes` of queued events that are durable by `durable`.
-    /// Returns `Err(())` if the connection fell too far behind.
+    /// Fails if the connection fell further behind than its budget.
     pub fn drain(
         &mut self,
         conn: ConnId,
         durable: Lsn,
         max_bytes: usize,
-    ) -> Result<Vec<Queued>, ()> {
+    ) -> Result<Vec<Queued>, Overflowed> {
         let Some(q) = self.queues.get_mut(&conn) else {
             return Ok(Vec::new());
         };
         if q.overflowed {
-            return Err(());
+            return Err(Overflowed);
         }
         let mut out = Vec::new();
         let mut taken = 0;

@@ -43,10 +43,7 @@ impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") else {
-                break;
-            };
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = self.buf.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&block[..end]);
             let mut ev = SseEvent::default();

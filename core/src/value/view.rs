@@ -133,12 +133,12 @@ impl<'a> View<'a> {
             (View::Items(a), View::Items(b)) => {
                 compare_json(&Json::Array(a.to_vec()), &Json::Array(b.to_vec()))
             }
-            (a, b) if a.rank() == b.rank() => a.to_json_cmp(&b),
+            (a, b) if a.rank() == b.rank() => a.json_cmp(&b),
             (a, b) => a.rank().cmp(&b.rank()),
         }
     }
 
-    fn to_json_cmp(&self, other: &View<'_>) -> Ordering {
+    fn json_cmp(&self, other: &View<'_>) -> Ordering {
         compare_json(&self.to_json(), &other.to_json())
     }
 
