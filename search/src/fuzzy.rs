@@ -1,0 +1,231 @@
+//! Typo-tolerant term lookup: a Levenshtein automaton driven over an fst.
+//!
+//! The folded terms of a [`crate::TextIndex`] are kept in a small stack of immutable
+//! `fst::Set`s plus a tiny sorted buffer of recent terms (the "logarithmic method"):
+//! new terms go to the buffer; a full buffer becomes a new fst; an fst at least half
+//! the size of the one below it is merged into it. So there are O(log n) sets whose
+//! sizes at least double going down, and each term is rewritten O(log n) times in
+//! total. Terms that have died (no live posting left) are dropped at merges.
+//!
+//! A lookup builds the Schulz–Mihov DFA of the query word for the wanted distance
+//! (`levenshtein_automata`, transpositions cost 1) and intersects it with each fst:
+//! the walk only enters prefixes from which the DFA can still accept, so its cost
+//! depends on the number of near prefixes, not on the dictionary size. The buffer
+//! (at most [`BUFFER_TERMS`] terms) is checked by running the same DFA on each term.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use fst::{IntoStreamer, Set, SetBuilder, Streamer};
+use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA, SINK_STATE};
+
+/// Recent terms kept outside the fsts.
+pub(crate) const BUFFER_TERMS: usize = 256;
+
+/// The DFA builder for `distance` (1 or 2). Building one takes a few milliseconds,
+/// so each is built once per process and shared (it is immutable).
+fn builder(distance: u8) -> &'static LevenshteinAutomatonBuilder {
+    static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    static TWO: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    if distance <= 1 {
+        ONE.get_or_init(|| LevenshteinAutomatonBuilder::new(1, true))
+    } else {
+        TWO.get_or_init(|| LevenshteinAutomatonBuilder::new(2, true))
+    }
+}
+
+/// Adapts a Levenshtein DFA to fst's `Automaton` trait.
+struct Lev<'a>(&'a DFA);
+
+impl fst::Automaton for Lev<'_> {
+    type State = u32;
+    fn start(&self) -> u32 {
+        self.0.initial_state()
+    }
+    fn is_match(&self, state: &u32) -> bool {
+        matches!(self.0.distance(*state), Distance::Exact(_))
+    }
+    fn can_match(&self, state: &u32) -> bool {
+        *state != SINK_STATE
+    }
+    fn accept(&self, state: &u32, byte: u8) -> u32 {
+        self.0.transition(*state, byte)
+    }
+}
+
+fn distance_of(dfa: &DFA, state: u32) -> Option<u8> {
+    match dfa.distance(state) {
+        Distance::Exact(d) => Some(d),
+        Distance::AtLeast(_) => None,
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct FuzzyDict {
+    /// Sizes at least double from the last to the first.
+    levels: Vec<Set<Vec<u8>>>,
+    buffer: BTreeSet<Box<str>>,
+}
+
+impl FuzzyDict {
+    /// Records a term that has just come to life. `is_live` tells, at merge time,
+    /// which older terms still have postings.
+    pub(crate) fn insert(&mut self, term: &str, is_live: &dyn Fn(&str) -> bool) {
+        self.buffer.insert(term.into());
+        if self.buffer.len() >= BUFFER_TERMS {
+            self.flush(is_live);
+        }
+    }
+
+    fn flush(&mut self, is_live: &dyn Fn(&str) -> bool) {
+        let mut fresh = SetBuilder::memory();
+        for term in &self.buffer {
+            if is_live(term) && fresh.insert(term.as_bytes()).is_err() {
+                return; // cannot happen: the buffer is sorted and unique
+            }
+        }
+        let Ok(bytes) = fresh.into_inner() else {
+            return;
+        };
+        let Ok(mut top) = Set::new(bytes) else { return };
+        self.buffer.clear();
+        while self
+            .levels
+            .last()
+            .is_some_and(|below| below.len() <= 2 * top.len())
+        {
+            let Some(below) = self.levels.pop() else {
+                break;
+            };
+            let merged = {
+                let mut merged = SetBuilder::memory();
+                let mut union = below.op().add(&top).union();
+                let mut ok = true;
+                while let Some(key) = union.next() {
+                    let live = std::str::from_utf8(key).is_ok_and(is_live);
+                    if live && merged.insert(key).is_err() {
+                        ok = false; // cannot happen: a union stream is sorted and unique
+                        break;
+                    }
+                }
+                if ok {
+                    merged.into_inner().ok().and_then(|b| Set::new(b).ok())
+                } else {
+                    None
+                }
+            };
+            match merged {
+                Some(set) => top = set,
+                None => {
+                    self.levels.push(below);
+                    break;
+                }
+            }
+        }
+        self.levels.push(top);
+    }
+
+    /// Calls `f(term, distance)` for every recorded term within `max_distance`
+    /// (1 or 2) of `word`, the word itself included. A term may be reported more
+    /// than once (it can sit in two sets after dying and coming back) and dead terms
+    /// may be reported: the caller checks the term table.
+    pub(crate) fn lookup(&self, word: &str, max_distance: u8, f: &mut dyn FnMut(&str, u8)) {
+        if max_distance == 0 {
+            return;
+        }
+        let dfa = builder(max_distance).build_dfa(word);
+        for set in &self.levels {
+            let mut stream = set.search_with_state(Lev(&dfa)).into_stream();
+            while let Some((key, state)) = stream.next() {
+                if let (Ok(term), Some(d)) = (std::str::from_utf8(key), distance_of(&dfa, state)) {
+                    f(term, d);
+                }
+            }
+        }
+        for term in &self.buffer {
+            let mut state = dfa.initial_state();
+            for &b in term.as_bytes() {
+                state = dfa.transition(state, b);
+                if state == SINK_STATE {
+                    break;
+                }
+            }
+            if let Some(d) = distance_of(&dfa, state) {
+                f(term, d);
+            }
+        }
+    }
+
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let sets: usize = self
+            .levels
+            .iter()
+            .map(|s| s.as_fst().as_bytes().len())
+            .sum();
+        // A BTreeSet entry: the boxed str (16 bytes + heap) plus node overhead.
+        let buffer: usize = self.buffer.iter().map(|t| t.len() + 32).sum();
+        sets + buffer + self.levels.capacity() * std::mem::size_of::<Set<Vec<u8>>>()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn level_sizes(&self) -> Vec<usize> {
+        self.levels.iter().map(|s| s.len()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn lookup(dict: &FuzzyDict, word: &str, d: u8) -> BTreeMap<String, u8> {
+        let mut out = BTreeMap::new();
+        dict.lookup(word, d, &mut |t, dist| {
+            out.insert(t.to_string(), dist);
+        });
+        out
+    }
+
+    #[test]
+    fn finds_terms_within_distance_across_levels_and_buffer() {
+        let mut dict = FuzzyDict::default();
+        let live = |_: &str| true;
+        for i in 0..2000 {
+            dict.insert(&format!("w{i:05}"), &live);
+        }
+        for t in ["engineer", "engine", "engines", "enginr", "banana"] {
+            dict.insert(t, &live);
+        }
+        let sizes = dict.level_sizes();
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        assert!(sizes.windows(2).all(|w| w[0] > w[1]), "{sizes:?}");
+        let got = lookup(&dict, "enginer", 2);
+        let want: BTreeMap<String, u8> = [
+            ("engineer", 1),
+            ("engine", 1),
+            ("engines", 1),
+            ("enginr", 1),
+        ]
+        .into_iter()
+        .map(|(t, d)| (t.to_string(), d))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(lookup(&dict, "enginer", 1).len(), 4);
+        assert_eq!(lookup(&dict, "enginee", 2).get("engines"), Some(&1));
+        assert_eq!(lookup(&dict, "engnee", 2).get("engineer"), Some(&2));
+        assert!(lookup(&dict, "enginer", 0).is_empty());
+        // Transposition counts as one edit.
+        assert_eq!(lookup(&dict, "enigne", 1).get("engine"), Some(&1));
+        assert_eq!(lookup(&dict, "w00042", 1).get("w00042"), Some(&0));
+    }
+
+    #[test]
+    fn dead_terms_are_dropped_at_merges() {
+        let mut dict = FuzzyDict::default();
+        for i in 0..BUFFER_TERMS * 4 {
+            dict.insert(&format!("t{i:05}"), &|t: &str| !t.ends_with('7'));
+        }
+        let total: usize = dict.level_sizes().iter().sum();
+        assert!(total < BUFFER_TERMS * 4, "{total}");
+    }
+}

@@ -1,0 +1,957 @@
+//! Full-text index: an in-memory inverted index with BM25 ranking per field.
+//!
+//! # What is indexed
+//!
+//! Every word of every field (see [`crate::analyzer`]) is recorded under up to four
+//! term spaces, each a map from a term string to a posting list:
+//!
+//! | space | key | when | used by |
+//! |---|---|---|---|
+//! | stem  | `stem(lowercase(word))` | the analyzer has a language | stemmed queries |
+//! | fold  | `lowercase(word)` | always | unstemmed and fuzzy queries, `boost_exact` |
+//! | raw   | the word as written | only if it has uppercase | case-sensitive queries |
+//! | upper | `lowercase(word)` | count of non-lowercase spellings | case-sensitive lowercase queries |
+//!
+//! The "upper" space makes case-sensitive matching exact without storing every
+//! word twice: the number of times a document writes `rust` in lowercase is its
+//! `fold` count minus its `upper` count.
+//!
+//! A posting is `(doc, field, tf)` (8 bytes) and a posting list is sorted by
+//! `(doc, field)`. Removing a document turns its postings into tombstones (`tf = 0`)
+//! found by binary search through the document's term list (a forward index); a
+//! list is compacted when its tombstones outnumber its live postings, and a term
+//! with no live posting left is dropped from the dictionary. Search skips
+//! tombstones, so a removed or replaced document never produces a hit.
+//!
+//! # Scoring
+//!
+//! BM25 with `k1 = 1.2`, `b = 0.75`, computed per field with that field's document
+//! count and average length, Lucene's non-negative idf
+//! `ln(1 + (N - df + 0.5) / (df + 0.5))`, and multiplied by the field's weight.
+//! For each query word the index gathers "entries" (posting lists with a
+//! multiplier) and scores a document as:
+//!
+//! ```text
+//! word(d)  = max over match entries e of  mult(e) * sum over fields f of weight(f) * bm25(e, f, d)
+//!          + EXACT_BONUS * (same sum for the unstemmed word)      -- only with boost_exact
+//! score(d) = (sum over query words of word(d)) * matched_words(d) / query_words
+//! ```
+//!
+//! Match entries are the word itself (stemmed when stemming is on) with multiplier
+//! 1, and, with `fuzzy`, up to [`MAX_FUZZY_EXPANSIONS`] dictionary terms within the
+//! edit distance with multiplier [`FUZZY_MULT`]`[distance]` (< 1, so a typo never
+//! scores above the same exact match). The last factor is Lucene's classic
+//! coordination factor: OR semantics, but documents matching more of the query
+//! words rank higher.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::analyzer::{Analyzer, Language};
+use crate::fuzzy::FuzzyDict;
+use crate::DocId;
+
+/// BM25 term-frequency saturation.
+pub const BM25_K1: f32 = 1.2;
+/// BM25 length normalisation.
+pub const BM25_B: f32 = 0.75;
+/// Extra weight of an exact (unstemmed, unfuzzed) match when `boost_exact` is set.
+pub const EXACT_BONUS: f32 = 0.5;
+/// Score multiplier of a fuzzy match by edit distance (index 0 is the exact word).
+pub const FUZZY_MULT: [f32; 3] = [1.0, 0.6, 0.4];
+/// At most this many dictionary terms per query word are tried as typo variants
+/// (closest first, then most frequent), like Lucene's `maxExpansions`.
+pub const MAX_FUZZY_EXPANSIONS: usize = 50;
+/// The largest `max_edit_distance` the index accepts.
+pub const MAX_EDIT_DISTANCE: u8 = 2;
+
+/// Why a text search was refused. All are the caller's fault (a bad request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TextError {
+    /// The language name is not one of [`Language::names`].
+    UnknownLanguage(String),
+    /// `max_edit_distance` above [`MAX_EDIT_DISTANCE`].
+    EditDistanceTooLarge(u8),
+}
+
+impl fmt::Display for TextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TextError::UnknownLanguage(name) => write!(
+                f,
+                "unknown language {name:?} (expected one of: {})",
+                Language::names().collect::<Vec<_>>().join(", ")
+            ),
+            TextError::EditDistanceTooLarge(d) => {
+                write!(
+                    f,
+                    "max_edit_distance {d} is above the maximum of {MAX_EDIT_DISTANCE}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for TextError {}
+
+/// A full-text query. Build with [`TextQuery::new`] and set the public fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextQuery {
+    /// The query text; analysed like documents. Its words are OR-ed.
+    pub query: String,
+    /// Only match in these fields (`None`: all fields). Unknown names match nothing.
+    pub fields: Option<Vec<String>>,
+    /// Score multipliers per field (default 1.0). A weight that is not a positive
+    /// finite number excludes the field.
+    pub weights: Vec<(String, f32)>,
+    /// Stemming language of the request. `None` or the index's own language: stem
+    /// as the index does. Another known language: match unstemmed (the index only
+    /// holds stems of its own language). Unknown: [`TextError::UnknownLanguage`].
+    pub language: Option<String>,
+    /// Typo tolerance.
+    pub fuzzy: bool,
+    /// Edit distance for `fuzzy` (0..=2; transpositions count 1). Capped by word
+    /// length: words of 1-2 characters match exactly, words of 3-5 characters
+    /// allow one edit.
+    pub max_edit_distance: u8,
+    /// Match the words exactly as written (case included). A case-sensitive query
+    /// does no stemming and no fuzzy expansion.
+    pub case_sensitive: bool,
+    /// Match other forms of a word with the same stem (when the index has a
+    /// language).
+    pub stemming: bool,
+    /// Score exact (unstemmed, unfuzzed) occurrences of the query words higher.
+    pub boost_exact: bool,
+    /// Drop hits scoring below this.
+    pub min_score: Option<f32>,
+    /// Maximum number of hits returned (`total` still counts all).
+    pub limit: usize,
+}
+
+impl TextQuery {
+    /// A query with defaults: all fields, weight 1, stemming on, not fuzzy
+    /// (distance 2 once `fuzzy` is set), not case-sensitive, no exact boost, limit 10.
+    pub fn new(query: impl Into<String>) -> TextQuery {
+        TextQuery {
+            query: query.into(),
+            fields: None,
+            weights: Vec::new(),
+            language: None,
+            fuzzy: false,
+            max_edit_distance: MAX_EDIT_DISTANCE,
+            case_sensitive: false,
+            stemming: true,
+            boost_exact: false,
+            min_score: None,
+            limit: 10,
+        }
+    }
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextHit {
+    pub doc: DocId,
+    /// BM25-based score, > 0; higher is better.
+    pub score: f32,
+    /// Names of the fields in which a query word matched, sorted.
+    pub matched_fields: Vec<String>,
+}
+
+/// The result of [`TextIndex::search`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TextResults {
+    /// The best `limit` hits by descending score (ties: ascending doc).
+    pub hits: Vec<TextHit>,
+    /// Number of accepted documents scoring at least `min_score`, before `limit`.
+    pub total: usize,
+}
+
+type TermId = u32;
+type FieldId = u16;
+
+const NO_TERM: TermId = TermId::MAX;
+
+const NS_STEM: usize = 0;
+const NS_FOLD: usize = 1;
+const NS_RAW: usize = 2;
+const NS_UPPER: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Posting {
+    doc: u32,
+    field: FieldId,
+    /// Occurrences in the field, saturating; 0 marks a tombstone.
+    tf: u16,
+}
+
+struct Term {
+    space: u8,
+    /// For a `fold` term: its `stem` term, once known. Valid while this term
+    /// lives, because every posting of a folded word has a posting of its stem
+    /// (added and removed together), so the stem term outlives it.
+    stem: TermId,
+    key: Box<str>,
+    postings: Vec<Posting>,
+    /// Live postings per field (document frequency).
+    df: Vec<(FieldId, u32)>,
+    tombstones: u32,
+}
+
+impl Term {
+    fn live(&self) -> usize {
+        self.postings.len() - self.tombstones as usize
+    }
+    fn df(&self, field: FieldId) -> u32 {
+        self.df
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(0, |(_, n)| *n)
+    }
+    fn add_df(&mut self, field: FieldId, delta: i64) {
+        match self.df.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, n)) => *n = (i64::from(*n) + delta).max(0) as u32,
+            None if delta > 0 => self.df.push((field, delta as u32)),
+            None => {}
+        }
+        self.df.retain(|(_, n)| *n > 0);
+    }
+    /// The postings of `doc`, tombstones included.
+    fn range_of(&self, doc: u32) -> std::ops::Range<usize> {
+        let start = self.postings.partition_point(|p| p.doc < doc);
+        let end = start + self.postings[start..].partition_point(|p| p.doc == doc);
+        start..end
+    }
+}
+
+struct DocEntry {
+    /// Every term (all spaces) the document has a posting in.
+    terms: Box<[TermId]>,
+    /// Indexed fields and their lengths in words.
+    fields: Box<[(FieldId, u32)]>,
+}
+
+#[derive(Default)]
+struct Field {
+    name: Box<str>,
+    docs: u32,
+    total_len: u64,
+    /// Length in words, by doc id (0 when absent).
+    lens: Vec<u32>,
+}
+
+/// An inverted index over several named text fields of each document, with BM25
+/// ranking, stemming, case-sensitive matching and typo tolerance. See the module
+/// documentation for the data layout and the exact scoring formula.
+pub struct TextIndex {
+    analyzer: Analyzer,
+    fields: Vec<Field>,
+    field_ids: FxHashMap<Box<str>, FieldId>,
+    dict: [FxHashMap<Box<str>, TermId>; 4],
+    terms: Vec<Term>,
+    free_terms: Vec<TermId>,
+    docs: Vec<Option<DocEntry>>,
+    live_docs: usize,
+    fuzzy: FuzzyDict,
+}
+
+impl fmt::Debug for TextIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TextIndex")
+            .field("analyzer", &self.analyzer)
+            .field("docs", &self.live_docs)
+            .field("fields", &self.fields.len())
+            .field("terms", &(self.terms.len() - self.free_terms.len()))
+            .finish()
+    }
+}
+
+impl Default for TextIndex {
+    fn default() -> Self {
+        TextIndex::new(Analyzer::default())
+    }
+}
+
+/// Per-field word counts of one document, gathered before touching the index.
+#[derive(Default)]
+struct FieldCounts<'t> {
+    len: u32,
+    /// folded word -> (occurrences, occurrences not written in lowercase)
+    folded: FxHashMap<Cow<'t, str>, (u32, u32)>,
+    /// word as written (only those with uppercase) -> occurrences
+    raw: FxHashMap<&'t str, u32>,
+}
+
+impl TextIndex {
+    /// An empty index analysing with `analyzer`.
+    pub fn new(analyzer: Analyzer) -> TextIndex {
+        TextIndex {
+            analyzer,
+            fields: Vec::new(),
+            field_ids: FxHashMap::default(),
+            dict: Default::default(),
+            terms: Vec::new(),
+            free_terms: Vec::new(),
+            docs: Vec::new(),
+            live_docs: 0,
+            fuzzy: FuzzyDict::default(),
+        }
+    }
+
+    /// The analyzer (and so the stemming language) of this index.
+    pub fn analyzer(&self) -> &Analyzer {
+        &self.analyzer
+    }
+
+    /// Number of indexed documents.
+    pub fn len(&self) -> usize {
+        self.live_docs
+    }
+
+    /// True when no document is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.live_docs == 0
+    }
+
+    /// True when `doc` is indexed.
+    pub fn contains(&self, doc: DocId) -> bool {
+        matches!(self.docs.get(doc.0 as usize), Some(Some(_)))
+    }
+
+    /// Indexes `doc` with the given `(field name, text)` pairs, replacing whatever
+    /// was indexed for it before. A field name may repeat (an array of strings):
+    /// its texts are indexed as one field. A document with no fields is removed.
+    pub fn upsert(&mut self, doc: DocId, fields: &[(&str, &str)]) {
+        self.remove(doc);
+        if fields.is_empty() {
+            return;
+        }
+        let mut per_field: Vec<(FieldId, FieldCounts<'_>)> = Vec::new();
+        for &(name, text) in fields {
+            let fid = self.field_id(name);
+            let slot = match per_field.iter().position(|(f, _)| *f == fid) {
+                Some(i) => i,
+                None => {
+                    per_field.push((fid, FieldCounts::default()));
+                    per_field.len() - 1
+                }
+            };
+            let counts = &mut per_field[slot].1;
+            self.analyzer.for_each_word(text, |raw, folded| {
+                counts.len = counts.len.saturating_add(1);
+                let upper = matches!(folded, Cow::Owned(_));
+                if upper {
+                    *counts.raw.entry(raw).or_insert(0) += 1;
+                }
+                let e = counts.folded.entry(folded).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += u32::from(upper);
+            });
+        }
+
+        let d = doc.0;
+        let mut doc_terms: Vec<TermId> = Vec::new();
+        let mut doc_fields: Vec<(FieldId, u32)> = Vec::with_capacity(per_field.len());
+        let stemming = self.analyzer.language().is_some();
+        let mut stems: FxHashMap<TermId, u32> = FxHashMap::default();
+        for (fid, counts) in &per_field {
+            let fid = *fid;
+            doc_fields.push((fid, counts.len));
+            stems.clear();
+            for (folded, &(tf, upper)) in &counts.folded {
+                let folded_tid = self.add_posting(NS_FOLD, folded, d, fid, tf);
+                doc_terms.push(folded_tid);
+                if upper > 0 {
+                    doc_terms.push(self.add_posting(NS_UPPER, folded, d, fid, upper));
+                }
+                if stemming {
+                    // Stemming is the costliest step of indexing: do it once per
+                    // distinct word, not once per document.
+                    let mut stem_tid = self.terms[folded_tid as usize].stem;
+                    if stem_tid == NO_TERM {
+                        let stem = self.analyzer.stem(folded);
+                        stem_tid = match self.dict[NS_STEM].get(&*stem) {
+                            Some(&tid) => tid,
+                            None => self.new_term(NS_STEM, &stem),
+                        };
+                        self.terms[folded_tid as usize].stem = stem_tid;
+                    }
+                    *stems.entry(stem_tid).or_insert(0) += tf;
+                }
+            }
+            for (&stem_tid, &tf) in &stems {
+                self.push_posting(stem_tid, d, fid, tf);
+                doc_terms.push(stem_tid);
+            }
+            for (raw, &tf) in &counts.raw {
+                doc_terms.push(self.add_posting(NS_RAW, raw, d, fid, tf));
+            }
+        }
+        doc_terms.sort_unstable();
+        doc_terms.dedup();
+
+        let slot = d as usize;
+        if self.docs.len() <= slot {
+            self.docs.resize_with(slot + 1, || None);
+        }
+        for &(fid, len) in &doc_fields {
+            let field = &mut self.fields[fid as usize];
+            field.docs += 1;
+            field.total_len += u64::from(len);
+            if field.lens.len() <= slot {
+                field.lens.resize(slot + 1, 0);
+            }
+            field.lens[slot] = len;
+        }
+        self.docs[slot] = Some(DocEntry {
+            terms: doc_terms.into_boxed_slice(),
+            fields: doc_fields.into_boxed_slice(),
+        });
+        self.live_docs += 1;
+    }
+
+    /// Removes `doc`; returns whether it was indexed.
+    pub fn remove(&mut self, doc: DocId) -> bool {
+        let slot = doc.0 as usize;
+        let Some(entry) = self.docs.get_mut(slot).and_then(Option::take) else {
+            return false;
+        };
+        self.live_docs -= 1;
+        for &(fid, len) in entry.fields.iter() {
+            let field = &mut self.fields[fid as usize];
+            field.docs -= 1;
+            field.total_len -= u64::from(len);
+            field.lens[slot] = 0;
+        }
+        for &tid in entry.terms.iter() {
+            let term = &mut self.terms[tid as usize];
+            let range = term.range_of(doc.0);
+            let mut killed: Vec<FieldId> = Vec::new();
+            for p in &mut term.postings[range] {
+                if p.tf > 0 {
+                    p.tf = 0;
+                    killed.push(p.field);
+                }
+            }
+            term.tombstones += killed.len() as u32;
+            for f in killed {
+                term.add_df(f, -1);
+            }
+            if term.live() == 0 {
+                self.free_term(tid);
+            } else if term.tombstones as usize > term.live() && term.postings.len() >= 8 {
+                term.postings.retain(|p| p.tf > 0);
+                term.tombstones = 0;
+            }
+        }
+        true
+    }
+
+    fn free_term(&mut self, tid: TermId) {
+        let term = &mut self.terms[tid as usize];
+        self.dict[term.space as usize].remove(&term.key);
+        term.key = "".into();
+        term.stem = NO_TERM;
+        term.postings = Vec::new();
+        term.df = Vec::new();
+        term.tombstones = 0;
+        self.free_terms.push(tid);
+    }
+
+    fn field_id(&mut self, name: &str) -> FieldId {
+        if let Some(&id) = self.field_ids.get(name) {
+            return id;
+        }
+        // More than 65,535 distinct field names: the last id is shared.
+        let id = self.fields.len().min(usize::from(FieldId::MAX)) as FieldId;
+        if usize::from(id) == self.fields.len() {
+            self.fields.push(Field {
+                name: name.into(),
+                ..Field::default()
+            });
+        }
+        self.field_ids.insert(name.into(), id);
+        id
+    }
+
+    fn add_posting(
+        &mut self,
+        space: usize,
+        key: &str,
+        doc: u32,
+        field: FieldId,
+        tf: u32,
+    ) -> TermId {
+        let tid = match self.dict[space].get(key) {
+            Some(&tid) => tid,
+            None => self.new_term(space, key),
+        };
+        self.push_posting(tid, doc, field, tf);
+        tid
+    }
+
+    fn push_posting(&mut self, tid: TermId, doc: u32, field: FieldId, tf: u32) {
+        let term = &mut self.terms[tid as usize];
+        let posting = Posting {
+            doc,
+            field,
+            tf: tf.clamp(1, u32::from(u16::MAX)) as u16,
+        };
+        let after_last = term
+            .postings
+            .last()
+            .is_none_or(|p| (p.doc, p.field) < (doc, field));
+        if after_last {
+            term.postings.push(posting);
+        } else {
+            let at = term
+                .postings
+                .partition_point(|p| (p.doc, p.field) < (doc, field));
+            match term.postings.get_mut(at) {
+                Some(p) if p.doc == doc && p.field == field => {
+                    // Only a tombstone can be here: the document was removed first.
+                    if p.tf == 0 {
+                        term.tombstones -= 1;
+                    }
+                    *p = posting;
+                }
+                _ => term.postings.insert(at, posting),
+            }
+        }
+        term.add_df(field, 1);
+    }
+
+    fn new_term(&mut self, space: usize, key: &str) -> TermId {
+        let term = Term {
+            space: space as u8,
+            stem: NO_TERM,
+            key: key.into(),
+            postings: Vec::new(),
+            df: Vec::new(),
+            tombstones: 0,
+        };
+        let tid = match self.free_terms.pop() {
+            Some(tid) => {
+                self.terms[tid as usize] = term;
+                tid
+            }
+            None => {
+                self.terms.push(term);
+                (self.terms.len() - 1) as TermId
+            }
+        };
+        self.dict[space].insert(key.into(), tid);
+        if space == NS_FOLD {
+            let folded = &self.dict[NS_FOLD];
+            self.fuzzy.insert(key, &|t| folded.contains_key(t));
+        }
+        tid
+    }
+
+    /// Approximate heap memory of the index in bytes (capacities, not lengths).
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let map_entry = size_of::<(Box<str>, TermId)>() + 1;
+        let dict: usize = self
+            .dict
+            .iter()
+            .map(|m| m.capacity() * map_entry + m.keys().map(|k| k.len()).sum::<usize>())
+            .sum();
+        let terms: usize = self
+            .terms
+            .iter()
+            .map(|t| {
+                t.key.len()
+                    + t.postings.capacity() * size_of::<Posting>()
+                    + t.df.capacity() * size_of::<(FieldId, u32)>()
+            })
+            .sum::<usize>()
+            + self.terms.capacity() * size_of::<Term>()
+            + self.free_terms.capacity() * size_of::<TermId>();
+        let docs: usize = self
+            .docs
+            .iter()
+            .flatten()
+            .map(|d| {
+                d.terms.len() * size_of::<TermId>() + d.fields.len() * size_of::<(FieldId, u32)>()
+            })
+            .sum::<usize>()
+            + self.docs.capacity() * size_of::<Option<DocEntry>>();
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|f| f.name.len() * 2 + f.lens.capacity() * 4 + size_of::<Field>() + map_entry)
+            .sum();
+        dict + terms + docs + fields + self.fuzzy.memory_bytes()
+    }
+
+    /// Runs `query`; `accept` is the caller's pre-filter (called once for each
+    /// matching document that reaches `min_score`). Never panics; an empty query
+    /// or index gives no hits.
+    pub fn search(
+        &self,
+        query: &TextQuery,
+        accept: &dyn Fn(DocId) -> bool,
+    ) -> Result<TextResults, TextError> {
+        if query.max_edit_distance > MAX_EDIT_DISTANCE {
+            return Err(TextError::EditDistanceTooLarge(query.max_edit_distance));
+        }
+        let stem_ok = match &query.language {
+            None => true,
+            Some(name) => Some(Language::from_name(name)?) == self.analyzer.language(),
+        };
+        let plan = self.plan(query, stem_ok);
+        if plan.words.is_empty() || self.live_docs == 0 {
+            return Ok(TextResults::default());
+        }
+
+        let n = self.docs.len();
+        let mut acc = vec![0f32; n];
+        let mut word_acc = vec![0f32; n];
+        let mut matched = vec![0u16; n];
+        let mut touched: Vec<u32> = Vec::new();
+        let mut word_touched: Vec<u32> = Vec::new();
+        for word in &plan.words {
+            for entry in &word.entries {
+                self.score_entry(entry, &plan.fields, &mut |doc, s| {
+                    let slot = &mut word_acc[doc as usize];
+                    if *slot == 0.0 {
+                        word_touched.push(doc);
+                    }
+                    if entry.additive {
+                        *slot += s;
+                    } else if s > *slot {
+                        *slot = s;
+                    }
+                });
+            }
+            for doc in word_touched.drain(..) {
+                let i = doc as usize;
+                if matched[i] == 0 {
+                    touched.push(doc);
+                }
+                acc[i] += word_acc[i];
+                matched[i] = matched[i].saturating_add(1);
+                word_acc[i] = 0.0;
+            }
+        }
+
+        let words = plan.words.len() as f32;
+        let min_score = query.min_score.filter(|m| !m.is_nan());
+        let mut scored: Vec<(f32, u32)> = Vec::with_capacity(touched.len());
+        for doc in touched {
+            let i = doc as usize;
+            let score = acc[i] * f32::from(matched[i]) / words;
+            if score.is_nan() || score <= 0.0 || min_score.is_some_and(|m| score < m) {
+                continue;
+            }
+            if accept(DocId(doc)) {
+                scored.push((score, doc));
+            }
+        }
+        let total = scored.len();
+        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let limit = query.limit.min(total);
+        if limit < total {
+            if limit == 0 {
+                scored.clear();
+            } else {
+                scored.select_nth_unstable_by(limit - 1, order);
+                scored.truncate(limit);
+            }
+        }
+        scored.sort_unstable_by(order);
+        let hits = scored
+            .into_iter()
+            .map(|(score, doc)| TextHit {
+                doc: DocId(doc),
+                score,
+                matched_fields: self.matched_fields(&plan, doc),
+            })
+            .collect();
+        Ok(TextResults { hits, total })
+    }
+
+    /// Names of the fields in which any entry of the plan has a live posting for `doc`.
+    fn matched_fields(&self, plan: &Plan, doc: u32) -> Vec<String> {
+        let mut fields: Vec<FieldId> = Vec::new();
+        for entry in plan.words.iter().flat_map(|w| &w.entries) {
+            let term = &self.terms[entry.term as usize];
+            for p in &term.postings[term.range_of(doc)] {
+                let weighted = plan
+                    .fields
+                    .get(p.field as usize)
+                    .is_some_and(|f| f.coef > 0.0);
+                if p.tf > 0 && weighted && self.tf_of(entry, p) > 0.0 {
+                    fields.push(p.field);
+                }
+            }
+        }
+        fields.sort_unstable();
+        fields.dedup();
+        let mut names: Vec<String> = fields
+            .into_iter()
+            .map(|f| self.fields[f as usize].name.to_string())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The effective term frequency of posting `p` for `entry` (only the
+    /// case-sensitive lowercase entry subtracts the non-lowercase spellings).
+    fn tf_of(&self, entry: &Entry, p: &Posting) -> f32 {
+        let mut tf = f32::from(p.tf);
+        if let Some(upper) = entry.minus {
+            let upper = &self.terms[upper as usize];
+            let at = upper
+                .postings
+                .partition_point(|q| (q.doc, q.field) < (p.doc, p.field));
+            if let Some(q) = upper.postings.get(at) {
+                if q.doc == p.doc && q.field == p.field {
+                    tf -= f32::from(q.tf);
+                }
+            }
+        }
+        tf
+    }
+
+    /// Calls `out(doc, score)` once per document with a live posting in `entry`,
+    /// with the field-weighted BM25 sum times the entry's multiplier.
+    fn score_entry(&self, entry: &Entry, fields: &[FieldPlan], out: &mut dyn FnMut(u32, f32)) {
+        let term = &self.terms[entry.term as usize];
+        // Per-field constants: idf * weight * mult * (k1 + 1), and the norm terms.
+        let consts: Vec<(f32, f32, f32)> = fields
+            .iter()
+            .enumerate()
+            .map(|(f, fp)| {
+                if fp.coef <= 0.0 || fp.docs == 0 {
+                    return (0.0, 0.0, 0.0);
+                }
+                let df = term.df(f as FieldId) as f32;
+                let n = fp.docs as f32;
+                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                (
+                    idf * fp.coef * entry.mult * (BM25_K1 + 1.0),
+                    BM25_K1 * (1.0 - BM25_B),
+                    BM25_K1 * BM25_B / fp.avg_len,
+                )
+            })
+            .collect();
+        let mut current: Option<(u32, f32)> = None;
+        let mut upper_at = 0usize;
+        let upper = entry.minus.map(|t| &self.terms[t as usize].postings);
+        for p in &term.postings {
+            let Some(&(c, a, b)) = consts.get(p.field as usize) else {
+                continue;
+            };
+            if p.tf == 0 || c == 0.0 {
+                continue;
+            }
+            let mut tf = f32::from(p.tf);
+            if let Some(upper) = upper {
+                while upper_at < upper.len()
+                    && (upper[upper_at].doc, upper[upper_at].field) < (p.doc, p.field)
+                {
+                    upper_at += 1;
+                }
+                if let Some(q) = upper.get(upper_at) {
+                    if q.doc == p.doc && q.field == p.field {
+                        tf -= f32::from(q.tf);
+                    }
+                }
+                if tf <= 0.0 {
+                    continue;
+                }
+            }
+            let len = fields[p.field as usize]
+                .lens
+                .get(p.doc as usize)
+                .copied()
+                .unwrap_or(0) as f32;
+            let s = c * tf / (tf + a + b * len);
+            match &mut current {
+                Some((doc, sum)) if *doc == p.doc => *sum += s,
+                _ => {
+                    if let Some((doc, sum)) = current {
+                        out(doc, sum);
+                    }
+                    current = Some((p.doc, s));
+                }
+            }
+        }
+        if let Some((doc, sum)) = current {
+            out(doc, sum);
+        }
+    }
+
+    /// Resolves the query into per-word posting entries and per-field constants.
+    fn plan<'s>(&'s self, query: &TextQuery, stem_ok: bool) -> Plan<'s> {
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| {
+                let allowed = query
+                    .fields
+                    .as_ref()
+                    .is_none_or(|names| names.iter().any(|n| **n == *f.name));
+                let weight = query
+                    .weights
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| **n == *f.name)
+                    .map_or(1.0, |(_, w)| *w);
+                let coef = if allowed && weight.is_finite() && weight > 0.0 {
+                    weight
+                } else {
+                    0.0
+                };
+                FieldPlan {
+                    coef,
+                    docs: f.docs,
+                    avg_len: if f.docs == 0 {
+                        1.0
+                    } else {
+                        (f.total_len as f32 / f.docs as f32).max(1.0)
+                    },
+                    lens: &f.lens,
+                }
+            })
+            .collect();
+
+        let stemming = query.stemming
+            && stem_ok
+            && self.analyzer.language().is_some()
+            && !query.case_sensitive;
+        let fuzzy = query.fuzzy && !query.case_sensitive && query.max_edit_distance > 0;
+        let mut seen: FxHashSet<String> = FxHashSet::default();
+        let mut words = Vec::new();
+        for (raw, folded) in self.analyzer.words(&query.query) {
+            let key = if query.case_sensitive { raw } else { &*folded };
+            if !seen.insert(key.to_string()) {
+                continue;
+            }
+            let mut entries = Vec::new();
+            let lookup = |space: usize, key: &str| self.dict[space].get(key).copied();
+            if query.case_sensitive {
+                if raw != &*folded {
+                    if let Some(t) = lookup(NS_RAW, raw) {
+                        entries.push(Entry::new(t, 1.0));
+                    }
+                } else if let Some(t) = lookup(NS_FOLD, raw) {
+                    let mut e = Entry::new(t, 1.0);
+                    e.minus = lookup(NS_UPPER, raw);
+                    entries.push(e);
+                }
+            } else {
+                let stem = stemming.then(|| self.analyzer.stem(&folded));
+                let primary = match &stem {
+                    Some(stem) => lookup(NS_STEM, stem),
+                    None => lookup(NS_FOLD, &folded),
+                };
+                entries.extend(primary.map(|t| Entry::new(t, 1.0)));
+                if fuzzy {
+                    self.fuzzy_entries(
+                        &folded,
+                        query.max_edit_distance,
+                        stem.as_deref(),
+                        &mut entries,
+                    );
+                }
+                if query.boost_exact && (stemming || fuzzy) {
+                    if let Some(t) = lookup(NS_FOLD, &folded) {
+                        let mut e = Entry::new(t, EXACT_BONUS);
+                        e.additive = true;
+                        entries.push(e);
+                    }
+                }
+            }
+            // A word with no entry still counts in the coordination factor.
+            words.push(WordPlan { entries });
+        }
+        Plan { words, fields }
+    }
+
+    fn fuzzy_entries(
+        &self,
+        folded: &str,
+        max_distance: u8,
+        stem: Option<&str>,
+        entries: &mut Vec<Entry>,
+    ) {
+        let chars = folded.chars().count();
+        let cap = match chars {
+            0..=2 => 0,
+            3..=5 => 1,
+            _ => 2,
+        };
+        let distance = max_distance.min(cap);
+        let mut found: FxHashMap<TermId, u8> = FxHashMap::default();
+        self.fuzzy.lookup(folded, distance, &mut |term, d| {
+            if d == 0 {
+                return;
+            }
+            if let Some(&tid) = self.dict[NS_FOLD].get(term) {
+                let best = found.entry(tid).or_insert(d);
+                *best = (*best).min(d);
+            }
+        });
+        let mut found: Vec<(TermId, u8)> = found
+            .into_iter()
+            .filter(|&(tid, _)| {
+                // Forms with the query's stem are already matched by the stem entry.
+                stem.is_none_or(|s| self.analyzer.stem(&self.terms[tid as usize].key) != s)
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| {
+            let (ta, tb) = (&self.terms[a.0 as usize], &self.terms[b.0 as usize]);
+            a.1.cmp(&b.1)
+                .then(tb.live().cmp(&ta.live()))
+                .then(ta.key.cmp(&tb.key))
+        });
+        found.truncate(MAX_FUZZY_EXPANSIONS);
+        entries.extend(
+            found
+                .into_iter()
+                .map(|(tid, d)| Entry::new(tid, FUZZY_MULT[usize::from(d.min(2))])),
+        );
+    }
+}
+
+struct FieldPlan<'s> {
+    /// Weight, or 0 when the field is excluded.
+    coef: f32,
+    docs: u32,
+    avg_len: f32,
+    lens: &'s [u32],
+}
+
+struct Entry {
+    term: TermId,
+    mult: f32,
+    /// Added to the word's score instead of competing for its maximum.
+    additive: bool,
+    /// Subtract this term's tf (case-sensitive match of a lowercase word).
+    minus: Option<TermId>,
+}
+
+impl Entry {
+    fn new(term: TermId, mult: f32) -> Entry {
+        Entry {
+            term,
+            mult,
+            additive: false,
+            minus: None,
+        }
+    }
+}
+
+struct WordPlan {
+    entries: Vec<Entry>,
+}
+
+struct Plan<'s> {
+    words: Vec<WordPlan>,
+    fields: Vec<FieldPlan<'s>>,
+}
