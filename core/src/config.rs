@@ -31,6 +31,11 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "segment-bytes", env: "TIDEPOOL_SEGMENT_BYTES", default: "67108864", help: "log segment size before rolling to a new file" },
     Setting { flag: "history-bytes", env: "TIDEPOOL_HISTORY_BYTES", default: "268435456", help: "log kept for resuming subscribers (Last-Event-ID)" },
     Setting { flag: "compact-after-bytes", env: "TIDEPOOL_COMPACT_AFTER_BYTES", default: "268435456", help: "log growth since the last snapshot that triggers compaction (0 = never)" },
+    Setting { flag: "embed-url", env: "TIDEPOOL_EMBED_URL", default: "", help: "OpenAI-compatible embeddings endpoint base URL, e.g. http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM); empty = built-in offline embedder only" },
+    Setting { flag: "embed-api-key", env: "TIDEPOOL_EMBED_API_KEY", default: "", help: "bearer key for the embeddings endpoint" },
+    Setting { flag: "embed-model", env: "TIDEPOOL_EMBED_MODEL", default: "text-embedding-3-small", help: "model sent to the provider when a request names none" },
+    Setting { flag: "embed-dimensions", env: "TIDEPOOL_EMBED_DIMENSIONS", default: "384", help: "dimensions of the built-in offline embedder (feature hashing, deterministic, not a neural model)" },
+    Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds an outbound provider call may take" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -55,12 +60,17 @@ pub struct Config {
     pub history_bytes: u64,
     pub compact_after_bytes: u64,
     pub salvage: bool,
+    pub embed_url: String,
+    pub embed_api_key: String,
+    pub embed_model: String,
+    pub embed_dimensions: usize,
+    pub outbound_timeout_secs: u64,
 }
 
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help(String),
     Version,
 }
@@ -68,7 +78,7 @@ pub enum Command {
 impl Default for Config {
     fn default() -> Self {
         match Config::parse(Vec::<String>::new(), |_| None) {
-            Ok(Command::Run(c)) => c,
+            Ok(Command::Run(c)) => *c,
             _ => unreachable_default(),
         }
     }
@@ -95,6 +105,11 @@ fn unreachable_default() -> Config {
         history_bytes: 1 << 28,
         compact_after_bytes: 1 << 28,
         salvage: false,
+        embed_url: String::new(),
+        embed_api_key: String::new(),
+        embed_model: String::new(),
+        embed_dimensions: 384,
+        outbound_timeout_secs: 30,
     }
 }
 
@@ -178,7 +193,7 @@ impl Config {
             ));
         }
         let salvage = get("salvage");
-        Ok(Command::Run(Config {
+        Ok(Command::Run(Box::new(Config {
             listen: get("listen"),
             data_dir: get("data-dir"),
             api_keys: get("api-key")
@@ -202,7 +217,12 @@ impl Config {
             history_bytes: num("history-bytes", get("history-bytes"))?,
             compact_after_bytes: num("compact-after-bytes", get("compact-after-bytes"))?,
             salvage: matches!(salvage.as_str(), "true" | "1" | "yes"),
-        }))
+            embed_url: get("embed-url"),
+            embed_api_key: get("embed-api-key"),
+            embed_model: get("embed-model"),
+            embed_dimensions: num("embed-dimensions", get("embed-dimensions"))?,
+            outbound_timeout_secs: num("outbound-timeout", get("outbound-timeout"))?,
+        })))
     }
 }
 

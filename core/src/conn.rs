@@ -22,13 +22,14 @@
 //! sent, so nothing a client sees can be taken back by a crash.
 
 use crate::engine::mutation::decode_batch;
+use crate::http::client::Outbound;
 use crate::http::{HttpError, Limits, Method, Request, RequestParser, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::ekodb_ws::{self, Followup, Session};
 use crate::realtime::events::{changes, EventPos};
 use crate::realtime::hub::{self, Filter, Proto};
 use crate::realtime::sse;
-use crate::server::{Server, Upgrade};
+use crate::server::{Call, Server, Upgrade};
 use crate::time::Timestamp;
 use crate::ws::{frame_header, Incoming, WsTransport};
 use bytes::{Bytes, BytesMut};
@@ -81,6 +82,9 @@ pub enum Effect {
     /// `HISTORY_CHUNK_BYTES`), once everything up to `upto` is durable, and hand
     /// them to `handle_history`.
     ReadHistory { after: Lsn, upto: Lsn },
+    /// Perform an outbound HTTP request (connect, write `request`, read until
+    /// the peer closes) and hand the bytes to `handle_call_result`.
+    Http(Outbound),
 }
 
 /// The answer to `Effect::ReadHistory`.
@@ -125,6 +129,8 @@ pub struct Connection {
     replays: VecDeque<Replay>,
     /// The hub may have events for us.
     notified: bool,
+    /// A reply waiting for an outbound call; later requests wait behind it.
+    pending_call: Option<(Call, bool, bool)>,
 }
 
 impl Connection {
@@ -148,6 +154,7 @@ impl Connection {
             effects: VecDeque::new(),
             replays: VecDeque::new(),
             notified: false,
+            pending_call: None,
         }
     }
 
@@ -274,7 +281,8 @@ impl Connection {
 
     /// Whether `execute` has something to do (needs the server lock).
     pub fn wants_server(&self) -> bool {
-        !self.work.is_empty() || (self.notified && self.replays.is_empty())
+        (self.pending_call.is_none() && !self.work.is_empty())
+            || (self.notified && self.replays.is_empty())
     }
 
     /// Whether the runtime should keep reading the socket.
@@ -289,7 +297,10 @@ impl Connection {
     /// Runs parsed requests or messages against the server, and takes queued
     /// events from the hub.
     pub fn execute(&mut self, server: &mut Server, now: Timestamp) {
-        while let Some(work) = self.work.pop_front() {
+        while self.pending_call.is_none() {
+            let Some(work) = self.work.pop_front() else {
+                break;
+            };
             match work {
                 Work::Request(req) => self.execute_request(server, req, now),
                 Work::Fail(e) => {
@@ -314,6 +325,12 @@ impl Connection {
 
     fn execute_request(&mut self, server: &mut Server, req: Request, now: Timestamp) {
         let reply = server.handle_request(&req, now);
+        if let Some((outbound, call)) = reply.call {
+            let keep_alive = req.keep_alive() && self.state == State::Open;
+            self.pending_call = Some((call, keep_alive, req.method == Method::Head));
+            self.effects.push_back(Effect::Http(outbound));
+            return;
+        }
         match reply.upgrade {
             None => {
                 let keep_alive = req.keep_alive() && self.state == State::Open;
@@ -525,6 +542,18 @@ impl Connection {
         self.effects.pop_front()
     }
 
+    /// The outcome of `Effect::Http`: the response bytes, or why there are none.
+    pub fn handle_call_result(&mut self, server: &mut Server, result: Result<Vec<u8>, String>) {
+        let Some((call, keep_alive, head_only)) = self.pending_call.take() else {
+            return;
+        };
+        let response = server.finish_call(&call, result);
+        if !keep_alive {
+            self.state = State::Closing;
+        }
+        self.push_out(Lsn::ZERO, response.encode(keep_alive, head_only));
+    }
+
     /// Log batches read for the running replay.
     pub fn handle_history(&mut self, server: &mut Server, result: History) {
         let Some(replay) = self.replays.front_mut() else {
@@ -625,7 +654,11 @@ impl Connection {
                 Some(bytes)
             }
             _ => {
-                if self.state == State::Closing && self.out.is_empty() && self.work.is_empty() {
+                if self.state == State::Closing
+                    && self.out.is_empty()
+                    && self.work.is_empty()
+                    && self.pending_call.is_none()
+                {
                     self.state = State::Closed;
                 }
                 None

@@ -3,12 +3,13 @@
 //! it behind a lock; connection state machines (`conn`) call in and get replies
 //! that say which LSN must be durable before their bytes may be sent.
 
-use crate::api::{self, codec, router, router::Route, Ctx};
+use crate::api::{self, codec, embed, router, router::Route, Ctx};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::engine::mutation::decode_batch;
 use crate::engine::{Committed, Engine};
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::client::Outbound;
 use crate::http::{url, Limits, Request, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::events::EventPos;
@@ -30,6 +31,14 @@ pub struct Reply {
     pub wait_for: Lsn,
     /// The request switches the connection to another protocol.
     pub upgrade: Option<Upgrade>,
+    /// The reply needs an outbound call first (`Server::finish_call`).
+    pub call: Option<(Outbound, Call)>,
+}
+
+/// What an outbound call is for, to finish the reply when it returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Embed(embed::Job),
 }
 
 /// A protocol switch decided by a request.
@@ -53,6 +62,7 @@ pub struct Server {
     config: Config,
     durable: Lsn,
     storage_failure: Option<String>,
+    clock: Option<fn() -> Timestamp>,
 }
 
 impl Server {
@@ -70,7 +80,14 @@ impl Server {
             config,
             durable: Lsn::ZERO,
             storage_failure: None,
+            clock: None,
         }
+    }
+
+    /// Lets handlers re-read the wall clock to report how long they took
+    /// (`execution_time_ms`). The runtime passes its clock; simulations don't.
+    pub fn set_clock(&mut self, clock: fn() -> Timestamp) {
+        self.clock = Some(clock);
     }
 
     pub fn config(&self) -> &Config {
@@ -166,9 +183,12 @@ impl Server {
     }
 
     pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
-        let (response, upgrade) = match self.respond(req, now) {
-            Ok(r) => r,
-            Err(e) => (api::error_response(&e), None),
+        let (response, upgrade, call) = match self.respond(req, now) {
+            Ok(Respond::Now(r, u)) => (r, u, None),
+            Ok(Respond::After(outbound, call)) => {
+                (Response::new(0, "", ""), None, Some((outbound, call)))
+            }
+            Err(e) => (api::error_response(&e), None, None),
         };
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
@@ -177,16 +197,29 @@ impl Server {
             response,
             wait_for,
             upgrade,
+            call,
         }
     }
 
-    fn respond(&mut self, req: &Request, now: Timestamp) -> Result<(Response, Option<Upgrade>)> {
+    /// Finishes a reply that waited for an outbound call.
+    pub fn finish_call(
+        &mut self,
+        call: &Call,
+        result: std::result::Result<Vec<u8>, String>,
+    ) -> Response {
+        let r = match call {
+            Call::Embed(job) => embed::finish(job, result),
+        };
+        r.unwrap_or_else(|e| api::error_response(&e))
+    }
+
+    fn respond(&mut self, req: &Request, now: Timestamp) -> Result<Respond> {
         let segments = url::split_path(&req.path).map_err(Error::invalid)?;
         let route = router::route(&req.method, &segments)?;
         let ctx = Ctx::new(req, now)?;
         match route {
-            Route::Health => return Ok((self.health(&ctx)?, None)),
-            Route::AuthToken => return Ok((self.token(&ctx)?, None)),
+            Route::Health => return Ok(Respond::Now(self.health(&ctx)?, None)),
+            Route::AuthToken => return Ok(Respond::Now(self.token(&ctx)?, None)),
             _ => {}
         }
         let bearer = req.header("authorization");
@@ -197,7 +230,7 @@ impl Server {
         match route {
             Route::WebSocket => {
                 let upgrade = websocket_upgrade(req)?;
-                Ok((Response::new(101, "", ""), Some(upgrade)))
+                Ok(Respond::Now(Response::new(101, "", ""), Some(upgrade)))
             }
             Route::Subscribe(collection) => {
                 crate::engine::validate_name("collection", &collection)?;
@@ -216,7 +249,7 @@ impl Server {
                         ))
                     })?),
                 };
-                Ok((
+                Ok(Respond::Now(
                     Response::new(200, "text/event-stream", ""),
                     Some(Upgrade::Sse {
                         collection,
@@ -225,7 +258,11 @@ impl Server {
                     }),
                 ))
             }
-            route => Ok((self.dispatch(&ctx, route)?, None)),
+            Route::Embed => match embed::start(&self.config, &ctx)? {
+                embed::Plan::Done(r) => Ok(Respond::Now(r, None)),
+                embed::Plan::Call(outbound, job) => Ok(Respond::After(outbound, Call::Embed(job))),
+            },
+            route => Ok(Respond::Now(self.dispatch(&ctx, route)?, None)),
         }
     }
 
@@ -239,7 +276,11 @@ impl Server {
                 ));
             }
         }
-        api::dispatch(&mut self.engine, ctx, route)
+        let ctx = Ctx {
+            clock: self.clock,
+            ..ctx.clone()
+        };
+        api::dispatch(&mut self.engine, &ctx, route)
     }
 
     fn health(&self, ctx: &Ctx<'_>) -> Result<Response> {
@@ -262,6 +303,11 @@ impl Server {
         let token = self.auth.issue(key, ctx.now)?;
         ctx.ok_json(&json!({ "token": token }))
     }
+}
+
+enum Respond {
+    Now(Response, Option<Upgrade>),
+    After(Outbound, Call),
 }
 
 /// Validates an RFC 6455 upgrade request (no subprotocol or extension required).

@@ -23,7 +23,7 @@ pub fn cli_main(program: &str) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match Config::parse(args, |k| std::env::var(k).ok()) {
         Ok(Command::Run(config)) => {
-            if let Err(e) = run(config) {
+            if let Err(e) = run(*config) {
                 eprintln!("{program}: {e}");
                 std::process::exit(1);
             }
@@ -165,10 +165,21 @@ async fn drive(
             host.register(conn.id(), waker.clone());
             registered = true;
         }
-        while let Some(Effect::ReadHistory { after, upto }) = conn.poll_effect() {
+        while let Some(effect) = conn.poll_effect() {
             let h = host.clone();
-            let history = smol::unblock(move || h.read_history(after, upto)).await;
-            host.with_server(|s| conn.handle_history(s, history));
+            match effect {
+                Effect::ReadHistory { after, upto } => {
+                    let history = smol::unblock(move || h.read_history(after, upto)).await;
+                    host.with_server(|s| conn.handle_history(s, history));
+                }
+                Effect::Http(call) => {
+                    let result = smol::unblock(move || h.http_call(&call)).await;
+                    host.with_server(|s| conn.handle_call_result(s, result));
+                }
+            }
+            if conn.wants_server() {
+                host.with_server(|s| conn.execute(s, now()));
+            }
         }
         if host.durability.failed() {
             let s = host.lock();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tidepool_core::config::Config;
 use tidepool_core::conn::{History, HISTORY_CHUNK_BYTES};
 use tidepool_core::engine::SnapshotCursor;
+use tidepool_core::http::client::Outbound;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
@@ -201,6 +202,52 @@ impl Host {
         }
     }
 
+    /// Performs `Effect::Http`: connect, send, read until the peer closes.
+    pub fn http_call(&self, call: &Outbound) -> Result<Vec<u8>, String> {
+        use std::io::Write;
+        use std::net::{TcpStream, ToSocketAddrs};
+        let deadline = Instant::now() + call.timeout;
+        let addr = (call.host.as_str(), call.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", call.host))?
+            .next()
+            .ok_or_else(|| format!("no address for {}", call.host))?;
+        let mut stream = TcpStream::connect_timeout(&addr, call.timeout)
+            .map_err(|e| format!("cannot connect to {}:{}: {e}", call.host, call.port))?;
+        stream.set_write_timeout(Some(call.timeout)).ok();
+        stream
+            .write_all(&call.request)
+            .map_err(|e| format!("sending the request failed: {e}"))?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("timed out after {} s", call.timeout.as_secs()));
+            }
+            stream.set_read_timeout(Some(left)).ok();
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(out),
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.len() > call.max_response_bytes {
+                        return Err("the response is too large".into());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(format!("timed out after {} s", call.timeout.as_secs()))
+                }
+                Err(e) => return Err(format!("reading the response failed: {e}")),
+            }
+        }
+    }
+
     /// Runs `f` on the server, then wakes the writer if it committed anything.
     pub fn with_server<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
         let mut s = self.lock();
@@ -303,6 +350,7 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
     let started = Instant::now();
     let (store, recovery) = Store::open(opts).map_err(|e| e.to_string())?;
     let mut server = Server::new(config, secret.as_bytes(), random_seed());
+    server.set_clock(now);
     let mut chunks = 0usize;
     for chunk in recovery.snapshot_chunks() {
         server

@@ -22,7 +22,7 @@ pub fn cli_main(program: &str) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match Config::parse(args, |k| std::env::var(k).ok()) {
         Ok(Command::Run(config)) => {
-            if let Err(e) = run(config) {
+            if let Err(e) = run(*config) {
                 eprintln!("{program}: {e}");
                 std::process::exit(1);
             }
@@ -155,6 +155,26 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
         if conn.wants_server() {
             host.with_server(|s| conn.execute(s, now()));
         }
+        perform_effects(host, &mut conn);
+    }
+}
+
+/// Performs the connection's I/O requests (history reads, outbound calls).
+fn perform_effects(host: &Host, conn: &mut Connection) {
+    while let Some(effect) = conn.poll_effect() {
+        match effect {
+            Effect::ReadHistory { after, upto } => {
+                let history = host.read_history(after, upto);
+                host.with_server(|s| conn.handle_history(s, history));
+            }
+            Effect::Http(call) => {
+                let result = host.http_call(&call);
+                host.with_server(|s| conn.handle_call_result(s, result));
+            }
+        }
+        if conn.wants_server() {
+            host.with_server(|s| conn.execute(s, now()));
+        }
     }
 }
 
@@ -229,10 +249,7 @@ fn stream_writer(
             if c.wants_server() {
                 host.with_server(|s| c.execute(s, now()));
             }
-            while let Some(Effect::ReadHistory { after, upto }) = c.poll_effect() {
-                let history = host.read_history(after, upto);
-                host.with_server(|s| c.handle_history(s, history));
-            }
+            perform_effects(host, &mut c);
             if host.durability.failed() {
                 let s = host.lock();
                 if let Some(why) = s.storage_failure() {

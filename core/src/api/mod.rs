@@ -3,9 +3,11 @@
 
 pub mod codec;
 mod collections;
+pub mod embed;
 mod kv;
 mod records;
 pub mod router;
+pub mod search;
 mod txn;
 
 use crate::engine::Engine;
@@ -18,11 +20,15 @@ use serde::Serialize;
 use serde_json::Value as J;
 
 /// One request's context: its decoded query parameters and negotiated format.
+#[derive(Clone)]
 pub struct Ctx<'a> {
     pub req: &'a Request,
     pub params: Vec<(String, String)>,
     pub out: Format,
     pub now: Timestamp,
+    /// Reads the clock again, for `execution_time_ms`. Supplied by the runtime;
+    /// `None` in simulations (then elapsed time reads as 0).
+    pub clock: Option<fn() -> Timestamp>,
 }
 
 impl<'a> Ctx<'a> {
@@ -34,7 +40,14 @@ impl<'a> Ctx<'a> {
             params,
             out: codec::response_format(req),
             now,
+            clock: None,
         })
+    }
+
+    /// Milliseconds since the request started, if a clock was supplied.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.clock
+            .map_or(0, |clock| clock().since(self.now).as_millis() as u64)
     }
 
     /// The last value of a query parameter.
@@ -144,8 +157,8 @@ pub fn dispatch(engine: &mut Engine, ctx: &Ctx<'_>, route: Route) -> Result<Resp
         R::KvLegacyLinks(k) => kv::legacy_links(engine, ctx, &k),
         R::KvLegacyLink => kv::legacy_link(engine, ctx, true),
         R::KvLegacyUnlink => kv::legacy_link(engine, ctx, false),
-        R::Search(_) => Err(Error::not_implemented("search")),
-        R::Embed => Err(Error::not_implemented("embeddings")),
+        R::Search(c) => search::search(engine, ctx, &c),
+        R::Embed => Err(Error::internal("embeddings are planned by the server")),
         R::TxBegin => txn::begin(engine, ctx),
         R::TxStatus(tx) => txn::status(engine, ctx, &tx),
         R::TxCommit(tx) => txn::commit(engine, ctx, &tx),

@@ -3,9 +3,12 @@
 
 use super::record::Record;
 use super::schema::Schema;
+use super::search::{self, SearchState};
+use crate::error::Result;
 use crate::time::Timestamp;
 use crate::value::View;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tidepool_search::Metric;
 
 #[derive(Debug)]
 pub struct Collection {
@@ -16,6 +19,8 @@ pub struct Collection {
     expiry: BTreeSet<(Timestamp, Box<str>)>,
     /// unique field → rendered value → id.
     unique: HashMap<String, HashMap<String, Box<str>>>,
+    /// Text and vector indexes (built on demand or as the schema declares).
+    search: SearchState,
 }
 
 /// How a value is keyed in a unique index: its type class and text.
@@ -37,8 +42,10 @@ impl Collection {
             trash: BTreeMap::new(),
             expiry: BTreeSet::new(),
             unique: HashMap::new(),
+            search: SearchState::default(),
         };
         c.rebuild_unique();
+        c.build_declared_indexes();
         c
     }
 
@@ -104,12 +111,14 @@ impl Collection {
                 index.insert(key, id.into());
             }
         }
+        self.search.on_put(id, &record);
         self.records.insert(id.into(), record);
     }
 
     /// Removes a live record and its index entries.
     pub fn take(&mut self, id: &str) -> Option<Record> {
         let old = self.records.remove(id)?;
+        self.search.on_remove(id);
         if let Some(t) = old.expires_at {
             self.expiry.remove(&(t, id.into()));
         }
@@ -212,5 +221,53 @@ impl Collection {
             }
         }
         None
+    }
+
+    /// Builds the indexes the schema declares (after a schema change or recovery).
+    pub fn build_declared_indexes(&mut self) {
+        let (text, vectors) = search::declared(&self.schema);
+        if let Some(language) = text {
+            // An unknown language was refused when the schema was set.
+            let _ = self.search.ensure_text(
+                language.as_deref(),
+                self.records.iter().map(|(k, r)| (k.as_ref(), r)),
+            );
+        }
+        for (field, metric, m, ef) in vectors {
+            self.search.ensure_vector(
+                &field,
+                metric,
+                m,
+                ef,
+                self.records.iter().map(|(k, r)| (k.as_ref(), r)),
+            );
+        }
+    }
+
+    /// The text index, built now if this is its first use.
+    pub fn text_index(&mut self, language: Option<&str>) -> Result<()> {
+        self.search
+            .ensure_text(language, self.records.iter().map(|(k, r)| (k.as_ref(), r)))
+    }
+
+    /// The vector index for (field, metric), built now if this is its first use.
+    pub fn vector_index(&mut self, field: &str, metric: Metric) {
+        let (m, ef) = match self.schema.fields.get(field).and_then(|f| f.index.as_ref()) {
+            Some(super::schema::IndexConfig::Vector {
+                m, ef_construction, ..
+            }) => (*m as usize, *ef_construction as usize),
+            _ => (16, 128),
+        };
+        self.search.ensure_vector(
+            field,
+            metric,
+            m,
+            ef,
+            self.records.iter().map(|(k, r)| (k.as_ref(), r)),
+        );
+    }
+
+    pub fn search_state(&self) -> &SearchState {
+        &self.search
     }
 }

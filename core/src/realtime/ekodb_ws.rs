@@ -253,6 +253,9 @@ pub fn handle(
         "CancelChat" if id.is_none() => return (Vec::new(), Followup::None),
         "RegisterClientTools" | "CancelChat" | "RawComplete" => Err(Error::not_implemented("chat")),
         other => match crud(other, &payload) {
+            Some(Ok((Route::Search(c), req))) => {
+                run(server, Route::Search(c), &req, now).map(|body| search_results(&body))
+            }
             Some(Ok((route, req))) => run(server, route, &req, now),
             Some(Err(e)) => Err(e),
             None if id.is_none() => return (Vec::new(), Followup::None),
@@ -286,6 +289,13 @@ fn run(server: &mut Server, route: Route, req: &Request, now: Timestamp) -> Resu
     let ctx = Ctx::new(req, now)?;
     let response = server.dispatch(&ctx, route)?;
     Ok(response.body)
+}
+
+/// `TextSearch` replies with the bare `results` array (spec B5).
+fn search_results(rest_body: &[u8]) -> Bytes {
+    let v: J = serde_json::from_slice(rest_body).unwrap_or(J::Null);
+    let results = v.get("results").cloned().unwrap_or(J::Array(Vec::new()));
+    Bytes::from(serde_json::to_vec(&results).unwrap_or_default())
 }
 
 fn body(v: J) -> Vec<u8> {

@@ -1,0 +1,233 @@
+//! `POST /api/search/{collection}` (spec 11, D1-D2): text, vector or hybrid.
+
+use super::Ctx;
+use crate::engine::filter::Filter;
+use crate::engine::query::{split_fields, unsigned};
+use crate::engine::record::{Projection, RecordOut};
+use crate::engine::search::{metric_from, SearchRequest};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::http::Response;
+use serde::Serialize;
+use serde_json::Value as J;
+use tidepool_search::{Language, TextQuery};
+
+/// The largest edit distance the clients may send (spec D1: 0-5). Distances
+/// above 2 are served as 2: beyond that, typo matching finds mostly noise.
+const MAX_CLIENT_EDIT_DISTANCE: u64 = 5;
+
+fn number(v: Option<&J>, name: &str) -> Result<Option<f64>> {
+    match v {
+        None | Some(J::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("`{name}` must be a number"))),
+    }
+}
+
+fn flag(v: Option<&J>, name: &str, default: bool) -> Result<bool> {
+    match v {
+        None | Some(J::Null) => Ok(default),
+        Some(J::Bool(b)) => Ok(*b),
+        Some(_) => Err(Error::invalid(format!("`{name}` must be true or false"))),
+    }
+}
+
+fn names(v: Option<&J>, name: &str) -> Result<Option<Vec<String>>> {
+    match v {
+        None | Some(J::Null) => Ok(None),
+        Some(J::String(s)) => Ok(Some(split_fields(s)).filter(|f| !f.is_empty())),
+        Some(J::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::invalid(format!("`{name}` must list field names")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(|v| Some(v).filter(|f| !f.is_empty())),
+        Some(_) => Err(Error::invalid(format!(
+            "`{name}` must be \"a,b\" or an array of field names"
+        ))),
+    }
+}
+
+fn weights(v: Option<&J>) -> Result<Vec<(String, f32)>> {
+    let bad = || Error::invalid("`weights` must be \"title:2.5,body:1\" or {\"title\": 2.5}");
+    let weight = |f: f64| -> Result<f32> {
+        if f.is_finite() && f >= 0.0 {
+            Ok(f as f32)
+        } else {
+            Err(Error::invalid("field weights must be non-negative numbers"))
+        }
+    };
+    match v {
+        None | Some(J::Null) => Ok(Vec::new()),
+        Some(J::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (f, w) = pair.rsplit_once(':').ok_or_else(bad)?;
+                let w: f64 = w.trim().parse().map_err(|_| bad())?;
+                Ok((f.trim().to_string(), weight(w)?))
+            })
+            .collect(),
+        Some(J::Object(o)) => o
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), weight(v.as_f64().ok_or_else(bad)?)?)))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Parses a search body into the engine's request and the pre-filter.
+pub fn parse(body: &J) -> Result<(SearchRequest, Filter, Projection)> {
+    let o = body
+        .as_object()
+        .ok_or_else(|| Error::invalid("a search body must be a JSON object"))?;
+    let get = |k: &str| o.get(k);
+    let query = match get("query") {
+        None | Some(J::Null) => String::new(),
+        Some(J::String(s)) => s.clone(),
+        Some(_) => return Err(Error::invalid("`query` must be a string")),
+    };
+    let vector = match get("vector") {
+        None | Some(J::Null) => None,
+        Some(J::Array(items)) if !items.is_empty() => Some(
+            items
+                .iter()
+                .map(|x| x.as_f64().filter(|f| f.is_finite()).map(|f| f as f32))
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| Error::invalid("`vector` must be an array of finite numbers"))?,
+        ),
+        Some(_) => {
+            return Err(Error::invalid(
+                "`vector` must be a non-empty array of numbers",
+            ))
+        }
+    };
+    if query.trim().is_empty() && vector.is_none() {
+        return Err(Error::invalid(
+            "a search needs a `query` (text), a `vector`, or both (hybrid)",
+        ));
+    }
+    let language = match get("language") {
+        None | Some(J::Null) => None,
+        Some(J::String(l)) => {
+            Language::from_name(l).map_err(|e| Error::invalid(e.to_string()))?;
+            Some(l.clone())
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "`language` must be a string like \"english\"",
+            ))
+        }
+    };
+    let fuzzy = flag(get("fuzzy"), "fuzzy", false)?;
+    let distance = match get("max_edit_distance").or_else(|| get("fuzziness")) {
+        None | Some(J::Null) => 2,
+        Some(v) => match v.as_u64() {
+            Some(d) if d <= MAX_CLIENT_EDIT_DISTANCE => d.min(2) as u8,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "`max_edit_distance` must be an integer from 0 to {MAX_CLIENT_EDIT_DISTANCE}"
+                )))
+            }
+        },
+    };
+    let limit = unsigned(get("limit").filter(|v| !v.is_null()), "limit")?.unwrap_or(10);
+    let mut text = TextQuery::new(query);
+    text.fields = names(get("fields"), "fields")?;
+    text.weights = weights(get("weights"))?;
+    text.language = language;
+    text.fuzzy = fuzzy;
+    text.max_edit_distance = if fuzzy { distance } else { 0 };
+    text.case_sensitive = flag(get("case_sensitive"), "case_sensitive", false)?;
+    text.stemming = flag(get("enable_stemming"), "enable_stemming", true)?;
+    text.boost_exact = flag(get("boost_exact"), "boost_exact", false)?;
+    text.min_score = number(get("min_score"), "min_score")?.map(|f| f as f32);
+    text.limit = limit;
+    let weight = |k: &str| -> Result<f32> {
+        match number(get(k), k)? {
+            None => Ok(0.5),
+            Some(w) if w >= 0.0 => Ok(w as f32),
+            Some(_) => Err(Error::invalid(format!("`{k}` must not be negative"))),
+        }
+    };
+    let metric = match get("vector_metric") {
+        None | Some(J::Null) => "cosine".to_string(),
+        Some(J::String(m)) => m.clone(),
+        Some(_) => return Err(Error::invalid("`vector_metric` must be a string")),
+    };
+    let req = SearchRequest {
+        text,
+        vector,
+        vector_field: match get("vector_field") {
+            Some(J::String(f)) if !f.is_empty() => f.clone(),
+            _ => "embedding".to_string(),
+        },
+        metric: metric_from(&metric)?,
+        vector_k: unsigned(get("vector_k").filter(|v| !v.is_null()), "vector_k")?,
+        ef_search: unsigned(get("ef_search").filter(|v| !v.is_null()), "ef_search")?
+            .unwrap_or(0)
+            .min(10_000),
+        threshold: number(get("vector_threshold"), "vector_threshold")?.map(|f| f as f32),
+        text_weight: weight("text_weight")?,
+        vector_weight: weight("vector_weight")?,
+        limit,
+    };
+    let filter = Filter::parse(get("filters").or_else(|| get("filter")))?;
+    let projection = Projection {
+        select: names(get("select_fields"), "select_fields")?.unwrap_or_default(),
+        exclude: names(get("exclude_fields"), "exclude_fields")?.unwrap_or_default(),
+    };
+    Ok((req, filter, projection))
+}
+
+pub fn search(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    let (req, filter, projection) = parse(&ctx.body()?)?;
+    let (hits, total) = engine.search(c, &req, &filter, ctx.now)?;
+    #[derive(Serialize)]
+    struct Hit<'a> {
+        record: RecordOut<'a>,
+        score: f64,
+        matched_fields: Vec<String>,
+    }
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        results: Vec<Hit<'a>>,
+        total: usize,
+        execution_time_ms: u64,
+        took_ms: u64,
+        execution_path: &'static str,
+    }
+    let proj = Some(&projection).filter(|p| !p.is_empty());
+    let results: Vec<Hit<'_>> = hits
+        .into_iter()
+        .map(|h| Hit {
+            record: RecordOut {
+                projection: proj,
+                ..RecordOut::new(h.found.pk, h.found.id, h.found.record)
+            },
+            // f32 → f64 via its shortest text form, so 26.4 stays 26.4 on the wire.
+            score: h.score.to_string().parse().unwrap_or(f64::from(h.score)),
+            matched_fields: h.matched_fields,
+        })
+        .collect();
+    let elapsed = ctx.elapsed_ms();
+    let path = match (req.text.query.trim().is_empty(), req.vector.is_some()) {
+        (false, true) => "hybrid",
+        (true, true) => "vector",
+        _ => "text",
+    };
+    ctx.ok_json(&Reply {
+        results,
+        total,
+        execution_time_ms: elapsed,
+        took_ms: elapsed,
+        execution_path: path,
+    })
+}

@@ -1,0 +1,283 @@
+//! Search over a collection (spec 11, D1): a full-text index over its string
+//! fields and one vector index per (field, metric), from `tidepool-search`.
+//!
+//! Indexes follow every write: `Collection::put` / `take` call `on_put` /
+//! `on_remove`. An index declared in the schema is built as soon as the schema
+//! is set (and again after recovery); an undeclared one is built on the first
+//! search that needs it and kept up to date from then on, so collections nobody
+//! searches cost nothing.
+
+use super::record::Record;
+use super::schema::{IndexConfig, Schema};
+use crate::error::{Error, Result};
+use crate::value::{Json, Value};
+use std::collections::HashMap;
+use tidepool_search::{Analyzer, DocId, Metric, TextIndex, TextQuery, VectorIndex};
+
+/// Dense ids for the indexes, mapped to record ids.
+#[derive(Debug, Default)]
+struct DocMap {
+    of: HashMap<Box<str>, DocId>,
+    ids: Vec<Option<Box<str>>>,
+    free: Vec<u32>,
+}
+
+impl DocMap {
+    fn get_or_assign(&mut self, id: &str) -> DocId {
+        if let Some(d) = self.of.get(id) {
+            return *d;
+        }
+        let n = match self.free.pop() {
+            Some(n) => {
+                self.ids[n as usize] = Some(id.into());
+                n
+            }
+            None => {
+                self.ids.push(Some(id.into()));
+                (self.ids.len() - 1) as u32
+            }
+        };
+        self.of.insert(id.into(), DocId(n));
+        DocId(n)
+    }
+
+    fn release(&mut self, id: &str) -> Option<DocId> {
+        let d = self.of.remove(id)?;
+        if let Some(slot) = self.ids.get_mut(d.0 as usize) {
+            *slot = None;
+        }
+        self.free.push(d.0);
+        Some(d)
+    }
+
+    pub fn id(&self, doc: DocId) -> Option<&str> {
+        self.ids.get(doc.0 as usize)?.as_deref()
+    }
+}
+
+/// The indexes of one collection.
+#[derive(Debug, Default)]
+pub struct SearchState {
+    docs: DocMap,
+    text: Option<TextIndex>,
+    vectors: Vec<VectorSlot>,
+}
+
+#[derive(Debug)]
+struct VectorSlot {
+    field: String,
+    metric: Metric,
+    index: VectorIndex,
+}
+
+/// The string content of a record's fields, as the text index sees it.
+fn text_fields(record: &Record) -> Vec<(&str, String)> {
+    record
+        .fields()
+        .filter_map(|(name, v)| match v {
+            Value::String(s) => Some((name, s.to_string())),
+            Value::Array(items) | Value::Set(items) => {
+                let words: Vec<&str> = items.iter().filter_map(Json::as_str).collect();
+                (!words.is_empty()).then(|| (name, words.join(" ")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A record's vector in `field`, from a Vector or a plain numeric array.
+fn vector_of(record: &Record, field: &str) -> Option<Vec<f32>> {
+    match record.get(field)? {
+        Value::Vector(v) => Some(v.iter().map(|&x| x as f32).collect()),
+        Value::Array(items) => items
+            .iter()
+            .map(|j| j.as_f64().map(|x| x as f32))
+            .collect::<Option<Vec<f32>>>()
+            .filter(|v| !v.is_empty()),
+        _ => None,
+    }
+}
+
+pub fn metric_from(name: &str) -> Result<Metric> {
+    Metric::from_name(name).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown vector metric `{name}` (cosine, euclidean, dotproduct)"
+        ))
+    })
+}
+
+fn seed_for(field: &str) -> u64 {
+    field.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl SearchState {
+    pub fn is_active(&self) -> bool {
+        self.text.is_some() || !self.vectors.is_empty()
+    }
+
+    pub fn id(&self, doc: DocId) -> Option<&str> {
+        self.docs.id(doc)
+    }
+
+    pub fn on_put(&mut self, id: &str, record: &Record) {
+        if !self.is_active() {
+            return;
+        }
+        let doc = self.docs.get_or_assign(id);
+        if let Some(text) = &mut self.text {
+            let fields = text_fields(record);
+            let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
+            text.upsert(doc, &refs);
+        }
+        for slot in &mut self.vectors {
+            match vector_of(record, &slot.field) {
+                // A vector of another dimension than the index is left out of it;
+                // schemas with a declared dimension reject it at write time.
+                Some(v) => {
+                    if slot.index.upsert(doc, &v).is_err() {
+                        slot.index.remove(doc);
+                    }
+                }
+                None => {
+                    slot.index.remove(doc);
+                }
+            }
+        }
+    }
+
+    pub fn on_remove(&mut self, id: &str) {
+        let Some(doc) = self.docs.release(id) else {
+            return;
+        };
+        if let Some(text) = &mut self.text {
+            text.remove(doc);
+        }
+        for slot in &mut self.vectors {
+            slot.index.remove(doc);
+        }
+    }
+
+    /// Builds the text index if needed, over `records`.
+    pub fn ensure_text<'a>(
+        &mut self,
+        language: Option<&str>,
+        records: impl Iterator<Item = (&'a str, &'a Record)>,
+    ) -> Result<()> {
+        if self.text.is_some() {
+            return Ok(());
+        }
+        let analyzer = match language {
+            Some(l) => Analyzer::for_language(l).map_err(|e| Error::invalid(e.to_string()))?,
+            None => Analyzer::default(),
+        };
+        self.text = Some(TextIndex::new(analyzer));
+        for (id, r) in records {
+            self.on_put_text(id, r);
+        }
+        Ok(())
+    }
+
+    fn on_put_text(&mut self, id: &str, record: &Record) {
+        let doc = self.docs.get_or_assign(id);
+        if let Some(text) = &mut self.text {
+            let fields = text_fields(record);
+            let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
+            text.upsert(doc, &refs);
+        }
+    }
+
+    /// Builds the vector index for (field, metric) if needed, over `records`.
+    pub fn ensure_vector<'a>(
+        &mut self,
+        field: &str,
+        metric: Metric,
+        m: usize,
+        ef_construction: usize,
+        records: impl Iterator<Item = (&'a str, &'a Record)>,
+    ) {
+        if self
+            .vectors
+            .iter()
+            .any(|s| s.field == field && s.metric == metric)
+        {
+            return;
+        }
+        let mut index = VectorIndex::new(metric, m, ef_construction, seed_for(field));
+        for (id, r) in records {
+            if let Some(v) = vector_of(r, field) {
+                let doc = self.docs.get_or_assign(id);
+                let _ = index.upsert(doc, &v);
+            }
+        }
+        self.vectors.push(VectorSlot {
+            field: field.to_string(),
+            metric,
+            index,
+        });
+    }
+
+    pub fn text(&self) -> Option<&TextIndex> {
+        self.text.as_ref()
+    }
+
+    pub fn vector(&self, field: &str, metric: Metric) -> Option<&VectorIndex> {
+        self.vectors
+            .iter()
+            .find(|s| s.field == field && s.metric == metric)
+            .map(|s| &s.index)
+    }
+
+    /// Memory the indexes use (for diagnostics).
+    pub fn memory_bytes(&self) -> usize {
+        self.text.as_ref().map_or(0, TextIndex::memory_bytes)
+            + self
+                .vectors
+                .iter()
+                .map(|s| s.index.memory_bytes())
+                .sum::<usize>()
+    }
+}
+
+/// A declared vector index: field, metric, m, ef_construction.
+pub type DeclaredVector = (String, Metric, usize, usize);
+
+/// The declared indexes of a schema: the text index (with its language, if
+/// named) and the vector indexes.
+pub fn declared(schema: &Schema) -> (Option<Option<String>>, Vec<DeclaredVector>) {
+    let mut text = None;
+    let mut vectors = Vec::new();
+    for (name, f) in &schema.fields {
+        match &f.index {
+            Some(IndexConfig::Text { language, .. }) => text = Some(language.clone()),
+            Some(IndexConfig::Vector {
+                metric,
+                m,
+                ef_construction,
+                ..
+            }) => {
+                if let Ok(metric) = metric_from(metric) {
+                    vectors.push((name.clone(), metric, *m as usize, *ef_construction as usize));
+                }
+            }
+            _ => {}
+        }
+    }
+    (text, vectors)
+}
+
+/// A parsed search request (spec D1).
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub text: TextQuery,
+    pub vector: Option<Vec<f32>>,
+    pub vector_field: String,
+    pub metric: Metric,
+    pub vector_k: Option<usize>,
+    pub ef_search: usize,
+    pub threshold: Option<f32>,
+    pub text_weight: f32,
+    pub vector_weight: f32,
+    pub limit: usize,
+}
