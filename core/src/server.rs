@@ -63,6 +63,9 @@ pub struct Server {
     durable: Lsn,
     storage_failure: Option<String>,
     clock: Option<fn() -> Timestamp>,
+    /// Durability reports received (one per group commit): batches per sync is
+    /// `last_lsn / syncs`.
+    syncs: u64,
 }
 
 impl Server {
@@ -81,6 +84,7 @@ impl Server {
             durable: Lsn::ZERO,
             storage_failure: None,
             clock: None,
+            syncs: 0,
         }
     }
 
@@ -113,6 +117,7 @@ impl Server {
     /// whose queued events just became deliverable (wake them).
     pub fn handle_durable(&mut self, lsn: Lsn) -> Vec<ConnId> {
         self.durable = self.durable.max(lsn);
+        self.syncs += 1;
         self.hub.take_ready(self.durable)
     }
 
@@ -291,6 +296,12 @@ impl Server {
             "server": "tidepool",
             "server_version": VERSION,
             "integrity_ok": !degraded,
+            "log": {
+                "last_lsn": self.engine.last_lsn().0,
+                "durable_lsn": self.durable.0,
+                "syncs": self.syncs,
+            },
+            "subscribers": self.hub.subscriber_count(),
         }))
     }
 

@@ -20,7 +20,6 @@ use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -259,27 +258,87 @@ struct Outcome {
     lat_us: Vec<u32>,
 }
 
-/// Runs `op` on `conns` connections for `secs`; `op` gets (connection, worker, seq).
-fn run<F>(addr: &str, conns: usize, secs: u64, op: F) -> Outcome
+/// An async keep-alive connection (for `run`).
+struct AsyncConn {
+    stream: smol::net::TcpStream,
+    buf: Vec<u8>,
+    host: String,
+}
+
+impl AsyncConn {
+    async fn open(addr: &str) -> AsyncConn {
+        let stream = smol::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        AsyncConn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            host: addr.to_string(),
+        }
+    }
+
+    async fn call(&mut self, method: &str, path: &str, token: &str, body: &str) -> u16 {
+        use smol::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.write_all(req.as_bytes()).await.expect("write");
+        self.buf.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
+                let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let n = self.stream.read(&mut chunk).await.expect("read");
+                    assert!(n > 0, "server closed the connection");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return status;
+            }
+            let n = self.stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A request the workload makes: (method, path, body).
+type Req = (&'static str, String, String);
+
+/// Runs `make` on `conns` connections for `secs`, all on ONE thread (async), so
+/// the generator itself needs at most one core. `make` gets (worker, seq).
+fn run<F>(addr: &str, token: &str, conns: usize, secs: u64, make: F) -> Outcome
 where
-    F: Fn(&mut Conn, usize, u64) -> bool + Send + Sync + 'static,
+    F: Fn(usize, u64) -> Req + 'static,
 {
-    let op = Arc::new(op);
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
+    let make = std::rc::Rc::new(make);
+    let ex = smol::LocalExecutor::new();
+    let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+    let errors = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let start = Instant::now();
-    let handles: Vec<_> = (0..conns)
+    let tasks: Vec<_> = (0..conns)
         .map(|w| {
-            let (op, stop, errors, addr) =
-                (op.clone(), stop.clone(), errors.clone(), addr.to_string());
-            std::thread::spawn(move || {
-                let mut c = Conn::open(&addr);
+            let (make, stop, errors) = (make.clone(), stop.clone(), errors.clone());
+            let (addr, token) = (addr.to_string(), token.to_string());
+            ex.spawn(async move {
+                let mut c = AsyncConn::open(&addr).await;
                 let mut lat = Vec::with_capacity(1 << 16);
                 let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.get() {
+                    let (method, path, body) = make(w, seq);
                     let t = Instant::now();
-                    if !op(&mut c, w, seq) {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    if c.call(method, &path, &token, &body).await != 200 {
+                        errors.set(errors.get() + 1);
                     }
                     lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     seq += 1;
@@ -288,17 +347,21 @@ where
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    let mut lat_us = Vec::new();
-    for h in handles {
-        lat_us.extend(h.join().expect("worker"));
-    }
+    let lat_us = smol::block_on(ex.run(async {
+        smol::Timer::after(Duration::from_secs(secs)).await;
+        stop.set(true);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await);
+        }
+        all
+    }));
     let secs = start.elapsed().as_secs_f64();
+    let mut lat_us = lat_us;
     lat_us.sort_unstable();
     Outcome {
         ops: lat_us.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
+        errors: errors.get(),
         secs,
         lat_us,
     }
@@ -322,6 +385,21 @@ fn report(name: &str, o: &Outcome) -> f64 {
         o.errors
     );
     rate
+}
+
+/// (last LSN, syncs) from the server's health report.
+fn log_stats(addr: &str) -> (u64, u64) {
+    let mut c = Conn::open(addr);
+    let (_, body) = c.call("GET", "/api/health", "", "");
+    let text = String::from_utf8_lossy(&body);
+    let num = |key: &str| -> u64 {
+        text.split(&format!("\"{key}\":"))
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("last_lsn"), num("syncs"))
 }
 
 fn token(addr: &str, key: &str) -> String {
@@ -354,7 +432,7 @@ fn main() {
         }
     };
     let addr = server.addr.clone();
-    let tok = Arc::new(token(&addr, &args.api_key));
+    let tok = token(&addr, &args.api_key);
     let probe_dir = if server.child.is_some() {
         server.dir.clone()
     } else {
@@ -398,56 +476,81 @@ fn main() {
     }
     let ids = Arc::new(ids);
     let mut insert_rate = 0.0;
+    let mut batches_per_sync = 0.0;
     for w in &args.workloads {
         match w.as_str() {
             "insert" => {
-                let t = tok.clone();
-                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
-                    let i = (w as u64) << 32 | seq;
-                    c.call("POST", "/api/insert/bench_write", &t, &doc(i)).0 == 200
-                });
+                let before = log_stats(&addr);
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        let i = (w as u64) << 32 | seq;
+                        ("POST", "/api/insert/bench_write".to_string(), doc(i))
+                    },
+                );
                 insert_rate = report("insert (durable)", &o);
+                let after = log_stats(&addr);
+                batches_per_sync = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
             }
             "get" => {
-                let (t, ids) = (tok.clone(), ids.clone());
-                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
-                    let id = &ids[((w as u64 * 7919 + seq * 104_729) % ids.len() as u64) as usize];
-                    c.call("GET", &format!("/api/find/bench_read/{id}"), &t, "")
-                        .0
-                        == 200
-                });
+                let ids = ids.clone();
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        let id =
+                            &ids[((w as u64 * 7919 + seq * 104_729) % ids.len() as u64) as usize];
+                        ("GET", format!("/api/find/bench_read/{id}"), String::new())
+                    },
+                );
                 report("get by id", &o);
             }
             "query" => {
-                let t = tok.clone();
-                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
-                    let age = (w as u64 + seq) % 100;
-                    let body = format!(
-                        r#"{{"filter":{{"type":"Logical","content":{{"operator":"And","expressions":[{{"type":"Condition","content":{{"field":"age","operator":"Eq","value":{age}}}}},{{"type":"Condition","content":{{"field":"active","operator":"Eq","value":true}}}}]}}}},"limit":10}}"#
-                    );
-                    c.call("POST", "/api/find/bench_read", &t, &body).0 == 200
-                });
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        let age = (w as u64 + seq) % 100;
+                        let body = format!(
+                            r#"{{"filter":{{"type":"Logical","content":{{"operator":"And","expressions":[{{"type":"Condition","content":{{"field":"age","operator":"Eq","value":{age}}}}},{{"type":"Condition","content":{{"field":"active","operator":"Eq","value":true}}}}]}}}},"limit":10}}"#
+                        );
+                        ("POST", "/api/find/bench_read".to_string(), body)
+                    },
+                );
                 report(&format!("query ({} docs)", args.prefill), &o);
             }
             "kv" => {
-                let t = tok.clone();
-                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
-                    let body = format!(r#"{{"value":{{"n":{seq},"w":{w}}}}}"#);
-                    c.call(
-                        "POST",
-                        &format!("/api/kv/set/k-{w}-{}", seq % 1000),
-                        &t,
-                        &body,
-                    )
-                    .0 == 200
-                });
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        let body = format!(r#"{{"value":{{"n":{seq},"w":{w}}}}}"#);
+                        ("POST", format!("/api/kv/set/k-{w}-{}", seq % 1000), body)
+                    },
+                );
                 report("kv set (durable)", &o);
-                let t = tok.clone();
-                let o = run(&addr, args.connections, args.seconds, move |c, w, seq| {
-                    c.call("GET", &format!("/api/kv/get/k-{w}-{}", seq % 1000), &t, "")
-                        .0
-                        == 200
-                });
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        (
+                            "GET",
+                            format!("/api/kv/get/k-{w}-{}", seq % 1000),
+                            String::new(),
+                        )
+                    },
+                );
                 report("kv get", &o);
             }
             other => eprintln!("unknown workload {other}"),
@@ -459,6 +562,9 @@ fn main() {
             "\ndurable inserts: {insert_rate:.0}/s = {:.1} x the raw fsync rate (floor: half of {} x fsync = {floor:.0}/s)",
             insert_rate / fsync,
             args.connections
+        );
+        println!(
+            "group commit: {batches_per_sync:.1} committed batches per fsync during the insert run"
         );
     }
     if args.fill > 0 {

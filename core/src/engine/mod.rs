@@ -757,18 +757,28 @@ impl Engine {
         };
         let pk = c.schema.primary_key_alias.as_str();
         let filter = q.filter();
-        let mut hits: Vec<(&str, &Record)> = c
-            .iter_live(now)
-            .filter(|(id, r)| filter.matches(pk, id, r))
-            .collect();
-        if !q.sort.is_empty() {
-            hits.sort_by(|a, b| query::compare_records(&q.sort, pk, *a, *b));
-        }
-        let rows = hits
-            .into_iter()
-            .skip(q.skip)
-            .take(q.limit.unwrap_or(usize::MAX));
+        let matching = c.iter_live(now).filter(|(id, r)| filter.matches(pk, id, r));
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let rows: Vec<(&str, &Record)> = if q.sort.is_empty() {
+            // Unsorted results come in id order: stop scanning at skip + limit.
+            matching.skip(q.skip).take(limit).collect()
+        } else {
+            let mut hits: Vec<(&str, &Record)> = matching.collect();
+            let keep = q.skip.saturating_add(limit).min(hits.len());
+            // Ties break by id, so pages of a sorted query never overlap or skip.
+            let by = |a: &(&str, &Record), b: &(&str, &Record)| {
+                query::compare_records(&q.sort, pk, *a, *b).then_with(|| a.0.cmp(b.0))
+            };
+            if keep < hits.len() / 2 {
+                // Only the first skip + limit matter: select them, then sort those.
+                hits.select_nth_unstable_by(keep, by);
+                hits.truncate(keep);
+            }
+            hits.sort_by(by);
+            hits.into_iter().skip(q.skip).take(limit).collect()
+        };
         let mut out: Vec<Row<'a>> = rows
+            .into_iter()
             .map(|(id, record)| Row {
                 found: Found { pk, id, record },
                 joined: Vec::new(),
