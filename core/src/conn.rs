@@ -27,13 +27,14 @@ use crate::http::{HttpError, Limits, Method, Request, RequestParser, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::ekodb_ws::{self, Followup, Session};
 use crate::realtime::events::{changes, EventPos};
-use crate::realtime::hub::{self, Filter, Proto};
+use crate::realtime::hub::{self, Filter, Outbox, Proto};
 use crate::realtime::sse;
 use crate::server::{Call, Server, Upgrade};
 use crate::time::Timestamp;
 use crate::ws::{frame_header, Incoming, WsTransport};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Pipelined requests (or WebSocket messages) accepted ahead of their replies.
@@ -129,6 +130,8 @@ pub struct Connection {
     replays: VecDeque<Replay>,
     /// The hub may have events for us.
     notified: bool,
+    /// Where the hub queues this connection's events (WebSocket and SSE).
+    outbox: Option<Arc<Outbox>>,
     /// A reply waiting for an outbound call; later requests wait behind it.
     pending_call: Option<(Call, bool, bool)>,
 }
@@ -155,6 +158,7 @@ impl Connection {
             replays: VecDeque::new(),
             notified: false,
             pending_call: None,
+            outbox: None,
         }
     }
 
@@ -215,9 +219,11 @@ impl Connection {
         }
     }
 
-    /// The hub has (or may have) events for this connection.
+    /// The hub has (or may have) events for this connection: take them. Needs
+    /// no server lock.
     pub fn handle_notify(&mut self) {
         self.notified = true;
+        self.pull_events();
     }
 
     fn parse_http(&mut self) {
@@ -281,8 +287,7 @@ impl Connection {
 
     /// Whether `execute` has something to do (needs the server lock).
     pub fn wants_server(&self) -> bool {
-        (self.pending_call.is_none() && !self.work.is_empty())
-            || (self.notified && self.replays.is_empty())
+        self.pending_call.is_none() && !self.work.is_empty()
     }
 
     /// Whether the runtime should keep reading the socket.
@@ -314,8 +319,7 @@ impl Connection {
                 self.work.clear();
             }
         }
-        self.notified = false;
-        self.pull_events(server);
+        self.pull_events();
         match self.mode {
             Mode::Http => self.parse_http(),
             Mode::WebSocket(_) => self.read_ws(),
@@ -353,7 +357,7 @@ impl Connection {
                     session: Session::default(),
                 }));
                 self.next_beat = Some(now.saturating_add(self.heartbeat.max(FIRST_PING_AFTER)));
-                server.hub.open(self.id, Proto::WsJson);
+                self.outbox = Some(server.hub.open(self.id, Proto::WsJson));
                 self.work.clear();
                 self.read_ws();
             }
@@ -367,7 +371,7 @@ impl Connection {
                 self.mode = Mode::Sse;
                 self.inbuf.clear();
                 self.work.clear();
-                server.hub.open(self.id, Proto::Sse);
+                self.outbox = Some(server.hub.open(self.id, Proto::Sse));
                 server.hub.subscribe(self.id, &collection, filter.clone());
                 let sub = format!("sub_{}", server.engine.token(16));
                 let hello = serde_json::json!({"collection": collection, "subscription_id": sub});
@@ -411,19 +415,20 @@ impl Connection {
         }
     }
 
-    /// Moves queued events from the hub to the socket queue (unless a replay is
-    /// running: live events wait behind history).
-    fn pull_events(&mut self, server: &mut Server) {
-        if !self.is_streaming() || !self.replays.is_empty() || self.state != State::Open {
-            return;
-        }
-        if self.out_bytes >= LOCAL_OUT_BYTES {
-            return;
-        }
-        match server
-            .hub
-            .drain(self.id, Lsn(u64::MAX), LOCAL_OUT_BYTES - self.out_bytes)
+    /// Moves queued events from the outbox to the socket queue (unless a replay
+    /// is running: live events wait behind history).
+    fn pull_events(&mut self) {
+        if !self.replays.is_empty()
+            || self.state != State::Open
+            || self.out_bytes >= LOCAL_OUT_BYTES
         {
+            return;
+        }
+        let Some(outbox) = self.outbox.clone() else {
+            return;
+        };
+        self.notified = false;
+        match outbox.drain(LOCAL_OUT_BYTES - self.out_bytes) {
             Ok(items) => {
                 let binary = matches!(&self.mode, Mode::WebSocket(ws) if ws.session.binary);
                 for item in items {
@@ -432,9 +437,8 @@ impl Connection {
                     }
                     self.push_out(item.lsn, item.bytes);
                 }
-                if server.hub.has_pending(self.id) {
-                    self.notified = true;
-                }
+                // More than fitted: come back when the socket queue drains.
+                self.notified = outbox.is_pending();
             }
             Err(hub::Overflowed) => self.overflowed(),
         }
@@ -638,7 +642,7 @@ impl Connection {
                     upto: next.upto,
                 });
             } else {
-                self.notified = true;
+                self.pull_events();
             }
         }
     }
@@ -651,6 +655,9 @@ impl Connection {
             Some((lsn, _)) if *lsn <= durable => {
                 let (_, bytes) = self.out.pop_front()?;
                 self.out_bytes -= bytes.len();
+                if self.notified && self.out_bytes < LOCAL_OUT_BYTES / 2 {
+                    self.pull_events();
+                }
                 Some(bytes)
             }
             _ => {

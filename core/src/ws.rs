@@ -75,7 +75,10 @@ pub struct WsTransport {
 
 impl WsTransport {
     pub fn new(max_message_bytes: usize) -> Self {
+        // tungstenite preallocates its read buffer: keep it small, since an idle
+        // subscriber should cost kilobytes, and it grows for large messages.
         let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes));
         WsTransport {

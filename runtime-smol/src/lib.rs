@@ -147,7 +147,9 @@ async fn drive(
     notifier: &Notifier,
     waker: &host::Waker,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
+    // Start small (an idle subscriber should cost a few KiB) and grow when reads
+    // fill the buffer.
+    let mut buf = vec![0u8; 2048];
     let mut out = Vec::new();
     let mut registered = false;
     // One timer per connection, re-armed only when the deadline moved by more than
@@ -244,7 +246,12 @@ async fn drive(
         .await;
         match woke {
             Wake::Read(Ok(0)) => conn.handle_eof(),
-            Wake::Read(Ok(n)) => conn.handle_input(&buf[..n], now()),
+            Wake::Read(Ok(n)) => {
+                conn.handle_input(&buf[..n], now());
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
             Wake::Read(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Wake::Read(Err(e)) => return Err(e),
             Wake::Notified => {}

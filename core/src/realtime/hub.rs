@@ -14,6 +14,7 @@ use crate::ids::{ConnId, Lsn};
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 /// How a connection wants its events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,12 +48,77 @@ pub struct Queued {
     pub bytes: Bytes,
 }
 
+/// One connection's queue of encoded events. Shared: the hub pushes under the
+/// server lock, the connection drains with only this queue's own lock, so fanning
+/// an event out to thousands of subscribers never serialises them on the server.
 #[derive(Debug)]
-struct Queue {
-    proto: Proto,
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    limit_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
     items: VecDeque<Queued>,
     bytes: usize,
     overflowed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an event; returns false if this made (or found) the queue overflowed.
+    fn push(&self, item: Queued) -> bool {
+        let mut q = self.lock();
+        if q.overflowed {
+            return false;
+        }
+        // An empty queue always takes one event, however large: the budget is
+        // for backlog, and a single event must be deliverable.
+        if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit_bytes {
+            q.overflowed = true;
+            q.items.clear();
+            q.bytes = 0;
+            return false;
+        }
+        q.bytes += item.bytes.len();
+        q.items.push_back(item);
+        true
+    }
+
+    /// Takes queued events up to about `max_bytes` (at least one). Fails if the
+    /// subscriber fell further behind than its budget.
+    pub fn drain(&self, max_bytes: usize) -> Result<Vec<Queued>, Overflowed> {
+        let mut q = self.lock();
+        if q.overflowed {
+            return Err(Overflowed);
+        }
+        let mut out = Vec::new();
+        let mut taken = 0;
+        while let Some(front) = q.items.front() {
+            if taken > 0 && taken + front.bytes.len() > max_bytes {
+                break;
+            }
+            taken += front.bytes.len();
+            q.bytes -= front.bytes.len();
+            out.extend(q.items.pop_front());
+        }
+        Ok(out)
+    }
+
+    /// Whether events (or an overflow) are waiting.
+    pub fn is_pending(&self) -> bool {
+        let q = self.lock();
+        q.overflowed || !q.items.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Registration {
+    proto: Proto,
+    outbox: Arc<Outbox>,
     /// Typed clients (that said Hello) also get every schema change.
     schema_events: bool,
 }
@@ -60,7 +126,7 @@ struct Queue {
 #[derive(Debug)]
 pub struct Hub {
     by_collection: HashMap<Box<str>, Vec<Sub>>,
-    queues: HashMap<ConnId, Queue>,
+    queues: HashMap<ConnId, Registration>,
     /// Connections to wake once an LSN is durable.
     wake: BTreeMap<Lsn, Vec<ConnId>>,
     limit_bytes: usize,
@@ -76,14 +142,21 @@ impl Hub {
         }
     }
 
-    pub fn open(&mut self, conn: ConnId, proto: Proto) {
-        self.queues.entry(conn).or_insert(Queue {
-            proto,
-            items: VecDeque::new(),
-            bytes: 0,
-            overflowed: false,
-            schema_events: false,
-        });
+    /// Registers a streaming connection and hands back its outbox.
+    pub fn open(&mut self, conn: ConnId, proto: Proto) -> Arc<Outbox> {
+        let limit_bytes = self.limit_bytes;
+        self.queues
+            .entry(conn)
+            .or_insert_with(|| Registration {
+                proto,
+                outbox: Arc::new(Outbox {
+                    state: Mutex::new(OutboxState::default()),
+                    limit_bytes,
+                }),
+                schema_events: false,
+            })
+            .outbox
+            .clone()
     }
 
     pub fn set_proto(&mut self, conn: ConnId, proto: Proto) {
@@ -195,62 +268,16 @@ impl Hub {
     }
 
     fn push(&mut self, conn: ConnId, item: Queued) {
-        let Some(q) = self.queues.get_mut(&conn) else {
+        let Some(q) = self.queues.get(&conn) else {
             return;
         };
-        if q.overflowed {
-            return;
-        }
-        // An empty queue always takes one event, however large: the budget is
-        // for backlog, and a single event must be deliverable.
-        if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit_bytes {
-            q.overflowed = true;
-            q.items.clear();
-            q.bytes = 0;
-            self.wake.entry(Lsn::ZERO).or_default().push(conn);
-            return;
-        }
-        q.bytes += item.bytes.len();
         let lsn = item.lsn;
-        q.items.push_back(item);
-        let list = self.wake.entry(lsn).or_default();
+        // An overflowed subscriber is woken at once to be told and closed.
+        let at = if q.outbox.push(item) { lsn } else { Lsn::ZERO };
+        let list = self.wake.entry(at).or_default();
         if list.last() != Some(&conn) {
             list.push(conn);
         }
-    }
-
-    /// Takes up to `max_bytes` of queued events that are durable by `durable`.
-    /// Fails if the connection fell further behind than its budget.
-    pub fn drain(
-        &mut self,
-        conn: ConnId,
-        durable: Lsn,
-        max_bytes: usize,
-    ) -> Result<Vec<Queued>, Overflowed> {
-        let Some(q) = self.queues.get_mut(&conn) else {
-            return Ok(Vec::new());
-        };
-        if q.overflowed {
-            return Err(Overflowed);
-        }
-        let mut out = Vec::new();
-        let mut taken = 0;
-        while let Some(front) = q.items.front() {
-            if front.lsn > durable || (taken > 0 && taken + front.bytes.len() > max_bytes) {
-                break;
-            }
-            taken += front.bytes.len();
-            q.bytes -= front.bytes.len();
-            out.extend(q.items.pop_front());
-        }
-        Ok(out)
-    }
-
-    /// Whether a connection has events waiting (durable or not).
-    pub fn has_pending(&self, conn: ConnId) -> bool {
-        self.queues
-            .get(&conn)
-            .is_some_and(|q| q.overflowed || !q.items.is_empty())
     }
 
     /// Connections with events that became deliverable now that `durable` is.

@@ -1,0 +1,518 @@
+//! Fan-out benchmark for live subscriptions.
+//!
+//! ```sh
+//! cargo build --release -p tidepool-smol -p tidepool-std -p tidepool-benches
+//! target/release/fanout --spawn tidepool --ws 10000 --sse 1000 --rate 100 --seconds 10
+//! ```
+//!
+//! Starts the server (release build next to this binary), opens `--ws` WebSocket
+//! subscribers and `--sse` SSE subscribers on one collection, measures the
+//! server's resident memory per idle connection, then inserts `--rate` records a
+//! second for `--seconds` and reports the delivery latency from commit (the
+//! event's `timestamp`) to receipt, at every subscriber. Then it compares
+//! pipelined inserts over one WebSocket with HTTP inserts on one keep-alive
+//! connection, in the same run.
+//!
+//! The subscribers run as tasks on one thread and parse as little as possible
+//! (frame headers and the `timestamp` field), so the client leaves the cores to
+//! the server.
+
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::net::TcpStream;
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Args {
+    spawn: String,
+    ws: usize,
+    sse: usize,
+    rate: u64,
+    seconds: u64,
+    pipeline: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        spawn: "tidepool".into(),
+        ws: 10_000,
+        sse: 1_000,
+        rate: 100,
+        seconds: 10,
+        pipeline: 20_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--spawn" => a.spawn = val(),
+            "--ws" => a.ws = val().parse().expect("number"),
+            "--sse" => a.sse = val().parse().expect("number"),
+            "--rate" => a.rate = val().parse().expect("number"),
+            "--seconds" => a.seconds = val().parse().expect("number"),
+            "--pipeline" => a.pipeline = val().parse().expect("number"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
+/// `2026-11-23T09:43:43.071644+00:00` (the server's fixed format) →
+/// microseconds since the epoch, without a date library on the hot path.
+fn parse_ts(s: &[u8]) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(s.get(r)?).ok()?.parse().ok()
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
+}
+
+/// The value of `"timestamp":"…"` in an event, without parsing the JSON.
+fn timestamp_of(payload: &[u8]) -> Option<i64> {
+    let key = b"\"timestamp\":\"";
+    let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
+    let end = payload[at..].iter().position(|&b| b == b'"')? + at;
+    parse_ts(&payload[at..end])
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn(bin: &str) -> Server {
+    let exe = std::env::current_exe().expect("exe");
+    let target = exe.parent().expect("dir");
+    let dir = target.join(format!("fanout-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(target.join(bin))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "fanout-key",
+            "--max-connections",
+            "30000",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server (build it with cargo build --release)");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next().expect("server output").expect("line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Server { child, addr, dir }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    head
+}
+
+/// A masked client text frame.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one server frame: (opcode, payload).
+async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    loop {
+        if buf.len() >= 2 {
+            let op = buf[0] & 0x0f;
+            let (len, hdr) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => {
+                    (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10)
+                }
+                126 | 127 => (usize::MAX, 0),
+                n => (n as usize, 2),
+            };
+            if len != usize::MAX && buf.len() >= hdr + len {
+                let payload = buf[hdr..hdr + len].to_vec();
+                buf.drain(..hdr + len);
+                return Some((op, payload));
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn ws_connect(addr: &str, token: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).ok();
+    let req = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("upgrade");
+    let head = read_head(&mut s).await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    per_subscriber: Vec<usize>,
+}
+
+async fn ws_subscriber(
+    addr: String,
+    token: String,
+    tally: Rc<RefCell<Tally>>,
+    ready: Rc<RefCell<usize>>,
+    slot: usize,
+) {
+    let mut s = ws_connect(&addr, &token).await;
+    let sub = br#"{"type":"Subscribe","messageId":"s","payload":{"collection":"fan"}}"#;
+    s.write_all(&client_frame(sub)).await.expect("subscribe");
+    let mut buf = Vec::new();
+    let (_, ack) = read_frame(&mut s, &mut buf).await.expect("ack");
+    assert!(
+        ack.starts_with(br#"{"type":"Success""#),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+    *ready.borrow_mut() += 1;
+    while let Some((op, payload)) = read_frame(&mut s, &mut buf).await {
+        if op == 0x8 {
+            break;
+        }
+        if op == 0x9 {
+            // Ping: answer with a pong carrying the same payload.
+            let mut pong = client_frame(&payload);
+            pong[0] = 0x8a;
+            let _ = s.write_all(&pong).await;
+            continue;
+        }
+        if let Some(ts) = timestamp_of(&payload) {
+            let lat = (now_us() - ts).max(0) as u32;
+            let mut t = tally.borrow_mut();
+            t.latencies_us.push(lat);
+            t.per_subscriber[slot] += 1;
+        }
+    }
+}
+
+async fn sse_subscriber(
+    addr: String,
+    token: String,
+    tally: Rc<RefCell<Tally>>,
+    ready: Rc<RefCell<usize>>,
+    slot: usize,
+) {
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    let req = format!("GET /api/subscribe/fan HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("request");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    *ready.borrow_mut() += 1;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            if event.starts_with(b"id: ") || event.windows(15).any(|w| w == b"event: mutation") {
+                if let Some(ts) = timestamp_of(&event) {
+                    let lat = (now_us() - ts).max(0) as u32;
+                    let mut t = tally.borrow_mut();
+                    t.latencies_us.push(lat);
+                    t.per_subscriber[slot] += 1;
+                }
+            }
+        }
+    }
+}
+
+fn http_call(s: &mut std::net::TcpStream, req: &str) -> u16 {
+    use std::io::{Read, Write};
+    s.write_all(req.as_bytes()).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).expect("read");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return head[9..12].parse().unwrap_or(0);
+        }
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn token(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let body = r#"{"api_key":"fanout-key"}"#;
+    use std::io::{Read, Write};
+    write!(s, "POST /api/auth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let at = out.find("\"token\":\"").expect("token") + 9;
+    out[at..at + out[at..].find('"').unwrap()].to_string()
+}
+
+fn pct(v: &[u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
+}
+
+fn main() {
+    assert_eq!(
+        parse_ts(b"2026-11-23T09:43:43.071644+00:00"),
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T09:43:43.071644+00:00")
+            .ok()
+            .map(|d| d.timestamp_micros())
+    );
+    let args = parse_args();
+    let server = spawn(&args.spawn);
+    let addr = server.addr.clone();
+    let pid = server.child.id();
+    let token = token(&addr);
+    let idle_rss = rss_kib(pid);
+    let total = args.ws + args.sse;
+    println!(
+        "server {addr} ({}), {} WebSocket + {} SSE subscribers, {} inserts/s for {} s",
+        args.spawn, args.ws, args.sse, args.rate, args.seconds
+    );
+
+    // Subscribers live on their own thread; the inserter runs here.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Tally>();
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    {
+        let (addr, token) = (addr.clone(), token.clone());
+        let (ws_n, sse_n) = (args.ws, args.sse);
+        std::thread::spawn(move || {
+            let ex = smol::LocalExecutor::new();
+            let tally = Rc::new(RefCell::new(Tally {
+                latencies_us: Vec::with_capacity(total * 1100),
+                per_subscriber: vec![0; total],
+            }));
+            let ready = Rc::new(RefCell::new(0usize));
+            let mut tasks = Vec::new();
+            let result = smol::block_on(ex.run(async {
+                for i in 0..ws_n {
+                    tasks.push(ex.spawn(ws_subscriber(
+                        addr.clone(),
+                        token.clone(),
+                        tally.clone(),
+                        ready.clone(),
+                        i,
+                    )));
+                    if i % 200 == 199 {
+                        smol::Timer::after(Duration::from_millis(5)).await;
+                    }
+                }
+                for i in 0..sse_n {
+                    tasks.push(ex.spawn(sse_subscriber(
+                        addr.clone(),
+                        token.clone(),
+                        tally.clone(),
+                        ready.clone(),
+                        ws_n + i,
+                    )));
+                }
+                while *ready.borrow() < total {
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                }
+                let _ = ready_tx.send(());
+                let _ = stop_rx.recv().await;
+                // Let in-flight events arrive.
+                smol::Timer::after(Duration::from_millis(1000)).await;
+                std::mem::take(&mut *tally.borrow_mut())
+            }));
+            let _ = done_tx.send(result);
+            drop(tasks);
+        });
+    }
+    ready_rx.recv().expect("subscribers ready");
+    std::thread::sleep(Duration::from_millis(500));
+    let busy_rss = rss_kib(pid);
+    println!(
+        "server RSS: {} MiB idle -> {} MiB with {total} idle subscribers = {:.1} KiB per connection",
+        idle_rss / 1024,
+        busy_rss / 1024,
+        (busy_rss.saturating_sub(idle_rss)) as f64 / total as f64
+    );
+
+    // Inserts at a steady rate.
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_nodelay(true).ok();
+    let n = args.rate * args.seconds;
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + Duration::from_micros(i * 1_000_000 / args.rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let body = format!(r#"{{"seq":{i},"note":"fan-out event"}}"#);
+        let req = format!("POST /api/insert/fan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        assert_eq!(http_call(&mut s, &req), 200);
+    }
+    let _ = stop_tx.send_blocking(());
+    let mut tally = done_rx.recv().expect("tally");
+    tally.latencies_us.sort_unstable();
+    let complete = tally
+        .per_subscriber
+        .iter()
+        .filter(|c| **c as u64 == n)
+        .count();
+    println!(
+        "delivered {} events ({} subscribers got all {n}); commit-to-receipt latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        tally.latencies_us.len(),
+        complete,
+        pct(&tally.latencies_us, 0.5),
+        pct(&tally.latencies_us, 0.99),
+        pct(&tally.latencies_us, 1.0)
+    );
+
+    // Pipelined inserts over one WebSocket vs HTTP inserts on one connection.
+    let http_n = 2_000u64;
+    let t = Instant::now();
+    for i in 0..http_n {
+        let body = format!(r#"{{"seq":{i}}}"#);
+        let req = format!("POST /api/insert/pipe_http HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        assert_eq!(http_call(&mut s, &req), 200);
+    }
+    let http_rate = http_n as f64 / t.elapsed().as_secs_f64();
+    let ws_n = args.pipeline;
+    let ws_rate = smol::block_on(async {
+        let mut ws = ws_connect(&addr, &token).await;
+        let (mut reader, mut writer) = (ws.clone(), ws.clone());
+        let t = Instant::now();
+        let send = async move {
+            let mut batch = Vec::new();
+            for i in 0..ws_n {
+                let msg = format!(
+                    r#"{{"type":"Insert","messageId":"m{i}","payload":{{"collection":"pipe_ws","record":{{"seq":{i}}}}}}}"#
+                );
+                batch.extend(client_frame(msg.as_bytes()));
+                if batch.len() > 32 * 1024 {
+                    writer.write_all(&batch).await.expect("send");
+                    batch.clear();
+                }
+            }
+            writer.write_all(&batch).await.expect("send");
+        };
+        let recv = async move {
+            let mut buf = Vec::new();
+            let mut got = 0;
+            while got < ws_n {
+                let (_, payload) = read_frame(&mut reader, &mut buf).await.expect("reply");
+                assert!(
+                    payload.starts_with(br#"{"type":"Success""#),
+                    "{}",
+                    String::from_utf8_lossy(&payload)
+                );
+                got += 1;
+            }
+        };
+        smol::future::zip(send, recv).await;
+        let _ = ws.close().await;
+        ws_n as f64 / t.elapsed().as_secs_f64()
+    });
+    println!(
+        "durable inserts on one connection: HTTP keep-alive {http_rate:.0}/s, WebSocket pipelined {ws_rate:.0}/s ({:.1}x)",
+        ws_rate / http_rate
+    );
+}
