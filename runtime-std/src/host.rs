@@ -369,9 +369,9 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
     }
     server.handle_recovered(Lsn(recovery.last_lsn().0));
     banner.push(format!(
-        "recovered {chunks} snapshot chunks and {batches} log batches up to LSN {} in {:.0?}",
+        "recovered {chunks} snapshot chunks and {batches} log batches up to LSN {} in {} ms",
         recovery.last_lsn(),
-        started.elapsed()
+        started.elapsed().as_millis()
     ));
     let report = recovery.report();
     if report.torn_tail.is_some() || report.salvage.is_some() {

@@ -595,7 +595,10 @@ pub(crate) fn recover(backend: &dyn Backend, opts: &StoreOptions) -> Result<Reco
             synced_len: f.map.len() as u64,
             sealed: true,
             file: f.file,
-            map: Some(f.map),
+            // Recovery reads through the map (kept alive by `replay` until the
+            // caller drops the Recovery); afterwards history reads use positioned
+            // reads, so a large log does not stay resident in the server's memory.
+            map: None,
             index: walk.index,
         });
     }

@@ -26,7 +26,7 @@ use actions::Action;
 use collection::Collection;
 use filter::Filter;
 use kv::{KvEntry, Link};
-use mutation::{decode_batch, Journal, Mutation, MutationRef};
+use mutation::{decode_wire, Journal, Mutation, MutationRef, MutationWire};
 use query::FindQuery;
 use record::{Interner, Record};
 use schema::Schema;
@@ -226,8 +226,8 @@ impl Engine {
 
     /// Applies a batch read back from the log during recovery.
     pub fn replay(&mut self, lsn: Lsn, payload: &[u8]) -> std::result::Result<(), String> {
-        for m in decode_batch(payload)?.mutations {
-            self.apply(m);
+        for m in decode_wire(payload)? {
+            self.apply_wire(m);
         }
         self.last_lsn = self.last_lsn.max(lsn);
         Ok(())
@@ -244,12 +244,10 @@ impl Engine {
             Mutation::Put {
                 collection,
                 id,
-                mut record,
+                record,
                 ..
             } => {
-                record.intern_keys(&mut self.interner);
-                self.collection_or_create(&collection, record.version)
-                    .put(&id, record);
+                self.collection_or_create(&collection).put(&id, record);
             }
             Mutation::Remove {
                 collection,
@@ -258,8 +256,7 @@ impl Engine {
             } => {
                 if let Some(c) = self.collections.get_mut(&collection) {
                     c.take(&id);
-                    if let Some((mut record, at)) = trash {
-                        record.intern_keys(&mut self.interner);
+                    if let Some((record, at)) = trash {
                         c.trash_put(&id, record, at);
                     }
                 }
@@ -267,10 +264,9 @@ impl Engine {
             Mutation::Restore {
                 collection,
                 id,
-                mut record,
+                record,
             } => {
-                record.intern_keys(&mut self.interner);
-                let c = self.collection_or_create(&collection, record.version);
+                let c = self.collection_or_create(&collection);
                 c.trash_take(&id);
                 c.put(&id, record);
             }
@@ -312,12 +308,83 @@ impl Engine {
         }
     }
 
+    /// Replays one logged mutation (field names interned as they are decoded).
+    fn apply_wire(&mut self, m: MutationWire<'_>) {
+        // Record writes go straight in: no owned copy of the names first.
+        let owned = match m {
+            MutationWire::Put {
+                collection,
+                id,
+                record,
+                ..
+            } => {
+                let record = record.into_record(&mut self.interner);
+                self.collection_or_create(collection).put(id, record);
+                return;
+            }
+            MutationWire::Remove {
+                collection,
+                id,
+                trash,
+            } => {
+                let trash = trash.map(|(r, at)| (r.into_record(&mut self.interner), at));
+                if let Some(c) = self.collections.get_mut(collection) {
+                    c.take(id);
+                    if let Some((record, at)) = trash {
+                        c.trash_put(id, record, at);
+                    }
+                }
+                return;
+            }
+            MutationWire::Restore {
+                collection,
+                id,
+                record,
+            } => {
+                let record = record.into_record(&mut self.interner);
+                let c = self.collection_or_create(collection);
+                c.trash_take(id);
+                c.put(id, record);
+                return;
+            }
+            MutationWire::TrashPurge { collection, id } => Mutation::TrashPurge {
+                collection: collection.into(),
+                id: id.into(),
+            },
+            MutationWire::SetSchema { collection, schema } => Mutation::SetSchema {
+                collection: collection.into(),
+                schema,
+            },
+            MutationWire::DropCollection { collection } => Mutation::DropCollection {
+                collection: collection.into(),
+            },
+            MutationWire::KvPut { key, entry } => Mutation::KvPut {
+                key: key.into(),
+                entry,
+            },
+            MutationWire::KvRemove { key } => Mutation::KvRemove { key: key.into() },
+            MutationWire::KvClear => Mutation::KvClear,
+            MutationWire::KvLinks { key, links } => Mutation::KvLinks {
+                key: key.into(),
+                links,
+            },
+        };
+        self.apply(owned);
+    }
+
     /// During replay a Put may precede its collection's schema record (fuzzy
     /// snapshots); an implicit schema stands in until the real one arrives.
-    fn collection_or_create(&mut self, name: &str, _at: Lsn) -> &mut Collection {
+    fn collection_or_create(&mut self, name: &str) -> &mut Collection {
+        if !self.collections.contains_key(name) {
+            self.collections.insert(
+                name.into(),
+                Collection::new(Schema::empty(Timestamp::EPOCH)),
+            );
+        }
+        // Present: inserted just above if it was missing.
         self.collections
-            .entry(name.into())
-            .or_insert_with(|| Collection::new(Schema::empty(Timestamp::EPOCH)))
+            .get_mut(name)
+            .expect("collection was just ensured")
     }
 
     // ----- collections ------------------------------------------------------

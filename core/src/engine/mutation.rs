@@ -4,9 +4,11 @@
 //! replay of the log from the snapshot's start yields exactly the committed state.
 
 use super::kv::{KvEntry, Link};
-use super::record::Record;
+use super::record::{Interner, Record};
 use super::schema::Schema;
+use crate::ids::Lsn;
 use crate::time::Timestamp;
+use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
 /// Owned form, produced by decoding.
@@ -145,6 +147,95 @@ impl Journal {
         self.count = 0;
         self.buf.clear();
     }
+}
+
+/// A record as the log holds it, with field names borrowed from the payload so
+/// replay interns them without allocating (same encoding as `Record`).
+#[derive(Deserialize)]
+pub struct RecordWire<'a> {
+    #[serde(borrow)]
+    pub fields: Vec<(&'a str, Value)>,
+    pub expires_at: Option<Timestamp>,
+    pub sliding_micros: Option<u64>,
+    pub version: Lsn,
+}
+
+impl RecordWire<'_> {
+    pub fn into_record(self, interner: &mut Interner) -> Record {
+        let fields = self
+            .fields
+            .into_iter()
+            .map(|(k, v)| (interner.intern(k), v))
+            .collect();
+        Record::from_parts(fields, self.expires_at, self.sliding_micros, self.version)
+    }
+}
+
+/// The borrowed decoding of `Mutation` (identical encoding), for replay.
+#[derive(Deserialize)]
+pub enum MutationWire<'a> {
+    Put {
+        collection: &'a str,
+        id: &'a str,
+        #[serde(borrow)]
+        record: RecordWire<'a>,
+        insert: bool,
+    },
+    Remove {
+        collection: &'a str,
+        id: &'a str,
+        #[serde(borrow)]
+        trash: Option<(RecordWire<'a>, Timestamp)>,
+    },
+    Restore {
+        collection: &'a str,
+        id: &'a str,
+        #[serde(borrow)]
+        record: RecordWire<'a>,
+    },
+    TrashPurge {
+        collection: &'a str,
+        id: &'a str,
+    },
+    SetSchema {
+        collection: &'a str,
+        schema: Schema,
+    },
+    DropCollection {
+        collection: &'a str,
+    },
+    KvPut {
+        key: &'a str,
+        entry: KvEntry,
+    },
+    KvRemove {
+        key: &'a str,
+    },
+    KvClear,
+    KvLinks {
+        key: &'a str,
+        links: Vec<Link>,
+    },
+}
+
+/// Decodes a batch's mutations without copying field names (replay's fast path).
+pub fn decode_wire(payload: &[u8]) -> Result<Vec<MutationWire<'_>>, String> {
+    let body = payload
+        .get(HEADER - 8..)
+        .ok_or("batch shorter than its header")?;
+    let count = body
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or("batch shorter than its header")?;
+    if count > payload.len() as u64 {
+        return Err(format!(
+            "batch claims {count} mutations in {} bytes",
+            payload.len()
+        ));
+    }
+    bincode::deserialize::<Vec<MutationWire<'_>>>(body)
+        .map_err(|e| format!("undecodable batch: {e}"))
 }
 
 /// A decoded batch: when it was committed and what it changed.

@@ -3,9 +3,9 @@
 use crate::ids::Lsn;
 use crate::time::Timestamp;
 use crate::value::{Json, Typed, Value, View};
+use rustc_hash::FxHashSet;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// A field name. Shared between records through the `Interner`, so a million records
@@ -30,6 +30,25 @@ impl Record {
             expires_at: None,
             sliding_micros: None,
             version: Lsn::ZERO,
+        }
+    }
+
+    /// A record from decoded parts; fields are sorted here if they were not.
+    pub fn from_parts(
+        mut fields: Vec<(Key, Value)>,
+        expires_at: Option<Timestamp>,
+        sliding_micros: Option<u64>,
+        version: Lsn,
+    ) -> Self {
+        if !fields.windows(2).all(|w| w[0].0 < w[1].0) {
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            fields.dedup_by(|a, b| a.0 == b.0);
+        }
+        Record {
+            fields,
+            expires_at,
+            sliding_micros,
+            version,
         }
     }
 
@@ -146,7 +165,7 @@ impl Default for Record {
 /// (correct, just less compact), so hostile input cannot grow it forever.
 #[derive(Debug, Default)]
 pub struct Interner {
-    names: HashSet<Key>,
+    names: FxHashSet<Key>,
 }
 
 impl Interner {

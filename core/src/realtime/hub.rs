@@ -282,7 +282,9 @@ impl Hub {
 
     /// Whether a connection has events (or an overflow) waiting in its outbox.
     pub fn has_pending(&self, conn: ConnId) -> bool {
-        self.queues.get(&conn).is_some_and(|q| q.outbox.is_pending())
+        self.queues
+            .get(&conn)
+            .is_some_and(|q| q.outbox.is_pending())
     }
 
     /// Connections with events that became deliverable now that `durable` is.
