@@ -132,6 +132,14 @@ pub struct Connection {
     notified: bool,
     /// Where the hub queues this connection's events (WebSocket and SSE).
     outbox: Option<Arc<Outbox>>,
+    /// The input stream broke (an unparseable request): answer what came before,
+    /// then the error, then close. Nothing after it is read.
+    input_failed: bool,
+    /// A WebSocket upgrade request is queued: the bytes after it are frames, not
+    /// requests, so HTTP parsing waits for its outcome.
+    upgrade_pending: bool,
+    /// The WebSocket close reply, held until the messages before it are answered.
+    deferred_close: Option<Bytes>,
     /// A reply waiting for an outbound call; later requests wait behind it.
     pending_call: Option<(Call, bool, bool)>,
 }
@@ -159,6 +167,9 @@ impl Connection {
             notified: false,
             pending_call: None,
             outbox: None,
+            input_failed: false,
+            upgrade_pending: false,
+            deferred_close: None,
         }
     }
 
@@ -187,7 +198,7 @@ impl Connection {
 
     /// Bytes read from the socket.
     pub fn handle_input(&mut self, data: &[u8], now: Timestamp) {
-        if self.state != State::Open {
+        if self.state != State::Open || self.input_failed {
             return;
         }
         self.last_activity = now;
@@ -229,10 +240,17 @@ impl Connection {
     fn parse_http(&mut self) {
         while self.state == State::Open
             && matches!(self.mode, Mode::Http)
+            && !self.input_failed
+            && !self.upgrade_pending
             && self.work.len() + self.out.len() < MAX_PIPELINE
         {
             match self.parser.parse(&mut self.inbuf) {
-                Ok(Some(req)) => self.work.push_back(Work::Request(req)),
+                Ok(Some(req)) => {
+                    self.upgrade_pending = req
+                        .header("upgrade")
+                        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+                    self.work.push_back(Work::Request(req));
+                }
                 Ok(None) => {
                     if self.parser.take_continue() {
                         self.push_out(
@@ -244,7 +262,7 @@ impl Connection {
                 }
                 Err(e) => {
                     self.work.push_back(Work::Fail(e));
-                    self.state = State::Closing;
+                    self.input_failed = true;
                     self.inbuf.clear();
                 }
             }
@@ -275,11 +293,20 @@ impl Connection {
         };
         let output = ws.transport.take_output();
         let ended = ws.transport.is_terminated() || !ws.transport.can_write();
-        if let Some(bytes) = output {
-            self.push_out(Lsn::ZERO, bytes);
-        }
         if ended {
+            // The peer closed (or broke) the stream. Messages that came before
+            // its Close are still answered; the close reply goes out after them,
+            // since no data frame may follow it.
             self.state = State::Closing;
+            if self.work.is_empty() {
+                if let Some(bytes) = output {
+                    self.push_out(Lsn::ZERO, bytes);
+                }
+            } else if let Some(bytes) = output {
+                self.deferred_close = Some(bytes);
+            }
+        } else if let Some(bytes) = output {
+            self.push_out(Lsn::ZERO, bytes);
         }
     }
 
@@ -294,6 +321,7 @@ impl Connection {
     pub fn wants_read(&self) -> bool {
         self.state == State::Open
             && !self.eof
+            && !self.input_failed
             && self.work.len() < MAX_PIPELINE
             && self.out_bytes < 4 * LOCAL_OUT_BYTES
             && self.out.len() < 4 * MAX_PIPELINE
@@ -311,12 +339,18 @@ impl Connection {
                 Work::Fail(e) => {
                     let r = Response::error(e.status(), &e.message());
                     self.push_out(Lsn::ZERO, r.encode(false, false));
+                    self.state = State::Closing;
                     self.work.clear();
                 }
                 Work::Message(msg) => self.execute_message(server, msg, now),
             }
             if self.state != State::Open && !self.is_streaming() {
                 self.work.clear();
+            }
+        }
+        if self.work.is_empty() {
+            if let Some(bytes) = self.deferred_close.take() {
+                self.push_out(Lsn::ZERO, bytes);
             }
         }
         self.pull_events();
@@ -328,6 +362,7 @@ impl Connection {
     }
 
     fn execute_request(&mut self, server: &mut Server, req: Request, now: Timestamp) {
+        self.upgrade_pending = false;
         let reply = server.handle_request(&req, now);
         if let Some((outbound, call)) = reply.call {
             let keep_alive = req.keep_alive() && self.state == State::Open;
@@ -658,6 +693,11 @@ impl Connection {
                 if self.notified && self.out_bytes < LOCAL_OUT_BYTES / 2 {
                     self.pull_events();
                 }
+                // Pipelined requests beyond the window wait in `inbuf`: parse
+                // them as replies make room.
+                if self.work.is_empty() && !self.inbuf.is_empty() {
+                    self.parse_http();
+                }
                 Some(bytes)
             }
             _ => {
@@ -665,6 +705,7 @@ impl Connection {
                     && self.out.is_empty()
                     && self.work.is_empty()
                     && self.pending_call.is_none()
+                    && self.deferred_close.is_none()
                 {
                     self.state = State::Closed;
                 }

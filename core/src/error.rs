@@ -55,8 +55,9 @@ impl ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
-    /// For 405: the methods the route does accept (the `Allow` header).
-    pub allow: Option<String>,
+    /// Headers the error response must carry (`Allow` on a 405,
+    /// `Sec-WebSocket-Version` on a refused upgrade).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Error {
@@ -64,7 +65,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
-            allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -93,6 +94,11 @@ impl Error {
 
     pub fn status(&self) -> u16 {
         self.kind.status()
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 

@@ -334,7 +334,8 @@ fn websocket_upgrade(req: &Request) -> Result<Upgrade> {
         ));
     }
     if req.header("sec-websocket-version") != Some("13") {
-        return Err(Error::invalid("Sec-WebSocket-Version must be 13"));
+        return Err(Error::invalid("Sec-WebSocket-Version must be 13")
+            .with_header("Sec-WebSocket-Version", "13"));
     }
     let key = req
         .header("sec-websocket-key")

@@ -1072,7 +1072,6 @@ fn websocket_upgrade_refusals() {
 /// RFC 6455 4.2.2: a version the server does not speak is answered with a
 /// `Sec-WebSocket-Version` header naming the versions it does.
 #[test]
-#[ignore = "core bug: the version refusal carries no Sec-WebSocket-Version header (RFC 6455 4.2.2 MUST)"]
 fn websocket_version_refusal_names_the_supported_version() {
     let mut w = World::new();
     let p = w.connect();
@@ -1101,7 +1100,6 @@ fn sse_refusals() {
 /// same read: then `execute` clears the queued `Work::Fail` when the first
 /// reply turns the connection to Closing, and the client only sees the close.
 #[test]
-#[ignore = "core bug: the 400 for a malformed pipelined request is dropped when it was parsed in the same read as the request before it"]
 fn a_malformed_pipelined_request_gets_its_400() {
     check(
         &cat(&[health(), b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec()]),
@@ -1119,7 +1117,6 @@ fn authed_with(target: &str, extra: &[(&str, &str)]) -> Vec<u8> {
 
 /// A client may pipeline more requests than `MAX_PIPELINE` (256) in one write.
 #[test]
-#[ignore = "core bug: requests beyond MAX_PIPELINE left in the input buffer are never parsed once the replies drain (no input arrives to re-run parse_http)"]
 fn deep_pipelines_are_answered() {
     let mut w = World::new();
     let p = w.connect();
@@ -1473,7 +1470,6 @@ fn client_close_is_answered_then_the_connection_ends() {
 /// frames. A request that arrives in the same read as the client's Close must
 /// be answered before the Close reply, or not at all.
 #[test]
-#[ignore = "core bug: a request read together with the client's Close is answered after the server's Close reply (data frame after Close)"]
 fn no_data_frame_follows_the_close_reply() {
     check_ws(
         &cat(&[
@@ -1585,7 +1581,6 @@ fn welcome_is_the_first_frame_and_no_ping_comes_early() {
 /// Bytes behind the upgrade request in the same read are frames (tungstenite's
 /// handshake hands them to the codec; so must we).
 #[test]
-#[ignore = "core bug: frames in the same read as the upgrade are parsed as a second HTTP request (400) and the connection closes"]
 fn frames_in_the_same_read_as_the_upgrade_are_processed() {
     let hello = ws_json(&json!({"type":"Hello","payload":{}}));
     let all = ws_json(&json!({"type":"FindAll","messageId":"m","payload":{"collection":"c"}}));

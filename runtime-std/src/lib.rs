@@ -106,6 +106,10 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
+        if conn.wants_server() {
+            host.with_server(|s| conn.execute(s, now()));
+            perform_effects(host, &mut conn);
+        }
         if host.durability.failed() {
             let s = host.lock();
             if let Some(why) = s.storage_failure() {
@@ -123,6 +127,9 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
         if conn.is_closed() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(());
+        }
+        if conn.wants_server() {
+            continue;
         }
         if conn.is_streaming() {
             return stream_connection(host, conn, stream);

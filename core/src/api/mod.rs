@@ -96,12 +96,14 @@ impl<'a> Ctx<'a> {
 
 /// The JSON error response for an error.
 pub fn error_response(e: &Error) -> Response {
-    let r = Response::error(e.status(), &e.message);
-    match (e.kind, &e.allow) {
-        (ErrorKind::Unavailable, _) => r.with_header("Retry-After", "1"),
-        (ErrorKind::MethodNotAllowed, Some(allow)) => r.with_header("Allow", allow.clone()),
-        _ => r,
+    let mut r = Response::error(e.status(), &e.message);
+    if e.kind == ErrorKind::Unavailable {
+        r = r.with_header("Retry-After", "1");
     }
+    for (name, value) in &e.headers {
+        r = r.with_header(name, value.clone());
+    }
+    r
 }
 
 /// Runs a routed data-plane request against the engine.

@@ -121,16 +121,15 @@ pub fn route(method: &Method, segments: &[String]) -> Result<Route> {
         }
     }
     let allowed: Vec<&str> = candidates.iter().map(|(m, _)| m.as_str()).collect();
-    let mut e = Error::new(
+    Err(Error::new(
         ErrorKind::MethodNotAllowed,
         format!(
             "method {} is not allowed here (allowed: {})",
             method.as_str(),
             allowed.join(", ")
         ),
-    );
-    e.allow = Some(allowed.join(", "));
-    Err(e)
+    )
+    .with_header("Allow", allowed.join(", ")))
 }
 
 fn candidates(segs: &[&str]) -> Vec<(Method, Route)> {
