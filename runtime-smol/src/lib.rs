@@ -81,9 +81,9 @@ async fn serve(ex: &Arc<Executor<'static>>, host: Arc<Host>, listener: TcpListen
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let (h, o) = (host.clone(), open.clone());
+        let (h, o, e) = (host.clone(), open.clone(), ex.clone());
         ex.spawn(async move {
-            let _ = serve_connection(&h, stream).await;
+            let _ = serve_connection(&e, &h, stream).await;
             o.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
@@ -98,8 +98,10 @@ struct Notifier {
     event: Event,
 }
 
+type PendingRead = smol::Task<(io::Result<usize>, Vec<u8>)>;
+
 enum Wake {
-    Read(io::Result<usize>),
+    Read(io::Result<usize>, Vec<u8>),
     Notified,
     Timeout,
 }
@@ -107,7 +109,11 @@ enum Wake {
 /// The same loop as the threads runtime, as one task: execute, perform effects,
 /// flush what is durable, then wait for whichever comes first: bytes from the
 /// socket, a wake-up (durability or hub events), or the connection's deadline.
-async fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
+async fn serve_connection(
+    ex: &Executor<'static>,
+    host: &Arc<Host>,
+    mut stream: TcpStream,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let id = host.next_conn_id();
     let mut conn = {
@@ -132,7 +138,7 @@ async fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result
             n.event.notify(usize::MAX);
         })
     };
-    let result = drive(host, &mut conn, &mut stream, &notifier, &waker).await;
+    let result = drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await;
     let _ = stream.shutdown(std::net::Shutdown::Both);
     if conn.is_streaming() {
         host.unregister(id);
@@ -141,6 +147,7 @@ async fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result
 }
 
 async fn drive(
+    ex: &Executor<'static>,
     host: &Arc<Host>,
     conn: &mut Connection,
     stream: &mut TcpStream,
@@ -150,6 +157,7 @@ async fn drive(
     // Start small (an idle subscriber should cost a few KiB) and grow when reads
     // fill the buffer.
     let mut buf = vec![0u8; 2048];
+    let mut pending_read: Option<PendingRead> = None;
     let mut out = Vec::new();
     let mut registered = false;
     // One timer per connection, re-armed only when the deadline moved by more than
@@ -226,12 +234,25 @@ async fn drive(
             armed = deadline;
             timer.set_at(armed);
         }
-        let reading = conn.wants_read();
+        // The read runs as its own task on a clone of the stream and stays armed
+        // across wake-ups: polling a task handle is an atomic load, while polling
+        // a socket read again would cost a recv and an epoll re-registration per
+        // event per subscriber.
+        if conn.wants_read() && pending_read.is_none() {
+            let mut reader = stream.clone();
+            let mut b = std::mem::take(&mut buf);
+            pending_read = Some(ex.spawn(async move {
+                let res = reader.read(&mut b).await;
+                (res, b)
+            }));
+        }
         let woke = async {
-            if reading {
-                Wake::Read(stream.read(&mut buf).await)
-            } else {
-                smol::future::pending().await
+            match pending_read.as_mut() {
+                Some(read) => {
+                    let (res, b) = read.await;
+                    Wake::Read(res, b)
+                }
+                None => smol::future::pending().await,
             }
         }
         .or(async {
@@ -245,15 +266,21 @@ async fn drive(
         })
         .await;
         match woke {
-            Wake::Read(Ok(0)) => conn.handle_eof(),
-            Wake::Read(Ok(n)) => {
-                conn.handle_input(&buf[..n], now());
-                if n == buf.len() && buf.len() < 64 * 1024 {
-                    buf.resize(buf.len() * 2, 0);
+            Wake::Read(res, b) => {
+                pending_read = None;
+                buf = b;
+                match res {
+                    Ok(0) => conn.handle_eof(),
+                    Ok(n) => {
+                        conn.handle_input(&buf[..n], now());
+                        if n == buf.len() && buf.len() < 64 * 1024 {
+                            buf.resize(buf.len() * 2, 0);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
             }
-            Wake::Read(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Wake::Read(Err(e)) => return Err(e),
             Wake::Notified => {}
             Wake::Timeout => conn.handle_timeout(now()),
         }

@@ -53,10 +53,21 @@ fn parse_args() -> Args {
             "--rate" => a.rate = val().parse().expect("number"),
             "--seconds" => a.seconds = val().parse().expect("number"),
             "--pipeline" => a.pipeline = val().parse().expect("number"),
+            "--readers" => std::env::set_var("FANOUT_READERS", val()),
             other => panic!("unknown flag {other}"),
         }
     }
     a
+}
+
+/// How many WebSocket subscribers read and time their events (`--readers`,
+/// default all): the rest stay connected without reading, which takes the
+/// client's own CPU cost out of the measurement.
+fn readers() -> usize {
+    std::env::var("FANOUT_READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 fn now_us() -> i64 {
@@ -255,6 +266,13 @@ async fn ws_subscriber(
         String::from_utf8_lossy(&ack)
     );
     *ready.borrow_mut() += 1;
+    if slot >= readers() {
+        // A subscriber that stays connected but does not read: the server still
+        // delivers to it (into its socket buffers), the client spends nothing.
+        let _hold = s;
+        smol::Timer::after(Duration::from_secs(3600)).await;
+        return;
+    }
     while let Some((op, payload)) = read_frame(&mut s, &mut buf).await {
         if op == 0x8 {
             break;
@@ -457,6 +475,9 @@ fn main() {
         .iter()
         .filter(|c| **c as u64 == n)
         .count();
+    if readers() < args.ws {
+        println!("(only {} of the WebSocket subscribers read and timed their events; the rest stay subscribed without reading)", readers());
+    }
     println!(
         "delivered {} events ({} subscribers got all {n}); commit-to-receipt latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         tally.latencies_us.len(),
