@@ -689,7 +689,7 @@ impl Connection {
         match self.out.front() {
             Some((lsn, _)) if *lsn <= durable => {
                 let (_, bytes) = self.out.pop_front()?;
-                self.out_bytes -= bytes.len();
+                self.out_bytes = self.out_bytes.saturating_sub(bytes.len());
                 if self.notified && self.out_bytes < LOCAL_OUT_BYTES / 2 {
                     self.pull_events();
                 }
@@ -715,8 +715,13 @@ impl Connection {
     }
 
     /// Storage failed: output waiting for batches beyond `durable` will never be
-    /// released. HTTP replies become 503s; streams are closed.
+    /// released. Those HTTP replies become 503s (and the connection closes, as
+    /// their outcome is unknown); a stream holding such events is closed. A
+    /// connection with nothing in doubt carries on (reads still work).
     pub fn handle_storage_failure(&mut self, durable: Lsn, message: &str) {
+        if !self.out.iter().any(|(lsn, _)| *lsn > durable) {
+            return;
+        }
         if self.is_streaming() {
             self.out.retain(|(lsn, _)| *lsn <= durable);
             self.out_bytes = self.out.iter().map(|(_, b)| b.len()).sum();
