@@ -19,7 +19,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "api-key", env: "TIDEPOOL_API_KEY", default: "", help: "API key(s), comma-separated; if empty one is generated on first start, saved in the data directory and printed" },
     Setting { flag: "jwt-secret", env: "TIDEPOOL_JWT_SECRET", default: "", help: "secret that signs tokens; if empty one is generated and kept in the data directory" },
     Setting { flag: "token-lifetime", env: "TIDEPOOL_TOKEN_LIFETIME", default: "3600", help: "seconds a token stays valid" },
-    Setting { flag: "fsync", env: "TIDEPOOL_FSYNC", default: "sync", help: "durability policy: sync (acknowledge after fsync), batch:MS (fsync at least every MS ms, acknowledge after it), none (UNSAFE: acknowledge before data reaches the disk)" },
+    Setting { flag: "fsync", env: "TIDEPOOL_FSYNC", default: "sync", help: "durability policy: sync (acknowledge after fsync), batch:MS (fsync at least every MS ms, acknowledge after it), none (UNSAFE: acknowledge once handed to the store, before any fsync; a crash of the process or the machine can lose acknowledged writes)" },
     Setting { flag: "threads", env: "TIDEPOOL_THREADS", default: "0", help: "worker threads (0 = one per CPU core)" },
     Setting { flag: "max-body-bytes", env: "TIDEPOOL_MAX_BODY_BYTES", default: "67108864", help: "largest request body accepted (413 above)" },
     Setting { flag: "max-head-bytes", env: "TIDEPOOL_MAX_HEAD_BYTES", default: "16384", help: "largest request head accepted (431 above)" },

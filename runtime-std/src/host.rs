@@ -493,7 +493,9 @@ fn writer_loop(host: Arc<Host>, mut store: Store, wake: Receiver<()>, compact_af
         host.durability.publish(last, false);
         host.wake(&ready);
         if compact_after > 0 && since_snapshot >= compact_after && !compacting {
-            let from = host.lock().engine.last_lsn();
+            // Replay starts after what was just appended (and synced): the engine may
+            // already hold later batches the store has not seen.
+            let from = last;
             match store.begin_snapshot(tidepool_storage::Lsn(from.0)) {
                 Ok(writer) => {
                     compacting = true;
