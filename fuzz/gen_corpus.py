@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus for segment_recovery (docs/storage-format.md layouts).
+"""Writes the seed corpora of every fuzz target (fuzz_targets/*.rs documents each
+target's input layout; segment_recovery follows docs/storage-format.md).
 
-Run from fuzz/: python3 gen_corpus.py. Each seed is one mode byte plus a body."""
-import struct, zlib, os
+Run from fuzz/: python3 gen_corpus.py."""
+import json, struct, zlib, os
 
 def header(seg_id, prev):
     b = bytearray(40)
@@ -42,8 +43,217 @@ seeds = {
     "two_segments": bytes([0x03 | (2 << 2)]) + body,
     "big_len": b"\x01" + frames[0] + b"\xff" * 40,
 }
-os.makedirs("corpus/segment_recovery", exist_ok=True)
-for name, data in seeds.items():
-    with open(os.path.join("corpus/segment_recovery", name), "wb") as f:
-        f.write(data)
-print(len(seeds), "seeds")
+
+
+def write(target, seeds):
+    os.makedirs(os.path.join("corpus", target), exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join("corpus", target, name), "wb") as f:
+            f.write(data)
+    print(target, len(seeds), "seeds")
+
+
+write("segment_recovery", seeds)
+
+# ----- http_request: a split byte (its share of the stream), then the stream -----
+
+def req(method, target, headers=(), body=b""):
+    head = "%s %s HTTP/1.1\r\n" % (method, target)
+    for k, v in headers:
+        head += "%s: %s\r\n" % (k, v)
+    return head.encode() + b"\r\n" + body
+
+def chunked(*parts, trailers=b""):
+    out = b""
+    for p in parts:
+        out += b"%x\r\n" % len(p) + p + b"\r\n"
+    return out + b"0\r\n" + trailers + b"\r\n"
+
+insert = req("POST", "/api/insert/users", [("Host", "db"), ("Content-Type", "application/json"),
+             ("Content-Length", "13")], b'{"name":"al"}')
+write("http_request", {
+    "get": b"\x80" + req("GET", "/api/health", [("Host", "db")]),
+    "pipelined": b"\x40" + insert + req("GET", "/api/find/users/1?x=1") + b"\r\n" + req("HEAD", "/a"),
+    "chunked": b"\x90" + req("POST", "/api/insert/c", [("Transfer-Encoding", "chunked")])
+        + chunked(b'{"a":', b'1}', trailers=b"X-T: 1\r\n"),
+    "chunk_ext": b"\x20" + req("PUT", "/x", [("Transfer-Encoding", "chunked")])
+        + b"3;ext=1\r\nabc\r\n0\r\n\r\n",
+    "expect_continue": b"\xc0" + req("POST", "/api/kv/set/k", [("Expect", "100-continue"),
+        ("Content-Length", "11")], b'{"value":1}'),
+    "absolute_form": b"\x10" + req("GET", "http://db:8080/api/health?verbose", [("Connection", "close")]),
+    "http10": b"\x00" + b"GET / HTTP/1.0\r\n\r\n",
+    "too_big": b"\x60" + req("POST", "/x", [("Content-Length", "999")], b"x" * 40),
+    "cl_te": b"\x50" + req("POST", "/x", [("Content-Length", "3"), ("Transfer-Encoding", "chunked")], b"abc"),
+    "dup_cl": b"\x70" + req("POST", "/x", [("Content-Length", "2"), ("content-length", "2")], b"{}"),
+    "garbage": b"\x30" + b"\x00\x01 garbage\r\n\r\n",
+})
+
+# ----- ws_frames: a limit byte (2^(b % 16)), a piece-size seed, then client frames -----
+
+def frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0):
+    out = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    if n < 126:
+        out += bytes([0x80 | n])
+    elif n < 65536:
+        out += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        out += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return out + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+def msg(v):
+    return json.dumps(v, separators=(",", ":")).encode()
+
+hello = msg({"type": "Hello", "payload": {"formats": ["json"]}})
+write("ws_frames", {
+    "text": b"\x0a\x05" + frame(1, hello),
+    "binary": b"\x0a\x21" + frame(2, bytes([0x81, 0xa1, 0x61, 0x01])),
+    "fragmented": b"\x0c\x33" + frame(1, b"ab", fin=False) + frame(9, b"p") + frame(0, b"cd"),
+    "ping_close": b"\x0a\x07" + frame(9, b"hi") + frame(8, struct.pack(">H", 1000) + b"bye"),
+    "too_big": b"\x04\x09" + frame(1, b"a" * 40),
+    "medium": b"\x0f\x11" + frame(2, bytes(range(256)) * 2),
+    "unmasked": b"\x0a\x01" + b"\x81\x02hi",
+    "bad_utf8": b"\x0a\x02" + frame(1, b"\xff\xfe"),
+    "after_close": b"\x0a\x03" + frame(8, b"") + frame(1, b"late"),
+    "rsv_bit": b"\x0a\x04" + frame(1, b"x", rsv=0x40),
+})
+
+# ----- sse_decoder: raw streams (a split byte first) that double as arbitrary input -----
+
+write("sse_decoder", {
+    "events": b"\x40id: 7:1\nevent: mutation\ndata: {\"a\":1}\n\n: keepalive\n\nevent: heartbeat\ndata: {}\n\n",
+    "multiline": b"\x80data: a\ndata: b\n\nevent:x\n\n",
+    "comments": b"\x10: hi\n\n:\n\nretry: 10\n\n",
+    "crlf": b"\x20event: x\r\ndata: y\r\n\r\n\n\n",
+    "no_space": b"\x90id:1\nevent:reset\ndata:{}\n\n",
+    "partial": b"\xf0event: subscribed\ndata: {\"collection\":\"c\"",
+    "unicode": "\x05id: \u00e9\nevent: \u2603\ndata: \u65e5\u672c\n\n".encode(),
+})
+
+# ----- msgpack_body: MessagePack bodies (rmp-serde named maps, as clients send) -----
+
+def mp(v):
+    """A tiny MessagePack encoder (ints, strings, bools, null, floats, lists, maps)."""
+    if v is None: return b"\xc0"
+    if v is True: return b"\xc3"
+    if v is False: return b"\xc2"
+    if isinstance(v, int):
+        if 0 <= v < 128: return bytes([v])
+        if -32 <= v < 0: return struct.pack("b", v)
+        if 0 <= v < 2**16: return b"\xcd" + struct.pack(">H", v)
+        if 0 <= v < 2**64: return b"\xcf" + struct.pack(">Q", v)
+        return b"\xd3" + struct.pack(">q", v)
+    if isinstance(v, float): return b"\xcb" + struct.pack(">d", v)
+    if isinstance(v, str):
+        b = v.encode()
+        return (bytes([0xa0 | len(b)]) if len(b) < 32 else b"\xd9" + bytes([len(b)])) + b
+    if isinstance(v, bytes): return b"\xc4" + bytes([len(v)]) + v
+    if isinstance(v, list): return bytes([0x90 | len(v)]) + b"".join(mp(x) for x in v)
+    if isinstance(v, dict):
+        return bytes([0x80 | len(v)]) + b"".join(mp(k) + mp(x) for k, x in v.items())
+    raise TypeError(v)
+
+write("msgpack_body", {
+    "record": mp({"name": "Alice", "age": 30, "tags": ["x", "y"], "score": 9.5, "ok": True, "n": None}),
+    "nested": mp({"a": {"b": {"c": [1, [2, [3]]]}}, "neg": -5, "big": 2**40, "min": -2**40}),
+    "bin": mp({"blob": b"\x01\x02\x03"}),
+    "timestamp32": b"\x81\xa2at\xd6\xff" + struct.pack(">I", 1_700_000_000),
+    "timestamp96": b"\xc7\x0c\xff" + struct.pack(">Iq", 5000, -1),
+    "f32": b"\x92\xca" + struct.pack(">f", 1.5) + b"\xcc\xc8",
+    "int_keys": b"\x82\x01\xa1a\xd0\x80\xc0",
+    "wide": b"\xde\x00\x01\xda\x00\x01k\xdc\x00\x02\xd1\xff\x00\xd2\x00\x01\x00\x00",
+    "trailing": mp({"a": 1}) + b"\xc0",
+})
+
+# ----- filter: filter expressions as JSON -----
+
+def cond(field, op, value):
+    return {"type": "Condition", "content": {"field": field, "operator": op, "value": value}}
+
+write("filter", {name: msg(v) for name, v in {
+    "eq": cond("age", "Eq", 30),
+    "typed": cond("age", "Equals", {"type": "Integer", "value": 30}),
+    "date": cond("when", "Gt", "2026-01-01T23:00:00-02:00"),
+    "in": cond("name", "In", ["Bob", "Alice", 3, None]),
+    "contains": cond("tags", "Contains", "y"),
+    "path": cond("meta.owner.n", "Lte", 1.5),
+    "logical": {"type": "Logical", "content": {"operator": "And", "expressions": [
+        cond("age", "Gte", 28), {"type": "Logical", "content": {"operator": "Not",
+        "expressions": [cond("name", "StartsWith", "B")]}}]}},
+    "flat": {"or": [{"field": "price", "operator": "Lt", "value": 1},
+                    {"not": {"field": "id", "operator": "Ne", "value": "r1"}}]},
+    "vector": cond("embedding", "Contains", 0.5),
+    "duration": cond("ttl_like", "Eq", {"type": "Duration", "value": {"secs": 5400, "nanos": 0}}),
+}.items()})
+
+# ----- connection: a chunk-size seed (0: one chunk), then what the client sends -----
+# `TOKEN` is replaced by a valid bearer token by the harness.
+
+auth = [("Authorization", "Bearer TOKEN")]
+def jreq(method, target, body=None, headers=()):
+    b = msg(body) if body is not None else b""
+    h = [("Host", "db")] + list(headers) + auth
+    if body is not None:
+        h += [("Content-Type", "application/json"), ("Content-Length", str(len(b)))]
+    return req(method, target, h, b)
+
+upgrade = req("GET", "/api/ws?token=TOKEN", [("Host", "db"), ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")])
+def ws(*messages):
+    return b"".join(frame(1, msg(m)) for m in messages)
+
+write("connection", {
+    "health": b"\x00" + req("GET", "/api/health", [("Host", "db")]),
+    "token": b"\x00" + req("POST", "/api/auth/token", [("Content-Length", "15")], b'{"api_key":"k"}'),
+    "crud": b"\x00" + jreq("POST", "/api/insert/users", {"id": "u1", "name": "Al", "age": 30})
+        + jreq("POST", "/api/find/users", {"filter": cond("age", "Gte", 18), "limit": 10})
+        + jreq("PUT", "/api/update/users/u1", {"age": 31})
+        + jreq("GET", "/api/find/users/u1") + req("HEAD", "/api/health")
+        + jreq("DELETE", "/api/delete/users/u1", headers=[("Connection", "close")]),
+    "crud_chunks": b"\x07" + jreq("POST", "/api/batch/insert/c", [{"a": 1}, {"a": 2}])
+        + jreq("POST", "/api/distinct/c/a", {}) + jreq("GET", "/api/collections"),
+    "kv_txn": b"\x00" + jreq("POST", "/api/kv/set/k1", {"value": {"x": 1}, "ttl": "1h"})
+        + jreq("GET", "/api/kv/get/k1") + jreq("POST", "/api/transactions", {})
+        + jreq("POST", "/api/search/c", {"query": "al"}),
+    "chunked_continue": b"\x00" + req("POST", "/api/insert/c", [("Expect", "100-continue"),
+        ("Transfer-Encoding", "chunked"), ("Authorization", "Bearer TOKEN")])
+        + chunked(b'{"a":', b'"b"}'),
+    "msgpack": b"\x00" + req("POST", "/api/insert/c", [("Content-Type", "application/msgpack"),
+        ("Accept", "application/msgpack"), ("Content-Length", "4"), ("Authorization", "Bearer TOKEN")],
+        mp({"a": 1})),
+    "unauthorized": b"\x00" + req("GET", "/api/collections") + req("GET", "/api/nope"),
+    "malformed": b"\x00" + b"GET /\x01 HTTP/1.1\r\n\r\n",
+    "websocket": b"\x00" + upgrade + ws(
+        {"type": "Hello", "messageId": "1", "payload": {"formats": ["json"]}},
+        {"type": "Subscribe", "messageId": "2", "payload": {"collection": "c"}},
+        {"type": "Insert", "messageId": "3", "payload": {"collection": "c", "record": {"a": 1}}},
+        {"type": "FindAll", "messageId": "4", "payload": {"collection": "c"}})
+        + frame(9, b"p") + frame(8, struct.pack(">H", 1000)),
+    "websocket_msgpack": b"\x05" + upgrade + ws({"type": "Hello", "payload": {"formats": ["msgpack"]}})
+        + frame(2, mp({"type": "Insert", "messageId": "9", "payload": {"collection": "c", "record": {"n": 2}}}))
+        + frame(2, mp({"type": "Subscribe", "payload": {"collection": "c", "resume_from": "1"}})),
+    # Storage lags (control bit 0x80) and the bytes arrive in `<CUT>` chunks.
+    "lagging_pipeline": b"\x80" + jreq("POST", "/api/insert/c", {"a": 1}) + b"<CUT>"
+        + jreq("POST", "/api/find/c", {}) + b"<CUT>" + jreq("GET", "/api/kv/get/nope"),
+    "lagging_ws_error": b"\x80" + upgrade + ws(
+        {"type": "Subscribe", "messageId": "1", "payload": {"collection": "c"}},
+        {"type": "Insert", "messageId": "2", "payload": {"collection": "c", "record": {"a": 1}}})
+        + b"<CUT>" + b"\x81\x02hi"
+        + ws({"type": "Insert", "messageId": "3", "payload": {"collection": "c", "record": {"after": "error"}}}),
+    # Wake-ups every round (control bit 0x40), as other clients' writes cause.
+    "wakeups_ws_error": b"\x40" + upgrade + ws(
+        {"type": "Subscribe", "messageId": "1", "payload": {"collection": "c"}})
+        + b"<CUT>" + b"\x81\x02hi"
+        + ws({"type": "Insert", "messageId": "2", "payload": {"collection": "c", "record": {"after": "error"}}}),
+    # Storage fails (control bit 0x20) when the second chunk arrives.
+    "failing_write": b"\xa0" + jreq("POST", "/api/insert/c", {"a": 1}) + b"<CUT>" + b"\r\n",
+    "failing_ws": b"\xa0" + upgrade + ws(
+        {"type": "Insert", "messageId": "0", "payload": {"collection": "c", "record": {"a": 0}}})
+        + b"<CUT>" + frame(9, b"still there?"),
+    "lagging_sse": b"\x80" + jreq("POST", "/api/insert/c", {"a": 1}) + b"<CUT>"
+        + req("GET", "/api/subscribe/c?token=TOKEN", [("Last-Event-ID", "1")]) + b"<CUT>"
+        + b"stray bytes",
+    "sse": b"\x00" + jreq("POST", "/api/insert/c", {"a": 1})
+        + req("GET", "/api/subscribe/c?token=TOKEN&filter_field=a&filter_value=1", [("Last-Event-ID", "1:0")]),
+})

@@ -216,13 +216,12 @@ impl Connection {
         }
     }
 
-    /// The peer closed its side: finish what was asked, then close.
+    /// The peer closed its side: answer what it sent before (a half-close may
+    /// follow pipelined requests), then close.
     pub fn handle_eof(&mut self) {
         self.eof = true;
-        if self.state == State::Open {
-            self.state = State::Closing;
-        }
         if self.is_streaming() {
+            self.state = State::Closing;
             // Nobody is listening any more.
             self.out.clear();
             self.out_bytes = 0;
@@ -273,7 +272,8 @@ impl Connection {
         let Mode::WebSocket(ws) = &mut self.mode else {
             return;
         };
-        loop {
+        // Once closing, no further message is read (and so none is answered).
+        while self.state == State::Open {
             if self.work.len() >= MAX_PIPELINE {
                 break;
             }
@@ -331,6 +331,9 @@ impl Connection {
     /// events from the hub.
     pub fn execute(&mut self, server: &mut Server, now: Timestamp) {
         while self.pending_call.is_none() {
+            if self.state != State::Open && !self.is_streaming() {
+                self.work.clear();
+            }
             let Some(work) = self.work.pop_front() else {
                 break;
             };
@@ -701,7 +704,7 @@ impl Connection {
                 Some(bytes)
             }
             _ => {
-                if self.state == State::Closing
+                if (self.state == State::Closing || self.eof)
                     && self.out.is_empty()
                     && self.work.is_empty()
                     && self.pending_call.is_none()
@@ -733,18 +736,23 @@ impl Connection {
             }
             self.out_bytes = self.out.iter().map(|(_, b)| b.len()).sum();
         } else {
-            for (lsn, bytes) in self.out.iter_mut() {
-                if *lsn > durable {
-                    *lsn = Lsn::ZERO;
-                    *bytes = Response::error(
-                        503,
-                        &format!("the write could not be made durable: {message}"),
-                    )
-                    .with_header("Retry-After", "1")
-                    .encode(false, false);
-                }
+            // The first reply whose write is in doubt becomes a 503 that closes the
+            // connection; nothing after it is sent.
+            if let Some(at) = self.out.iter().position(|(lsn, _)| *lsn > durable) {
+                self.out.truncate(at);
+                let r = Response::error(
+                    503,
+                    &format!("the write could not be made durable: {message}"),
+                )
+                .with_header("Retry-After", "1")
+                .encode(false, false);
+                self.out.push_back((Lsn::ZERO, r));
             }
+            self.out_bytes = self.out.iter().map(|(_, b)| b.len()).sum();
         }
+        self.work.clear();
+        self.pending_call = None;
+        self.deferred_close = None;
         self.state = State::Closing;
     }
 

@@ -71,6 +71,7 @@ pub struct WsTransport {
     ctx: WebSocketContext,
     io: Duplex,
     closed: bool,
+    failed: bool,
 }
 
 impl WsTransport {
@@ -85,6 +86,7 @@ impl WsTransport {
             ctx: WebSocketContext::new(Role::Server, Some(config)),
             io: Duplex::default(),
             closed: false,
+            failed: false,
         }
     }
 
@@ -95,7 +97,7 @@ impl WsTransport {
     /// The next complete data message. `Ok(None)`: need more bytes (or only
     /// control frames arrived). `Err`: the connection must close with that code.
     pub fn poll_message(&mut self) -> Result<Option<Incoming>, Closing> {
-        if self.closed {
+        if self.closed || self.failed {
             return Ok(None);
         }
         loop {
@@ -113,7 +115,12 @@ impl WsTransport {
                     self.closed = true;
                     return Ok(None);
                 }
-                Err(e) => return Err(close_for(&e)),
+                Err(e) => {
+                    // Nothing after a protocol error is a message: tungstenite would
+                    // still pass frames through while our Close is in flight.
+                    self.failed = true;
+                    return Err(close_for(&e));
+                }
             }
         }
     }

@@ -45,7 +45,12 @@ pub fn decode_body(req: &Request) -> Result<J> {
 }
 
 pub fn decode(body: &[u8], format: Format) -> Result<J> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // In MessagePack, whitespace bytes are small integers: only JSON may be blank.
+    let blank = match format {
+        Format::Json => body.iter().all(u8::is_ascii_whitespace),
+        Format::MsgPack => body.is_empty(),
+    };
+    if blank {
         return Ok(J::Object(Default::default()));
     }
     match format {

@@ -4,6 +4,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// A chunk-size line (size and extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 1024;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Request line plus headers (431 above this).
@@ -244,14 +247,17 @@ impl RequestParser {
         }
         let mut slots = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         let mut req = httparse::Request::new(&mut slots);
-        let status = match req.parse(buf) {
+        // Parse at most the limit, so the verdict on an oversized head does not
+        // depend on how the bytes were split across reads.
+        let window = buf.len().min(self.limits.max_head_bytes);
+        let status = match req.parse(&buf[..window]) {
             Ok(s) => s,
             Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
             Err(e) => return Err(HttpError::Malformed(e.to_string())),
         };
         let consumed = match status {
             httparse::Status::Partial => {
-                if buf.len() > self.limits.max_head_bytes {
+                if buf.len() >= self.limits.max_head_bytes {
                     return Err(HttpError::HeadTooLarge);
                 }
                 return Ok(None);
@@ -358,6 +364,9 @@ impl RequestParser {
         loop {
             match step {
                 ChunkStep::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                        return Err(HttpError::Malformed("chunk size line too long".into()));
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         buf.advance(used);
                         let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -373,7 +382,7 @@ impl RequestParser {
                         };
                     }
                     Ok(httparse::Status::Partial) => {
-                        if buf.len() > 1024 {
+                        if buf.len() > MAX_CHUNK_LINE {
                             return Err(HttpError::Malformed("chunk size line too long".into()));
                         }
                         break;
@@ -411,6 +420,9 @@ impl RequestParser {
                         return Ok(Some(head));
                     }
                     match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        Some(pos) if pos + 4 > self.limits.max_head_bytes => {
+                            return Err(HttpError::HeadTooLarge)
+                        }
                         Some(pos) => {
                             buf.advance(pos + 4);
                             head.body = body.freeze();
