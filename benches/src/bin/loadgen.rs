@@ -146,7 +146,7 @@ fn json_str(body: &[u8], key: &str) -> Option<String> {
 
 fn doc(i: u64) -> String {
     format!(
-        r#"{{"name":"user-{i}","email":"user{i}@example.com","age":{},"city":"{}","score":{}.5,"active":{},"tags":["t{}","bench"],"bio":"A short line of profile text."}}"#,
+        r#"{{"name":"user-{i}","email":"user{i}@example.com","age":{},"city":"{}","score":{}.5,"active":{},"tags":["t{}","bench"],"bio":"A short line of profile text, as long as a typical one."}}"#,
         i % 100,
         ["Lisbon", "Osaka", "Quito", "Tromso"][(i % 4) as usize],
         i % 1000,
@@ -590,13 +590,15 @@ fn main() {
         let secs = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(500));
         let after = pid.and_then(rss_kib).unwrap_or(0);
+        let rss = match pid {
+            Some(_) => format!("; server RSS {} MiB -> {} MiB", before / 1024, after / 1024),
+            None => String::new(),
+        };
         println!(
-            "\nbulk load: {} docs (~{} bytes of JSON each) in {secs:.1} s ({:.0} docs/s); server RSS {} MiB -> {} MiB",
+            "\nbulk load: {} docs (~{} bytes of JSON each) in {secs:.1} s ({:.0} docs/s){rss}",
             args.fill,
             doc(123_456).len(),
             args.fill as f64 / secs,
-            before / 1024,
-            after / 1024
         );
     }
 }

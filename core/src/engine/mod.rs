@@ -26,7 +26,8 @@ use actions::Action;
 use collection::Collection;
 use filter::Filter;
 use kv::{KvEntry, Link};
-use mutation::{decode_wire, Journal, Mutation, MutationRef, MutationWire};
+pub use mutation::{decode_for_replay, Decoded};
+use mutation::{Journal, Mutation, MutationRef, MutationWire};
 use query::FindQuery;
 use record::{Interner, Record};
 use schema::Schema;
@@ -226,11 +227,17 @@ impl Engine {
 
     /// Applies a batch read back from the log during recovery.
     pub fn replay(&mut self, lsn: Lsn, payload: &[u8]) -> std::result::Result<(), String> {
-        for m in decode_wire(payload)? {
+        self.replay_decoded(lsn, decode_for_replay(payload)?);
+        Ok(())
+    }
+
+    /// Applies a batch decoded with `decode_for_replay` (which may run on another
+    /// thread, so recovery decodes the next batch while this one is applied).
+    pub fn replay_decoded(&mut self, lsn: Lsn, batch: Decoded<'_>) {
+        for m in batch.0 {
             self.apply_wire(m);
         }
         self.last_lsn = self.last_lsn.max(lsn);
-        Ok(())
     }
 
     /// Recovery is over: the next commit follows `lsn` even if the log was empty

@@ -218,8 +218,17 @@ pub enum MutationWire<'a> {
     },
 }
 
+/// A batch decoded for replay: pure data, `Send`, applied by
+/// `Engine::replay_decoded`.
+pub struct Decoded<'a>(pub(crate) Vec<MutationWire<'a>>);
+
+/// Decodes a batch for replay, field names borrowed from `payload`.
+pub fn decode_for_replay(payload: &[u8]) -> Result<Decoded<'_>, String> {
+    decode_wire(payload).map(Decoded)
+}
+
 /// Decodes a batch's mutations without copying field names (replay's fast path).
-pub fn decode_wire(payload: &[u8]) -> Result<Vec<MutationWire<'_>>, String> {
+fn decode_wire(payload: &[u8]) -> Result<Vec<MutationWire<'_>>, String> {
     let body = payload
         .get(HEADER - 8..)
         .ok_or("batch shorter than its header")?;
