@@ -553,6 +553,7 @@ fn main() {
                 );
                 report("kv get", &o);
             }
+            "none" => {}
             other => eprintln!("unknown workload {other}"),
         }
     }
