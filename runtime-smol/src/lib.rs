@@ -16,25 +16,9 @@ use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_std::host::{self, now, Host};
 
-/// The command-line entry point: parses flags and environment, then runs. Exits
-/// the process with status 1 (runtime failure) or 2 (bad arguments).
+/// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
-    use tidepool_core::config::{help_text, Command};
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match Config::parse(args, |k| std::env::var(k).ok()) {
-        Ok(Command::Run(config)) => {
-            if let Err(e) = run(*config) {
-                eprintln!("{program}: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Command::Help(_)) => print!("{}", help_text(program)),
-        Ok(Command::Version) => println!("{program} {}", tidepool_core::server::VERSION),
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::exit(2);
-        }
-    }
+    host::cli_main(program, run);
 }
 
 /// Boots, binds and serves until the process ends.
@@ -115,21 +99,7 @@ async fn serve_connection(
     mut stream: TcpStream,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let id = host.next_conn_id();
-    let mut conn = {
-        let s = host.lock();
-        let c = s.config();
-        Connection::new(
-            id,
-            s.limits(),
-            Duration::from_secs(c.idle_timeout_secs.max(1)),
-            now(),
-        )
-        .with_streaming(
-            Duration::from_secs(c.heartbeat_secs.max(1)),
-            c.ws_max_message_bytes,
-        )
-    };
+    let mut conn = host.new_connection();
     let notifier = Arc::new(Notifier::default());
     let waker: host::Waker = {
         let n = notifier.clone();
@@ -141,7 +111,7 @@ async fn serve_connection(
     let result = drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await;
     let _ = stream.shutdown(std::net::Shutdown::Both);
     if conn.is_streaming() {
-        host.unregister(id);
+        host.unregister(conn.id());
     }
     result
 }
@@ -191,12 +161,7 @@ async fn drive(
                 host.with_server(|s| conn.execute(s, now()));
             }
         }
-        if host.durability.failed() {
-            let s = host.lock();
-            if let Some(why) = s.storage_failure() {
-                conn.handle_storage_failure(s.durable_lsn(), why);
-            }
-        }
+        host.check_storage(conn);
         let durable = host.durability.lsn();
         out.clear();
         while let Some(bytes) = conn.poll_transmit(durable) {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tidepool_core::config::Config;
+use tidepool_core::conn::Connection;
 use tidepool_core::conn::{History, HISTORY_CHUNK_BYTES};
 use tidepool_core::engine::SnapshotCursor;
 use tidepool_core::http::client::Outbound;
@@ -244,6 +245,34 @@ impl Host {
                     return Err(format!("timed out after {} s", call.timeout.as_secs()))
                 }
                 Err(e) => return Err(format!("reading the response failed: {e}")),
+            }
+        }
+    }
+
+    /// A new connection state machine with the configured limits and timers.
+    pub fn new_connection(&self) -> Connection {
+        let id = self.next_conn_id();
+        let s = self.lock();
+        let c = s.config();
+        Connection::new(
+            id,
+            s.limits(),
+            Duration::from_secs(c.idle_timeout_secs.max(1)),
+            now(),
+        )
+        .with_streaming(
+            Duration::from_secs(c.heartbeat_secs.max(1)),
+            c.ws_max_message_bytes,
+        )
+    }
+
+    /// Tells the connection if storage failed, so replies waiting for writes that
+    /// will never be durable become errors.
+    pub fn check_storage(&self, conn: &mut Connection) {
+        if self.durability.failed() {
+            let s = self.lock();
+            if let Some(why) = s.storage_failure() {
+                conn.handle_storage_failure(s.durable_lsn(), why);
             }
         }
     }
@@ -605,5 +634,27 @@ fn sweeper_loop(host: Arc<Host>, wake: Receiver<()>) {
             continue;
         }
         host.with_server(|s| s.handle_timeout(self::now()));
+    }
+}
+
+/// The command-line entry point both binaries share: parses flags and the
+/// environment, then calls `run`. Exits with status 1 when running fails and 2
+/// for bad arguments.
+pub fn cli_main(program: &str, run: fn(Config) -> Result<(), String>) {
+    use tidepool_core::config::{help_text, Command};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match Config::parse(args, |k| std::env::var(k).ok()) {
+        Ok(Command::Run(config)) => {
+            if let Err(e) = run(*config) {
+                eprintln!("{program}: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Command::Help(_)) => print!("{}", help_text(program)),
+        Ok(Command::Version) => println!("{program} {}", tidepool_core::server::VERSION),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(2);
+        }
     }
 }

@@ -21,25 +21,9 @@ use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 
-/// The command-line entry point: parses flags and environment, then runs. Exits
-/// the process with status 1 (runtime failure) or 2 (bad arguments).
+/// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
-    use tidepool_core::config::{help_text, Command};
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match Config::parse(args, |k| std::env::var(k).ok()) {
-        Ok(Command::Run(config)) => {
-            if let Err(e) = run(*config) {
-                eprintln!("{program}: {e}");
-                std::process::exit(1);
-            }
-        }
-        Ok(Command::Help(_)) => print!("{}", help_text(program)),
-        Ok(Command::Version) => println!("{program} {}", tidepool_core::server::VERSION),
-        Err(e) => {
-            eprintln!("{program}: {e}");
-            std::process::exit(2);
-        }
-    }
+    host::cli_main(program, run);
 }
 
 /// Boots, binds and serves until the process ends.
@@ -88,21 +72,7 @@ pub fn serve(host: Arc<Host>, listener: TcpListener) {
 /// A connection that upgrades to WebSocket or SSE continues in `stream`.
 fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let id = host.next_conn_id();
-    let mut conn = {
-        let s = host.lock();
-        let c = s.config();
-        Connection::new(
-            id,
-            s.limits(),
-            Duration::from_secs(c.idle_timeout_secs.max(1)),
-            now(),
-        )
-        .with_streaming(
-            Duration::from_secs(c.heartbeat_secs.max(1)),
-            c.ws_max_message_bytes,
-        )
-    };
+    let mut conn = host.new_connection();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
@@ -110,12 +80,7 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
             host.with_server(|s| conn.execute(s, now()));
             perform_effects(host, &mut conn);
         }
-        if host.durability.failed() {
-            let s = host.lock();
-            if let Some(why) = s.storage_failure() {
-                conn.handle_storage_failure(s.durable_lsn(), why);
-            }
-        }
+        host.check_storage(&mut conn);
         let durable = host.durability.lsn();
         out.clear();
         while let Some(bytes) = conn.poll_transmit(durable) {
@@ -263,12 +228,7 @@ fn stream_writer(
                 host.with_server(|s| c.execute(s, now()));
             }
             perform_effects(host, &mut c);
-            if host.durability.failed() {
-                let s = host.lock();
-                if let Some(why) = s.storage_failure() {
-                    c.handle_storage_failure(s.durable_lsn(), why);
-                }
-            }
+            host.check_storage(&mut c);
             let durable = host.durability.lsn();
             bytes.clear();
             while let Some(b) = c.poll_transmit(durable) {
