@@ -22,6 +22,8 @@ use std::time::Duration;
 
 /// Active transactions beyond this are refused (each holds staged records).
 const MAX_ACTIVE: usize = 10_000;
+/// Staged writes one transaction may hold.
+const MAX_OPS: usize = 100_000;
 /// Finished transactions remembered for status queries.
 const MAX_FINISHED: usize = 1_000;
 /// An abandoned transaction is rolled back after this long.
@@ -61,6 +63,9 @@ pub struct Txn {
     started: Timestamp,
     /// Staged writes in order (one per operation, as counted by clients).
     ops: Vec<(Key, Op)>,
+    /// Each key's latest staged write (an index into `ops`), so reads through the
+    /// transaction do not scan every write before them.
+    latest: HashMap<Key, usize>,
     /// The version of each key as first observed (None = absent).
     observed: HashMap<Key, Option<Lsn>>,
     savepoints: Vec<(String, usize)>,
@@ -71,12 +76,26 @@ impl Txn {
         self.ops.len()
     }
 
+    fn stage(&mut self, key: Key, op: Op) {
+        self.latest.insert(key.clone(), self.ops.len());
+        self.ops.push((key, op));
+    }
+
+    /// Rebuilds `latest` after a rollback to a savepoint dropped writes.
+    fn reindex(&mut self) {
+        self.latest = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+    }
+
     /// The transaction's own latest write to a key, if any.
     fn staged(&self, key: &Key) -> Option<&Op> {
-        self.ops
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
+        self.latest
+            .get(key)
+            .and_then(|&i| self.ops.get(i))
             .map(|(_, op)| op)
     }
 }
@@ -121,6 +140,18 @@ fn tx_missing(id: &str) -> Error {
 impl Engine {
     fn txn(&self, id: &str) -> Result<&Txn> {
         self.txns.active.get(id).ok_or_else(|| self.tx_gone(id))
+    }
+
+    /// The transaction, for staging one more write (bounded, so one client
+    /// cannot grow the server's memory without limit).
+    fn staging(&mut self, id: &str) -> Result<&mut Txn> {
+        let t = self.txn_mut(id)?;
+        if t.ops.len() >= MAX_OPS {
+            return Err(Error::invalid(format!(
+                "a transaction holds at most {MAX_OPS} writes; commit and start another"
+            )));
+        }
+        Ok(t)
     }
 
     fn txn_mut(&mut self, id: &str) -> Result<&mut Txn> {
@@ -170,6 +201,7 @@ impl Engine {
                 state: TxState::Active,
                 started: now,
                 ops: Vec::new(),
+                latest: HashMap::new(),
                 observed: HashMap::new(),
                 savepoints: Vec::new(),
             },
@@ -195,6 +227,7 @@ impl Engine {
         if let Some(mut t) = self.txns.active.remove(id) {
             t.state = state;
             t.ops.clear();
+            t.latest.clear();
             t.observed.clear();
             self.txns.finished.push_back((id.to_string(), t));
             if self.txns.finished.len() > MAX_FINISHED {
@@ -268,7 +301,7 @@ impl Engine {
                 "a record with id `{id}` already exists"
             )));
         }
-        self.txn_mut(tx)?.ops.push((key, Op::Put { record }));
+        self.staging(tx)?.stage(key, Op::Put { record });
         Ok(id)
     }
 
@@ -286,12 +319,12 @@ impl Engine {
             .tx_view(tx, &key, now)?
             .ok_or_else(|| Error::not_found("Record not found"))?;
         let (_, record) = self.build_record(collection, patch, base, now, false)?;
-        self.txn_mut(tx)?.ops.push((
+        self.staging(tx)?.stage(
             key,
             Op::Put {
                 record: record.clone(),
             },
-        ));
+        );
         Ok(record)
     }
 
@@ -307,7 +340,7 @@ impl Engine {
         let record = self
             .tx_view(tx, &key, now)?
             .ok_or_else(|| Error::not_found("Record not found"))?;
-        self.txn_mut(tx)?.ops.push((key, Op::Delete));
+        self.staging(tx)?.stage(key, Op::Delete);
         Ok(record)
     }
 
@@ -452,6 +485,7 @@ impl Engine {
             .ok_or_else(|| Error::not_found(format!("Savepoint not found: {name}")))?;
         let at = t.savepoints[pos].1;
         t.ops.truncate(at);
+        t.reindex();
         t.savepoints.truncate(pos + 1);
         Ok(())
     }
@@ -464,5 +498,26 @@ impl Engine {
             return Err(Error::not_found(format!("Savepoint not found: {name}")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_transaction_cannot_grow_without_bound() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        let (tx, _) = e.tx_begin(None, now).unwrap();
+        for i in 0..MAX_OPS {
+            e.tx_insert(&tx, "c", json!({ "i": i }), now).unwrap();
+        }
+        let err = e.tx_insert(&tx, "c", json!({ "i": -1 }), now).unwrap_err();
+        assert!(err.message.contains("at most"), "{}", err.message);
+        // The transaction is still usable: roll it back, nothing was written.
+        e.tx_rollback(&tx).unwrap();
+        assert_eq!(e.count("c", now), 0);
     }
 }
