@@ -15,6 +15,8 @@ pub struct Collection {
     pub schema: Schema,
     records: BTreeMap<Box<str>, Record>,
     trash: BTreeMap<Box<str>, (Record, Timestamp)>,
+    /// (deleted at, id) of trashed records, oldest first, for the retention sweep.
+    trash_by_age: BTreeSet<(Timestamp, Box<str>)>,
     /// (expiry, id) of live records with a TTL, earliest first.
     expiry: BTreeSet<(Timestamp, Box<str>)>,
     /// unique field → rendered value → id.
@@ -40,6 +42,7 @@ impl Collection {
             schema,
             records: BTreeMap::new(),
             trash: BTreeMap::new(),
+            trash_by_age: BTreeSet::new(),
             expiry: BTreeSet::new(),
             unique: HashMap::new(),
             search: SearchState::default(),
@@ -141,11 +144,15 @@ impl Collection {
     }
 
     pub fn trash_put(&mut self, id: &str, record: Record, deleted_at: Timestamp) {
+        self.trash_take(id);
+        self.trash_by_age.insert((deleted_at, id.into()));
         self.trash.insert(id.into(), (record, deleted_at));
     }
 
     pub fn trash_take(&mut self, id: &str) -> Option<(Record, Timestamp)> {
-        self.trash.remove(id)
+        let (record, at) = self.trash.remove(id)?;
+        self.trash_by_age.remove(&(at, id.into()));
+        Some((record, at))
     }
 
     pub fn trash_ids(&self) -> Vec<Box<str>> {
@@ -154,16 +161,16 @@ impl Collection {
 
     /// Trash entries deleted before `cutoff`.
     pub fn trash_older_than(&self, cutoff: Timestamp, max: usize) -> Vec<Box<str>> {
-        self.trash
+        self.trash_by_age
             .iter()
-            .filter(|(_, (_, at))| *at < cutoff)
+            .take_while(|(at, _)| *at < cutoff)
             .take(max)
-            .map(|(k, _)| k.clone())
+            .map(|(_, id)| id.clone())
             .collect()
     }
 
     pub fn oldest_trash(&self) -> Option<Timestamp> {
-        self.trash.values().map(|(_, at)| *at).min()
+        self.trash_by_age.first().map(|(at, _)| *at)
     }
 
     /// Earliest expiry among live records.

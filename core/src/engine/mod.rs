@@ -1243,3 +1243,35 @@ fn join_key(v: &View<'_>) -> String {
         None => format!("s:{}", v.render()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trash_is_kept_for_its_retention_then_purged() {
+        let mut e = Engine::new(1);
+        let t0 = Timestamp::from_secs(1_700_000_000);
+        e.insert("c", json!({"id": "a", "n": 1}), t0).unwrap();
+        e.insert("c", json!({"id": "b", "n": 2}), t0).unwrap();
+        e.delete("c", "a", t0).unwrap();
+        let later = t0.saturating_add(Duration::from_secs(3600));
+        e.delete("c", "b", later).unwrap();
+        e.commit(later);
+        // The sweep is due when the oldest trash entry reaches its retention.
+        assert_eq!(e.next_deadline(), Some(t0.saturating_add(TRASH_RETENTION)));
+        let due = t0.saturating_add(TRASH_RETENTION + Duration::from_secs(1));
+        e.sweep(due);
+        assert!(e.commit(due).is_some(), "the purge is logged");
+        assert!(!e.restore("c", "a", due).unwrap(), "past retention: gone");
+        assert!(
+            e.restore("c", "b", due).unwrap(),
+            "within retention: restorable"
+        );
+        assert_eq!(
+            e.find_by_id("c", "b", due).unwrap().record.get("n"),
+            Some(&Value::Integer(2))
+        );
+    }
+}
