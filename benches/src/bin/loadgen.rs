@@ -15,8 +15,7 @@
 //! because a durable insert cannot be acknowledged faster than its fsync allows.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,61 +73,19 @@ fn parse_args() -> Args {
     a
 }
 
-/// A keep-alive HTTP/1.1 connection doing one request at a time.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    host: String,
-}
+/// A keep-alive connection for the setup steps (token, prefill, bulk load),
+/// driving the same client as the workloads.
+struct Conn(AsyncConn);
 
 impl Conn {
     fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).ok();
-        Conn {
-            stream,
-            buf: Vec::with_capacity(64 * 1024),
-            host: addr.to_string(),
-        }
+        Conn(smol::block_on(AsyncConn::open(addr)))
     }
 
     /// Sends a request and returns (status, body).
     fn call(&mut self, method: &str, path: &str, token: &str, body: &str) -> (u16, Vec<u8>) {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.stream.write_all(req.as_bytes()).expect("write");
-        self.buf.clear();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
-                let status: u16 = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                while self.buf.len() < end + 4 + len {
-                    let n = self.stream.read(&mut chunk).expect("read");
-                    assert!(n > 0, "server closed the connection");
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                return (status, self.buf[end + 4..end + 4 + len].to_vec());
-            }
-            let n = self.stream.read(&mut chunk).expect("read");
-            assert!(n > 0, "server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        let status = smol::block_on(self.0.call(method, path, token, body));
+        (status, self.0.body().to_vec())
     }
 }
 
@@ -258,10 +215,12 @@ struct Outcome {
     lat_us: Vec<u32>,
 }
 
-/// An async keep-alive connection (for `run`).
+/// A keep-alive HTTP/1.1 connection doing one request at a time.
 struct AsyncConn {
     stream: smol::net::TcpStream,
     buf: Vec<u8>,
+    /// Where the last response's body sits in `buf`.
+    body: std::ops::Range<usize>,
     host: String,
 }
 
@@ -272,10 +231,17 @@ impl AsyncConn {
         AsyncConn {
             stream,
             buf: Vec::with_capacity(64 * 1024),
+            body: 0..0,
             host: addr.to_string(),
         }
     }
 
+    /// The body of the last response.
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
+    }
+
+    /// Sends a request and returns the status (the body stays in `body()`).
     async fn call(&mut self, method: &str, path: &str, token: &str, body: &str) -> u16 {
         use smol::io::{AsyncReadExt, AsyncWriteExt};
         let req = format!(
@@ -303,6 +269,7 @@ impl AsyncConn {
                     assert!(n > 0, "server closed the connection");
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
+                self.body = end + 4..end + 4 + len;
                 return status;
             }
             let n = self.stream.read(&mut chunk).await.expect("read");

@@ -3,7 +3,6 @@
 
 use crate::engine::mutation::{Batch, Mutation};
 use crate::engine::record::{Record, RecordOut};
-use crate::engine::Engine;
 use crate::ids::Lsn;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -193,11 +192,6 @@ impl Serialize for MutationPayload<'_> {
         m.serialize_entry("event_id", &self.pos.to_string())?;
         m.end()
     }
-}
-
-/// The primary-key name events use for a collection.
-pub fn pk_of<'a>(engine: &'a Engine, collection: &str) -> &'a str {
-    engine.pk_name(collection)
 }
 
 #[cfg(test)]

@@ -167,26 +167,7 @@ impl Value {
 
     /// The plain JSON form (what a filter, distinct or KV sees).
     pub fn to_json(&self) -> Json {
-        match self {
-            Value::Null => Json::Null,
-            Value::Boolean(b) => Json::Bool(*b),
-            Value::Integer(i) => Json::Int(*i),
-            Value::Float(f) => Json::Float(*f),
-            Value::Number(Num::Int(i)) => Json::Int(*i),
-            Value::Number(Num::Float(f)) => Json::Float(*f),
-            Value::String(s) | Value::Decimal(s) | Value::Uuid(s) => Json::Str(s.clone()),
-            Value::DateTime(t) => Json::Str(t.to_rfc3339().into_boxed_str()),
-            Value::Duration { secs, nanos } => Json::Object(JsonMap::from_pairs(vec![
-                ("nanos".into(), Json::Int(i64::from(*nanos))),
-                ("secs".into(), Json::UInt(*secs)),
-            ])),
-            Value::Binary(b) | Value::Bytes(b) => {
-                Json::Array(b.iter().map(|&x| Json::Int(i64::from(x))).collect())
-            }
-            Value::Array(items) | Value::Set(items) => Json::Array(items.to_vec()),
-            Value::Vector(v) => Json::Array(v.iter().map(|&f| Json::Float(f)).collect()),
-            Value::Object(m) => Json::Object((**m).clone()),
-        }
+        self.view().to_json()
     }
 }
 
