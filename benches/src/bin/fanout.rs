@@ -20,10 +20,9 @@
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tidepool_benches::SpawnedServer;
 
 struct Args {
     spawn: String,
@@ -102,54 +101,6 @@ fn timestamp_of(payload: &[u8]) -> Option<i64> {
     let at = payload.windows(key.len()).position(|w| w == key)? + key.len();
     let end = payload[at..].iter().position(|&b| b == b'"')? + at;
     parse_ts(&payload[at..end])
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn spawn(bin: &str) -> Server {
-    let exe = std::env::current_exe().expect("exe");
-    let target = exe.parent().expect("dir");
-    let dir = target.join(format!("fanout-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(target.join(bin))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            "fanout-key",
-            "--max-connections",
-            "30000",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server (build it with cargo build --release)");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server { child, addr, dir }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -382,9 +333,13 @@ fn main() {
             .map(|d| d.timestamp_micros())
     );
     let args = parse_args();
-    let server = spawn(&args.spawn);
+    let server = SpawnedServer::start(
+        &args.spawn,
+        "fanout",
+        &["--api-key", "fanout-key", "--max-connections", "30000"],
+    );
     let addr = server.addr.clone();
-    let pid = server.child.id();
+    let pid = server.pid();
     let token = token(&addr);
     let idle_rss = rss_kib(pid);
     let total = args.ws + args.sse;

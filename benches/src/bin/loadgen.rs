@@ -15,12 +15,11 @@
 //! because a durable insert cannot be acknowledged faster than its fsync allows.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tidepool_benches::SpawnedServer;
 
 struct Args {
     url: Option<String>,
@@ -110,69 +109,6 @@ fn doc(i: u64) -> String {
         i.is_multiple_of(2),
         i % 10
     )
-}
-
-struct Server {
-    child: Option<Child>,
-    addr: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.child.is_some() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn spawn(bin: &str, key: &str, fsync: &str) -> Server {
-    let exe = std::env::current_exe().expect("exe");
-    let target = exe.parent().expect("target dir");
-    let path = target.join(bin);
-    assert!(
-        path.exists(),
-        "{} not found: build it with cargo build --release",
-        path.display()
-    );
-    let dir = target.join(format!("loadgen-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(&path)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            key,
-            "--fsync",
-            fsync,
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server {
-        child: Some(child),
-        addr,
-        dir,
-    }
 }
 
 /// 4 KiB append + fdatasync in a loop for `secs`: the disk's durable-write ceiling.
@@ -383,28 +319,28 @@ fn token(addr: &str, key: &str) -> String {
 
 fn main() {
     let args = parse_args();
-    let server = match (&args.spawn, &args.url) {
-        (Some(bin), _) => spawn(bin, &args.api_key, &args.fsync),
-        (None, Some(url)) => Server {
-            child: None,
-            addr: url
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string(),
-            dir: std::env::temp_dir(),
-        },
+    let server = args.spawn.as_deref().map(|bin| {
+        SpawnedServer::start(
+            bin,
+            "loadgen",
+            &["--api-key", &args.api_key, "--fsync", &args.fsync],
+        )
+    });
+    let addr = match (&server, &args.url) {
+        (Some(s), _) => s.addr.clone(),
+        (None, Some(url)) => url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string(),
         _ => {
             eprintln!("give --spawn tidepool or --url http://host:port (see --help)");
             std::process::exit(2);
         }
     };
-    let addr = server.addr.clone();
     let tok = token(&addr, &args.api_key);
-    let probe_dir = if server.child.is_some() {
-        server.dir.clone()
-    } else {
-        std::env::temp_dir()
-    };
+    let probe_dir = server
+        .as_ref()
+        .map_or_else(std::env::temp_dir, |s| s.dir.clone());
     let fsync = fsync_rate(&probe_dir, 2.0);
     println!(
         "server {addr}, {} connections, {} s per workload",
@@ -536,7 +472,7 @@ fn main() {
         );
     }
     if args.fill > 0 {
-        let pid = server.child.as_ref().map(|c| c.id());
+        let pid = server.as_ref().map(SpawnedServer::pid);
         let before = pid.and_then(rss_kib).unwrap_or(0);
         let mut c = Conn::open(&addr);
         let start = Instant::now();
