@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo build --release -p tidepool-smol -p tidepool-std -p tidepool-benches
-//! target/release/fanout --spawn tidepool --ws 10000 --sse 1000 --rate 100 --seconds 10
+//! benches/peers/install-redis.sh   # once, for --peer redis
+//! target/release/fanout --spawn tidepool --ws 10000 --sse 1000 --rate 100 --seconds 10 --peer redis
 //! ```
 //!
 //! Starts the server (release build next to this binary), opens `--ws` WebSocket
@@ -13,9 +14,17 @@
 //! pipelined inserts over one WebSocket with HTTP inserts on one keep-alive
 //! connection, in the same run.
 //!
+//! `--peer redis` then runs the same number of subscribers against Redis
+//! pub/sub (each a RESP `SUBSCRIBE`, the events `PUBLISH`ed with the same shape
+//! and a timestamp taken at publish time) and reports Tidepool's latency as a
+//! ratio of Redis's. Redis delivers without syncing anything to disk; Tidepool
+//! delivers each event after its insert is durable.
+//!
 //! The subscribers run as tasks on one thread and parse as little as possible
-//! (frame headers and the `timestamp` field), so the client leaves the cores to
-//! the server.
+//! (frame headers and the `timestamp` field). They share the machine with the
+//! server, so the server runs one executor thread by default
+//! (`--server-threads`, 0 for one per core), like Redis's single event loop:
+//! on two cores the kernel's loopback work and the subscribers need the other.
 
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
@@ -31,6 +40,10 @@ struct Args {
     rate: u64,
     seconds: u64,
     pipeline: usize,
+    /// Also measure Redis pub/sub under the same subscribers and rate.
+    peer_redis: bool,
+    /// The server's executor threads (`--threads`; 0 = one per core).
+    server_threads: usize,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +54,8 @@ fn parse_args() -> Args {
         rate: 100,
         seconds: 10,
         pipeline: 20_000,
+        peer_redis: false,
+        server_threads: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +67,12 @@ fn parse_args() -> Args {
             "--rate" => a.rate = val().parse().expect("number"),
             "--seconds" => a.seconds = val().parse().expect("number"),
             "--pipeline" => a.pipeline = val().parse().expect("number"),
+            "--peer" => {
+                let peer = val();
+                assert_eq!(peer, "redis", "the only peer is redis");
+                a.peer_redis = true;
+            }
+            "--server-threads" => a.server_threads = val().parse().expect("number"),
             "--readers" => std::env::set_var("FANOUT_READERS", val()),
             other => panic!("unknown flag {other}"),
         }
@@ -279,6 +300,141 @@ async fn sse_subscriber(
     }
 }
 
+/// A Redis server for the peer comparison, on a free loopback port with
+/// persistence off and no output-buffer limit for subscribers (so none is cut
+/// off and every delivery is timed). Install it with
+/// `benches/peers/install-redis.sh`. Killed on drop.
+struct RedisServer {
+    child: std::process::Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("fanout-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--maxclients", "30000"])
+            .args(["--client-output-buffer-limit", "pubsub 0 0 0"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run benches/peers/install-redis.sh");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { child, addr, dir }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A RESP bulk string at `at`: (payload range, index after it).
+fn resp_bulk(buf: &[u8], at: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    if *buf.get(at)? != b'$' {
+        return None;
+    }
+    let eol = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+    let len: usize = std::str::from_utf8(&buf[at + 1..eol]).ok()?.parse().ok()?;
+    let start = eol + 2;
+    (buf.len() >= start + len + 2).then_some((start..start + len, start + len + 2))
+}
+
+/// One complete `message` push (`*3` of kind, channel, payload) at the front
+/// of `buf`: (payload range, bytes it takes).
+fn resp_message(buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+    let rest = buf.strip_prefix(b"*3\r\n")?;
+    let at = buf.len() - rest.len();
+    let (_, at) = resp_bulk(buf, at)?;
+    let (_, at) = resp_bulk(buf, at)?;
+    resp_bulk(buf, at)
+}
+
+async fn redis_subscriber(
+    addr: String,
+    tally: Rc<RefCell<Tally>>,
+    ready: Rc<RefCell<usize>>,
+    slot: usize,
+) {
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"SUBSCRIBE fan\r\n").await.expect("subscribe");
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // The confirmation ends with the subscription count, `:1`.
+    while !buf.windows(4).any(|w| w == b":1\r\n") {
+        let n = s.read(&mut chunk).await.expect("confirmation");
+        assert!(n > 0, "redis closed the subscriber");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = buf.windows(4).position(|w| w == b":1\r\n").unwrap_or(0) + 4;
+    buf.drain(..end);
+    *ready.borrow_mut() += 1;
+    loop {
+        let mut used = 0;
+        while let Some((payload, len)) = resp_message(&buf[used..]) {
+            let payload = payload.start + used..payload.end + used;
+            if let Some(ts) = timestamp_of(&buf[payload]) {
+                let lat = (now_us() - ts).max(0) as u32;
+                let mut t = tally.borrow_mut();
+                t.latencies_us.push(lat);
+                t.per_subscriber[slot] += 1;
+            }
+            used += len;
+        }
+        buf.drain(..used);
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Publishes event `seq`, shaped like Tidepool's, stamped now; returns how many
+/// subscribers Redis says it reached.
+fn redis_publish(s: &mut std::net::TcpStream, seq: u64) -> u64 {
+    use std::io::{Read, Write};
+    let timestamp = chrono::DateTime::from_timestamp_micros(now_us())
+        .expect("a time after 1970")
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    let id = format!("redis{seq:016}");
+    let payload = format!(
+        r#"{{"type":"MutationNotification","payload":{{"collection":"fan","event":"insert","record_ids":["{id}"],"records":{{"id":"{id}","seq":{seq},"note":"fan-out event"}},"timestamp":"{timestamp}","event_id":"{seq}"}}}}"#
+    );
+    let cmd = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n$3\r\nfan\r\n${}\r\n{payload}\r\n",
+        payload.len()
+    );
+    s.write_all(cmd.as_bytes()).expect("publish");
+    let mut reply = Vec::new();
+    let mut b = [0u8; 64];
+    while !reply.ends_with(b"\r\n") {
+        let n = s.read(&mut b).expect("publish reply");
+        assert!(n > 0, "redis closed the publisher");
+        reply.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(reply[0], b':', "{}", String::from_utf8_lossy(&reply));
+    std::str::from_utf8(&reply[1..reply.len() - 2])
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("receiver count")
+}
+
 fn http_call(s: &mut std::net::TcpStream, req: &str) -> u16 {
     use std::io::{Read, Write};
     s.write_all(req.as_bytes()).expect("write");
@@ -325,35 +481,40 @@ fn pct(v: &[u32], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1] as f64 / 1000.0
 }
 
-fn main() {
-    assert_eq!(
-        parse_ts(b"2026-11-23T09:43:43.071644+00:00"),
-        chrono::DateTime::parse_from_rfc3339("2026-11-23T09:43:43.071644+00:00")
-            .ok()
-            .map(|d| d.timestamp_micros())
-    );
-    let args = parse_args();
-    let server = SpawnedServer::start(
-        &args.spawn,
-        "fanout",
-        &["--api-key", "fanout-key", "--max-connections", "30000"],
-    );
-    let addr = server.addr.clone();
-    let pid = server.pid();
-    let token = token(&addr);
-    let idle_rss = rss_kib(pid);
-    let total = args.ws + args.sse;
-    println!(
-        "server {addr} ({}), {} WebSocket + {} SSE subscribers, {} inserts/s for {} s",
-        args.spawn, args.ws, args.sse, args.rate, args.seconds
-    );
+/// Where the subscribers connect and the inserts go.
+#[derive(Clone)]
+enum Target {
+    /// A Tidepool server: WebSocket and SSE subscribers, HTTP inserts.
+    Tidepool { addr: String, token: String },
+    /// Redis pub/sub: every subscriber is a RESP `SUBSCRIBE`, inserts are `PUBLISH`.
+    Redis { addr: String },
+}
 
+/// What one server's run delivered.
+struct Delivery {
+    events: usize,
+    complete: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Opens the subscribers, inserts `rate` records a second for `seconds` over
+/// `insert` (a keep-alive connection), and times every delivery. `on_ready`
+/// runs once every subscriber is connected and idle.
+fn deliver(
+    target: &Target,
+    args: &Args,
+    insert: &mut std::net::TcpStream,
+    on_ready: impl FnOnce(),
+) -> Delivery {
+    let total = args.ws + args.sse;
     // Subscribers live on their own thread; the inserter runs here.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Tally>();
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     {
-        let (addr, token) = (addr.clone(), token.clone());
+        let target = target.clone();
         let (ws_n, sse_n) = (args.ws, args.sse);
         std::thread::spawn(move || {
             let ex = smol::LocalExecutor::new();
@@ -364,27 +525,24 @@ fn main() {
             let ready = Rc::new(RefCell::new(0usize));
             let mut tasks = Vec::new();
             let result = smol::block_on(ex.run(async {
-                for i in 0..ws_n {
-                    tasks.push(ex.spawn(ws_subscriber(
-                        addr.clone(),
-                        token.clone(),
-                        tally.clone(),
-                        ready.clone(),
-                        i,
-                    )));
+                for i in 0..total {
+                    let (tally, ready) = (tally.clone(), ready.clone());
+                    tasks.push(match &target {
+                        Target::Tidepool { addr, token } if i < ws_n => {
+                            ex.spawn(ws_subscriber(addr.clone(), token.clone(), tally, ready, i))
+                        }
+                        Target::Tidepool { addr, token } => {
+                            ex.spawn(sse_subscriber(addr.clone(), token.clone(), tally, ready, i))
+                        }
+                        Target::Redis { addr } => {
+                            ex.spawn(redis_subscriber(addr.clone(), tally, ready, i))
+                        }
+                    });
                     if i % 200 == 199 {
                         smol::Timer::after(Duration::from_millis(5)).await;
                     }
                 }
-                for i in 0..sse_n {
-                    tasks.push(ex.spawn(sse_subscriber(
-                        addr.clone(),
-                        token.clone(),
-                        tally.clone(),
-                        ready.clone(),
-                        ws_n + i,
-                    )));
-                }
+                debug_assert_eq!(ws_n + sse_n, total);
                 while *ready.borrow() < total {
                     smol::Timer::after(Duration::from_millis(20)).await;
                 }
@@ -400,17 +558,9 @@ fn main() {
     }
     ready_rx.recv().expect("subscribers ready");
     std::thread::sleep(Duration::from_millis(500));
-    let busy_rss = rss_kib(pid);
-    println!(
-        "server RSS: {} MiB idle -> {} MiB with {total} idle subscribers = {:.1} KiB per connection",
-        idle_rss / 1024,
-        busy_rss / 1024,
-        (busy_rss.saturating_sub(idle_rss)) as f64 / total as f64
-    );
+    on_ready();
 
     // Inserts at a steady rate.
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-    s.set_nodelay(true).ok();
     let n = args.rate * args.seconds;
     let start = Instant::now();
     for i in 0..n {
@@ -418,29 +568,108 @@ fn main() {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let body = format!(r#"{{"seq":{i},"note":"fan-out event"}}"#);
-        let req = format!("POST /api/insert/fan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        assert_eq!(http_call(&mut s, &req), 200);
+        match target {
+            Target::Tidepool { token, .. } => {
+                let body = format!(r#"{{"seq":{i},"note":"fan-out event"}}"#);
+                let req = format!("POST /api/insert/fan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                assert_eq!(http_call(insert, &req), 200);
+            }
+            Target::Redis { .. } => {
+                assert_eq!(redis_publish(insert, i), total as u64, "receivers");
+            }
+        }
     }
     let _ = stop_tx.send_blocking(());
     let mut tally = done_rx.recv().expect("tally");
     tally.latencies_us.sort_unstable();
-    let complete = tally
-        .per_subscriber
-        .iter()
-        .filter(|c| **c as u64 == n)
-        .count();
+    Delivery {
+        events: tally.latencies_us.len(),
+        complete: tally
+            .per_subscriber
+            .iter()
+            .filter(|c| **c as u64 == n)
+            .count(),
+        p50: pct(&tally.latencies_us, 0.5),
+        p99: pct(&tally.latencies_us, 0.99),
+        max: pct(&tally.latencies_us, 1.0),
+    }
+}
+
+fn report(name: &str, d: &Delivery, n: u64) {
+    println!(
+        "{name}: delivered {} events ({} subscribers got all {n}); commit-to-receipt latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        d.events, d.complete, d.p50, d.p99, d.max
+    );
+}
+
+/// The same subscribers and publish rate against Redis pub/sub.
+fn measure_redis(args: &Args) -> Delivery {
+    let redis = RedisServer::start();
+    let mut s = std::net::TcpStream::connect(&redis.addr).expect("connect to redis");
+    s.set_nodelay(true).ok();
+    let target = Target::Redis {
+        addr: redis.addr.clone(),
+    };
+    deliver(&target, args, &mut s, || {})
+}
+
+fn main() {
+    assert_eq!(
+        parse_ts(b"2026-11-23T09:43:43.071644+00:00"),
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T09:43:43.071644+00:00")
+            .ok()
+            .map(|d| d.timestamp_micros())
+    );
+    let args = parse_args();
+    let n = args.rate * args.seconds;
+    let total = args.ws + args.sse;
+    if args.spawn == "redis" {
+        println!(
+            "redis pub/sub, {total} subscribers, {} publishes/s for {} s",
+            args.rate, args.seconds
+        );
+        report("redis", &measure_redis(&args), n);
+        return;
+    }
+    let server = SpawnedServer::start(
+        &args.spawn,
+        "fanout",
+        &[
+            "--api-key",
+            "fanout-key",
+            "--max-connections",
+            "30000",
+            "--threads",
+            &args.server_threads.to_string(),
+        ],
+    );
+    let addr = server.addr.clone();
+    let pid = server.pid();
+    let token = token(&addr);
+    let idle_rss = rss_kib(pid);
+    println!(
+        "server {addr} ({}, {} executor threads), {} WebSocket + {} SSE subscribers, {} inserts/s for {} s",
+        args.spawn, args.server_threads, args.ws, args.sse, args.rate, args.seconds
+    );
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_nodelay(true).ok();
+    let target = Target::Tidepool {
+        addr: addr.clone(),
+        token: token.clone(),
+    };
+    let delivery = deliver(&target, &args, &mut s, || {
+        let busy_rss = rss_kib(pid);
+        println!(
+            "server RSS: {} MiB idle -> {} MiB with {total} idle subscribers = {:.1} KiB per connection",
+            idle_rss / 1024,
+            busy_rss / 1024,
+            (busy_rss.saturating_sub(idle_rss)) as f64 / total as f64
+        );
+    });
     if readers() < args.ws {
         println!("(only {} of the WebSocket subscribers read and timed their events; the rest stay subscribed without reading)", readers());
     }
-    println!(
-        "delivered {} events ({} subscribers got all {n}); commit-to-receipt latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        tally.latencies_us.len(),
-        complete,
-        pct(&tally.latencies_us, 0.5),
-        pct(&tally.latencies_us, 0.99),
-        pct(&tally.latencies_us, 1.0)
-    );
+    report(&args.spawn, &delivery, n);
 
     // Pipelined inserts over one WebSocket vs HTTP inserts on one connection.
     let http_n = 2_000u64;
@@ -491,4 +720,16 @@ fn main() {
         "durable inserts on one connection: HTTP keep-alive {http_rate:.0}/s, WebSocket pipelined {ws_rate:.0}/s ({:.1}x)",
         ws_rate / http_rate
     );
+
+    if args.peer_redis {
+        drop(server);
+        let redis = measure_redis(&args);
+        report("redis pub/sub (same subscribers, not durable)", &redis, n);
+        println!(
+            "{} / redis: p50 {:.2}x, p99 {:.2}x",
+            args.spawn,
+            delivery.p50 / redis.p50,
+            delivery.p99 / redis.p99
+        );
+    }
 }
