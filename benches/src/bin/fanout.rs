@@ -220,6 +220,16 @@ struct Tally {
     per_subscriber: Vec<usize>,
 }
 
+impl Tally {
+    /// Times the event in `payload` (by its `timestamp`) as received now.
+    fn record(&mut self, payload: &[u8], slot: usize) {
+        if let Some(ts) = timestamp_of(payload) {
+            self.latencies_us.push((now_us() - ts).max(0) as u32);
+            self.per_subscriber[slot] += 1;
+        }
+    }
+}
+
 async fn ws_subscriber(
     addr: String,
     token: String,
@@ -256,12 +266,7 @@ async fn ws_subscriber(
             let _ = s.write_all(&pong).await;
             continue;
         }
-        if let Some(ts) = timestamp_of(&payload) {
-            let lat = (now_us() - ts).max(0) as u32;
-            let mut t = tally.borrow_mut();
-            t.latencies_us.push(lat);
-            t.per_subscriber[slot] += 1;
-        }
+        tally.borrow_mut().record(&payload, slot);
     }
 }
 
@@ -289,12 +294,7 @@ async fn sse_subscriber(
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..end + 2).collect();
             if event.starts_with(b"id: ") || event.windows(15).any(|w| w == b"event: mutation") {
-                if let Some(ts) = timestamp_of(&event) {
-                    let lat = (now_us() - ts).max(0) as u32;
-                    let mut t = tally.borrow_mut();
-                    t.latencies_us.push(lat);
-                    t.per_subscriber[slot] += 1;
-                }
+                tally.borrow_mut().record(&event, slot);
             }
         }
     }
@@ -389,12 +389,7 @@ async fn redis_subscriber(
         let mut used = 0;
         while let Some((payload, len)) = resp_message(&buf[used..]) {
             let payload = payload.start + used..payload.end + used;
-            if let Some(ts) = timestamp_of(&buf[payload]) {
-                let lat = (now_us() - ts).max(0) as u32;
-                let mut t = tally.borrow_mut();
-                t.latencies_us.push(lat);
-                t.per_subscriber[slot] += 1;
-            }
+            tally.borrow_mut().record(&buf[payload], slot);
             used += len;
         }
         buf.drain(..used);
@@ -515,7 +510,7 @@ fn deliver(
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     {
         let target = target.clone();
-        let (ws_n, sse_n) = (args.ws, args.sse);
+        let ws_n = args.ws;
         std::thread::spawn(move || {
             let ex = smol::LocalExecutor::new();
             let tally = Rc::new(RefCell::new(Tally {
@@ -542,7 +537,6 @@ fn deliver(
                         smol::Timer::after(Duration::from_millis(5)).await;
                     }
                 }
-                debug_assert_eq!(ws_n + sse_n, total);
                 while *ready.borrow() < total {
                     smol::Timer::after(Duration::from_millis(20)).await;
                 }
