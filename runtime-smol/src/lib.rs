@@ -1,6 +1,6 @@
 //! Tidepool on smol: async sockets and timers on a small multi-threaded executor.
 //! Storage, the sweeper and compaction run on the OS threads of the shared host
-//! (`tidepool_std::host`); every protocol decision is made in `tidepool-core`, so
+//! (`tidepool-host`); every protocol decision is made in `tidepool-core`, so
 //! this runtime and the threads runtime behave identically.
 
 use event_listener::Event;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
-use tidepool_std::host::{self, now, Host};
+use tidepool_host::{self as host, now, Host};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {

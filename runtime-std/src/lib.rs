@@ -1,17 +1,8 @@
 //! Tidepool on OS threads: a thread per connection, blocking sockets, and the
-//! shared host (writer, sweeper, compactor) from `host`. For embedding where no
-//! async runtime is wanted; behaves exactly like the smol runtime because every
-//! decision is made in `tidepool-core`.
+//! shared host (writer, timers, compactor) from `tidepool-host`. For embedding
+//! where no async runtime is wanted; behaves exactly like the smol runtime
+//! because every decision is made in `tidepool-core`.
 
-pub mod host;
-
-/// Every binary that links a runtime (`tidepool`, `tidepool-std`, the test
-/// servers) allocates through mimalloc: recovery and the record store are
-/// allocation-heavy, and glibc's allocator was a third of recovery time.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use host::{now, Host};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +11,7 @@ use std::thread;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
+use tidepool_host::{self as host, now, Host};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {

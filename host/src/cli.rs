@@ -1,0 +1,25 @@
+//! The command-line entry point both binaries share.
+
+use tidepool_core::config::Config;
+
+/// The command-line entry point both binaries share: parses flags and the
+/// environment, then calls `run`. Exits with status 1 when running fails and 2
+/// for bad arguments.
+pub fn cli_main(program: &str, run: fn(Config) -> Result<(), String>) {
+    use tidepool_core::config::{help_text, Command};
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match Config::parse(args, |k| std::env::var(k).ok()) {
+        Ok(Command::Run(config)) => {
+            if let Err(e) = run(*config) {
+                eprintln!("{program}: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Command::Help(_)) => print!("{}", help_text(program)),
+        Ok(Command::Version) => println!("{program} {}", tidepool_core::server::VERSION),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The group-commit writer: the one thread that owns the store. It appends
+//! whatever batches are pending, syncs once per the fsync policy, publishes the
+//! durable LSN, and starts and installs compaction snapshots.
+
+use crate::shared::Host;
+use crossbeam_channel::{bounded, Receiver};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tidepool_core::engine::SnapshotCursor;
+use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_storage::{FinishedSnapshot, Store, SyncPolicy};
+
+pub(crate) fn writer_loop(
+    host: Arc<Host>,
+    mut store: Store,
+    wake: Receiver<()>,
+    compact_after: u64,
+) {
+    let policy = store.options().sync;
+    let mut last_sync = Instant::now();
+    let mut since_snapshot: u64 = 0;
+    let (done_tx, done_rx) = bounded::<(FinishedSnapshot, Lsn)>(1);
+    let mut compacting = false;
+    let mut to_install: Option<(FinishedSnapshot, Lsn)> = None;
+    loop {
+        let batches: Vec<_> = {
+            let mut s = host.lock();
+            std::iter::from_fn(|| s.poll_log()).collect()
+        };
+        if batches.is_empty() {
+            if let Ok(done) = done_rx.try_recv() {
+                compacting = false;
+                to_install = Some(done);
+            }
+            if let Some((snap, covers)) = to_install.take() {
+                if store.synced_lsn().0 >= covers.0 {
+                    if let Err(e) = store.install_snapshot(snap) {
+                        fail(&host, &store, format!("installing a snapshot failed: {e}"));
+                        return;
+                    }
+                } else {
+                    to_install = Some((snap, covers));
+                }
+            }
+            let _ = wake.recv_timeout(Duration::from_millis(200));
+            continue;
+        }
+        let mut last = Lsn::ZERO;
+        for b in &batches {
+            since_snapshot += b.payload.len() as u64;
+            if let Err(e) = store.append(tidepool_storage::Lsn(b.lsn.0), &b.payload) {
+                fail(&host, &store, e.to_string());
+                return;
+            }
+            last = b.lsn;
+        }
+        drop(batches);
+        let synced = match policy {
+            SyncPolicy::None => Ok(()),
+            SyncPolicy::Sync => store.sync(),
+            SyncPolicy::Batch { interval_ms } => {
+                let due = last_sync + Duration::from_millis(interval_ms);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                // Whatever arrived while waiting rides along in this sync.
+                let more: Vec<_> = {
+                    let mut s = host.lock();
+                    std::iter::from_fn(|| s.poll_log()).collect()
+                };
+                let mut r = Ok(());
+                for b in &more {
+                    since_snapshot += b.payload.len() as u64;
+                    if let Err(e) = store.append(tidepool_storage::Lsn(b.lsn.0), &b.payload) {
+                        r = Err(e);
+                        break;
+                    }
+                    last = b.lsn;
+                }
+                r.and_then(|()| store.sync())
+            }
+        };
+        if let Err(e) = synced {
+            fail(&host, &store, e.to_string());
+            return;
+        }
+        last_sync = Instant::now();
+        let ready = host.lock().handle_durable(last);
+        host.durability.publish(last, false);
+        host.wake(&ready);
+        if compact_after > 0 && since_snapshot >= compact_after && !compacting {
+            // Replay starts after what was just appended (and synced): the engine may
+            // already hold later batches the store has not seen.
+            let from = last;
+            match store.begin_snapshot(tidepool_storage::Lsn(from.0)) {
+                Ok(writer) => {
+                    compacting = true;
+                    since_snapshot = 0;
+                    let h = host.clone();
+                    let tx = done_tx.clone();
+                    let _ = thread::Builder::new()
+                        .name("tidepool-compactor".into())
+                        .spawn(move || {
+                            if let Some(done) = write_snapshot(&h, writer) {
+                                let _ = tx.send(done);
+                                h.wake_writer();
+                            }
+                        });
+                }
+                Err(e) => eprintln!("tidepool: compaction could not start: {e}"),
+            }
+        }
+    }
+}
+
+/// Writes the engine's live state into a snapshot, a chunk per lock hold, so
+/// writers are never blocked for more than one chunk. Returns the snapshot and the
+/// LSN that must be durable before it may be installed.
+fn write_snapshot(
+    host: &Host,
+    mut writer: tidepool_storage::SnapshotWriter,
+) -> Option<(FinishedSnapshot, Lsn)> {
+    let mut cursor = SnapshotCursor::default();
+    let covers = loop {
+        let (chunk, at) = {
+            let s = host.lock();
+            (
+                s.engine.snapshot_chunk(&mut cursor, 2_000),
+                s.engine.last_lsn(),
+            )
+        };
+        let Some(chunk) = chunk else { break at };
+        if let Err(e) = writer.write_chunk(&chunk) {
+            eprintln!("tidepool: compaction failed: {e}");
+            return None;
+        }
+    };
+    match writer.finish() {
+        Ok(done) => Some((done, covers)),
+        Err(e) => {
+            eprintln!("tidepool: compaction failed: {e}");
+            None
+        }
+    }
+}
+
+fn fail(host: &Host, store: &Store, message: String) {
+    eprintln!("tidepool: storage failure, refusing writes until restart: {message}");
+    let durable = Lsn(store.synced_lsn().0);
+    host.lock().handle_storage_failure(message);
+    host.durability.publish(durable, true);
+    let all: Vec<ConnId> = host
+        .wakers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    host.wake(&all);
+}
