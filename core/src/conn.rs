@@ -21,12 +21,12 @@
 //! Every outgoing piece carries the LSN that must be durable before it may be
 //! sent, so nothing a client sees can be taken back by a crash.
 
-use crate::engine::mutation::decode_batch;
+use crate::engine::mutation;
 use crate::http::client::Outbound;
 use crate::http::{HttpError, Limits, Method, Request, RequestParser, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::ekodb_ws::{self, Followup, Session};
-use crate::realtime::events::{changes, EventPos};
+use crate::realtime::events::{changes, Change, EventPos};
 use crate::realtime::hub::{self, Filter, Outbox, Proto};
 use crate::realtime::sse;
 use crate::server::{Call, Server, Upgrade};
@@ -627,7 +627,7 @@ impl Connection {
                         break;
                     }
                     last = Some(*lsn);
-                    let Ok(batch) = decode_batch(payload) else {
+                    let Ok(batch) = mutation::decode(payload) else {
                         continue;
                     };
                     let timestamp = batch.at.to_rfc3339();
@@ -636,7 +636,10 @@ impl Connection {
                             lsn: *lsn,
                             idx: idx as u32,
                         };
-                        if pos <= replay.from || change.collection() != replay.collection {
+                        if pos <= replay.from
+                            || change.collection() != replay.collection
+                            || matches!(change, Change::SchemaChanged { implicit: true, .. })
+                        {
                             continue;
                         }
                         if let Some(bytes) = hub::encode(

@@ -6,7 +6,7 @@
 use crate::api::{self, codec, embed, router, router::Route, Ctx};
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::engine::mutation::decode_batch;
+use crate::engine::mutation;
 use crate::engine::{Committed, Engine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::client::Outbound;
@@ -135,6 +135,11 @@ impl Server {
         self.storage_failure.as_deref()
     }
 
+    /// Applies a batch read back from the log (or a snapshot chunk) at startup.
+    pub fn replay(&mut self, lsn: Lsn, batch: crate::engine::mutation::Batch<'_>) {
+        self.engine.replay_decoded(lsn, batch);
+    }
+
     /// Recovery is complete: everything replayed is durable.
     pub fn handle_recovered(&mut self, last: Lsn) {
         self.engine.set_last_lsn(last);
@@ -175,7 +180,7 @@ impl Server {
                     if let Some(batch) = self
                         .engine
                         .peek_committed(lsn)
-                        .and_then(|p| decode_batch(p).ok())
+                        .and_then(|p| mutation::decode(p).ok())
                     {
                         self.hub.publish(lsn, &batch, &self.engine);
                     }

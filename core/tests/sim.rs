@@ -1607,6 +1607,45 @@ fn frames_in_the_same_read_as_the_upgrade_are_processed() {
     }
 }
 
+/// Regression: a first insert creates its collection implicitly. A WebSocket
+/// subscriber of that collection must get the insert's `MutationNotification`
+/// as its next frame (ekoDB clients read "the next frame" after an insert), not
+/// a `SchemaChanged` first; a connection that asked for schema events (Hello)
+/// still gets the schema change, and an explicit schema change still reaches
+/// data subscribers.
+#[test]
+fn implicit_creation_is_not_announced_to_data_subscribers() {
+    let mut w = World::new();
+    let sub = w.ws_subscriber("fresh");
+    let typed = w.open_ws();
+    w.send(typed, &ws_json(&json!({"type":"Hello","payload":{}})));
+    assert_eq!(w.frames(typed)[0].json()["type"], "Welcome");
+    let p = w.connect();
+    w.send(p, &insert("fresh", json!({"id":"a"})));
+    w.sync();
+    let f = w.frames(sub);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].json()["type"], "MutationNotification");
+    assert_eq!(f[0].json()["payload"]["record_ids"], json!(["a"]));
+    let t = w.frames(typed);
+    let kinds: Vec<Value> = t.iter().map(|f| f.json()["type"].clone()).collect();
+    assert_eq!(kinds, vec![json!("SchemaChanged")], "{t:?}");
+    // An explicit schema change is news to data subscribers.
+    w.send(
+        p,
+        &authed(
+            "PUT",
+            "/api/schemas/fresh",
+            Some(&json!({"constraints": {"n": {"field_type": "Integer"}}})),
+        ),
+    );
+    w.sync();
+    assert_eq!(w.responses(p).last().map(|r| r.status), Some(200));
+    let f = w.frames(sub);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].json()["type"], "SchemaChanged");
+}
+
 // ----- SSE --------------------------------------------------------------------
 
 #[test]
@@ -1615,7 +1654,8 @@ fn sse_events_carry_their_position_and_heartbeats_keep_time() {
     let s = w.sse_subscriber("c", None);
     let p = w.connect();
     // The first write creates the collection: a schema change (event 0 of the
-    // batch), then the insert (event 1).
+    // batch), then the insert (event 1). The implicit creation is not announced
+    // to a data subscriber, but the insert keeps its position.
     w.send(p, &insert("c", json!({"id":"a","n":1})));
     let lsn_a = w.last_lsn();
     w.send(p, &insert("other", json!({"id":"z"})));
@@ -1626,13 +1666,10 @@ fn sse_events_carry_their_position_and_heartbeats_keep_time() {
     let ev = w.events(s);
     assert_eq!(
         ids(&ev),
-        vec![lsn_a.to_string(), format!("{lsn_a}:1"), lsn_u.to_string()],
+        vec![format!("{lsn_a}:1"), lsn_u.to_string()],
         "{ev:?}"
     );
-    assert_eq!(ev[0].name(), Some("schema_changed"));
-    assert_eq!(ev[0].data()["collection"], "c");
-    assert_eq!(ev[0].data()["primary_key_alias"], "id");
-    for (e, kind) in ev[1..].iter().zip(["insert", "update"]) {
+    for (e, kind) in ev.iter().zip(["insert", "update"]) {
         assert_eq!(e.name(), Some("mutation"));
         let d = e.data();
         assert_eq!(d["event"], kind);
@@ -1643,7 +1680,7 @@ fn sse_events_carry_their_position_and_heartbeats_keep_time() {
             .is_some_and(|t| t.starts_with("2026-01-01T")));
     }
     assert_eq!(
-        ev[2].data()["records"]["n"],
+        ev[1].data()["records"]["n"],
         json!({"type":"Integer","value":2})
     );
 

@@ -2,15 +2,74 @@
 //! replaying the snapshot and the log into a fresh `Server`.
 
 use crate::clock::now;
+use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 use tidepool_core::config::Config;
+use tidepool_core::engine::mutation::{self, Batch, DecodeError};
 use tidepool_core::ids::Lsn;
 use tidepool_core::server::Server;
-use tidepool_storage::{Store, StoreOptions, SyncPolicy};
+use tidepool_storage::{ParseSyncPolicyError, Store, StoreError, StoreOptions, SyncPolicy};
+
+/// Why the server could not start, with the file or setting to look at.
+#[derive(Debug)]
+pub enum BootError {
+    /// The data directory cannot be created.
+    DataDir { path: PathBuf, source: io::Error },
+    /// A secret file (API key, JWT secret) cannot be read or created.
+    Secret { path: PathBuf, source: io::Error },
+    /// `--fsync` names no policy.
+    Fsync(ParseSyncPolicyError),
+    /// The store refused to open (locked, corrupt, I/O).
+    Store(StoreError),
+    /// A snapshot chunk or log batch passed its checksum but does not decode.
+    Unreadable {
+        lsn: Option<Lsn>,
+        source: DecodeError,
+    },
+    /// The listening socket cannot be bound (reported by the runtimes).
+    Listen { addr: String, source: io::Error },
+    /// A thread the server needs cannot be started.
+    Spawn {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::DataDir { path, source } => {
+                write!(
+                    f,
+                    "cannot create data directory {}: {source}",
+                    path.display()
+                )
+            }
+            BootError::Secret { path, source } => {
+                write!(f, "cannot read or create {}: {source}", path.display())
+            }
+            BootError::Fsync(e) => write!(f, "{e}"),
+            BootError::Store(e) => write!(f, "{e}"),
+            BootError::Unreadable { lsn: None, source } => {
+                write!(f, "snapshot is unreadable: {source}")
+            }
+            BootError::Unreadable {
+                lsn: Some(lsn),
+                source,
+            } => write!(f, "log batch {lsn} is unreadable: {source}"),
+            BootError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            BootError::Spawn { what, source } => {
+                write!(f, "cannot start the {what} thread: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BootError {}
 
 /// Reads a secret file, or creates it with fresh random bytes (hex) on first start.
 fn secret_file(path: &Path, bytes: usize) -> io::Result<(String, bool)> {
@@ -66,15 +125,19 @@ pub struct Booted {
 }
 
 /// Prepares the data directory, secrets and storage, and replays the log.
-pub fn boot(mut config: Config) -> Result<Booted, String> {
+pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     let dir = PathBuf::from(&config.data_dir);
-    fs::create_dir_all(&dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    fs::create_dir_all(&dir).map_err(|source| BootError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
     let mut banner = Vec::new();
     if config.api_keys.is_empty() {
         let path = dir.join("api_key");
-        let (key, created) = secret_file(&path, 24)
-            .map_err(|e| format!("cannot read or create {}: {e}", path.display()))?;
+        let (key, created) = secret_file(&path, 24).map_err(|source| BootError::Secret {
+            path: path.clone(),
+            source,
+        })?;
         banner.push(format!(
             "API key{}: {key}  (kept in {}; set --api-key or TIDEPOOL_API_KEY to choose your own)",
             if created { " (generated)" } else { "" },
@@ -85,12 +148,15 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
     let secret = if config.jwt_secret.is_empty() {
         let path = dir.join("jwt_secret");
         secret_file(&path, 32)
-            .map_err(|e| format!("cannot read or create {}: {e}", path.display()))?
+            .map_err(|source| BootError::Secret {
+                path: path.clone(),
+                source,
+            })?
             .0
     } else {
         config.jwt_secret.clone()
     };
-    let sync: SyncPolicy = config.fsync.parse().map_err(|e| format!("{e}"))?;
+    let sync: SyncPolicy = config.fsync.parse().map_err(BootError::Fsync)?;
     let opts = StoreOptions {
         segment_bytes: config.segment_bytes.max(1 << 20),
         history_retention_bytes: config.history_bytes,
@@ -99,7 +165,7 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
         ..StoreOptions::new(dir.join("store"))
     };
     let started = Instant::now();
-    let (store, recovery) = Store::open(opts).map_err(|e| e.to_string())?;
+    let (store, recovery) = Store::open(opts).map_err(BootError::Store)?;
     let mut server = Server::new(config, secret.as_bytes(), random_seed());
     server.set_clock(now);
     let (chunks, batches) = replay(&mut server, &recovery)?;
@@ -126,23 +192,18 @@ pub fn boot(mut config: Config) -> Result<Booted, String> {
 fn replay(
     server: &mut Server,
     recovery: &tidepool_storage::Recovery,
-) -> Result<(usize, usize), String> {
-    use tidepool_core::engine::{decode_for_replay, Decoded};
-    let (tx, rx) = crossbeam_channel::bounded::<Result<(Lsn, bool, Decoded<'_>), String>>(8);
+) -> Result<(usize, usize), BootError> {
+    // `lsn` is `None` for snapshot chunks.
+    type Item<'a> = Result<(Option<Lsn>, Batch<'a>), BootError>;
+    let (tx, rx) = crossbeam_channel::bounded::<Item<'_>>(8);
     thread::scope(|scope| {
         scope.spawn(move || {
-            for chunk in recovery.snapshot_chunks() {
-                let item = decode_for_replay(chunk)
-                    .map(|d| (Lsn::ZERO, true, d))
-                    .map_err(|e| format!("snapshot is unreadable: {e}"));
-                if tx.send(item).is_err() {
-                    return;
-                }
-            }
-            for (lsn, payload) in recovery.batches() {
-                let item = decode_for_replay(payload)
-                    .map(|d| (Lsn(lsn.0), false, d))
-                    .map_err(|e| format!("log batch {lsn} is unreadable: {e}"));
+            let chunks = recovery.snapshot_chunks().map(|c| (None, c));
+            let batches = recovery.batches().map(|(lsn, p)| (Some(Lsn(lsn.0)), p));
+            for (lsn, payload) in chunks.chain(batches) {
+                let item = mutation::decode(payload)
+                    .map(|d| (lsn, d))
+                    .map_err(|source| BootError::Unreadable { lsn, source });
                 if tx.send(item).is_err() {
                     return;
                 }
@@ -150,9 +211,9 @@ fn replay(
         });
         let (mut chunks, mut batches) = (0, 0);
         for item in rx {
-            let (lsn, from_snapshot, decoded) = item?;
-            server.engine.replay_decoded(lsn, decoded);
-            if from_snapshot {
+            let (lsn, decoded) = item?;
+            server.replay(lsn.unwrap_or(Lsn::ZERO), decoded);
+            if lsn.is_none() {
                 chunks += 1;
             } else {
                 batches += 1;

@@ -1,11 +1,12 @@
 //! The command-line entry point both binaries share.
 
+use crate::boot::BootError;
 use tidepool_core::config::Config;
 
 /// The command-line entry point both binaries share: parses flags and the
 /// environment, then calls `run`. Exits with status 1 when running fails and 2
 /// for bad arguments.
-pub fn cli_main(program: &str, run: fn(Config) -> Result<(), String>) {
+pub fn cli_main(program: &str, run: fn(Config) -> Result<(), BootError>) {
     use tidepool_core::config::{help_text, Command};
     let args: Vec<String> = std::env::args().skip(1).collect();
     match Config::parse(args, |k| std::env::var(k).ok()) {

@@ -22,7 +22,7 @@ mod shared;
 mod sweeper;
 mod writer;
 
-pub use boot::{boot, Booted};
+pub use boot::{boot, BootError, Booted};
 pub use cli::cli_main;
 pub use clock::now;
 pub use durability::Durability;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
-use tidepool_host::{self as host, now, Host};
+use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
@@ -22,7 +22,7 @@ pub fn cli_main(program: &str) {
 }
 
 /// Boots, binds and serves until the process ends.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), BootError> {
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -38,13 +38,22 @@ pub fn run(config: Config) -> Result<(), String> {
         std::thread::Builder::new()
             .name(format!("tidepool-worker-{i}"))
             .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| BootError::Spawn {
+                what: "executor worker",
+                source,
+            })?;
     }
     smol::block_on(ex.run(async {
         let listener = TcpListener::bind(&listen)
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(|source| BootError::Listen {
+                addr: listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| BootError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
         let host = host::start(booted);
         println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
         serve(&ex, host, listener).await;

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
-use tidepool_host::{self as host, now, Host};
+use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
@@ -19,15 +19,20 @@ pub fn cli_main(program: &str) {
 }
 
 /// Boots, binds and serves until the process ends.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), BootError> {
     let listen = config.listen.clone();
     let booted = host::boot(config)?;
     for line in &booted.banner {
         println!("tidepool: {line}");
     }
-    let listener =
-        TcpListener::bind(&listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(&listen).map_err(|source| BootError::Listen {
+        addr: listen.clone(),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| BootError::Listen {
+        addr: listen.clone(),
+        source,
+    })?;
     let host = host::start(booted);
     println!("tidepool: listening on http://{addr} (threads runtime)");
     serve(host, listener);

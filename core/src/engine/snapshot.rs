@@ -3,8 +3,9 @@
 //! between chunks. Writes that land between chunks are in the log after the
 //! snapshot's start LSN, and replaying them over the snapshot converges.
 
-use super::mutation::{Journal, MutationRef};
+use super::mutation::{Journal, LoggedRecord, Mutation};
 use super::Engine;
+use std::borrow::Cow;
 
 /// Where the next chunk starts.
 #[derive(Debug, Default, Clone)]
@@ -37,9 +38,9 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
             },
             Stage::Schema(name) => match engine.collections.get(name) {
                 Some(c) => {
-                    journal.record(&MutationRef::SetSchema {
-                        collection: name,
-                        schema: &c.schema,
+                    journal.record(&Mutation::SetSchema {
+                        collection: Cow::Borrowed(name),
+                        schema: Cow::Borrowed(&c.schema),
                     });
                     budget -= 1;
                     Stage::Records(name.clone(), None)
@@ -50,10 +51,10 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
                 Some(c) => {
                     let mut last = None;
                     for (id, record) in c.range_after(after.as_deref()).take(budget) {
-                        journal.record(&MutationRef::Put {
-                            collection: name,
-                            id,
-                            record,
+                        journal.record(&Mutation::Put {
+                            collection: Cow::Borrowed(name),
+                            id: Cow::Borrowed(id),
+                            record: LoggedRecord::Ref(record),
                             insert: true,
                         });
                         budget -= 1;
@@ -70,10 +71,10 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
                 Some(c) => {
                     let mut last = None;
                     for (id, (record, at)) in c.trash_range_after(after.as_deref()).take(budget) {
-                        journal.record(&MutationRef::Remove {
-                            collection: name,
-                            id,
-                            trash: Some((record, *at)),
+                        journal.record(&Mutation::Remove {
+                            collection: Cow::Borrowed(name),
+                            id: Cow::Borrowed(id),
+                            trash: Some((LoggedRecord::Ref(record), *at)),
                         });
                         budget -= 1;
                         last = Some(id);
@@ -88,7 +89,10 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
             Stage::Kv(after) => {
                 let mut last = None;
                 for (key, entry) in range_after(&engine.kv, after.as_deref()).take(budget) {
-                    journal.record(&MutationRef::KvPut { key, entry });
+                    journal.record(&Mutation::KvPut {
+                        key: Cow::Borrowed(key),
+                        entry: Cow::Borrowed(entry),
+                    });
                     budget -= 1;
                     last = Some(key);
                 }
@@ -100,7 +104,10 @@ pub(super) fn chunk(engine: &Engine, cursor: &mut SnapshotCursor, max: usize) ->
             Stage::Links(after) => {
                 let mut last = None;
                 for (key, links) in range_after(&engine.links, after.as_deref()).take(budget) {
-                    journal.record(&MutationRef::KvLinks { key, links });
+                    journal.record(&Mutation::KvLinks {
+                        key: Cow::Borrowed(key),
+                        links: Cow::Borrowed(links),
+                    });
                     budget -= 1;
                     last = Some(key);
                 }

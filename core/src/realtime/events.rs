@@ -6,6 +6,7 @@ use crate::engine::record::{Record, RecordOut};
 use crate::ids::Lsn;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
 
 /// Where an event sits in the stream: its batch's LSN and its index within the
@@ -50,12 +51,15 @@ pub enum Change<'a> {
     Mutation {
         collection: &'a str,
         event: &'static str,
-        items: Vec<(&'a str, Option<&'a Record>)>,
+        items: Vec<(&'a str, Option<Cow<'a, Record>>)>,
     },
     SchemaChanged {
         collection: &'a str,
         version: u32,
         primary_key_alias: &'a str,
+        /// The collection was created by the first write into it, in the same
+        /// batch: not news to that collection's data subscribers.
+        implicit: bool,
     },
 }
 
@@ -71,40 +75,49 @@ impl Change<'_> {
 
 /// The changes of a batch, in order; consecutive writes of one kind to one
 /// collection (a batch insert) form one event.
-pub fn changes(batch: &Batch) -> Vec<Change<'_>> {
-    let mut out: Vec<Change<'_>> = Vec::new();
-    for m in &batch.mutations {
-        let (collection, event, item): (&str, &'static str, (&str, Option<&Record>)) = match m {
-            Mutation::Put {
-                collection,
-                id,
-                record,
-                insert,
-            } => (
-                collection,
-                if *insert { "insert" } else { "update" },
-                (id, Some(record)),
-            ),
-            Mutation::Restore {
-                collection,
-                id,
-                record,
-            } => (collection, "insert", (id, Some(record))),
-            Mutation::Remove {
-                collection,
-                id,
-                trash,
-            } => (collection, "delete", (id, trash.as_ref().map(|(r, _)| r))),
-            Mutation::SetSchema { collection, schema } => {
-                out.push(Change::SchemaChanged {
+pub fn changes<'a>(batch: &'a Batch<'_>) -> Vec<Change<'a>> {
+    let mut out: Vec<Change<'a>> = Vec::new();
+    for (i, m) in batch.mutations.iter().enumerate() {
+        let (collection, event, item): (&str, &'static str, (&str, Option<Cow<'a, Record>>)) =
+            match m {
+                Mutation::Put {
                     collection,
-                    version: schema.version,
-                    primary_key_alias: &schema.primary_key_alias,
-                });
-                continue;
-            }
-            _ => continue,
-        };
+                    id,
+                    record,
+                    insert,
+                } => (
+                    collection,
+                    if *insert { "insert" } else { "update" },
+                    (id, Some(record.to_record())),
+                ),
+                Mutation::Restore {
+                    collection,
+                    id,
+                    record,
+                } => (collection, "insert", (id, Some(record.to_record()))),
+                Mutation::Remove {
+                    collection,
+                    id,
+                    trash,
+                } => (
+                    collection,
+                    "delete",
+                    (id, trash.as_ref().map(|(r, _)| r.to_record())),
+                ),
+                Mutation::SetSchema { collection, schema } => {
+                    let implicit = schema.fields.is_empty()
+                        && matches!(batch.mutations.get(i + 1),
+                            Some(Mutation::Put { collection: c, .. }) if c == collection);
+                    out.push(Change::SchemaChanged {
+                        collection,
+                        version: schema.version,
+                        primary_key_alias: &schema.primary_key_alias,
+                        implicit,
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
         if let Some(Change::Mutation {
             collection: c,
             event: e,

@@ -222,24 +222,30 @@ impl Hub {
     /// Queues the events of a committed batch for every matching subscriber.
     pub fn publish(&mut self, lsn: Lsn, batch: &Batch, engine: &Engine) {
         let timestamp = batch.at.to_rfc3339();
-        for (idx, change) in changes(batch).iter().enumerate() {
+        for (idx, change) in changes(batch).into_iter().enumerate() {
             let pos = EventPos {
                 lsn,
                 idx: idx as u32,
             };
-            let targets: Vec<(ConnId, Option<Filter>)> = match change {
-                Change::SchemaChanged { collection, .. } => {
+            let targets: Vec<(ConnId, Option<Filter>)> = match &change {
+                Change::SchemaChanged {
+                    collection,
+                    implicit,
+                    ..
+                } => {
                     let mut t: Vec<(ConnId, Option<Filter>)> = self
                         .queues
                         .iter()
                         .filter(|(_, q)| q.schema_events && q.proto != Proto::Sse)
                         .map(|(c, _)| (*c, None))
                         .collect();
-                    if let Some(subs) = self.by_collection.get(*collection) {
-                        for s in subs {
-                            if !t.iter().any(|(c, _)| *c == s.conn) {
-                                t.push((s.conn, None));
-                            }
+                    // A collection created by its first write is announced only
+                    // to those who asked for schema events: data subscribers
+                    // expect the insert's own notification next.
+                    let subs = self.by_collection.get(*collection).filter(|_| !*implicit);
+                    for s in subs.into_iter().flatten() {
+                        if !t.iter().any(|(c, _)| *c == s.conn) {
+                            t.push((s.conn, None));
                         }
                     }
                     t
@@ -257,7 +263,7 @@ impl Hub {
                 let encoded = cache
                     .entry((proto, filter.clone()))
                     .or_insert_with(|| {
-                        encode(change, proto, filter.as_ref(), engine, &timestamp, pos)
+                        encode(&change, proto, filter.as_ref(), engine, &timestamp, pos)
                     })
                     .clone();
                 if let Some(bytes) = encoded {
@@ -313,6 +319,7 @@ pub fn encode(
             collection,
             version,
             primary_key_alias,
+            ..
         } => {
             let payload = json!({"collection": collection, "version": version, "primary_key_alias": primary_key_alias});
             Some(match proto {
@@ -337,14 +344,13 @@ pub fn encode(
             items,
         } => {
             let pk = engine.pk_name(collection);
-            let kept: Vec<(&str, Option<&crate::engine::record::Record>)> = match filter {
-                None => items.clone(),
-                Some(f) => items
-                    .iter()
-                    .filter(|(id, r)| filter_matches(pk, id, *r, &f.field, &f.value))
-                    .copied()
-                    .collect(),
-            };
+            let kept: Vec<(&str, Option<&crate::engine::record::Record>)> = items
+                .iter()
+                .map(|(id, r)| (*id, r.as_deref()))
+                .filter(|(id, r)| {
+                    filter.is_none_or(|f| filter_matches(pk, id, *r, &f.field, &f.value))
+                })
+                .collect();
             if kept.is_empty() {
                 return None;
             }

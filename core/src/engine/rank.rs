@@ -1,0 +1,123 @@
+//! Search over one collection: text (BM25), vector (exact or HNSW) and hybrid
+//! ranking, pre-filtered by the query's filter, with matched fields per hit.
+
+use super::collection::Collection;
+use super::filter::Filter;
+use super::search;
+use super::{Engine, Found, SearchHit};
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use std::collections::HashMap;
+
+impl Engine {
+    /// Text, vector or hybrid search (spec 11, D1). `filter` pre-filters; an
+    /// unknown collection has no results. Returns the hits (best first) and the
+    /// number of matches before the limit.
+    pub fn search<'a>(
+        &'a mut self,
+        collection: &str,
+        req: &search::SearchRequest,
+        filter: &Filter,
+        now: Timestamp,
+    ) -> Result<(Vec<SearchHit<'a>>, usize)> {
+        let text_mode = !req.text.query.trim().is_empty();
+        let vector_mode = req.vector.is_some();
+        let Some(c) = self.collections.get_mut(collection) else {
+            return Ok((Vec::new(), 0));
+        };
+        if text_mode {
+            let declared = search::declared(&c.schema).0.flatten();
+            c.text_index(declared.as_deref())?;
+        }
+        if vector_mode {
+            c.vector_index(&req.vector_field, req.metric);
+        }
+        let c: &'a Collection = c;
+        let pk = c.schema.primary_key_alias.as_str();
+        let state = c.search_state();
+        let accept = |doc: tidepool_search::DocId| {
+            state
+                .id(doc)
+                .and_then(|id| c.raw_entry(id))
+                .is_some_and(|(id, r)| !r.is_expired(now) && filter.matches(pk, id, r))
+        };
+        let hybrid = text_mode && vector_mode;
+        // A hybrid blend needs candidates from both lists beyond the final limit.
+        let candidates = if hybrid {
+            req.limit
+                .max(req.vector_k.unwrap_or(0))
+                .saturating_mul(3)
+                .max(50)
+        } else {
+            req.limit
+        };
+        let mut matched: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut text_hits: Vec<(tidepool_search::DocId, f32)> = Vec::new();
+        let mut total = 0;
+        if text_mode {
+            if let Some(index) = state.text() {
+                let mut q = req.text.clone();
+                q.limit = candidates;
+                let found = index
+                    .search(&q, &accept)
+                    .map_err(|e| Error::invalid(e.to_string()))?;
+                total = found.total;
+                for h in found.hits {
+                    text_hits.push((h.doc, h.score));
+                    matched.insert(h.doc.0, h.matched_fields);
+                }
+            }
+        }
+        let mut vector_hits = Vec::new();
+        if let (Some(v), Some(index)) = (&req.vector, state.vector(&req.vector_field, req.metric)) {
+            let k = if hybrid {
+                candidates
+            } else {
+                req.vector_k.unwrap_or(req.limit)
+            };
+            vector_hits = index
+                .search(v, k, req.ef_search, req.threshold, &accept)
+                .map_err(|e| {
+                    Error::invalid(format!("vector search on `{}`: {e}", req.vector_field))
+                })?;
+        }
+        let ranked: Vec<(tidepool_search::DocId, f32)> = match (text_mode, vector_mode) {
+            (true, true) => {
+                let mut union: Vec<u32> = text_hits
+                    .iter()
+                    .chain(&vector_hits)
+                    .map(|(d, _)| d.0)
+                    .collect();
+                union.sort_unstable();
+                union.dedup();
+                total = union.len();
+                tidepool_search::hybrid(
+                    &text_hits,
+                    &vector_hits,
+                    req.text_weight,
+                    req.vector_weight,
+                    req.limit,
+                )
+            }
+            (true, false) => text_hits,
+            (false, true) => {
+                total = vector_hits.len();
+                vector_hits.truncate(req.limit);
+                vector_hits
+            }
+            (false, false) => Vec::new(),
+        };
+        let hits = ranked
+            .into_iter()
+            .filter_map(|(doc, score)| {
+                let (id, record) = c.raw_entry(state.id(doc)?)?;
+                Some(SearchHit {
+                    found: Found { pk, id, record },
+                    score,
+                    matched_fields: matched.remove(&doc.0).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok((hits, total))
+    }
+}

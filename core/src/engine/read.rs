@@ -1,0 +1,165 @@
+//! Reading records: lookups by id (sliding expiry pushes on), queries with
+//! filters, sorting, paging and joins, and distinct values.
+
+use super::filter::Filter;
+use super::query::{self, FindQuery};
+use super::record::Record;
+use super::{not_found, Engine, Found, Row};
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use crate::value::{compare_json, json_eq, Json, View};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+impl Engine {
+    pub(super) fn live(&self, collection: &str, id: &str, now: Timestamp) -> Result<&Record> {
+        let raw = self.collections.get(collection).and_then(|c| c.raw(id));
+        match raw {
+            Some(r) if !r.is_expired(now) => Ok(r),
+            other => Err(not_found(other, now)),
+        }
+    }
+
+    pub(super) fn found(&self, collection: &str, id: &str) -> Result<Found<'_>> {
+        let c = self.collection(collection)?;
+        let (id, record) = c
+            .raw_entry(id)
+            .ok_or_else(|| Error::internal("record vanished during the operation"))?;
+        Ok(Found {
+            pk: &c.schema.primary_key_alias,
+            id,
+            record,
+        })
+    }
+
+    /// Finds one record. Records with sliding expiry get their expiry pushed on.
+    pub fn find_by_id(&mut self, collection: &str, id: &str, now: Timestamp) -> Result<Found<'_>> {
+        let record = self.live(collection, id, now)?;
+        if let Some(slide) = record.sliding_micros.filter(|s| *s > 0) {
+            let mut bumped = record.clone();
+            bumped.expires_at = Some(now.saturating_add(Duration::from_micros(slide)));
+            bumped.version = self.op_lsn();
+            self.store(collection, id, bumped, now)?;
+        }
+        self.found(collection, id)
+    }
+
+    /// Runs a query (spec 8). An unknown collection has no records.
+    pub fn find<'a>(
+        &'a self,
+        collection: &str,
+        q: &'a FindQuery,
+        now: Timestamp,
+    ) -> Result<Vec<Row<'a>>> {
+        let Some(c) = self.collections.get(collection) else {
+            return Ok(Vec::new());
+        };
+        let pk = c.schema.primary_key_alias.as_str();
+        let filter = q.filter();
+        let matching = c.iter_live(now).filter(|(id, r)| filter.matches(pk, id, r));
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let rows: Vec<(&str, &Record)> = if q.sort.is_empty() {
+            // Unsorted results come in id order: stop scanning at skip + limit.
+            matching.skip(q.skip).take(limit).collect()
+        } else {
+            let mut hits: Vec<(&str, &Record)> = matching.collect();
+            let keep = q.skip.saturating_add(limit).min(hits.len());
+            // Ties break by id, so pages of a sorted query never overlap or skip.
+            let by = |a: &(&str, &Record), b: &(&str, &Record)| {
+                query::compare_records(&q.sort, pk, *a, *b).then_with(|| a.0.cmp(b.0))
+            };
+            if keep < hits.len() / 2 {
+                // Only the first skip + limit matter: select them, then sort those.
+                hits.select_nth_unstable_by(keep, by);
+                hits.truncate(keep);
+            }
+            hits.sort_by(by);
+            hits.into_iter().skip(q.skip).take(limit).collect()
+        };
+        let mut out: Vec<Row<'a>> = rows
+            .into_iter()
+            .map(|(id, record)| Row {
+                found: Found { pk, id, record },
+                joined: Vec::new(),
+            })
+            .collect();
+        for join in &q.joins {
+            self.attach_join(join, &mut out, now);
+        }
+        Ok(out)
+    }
+
+    fn attach_join<'a>(&'a self, join: &'a query::Join, rows: &mut [Row<'a>], now: Timestamp) {
+        // Index each foreign collection once: rendered foreign value → records.
+        let mut lookup: Vec<(String, Found<'a>)> = Vec::new();
+        for name in &join.collections {
+            if let Some(c) = self.collections.get(name.as_str()) {
+                let pk = c.schema.primary_key_alias.as_str();
+                for (id, record) in c.iter_live(now) {
+                    if let Some(v) = query::field_view(pk, &join.foreign_field, id, record) {
+                        lookup.push((join_key(&v), Found { pk, id, record }));
+                    }
+                }
+            }
+        }
+        let mut index: BTreeMap<&str, Vec<Found<'a>>> = BTreeMap::new();
+        for (key, found) in &lookup {
+            index.entry(key.as_str()).or_default().push(*found);
+        }
+        for row in rows.iter_mut() {
+            let local = query::field_view(
+                row.found.pk,
+                &join.local_field,
+                row.found.id,
+                row.found.record,
+            );
+            let matches = local
+                .map(|v| {
+                    index
+                        .get(join_key(&v).as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            row.joined.push((join.as_field.as_str(), matches));
+        }
+    }
+
+    /// Distinct values of a field among matching records, sorted (spec 10).
+    pub fn distinct(
+        &self,
+        collection: &str,
+        field: &str,
+        filter: &Filter,
+        now: Timestamp,
+    ) -> Result<Vec<Json>> {
+        let Some(c) = self.collections.get(collection) else {
+            return Ok(Vec::new());
+        };
+        let pk = c.schema.primary_key_alias.as_str();
+        let mut values: Vec<Json> = c
+            .iter_live(now)
+            .filter(|(id, r)| filter.matches(pk, id, r))
+            .filter_map(|(id, r)| query::field_view(pk, field, id, r))
+            .filter(|v| !v.is_null())
+            .map(|v| v.to_json())
+            .collect();
+        values.sort_by(compare_json);
+        values.dedup_by(|a, b| json_eq(a, b));
+        Ok(values)
+    }
+
+    pub fn count(&self, collection: &str, now: Timestamp) -> usize {
+        self.collections
+            .get(collection)
+            .map_or(0, |c| c.iter_live(now).count())
+    }
+}
+
+/// How a value is matched in a join: numbers by value, everything else by its text.
+fn join_key(v: &View<'_>) -> String {
+    match v.as_f64() {
+        Some(f) => format!("n:{f}"),
+        None => format!("s:{}", v.render()),
+    }
+}
