@@ -245,9 +245,7 @@ impl Connection {
         {
             match self.parser.parse(&mut self.inbuf) {
                 Ok(Some(req)) => {
-                    self.upgrade_pending = req
-                        .header("upgrade")
-                        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+                    self.upgrade_pending = crate::ws::asks_for_upgrade(&req);
                     self.work.push_back(Work::Request(req));
                 }
                 Ok(None) => {

@@ -328,11 +328,7 @@ enum Respond {
 
 /// Validates an RFC 6455 upgrade request (no subprotocol or extension required).
 fn websocket_upgrade(req: &Request) -> Result<Upgrade> {
-    let has_token = |header: &str, token: &str| {
-        req.header(header)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+    if !crate::ws::asks_for_upgrade(req) || !crate::ws::has_token(req, "connection", "upgrade") {
         return Err(Error::new(
             ErrorKind::Invalid,
             "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",

@@ -1582,10 +1582,19 @@ fn welcome_is_the_first_frame_and_no_ping_comes_early() {
 /// handshake hands them to the codec; so must we).
 #[test]
 fn frames_in_the_same_read_as_the_upgrade_are_processed() {
+    // `Upgrade` is a token list: `websocket, foo` asks for WebSocket too
+    // (regression: it was answered 101 and then no frame was ever read).
+    for upgrade in ["websocket", "websocket, foo", "foo, WebSocket"] {
+        frames_behind_the_upgrade(upgrade);
+    }
+}
+
+fn frames_behind_the_upgrade(upgrade_header: &str) {
     let hello = ws_json(&json!({"type":"Hello","payload":{}}));
     let all = ws_json(&json!({"type":"FindAll","messageId":"m","payload":{"collection":"c"}}));
-    let input = cat(&[ws_upgrade(&[]), hello, all]);
-    let upgrade_len = ws_upgrade(&[]).len();
+    let head = ws_upgrade(&[("upgrade", upgrade_header)]);
+    let input = cat(&[head.clone(), hello, all]);
+    let upgrade_len = head.len();
     for cuts in splittings(input.len(), 3) {
         // Only the cuts that put frame bytes in the upgrade's read matter, but
         // every cut must work.
@@ -1593,7 +1602,8 @@ fn frames_in_the_same_read_as_the_upgrade_are_processed() {
         let p = w.connect();
         w.send_in(p, &pieces(&input, &cuts));
         let r = w.responses(p);
-        let ctx = format!("cuts {cuts:?} (upgrade is {upgrade_len} bytes)");
+        let ctx =
+            format!("Upgrade: {upgrade_header}, cuts {cuts:?} (upgrade is {upgrade_len} bytes)");
         assert_eq!(r.len(), 1, "{ctx}: {r:?}");
         assert_eq!(r[0].status, 101, "{ctx}");
         let frames = w.frames(p);
