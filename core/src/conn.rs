@@ -22,16 +22,16 @@
 //! sent, so nothing a client sees can be taken back by a crash.
 
 use crate::engine::mutation;
-use crate::http::client::Outbound;
-use crate::http::{HttpError, Limits, Method, Request, RequestParser, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::ekodb_ws::{self, Followup, Session};
 use crate::realtime::events::{changes, Change, EventPos};
 use crate::realtime::hub::{self, Filter, Outbox, Proto};
-use crate::realtime::sse;
 use crate::server::{Call, Server, Upgrade};
 use crate::time::Timestamp;
-use crate::ws::{frame_header, Incoming, WsTransport};
+use crate::wire::http::client::Outbound;
+use crate::wire::http::{HttpError, Limits, Method, Request, RequestParser, Response};
+use crate::wire::sse;
+use crate::wire::ws::{frame_header, Incoming, WsTransport};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -245,7 +245,7 @@ impl Connection {
         {
             match self.parser.parse(&mut self.inbuf) {
                 Ok(Some(req)) => {
-                    self.upgrade_pending = crate::ws::asks_for_upgrade(&req);
+                    self.upgrade_pending = crate::wire::ws::asks_for_upgrade(&req);
                     self.work.push_back(Work::Request(req));
                 }
                 Ok(None) => {
@@ -402,7 +402,8 @@ impl Connection {
                 filter,
                 resume,
             }) => {
-                let head = crate::http::response::encode_stream_head(200, "text/event-stream", &[]);
+                let head =
+                    crate::wire::http::response::encode_stream_head(200, "text/event-stream", &[]);
                 self.push_out(Lsn::ZERO, head);
                 self.mode = Mode::Sse;
                 self.inbuf.clear();

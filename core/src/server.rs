@@ -9,12 +9,12 @@ use crate::config::Config;
 use crate::engine::mutation;
 use crate::engine::{Committed, Engine};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::client::Outbound;
-use crate::http::{url, Limits, Request, Response};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::events::EventPos;
 use crate::realtime::hub::{Filter, Hub};
 use crate::time::Timestamp;
+use crate::wire::http::client::Outbound;
+use crate::wire::http::{url, Limits, Request, Response};
 use serde_json::json;
 use std::time::Duration;
 
@@ -328,7 +328,9 @@ enum Respond {
 
 /// Validates an RFC 6455 upgrade request (no subprotocol or extension required).
 fn websocket_upgrade(req: &Request) -> Result<Upgrade> {
-    if !crate::ws::asks_for_upgrade(req) || !crate::ws::has_token(req, "connection", "upgrade") {
+    if !crate::wire::ws::asks_for_upgrade(req)
+        || !crate::wire::ws::has_token(req, "connection", "upgrade")
+    {
         return Err(Error::new(
             ErrorKind::Invalid,
             "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",
@@ -343,6 +345,6 @@ fn websocket_upgrade(req: &Request) -> Result<Upgrade> {
         .filter(|k| !k.is_empty())
         .ok_or_else(|| Error::invalid("missing Sec-WebSocket-Key"))?;
     Ok(Upgrade::WebSocket {
-        accept: crate::ws::accept_key(key),
+        accept: crate::wire::ws::accept_key(key),
     })
 }

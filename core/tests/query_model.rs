@@ -20,9 +20,9 @@ use serde_json::{json, Map, Value as J};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use tidepool_core::config::Config;
-use tidepool_core::http::{Method, Request};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
+use tidepool_core::wire::http::{Method, Request};
 
 const T0: Timestamp = Timestamp::from_secs(1_767_225_600);
 

@@ -24,10 +24,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect, History};
-use tidepool_core::http::{Method, Request};
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
+use tidepool_core::wire::http::{Method, Request};
 
 const API_KEY: &str = "sim-api-key";
 const SECRET: &[u8] = b"sim-jwt-secret";

@@ -15,9 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tidepool_core::conn::Connection;
 use tidepool_core::conn::{History, HISTORY_CHUNK_BYTES};
-use tidepool_core::http::client::Outbound;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
+use tidepool_core::wire::http::client::Outbound;
 use tidepool_storage::StoreReader;
 
 /// Wakes one connection's task or thread.

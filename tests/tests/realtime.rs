@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use tidepool_core::realtime::sse::{SseDecoder, SseEvent};
+use tidepool_core::wire::sse::{SseDecoder, SseEvent};
 use tidepool_tests::{both_runtimes, Runtime, TestServer, API_KEY};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;

@@ -3,7 +3,7 @@
 //! decode into the same `serde_json::Value`, so handlers never see the difference.
 
 use crate::error::{Error, Result};
-use crate::http::Request;
+use crate::wire::http::Request;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;

@@ -4,7 +4,7 @@ use super::Ctx;
 use crate::engine::schema::Schema;
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::http::Response;
+use crate::wire::http::Response;
 use serde_json::json;
 
 pub fn list(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {

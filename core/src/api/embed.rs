@@ -6,8 +6,8 @@
 use super::Ctx;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::client::{parse_response, post_json, Outbound};
-use crate::http::Response;
+use crate::wire::http::client::{parse_response, post_json, Outbound};
+use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 use std::time::Duration;
 

@@ -12,8 +12,8 @@ mod txn;
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{url, Request, Response};
 use crate::time::Timestamp;
+use crate::wire::http::{url, Request, Response};
 use codec::Format;
 use router::Route;
 use serde::Serialize;

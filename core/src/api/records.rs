@@ -7,8 +7,8 @@ use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
 use crate::engine::{BatchOutcome, Engine, Found};
 use crate::error::{Error, Result};
-use crate::http::Response;
 use crate::value::Plain;
+use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
 fn projection(ctx: &Ctx<'_>) -> Projection {

@@ -2,7 +2,7 @@
 //! segments win over variables; a known path with another method is a 405.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::Method;
+use crate::wire::http::Method;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -227,7 +227,7 @@ fn all_methods(r: Route) -> Vec<(Method, Route)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::url::split_path;
+    use crate::wire::http::url::split_path;
 
     fn check(method: Method, path: &str, expect: Result<Route, u16>) {
         let segs = split_path(path).unwrap();

@@ -7,7 +7,7 @@ use crate::engine::record::{Projection, RecordOut};
 use crate::engine::search::{metric_from, SearchRequest};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::http::Response;
+use crate::wire::http::Response;
 use serde::Serialize;
 use serde_json::Value as J;
 use tidepool_search::{Language, TextQuery};

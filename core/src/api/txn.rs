@@ -9,7 +9,7 @@ use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
 use crate::engine::{BatchOutcome, Engine};
 use crate::error::{Error, Result};
-use crate::http::Response;
+use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
 pub fn begin(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {

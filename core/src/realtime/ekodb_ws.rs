@@ -8,11 +8,11 @@ use super::hub::{Filter, Proto};
 use crate::api::router::Route;
 use crate::api::{codec, Ctx};
 use crate::error::{Error, ErrorKind};
-use crate::http::{Method, Request};
 use crate::ids::ConnId;
 use crate::server::Server;
 use crate::time::Timestamp;
-use crate::ws::Incoming;
+use crate::wire::http::{Method, Request};
+use crate::wire::ws::Incoming;
 use bytes::Bytes;
 use serde_json::{json, Value as J};
 

@@ -7,10 +7,10 @@
 //! it gets an error and is closed, instead of the server's memory growing.
 
 use super::events::{changes, filter_matches, Change, EventPos, MutationPayload};
-use super::sse;
 use crate::engine::mutation::Batch;
 use crate::engine::Engine;
 use crate::ids::{ConnId, Lsn};
+use crate::wire::sse;
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -1,7 +1,6 @@
 //! Live change feeds: change events derived from committed batches, the
-//! subscription hub, SSE framing and the ekoDB WebSocket message protocol.
+//! subscription hub and the ekoDB WebSocket message protocol.
 
 pub mod ekodb_ws;
 pub mod events;
 pub mod hub;
-pub mod sse;

@@ -22,12 +22,12 @@ use tungstenite::{Error as WsError, Message};
 /// `websocket` (RFC 9110 7.8: a comma-separated list, case-insensitive). The
 /// connection (which must stop parsing HTTP behind such a request) and the
 /// upgrade handler both ask this one function, so they cannot disagree.
-pub fn asks_for_upgrade(req: &crate::http::Request) -> bool {
+pub fn asks_for_upgrade(req: &crate::wire::http::Request) -> bool {
     has_token(req, "upgrade", "websocket")
 }
 
 /// Whether a comma-separated header lists `token` (case-insensitive).
-pub fn has_token(req: &crate::http::Request, header: &str, token: &str) -> bool {
+pub fn has_token(req: &crate::wire::http::Request, header: &str, token: &str) -> bool {
     req.header(header)
         .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }

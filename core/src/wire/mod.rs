@@ -1,0 +1,7 @@
+//! Framing only: bytes in, typed frames out, and back. HTTP/1.1 requests and
+//! responses (and outbound requests to providers), WebSocket frames, SSE events.
+//! No route, message type or JSON shape lives here; those are the dialects'.
+
+pub mod http;
+pub mod sse;
+pub mod ws;
