@@ -8,10 +8,9 @@
 //! throws away the server, every connection and every written-but-unsynced
 //! batch, and rebuilds a server by replaying only the durable batches.
 //!
-//! The driver loop is the one `core::conn` documents: after every input run
-//! `execute` if `wants_server`, perform the effects (history reads are answered
-//! from the simulated log once it is durable far enough), drain
-//! `poll_transmit`, then re-arm timers from `poll_timeout`.
+//! The driver loop is the one the runtimes run: `driver::step` after every
+//! input (history reads it hands out are answered from the simulated log), then
+//! timers re-armed from `poll_timeout`.
 //!
 //! Requests are fed cut at every byte boundary and at seeded random places,
 //! because the answers must not depend on how the network splits the input.
@@ -24,6 +23,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect, History};
+use tidepool_core::driver::{self, Shared};
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
@@ -149,10 +149,42 @@ struct World {
     reads: Vec<Read>,
     history_reads: usize,
     token: String,
-    idle: Duration,
-    heartbeat: Duration,
-    max_message: usize,
     restarts: u64,
+}
+
+/// The simulated runtime around the server: batches the server hands over are
+/// written to the simulated log, wake-ups are collected for the peers.
+struct SimHost<'a> {
+    server: &'a mut Server,
+    written: &'a mut Vec<(Lsn, Vec<u8>)>,
+    woken: Vec<ConnId>,
+}
+
+impl SimHost<'_> {
+    fn drain(&mut self) {
+        while let Some(c) = self.server.poll_log() {
+            self.written.push((c.lsn, c.payload));
+        }
+        while let Some(id) = self.server.poll_wakeup() {
+            self.woken.push(id);
+        }
+    }
+}
+
+impl Shared for SimHost<'_> {
+    fn with_server<R>(&mut self, f: impl FnOnce(&mut Server) -> R) -> R {
+        let r = f(self.server);
+        self.drain();
+        r
+    }
+
+    fn durable(&self) -> Lsn {
+        self.server.durable_lsn()
+    }
+
+    fn storage_failed(&self) -> bool {
+        self.server.storage_failure().is_some()
+    }
 }
 
 fn issue_token(server: &mut Server, now: Timestamp) -> String {
@@ -183,6 +215,9 @@ impl World {
     fn with(tweak: impl FnOnce(&mut Config)) -> World {
         let mut config = Config {
             api_keys: vec![API_KEY.to_string()],
+            idle_timeout_secs: IDLE.as_secs(),
+            heartbeat_secs: HEARTBEAT.as_secs(),
+            ws_max_message_bytes: 1 << 20,
             ..Config::default()
         };
         tweak(&mut config);
@@ -200,17 +235,13 @@ impl World {
             reads: Vec::new(),
             history_reads: 0,
             token,
-            idle: IDLE,
-            heartbeat: HEARTBEAT,
-            max_message: 1 << 20,
             restarts: 0,
         }
     }
 
     fn connect(&mut self) -> usize {
         let id = self.peers.len();
-        let conn = Connection::new(ConnId(id as u64), self.server.limits(), self.idle, self.now)
-            .with_streaming(self.heartbeat, self.max_message);
+        let conn = self.server.accept(self.now);
         self.peers.push(Peer {
             conn,
             rx: Vec::new(),
@@ -268,41 +299,51 @@ impl World {
             peer.conn.handle_notify();
             progress = true;
         }
-        if peer.conn.wants_server() {
-            peer.conn.execute(&mut self.server, self.now);
-            progress = true;
-        }
-        while let Some(effect) = peer.conn.poll_effect() {
-            progress = true;
-            #[allow(unreachable_patterns)]
-            match effect {
-                Effect::ReadHistory { after, upto } => self.reads.push(Read {
-                    peer: p,
-                    after,
-                    upto,
-                }),
-                other => panic!("the simulation does not perform {other:?}"),
-            }
-        }
-        while let Some(c) = self.server.poll_log() {
-            self.written.push((c.lsn, c.payload));
-        }
-        progress |= self.answer_reads();
-        let durable = self.server.durable_lsn();
-        let peer = &mut self.peers[p];
+        let mut host = SimHost {
+            server: &mut self.server,
+            written: &mut self.written,
+            woken: Vec::new(),
+        };
+        host.drain();
+        // A full socket: the runtime's task waits on its write and steps nothing.
         if !peer.blocked {
-            while let Some(bytes) = peer.conn.poll_transmit(durable) {
-                peer.received += bytes.len();
-                peer.rx.extend_from_slice(&bytes);
-                progress = true;
+            let executes = peer.conn.wants_server();
+            let mut out = Vec::new();
+            let step = driver::step(&mut peer.conn, &mut host, self.now, &mut out);
+            progress |= executes || !out.is_empty() || !step.effects.is_empty();
+            peer.received += out.len();
+            peer.rx.extend_from_slice(&out);
+            for effect in step.effects {
+                #[allow(unreachable_patterns)]
+                match effect {
+                    Effect::ReadHistory { after, upto } => self.reads.push(Read {
+                        peer: p,
+                        after,
+                        upto,
+                    }),
+                    other => panic!("the simulation does not perform {other:?}"),
+                }
             }
         }
-        if peer.conn.is_closed() {
+        let woken = std::mem::take(&mut host.woken);
+        self.wake(&woken);
+        progress |= self.answer_reads();
+        let peer = &mut self.peers[p];
+        if peer.conn.is_closed() && !peer.closed {
             peer.closed = true;
             self.server.connection_closed(peer.conn.id());
             progress = true;
         }
         progress
+    }
+
+    /// Marks peers woken (their runtime's waker flag).
+    fn wake(&mut self, ids: &[ConnId]) {
+        for id in ids {
+            if let Some(peer) = self.peers.iter_mut().find(|p| p.conn.id() == *id) {
+                peer.woken = true;
+            }
+        }
     }
 
     fn answer_reads(&mut self) -> bool {
@@ -358,11 +399,9 @@ impl World {
         let synced: Vec<(Lsn, Vec<u8>)> = self.written.drain(..n).collect();
         self.durable.extend(synced);
         let lsn = self.durable.last().map_or(Lsn::ZERO, |(l, _)| *l);
-        for id in self.server.handle_durable(lsn) {
-            if let Some(peer) = self.peers.get_mut(id.0 as usize) {
-                peer.woken = true;
-            }
-        }
+        self.server.handle_durable(lsn);
+        let woken: Vec<ConnId> = std::iter::from_fn(|| self.server.poll_wakeup()).collect();
+        self.wake(&woken);
         self.run();
     }
 
@@ -414,18 +453,17 @@ impl World {
         let mut server = Server::new(self.config.clone(), SECRET, 7 + self.restarts);
         let mut last = Lsn::ZERO;
         for (lsn, payload) in &self.durable {
-            server
-                .engine
-                .replay(*lsn, payload)
-                .expect("a durable batch replays");
+            let batch =
+                tidepool_core::engine::mutation::decode(payload).expect("a durable batch decodes");
+            server.replay(*lsn, batch);
             last = *lsn;
         }
-        server.handle_recovered(last);
+        server.handle_recovered(last, self.now);
         self.server = server;
     }
 
     fn last_lsn(&self) -> Lsn {
-        self.server.engine.last_lsn()
+        self.server.last_lsn()
     }
 
     /// Creates collections up front (each logs a schema change, which
@@ -1135,7 +1173,10 @@ fn replies_wait_for_durability_and_so_do_later_reads() {
     w.send(a, &insert("c", json!({"id":"x","n":1})));
     let write_lsn = w.last_lsn();
     assert_eq!(write_lsn, Lsn(1));
-    assert!(w.peers[a].conn.awaiting_durability(w.server.durable_lsn()));
+    assert_eq!(
+        w.peers[a].conn.awaiting_durability(w.server.durable_lsn()),
+        Some(write_lsn)
+    );
     assert!(
         w.responses(a).is_empty(),
         "acknowledged before it is durable"
@@ -1416,7 +1457,7 @@ fn websocket_messages_split_at_every_byte() {
 
 #[test]
 fn websocket_protocol_errors_close_with_the_right_code() {
-    let max = World::new().max_message;
+    let max = World::new().config.ws_max_message_bytes;
     // (frames, close code)
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (
@@ -1463,7 +1504,7 @@ fn client_close_is_answered_then_the_connection_ends() {
     let p = w.ws_subscriber("c");
     w.eof(p);
     assert!(w.is_closed(p));
-    assert_eq!(w.server.hub.subscriber_count(), 0);
+    assert_eq!(w.server.stats().subscribers, 0);
 }
 
 /// RFC 6455 5.5.1: after sending a Close frame an endpoint sends no more data
@@ -1528,7 +1569,7 @@ fn close_race_with_queued_events() {
                 "{ctx}: events delivered before the Close went missing"
             );
             assert!(w.is_closed(s), "{ctx}");
-            assert_eq!(w.server.hub.subscriber_count(), 0, "{ctx}");
+            assert_eq!(w.server.stats().subscribers, 0, "{ctx}");
             assert_eq!(w.responses(p).len(), 3, "{ctx}");
         }
     }
@@ -1536,8 +1577,7 @@ fn close_race_with_queued_events() {
 
 #[test]
 fn welcome_is_the_first_frame_and_no_ping_comes_early() {
-    let mut w = World::new();
-    w.heartbeat = Duration::from_secs(1);
+    let mut w = World::with(|c| c.heartbeat_secs = 1);
     let p = w.open_ws();
     // Raw clients get nothing unsolicited in the first seconds.
     w.advance(Duration::from_secs(3));
@@ -1721,7 +1761,7 @@ fn sse_events_carry_their_position_and_heartbeats_keep_time() {
     // The client going away ends the subscription.
     w.eof(s);
     assert!(w.is_closed(s));
-    assert_eq!(w.server.hub.subscriber_count(), 0);
+    assert_eq!(w.server.stats().subscribers, 0);
 }
 
 /// Runs `ops` in one transaction and commits it (synced); returns the
@@ -2041,7 +2081,7 @@ fn a_stuck_sse_subscriber_is_cut_off_and_state_stays_bounded() {
         "{}",
         w.peers[s].received
     );
-    assert_eq!(w.server.hub.subscriber_count(), 0);
+    assert_eq!(w.server.stats().subscribers, 0);
 }
 
 #[test]
@@ -2066,7 +2106,7 @@ fn a_stuck_websocket_subscriber_is_closed_with_1013() {
     assert_eq!(frames[n - 1].close_code(), Some(1013));
     assert!(w.is_closed(s));
     assert!(w.peers[s].received < HUB_FLOOR + 8 * 1024);
-    assert_eq!(w.server.hub.subscriber_count(), 0);
+    assert_eq!(w.server.stats().subscribers, 0);
 }
 
 /// The socket is full: the connection keeps pulling events into its own buffer

@@ -32,14 +32,15 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tidepool_core::auth::Auth;
 use tidepool_core::config::Config;
+use bytes::Bytes;
 use tidepool_core::conn::{Connection, Effect, History};
-use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::driver::{self, Shared};
+use tidepool_core::ids::Lsn;
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
 
 const SECRET: &[u8] = b"secret";
 const NOW: Timestamp = Timestamp::from_secs(1_700_000_000);
-const ME: ConnId = ConnId(1);
 const CUT: &[u8] = b"<CUT>";
 
 fn token() -> &'static [u8] {
@@ -203,29 +204,31 @@ struct Storage {
     behind: Lsn,
 }
 
-impl Storage {
-    /// After the failure, tells server and connection (every round, as the
-    /// runtimes do). Returns whether storage has failed.
-    fn report_failure(&self, conn: &mut Connection, server: &mut Server) -> bool {
-        if self.failed {
-            server.handle_storage_failure("fuzzing: disk full".into());
-            let why = server.storage_failure().unwrap_or_default().to_string();
-            conn.handle_storage_failure(server.durable_lsn(), &why);
-        }
-        self.failed
+/// The fuzzed runtime around the server: batches are dropped (storage reports
+/// them durable by round, below), a failure is known once it happened.
+struct FuzzHost<'a> {
+    server: &'a mut Server,
+    failed: bool,
+}
+
+impl Shared for FuzzHost<'_> {
+    fn with_server<R>(&mut self, f: impl FnOnce(&mut Server) -> R) -> R {
+        let r = f(self.server);
+        while self.server.poll_log().is_some() {}
+        r
     }
 
-    fn durable(&mut self, server: &Server) -> Lsn {
-        let last = server.engine.last_lsn();
-        if self.lag {
-            std::mem::replace(&mut self.behind, last)
-        } else {
-            last
-        }
+    fn durable(&self) -> Lsn {
+        self.server.durable_lsn()
+    }
+
+    fn storage_failed(&self) -> bool {
+        self.failed
     }
 }
 
-/// One round of the runtime's loop, repeated until nothing moves.
+/// One round of the runtime's loop (`driver::step`, the effects, durability),
+/// repeated until nothing moves.
 fn drive(
     conn: &mut Connection,
     server: &mut Server,
@@ -233,37 +236,51 @@ fn drive(
     obs: &mut Observer,
     now: Timestamp,
 ) {
-    let durable = storage.durable(server);
+    let behind = if storage.lag {
+        std::mem::replace(&mut storage.behind, server.last_lsn())
+    } else {
+        server.last_lsn()
+    };
     for round in 0..10_000 {
         let mut moved = false;
         if storage.wake && round < 2 {
             conn.handle_notify();
         }
-        // The runtime may learn of the failure before it runs the new input.
-        storage.report_failure(conn, server);
-        if conn.wants_server() {
-            conn.execute(server, now);
-            moved = true;
+        if storage.failed {
+            server.handle_storage_failure("fuzzing: disk full".into());
         }
-        while let Some(effect) = conn.poll_effect() {
+        let executes = conn.wants_server();
+        let mut out: Vec<Bytes> = Vec::new();
+        let step = {
+            let mut host = FuzzHost {
+                server: &mut *server,
+                failed: storage.failed,
+            };
+            driver::step(conn, &mut host, now, &mut out)
+        };
+        moved |= executes || !out.is_empty() || !step.effects.is_empty();
+        for bytes in &out {
+            obs.see(bytes);
+        }
+        for effect in step.effects {
             match effect {
                 Effect::ReadHistory { .. } => conn.handle_history(server, History::Truncated),
                 Effect::Http(_) => {
                     conn.handle_call_result(server, Err("no network in fuzzing".into()))
                 }
             }
-            moved = true;
         }
-        while server.poll_log().is_some() {}
-        if !storage.report_failure(conn, server) {
-            let durable = if storage.lag { durable } else { server.engine.last_lsn() };
-            if server.handle_durable(durable).contains(&ME) {
-                conn.handle_notify();
+        if !storage.failed {
+            let durable = if storage.lag { behind } else { server.last_lsn() };
+            if durable > server.durable_lsn() {
+                server.handle_durable(durable);
+                moved = true;
             }
-        }
-        while let Some(bytes) = conn.poll_transmit(server.durable_lsn()) {
-            obs.see(&bytes);
-            moved = true;
+            while let Some(id) = server.poll_wakeup() {
+                if id == conn.id() {
+                    conn.handle_notify();
+                }
+            }
         }
         if !moved {
             return;
@@ -282,7 +299,7 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let mut server = Server::new(config, SECRET, 1);
-    let mut conn = Connection::new(ME, server.limits(), Duration::from_secs(60), NOW);
+    let mut conn = server.accept(NOW);
     let mut obs = Observer {
         mode: Mode::Http,
         stream: Vec::new(),
@@ -332,6 +349,6 @@ fuzz_target!(|data: &[u8]| {
     conn.handle_eof();
     drive(&mut conn, &mut server, &mut storage, &mut obs, later);
     assert!(conn.is_closed(), "still open after EOF and a full drain");
-    server.connection_closed(ME);
+    server.connection_closed(conn.id());
     obs.finish();
 });

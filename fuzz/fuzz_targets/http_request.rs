@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use bytes::BytesMut;
-use tidepool_core::http::{HttpError, Limits, Request, RequestParser};
+use tidepool_core::wire::http::{HttpError, Limits, Request, RequestParser};
 
 /// Small enough that the fuzzer reaches every limit with inputs of a few KiB.
 const LIMITS: Limits = Limits {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool_core::api::codec::{self, Format};
+use tidepool_core::wire::format::{self as codec, Format};
 
 fuzz_target!(|data: &[u8]| {
     let _ = codec::decode(data, Format::Json);

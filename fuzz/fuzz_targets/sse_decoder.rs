@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use tidepool_core::realtime::sse::{self, SseDecoder, SseEvent};
+use tidepool_core::wire::sse::{self, SseDecoder, SseEvent};
 
 fn decode_pieces(stream: &[u8], cuts: &[usize]) -> Vec<SseEvent> {
     let mut d = SseDecoder::default();

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidepool_core::ws::{Incoming, WsTransport};
+use tidepool_core::wire::ws::{Incoming, WsTransport};
 
 #[derive(Debug, PartialEq)]
 struct Outcome {

@@ -169,7 +169,7 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     let mut server = Server::new(config, secret.as_bytes(), random_seed());
     server.set_clock(now);
     let (chunks, batches) = replay(&mut server, &recovery)?;
-    server.handle_recovered(Lsn(recovery.last_lsn().0));
+    server.handle_recovered(Lsn(recovery.last_lsn().0), now());
     banner.push(format!(
         "recovered {chunks} snapshot chunks and {batches} log batches up to LSN {} in {} ms",
         recovery.last_lsn(),

@@ -1,7 +1,8 @@
 //! What both runtimes share, all of it blocking code on OS threads: booting
 //! (secrets, recovery), the group-commit writer that owns the store, history
 //! reads for resuming subscribers, background compaction, the server's timer
-//! thread, and the command line. A runtime adds its sockets, its executor and
+//! thread, and the command line. `Host` is what the drive step
+//! (`tidepool_core::driver`) sees of a running server. A runtime adds its sockets, its executor and
 //! its own outbound I/O on top; neither runtime depends on the other.
 //!
 //! Write path, numbered like sled's ARCHITECTURE.md:
@@ -19,7 +20,7 @@ pub mod cli;
 mod clock;
 pub mod durability;
 mod shared;
-mod sweeper;
+mod timer;
 mod writer;
 
 pub use boot::{boot, BootError, Booted};

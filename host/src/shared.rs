@@ -1,22 +1,23 @@
 //! The shared state of a running server: the `Server` behind its lock, the
 //! durable LSN, the wakers of streaming connections, and the store's reader.
 
-use crate::boot::Booted;
+use crate::boot::{BootError, Booted};
 use crate::clock::now;
 use crate::durability::Durability;
-use crate::sweeper::sweeper_loop;
+use crate::timer::timer_loop;
 use crate::writer::writer_loop;
 use crossbeam_channel::{bounded, Sender};
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
-use tidepool_core::conn::Connection;
-use tidepool_core::conn::{History, HISTORY_CHUNK_BYTES};
+use std::time::Instant;
+use tidepool_core::conn::{Connection, History, HistoryError, HISTORY_CHUNK_BYTES};
+use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::Server;
+use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::client::Outbound;
 use tidepool_storage::StoreReader;
 
@@ -28,10 +29,12 @@ pub struct Host {
     server: Mutex<Server>,
     pub durability: Durability,
     wake_writer: Sender<()>,
-    wake_sweeper: Sender<()>,
+    wake_timer: Sender<()>,
+    /// The deadline the timer thread sleeps until (microseconds; `i64::MAX`:
+    /// none), so `with_server` knows when an operation moved it earlier.
+    armed: AtomicI64,
     pub(crate) wakers: Mutex<HashMap<ConnId, Waker>>,
     reader: StoreReader,
-    next_conn: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Host {
@@ -52,31 +55,31 @@ impl Host {
         let _ = self.wake_writer.try_send(());
     }
 
-    /// Tells the sweeper that the next deadline may have moved earlier.
-    pub fn wake_sweeper(&self) {
-        let _ = self.wake_sweeper.try_send(());
+    /// Records the deadline the timer thread now sleeps until.
+    pub(crate) fn arm_timer(&self, deadline: Option<Timestamp>) {
+        self.armed
+            .store(deadline.map_or(i64::MAX, |t| t.micros()), Ordering::Release);
     }
 
-    /// A fresh connection id.
-    pub fn next_conn_id(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Registers how to wake a streaming connection when its events are ready.
-    pub fn register(&self, conn: ConnId, waker: Waker) {
+    /// A new connection, accepted by the server (which refuses it politely
+    /// over the connection limit). `waker` wakes its task or thread when it
+    /// has something new to send; end it with `connection_closed`.
+    pub fn accept(&self, waker: Waker) -> Connection {
+        let conn = self.with_server(|s| s.accept(now()));
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(conn, waker);
+            .insert(conn.id(), waker);
+        conn
     }
 
     /// Forgets a connection: its waker and its server-side state.
-    pub fn unregister(&self, conn: ConnId) {
+    pub fn connection_closed(&self, conn: ConnId) {
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&conn);
-        self.lock().connection_closed(conn);
+        self.with_server(|s| s.connection_closed(conn));
     }
 
     pub(crate) fn wake(&self, conns: &[ConnId]) {
@@ -92,16 +95,9 @@ impl Host {
         }
     }
 
-    /// Performs `Effect::ReadHistory`: waits (briefly) until `upto` is durable,
-    /// then reads the next stretch of log after `after`.
-    pub fn read_history(&self, after: Lsn, upto: Lsn) -> History {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.durability.lsn() < upto && !self.durability.failed() {
-            if Instant::now() > deadline {
-                return History::Failed("timed out waiting for the log to become durable".into());
-            }
-            self.durability.wait_past(upto, Duration::from_millis(50));
-        }
+    /// Performs `Effect::ReadHistory`: reads the next stretch of log after
+    /// `after` (the connection asks only once it is durable).
+    pub fn read_history(&self, after: Lsn) -> History {
         match self
             .reader
             .read_after(tidepool_storage::Lsn(after.0), HISTORY_CHUNK_BYTES)
@@ -111,7 +107,7 @@ impl Host {
                 more,
             },
             Ok(tidepool_storage::History::Truncated { .. }) => History::Truncated,
-            Err(e) => History::Failed(e.to_string()),
+            Err(e) => History::Failed(HistoryError::Unreadable(e.to_string())),
         }
     }
 
@@ -161,52 +157,48 @@ impl Host {
         }
     }
 
-    /// A new connection state machine with the configured limits and timers.
-    pub fn new_connection(&self) -> Connection {
-        let id = self.next_conn_id();
-        let s = self.lock();
-        let c = s.config();
-        Connection::new(
-            id,
-            s.limits(),
-            Duration::from_secs(c.idle_timeout_secs.max(1)),
-            now(),
-        )
-        .with_streaming(
-            Duration::from_secs(c.heartbeat_secs.max(1)),
-            c.ws_max_message_bytes,
-        )
-    }
-
-    /// Tells the connection if storage failed, so replies waiting for writes that
-    /// will never be durable become errors.
-    pub fn check_storage(&self, conn: &mut Connection) {
-        if self.durability.failed() {
-            let s = self.lock();
-            if let Some(why) = s.storage_failure() {
-                conn.handle_storage_failure(s.durable_lsn(), why);
-            }
-        }
-    }
-
-    /// Runs `f` on the server, then wakes the writer if it committed anything.
+    /// Runs `f` on the server under its lock, then does what follows every
+    /// server call: wakes the writer if batches wait, the connections whose
+    /// outboxes have news, and the timer thread if the deadline moved earlier.
     pub fn with_server<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
         let mut s = self.lock();
         let r = f(&mut s);
-        let pending = s.engine.has_log();
+        let pending = s.has_log();
+        let deadline = s.poll_timeout();
+        let woken: Vec<ConnId> = std::iter::from_fn(|| s.poll_wakeup()).collect();
         drop(s);
         if pending {
             self.wake_writer();
         }
+        if deadline.is_some_and(|t| t.micros() < self.armed.load(Ordering::Acquire)) {
+            let _ = self.wake_timer.try_send(());
+        }
+        self.wake(&woken);
         r
     }
 }
 
+/// The driver's view of the host: the server behind its lock, the durable LSN
+/// and the storage state without it.
+impl driver::Shared for &Host {
+    fn with_server<R>(&mut self, f: impl FnOnce(&mut Server) -> R) -> R {
+        Host::with_server(self, f)
+    }
+
+    fn durable(&self) -> Lsn {
+        self.durability.lsn()
+    }
+
+    fn storage_failed(&self) -> bool {
+        self.durability.failed()
+    }
+}
+
 /// Starts the background threads and returns the shared host.
-pub fn start(booted: Booted) -> Arc<Host> {
+pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let Booted { server, store, .. } = booted;
     let (wake_writer, writer_rx) = bounded(1);
-    let (wake_sweeper, sweeper_rx) = bounded(1);
+    let (wake_timer, timer_rx) = bounded(1);
     let durable = server.durable_lsn();
     let compact_after = server.config().compact_after_bytes;
     let reader = store.reader();
@@ -214,21 +206,25 @@ pub fn start(booted: Booted) -> Arc<Host> {
         server: Mutex::new(server),
         durability: Durability::default(),
         wake_writer,
-        wake_sweeper,
+        wake_timer,
+        armed: AtomicI64::new(i64::MAX),
         wakers: Mutex::new(HashMap::new()),
         reader,
-        next_conn: std::sync::atomic::AtomicU64::new(1),
     });
     host.durability.publish(durable, false);
+    let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
+        thread::Builder::new()
+            .name(format!("tidepool-{what}"))
+            .spawn(f)
+            .map(|_| ())
+            .map_err(|source| BootError::Spawn { what, source })
+    };
     let h = host.clone();
-    thread::Builder::new()
-        .name("tidepool-writer".into())
-        .spawn(move || writer_loop(h, store, writer_rx, compact_after))
-        .expect("spawn writer thread");
+    spawn(
+        "writer",
+        Box::new(move || writer_loop(h, store, writer_rx, compact_after)),
+    )?;
     let h = host.clone();
-    thread::Builder::new()
-        .name("tidepool-sweeper".into())
-        .spawn(move || sweeper_loop(h, sweeper_rx))
-        .expect("spawn sweeper thread");
-    host
+    spawn("timer", Box::new(move || timer_loop(h, timer_rx)))?;
+    Ok(host)
 }

@@ -86,9 +86,9 @@ pub(crate) fn writer_loop(
             return;
         }
         last_sync = Instant::now();
-        let ready = host.lock().handle_durable(last);
+        // Publish first: a connection woken for its events must see them durable.
         host.durability.publish(last, false);
-        host.wake(&ready);
+        host.with_server(|s| s.handle_durable(last));
         if compact_after > 0 && since_snapshot >= compact_after && !compacting {
             // Replay starts after what was just appended (and synced): the engine may
             // already hold later batches the store has not seen.
@@ -125,10 +125,7 @@ fn write_snapshot(
     let covers = loop {
         let (chunk, at) = {
             let s = host.lock();
-            (
-                s.engine.snapshot_chunk(&mut cursor, 2_000),
-                s.engine.last_lsn(),
-            )
+            (s.snapshot_chunk(&mut cursor, 2_000), s.last_lsn())
         };
         let Some(chunk) = chunk else { break at };
         if let Err(e) = writer.write_chunk(&chunk) {

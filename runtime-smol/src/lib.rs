@@ -9,11 +9,12 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::{TcpListener, TcpStream};
 use smol::{Executor, Timer};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
+use tidepool_core::driver;
 use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
@@ -54,7 +55,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
             addr: listen.clone(),
             source,
         })?;
-        let host = host::start(booted);
+        let host = host::start(booted)?;
         println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
         serve(&ex, host, listener).await;
         Ok(())
@@ -62,22 +63,16 @@ pub fn run(config: Config) -> Result<(), BootError> {
 }
 
 async fn serve(ex: &Arc<Executor<'static>>, host: Arc<Host>, listener: TcpListener) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let max = host.lock().config().max_connections;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
-        if open.load(Ordering::Relaxed) >= max {
-            drop(stream);
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
-        let (h, o, e) = (host.clone(), open.clone(), ex.clone());
+        // Every connection is served, even over the limit: core answers it
+        // with a 503 rather than the socket being dropped without a word.
+        let (h, e) = (host.clone(), ex.clone());
         ex.spawn(async move {
             let _ = serve_connection(&e, &h, stream).await;
-            o.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
     }
@@ -99,16 +94,14 @@ enum Wake {
     Timeout,
 }
 
-/// The same loop as the threads runtime, as one task: execute, perform effects,
-/// flush what is durable, then wait for whichever comes first: bytes from the
-/// socket, a wake-up (durability or hub events), or the connection's deadline.
+/// One connection as one task: step the connection (`driver::step`), perform
+/// its effects, write what it releases, then wait for whichever comes first:
+/// bytes from the socket, a wake-up (durability, hub events), or its deadline.
 async fn serve_connection(
     ex: &Executor<'static>,
     host: &Arc<Host>,
     mut stream: TcpStream,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut conn = host.new_connection();
     let notifier = Arc::new(Notifier::default());
     let waker: host::Waker = {
         let n = notifier.clone();
@@ -117,12 +110,38 @@ async fn serve_connection(
             n.event.notify(usize::MAX);
         })
     };
-    let result = drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await;
+    let mut conn = host.accept(waker.clone());
+    let result = match stream.set_nodelay(true) {
+        Ok(()) => drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await,
+        Err(e) => Err(e),
+    };
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    if conn.is_streaming() {
-        host.unregister(conn.id());
-    }
+    host.connection_closed(conn.id());
     result
+}
+
+/// Steps the connection and performs its effects until it has none left.
+async fn step(host: &Arc<Host>, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
+    let mut shared: &Host = host;
+    loop {
+        let step = driver::step(conn, &mut shared, now(), out);
+        if step.effects.is_empty() {
+            return step;
+        }
+        for effect in step.effects {
+            let h = host.clone();
+            match effect {
+                Effect::ReadHistory { after, .. } => {
+                    let history = smol::unblock(move || h.read_history(after)).await;
+                    host.with_server(|s| conn.handle_history(s, history));
+                }
+                Effect::Http(call) => {
+                    let result = smol::unblock(move || h.http_call(&call)).await;
+                    host.with_server(|s| conn.handle_call_result(s, result));
+                }
+            }
+        }
+    }
 }
 
 async fn drive(
@@ -138,7 +157,6 @@ async fn drive(
     let mut buf = vec![0u8; 2048];
     let mut pending_read: Option<PendingRead> = None;
     let mut out = Vec::new();
-    let mut registered = false;
     // One timer per connection, re-armed only when the deadline moved by more than
     // a second: arming a timer per read costs more than the read itself.
     let mut armed = std::time::Instant::now() + Duration::from_secs(3600);
@@ -147,57 +165,23 @@ async fn drive(
         if notifier.flag.swap(false, Ordering::AcqRel) {
             conn.handle_notify();
         }
-        if conn.wants_server() {
-            host.with_server(|s| conn.execute(s, now()));
-        }
-        if conn.is_streaming() && !registered {
-            host.register(conn.id(), waker.clone());
-            registered = true;
-        }
-        while let Some(effect) = conn.poll_effect() {
-            let h = host.clone();
-            match effect {
-                Effect::ReadHistory { after, upto } => {
-                    let history = smol::unblock(move || h.read_history(after, upto)).await;
-                    host.with_server(|s| conn.handle_history(s, history));
-                }
-                Effect::Http(call) => {
-                    let result = smol::unblock(move || h.http_call(&call)).await;
-                    host.with_server(|s| conn.handle_call_result(s, result));
-                }
-            }
-            if conn.wants_server() {
-                host.with_server(|s| conn.execute(s, now()));
-            }
-        }
-        host.check_storage(conn);
-        let durable = host.durability.lsn();
         out.clear();
-        while let Some(bytes) = conn.poll_transmit(durable) {
-            out.extend_from_slice(&bytes);
-        }
+        let step = step(host, conn, &mut out).await;
         if !out.is_empty() {
             stream.write_all(&out).await?;
         }
-        if conn.is_closed() {
+        if step.closed {
             return Ok(());
         }
         let listener = notifier.event.listen();
         if notifier.flag.load(Ordering::Acquire) || conn.wants_server() {
             continue;
         }
-        if conn.awaiting_durability(durable) {
+        if let Some(lsn) = step.durable_after {
             host.durability.notify_next(waker.clone());
-            if host.durability.lsn() != durable {
+            if host.durability.lsn() >= lsn {
                 continue;
             }
-        }
-        if !conn.wants_read() && !conn.awaiting_durability(durable) && !conn.is_streaming() {
-            // Closing with nothing left to send: the next poll_transmit closes.
-            if conn.poll_transmit(durable).is_none() && !conn.is_closed() {
-                conn.handle_eof();
-            }
-            continue;
         }
         let deadline = std::time::Instant::now()
             + conn
@@ -212,7 +196,7 @@ async fn drive(
         // across wake-ups: polling a task handle is an atomic load, while polling
         // a socket read again would cost a recv and an epoll re-registration per
         // event per subscriber.
-        if conn.wants_read() && pending_read.is_none() {
+        if step.read && pending_read.is_none() {
             let mut reader = stream.clone();
             let mut b = std::mem::take(&mut buf);
             pending_read = Some(ex.spawn(async move {

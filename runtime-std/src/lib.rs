@@ -5,12 +5,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
+use tidepool_core::driver;
+use tidepool_core::time::Timestamp;
 use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
@@ -33,60 +35,117 @@ pub fn run(config: Config) -> Result<(), BootError> {
         addr: listen.clone(),
         source,
     })?;
-    let host = host::start(booted);
+    let host = host::start(booted)?;
     println!("tidepool: listening on http://{addr} (threads runtime)");
     serve(host, listener);
     Ok(())
 }
 
-/// Accepts connections forever, one thread each.
+/// Accepts connections forever, one thread each. Every connection is served,
+/// even over the limit: core answers it with a 503 rather than the socket
+/// being dropped without a word.
 pub fn serve(host: Arc<Host>, listener: TcpListener) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let max = host.lock().config().max_connections;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        if open.load(Ordering::Relaxed) >= max {
-            drop(stream);
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
-        let (h, o) = (host.clone(), open.clone());
-        let spawned = thread::Builder::new()
+        let h = host.clone();
+        let _ = thread::Builder::new()
             .name("tidepool-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let _ = serve_connection(&h, stream);
-                o.fetch_sub(1, Ordering::Relaxed);
             });
-        if spawned.is_err() {
-            open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Wakes a connection's thread: a sticky flag (no wake-up is lost between a
+/// check and a wait) and a channel to block on.
+struct Wakeup {
+    flag: Arc<AtomicBool>,
+    rx: crossbeam_channel::Receiver<()>,
+}
+
+impl Wakeup {
+    fn new() -> (Wakeup, host::Waker) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let waker: host::Waker = {
+            let flag = flag.clone();
+            Arc::new(move || {
+                flag.store(true, Ordering::Release);
+                let _ = tx.try_send(());
+            })
+        };
+        (Wakeup { flag, rx }, waker)
+    }
+
+    /// Whether a wake-up came since the last look.
+    fn take(&self) -> bool {
+        self.flag.swap(false, Ordering::AcqRel)
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let _ = self.rx.recv_timeout(timeout);
+    }
+}
+
+fn serve_connection(host: &Arc<Host>, stream: TcpStream) -> io::Result<()> {
+    let (wakeup, waker) = Wakeup::new();
+    let conn = host.accept(waker.clone());
+    let id = conn.id();
+    let result = match stream.set_nodelay(true) {
+        Ok(()) => http_connection(host, conn, stream, wakeup, &waker),
+        Err(e) => Err(e),
+    };
+    host.connection_closed(id);
+    result
+}
+
+/// Steps the connection and performs its effects (blocking) until none are left.
+fn step(host: &Host, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
+    let mut shared: &Host = host;
+    loop {
+        let step = driver::step(conn, &mut shared, now(), out);
+        if step.effects.is_empty() {
+            return step;
+        }
+        for effect in step.effects {
+            match effect {
+                Effect::ReadHistory { after, .. } => {
+                    let history = host.read_history(after);
+                    host.with_server(|s| conn.handle_history(s, history));
+                }
+                Effect::Http(call) => {
+                    let result = host.http_call(&call);
+                    host.with_server(|s| conn.handle_call_result(s, result));
+                }
+            }
         }
     }
 }
 
-/// The connection loop: flush what is durable, wait for durability if replies
-/// are held, otherwise read (until the connection's own deadline) and execute.
-/// A connection that upgrades to WebSocket or SSE continues in `stream`.
-fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut conn = host.new_connection();
+/// The connection loop: step, write what is released, then wait for
+/// durability if replies are held, otherwise read until the connection's
+/// deadline. A connection that upgrades to WebSocket or SSE continues in
+/// `stream_connection`.
+fn http_connection(
+    host: &Arc<Host>,
+    mut conn: Connection,
+    mut stream: TcpStream,
+    wakeup: Wakeup,
+    waker: &host::Waker,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
-        if conn.wants_server() {
-            host.with_server(|s| conn.execute(s, now()));
-            perform_effects(host, &mut conn);
+        if wakeup.take() {
+            conn.handle_notify();
         }
-        host.check_storage(&mut conn);
-        let durable = host.durability.lsn();
         out.clear();
-        while let Some(bytes) = conn.poll_transmit(durable) {
-            out.extend_from_slice(&bytes);
-        }
+        let step = step(host, &mut conn, &mut out);
         if !out.is_empty() {
             stream.write_all(&out)?;
         }
-        if conn.is_closed() {
+        if step.closed {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
@@ -94,24 +153,23 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
             continue;
         }
         if conn.is_streaming() {
-            return stream_connection(host, conn, stream);
-        }
-        if conn.awaiting_durability(durable) {
-            host.durability
-                .wait_past(durable.next(), Duration::from_millis(100));
-            continue;
-        }
-        if !conn.wants_read() {
-            // Closing with nothing left to send: the next poll_transmit closes.
-            if conn.poll_transmit(durable).is_none() && !conn.is_closed() {
-                conn.handle_eof();
-            }
-            continue;
+            return stream_connection(host, conn, stream, wakeup, waker);
         }
         let timeout = conn
             .poll_timeout()
             .map(|t| t.since(now()).max(Duration::from_millis(1)))
             .unwrap_or(Duration::from_secs(60));
+        if let Some(lsn) = step.durable_after {
+            host.durability.wait_past(lsn, Duration::from_millis(100));
+            continue;
+        }
+        if !step.read {
+            wakeup.wait(timeout);
+            if now() >= conn.poll_timeout().unwrap_or(Timestamp::MAX) {
+                conn.handle_timeout(now());
+            }
+            continue;
+        }
         stream.set_read_timeout(Some(timeout))?;
         match stream.read(&mut buf) {
             Ok(0) => conn.handle_eof(),
@@ -127,56 +185,27 @@ fn serve_connection(host: &Arc<Host>, mut stream: TcpStream) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if conn.wants_server() {
-            host.with_server(|s| conn.execute(s, now()));
-        }
-        perform_effects(host, &mut conn);
-    }
-}
-
-/// Performs the connection's I/O requests (history reads, outbound calls).
-fn perform_effects(host: &Host, conn: &mut Connection) {
-    while let Some(effect) = conn.poll_effect() {
-        match effect {
-            Effect::ReadHistory { after, upto } => {
-                let history = host.read_history(after, upto);
-                host.with_server(|s| conn.handle_history(s, history));
-            }
-            Effect::Http(call) => {
-                let result = host.http_call(&call);
-                host.with_server(|s| conn.handle_call_result(s, result));
-            }
-        }
-        if conn.wants_server() {
-            host.with_server(|s| conn.execute(s, now()));
-        }
     }
 }
 
 /// A WebSocket or SSE connection: this thread reads, a second thread writes
 /// (events arrive from other connections at any time, so writing cannot wait
 /// for the next read). They share the connection state machine.
-fn stream_connection(host: &Arc<Host>, conn: Connection, stream: TcpStream) -> io::Result<()> {
-    let id = conn.id();
+fn stream_connection(
+    host: &Arc<Host>,
+    conn: Connection,
+    stream: TcpStream,
+    wakeup: Wakeup,
+    waker: &host::Waker,
+) -> io::Result<()> {
     let conn = Arc::new(Mutex::new(conn));
-    let notified = Arc::new(AtomicBool::new(true));
-    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    let waker: host::Waker = {
-        let notified = notified.clone();
-        Arc::new(move || {
-            notified.store(true, Ordering::Release);
-            let _ = tx.try_send(());
-        })
-    };
-    host.register(id, waker.clone());
     let writer = {
-        let (host, conn, notified, waker) =
-            (host.clone(), conn.clone(), notified.clone(), waker.clone());
+        let (host, conn, waker) = (host.clone(), conn.clone(), waker.clone());
         let out = stream.try_clone()?;
         thread::Builder::new()
             .name("tidepool-stream".into())
             .stack_size(256 * 1024)
-            .spawn(move || stream_writer(&host, &conn, out, &rx, &notified, &waker))?
+            .spawn(move || stream_writer(&host, &conn, out, &wakeup, &waker))?
     };
     let mut input = stream;
     input.set_read_timeout(None)?;
@@ -201,7 +230,6 @@ fn stream_connection(host: &Arc<Host>, conn: Connection, stream: TcpStream) -> i
         }
     }
     let _ = writer.join();
-    host.unregister(id);
     Ok(())
 }
 
@@ -209,47 +237,33 @@ fn stream_writer(
     host: &Host,
     conn: &Mutex<Connection>,
     mut out: TcpStream,
-    wake: &crossbeam_channel::Receiver<()>,
-    notified: &AtomicBool,
+    wakeup: &Wakeup,
     waker: &host::Waker,
 ) {
     let mut bytes = Vec::new();
     loop {
-        let (closed, awaiting, deadline) = {
+        let (step, deadline) = {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            if notified.swap(false, Ordering::AcqRel) {
+            if wakeup.take() {
                 c.handle_notify();
             }
             c.handle_timeout(now());
-            if c.wants_server() {
-                host.with_server(|s| c.execute(s, now()));
-            }
-            perform_effects(host, &mut c);
-            host.check_storage(&mut c);
-            let durable = host.durability.lsn();
             bytes.clear();
-            while let Some(b) = c.poll_transmit(durable) {
-                bytes.extend_from_slice(&b);
-            }
-            (
-                c.is_closed(),
-                c.awaiting_durability(durable),
-                c.poll_timeout(),
-            )
+            let step = step(host, &mut c, &mut bytes);
+            (step, c.poll_timeout())
         };
         if !bytes.is_empty() && out.write_all(&bytes).is_err() {
             conn.lock().unwrap_or_else(|p| p.into_inner()).handle_eof();
             let _ = out.shutdown(std::net::Shutdown::Both);
             return;
         }
-        if closed {
+        if step.closed {
             let _ = out.shutdown(std::net::Shutdown::Both);
             return;
         }
-        if awaiting {
-            let before = host.durability.lsn();
+        if let Some(lsn) = step.durable_after {
             host.durability.notify_next(waker.clone());
-            if host.durability.lsn() != before {
+            if host.durability.lsn() >= lsn {
                 continue;
             }
         }
@@ -257,6 +271,6 @@ fn stream_writer(
             .map(|t| t.since(now()))
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        let _ = wake.recv_timeout(wait);
+        wakeup.wait(wait);
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::ids::Lsn;
 use crate::time::Timestamp;
 use serde_json::Value as J;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 /// Active transactions beyond this are refused (each holds staged records).
@@ -103,6 +103,8 @@ impl Txn {
 #[derive(Debug, Default)]
 pub struct Transactions {
     active: HashMap<String, Txn>,
+    /// Active transactions by start time, for the expiry deadline.
+    by_start: BTreeSet<(Timestamp, String)>,
     finished: VecDeque<(String, Txn)>,
 }
 
@@ -178,7 +180,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<(String, String)> {
         let isolation = normalise_isolation(isolation)?;
-        self.tx_expire(now);
+        self.expire_transactions(now);
         if self.txns.active.len() >= MAX_ACTIVE {
             return Err(Error::new(
                 crate::error::ErrorKind::Unavailable,
@@ -194,6 +196,7 @@ impl Engine {
             &hex[17..20],
             &hex[20..32]
         );
+        self.txns.by_start.insert((now, id.clone()));
         self.txns.active.insert(
             id.clone(),
             Txn {
@@ -209,22 +212,32 @@ impl Engine {
         Ok((id, isolation))
     }
 
-    /// Rolls back transactions that were abandoned.
-    fn tx_expire(&mut self, now: Timestamp) {
+    /// Rolls back transactions that were abandoned (open longer than
+    /// `TX_TIMEOUT`).
+    pub fn expire_transactions(&mut self, now: Timestamp) {
         let stale: Vec<String> = self
             .txns
-            .active
+            .by_start
             .iter()
-            .filter(|(_, t)| now.since(t.started) > TX_TIMEOUT)
-            .map(|(id, _)| id.clone())
+            .take_while(|(started, _)| now.since(*started) > TX_TIMEOUT)
+            .map(|(_, id)| id.clone())
             .collect();
         for id in stale {
             self.tx_finish(&id, TxState::RolledBack);
         }
     }
 
+    /// When the oldest open transaction is rolled back as abandoned.
+    pub fn next_transaction_deadline(&self) -> Option<Timestamp> {
+        self.txns
+            .by_start
+            .first()
+            .map(|(started, _)| started.saturating_add(TX_TIMEOUT + Duration::from_micros(1)))
+    }
+
     fn tx_finish(&mut self, id: &str, state: TxState) {
         if let Some(mut t) = self.txns.active.remove(id) {
+            self.txns.by_start.remove(&(t.started, id.to_string()));
             t.state = state;
             t.ops.clear();
             t.latest.clear();

@@ -1,11 +1,11 @@
-//! Change events: derived from a committed log batch, so a live subscriber and
-//! one resuming from the log see exactly the same events in the same order.
+//! Change events, typed: derived from a committed log batch, so a live
+//! subscriber and one resuming from the log see exactly the same events in the
+//! same order. Each carries its position; the dialects encode them.
 
 use crate::engine::mutation::{Batch, Mutation};
-use crate::engine::record::{Record, RecordOut};
+use crate::engine::record::Record;
 use crate::ids::Lsn;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
+use crate::time::Timestamp;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -50,6 +50,8 @@ pub enum Change<'a> {
     /// TTL expiry.
     Mutation {
         collection: &'a str,
+        /// The collection's primary-key name, for rendering records.
+        pk: &'a str,
         event: &'static str,
         items: Vec<(&'a str, Option<Cow<'a, Record>>)>,
     },
@@ -73,9 +75,93 @@ impl Change<'_> {
     }
 }
 
+/// One event: a change at its position, with its batch's commit time.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub pos: EventPos,
+    pub at: Timestamp,
+    pub change: Change<'a>,
+}
+
+impl Event<'_> {
+    /// The event as a subscriber with `filter` sees it: only the records that
+    /// match, or nothing if none does. Schema changes pass unfiltered.
+    pub fn filtered(&self, filter: &Filter) -> Option<Event<'_>> {
+        let change = match &self.change {
+            Change::Mutation {
+                collection,
+                pk,
+                event,
+                items,
+            } => {
+                let kept: Vec<(&str, Option<Cow<'_, Record>>)> = items
+                    .iter()
+                    .filter(|(id, r)| {
+                        filter_matches(pk, id, r.as_deref(), &filter.field, &filter.value)
+                    })
+                    .map(|(id, r)| (*id, r.as_deref().map(Cow::Borrowed)))
+                    .collect();
+                if kept.is_empty() {
+                    return None;
+                }
+                Change::Mutation {
+                    collection,
+                    pk,
+                    event,
+                    items: kept,
+                }
+            }
+            Change::SchemaChanged {
+                collection,
+                version,
+                primary_key_alias,
+                implicit,
+            } => Change::SchemaChanged {
+                collection,
+                version: *version,
+                primary_key_alias,
+                implicit: *implicit,
+            },
+        };
+        Some(Event {
+            pos: self.pos,
+            at: self.at,
+            change,
+        })
+    }
+}
+
+/// A subscription filter: `field` equals `value`, compared as text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Filter {
+    pub field: String,
+    pub value: String,
+}
+
+/// The events of the batch at `lsn`, each at its position. `pk_of` names a
+/// collection's primary key.
+pub fn events<'a>(
+    lsn: Lsn,
+    batch: &'a Batch<'_>,
+    pk_of: impl Fn(&str) -> &'a str,
+) -> Vec<Event<'a>> {
+    changes(batch, pk_of)
+        .into_iter()
+        .enumerate()
+        .map(|(idx, change)| Event {
+            pos: EventPos {
+                lsn,
+                idx: idx as u32,
+            },
+            at: batch.at,
+            change,
+        })
+        .collect()
+}
+
 /// The changes of a batch, in order; consecutive writes of one kind to one
 /// collection (a batch insert) form one event.
-pub fn changes<'a>(batch: &'a Batch<'_>) -> Vec<Change<'a>> {
+fn changes<'a>(batch: &'a Batch<'_>, pk_of: impl Fn(&str) -> &'a str) -> Vec<Change<'a>> {
     let mut out: Vec<Change<'a>> = Vec::new();
     for (i, m) in batch.mutations.iter().enumerate() {
         let (collection, event, item): (&str, &'static str, (&str, Option<Cow<'a, Record>>)) =
@@ -122,6 +208,7 @@ pub fn changes<'a>(batch: &'a Batch<'_>) -> Vec<Change<'a>> {
             collection: c,
             event: e,
             items,
+            ..
         }) = out.last_mut()
         {
             if *c == collection && *e == event {
@@ -131,6 +218,7 @@ pub fn changes<'a>(batch: &'a Batch<'_>) -> Vec<Change<'a>> {
         }
         out.push(Change::Mutation {
             collection,
+            pk: pk_of(collection),
             event,
             items: vec![item],
         });
@@ -154,56 +242,6 @@ pub fn filter_matches(
     match record {
         None => true,
         Some(r) => r.lookup(field).is_some_and(|v| v.render() == value),
-    }
-}
-
-/// The `MutationNotification` payload (spec B6), shared by WebSocket and SSE.
-pub struct MutationPayload<'a> {
-    pub collection: &'a str,
-    pub event: &'a str,
-    pub pk: &'a str,
-    pub items: &'a [(&'a str, Option<&'a Record>)],
-    pub timestamp: String,
-    pub pos: EventPos,
-}
-
-impl Serialize for MutationPayload<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Ids<'a>(&'a [(&'a str, Option<&'a Record>)]);
-        impl Serialize for Ids<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for (id, _) in self.0 {
-                    seq.serialize_element(id)?;
-                }
-                seq.end()
-            }
-        }
-        struct Records<'a>(&'a str, &'a [(&'a str, Option<&'a Record>)]);
-        impl Serialize for Records<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let with: Vec<RecordOut<'_>> = self
-                    .1
-                    .iter()
-                    .filter_map(|(id, r)| r.map(|r| RecordOut::new(self.0, id, r)))
-                    .collect();
-                match with.as_slice() {
-                    [one] if self.1.len() == 1 => one.serialize(s),
-                    _ => with.serialize(s),
-                }
-            }
-        }
-        let has_records = self.items.iter().any(|(_, r)| r.is_some());
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("collection", self.collection)?;
-        m.serialize_entry("event", self.event)?;
-        m.serialize_entry("record_ids", &Ids(self.items))?;
-        if has_records {
-            m.serialize_entry("records", &Records(self.pk, self.items))?;
-        }
-        m.serialize_entry("timestamp", &self.timestamp)?;
-        m.serialize_entry("event_id", &self.pos.to_string())?;
-        m.end()
     }
 }
 

@@ -1,34 +1,20 @@
 //! The subscription hub: who listens to which collection, and a bounded queue of
-//! encoded events per connection. Each event is encoded once per wire format and
-//! filter, and the same `Bytes` is queued for every matching subscriber.
+//! encoded events per connection. The hub routes; it does not encode: each
+//! typed event is handed to the encoder once per codec and filter (the
+//! dialects own the wire shapes), and the same `Bytes` is queued for every
+//! matching subscriber.
 //!
 //! Events wait in the queue until their batch is durable (the connection checks
 //! the LSN). A connection whose queue passes its byte budget is marked overflowed:
 //! it gets an error and is closed, instead of the server's memory growing.
 
-use super::events::{changes, filter_matches, Change, EventPos, MutationPayload};
-use crate::engine::mutation::Batch;
-use crate::engine::Engine;
+pub use super::events::Filter;
+use super::events::{Change, Event, EventPos};
+use crate::dialect::EventCodec;
 use crate::ids::{ConnId, Lsn};
-use crate::wire::sse;
 use bytes::Bytes;
-use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-
-/// How a connection wants its events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    WsJson,
-    WsMsgPack,
-    Sse,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Filter {
-    pub field: String,
-    pub value: String,
-}
 
 #[derive(Debug)]
 struct Sub {
@@ -117,7 +103,7 @@ impl Outbox {
 
 #[derive(Debug)]
 struct Registration {
-    proto: Proto,
+    codec: EventCodec,
     outbox: Arc<Outbox>,
     /// Typed clients (that said Hello) also get every schema change.
     schema_events: bool,
@@ -143,12 +129,12 @@ impl Hub {
     }
 
     /// Registers a streaming connection and hands back its outbox.
-    pub fn open(&mut self, conn: ConnId, proto: Proto) -> Arc<Outbox> {
+    pub fn open(&mut self, conn: ConnId, codec: EventCodec) -> Arc<Outbox> {
         let limit_bytes = self.limit_bytes;
         self.queues
             .entry(conn)
             .or_insert_with(|| Registration {
-                proto,
+                codec,
                 outbox: Arc::new(Outbox {
                     state: Mutex::new(OutboxState::default()),
                     limit_bytes,
@@ -159,9 +145,10 @@ impl Hub {
             .clone()
     }
 
-    pub fn set_proto(&mut self, conn: ConnId, proto: Proto) {
+    /// The connection switched formats (a WebSocket `Hello`).
+    pub fn set_codec(&mut self, conn: ConnId, codec: EventCodec) {
         if let Some(q) = self.queues.get_mut(&conn) {
-            q.proto = proto;
+            q.codec = codec;
         }
     }
 
@@ -219,24 +206,25 @@ impl Hub {
         self.by_collection.values().map(Vec::len).sum()
     }
 
-    /// Queues the events of a committed batch for every matching subscriber.
-    pub fn publish(&mut self, lsn: Lsn, batch: &Batch, engine: &Engine) {
-        let timestamp = batch.at.to_rfc3339();
-        for (idx, change) in changes(batch).into_iter().enumerate() {
-            let pos = EventPos {
-                lsn,
-                idx: idx as u32,
-            };
-            let targets: Vec<(ConnId, Option<Filter>)> = match &change {
+    /// Queues events for every matching subscriber. `encode` turns an event
+    /// into one codec's bytes (`None`: nothing to send); it runs once per codec
+    /// and filter, however many subscribers share them.
+    pub fn publish(
+        &mut self,
+        events: &[Event<'_>],
+        encode: impl Fn(&Event<'_>, EventCodec) -> Option<Bytes>,
+    ) {
+        for event in events {
+            let targets: Vec<(ConnId, Option<&Filter>)> = match &event.change {
                 Change::SchemaChanged {
                     collection,
                     implicit,
                     ..
                 } => {
-                    let mut t: Vec<(ConnId, Option<Filter>)> = self
+                    let mut t: Vec<(ConnId, Option<&Filter>)> = self
                         .queues
                         .iter()
-                        .filter(|(_, q)| q.schema_events && q.proto != Proto::Sse)
+                        .filter(|(_, q)| q.schema_events)
                         .map(|(c, _)| (*c, None))
                         .collect();
                     // A collection created by its first write is announced only
@@ -251,24 +239,37 @@ impl Hub {
                     t
                 }
                 Change::Mutation { collection, .. } => match self.by_collection.get(*collection) {
-                    Some(subs) => subs.iter().map(|s| (s.conn, s.filter.clone())).collect(),
+                    Some(subs) => subs.iter().map(|s| (s.conn, s.filter.as_ref())).collect(),
                     None => continue,
                 },
             };
-            let mut cache: HashMap<(Proto, Option<Filter>), Option<Bytes>> = HashMap::new();
+            let mut cache: HashMap<(EventCodec, Option<&Filter>), Option<Bytes>> = HashMap::new();
+            let mut queued: Vec<(ConnId, Bytes)> = Vec::with_capacity(targets.len());
             for (conn, filter) in targets {
-                let Some(proto) = self.queues.get(&conn).map(|q| q.proto) else {
+                let Some(codec) = self.queues.get(&conn).map(|q| q.codec) else {
                     continue;
                 };
                 let encoded = cache
-                    .entry((proto, filter.clone()))
-                    .or_insert_with(|| {
-                        encode(&change, proto, filter.as_ref(), engine, &timestamp, pos)
+                    .entry((codec, filter))
+                    .or_insert_with(|| match filter {
+                        None => encode(event, codec),
+                        Some(f) => event.filtered(f).and_then(|e| encode(&e, codec)),
                     })
                     .clone();
                 if let Some(bytes) = encoded {
-                    self.push(conn, Queued { lsn, pos, bytes });
+                    queued.push((conn, bytes));
                 }
+            }
+            let lsn = event.pos.lsn;
+            for (conn, bytes) in queued {
+                self.push(
+                    conn,
+                    Queued {
+                        lsn,
+                        pos: event.pos,
+                        bytes,
+                    },
+                );
             }
         }
     }
@@ -301,85 +302,5 @@ impl Hub {
         conns.sort_unstable();
         conns.dedup();
         conns
-    }
-}
-
-/// Encodes one change for one wire format and filter; `None` if the filter
-/// leaves nothing to send.
-pub fn encode(
-    change: &Change<'_>,
-    proto: Proto,
-    filter: Option<&Filter>,
-    engine: &Engine,
-    timestamp: &str,
-    pos: EventPos,
-) -> Option<Bytes> {
-    match change {
-        Change::SchemaChanged {
-            collection,
-            version,
-            primary_key_alias,
-            ..
-        } => {
-            let payload = json!({"collection": collection, "version": version, "primary_key_alias": primary_key_alias});
-            Some(match proto {
-                Proto::Sse => sse::event(
-                    Some(&pos.to_string()),
-                    "schema_changed",
-                    &serde_json::to_vec(&payload).ok()?,
-                ),
-                Proto::WsJson => Bytes::from(
-                    serde_json::to_vec(&json!({"type": "SchemaChanged", "payload": payload}))
-                        .ok()?,
-                ),
-                Proto::WsMsgPack => Bytes::from(
-                    rmp_serde::to_vec_named(&json!({"type": "SchemaChanged", "payload": payload}))
-                        .ok()?,
-                ),
-            })
-        }
-        Change::Mutation {
-            collection,
-            event,
-            items,
-        } => {
-            let pk = engine.pk_name(collection);
-            let kept: Vec<(&str, Option<&crate::engine::record::Record>)> = items
-                .iter()
-                .map(|(id, r)| (*id, r.as_deref()))
-                .filter(|(id, r)| {
-                    filter.is_none_or(|f| filter_matches(pk, id, *r, &f.field, &f.value))
-                })
-                .collect();
-            if kept.is_empty() {
-                return None;
-            }
-            let payload = MutationPayload {
-                collection,
-                event,
-                pk,
-                items: &kept,
-                timestamp: timestamp.to_string(),
-                pos,
-            };
-            #[derive(serde::Serialize)]
-            struct Envelope<'a> {
-                r#type: &'static str,
-                payload: &'a MutationPayload<'a>,
-            }
-            let envelope = Envelope {
-                r#type: "MutationNotification",
-                payload: &payload,
-            };
-            Some(match proto {
-                Proto::Sse => sse::event(
-                    Some(&pos.to_string()),
-                    "mutation",
-                    &serde_json::to_vec(&payload).ok()?,
-                ),
-                Proto::WsJson => Bytes::from(serde_json::to_vec(&envelope).ok()?),
-                Proto::WsMsgPack => Bytes::from(rmp_serde::to_vec_named(&envelope).ok()?),
-            })
-        }
     }
 }

@@ -1,6 +1,5 @@
 //! Live change feeds: change events derived from committed batches, the
-//! subscription hub and the ekoDB WebSocket message protocol.
+//! subscription hub that routes them to streaming connections.
 
-pub mod ekodb_ws;
 pub mod events;
 pub mod hub;

@@ -2,6 +2,7 @@
 //! responses (and outbound requests to providers), WebSocket frames, SSE events.
 //! No route, message type or JSON shape lives here; those are the dialects'.
 
+pub mod format;
 pub mod http;
 pub mod sse;
 pub mod ws;

@@ -23,13 +23,12 @@ use tungstenite::{Error as WsError, Message};
 /// connection (which must stop parsing HTTP behind such a request) and the
 /// upgrade handler both ask this one function, so they cannot disagree.
 pub fn asks_for_upgrade(req: &crate::wire::http::Request) -> bool {
-    has_token(req, "upgrade", "websocket")
+    lists_token(req.header("upgrade"), "websocket")
 }
 
-/// Whether a comma-separated header lists `token` (case-insensitive).
-pub fn has_token(req: &crate::wire::http::Request, header: &str, token: &str) -> bool {
-    req.header(header)
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub fn lists_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// The `Sec-WebSocket-Accept` value for a client's key.

@@ -1,6 +1,6 @@
 //! Record CRUD, batches and distinct values (spec 6, 7, 8, 10).
 
-use super::Ctx;
+use super::{txn, Ctx};
 use crate::engine::actions::Action;
 use crate::engine::filter::Filter;
 use crate::engine::query::FindQuery;
@@ -26,6 +26,9 @@ fn out<'a>(found: Found<'a>, projection: Option<&'a Projection>) -> RecordOut<'a
 }
 
 pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::insert(engine, ctx, tx, c);
+    }
     let body = ctx.body()?;
     if !body.is_object() {
         return Err(Error::invalid("the record must be a JSON object"));
@@ -39,12 +42,18 @@ pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
 }
 
 pub fn find_by_id(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::find_by_id(engine, ctx, tx, c, id);
+    }
     let p = projection(ctx);
     let found = engine.find_by_id(c, id, ctx.now)?;
     ctx.ok(&out(found, Some(&p)))
 }
 
 pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::find(engine, ctx, tx, c);
+    }
     let q = FindQuery::parse(&ctx.body()?)?;
     let rows = engine.find(c, &q, ctx.now)?;
     let records: Vec<RecordOut<'_>> = rows
@@ -63,6 +72,9 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
 }
 
 pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::update(engine, ctx, tx, c, id);
+    }
     let body = ctx.body()?;
     if !body.is_object() {
         return Err(Error::invalid("the update must be a JSON object of fields"));
@@ -145,6 +157,9 @@ pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result
 }
 
 pub fn delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::delete(engine, ctx, tx, c, id);
+    }
     let found = engine.delete(c, id, ctx.now)?;
     ctx.ok(&out(found, None))
 }
@@ -268,18 +283,27 @@ pub(super) fn parse_batch_deletes(body: J) -> Result<Vec<String>> {
 }
 
 pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::batch_insert(engine, ctx, tx, c);
+    }
     let records = parse_batch_inserts(batch_items(ctx.body()?, "inserts")?)?;
     let outcome = engine.batch_insert(c, records, ctx.now)?;
     batch_reply(ctx, outcome)
 }
 
 pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::batch_update(engine, ctx, tx, c);
+    }
     let updates = parse_batch_updates(batch_items(ctx.body()?, "updates")?)?;
     let outcome = engine.batch_update(c, updates, ctx.now)?;
     batch_reply(ctx, outcome)
 }
 
 pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    if let Some(tx) = ctx.transaction() {
+        return txn::batch_delete(engine, ctx, tx, c);
+    }
     let ids = parse_batch_deletes(ctx.body()?)?;
     let outcome = engine.batch_delete(c, ids, ctx.now)?;
     batch_reply(ctx, outcome)

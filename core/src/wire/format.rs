@@ -1,48 +1,22 @@
-//! Content negotiation (spec 1.3): the request body's format comes from
-//! `Content-Type`, the response's from `Accept`. Both JSON and MessagePack bodies
-//! decode into the same `serde_json::Value`, so handlers never see the difference.
+//! Body encodings: JSON and MessagePack, decoded into the same JSON model and
+//! encoded from any `Serialize` value. MessagePack is read by a total decoder:
+//! every length is checked against the bytes that remain before anything is
+//! allocated, `bin` becomes a Binary envelope and the timestamp extension an
+//! RFC 3339 string (spec 1.3.3), and the reserved marker 0xc1 is an error.
 
 use crate::error::{Error, Result};
-use crate::wire::http::Request;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value as J;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
     Json,
     MsgPack,
 }
 
 const MAX_DEPTH: usize = 128;
-
-fn is_msgpack(media: &str) -> bool {
-    let media = media.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/msgpack")
-        || media.eq_ignore_ascii_case("application/x-msgpack")
-        || media.eq_ignore_ascii_case("application/vnd.msgpack")
-}
-
-pub fn request_format(req: &Request) -> Format {
-    match req.header("content-type") {
-        Some(ct) if is_msgpack(ct) => Format::MsgPack,
-        _ => Format::Json,
-    }
-}
-
-pub fn response_format(req: &Request) -> Format {
-    match req.header("accept") {
-        Some(a) if a.split(',').any(is_msgpack) => Format::MsgPack,
-        _ => Format::Json,
-    }
-}
-
-/// Decodes a request body; an empty body is `{}` (clients send bodyless POSTs and
-/// DELETEs with a Content-Type).
-pub fn decode_body(req: &Request) -> Result<J> {
-    decode(&req.body, request_format(req))
-}
 
 pub fn decode(body: &[u8], format: Format) -> Result<J> {
     // In MessagePack, whitespace bytes are small integers: only JSON may be blank.

@@ -187,7 +187,17 @@ pub fn parse(body: &J) -> Result<(SearchRequest, Filter, Projection)> {
     Ok((req, filter, projection))
 }
 
+/// `POST /api/search/{collection}`: the hits with their total and timing.
 pub fn search(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    answer(engine, ctx, c, false)
+}
+
+/// The WebSocket `TextSearch` reply: the bare `results` array (spec B5).
+pub fn results(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
+    answer(engine, ctx, c, true)
+}
+
+fn answer(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, bare: bool) -> Result<Response> {
     let (req, filter, projection) = parse(&ctx.body()?)?;
     let (hits, total) = engine.search(c, &req, &filter, ctx.now)?;
     #[derive(Serialize)]
@@ -217,6 +227,9 @@ pub fn search(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
             matched_fields: h.matched_fields,
         })
         .collect();
+    if bare {
+        return ctx.ok(&results);
+    }
     let elapsed = ctx.elapsed_ms();
     let path = match (req.text.query.trim().is_empty(), req.vector.is_some()) {
         (false, true) => "hybrid",

@@ -1,0 +1,132 @@
+//! HTTP/1.1 on a connection: pipelined requests parsed ahead of their replies
+//! (up to `MAX_PIPELINE`), `Expect: 100-continue`, keep-alive, the idle
+//! deadline, and the switch to WebSocket or SSE.
+
+use super::{ConnTimer, Connection, Effect, Mode, State, Work, WsMode, MAX_PIPELINE};
+use crate::dialect::{ekodb_sse, ekodb_ws};
+use crate::error::{Error, ErrorKind};
+use crate::ids::Lsn;
+use crate::server::{Server, Upgrade};
+use crate::time::Timestamp;
+use crate::wire::http::{response, Method, Request, Response};
+use crate::wire::ws::{self, WsTransport};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// No keepalive ping in the first seconds (spec B9: some clients read the first
+/// frame after their request as its reply).
+const FIRST_PING_AFTER: Duration = Duration::from_secs(5);
+
+impl Connection {
+    pub(super) fn parse_http(&mut self) {
+        while self.state == State::Open
+            && matches!(self.mode, Mode::Http)
+            && !self.input_failed
+            && !self.upgrade_pending
+            && self.work.len() + self.out.len() < MAX_PIPELINE
+        {
+            match self.parser.parse(&mut self.inbuf) {
+                Ok(Some(req)) => {
+                    self.upgrade_pending = ws::asks_for_upgrade(&req);
+                    self.work.push_back(Work::Request(req));
+                }
+                Ok(None) => {
+                    if self.parser.take_continue() {
+                        self.push_out(
+                            Lsn::ZERO,
+                            Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.work.push_back(Work::Fail(e));
+                    self.input_failed = true;
+                    self.inbuf.clear();
+                }
+            }
+        }
+    }
+
+    pub(super) fn execute_request(&mut self, server: &mut Server, req: Request, now: Timestamp) {
+        self.upgrade_pending = false;
+        let keep_alive = req.keep_alive() && self.state == State::Open;
+        let head_only = req.method == Method::Head;
+        if let Some(message) = &self.refusal {
+            let e = Error::new(ErrorKind::Unavailable, message.clone());
+            let r = crate::dialect::rest::error_response(&e);
+            self.push_out(Lsn::ZERO, r.encode(false, head_only));
+            self.state = State::Closing;
+            return;
+        }
+        let reply = server.handle_request(&req, now);
+        if let Some((outbound, call)) = reply.call {
+            self.pending_call = Some((call, keep_alive, head_only));
+            self.effects.push_back(Effect::Http(outbound));
+            return;
+        }
+        match reply.upgrade {
+            None => {
+                if !keep_alive {
+                    self.state = State::Closing;
+                }
+                self.push_out(reply.wait_for, reply.response.encode(keep_alive, head_only));
+            }
+            Some(Upgrade::WebSocket { accept }) => {
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                self.push_out(Lsn::ZERO, Bytes::from(head));
+                let mut transport = WsTransport::new(self.max_message);
+                // Bytes that arrived behind the upgrade request are frames.
+                transport.handle_input(&self.inbuf.split());
+                let session = ekodb_ws::Session::default();
+                self.outbox = Some(server.open_stream(self.id, session.codec()));
+                self.mode = Mode::WebSocket(Box::new(WsMode { transport, session }));
+                self.timers.cancel(ConnTimer::Idle);
+                self.timers.set(
+                    ConnTimer::Heartbeat,
+                    Some(now.saturating_add(self.heartbeat.max(FIRST_PING_AFTER))),
+                );
+                self.work.clear();
+                self.read_ws();
+            }
+            Some(Upgrade::Sse {
+                collection,
+                filter,
+                resume,
+            }) => {
+                let head = response::encode_stream_head(200, "text/event-stream", &[]);
+                self.push_out(Lsn::ZERO, head);
+                self.mode = Mode::Sse;
+                self.inbuf.clear();
+                self.work.clear();
+                self.outbox = Some(server.open_stream(self.id, ekodb_sse::CODEC));
+                let hello = ekodb_sse::open(server, self.id, &collection, filter.clone());
+                self.push_out(Lsn::ZERO, hello);
+                self.timers.cancel(ConnTimer::Idle);
+                self.timers.set(
+                    ConnTimer::Heartbeat,
+                    Some(now.saturating_add(self.heartbeat)),
+                );
+                if let Some(from) = resume {
+                    self.start_replay(server, collection, filter, from);
+                }
+            }
+        }
+    }
+
+    /// The idle deadline passed: a half-received request gets a 408; either
+    /// way the connection closes.
+    pub(super) fn idle_expired(&mut self) {
+        if !matches!(self.mode, Mode::Http) {
+            return;
+        }
+        if self.parser.in_progress(&self.inbuf) {
+            let r = Response::error(408, "timed out waiting for the rest of the request");
+            self.push_out(Lsn::ZERO, r.encode(false, false));
+        }
+        self.state = State::Closing;
+        self.work.clear();
+    }
+}

@@ -1,0 +1,483 @@
+//! One client connection as a state machine.
+//!
+//! ```text
+//!             ┌────────── HTTP/1.1 (keep-alive, pipelining) ──────────┐
+//!   bytes ──▶ │ parse ─▶ [work] ─execute(server)─▶ [out, each with an LSN] │ ──▶ socket
+//!             └──────┬──────────────────────────────────────┬───────────┘
+//!                    │ 101 Switching Protocols              │ GET /api/subscribe/{c}
+//!                    ▼                                      ▼
+//!        WebSocket: frames ⇄ messages              SSE: events, heartbeats
+//!        (requests, replies, events)               (events only)
+//!
+//!   Open ──(Connection: close | error | EOF | close frame)──▶ Closing ──(flushed)──▶ Closed
+//! ```
+//!
+//! The inputs are the `handle_*` methods (bytes, EOF, a wake-up, a timer, a
+//! history read), each with `now` where time matters; the outputs are
+//! `poll_transmit`, `poll_effect` and `poll_timeout`. `driver::step` is the one
+//! place that drains them in the documented order; runtimes, the simulation
+//! and the fuzz targets all call it.
+//!
+//! Every outgoing piece carries the LSN that must be durable before it may be
+//! sent, so nothing a client sees can be taken back by a crash.
+//!
+//! The rooms: `http1` (pipelining, upgrades), `stream` (WebSocket and SSE:
+//! messages, outbox, heartbeats, overflow), `replay` (resuming from the log).
+
+mod http1;
+mod replay;
+mod stream;
+
+use crate::dialect::ekodb_ws;
+use crate::dialect::EventCodec;
+use crate::ids::{ConnId, Lsn};
+use crate::realtime::hub::Outbox;
+use crate::server::Call;
+use crate::time::Timestamp;
+use crate::timers::TimerTable;
+use crate::wire::http::client::Outbound;
+use crate::wire::http::{HttpError, Limits, Request, RequestParser, Response};
+use crate::wire::ws::{Incoming, WsTransport};
+use bytes::{Bytes, BytesMut};
+use replay::Replay;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use replay::{History, HistoryError, HISTORY_CHUNK_BYTES};
+
+/// Pipelined requests (or WebSocket messages) accepted ahead of their replies.
+const MAX_PIPELINE: usize = 256;
+/// Bytes a connection holds for the socket before it stops taking more events
+/// from the hub (the hub's own budget then absorbs bursts, up to its limit).
+const LOCAL_OUT_BYTES: usize = 256 * 1024;
+/// How long a connection refused at the connection limit waits for its
+/// request before it is simply closed.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum Work {
+    Request(Request),
+    Fail(HttpError),
+    Message(Incoming),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// No more input is processed; queued output still goes out.
+    Closing,
+    Closed,
+}
+
+#[derive(Debug)]
+struct WsMode {
+    transport: WsTransport,
+    session: ekodb_ws::Session,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Http,
+    WebSocket(Box<WsMode>),
+    Sse,
+}
+
+/// The connection's deadlines (one timer table, `timers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ConnTimer {
+    /// HTTP: close after this long without input (408 if a request is half in).
+    Idle,
+    /// WebSocket ping or SSE comment; three missed pings close a WebSocket.
+    Heartbeat,
+}
+
+/// Something the runtime must do for the connection (I/O that `core` cannot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Read committed batches with LSN > `after` (at most
+    /// `HISTORY_CHUNK_BYTES`; everything up to `upto` is already durable) and
+    /// hand them to `handle_history`.
+    ReadHistory { after: Lsn, upto: Lsn },
+    /// Perform an outbound HTTP request (connect, write `request`, read until
+    /// the peer closes) and hand the bytes to `handle_call_result`.
+    Http(Outbound),
+}
+
+/// The settings a connection is made with.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnConfig {
+    pub limits: Limits,
+    pub idle_timeout: Duration,
+    pub heartbeat: Duration,
+    pub max_message: usize,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    id: ConnId,
+    state: State,
+    mode: Mode,
+    /// At the connection limit: every request is answered with this 503 and
+    /// the connection closes.
+    refusal: Option<String>,
+    parser: RequestParser,
+    inbuf: BytesMut,
+    work: VecDeque<Work>,
+    out: VecDeque<(Lsn, Bytes)>,
+    out_bytes: usize,
+    last_activity: Timestamp,
+    opened: Timestamp,
+    timers: TimerTable<ConnTimer>,
+    idle_timeout: Duration,
+    heartbeat: Duration,
+    max_message: usize,
+    eof: bool,
+    effects: VecDeque<Effect>,
+    /// A history read waiting for its position to be durable.
+    history_due: Option<(Lsn, Lsn)>,
+    replays: VecDeque<Replay>,
+    /// The hub may have events for us.
+    notified: bool,
+    /// Where the hub queues this connection's events (WebSocket and SSE).
+    outbox: Option<Arc<Outbox>>,
+    /// The input stream broke (an unparseable request): answer what came before,
+    /// then the error, then close. Nothing after it is read.
+    input_failed: bool,
+    /// A WebSocket upgrade request is queued: the bytes after it are frames, not
+    /// requests, so HTTP parsing waits for its outcome.
+    upgrade_pending: bool,
+    /// The WebSocket close reply, held until the messages before it are answered.
+    deferred_close: Option<Bytes>,
+    /// A reply waiting for an outbound call; later requests wait behind it.
+    pending_call: Option<(Call, bool, bool)>,
+    /// Storage failure was already handled.
+    storage_failed: bool,
+}
+
+impl Connection {
+    pub fn new(id: ConnId, config: ConnConfig, now: Timestamp) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(
+            ConnTimer::Idle,
+            Some(now.saturating_add(config.idle_timeout)),
+        );
+        Connection {
+            id,
+            state: State::Open,
+            mode: Mode::Http,
+            refusal: None,
+            parser: RequestParser::new(config.limits),
+            inbuf: BytesMut::new(),
+            work: VecDeque::new(),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            last_activity: now,
+            opened: now,
+            timers,
+            idle_timeout: config.idle_timeout,
+            heartbeat: config.heartbeat.max(Duration::from_secs(1)),
+            max_message: config.max_message,
+            eof: false,
+            effects: VecDeque::new(),
+            history_due: None,
+            replays: VecDeque::new(),
+            notified: false,
+            pending_call: None,
+            outbox: None,
+            input_failed: false,
+            upgrade_pending: false,
+            deferred_close: None,
+            storage_failed: false,
+        }
+    }
+
+    /// A connection over the server's limit: its request is answered with a
+    /// 503 carrying `message`, then it closes (or closes after a short wait if
+    /// no request comes).
+    pub(crate) fn refusing(mut self, message: String, now: Timestamp) -> Self {
+        self.refusal = Some(message);
+        self.idle_timeout = self.idle_timeout.min(REFUSAL_DEADLINE);
+        self.timers
+            .set(ConnTimer::Idle, Some(now.saturating_add(self.idle_timeout)));
+        self
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Whether this connection streams events (WebSocket or SSE).
+    pub fn is_streaming(&self) -> bool {
+        !matches!(self.mode, Mode::Http)
+    }
+
+    /// The codec this connection's events are encoded with, once streaming.
+    fn codec(&self) -> Option<EventCodec> {
+        match &self.mode {
+            Mode::Http => None,
+            Mode::WebSocket(ws) => Some(ws.session.codec()),
+            Mode::Sse => Some(crate::dialect::ekodb_sse::CODEC),
+        }
+    }
+
+    fn push_out(&mut self, lsn: Lsn, bytes: Bytes) {
+        self.out_bytes += bytes.len();
+        self.out.push_back((lsn, bytes));
+    }
+
+    fn recount_out(&mut self) {
+        self.out_bytes = self.out.iter().map(|(_, b)| b.len()).sum();
+    }
+
+    // ----- inputs -----------------------------------------------------------
+
+    /// Bytes read from the socket.
+    pub fn handle_input(&mut self, data: &[u8], now: Timestamp) {
+        if self.state != State::Open || self.input_failed {
+            return;
+        }
+        self.last_activity = now;
+        match &mut self.mode {
+            Mode::Http => {
+                self.timers
+                    .set(ConnTimer::Idle, Some(now.saturating_add(self.idle_timeout)));
+                self.inbuf.extend_from_slice(data);
+                self.parse_http();
+            }
+            Mode::WebSocket(ws) => {
+                ws.transport.handle_input(data);
+                self.read_ws();
+            }
+            // SSE clients send nothing after the request; ignore stray bytes.
+            Mode::Sse => {}
+        }
+    }
+
+    /// The peer closed its side: answer what it sent before (a half-close may
+    /// follow pipelined requests), then close.
+    pub fn handle_eof(&mut self) {
+        self.eof = true;
+        if self.is_streaming() {
+            self.state = State::Closing;
+            // Nobody is listening any more.
+            self.out.clear();
+            self.out_bytes = 0;
+            self.work.clear();
+            self.history_due = None;
+        }
+    }
+
+    /// Something this connection waits for may be ready (hub events, a
+    /// finished call). Needs no server lock.
+    pub fn handle_notify(&mut self) {
+        self.notified = true;
+        self.pull_events();
+    }
+
+    // ----- execution --------------------------------------------------------
+
+    /// Whether `execute` has something to do (needs the server lock).
+    pub fn wants_server(&self) -> bool {
+        self.pending_call.is_none() && !self.work.is_empty()
+    }
+
+    /// Whether the runtime should keep reading the socket.
+    pub fn wants_read(&self) -> bool {
+        self.state == State::Open
+            && !self.eof
+            && !self.input_failed
+            && self.work.len() < MAX_PIPELINE
+            && self.out_bytes < 4 * LOCAL_OUT_BYTES
+            && self.out.len() < 4 * MAX_PIPELINE
+    }
+
+    /// Runs parsed requests or messages against the server, and takes queued
+    /// events from the hub.
+    pub fn execute(&mut self, server: &mut crate::server::Server, now: Timestamp) {
+        while self.pending_call.is_none() {
+            if self.state != State::Open && !self.is_streaming() {
+                self.work.clear();
+            }
+            let Some(work) = self.work.pop_front() else {
+                break;
+            };
+            match work {
+                Work::Request(req) => self.execute_request(server, req, now),
+                Work::Fail(e) => {
+                    let r = Response::error(e.status(), &e.message());
+                    self.push_out(Lsn::ZERO, r.encode(false, false));
+                    self.state = State::Closing;
+                    self.work.clear();
+                }
+                Work::Message(msg) => self.execute_message(server, msg, now),
+            }
+            if self.state != State::Open && !self.is_streaming() {
+                self.work.clear();
+            }
+        }
+        if self.work.is_empty() {
+            if let Some(bytes) = self.deferred_close.take() {
+                self.push_out(Lsn::ZERO, bytes);
+            }
+        }
+        self.pull_events();
+        match self.mode {
+            Mode::Http => self.parse_http(),
+            Mode::WebSocket(_) => self.read_ws(),
+            Mode::Sse => {}
+        }
+    }
+
+    /// The next effect for the runtime to perform. A history read is handed out
+    /// only once everything it covers is durable (`durable`), so the runtime
+    /// never waits for durability on the connection's behalf.
+    pub fn poll_effect(&mut self, durable: Lsn) -> Option<Effect> {
+        if let Some(e) = self.effects.pop_front() {
+            return Some(e);
+        }
+        match self.history_due {
+            Some((after, upto)) if upto <= durable => {
+                self.history_due = None;
+                Some(Effect::ReadHistory { after, upto })
+            }
+            _ => None,
+        }
+    }
+
+    /// The outcome of `Effect::Http`: the response bytes, or why there are none.
+    pub fn handle_call_result(
+        &mut self,
+        server: &mut crate::server::Server,
+        result: Result<Vec<u8>, String>,
+    ) {
+        let Some((call, keep_alive, head_only)) = self.pending_call.take() else {
+            return;
+        };
+        let response = server.finish_call(&call, result);
+        if !keep_alive {
+            self.state = State::Closing;
+        }
+        self.push_out(Lsn::ZERO, response.encode(keep_alive, head_only));
+    }
+
+    // ----- output -----------------------------------------------------------
+
+    /// The next bytes to write, once what they depend on is durable.
+    pub fn poll_transmit(&mut self, durable: Lsn) -> Option<Bytes> {
+        match self.out.front() {
+            Some((lsn, _)) if *lsn <= durable => {
+                let (_, bytes) = self.out.pop_front()?;
+                self.out_bytes = self.out_bytes.saturating_sub(bytes.len());
+                if self.notified && self.out_bytes < LOCAL_OUT_BYTES / 2 {
+                    self.pull_events();
+                }
+                // Pipelined requests beyond the window wait in `inbuf`: parse
+                // them as replies make room.
+                if self.work.is_empty() && !self.inbuf.is_empty() {
+                    self.parse_http();
+                }
+                Some(bytes)
+            }
+            _ => {
+                if self.finished() {
+                    self.state = State::Closed;
+                }
+                None
+            }
+        }
+    }
+
+    /// Nothing more will be read or sent: the connection can close. (A
+    /// connection that wants no more input closes itself here; runtimes never
+    /// decide that.)
+    fn finished(&self) -> bool {
+        let no_more_input = self.state == State::Closing || self.eof;
+        no_more_input
+            && self.out.is_empty()
+            && self.work.is_empty()
+            && self.pending_call.is_none()
+            && self.deferred_close.is_none()
+            && self.history_due.is_none()
+    }
+
+    /// The LSN held-back output waits for, if any: a reply or event not yet
+    /// durable, or a history read whose position is not.
+    pub fn awaiting_durability(&self, durable: Lsn) -> Option<Lsn> {
+        let out = self
+            .out
+            .front()
+            .map(|(lsn, _)| *lsn)
+            .filter(|l| *l > durable);
+        let history = self
+            .history_due
+            .map(|(_, upto)| upto)
+            .filter(|l| *l > durable);
+        out.or(history)
+    }
+
+    /// Storage failed: output waiting for batches beyond `durable` will never be
+    /// released. Those HTTP replies become 503s (and the connection closes, as
+    /// their outcome is unknown); a stream holding such events is closed. A
+    /// connection with nothing in doubt carries on (reads still work).
+    pub fn handle_storage_failure(&mut self, durable: Lsn, message: &str) {
+        let in_doubt = self.out.iter().any(|(lsn, _)| *lsn > durable)
+            || self.history_due.is_some_and(|(_, upto)| upto > durable);
+        if self.storage_failed || !in_doubt {
+            return;
+        }
+        self.storage_failed = true;
+        if self.is_streaming() {
+            self.out.retain(|(lsn, _)| *lsn <= durable);
+            if let Mode::WebSocket(ws) = &mut self.mode {
+                ws.transport.close(1011, "storage failure");
+                if let Some(b) = ws.transport.take_output() {
+                    self.out.push_back((Lsn::ZERO, b));
+                }
+            }
+        } else if let Some(at) = self.out.iter().position(|(lsn, _)| *lsn > durable) {
+            // The first reply whose write is in doubt becomes a 503 that closes
+            // the connection; nothing after it is sent.
+            self.out.truncate(at);
+            let r = Response::error(
+                503,
+                &format!("the write could not be made durable: {message}"),
+            )
+            .with_header("Retry-After", "1")
+            .encode(false, false);
+            self.out.push_back((Lsn::ZERO, r));
+        }
+        self.recount_out();
+        self.history_due = None;
+        self.work.clear();
+        self.pending_call = None;
+        self.deferred_close = None;
+        self.state = State::Closing;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    /// When `handle_timeout` should run next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.state != State::Open {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.state != State::Open {
+            return;
+        }
+        for timer in self.timers.expired(now) {
+            match timer {
+                ConnTimer::Idle => self.idle_expired(),
+                ConnTimer::Heartbeat => self.heartbeat_due(now),
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A streaming connection (WebSocket or SSE): messages in, replies and events
+//! out, the outbox the hub fills, heartbeats, and the cut-off of a subscriber
+//! that falls too far behind.
+
+use super::{ConnTimer, Connection, Mode, State, Work, LOCAL_OUT_BYTES, MAX_PIPELINE};
+use crate::dialect::ekodb_ws::{self, Followup};
+use crate::dialect::{encode_notice, Framing, Notice};
+use crate::ids::Lsn;
+use crate::realtime::hub;
+use crate::server::Server;
+use crate::time::Timestamp;
+use crate::wire::sse;
+use crate::wire::ws::{frame_header, Incoming};
+use bytes::Bytes;
+
+impl Connection {
+    pub(super) fn read_ws(&mut self) {
+        let Mode::WebSocket(ws) = &mut self.mode else {
+            return;
+        };
+        // Once closing, no further message is read (and so none is answered).
+        while self.state == State::Open {
+            if self.work.len() >= MAX_PIPELINE {
+                break;
+            }
+            match ws.transport.poll_message() {
+                Ok(Some(m)) => self.work.push_back(Work::Message(m)),
+                Ok(None) => break,
+                Err(closing) => {
+                    ws.transport.close(closing.code, &closing.reason);
+                    self.state = State::Closing;
+                    self.work.clear();
+                    break;
+                }
+            }
+        }
+        let Mode::WebSocket(ws) = &mut self.mode else {
+            return;
+        };
+        let output = ws.transport.take_output();
+        let ended = ws.transport.is_terminated() || !ws.transport.can_write();
+        if ended {
+            // The peer closed (or broke) the stream. Messages that came before
+            // its Close are still answered; the close reply goes out after them,
+            // since no data frame may follow it.
+            self.state = State::Closing;
+            if self.work.is_empty() {
+                if let Some(bytes) = output {
+                    self.push_out(Lsn::ZERO, bytes);
+                }
+            } else if let Some(bytes) = output {
+                self.deferred_close = Some(bytes);
+            }
+        } else if let Some(bytes) = output {
+            self.push_out(Lsn::ZERO, bytes);
+        }
+    }
+
+    pub(super) fn execute_message(&mut self, server: &mut Server, msg: Incoming, now: Timestamp) {
+        let Mode::WebSocket(ws) = &mut self.mode else {
+            return;
+        };
+        let (replies, followup) = ekodb_ws::handle(server, self.id, &mut ws.session, &msg, now);
+        for r in replies {
+            self.push_out(r.wait_for, frame_header(r.binary, r.payload.len()));
+            self.push_out(r.wait_for, r.payload);
+        }
+        if let Followup::Resume {
+            collection,
+            filter,
+            from,
+        } = followup
+        {
+            self.start_replay(server, collection, filter, from);
+        }
+    }
+
+    /// Queues one encoded message of this connection's codec: framed as a
+    /// WebSocket message, or as is for SSE (its bytes are a whole event).
+    pub(super) fn push_message(&mut self, lsn: Lsn, bytes: Bytes) {
+        if let Some(Framing::WebSocket { binary }) = self.codec().map(|c| c.framing()) {
+            self.push_out(lsn, frame_header(binary, bytes.len()));
+        }
+        self.push_out(lsn, bytes);
+    }
+
+    /// Moves queued events from the outbox to the socket queue (unless a replay
+    /// is running: live events wait behind history).
+    pub(super) fn pull_events(&mut self) {
+        if !self.replays.is_empty()
+            || self.state != State::Open
+            || self.out_bytes >= LOCAL_OUT_BYTES
+        {
+            return;
+        }
+        let Some(outbox) = self.outbox.clone() else {
+            return;
+        };
+        self.notified = false;
+        match outbox.drain(LOCAL_OUT_BYTES - self.out_bytes) {
+            Ok(items) => {
+                for item in items {
+                    self.push_message(item.lsn, item.bytes);
+                }
+                // More than fitted: come back when the socket queue drains.
+                self.notified = outbox.is_pending();
+            }
+            Err(hub::Overflowed) => self.overflowed(),
+        }
+    }
+
+    /// The subscriber fell further behind than its budget: say so and close.
+    fn overflowed(&mut self) {
+        let Some(codec) = self.codec() else {
+            return;
+        };
+        let notice = encode_notice(&Notice::Overflowed, codec);
+        self.push_message(Lsn::ZERO, notice);
+        if let Mode::WebSocket(ws) = &mut self.mode {
+            ws.transport.close(1013, "subscriber too slow");
+            if let Some(b) = ws.transport.take_output() {
+                self.out.push_back((Lsn::ZERO, b));
+            }
+        }
+        self.recount_out();
+        self.state = State::Closing;
+    }
+
+    /// Sends a keepalive (a ping, or an SSE comment); a WebSocket peer that
+    /// showed no sign of life for three heartbeats is gone.
+    pub(super) fn heartbeat_due(&mut self, now: Timestamp) {
+        match &mut self.mode {
+            Mode::Http => return,
+            Mode::WebSocket(ws) => {
+                if now.since(self.last_activity) > self.heartbeat * 3
+                    && now.since(self.opened) > self.heartbeat * 3
+                {
+                    ws.transport.close(1001, "no response to pings");
+                    self.state = State::Closing;
+                } else {
+                    ws.transport.ping();
+                }
+                if let Some(b) = ws.transport.take_output() {
+                    self.push_out(Lsn::ZERO, b);
+                }
+            }
+            Mode::Sse => self.push_out(Lsn::ZERO, Bytes::from_static(sse::HEARTBEAT)),
+        }
+        self.timers.set(
+            ConnTimer::Heartbeat,
+            Some(now.saturating_add(self.heartbeat)),
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The ekoDB WebSocket protocol on `/api/ws` (spec B): typed client messages
+//! (`messages::ClientMessage`) decoded from JSON text or, after a `Hello`
+//! negotiated it, MessagePack binary; data calls answered by the same handlers
+//! as the REST routes (so `data` is exactly what REST returns), encoded once in
+//! the session's format; change events as `MutationNotification` and
+//! `SchemaChanged`.
+
+pub mod messages;
+
+use super::ekodb_events::{Payload, ResetPayload, OVERFLOW_MESSAGE};
+use super::rest::{collections, kv, records, search, Ctx};
+use super::{EventCodec, Notice};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ids::{ConnId, Lsn};
+use crate::realtime::events::{Change, Event, EventPos, Filter};
+use crate::server::Server;
+use crate::time::Timestamp;
+use crate::wire::format::{self, Format};
+use crate::wire::http::Response;
+use crate::wire::ws::Incoming;
+use bytes::Bytes;
+use messages::{ClientMessage, DataCall, DataKind, Refusal, ServerMessage};
+use serde::Serialize;
+use serde_json::json;
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+pub struct Session {
+    /// JSON until a `Hello` negotiates MessagePack.
+    pub format: Format,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            format: Format::Json,
+        }
+    }
+}
+
+impl Session {
+    /// The codec the hub encodes this connection's events with.
+    pub fn codec(&self) -> EventCodec {
+        EventCodec::EkodbWs(self.format)
+    }
+}
+
+/// One message to send: its bytes, its frame kind, and the LSN that must be
+/// durable first.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub wait_for: Lsn,
+    pub binary: bool,
+    pub payload: Bytes,
+}
+
+/// What a message asks the connection to do besides replying.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followup {
+    None,
+    /// Replay the log for this subscription from a position, then go live.
+    Resume {
+        collection: String,
+        filter: Option<Filter>,
+        from: EventPos,
+    },
+}
+
+/// Handles one message: the replies to send, in order, and a follow-up.
+pub fn handle(
+    server: &mut Server,
+    conn: ConnId,
+    session: &mut Session,
+    msg: &Incoming,
+    now: Timestamp,
+) -> (Vec<Outgoing>, Followup) {
+    let envelope = match messages::decode(msg) {
+        Ok(e) => e,
+        Err(Refusal::Undecodable) => return (Vec::new(), Followup::None),
+        Err(Refusal::Invalid { id, error }) => {
+            let reply = error_reply(session, id.as_deref(), &error);
+            return (vec![reply], Followup::None);
+        }
+    };
+    let id = envelope.id.as_deref();
+    let mut followup = Followup::None;
+    let result: Result<Bytes> = match envelope.message {
+        ClientMessage::Hello { msgpack } => {
+            session.format = if msgpack {
+                Format::MsgPack
+            } else {
+                Format::Json
+            };
+            server.want_schema_events(conn);
+            server.set_stream_codec(conn, session.codec());
+            let welcome = ServerMessage::Welcome { msgpack };
+            return (
+                vec![outgoing(Lsn::ZERO, welcome.encode(session.format))],
+                Followup::None,
+            );
+        }
+        ClientMessage::Subscribe {
+            collection,
+            filter,
+            resume,
+        } => {
+            server.subscribe(conn, &collection, filter.clone());
+            if let Some(from) = resume {
+                followup = Followup::Resume {
+                    collection: collection.clone(),
+                    filter,
+                    from,
+                };
+            }
+            let sub = format!("sub_{}", server.new_token(16));
+            format::encode(
+                session.format,
+                &json!({"subscription_id": sub, "collection": collection}),
+            )
+        }
+        ClientMessage::Unsubscribe { collection } => {
+            let found = server.unsubscribe(conn, &collection);
+            format::encode(
+                session.format,
+                &json!({"collection": collection, "found": found, "unsubscribed": true}),
+            )
+        }
+        ClientMessage::ChatSend { chat_id } => {
+            // Clients wait for a terminal stream frame, never a Success/Error.
+            let frame = ServerMessage::ChatStreamError {
+                chat_id: &chat_id,
+                error: "chat is not implemented in this version of Tidepool",
+            };
+            return (
+                vec![outgoing(Lsn::ZERO, frame.encode(session.format))],
+                Followup::None,
+            );
+        }
+        ClientMessage::ClientToolResult => return (Vec::new(), Followup::None),
+        ClientMessage::CancelChat if id.is_none() => return (Vec::new(), Followup::None),
+        ClientMessage::RegisterClientTools
+        | ClientMessage::CancelChat
+        | ClientMessage::RawComplete => Err(Error::not_implemented("chat")),
+        ClientMessage::Data(call) => data_call(server, session, call, now),
+        ClientMessage::Unknown(_) if id.is_none() => return (Vec::new(), Followup::None),
+        ClientMessage::Unknown(other) => {
+            Err(Error::invalid(format!("unknown message type `{other}`")))
+        }
+    };
+    let reply = match result {
+        Ok(data) => ServerMessage::Success { id, data: &data }.encode(session.format),
+        Err(e) => ServerMessage::Error {
+            id,
+            code: e.status(),
+            message: &e.message,
+        }
+        .encode(session.format),
+    };
+    let wait_for = server.finish_operation(now);
+    (vec![outgoing(wait_for, reply)], followup)
+}
+
+fn outgoing(wait_for: Lsn, encoded: Result<(bool, Bytes)>) -> Outgoing {
+    match encoded {
+        Ok((binary, payload)) => Outgoing {
+            wait_for,
+            binary,
+            payload,
+        },
+        // Serialising our own messages does not fail; should it, the client
+        // still gets an answer rather than silence.
+        Err(e) => Outgoing {
+            wait_for,
+            binary: false,
+            payload: Bytes::from(
+                json!({"type": "Error", "code": 500, "message": e.message}).to_string(),
+            ),
+        },
+    }
+}
+
+fn error_reply(session: &Session, id: Option<&str>, error: &Error) -> Outgoing {
+    let msg = ServerMessage::Error {
+        id,
+        code: error.status(),
+        message: &error.message,
+    };
+    outgoing(Lsn::ZERO, msg.encode(session.format))
+}
+
+/// Runs a data call through the REST handler of the same name, answering in
+/// the session's format.
+fn data_call(
+    server: &mut Server,
+    session: &Session,
+    call: DataCall,
+    now: Timestamp,
+) -> Result<Bytes> {
+    if call.kind.writes() {
+        server.check_writable()?;
+    }
+    let mut ctx = Ctx::message(call.body, session.format, now);
+    ctx = call
+        .args
+        .into_iter()
+        .fold(ctx, |ctx, (name, value)| ctx.with_arg(name, value));
+    ctx.clock = server.clock();
+    let response = handler(call.kind)(server.engine_mut(), &ctx)?;
+    Ok(response.body)
+}
+
+type DataHandler = fn(&mut Engine, &Ctx<'_>) -> Result<Response>;
+
+/// The REST handler behind each data message.
+fn handler(kind: DataKind) -> DataHandler {
+    use DataKind as D;
+    match kind {
+        D::FindAll | D::Query => |e, c| records::find(e, c, c.arg("collection")),
+        D::FindById => |e, c| records::find_by_id(e, c, c.arg("collection"), c.arg("id")),
+        D::Insert => |e, c| records::insert(e, c, c.arg("collection")),
+        D::Update => |e, c| records::update(e, c, c.arg("collection"), c.arg("id")),
+        D::Delete => |e, c| records::delete(e, c, c.arg("collection"), c.arg("id")),
+        D::BatchInsert => |e, c| records::batch_insert(e, c, c.arg("collection")),
+        D::BatchUpdate => |e, c| records::batch_update(e, c, c.arg("collection")),
+        D::BatchDelete => |e, c| records::batch_delete(e, c, c.arg("collection")),
+        D::Distinct => |e, c| records::distinct(e, c, c.arg("collection"), c.arg("field")),
+        D::UpdateWithAction => {
+            |e, c| records::action(e, c, c.arg("collection"), c.arg("id"), c.arg("action"))
+        }
+        D::TextSearch => |e, c| search::results(e, c, c.arg("collection")),
+        D::CreateCollection => |e, c| collections::create(e, c, c.arg("collection")),
+        D::EnsureCollection => |e, c| collections::ensure(e, c, c.arg("collection")),
+        D::GetCollections => collections::names,
+        D::DeleteCollection => |e, c| collections::drop(e, c, c.arg("collection")),
+        D::KvSet => |e, c| kv::set(e, c, c.arg("key")),
+        D::KvGet => |e, c| kv::get(e, c, c.arg("key")),
+        D::KvDelete => |e, c| kv::delete(e, c, c.arg("key")),
+    }
+}
+
+/// `{"type": ..., "payload": ...}` in a format. Our payloads always serialise;
+/// should one not, an `Error` message goes out instead of nothing.
+fn typed<T: Serialize>(format: Format, kind: &str, payload: &T) -> Bytes {
+    #[derive(Serialize)]
+    struct Typed<'a, T> {
+        r#type: &'a str,
+        payload: &'a T,
+    }
+    format::encode(
+        format,
+        &Typed {
+            r#type: kind,
+            payload,
+        },
+    )
+    .unwrap_or_else(|e| {
+        Bytes::from(json!({"type": "Error", "code": 500, "message": e.message}).to_string())
+    })
+}
+
+/// A change event as a `MutationNotification` or `SchemaChanged` message.
+pub fn encode_event(event: &Event<'_>, format: Format) -> Option<Bytes> {
+    let kind = match event.change {
+        Change::Mutation { .. } => "MutationNotification",
+        Change::SchemaChanged { .. } => "SchemaChanged",
+    };
+    Some(typed(format, kind, &Payload::of(event)))
+}
+
+pub fn encode_notice(notice: &Notice<'_>, format: Format) -> Bytes {
+    match ResetPayload::of(notice) {
+        Some(reset) => typed(format, "SubscriptionReset", &reset),
+        None => format::encode(
+            format,
+            &json!({"type": "Error", "code": 1013, "message": OVERFLOW_MESSAGE}),
+        )
+        .unwrap_or_else(|_| Bytes::from_static(br#"{"type":"Error","code":1013}"#)),
+    }
+}

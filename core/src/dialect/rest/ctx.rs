@@ -1,0 +1,156 @@
+//! One call's context: its arguments (path variables, query parameters, body),
+//! the format to answer in, and the time. A call arrives either as an HTTP
+//! request (REST) or as a message another ekoDB dialect already decoded (a
+//! WebSocket `Insert`, say): handlers read both the same way and never see
+//! which, so no dialect has to dress its messages up as HTTP requests.
+
+use super::codec;
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use crate::wire::format::{self, Format};
+use crate::wire::http::{url, Request, Response};
+use serde::Serialize;
+use serde_json::Value as J;
+
+#[derive(Clone, Debug)]
+enum Input<'a> {
+    /// A REST request: the body is decoded when a handler asks for it.
+    Http(&'a Request),
+    /// A message body already decoded by its dialect.
+    Value(J),
+}
+
+#[derive(Clone, Debug)]
+pub struct Ctx<'a> {
+    pub now: Timestamp,
+    /// The format of the answer's body.
+    pub out: Format,
+    /// Reads the clock again, for `execution_time_ms`. Supplied by the runtime;
+    /// `None` in simulations (then elapsed time reads as 0).
+    pub clock: Option<fn() -> Timestamp>,
+    params: Vec<(String, String)>,
+    args: Vec<(&'static str, String)>,
+    input: Input<'a>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A REST call: query parameters decoded, the answer's format negotiated.
+    pub fn http(req: &'a Request, now: Timestamp) -> Result<Ctx<'a>> {
+        let params = url::parse_query(&req.query)
+            .map_err(|e| Error::invalid(format!("bad query string: {e}")))?;
+        Ok(Ctx {
+            now,
+            out: codec::response_format(req),
+            clock: None,
+            params,
+            args: Vec::new(),
+            input: Input::Http(req),
+        })
+    }
+
+    /// A call made by a message-based dialect, with its body already decoded.
+    pub fn message(body: J, out: Format, now: Timestamp) -> Ctx<'static> {
+        Ctx {
+            now,
+            out,
+            clock: None,
+            params: Vec::new(),
+            args: Vec::new(),
+            input: Input::Value(body),
+        }
+    }
+
+    /// Sets a path variable (`{collection}`).
+    pub fn with_arg(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.args.push((name, value.into()));
+        self
+    }
+
+    /// Adds a query parameter.
+    pub fn with_param(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.params.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub(super) fn with_args(mut self, args: Vec<(&'static str, String)>) -> Self {
+        self.args.extend(args);
+        self
+    }
+
+    /// A path variable named in the route table (empty if the route has none of
+    /// that name, which the route table's tests rule out).
+    pub fn arg(&self, name: &str) -> &str {
+        self.args
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Milliseconds since the call started, if a clock was supplied.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.clock
+            .map_or(0, |clock| clock().since(self.now).as_millis() as u64)
+    }
+
+    /// The last value of a query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a list parameter: repeated and/or comma-joined.
+    pub fn list_param(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (k, v) in &self.params {
+            if k == name {
+                for f in crate::engine::query::split_fields(v) {
+                    if !out.contains(&f) {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A request header (none for message calls).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match &self.input {
+            Input::Http(req) => req.header(name),
+            Input::Value(_) => None,
+        }
+    }
+
+    /// The transaction a data call runs in (`?transaction_id=`).
+    pub fn transaction(&self) -> Option<&str> {
+        self.param("transaction_id").filter(|t| !t.is_empty())
+    }
+
+    pub fn body(&self) -> Result<J> {
+        match &self.input {
+            Input::Http(req) => codec::decode_body(req),
+            Input::Value(v) => Ok(v.clone()),
+        }
+    }
+
+    /// A 200 response in the negotiated format.
+    pub fn ok<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
+        Ok(Response::new(
+            200,
+            format::content_type(self.out),
+            format::encode(self.out, value)?,
+        ))
+    }
+
+    /// A 200 response in JSON whatever was negotiated, for the REST endpoints the
+    /// clients always read as JSON; message calls get their session's format.
+    pub fn ok_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
+        match self.input {
+            Input::Http(_) => Ok(Response::json(200, format::encode(Format::Json, value)?)),
+            Input::Value(_) => self.ok(value),
+        }
+    }
+}

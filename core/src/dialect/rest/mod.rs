@@ -1,0 +1,70 @@
+//! The ekoDB REST API (spec parts 1-14): one route table (`routes`), content
+//! negotiation (`codec`), and handlers per area. Each handler reads its
+//! arguments from a `Ctx` and answers in the negotiated format; the ekoDB
+//! WebSocket dialect calls the same handlers with message bodies, so a
+//! WebSocket `Insert` answers exactly what `POST /api/insert` does.
+//! Errors become `{"error","code","message"}` JSON bodies.
+
+pub mod codec;
+pub mod collections;
+mod ctx;
+pub mod embed;
+pub mod kv;
+pub mod records;
+pub mod routes;
+pub mod search;
+mod system;
+pub mod txn;
+
+pub use ctx::Ctx;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::server::{Call, Server, Upgrade};
+use crate::time::Timestamp;
+use crate::wire::http::client::Outbound;
+use crate::wire::http::{url, Request, Response};
+use routes::{Handler, Scope};
+
+/// What a route produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The response, ready.
+    Reply(Response),
+    /// The response switches the connection to another protocol.
+    Upgrade(Response, Upgrade),
+    /// The response needs an outbound call first.
+    Call(Outbound, Call),
+}
+
+/// The JSON error response for an error.
+pub fn error_response(e: &Error) -> Response {
+    let mut r = Response::error(e.status(), &e.message);
+    if e.kind == ErrorKind::Unavailable {
+        r = r.with_header("Retry-After", "1");
+    }
+    for (name, value) in &e.headers {
+        r = r.with_header(name, value.clone());
+    }
+    r
+}
+
+/// Answers one REST request: finds its row, checks who may call it and whether
+/// storage takes writes, and runs its handler.
+pub fn respond(server: &mut Server, req: &Request, now: Timestamp) -> Result<Outcome> {
+    let segments = url::split_path(&req.path).map_err(Error::invalid)?;
+    let (route, args) = routes::resolve(&req.method, &segments)?;
+    let mut ctx = Ctx::http(req, now)?.with_args(args);
+    ctx.clock = server.clock();
+    if route.scope != Scope::Public {
+        // `?token=` is how browsers' EventSource and WebSocket pass a token.
+        server.authenticate(ctx.header("authorization"), ctx.param("token"), now)?;
+    }
+    if route.writes {
+        server.check_writable()?;
+    }
+    match route.handler {
+        Handler::Data(f) => f(server.engine_mut(), &ctx).map(Outcome::Reply),
+        Handler::Server(f) => f(server, &ctx),
+        Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
+    }
+}

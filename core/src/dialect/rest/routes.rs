@@ -1,0 +1,413 @@
+//! THE route table of the REST API (spec 1.1, 17): one row per endpoint with its
+//! methods, path, who may call it, whether it writes, and its handler. Adding a
+//! route is adding a row; nothing else lists routes.
+//!
+//! Paths are matched segment by segment on decoded segments: `{name}` takes one
+//! segment, `{*name}` takes the rest. When several rows match, the one whose
+//! literal segments come first wins (`/api/kv/get/{key}` over
+//! `/api/kv/{key}/links`); a path that matches with another method is a 405
+//! listing the methods it has.
+
+use super::{collections, kv, records, search, system, txn, Ctx, Outcome};
+use crate::engine::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::server::Server;
+use crate::wire::http::{Method, Response};
+
+/// Who may call a route. Checked in one place (`rest::handle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// No token needed (health, token exchange).
+    Public,
+    /// Reads data.
+    Read,
+    /// Changes data.
+    Write,
+    /// Server administration.
+    Admin,
+}
+
+/// What runs a route.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// A data-plane call on the engine alone.
+    Data(fn(&mut Engine, &Ctx<'_>) -> Result<Response>),
+    /// A call that needs the server (auth, upgrades, outbound calls, health).
+    Server(fn(&mut Server, &Ctx<'_>) -> Result<Outcome>),
+    /// A surface of the ekoDB API Tidepool does not serve yet: 501, never a
+    /// fake success.
+    Unimplemented(&'static str),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handler::Data(_) => f.write_str("Data"),
+            Handler::Server(_) => f.write_str("Server"),
+            Handler::Unimplemented(what) => write!(f, "Unimplemented({what})"),
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug)]
+pub struct Route {
+    pub methods: &'static [Method],
+    pub path: &'static str,
+    pub scope: Scope,
+    /// Refused while storage is read-only after an I/O error.
+    pub writes: bool,
+    pub handler: Handler,
+}
+
+const READS: bool = false;
+const WRITES: bool = true;
+
+const fn row(
+    methods: &'static [Method],
+    path: &'static str,
+    scope: Scope,
+    writes: bool,
+    handler: Handler,
+) -> Route {
+    Route {
+        methods,
+        path,
+        scope,
+        writes,
+        handler,
+    }
+}
+
+const ALL: &[Method] = &[
+    Method::Get,
+    Method::Post,
+    Method::Put,
+    Method::Patch,
+    Method::Delete,
+];
+
+use Handler::{Data, Server as Srv, Unimplemented};
+use Method::{Delete, Get, Post, Put};
+use Scope::{Admin, Public, Read, Write};
+
+#[rustfmt::skip]
+pub static ROUTES: &[Route] = &[
+    row(&[Get], "/api/health", Public, READS, Srv(system::health)),
+    row(&[Post], "/api/auth/token", Public, READS, Srv(system::token)),
+    row(ALL, "/api/auth/{*rest}", Admin, WRITES, Unimplemented("API key administration")),
+    row(&[Get, Put], "/api/config", Admin, WRITES, Unimplemented("server configuration")),
+    // Collections and schemas (spec 5).
+    row(&[Get], "/api/collections", Read, READS, Data(collections::list)),
+    row(&[Get], "/api/collections/{collection}", Read, READS, Data(|e, c| collections::get(e, c, c.arg("collection")))),
+    row(&[Post], "/api/collections/{collection}", Write, WRITES, Data(|e, c| collections::create(e, c, c.arg("collection")))),
+    row(&[Delete], "/api/collections/{collection}", Write, WRITES, Data(|e, c| collections::drop(e, c, c.arg("collection")))),
+    row(&[Get], "/api/schemas/{collection}", Read, READS, Data(|e, c| collections::schema(e, c, c.arg("collection")))),
+    row(&[Put], "/api/schemas/{collection}", Write, WRITES, Data(|e, c| collections::update_schema(e, c, c.arg("collection")))),
+    // Records (spec 6, 7, 8, 10).
+    row(&[Post], "/api/insert/{collection}", Write, WRITES, Data(|e, c| records::insert(e, c, c.arg("collection")))),
+    row(&[Post], "/api/find/{collection}", Read, READS, Data(|e, c| records::find(e, c, c.arg("collection")))),
+    row(&[Get], "/api/find/{collection}/{id}", Read, READS, Data(|e, c| records::find_by_id(e, c, c.arg("collection"), c.arg("id")))),
+    row(&[Put], "/api/update/sequence/{collection}/{id}", Write, WRITES, Data(|e, c| records::sequence(e, c, c.arg("collection"), c.arg("id")))),
+    row(&[Put], "/api/update/{collection}/{id}/action/{action}", Write, WRITES, Data(|e, c| records::action(e, c, c.arg("collection"), c.arg("id"), c.arg("action")))),
+    row(&[Put], "/api/update/{collection}/{id}", Write, WRITES, Data(|e, c| records::update(e, c, c.arg("collection"), c.arg("id")))),
+    row(&[Delete], "/api/delete/{collection}/{id}", Write, WRITES, Data(|e, c| records::delete(e, c, c.arg("collection"), c.arg("id")))),
+    row(&[Post], "/api/trash/{collection}", Write, WRITES, Data(|e, c| records::restore_all(e, c, c.arg("collection")))),
+    row(&[Post], "/api/trash/{collection}/{id}", Write, WRITES, Data(|e, c| records::restore_one(e, c, c.arg("collection"), c.arg("id")))),
+    row(&[Post], "/api/batch/insert/{collection}", Write, WRITES, Data(|e, c| records::batch_insert(e, c, c.arg("collection")))),
+    row(&[Put], "/api/batch/update/{collection}", Write, WRITES, Data(|e, c| records::batch_update(e, c, c.arg("collection")))),
+    row(&[Delete], "/api/batch/delete/{collection}", Write, WRITES, Data(|e, c| records::batch_delete(e, c, c.arg("collection")))),
+    row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Data(|e, c| records::distinct(e, c, c.arg("collection"), c.arg("field")))),
+    // Search and embeddings (spec 11, D).
+    row(&[Post], "/api/search/{collection}", Read, READS, Data(|e, c| search::search(e, c, c.arg("collection")))),
+    row(&[Post], "/api/embed", Read, READS, Srv(system::embed)),
+    // Key-value store (spec 12).
+    row(&[Post], "/api/kv/set/{key}", Write, WRITES, Data(|e, c| kv::set(e, c, c.arg("key")))),
+    row(&[Get], "/api/kv/get/{key}", Read, READS, Data(|e, c| kv::get(e, c, c.arg("key")))),
+    row(&[Delete], "/api/kv/delete/{key}", Write, WRITES, Data(|e, c| kv::delete(e, c, c.arg("key")))),
+    row(&[Delete], "/api/kv/clear", Write, WRITES, Data(kv::clear)),
+    row(&[Post], "/api/kv/batch/get", Read, READS, Data(kv::batch_get)),
+    row(&[Post], "/api/kv/batch/set", Write, WRITES, Data(kv::batch_set)),
+    row(&[Delete], "/api/kv/batch/delete", Write, WRITES, Data(kv::batch_delete)),
+    row(&[Post], "/api/kv/find", Read, READS, Data(kv::find)),
+    row(&[Post], "/api/kv/query", Read, READS, Data(kv::find)),
+    row(&[Get], "/api/kv/links/{key}", Read, READS, Data(|e, c| kv::legacy_links(e, c, c.arg("key")))),
+    row(&[Post], "/api/kv/link", Write, WRITES, Data(|e, c| kv::legacy_link(e, c, true))),
+    row(&[Post], "/api/kv/unlink", Write, WRITES, Data(|e, c| kv::legacy_link(e, c, false))),
+    row(&[Get], "/api/kv/{key}/links", Read, READS, Data(|e, c| kv::links(e, c, c.arg("key")))),
+    row(&[Post], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::link(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
+    row(&[Delete], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::unlink(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
+    // Transactions (spec 13).
+    row(&[Post], "/api/transactions", Write, READS, Data(txn::begin)),
+    row(&[Get], "/api/transactions/{tx}", Read, READS, Data(|e, c| txn::status(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/commit", Write, WRITES, Data(|e, c| txn::commit(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/rollback", Write, READS, Data(|e, c| txn::rollback(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/savepoints", Write, READS, Data(|e, c| txn::savepoint(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/savepoints/{name}/rollback", Write, READS, Data(|e, c| txn::rollback_to(e, c, c.arg("tx"), c.arg("name")))),
+    row(&[Delete], "/api/transactions/{tx}/savepoints/{name}", Write, READS, Data(|e, c| txn::release(e, c, c.arg("tx"), c.arg("name")))),
+    // Real time (spec B, C): protocol switches.
+    row(&[Get], "/api/ws", Read, READS, Srv(system::websocket)),
+    row(&[Get], "/api/subscribe/{collection}", Read, READS, Srv(system::subscribe)),
+    // Not served yet.
+    row(ALL, "/api/chat", Write, WRITES, Unimplemented("chat")),
+    row(ALL, "/api/chat/{*rest}", Write, WRITES, Unimplemented("chat")),
+    row(ALL, "/api/chat_models", Read, READS, Unimplemented("chat")),
+    row(ALL, "/api/chat_models/{*rest}", Read, READS, Unimplemented("chat")),
+    row(ALL, "/api/functions", Write, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/functions/{*rest}", Write, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/route/{*rest}", Write, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/schedules", Write, WRITES, Unimplemented("schedules")),
+    row(ALL, "/api/schedules/{*rest}", Write, WRITES, Unimplemented("schedules")),
+];
+
+/// How one pattern segment matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Seg<'p> {
+    /// `{*name}`: the rest of the path (least specific).
+    Rest(&'p str),
+    /// `{name}`: any one segment.
+    Var(&'p str),
+    /// A literal segment (most specific).
+    Lit(&'p str),
+}
+
+fn pattern(path: &str) -> impl Iterator<Item = Seg<'_>> {
+    path.trim_start_matches('/').split('/').map(|s| {
+        match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => match name.strip_prefix('*') {
+                Some(rest) => Seg::Rest(rest),
+                None => Seg::Var(name),
+            },
+            None => Seg::Lit(s),
+        }
+    })
+}
+
+/// Specificity of each segment, left to right: literals before variables before
+/// a rest match; a pattern that ends where the path ends beats one whose rest
+/// match takes nothing.
+fn rank(path: &str) -> Vec<u8> {
+    let mut rank: Vec<u8> = pattern(path)
+        .map(|s| match s {
+            Seg::Lit(_) => 3,
+            Seg::Var(_) => 2,
+            Seg::Rest(_) => 0,
+        })
+        .collect();
+    if rank.last() != Some(&0) {
+        rank.push(1);
+    }
+    rank
+}
+
+/// The variables a path binds, if the pattern matches it.
+fn bind(path: &'static str, segments: &[String]) -> Option<Args> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    for seg in pattern(path) {
+        match seg {
+            Seg::Rest(name) => {
+                args.push((name, segments.get(i..).unwrap_or_default().join("/")));
+                return Some(args);
+            }
+            Seg::Var(name) => {
+                args.push((name, segments.get(i)?.clone()));
+            }
+            Seg::Lit(lit) => {
+                if segments.get(i)? != lit {
+                    return None;
+                }
+            }
+        }
+        i += 1;
+    }
+    (i == segments.len()).then_some(args)
+}
+
+/// The variables a matched path binds, by name.
+pub type Args = Vec<(&'static str, String)>;
+
+/// Resolves a request to its row and the variables its path binds. `segments`
+/// are the decoded path segments.
+pub fn resolve(method: &Method, segments: &[String]) -> Result<(&'static Route, Args)> {
+    // The most specific rank seen, and every row that matched with it.
+    type Matches = Vec<(&'static Route, Args)>;
+    let mut best: Option<(Vec<u8>, Matches)> = None;
+    for route in ROUTES {
+        let Some(args) = bind(route.path, segments) else {
+            continue;
+        };
+        let r = rank(route.path);
+        match &mut best {
+            Some((b, rows)) if *b == r => rows.push((route, args)),
+            Some((b, _)) if *b > r => {}
+            _ => best = Some((r, vec![(route, args)])),
+        }
+    }
+    let Some((_, rows)) = best else {
+        return Err(Error::not_found(format!(
+            "no route for {} /{}",
+            method.as_str(),
+            segments.join("/")
+        )));
+    };
+    let wanted = if *method == Method::Head {
+        &Method::Get
+    } else {
+        method
+    };
+    let mut allowed: Vec<&str> = Vec::new();
+    for (route, args) in rows {
+        if route.methods.contains(wanted) {
+            return Ok((route, args));
+        }
+        allowed.extend(route.methods.iter().map(Method::as_str));
+    }
+    Err(Error::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "method {} is not allowed here (allowed: {})",
+            wanted.as_str(),
+            allowed.join(", ")
+        ),
+    )
+    .with_header("Allow", allowed.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::http::url::split_path;
+
+    /// Where a request should go: the row's path and its bound variables, or
+    /// the error status.
+    type Expect<'a> = std::result::Result<(&'a str, &'a [(&'a str, &'a str)]), u16>;
+
+    fn check(method: Method, path: &str, expect: Expect<'_>) {
+        let segs = split_path(path).unwrap();
+        let got = resolve(&method, &segs).map_err(|e| e.status());
+        let got = got.map(|(r, args)| (r.path, args));
+        match (got, expect) {
+            (Ok((p, args)), Ok((want_p, want_args))) => {
+                assert_eq!(p, want_p, "{path}");
+                let args: Vec<(&str, &str)> = args.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                assert_eq!(args, want_args, "{path}");
+            }
+            (got, want) => assert_eq!(got.map(|_| ()), want.map(|_| ()), "{path}"),
+        }
+    }
+
+    #[test]
+    fn literals_win_over_variables() {
+        check(
+            Method::Put,
+            "/api/update/sequence/c/1",
+            Ok((
+                "/api/update/sequence/{collection}/{id}",
+                &[("collection", "c"), ("id", "1")],
+            )),
+        );
+        check(
+            Method::Put,
+            "/api/update/c/1",
+            Ok((
+                "/api/update/{collection}/{id}",
+                &[("collection", "c"), ("id", "1")],
+            )),
+        );
+        check(
+            Method::Put,
+            "/api/update/c/1/action/increment",
+            Ok((
+                "/api/update/{collection}/{id}/action/{action}",
+                &[("collection", "c"), ("id", "1"), ("action", "increment")],
+            )),
+        );
+        check(
+            Method::Get,
+            "/api/kv/get/links",
+            Ok(("/api/kv/get/{key}", &[("key", "links")])),
+        );
+        check(
+            Method::Get,
+            "/api/kv/session%2Fabc/links",
+            Ok(("/api/kv/{key}/links", &[("key", "session/abc")])),
+        );
+        check(
+            Method::Get,
+            "/api/find/my%20c/a%2Fb",
+            Ok((
+                "/api/find/{collection}/{id}",
+                &[("collection", "my c"), ("id", "a/b")],
+            )),
+        );
+        check(Method::Head, "/api/health", Ok(("/api/health", &[])));
+    }
+
+    #[test]
+    fn errors() {
+        check(Method::Get, "/api/insert/c", Err(405));
+        check(Method::Get, "/api/nothing", Err(404));
+        check(Method::Get, "/", Err(404));
+        check(
+            Method::Get,
+            "/api/find/c/",
+            Ok((
+                "/api/find/{collection}/{id}",
+                &[("collection", "c"), ("id", "")],
+            )),
+        );
+        check(Method::Post, "/api/chat", Ok(("/api/chat", &[])));
+        check(
+            Method::Delete,
+            "/api/chat/sessions/x",
+            Ok(("/api/chat/{*rest}", &[("rest", "sessions/x")])),
+        );
+    }
+
+    #[test]
+    fn a_405_names_every_method_of_the_path() {
+        let segs = split_path("/api/collections/c").unwrap();
+        let e = resolve(&Method::Patch, &segs).unwrap_err();
+        assert_eq!(e.status(), 405);
+        let allow = e
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "Allow")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(allow, Some("GET, POST, DELETE"));
+    }
+
+    /// Every `{variable}` a handler reads is bound by its row's path, and no two
+    /// rows claim the same method on the same pattern.
+    #[test]
+    fn the_table_is_consistent() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            let names: Vec<Seg<'_>> = pattern(a.path).collect();
+            for (j, seg) in names.iter().enumerate() {
+                if let Seg::Rest(_) = seg {
+                    assert_eq!(
+                        j + 1,
+                        names.len(),
+                        "{}: a rest match must come last",
+                        a.path
+                    );
+                }
+            }
+            for b in &ROUTES[i + 1..] {
+                if a.path == b.path {
+                    assert!(
+                        !a.methods.iter().any(|m| b.methods.contains(m)),
+                        "{} is listed twice for one method",
+                        a.path
+                    );
+                }
+            }
+            assert!(
+                !(a.writes && a.scope == Read),
+                "{}: a read route that writes",
+                a.path
+            );
+        }
+    }
+}

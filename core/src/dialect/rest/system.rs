@@ -1,0 +1,104 @@
+//! The routes that need the server rather than the engine alone: health, token
+//! exchange, the protocol switches (WebSocket, SSE) and embeddings (which may
+//! call a provider).
+
+use super::{embed, Ctx, Outcome};
+use crate::error::{Error, ErrorKind, Result};
+use crate::realtime::events::EventPos;
+use crate::realtime::hub::Filter;
+use crate::server::{Call, Server, Upgrade, COMPAT_VERSION, VERSION};
+use crate::wire::http::Response;
+use crate::wire::ws;
+use serde_json::json;
+
+pub fn health(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let degraded = server.storage_failure().is_some();
+    let stats = server.stats();
+    ctx.ok_json(&json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "version": COMPAT_VERSION,
+        "server": "tidepool",
+        "server_version": VERSION,
+        "integrity_ok": !degraded,
+        "log": {
+            "last_lsn": stats.last_lsn.0,
+            "durable_lsn": stats.durable_lsn.0,
+            "syncs": stats.syncs,
+        },
+        "subscribers": stats.subscribers,
+    }))
+    .map(Outcome::Reply)
+}
+
+pub fn token(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let body = ctx.body()?;
+    let key = body
+        .get("api_key")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| Error::invalid("the body needs `api_key`"))?;
+    let token = server.issue_token(key, ctx.now)?;
+    ctx.ok_json(&json!({ "token": token })).map(Outcome::Reply)
+}
+
+/// Validates an RFC 6455 upgrade request (no subprotocol or extension required).
+pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    if !ws::lists_token(ctx.header("upgrade"), "websocket")
+        || !ws::lists_token(ctx.header("connection"), "upgrade")
+    {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",
+        ));
+    }
+    if ctx.header("sec-websocket-version") != Some("13") {
+        return Err(Error::invalid("Sec-WebSocket-Version must be 13")
+            .with_header("Sec-WebSocket-Version", "13"));
+    }
+    let key = ctx
+        .header("sec-websocket-key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Error::invalid("missing Sec-WebSocket-Key"))?;
+    Ok(Outcome::Upgrade(
+        Response::new(101, "", ""),
+        Upgrade::WebSocket {
+            accept: ws::accept_key(key),
+        },
+    ))
+}
+
+/// `GET /api/subscribe/{collection}`: switches to an SSE stream of that
+/// collection's changes, resuming after `Last-Event-ID` when given.
+pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let collection = ctx.arg("collection").to_string();
+    crate::engine::validate_name("collection", &collection)?;
+    let filter = match (ctx.param("filter_field"), ctx.param("filter_value")) {
+        (Some(f), Some(v)) if !f.is_empty() => Some(Filter {
+            field: f.to_string(),
+            value: v.to_string(),
+        }),
+        _ => None,
+    };
+    let resume = match ctx.header("last-event-id").or(ctx.param("last_event_id")) {
+        None | Some("") => None,
+        Some(text) => Some(EventPos::parse(text).ok_or_else(|| {
+            Error::invalid(format!(
+                "Last-Event-ID `{text}` is not an event id (like 42 or 42:1)"
+            ))
+        })?),
+    };
+    Ok(Outcome::Upgrade(
+        Response::new(200, "text/event-stream", ""),
+        Upgrade::Sse {
+            collection,
+            filter,
+            resume,
+        },
+    ))
+}
+
+pub fn embed(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    match embed::start(server.config(), ctx)? {
+        embed::Plan::Done(r) => Ok(Outcome::Reply(r)),
+        embed::Plan::Call(outbound, job) => Ok(Outcome::Call(outbound, Call::Embed(job))),
+    }
+}

@@ -1,0 +1,427 @@
+//! `Server`: the state shared by all connections (engine, subscription hub,
+//! auth, settings, timers) and the entry points for parsed requests. The runtime
+//! keeps it behind a lock; connection state machines (`conn`) call in and get
+//! replies that say which LSN must be durable before their bytes may be sent.
+//!
+//! Its own inputs and outputs, drained by the runtime after every call that
+//! holds the lock: `poll_log` (batches to make durable) and `handle_durable`,
+//! `poll_timeout` / `handle_timeout` (one timer table), `poll_wakeup`
+//! (connections with something new to send).
+
+use crate::auth::{Auth, Principal};
+use crate::config::Config;
+use crate::conn::{ConnConfig, Connection};
+use crate::dialect::rest::{self, embed, Outcome};
+use crate::dialect::{self, EventCodec};
+use crate::engine::mutation::{self, Batch};
+use crate::engine::{Committed, Engine, SnapshotCursor};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ConnId, Lsn};
+use crate::realtime::events::{self, EventPos};
+use crate::realtime::hub::{Filter, Hub, Outbox};
+use crate::time::Timestamp;
+use crate::timers::TimerTable;
+use crate::wire::http::client::Outbound;
+use crate::wire::http::{Limits, Request, Response};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The ekoDB server version we answer to as, for clients that gate features on it.
+pub const COMPAT_VERSION: &str = "0.80.0";
+
+/// A response and the LSN that must be durable before it is released. Reads wait
+/// for everything applied before them, so a client never sees data that a crash
+/// could still take back.
+#[derive(Debug)]
+pub struct Reply {
+    pub response: Response,
+    pub wait_for: Lsn,
+    /// The request switches the connection to another protocol.
+    pub upgrade: Option<Upgrade>,
+    /// The reply needs an outbound call first (`Server::finish_call`).
+    pub call: Option<(Outbound, Call)>,
+}
+
+/// What an outbound call is for, to finish the reply when it returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Embed(embed::Job),
+}
+
+/// A protocol switch decided by a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upgrade {
+    WebSocket {
+        accept: String,
+    },
+    Sse {
+        collection: String,
+        filter: Option<Filter>,
+        resume: Option<EventPos>,
+    },
+}
+
+/// The server's deadlines (one timer table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ServerTimer {
+    /// The next record, KV entry or trash entry to expire: sweep.
+    Expiry,
+    /// The oldest open transaction is abandoned: roll it back.
+    Transactions,
+}
+
+/// Counters for the health report.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub last_lsn: Lsn,
+    pub durable_lsn: Lsn,
+    /// Durability reports (one per group commit).
+    pub syncs: u64,
+    pub subscribers: usize,
+    pub connections: usize,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    engine: Engine,
+    hub: Hub,
+    auth: Auth,
+    config: Config,
+    durable: Lsn,
+    storage_failure: Option<String>,
+    clock: Option<fn() -> Timestamp>,
+    /// Durability reports received (one per group commit): batches per sync is
+    /// `last_lsn / syncs`.
+    syncs: u64,
+    timers: TimerTable<ServerTimer>,
+    next_conn: u64,
+    open_connections: usize,
+    /// Connections to wake (their outbox has news).
+    wakeups: VecDeque<ConnId>,
+}
+
+impl Server {
+    /// `secret` signs tokens; `seed` drives id generation. Both come from the runtime.
+    pub fn new(config: Config, secret: &[u8], seed: u64) -> Server {
+        let auth = Auth::new(
+            secret,
+            &config.api_keys,
+            Duration::from_secs(config.token_lifetime_secs.max(60)),
+        );
+        Server {
+            engine: Engine::new(seed),
+            hub: Hub::new(config.outbound_queue_bytes),
+            auth,
+            config,
+            durable: Lsn::ZERO,
+            storage_failure: None,
+            clock: None,
+            syncs: 0,
+            timers: TimerTable::default(),
+            next_conn: 1,
+            open_connections: 0,
+            wakeups: VecDeque::new(),
+        }
+    }
+
+    /// Lets handlers re-read the wall clock to report how long they took
+    /// (`execution_time_ms`). The runtime passes its clock; simulations don't.
+    pub fn set_clock(&mut self, clock: fn() -> Timestamp) {
+        self.clock = Some(clock);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head_bytes: self.config.max_head_bytes,
+            max_body_bytes: self.config.max_body_bytes,
+            max_headers: 64,
+        }
+    }
+
+    // ----- connections ------------------------------------------------------
+
+    /// A new client connection. Over `max_connections` it is still accepted,
+    /// so the client hears why: it answers its request with a 503 and closes.
+    /// Every accepted connection ends with `connection_closed`.
+    pub fn accept(&mut self, now: Timestamp) -> Connection {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let config = ConnConfig {
+            limits: self.limits(),
+            idle_timeout: Duration::from_secs(self.config.idle_timeout_secs.max(1)),
+            heartbeat: Duration::from_secs(self.config.heartbeat_secs.max(1)),
+            max_message: self.config.ws_max_message_bytes,
+        };
+        let conn = Connection::new(id, config, now);
+        self.open_connections += 1;
+        if self.open_connections > self.config.max_connections {
+            return conn.refusing(
+                format!(
+                    "the server is at its connection limit ({}); try again later",
+                    self.config.max_connections
+                ),
+                now,
+            );
+        }
+        conn
+    }
+
+    /// A connection is gone: drop its subscriptions and queued events.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.open_connections = self.open_connections.saturating_sub(1);
+        self.hub.close(conn);
+    }
+
+    /// The next connection to wake: its outbox has events that are now
+    /// deliverable. Drain after every call that holds the lock.
+    pub fn poll_wakeup(&mut self) -> Option<ConnId> {
+        self.wakeups.pop_front()
+    }
+
+    // ----- durability -------------------------------------------------------
+
+    /// The next committed batch to persist.
+    pub fn poll_log(&mut self) -> Option<Committed> {
+        self.engine.poll_log()
+    }
+
+    /// Whether committed batches wait to be persisted.
+    pub fn has_log(&self) -> bool {
+        self.engine.has_log()
+    }
+
+    /// The runtime made everything up to `lsn` durable; connections whose queued
+    /// events just became deliverable come out of `poll_wakeup`.
+    pub fn handle_durable(&mut self, lsn: Lsn) {
+        self.durable = self.durable.max(lsn);
+        self.syncs += 1;
+        let ready = self.hub.take_ready(self.durable);
+        self.wakeups.extend(ready);
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable
+    }
+
+    /// The LSN of the newest committed batch.
+    pub fn last_lsn(&self) -> Lsn {
+        self.engine.last_lsn()
+    }
+
+    /// Storage failed: refuse writes from now on; replies waiting for batches that
+    /// will never be durable are failed by their connections.
+    pub fn handle_storage_failure(&mut self, message: String) {
+        self.storage_failure.get_or_insert(message);
+    }
+
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.storage_failure.as_deref()
+    }
+
+    /// Applies a batch read back from the log (or a snapshot chunk) at startup.
+    pub fn replay(&mut self, lsn: Lsn, batch: Batch<'_>) {
+        self.engine.replay_decoded(lsn, batch);
+    }
+
+    /// Recovery is complete: everything replayed is durable.
+    pub fn handle_recovered(&mut self, last: Lsn, now: Timestamp) {
+        self.engine.set_last_lsn(last);
+        self.durable = self.engine.last_lsn();
+        self.rearm(now);
+    }
+
+    /// Encodes up to `max_records` more of the live state for a compaction
+    /// snapshot; `None` when the cursor has covered everything.
+    pub fn snapshot_chunk(
+        &self,
+        cursor: &mut SnapshotCursor,
+        max_records: usize,
+    ) -> Option<Vec<u8>> {
+        self.engine.snapshot_chunk(cursor, max_records)
+    }
+
+    // ----- timers -----------------------------------------------------------
+
+    /// When `handle_timeout` should run next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.storage_failure.is_some() {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    /// Runs what is due: the expiry sweep, abandoned transactions.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.storage_failure.is_some() {
+            return;
+        }
+        for timer in self.timers.expired(now) {
+            match timer {
+                ServerTimer::Expiry => {
+                    self.engine.sweep(now);
+                }
+                ServerTimer::Transactions => self.engine.expire_transactions(now),
+            }
+        }
+        self.finish_operation(now);
+    }
+
+    /// Re-arms the deadlines an operation may have moved.
+    fn rearm(&mut self, _now: Timestamp) {
+        self.timers
+            .set(ServerTimer::Expiry, self.engine.next_deadline());
+        self.timers.set(
+            ServerTimer::Transactions,
+            self.engine.next_transaction_deadline(),
+        );
+    }
+
+    // ----- requests ---------------------------------------------------------
+
+    /// Ends an operation: seals its mutations into a batch, publishes its change
+    /// events, re-arms the timers, and returns the LSN its reply must wait for.
+    pub fn finish_operation(&mut self, now: Timestamp) -> Lsn {
+        self.rearm(now);
+        match self.engine.commit(now) {
+            Some(lsn) => {
+                if !self.hub.is_idle() {
+                    let engine = &self.engine;
+                    if let Some(batch) = engine
+                        .peek_committed(lsn)
+                        .and_then(|p| mutation::decode(p).ok())
+                    {
+                        let events = events::events(lsn, &batch, |c| engine.pk_name(c));
+                        self.hub.publish(&events, dialect::encode_event);
+                    }
+                }
+                lsn
+            }
+            None if self.storage_failure.is_some() => self.durable,
+            None => self.engine.last_lsn(),
+        }
+    }
+
+    /// Answers one REST request (the route table is `dialect::rest::routes`).
+    pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
+        let (response, upgrade, call) = match rest::respond(self, req, now) {
+            Ok(Outcome::Reply(r)) => (r, None, None),
+            Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
+            Ok(Outcome::Call(outbound, call)) => {
+                (Response::new(0, "", ""), None, Some((outbound, call)))
+            }
+            Err(e) => (rest::error_response(&e), None, None),
+        };
+        // Operations validate before they mutate, so anything journaled was applied
+        // and must be logged even if the response is an error (a partial batch).
+        let wait_for = self.finish_operation(now);
+        Reply {
+            response,
+            wait_for,
+            upgrade,
+            call,
+        }
+    }
+
+    /// Finishes a reply that waited for an outbound call.
+    pub fn finish_call(
+        &mut self,
+        call: &Call,
+        result: std::result::Result<Vec<u8>, String>,
+    ) -> Response {
+        let r = match call {
+            Call::Embed(job) => embed::finish(job, result),
+        };
+        r.unwrap_or_else(|e| rest::error_response(&e))
+    }
+
+    // ----- for the dialects -------------------------------------------------
+
+    /// Checks a bearer token (`Authorization`) or, for clients that cannot set
+    /// headers, a `?token=` parameter.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        token_param: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Principal> {
+        match (authorization, token_param) {
+            (None, Some(t)) => self.auth.verify(t, now),
+            _ => self.auth.check_bearer(authorization, now),
+        }
+    }
+
+    /// Exchanges an API key for a token.
+    pub fn issue_token(&self, api_key: &str, now: Timestamp) -> Result<String> {
+        self.auth.issue(api_key, now)
+    }
+
+    /// Refuses writes while storage is read-only after an I/O error.
+    pub fn check_writable(&self) -> Result<()> {
+        match &self.storage_failure {
+            Some(why) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("storage is read-only after an I/O error ({why}); restart the server"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The runtime's clock, for handlers that report their own duration.
+    pub fn clock(&self) -> Option<fn() -> Timestamp> {
+        self.clock
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// A random token (hex), for subscription ids.
+    pub fn new_token(&mut self, bytes: usize) -> String {
+        self.engine.token(bytes)
+    }
+
+    /// Registers a streaming connection with the hub; events come through the
+    /// returned outbox.
+    pub fn open_stream(&mut self, conn: ConnId, codec: EventCodec) -> Arc<Outbox> {
+        self.hub.open(conn, codec)
+    }
+
+    /// The stream switched formats.
+    pub fn set_stream_codec(&mut self, conn: ConnId, codec: EventCodec) {
+        self.hub.set_codec(conn, codec);
+    }
+
+    /// The stream also wants every schema change.
+    pub fn want_schema_events(&mut self, conn: ConnId) {
+        self.hub.want_schema_events(conn);
+    }
+
+    pub fn subscribe(&mut self, conn: ConnId, collection: &str, filter: Option<Filter>) {
+        self.hub.subscribe(conn, collection, filter);
+    }
+
+    pub fn unsubscribe(&mut self, conn: ConnId, collection: &str) -> bool {
+        self.hub.unsubscribe(conn, collection)
+    }
+
+    /// Counters for the health report.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            last_lsn: self.engine.last_lsn(),
+            durable_lsn: self.durable,
+            syncs: self.syncs,
+            subscribers: self.hub.subscriber_count(),
+            connections: self.open_connections,
+        }
+    }
+}
