@@ -1261,6 +1261,66 @@ fn a_crash_before_sync_loses_the_unacknowledged_write_and_only_it() {
 
 // ----- timers -----------------------------------------------------------------
 
+/// Over `max_connections` a connection is refused with a clear answer (503
+/// with a JSON body, `Retry-After`, then close), never dropped without a word;
+/// a closed connection frees its place.
+#[test]
+fn connections_over_the_limit_get_a_503_and_a_reason() {
+    let mut w = World::with(|c| c.max_connections = 2);
+    let (a, b) = (w.connect(), w.connect());
+    let refused = w.connect();
+    w.send(refused, &health());
+    let r = w.responses(refused);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, 503);
+    assert_eq!(r[0].header("retry-after"), Some("1"));
+    assert_eq!(r[0].header("connection"), Some("close"));
+    assert!(r[0].json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("connection limit (2)")));
+    assert!(w.is_closed(refused));
+    // The open ones are served; a refused one that never speaks is closed soon.
+    w.send(a, &health());
+    assert_eq!(w.responses(a)[0].status, 200);
+    let silent = w.connect();
+    w.advance(Duration::from_secs(5));
+    assert!(w.is_closed(silent));
+    assert!(w.responses(silent).is_empty());
+    // A closed connection frees its place.
+    w.eof(b);
+    assert!(w.is_closed(b));
+    let c = w.connect();
+    w.send(c, &health());
+    assert_eq!(w.responses(c)[0].status, 200);
+}
+
+/// An abandoned transaction is rolled back when its hour is up, by the
+/// server's timer (not by the next client that happens to begin one).
+#[test]
+fn an_abandoned_transaction_is_rolled_back_on_time() {
+    let mut w = World::new();
+    let p = w.connect();
+    w.send(p, &authed("POST", "/api/transactions", Some(&json!({}))));
+    w.sync();
+    let tx = w.responses(p)[0].json()["transaction_id"]
+        .as_str()
+        .expect("a transaction id")
+        .to_string();
+    let status = |w: &mut World| {
+        let q = w.connect();
+        w.send(q, &authed("GET", &format!("/api/transactions/{tx}"), None));
+        w.sync();
+        w.responses(q)[0].json()["state"].clone()
+    };
+    assert_eq!(status(&mut w), "Active");
+    w.advance(Duration::from_secs(3599));
+    assert_eq!(status(&mut w), "Active");
+    // (Past the hour the test's token has expired too: ask the engine.)
+    w.advance(Duration::from_secs(2));
+    let (state, _, _) = w.server.engine().tx_status(&tx).expect("remembered");
+    assert_eq!(state.name(), "RolledBack");
+}
+
 #[test]
 fn idle_timeout() {
     // (input before going idle, the reply the timeout produces)

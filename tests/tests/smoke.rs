@@ -37,3 +37,44 @@ both_runtimes!(acknowledged_write_survives_kill9, |rt: Runtime| {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["n"]["value"], 1);
 });
+
+/// Over `--max-connections` a client is told why (503, JSON, Retry-After)
+/// instead of being reset or left hanging, and a freed place is usable again.
+both_runtimes!(connections_over_the_limit_get_a_503, |rt: Runtime| {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let srv = TestServer::start_with(rt, &["--max-connections", "2"]);
+    let hold: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(srv.addr).expect("connect"))
+        .collect();
+    // Make sure both held connections are accepted before the third.
+    for mut s in &hold {
+        s.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    let r = srv.raw(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = tidepool_tests::HttpReply::parse(&r).expect("an HTTP answer, not a reset");
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(reply.json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("connection limit")));
+    drop(hold);
+    // The server notices the closes; then a new client is served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = srv.request("GET", "/api/health", &[], "");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never freed: {}",
+            r.status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+});
