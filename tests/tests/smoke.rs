@@ -38,8 +38,8 @@ both_runtimes!(acknowledged_write_survives_kill9, |rt: Runtime| {
     assert_eq!(r.json()["n"]["value"], 1);
 });
 
-/// Over `--max-connections` a client is told why (503, JSON, Retry-After)
-/// instead of being reset or left hanging, and a freed place is usable again.
+// Over `--max-connections` a client is told why (503, JSON, Retry-After)
+// instead of being reset or left hanging, and a freed place is usable again.
 both_runtimes!(connections_over_the_limit_get_a_503, |rt: Runtime| {
     use std::io::{Read, Write};
     use std::net::TcpStream;
