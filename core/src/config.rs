@@ -35,7 +35,11 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "embed-api-key", env: "TIDEPOOL_EMBED_API_KEY", default: "", help: "bearer key for the embeddings endpoint" },
     Setting { flag: "embed-model", env: "TIDEPOOL_EMBED_MODEL", default: "text-embedding-3-small", help: "model sent to the provider when a request names none" },
     Setting { flag: "embed-dimensions", env: "TIDEPOOL_EMBED_DIMENSIONS", default: "384", help: "dimensions of the built-in offline embedder (feature hashing, deterministic, not a neural model)" },
-    Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds an outbound provider call may take" },
+    Setting { flag: "outbound-connect-timeout", env: "TIDEPOOL_OUTBOUND_CONNECT_TIMEOUT", default: "10", help: "seconds an outbound provider call may take to connect (TCP and TLS) and send its request" },
+    Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds a provider may take to start answering once the request is sent" },
+    Setting { flag: "outbound-idle-timeout", env: "TIDEPOOL_OUTBOUND_IDLE_TIMEOUT", default: "30", help: "seconds a provider's answer may stall between two pieces" },
+    Setting { flag: "outbound-max-calls", env: "TIDEPOOL_OUTBOUND_MAX_CALLS", default: "64", help: "outbound provider calls in flight at once; up to 16 times as many wait, more are refused (503)" },
+    Setting { flag: "tls-ca-file", env: "TIDEPOOL_TLS_CA_FILE", default: "", help: "PEM file of extra certificate authorities to trust for https:// providers (besides the bundled Mozilla roots)" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -64,7 +68,11 @@ pub struct Config {
     pub embed_api_key: String,
     pub embed_model: String,
     pub embed_dimensions: usize,
+    pub outbound_connect_timeout_secs: u64,
     pub outbound_timeout_secs: u64,
+    pub outbound_idle_timeout_secs: u64,
+    pub outbound_max_calls: usize,
+    pub tls_ca_file: String,
 }
 
 /// What the command line asked for.
@@ -109,7 +117,11 @@ fn unreachable_default() -> Config {
         embed_api_key: String::new(),
         embed_model: String::new(),
         embed_dimensions: 384,
+        outbound_connect_timeout_secs: 10,
         outbound_timeout_secs: 30,
+        outbound_idle_timeout_secs: 30,
+        outbound_max_calls: 64,
+        tls_ca_file: String::new(),
     }
 }
 
@@ -221,7 +233,14 @@ impl Config {
             embed_api_key: get("embed-api-key"),
             embed_model: get("embed-model"),
             embed_dimensions: num("embed-dimensions", get("embed-dimensions"))?,
+            outbound_connect_timeout_secs: num(
+                "outbound-connect-timeout",
+                get("outbound-connect-timeout"),
+            )?,
             outbound_timeout_secs: num("outbound-timeout", get("outbound-timeout"))?,
+            outbound_idle_timeout_secs: num("outbound-idle-timeout", get("outbound-idle-timeout"))?,
+            outbound_max_calls: num("outbound-max-calls", get("outbound-max-calls"))?,
+            tls_ca_file: get("tls-ca-file"),
         })))
     }
 }

@@ -27,7 +27,8 @@ pub enum ErrorKind {
     NotImplemented,
     /// An upstream provider failed (502).
     BadGateway,
-    /// Storage refuses writes after an I/O error; retry later (503).
+    /// Storage refuses writes after an I/O error, or a bound on concurrent
+    /// work is reached; retry later (503).
     Unavailable,
 }
 

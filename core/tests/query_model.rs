@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value as J};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use tidepool_core::config::Config;
+use tidepool_core::ids::ConnId;
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::{Method, Request};
@@ -900,7 +901,7 @@ impl Sut {
             &[("content-type", "application/json")],
             br#"{"api_key":"model-key"}"#,
         );
-        let reply = server.handle_request(&req, T0);
+        let reply = server.handle_request(ConnId(0), &req, T0);
         let token: J = serde_json::from_slice(&reply.response.body).expect("token");
         Sut {
             server,
@@ -919,7 +920,7 @@ impl Sut {
             ],
             body.as_bytes(),
         );
-        let reply = self.server.handle_request(&req, T0);
+        let reply = self.server.handle_request(ConnId(0), &req, T0);
         while self.server.poll_log().is_some() {}
         let r = reply.response;
         let v = serde_json::from_slice(&r.body).unwrap_or(J::Null);

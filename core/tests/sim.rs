@@ -25,6 +25,7 @@ use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect, History};
 use tidepool_core::driver::{self, Shared};
 use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::{Method, Request};
@@ -150,13 +151,18 @@ struct World {
     history_reads: usize,
     token: String,
     restarts: u64,
+    /// What the server asked of outbound calls, in order (the test scripts
+    /// the answers).
+    call_commands: Vec<CallCommand>,
 }
 
 /// The simulated runtime around the server: batches the server hands over are
-/// written to the simulated log, wake-ups are collected for the peers.
+/// written to the simulated log, wake-ups are collected for the peers, call
+/// commands for the test.
 struct SimHost<'a> {
     server: &'a mut Server,
     written: &'a mut Vec<(Lsn, Vec<u8>)>,
+    calls: &'a mut Vec<CallCommand>,
     woken: Vec<ConnId>,
 }
 
@@ -167,6 +173,9 @@ impl SimHost<'_> {
         }
         while let Some(id) = self.server.poll_wakeup() {
             self.woken.push(id);
+        }
+        while let Some(c) = self.server.poll_call() {
+            self.calls.push(c);
         }
     }
 }
@@ -195,7 +204,7 @@ fn issue_token(server: &mut Server, now: Timestamp) -> String {
         &[("content-type", "application/json")],
         body.as_bytes(),
     );
-    let reply = server.handle_request(&req, now);
+    let reply = server.handle_request(ConnId(0), &req, now);
     assert_eq!(reply.response.status, 200, "token: {:?}", reply.response);
     let v: Value = serde_json::from_slice(&reply.response.body).expect("token JSON");
     v["token"].as_str().expect("a token").to_string()
@@ -236,6 +245,7 @@ impl World {
             history_reads: 0,
             token,
             restarts: 0,
+            call_commands: Vec::new(),
         }
     }
 
@@ -302,6 +312,7 @@ impl World {
         let mut host = SimHost {
             server: &mut self.server,
             written: &mut self.written,
+            calls: &mut self.call_commands,
             woken: Vec::new(),
         };
         host.drain();
@@ -326,12 +337,13 @@ impl World {
             }
         }
         let woken = std::mem::take(&mut host.woken);
+        progress |= !woken.is_empty();
         self.wake(&woken);
         progress |= self.answer_reads();
         let peer = &mut self.peers[p];
         if peer.conn.is_closed() && !peer.closed {
             peer.closed = true;
-            self.server.connection_closed(peer.conn.id());
+            self.server.connection_closed(peer.conn.id(), self.now);
             progress = true;
         }
         progress
@@ -434,6 +446,32 @@ impl World {
             self.run();
         }
         panic!("timers keep firing without the clock moving");
+    }
+
+    /// The socket broke (reset, or a write failed): the runtime closes the
+    /// connection without waiting for anything.
+    fn reset(&mut self, p: usize) {
+        let peer = &mut self.peers[p];
+        if !peer.closed {
+            peer.closed = true;
+            self.server.connection_closed(peer.conn.id(), self.now);
+        }
+        self.run();
+    }
+
+    /// What the server asked of outbound calls since the last look.
+    fn take_calls(&mut self) -> Vec<CallCommand> {
+        self.run();
+        while let Some(c) = self.server.poll_call() {
+            self.call_commands.push(c);
+        }
+        std::mem::take(&mut self.call_commands)
+    }
+
+    /// Reports something about an outbound call, as the runtime would.
+    fn on_call(&mut self, report: impl FnOnce(&mut Server, Timestamp)) {
+        report(&mut self.server, self.now);
+        self.run();
     }
 
     /// Moves the clock without running any timer (a late sweeper).
@@ -2377,4 +2415,298 @@ fn read_all(w: &mut World) -> BTreeMap<String, i64> {
             )
         })
         .collect()
+}
+
+// ----- outbound calls -----------------------------------------------------------
+
+/// A world whose embeddings go to a provider at `http://provider:9/v1`.
+fn provider_world(tweak: impl FnOnce(&mut Config)) -> World {
+    World::with(|c| {
+        c.embed_url = "http://provider:9/v1".into();
+        tweak(c);
+    })
+}
+
+fn embed_request(texts: &[&str]) -> Vec<u8> {
+    authed(
+        "POST",
+        "/api/embed",
+        Some(&json!({"texts": texts, "model": "m"})),
+    )
+}
+
+/// The provider's answer for `n` texts: text i embeds as [i, seed].
+fn provider_body(n: usize, seed: u64) -> Vec<u8> {
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"index": i, "embedding": [i as f64, seed as f64]}))
+        .collect();
+    json!({"data": data, "model": "m"}).to_string().into_bytes()
+}
+
+fn with_length(body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for c in body.chunks(piece.max(1)) {
+        r.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        r.extend_from_slice(c);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
+/// The ids of the calls started among `commands`.
+fn started(commands: &[CallCommand]) -> Vec<CallId> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            CallCommand::Start { id, .. } => Some(*id),
+            CallCommand::Cancel(_) => None,
+        })
+        .collect()
+}
+
+fn cancelled(commands: &[CallCommand]) -> Vec<CallId> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            CallCommand::Cancel(id) => Some(*id),
+            CallCommand::Start { .. } => None,
+        })
+        .collect()
+}
+
+/// A provider's response arrives cut at every byte boundary (and byte by
+/// byte, and at random places), framed by length or in chunks: the client
+/// gets the same reply every time, parsed as the bytes came.
+#[test]
+fn outbound_responses_are_parsed_however_they_are_split() {
+    let body = provider_body(2, 7);
+    for response in [with_length(&body), chunked(&body, 5)] {
+        for cuts in splittings(response.len(), 11) {
+            let mut w = provider_world(|_| {});
+            let p = w.connect();
+            w.send(p, &embed_request(&["a", "b"]));
+            let commands = w.take_calls();
+            let [CallCommand::Start {
+                id,
+                target,
+                request,
+                ..
+            }] = commands.as_slice()
+            else {
+                panic!("one call starts: {commands:?}")
+            };
+            assert_eq!(
+                (target.host.as_str(), target.port, target.tls),
+                ("provider", 9, false)
+            );
+            let text = String::from_utf8_lossy(request);
+            assert!(
+                text.starts_with("POST /v1/embeddings HTTP/1.1\r\n"),
+                "{text}"
+            );
+            assert!(w.responses(p).is_empty(), "the reply waits for the call");
+            let id = *id;
+            w.on_call(|s, now| s.handle_call_connected(id, now));
+            for piece in pieces(&response, &cuts) {
+                w.on_call(|s, now| s.handle_call_data(id, piece, now));
+            }
+            let r = w.responses(p);
+            assert_eq!(r.len(), 1, "cuts {cuts:?}");
+            assert_eq!(r[0].status, 200, "{}", r[0].text());
+            assert_eq!(r[0].json()["embeddings"], json!([[0.0, 7.0], [1.0, 7.0]]));
+            // The response was complete: the runtime is told to close the call.
+            assert_eq!(cancelled(&w.take_calls()), vec![id]);
+            // The connection carries on.
+            w.send(p, &health());
+            assert_eq!(w.responses(p)[0].status, 200);
+        }
+    }
+}
+
+/// The connection breaks mid-body, or the provider closes early: a 502 that
+/// says so, and the client's connection carries on.
+#[test]
+fn an_outbound_failure_mid_body_is_a_502() {
+    let response = with_length(&provider_body(1, 1));
+    let half = &response[..response.len() - 5];
+    for break_with_error in [true, false] {
+        let mut w = provider_world(|_| {});
+        let p = w.connect();
+        w.send(p, &embed_request(&["a"]));
+        let id = started(&w.take_calls())[0];
+        w.on_call(|s, now| s.handle_call_connected(id, now));
+        w.on_call(|s, now| s.handle_call_data(id, half, now));
+        if break_with_error {
+            w.on_call(|s, now| {
+                s.handle_call_error(id, TransportError::Io("connection reset".into()), now)
+            });
+        } else {
+            w.on_call(|s, now| s.handle_call_eof(id, now));
+        }
+        let r = w.responses(p);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status, 502, "{}", r[0].text());
+        let message = r[0].json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let want = if break_with_error {
+            "connection reset"
+        } else {
+            "closed mid-response"
+        };
+        assert!(message.contains(want), "{message}");
+        // Late reports about a finished call are ignored.
+        w.on_call(|s, now| s.handle_call_data(id, b"junk", now));
+        w.send(p, &health());
+        assert_eq!(w.responses(p)[0].status, 200);
+    }
+}
+
+/// Each phase of a call has a deadline: connecting, the first byte, then
+/// between pieces. A missed one cancels the call and answers 502 (a provider
+/// failure, spec E10) saying it timed out.
+#[test]
+fn outbound_deadlines_cancel_and_answer_502() {
+    let response = with_length(&provider_body(1, 3));
+    for phase in ["connect", "first byte", "idle"] {
+        let mut w = provider_world(|c| {
+            c.outbound_connect_timeout_secs = 3;
+            c.outbound_timeout_secs = 5;
+            c.outbound_idle_timeout_secs = 4;
+        });
+        let p = w.connect();
+        w.send(p, &embed_request(&["a"]));
+        let id = started(&w.take_calls())[0];
+        let deadline = match phase {
+            "connect" => 3,
+            "first byte" => {
+                w.on_call(|s, now| s.handle_call_connected(id, now));
+                5
+            }
+            _ => {
+                w.on_call(|s, now| s.handle_call_connected(id, now));
+                w.advance(Duration::from_secs(2));
+                w.on_call(|s, now| s.handle_call_data(id, &response[..10], now));
+                4
+            }
+        };
+        // The idle deadline restarts with every piece.
+        w.advance(Duration::from_secs(deadline) - Duration::from_millis(1));
+        assert!(cancelled(&w.take_calls()).is_empty(), "{phase}: too early");
+        assert!(w.responses(p).is_empty(), "{phase}");
+        w.advance(Duration::from_millis(1));
+        assert_eq!(cancelled(&w.take_calls()), vec![id], "{phase}");
+        let r = w.responses(p);
+        assert_eq!(r.len(), 1, "{phase}");
+        assert_eq!(r[0].status, 502, "{phase}: {}", r[0].text());
+        assert!(r[0].text().contains("timed out") || r[0].text().contains("stalled"));
+    }
+}
+
+/// A client that leaves while its call runs: the call is cancelled (its
+/// connection closed), and nothing is delivered to anyone. A client that only
+/// half-closes still gets its answer.
+#[test]
+fn a_client_that_leaves_cancels_its_call() {
+    let mut w = provider_world(|_| {});
+    let p = w.connect();
+    w.send(p, &embed_request(&["a"]));
+    let id = started(&w.take_calls())[0];
+    w.eof(p);
+    assert!(
+        !w.is_closed(p),
+        "a half-closed client still reads its reply"
+    );
+    assert!(cancelled(&w.take_calls()).is_empty());
+    w.reset(p);
+    assert_eq!(cancelled(&w.take_calls()), vec![id]);
+    w.on_call(|s, now| s.handle_call_data(id, &with_length(&provider_body(1, 1)), now));
+    assert!(w.responses(p).is_empty());
+    assert_eq!(w.server.stats().calls_in_flight, 0);
+}
+
+/// Many calls at once: at most `outbound_max_calls` run, the rest wait and
+/// start as others finish; every answer reaches its own client. Timers fire
+/// in deadline order under the simulated clock.
+#[test]
+fn many_outbound_calls_run_within_the_bound_and_reach_their_clients() {
+    let mut w = provider_world(|c| c.outbound_max_calls = 4);
+    let clients: Vec<usize> = (0..20).map(|_| w.connect()).collect();
+    for &p in &clients {
+        w.send(p, &embed_request(&["x"]));
+    }
+    let mut running = started(&w.take_calls());
+    assert_eq!(running.len(), 4, "the bound holds");
+    let mut answered = 0u64;
+    // Answer in reverse order of start, each with a distinct payload (its id).
+    while let Some(id) = running.pop() {
+        assert!(w.server.stats().calls_in_flight <= 4);
+        let body = with_length(&provider_body(1, id.0));
+        w.on_call(|s, now| s.handle_call_connected(id, now));
+        w.on_call(|s, now| s.handle_call_data(id, &body, now));
+        answered += 1;
+        running.extend(started(&w.take_calls()));
+    }
+    assert_eq!(answered, 20);
+    let mut seen = Vec::new();
+    for &p in &clients {
+        let r = w.responses(p);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status, 200);
+        seen.push(r[0].json()["embeddings"][0][1].as_f64().expect("the seed") as u64);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=20).collect::<Vec<u64>>(),
+        "each client got its own answer"
+    );
+
+    // Deadlines in order: a connected call (5 s to first byte) and a
+    // connecting one (3 s) time out in that order.
+    let mut w = provider_world(|c| {
+        c.outbound_connect_timeout_secs = 3;
+        c.outbound_timeout_secs = 5;
+    });
+    let (a, b) = (w.connect(), w.connect());
+    w.send(a, &embed_request(&["a"]));
+    w.send(b, &embed_request(&["b"]));
+    let ids = started(&w.take_calls());
+    w.on_call(|s, now| s.handle_call_connected(ids[0], now));
+    w.advance(Duration::from_secs(3));
+    assert_eq!(cancelled(&w.take_calls()), vec![ids[1]]);
+    assert_eq!(w.responses(b)[0].status, 502);
+    assert!(w.responses(a).is_empty());
+    w.advance(Duration::from_secs(2));
+    assert_eq!(cancelled(&w.take_calls()), vec![ids[0]]);
+    assert_eq!(w.responses(a)[0].status, 502);
+}
+
+/// Calls beyond the bound and its queue are refused at once (503), not
+/// queued without limit.
+#[test]
+fn outbound_calls_beyond_the_queue_are_refused() {
+    let mut w = provider_world(|c| c.outbound_max_calls = 1);
+    // One runs, 16 wait, the next is refused.
+    let clients: Vec<usize> = (0..18).map(|_| w.connect()).collect();
+    for &p in &clients {
+        w.send(p, &embed_request(&["x"]));
+    }
+    assert_eq!(started(&w.take_calls()).len(), 1);
+    let r = w.responses(clients[17]);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 503, "{}", r[0].text());
+    assert!(clients[..17].iter().all(|&p| w.responses(p).is_empty()));
 }

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use tidepool_core::conn::{Connection, Effect, History};
 use tidepool_core::driver::{self, Shared};
 use tidepool_core::ids::Lsn;
+use tidepool_core::server::calls::{CallCommand, TransportError};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
 
@@ -265,9 +266,14 @@ fn drive(
         for effect in step.effects {
             match effect {
                 Effect::ReadHistory { .. } => conn.handle_history(server, History::Truncated),
-                Effect::Http(_) => {
-                    conn.handle_call_result(server, Err("no network in fuzzing".into()))
-                }
+            }
+        }
+        // Outbound calls (embeddings) fail: there is no network here.
+        while let Some(command) = server.poll_call() {
+            if let CallCommand::Start { id, .. } = command {
+                let e = TransportError::Connect("no network in fuzzing".into());
+                server.handle_call_error(id, e, now);
+                moved = true;
             }
         }
         if !storage.failed {
@@ -276,10 +282,11 @@ fn drive(
                 server.handle_durable(durable);
                 moved = true;
             }
-            while let Some(id) = server.poll_wakeup() {
-                if id == conn.id() {
-                    conn.handle_notify();
-                }
+        }
+        while let Some(id) = server.poll_wakeup() {
+            if id == conn.id() {
+                conn.handle_notify();
+                moved = true;
             }
         }
         if !moved {
@@ -296,6 +303,8 @@ fuzz_target!(|data: &[u8]| {
     let input = substitute(body);
     let config = Config {
         api_keys: vec!["k".into()],
+        // Embeddings with a model name become outbound calls (which fail).
+        embed_url: "http://provider.invalid/v1".into(),
         ..Config::default()
     };
     let mut server = Server::new(config, SECRET, 1);
@@ -349,6 +358,6 @@ fuzz_target!(|data: &[u8]| {
     conn.handle_eof();
     drive(&mut conn, &mut server, &mut storage, &mut obs, later);
     assert!(conn.is_closed(), "still open after EOF and a full drain");
-    server.connection_closed(conn.id());
+    server.connection_closed(conn.id(), later);
     obs.finish();
 });

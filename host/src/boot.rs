@@ -32,6 +32,8 @@ pub enum BootError {
     },
     /// The listening socket cannot be bound (reported by the runtimes).
     Listen { addr: String, source: io::Error },
+    /// `--tls-ca-file` cannot be used.
+    TlsCa { path: PathBuf, reason: String },
     /// A thread the server needs cannot be started.
     Spawn {
         what: &'static str,
@@ -62,6 +64,13 @@ impl fmt::Display for BootError {
                 source,
             } => write!(f, "log batch {lsn} is unreadable: {source}"),
             BootError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            BootError::TlsCa { path, reason } => {
+                write!(
+                    f,
+                    "cannot use {} as TLS authorities: {reason}",
+                    path.display()
+                )
+            }
             BootError::Spawn { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }

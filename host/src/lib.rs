@@ -21,10 +21,12 @@ mod clock;
 pub mod durability;
 mod shared;
 mod timer;
+mod tls;
 mod writer;
 
 pub use boot::{boot, BootError, Booted};
+pub use bytes::Bytes;
 pub use cli::cli_main;
 pub use clock::now;
 pub use durability::Durability;
-pub use shared::{start, Host, Waker};
+pub use shared::{start, CallPerformer, Host, Waker};

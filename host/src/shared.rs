@@ -5,24 +5,43 @@ use crate::boot::{BootError, Booted};
 use crate::clock::now;
 use crate::durability::Durability;
 use crate::timer::timer_loop;
+use crate::tls;
 use crate::writer::writer_loop;
+use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
 use std::collections::HashMap;
-use std::io::{self, Read};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread;
-use std::time::Instant;
+use std::time::Duration;
 use tidepool_core::conn::{Connection, History, HistoryError, HISTORY_CHUNK_BYTES};
 use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
 use tidepool_core::server::Server;
 use tidepool_core::time::Timestamp;
-use tidepool_core::wire::http::client::Outbound;
+use tidepool_core::wire::http::client::Target;
 use tidepool_storage::StoreReader;
 
 /// Wakes one connection's task or thread.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// How a runtime performs outbound calls with its own I/O. It reports back
+/// through `Host::with_server` and `Server::handle_call_*`.
+pub trait CallPerformer: Send + Sync {
+    /// Connect to `target` (TLS for https, with `Host::tls`), write `request`,
+    /// report `connected`, then the response's bytes, EOF or the error.
+    fn start(
+        &self,
+        host: Arc<Host>,
+        id: CallId,
+        target: Target,
+        request: Bytes,
+        connect_timeout: Duration,
+    );
+    /// Stop the call and close its connection (it may already be over).
+    fn cancel(&self, id: CallId);
+}
 
 /// The shared state of a running server.
 pub struct Host {
@@ -35,6 +54,10 @@ pub struct Host {
     armed: AtomicI64,
     pub(crate) wakers: Mutex<HashMap<ConnId, Waker>>,
     reader: StoreReader,
+    /// The TLS client configuration for https:// calls.
+    pub tls: Arc<rustls::ClientConfig>,
+    performer: OnceLock<Box<dyn CallPerformer>>,
+    me: Weak<Host>,
 }
 
 impl std::fmt::Debug for Host {
@@ -53,6 +76,11 @@ impl Host {
     /// Tells the writer that batches are waiting (cheap; coalesces).
     pub fn wake_writer(&self) {
         let _ = self.wake_writer.try_send(());
+    }
+
+    /// Installs the runtime's outbound I/O (once, before serving).
+    pub fn set_performer(&self, performer: Box<dyn CallPerformer>) {
+        let _ = self.performer.set(performer);
     }
 
     /// Records the deadline the timer thread now sleeps until.
@@ -79,7 +107,7 @@ impl Host {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&conn);
-        self.with_server(|s| s.connection_closed(conn));
+        self.with_server(|s| s.connection_closed(conn, now()));
     }
 
     pub(crate) fn wake(&self, conns: &[ConnId]) {
@@ -111,61 +139,17 @@ impl Host {
         }
     }
 
-    /// Performs `Effect::Http`: connect, send, read until the peer closes.
-    pub fn http_call(&self, call: &Outbound) -> Result<Vec<u8>, String> {
-        use std::io::Write;
-        use std::net::{TcpStream, ToSocketAddrs};
-        let deadline = Instant::now() + call.timeout;
-        let addr = (call.host.as_str(), call.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", call.host))?
-            .next()
-            .ok_or_else(|| format!("no address for {}", call.host))?;
-        let mut stream = TcpStream::connect_timeout(&addr, call.timeout)
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", call.host, call.port))?;
-        stream.set_write_timeout(Some(call.timeout)).ok();
-        stream
-            .write_all(&call.request)
-            .map_err(|e| format!("sending the request failed: {e}"))?;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("timed out after {} s", call.timeout.as_secs()));
-            }
-            stream.set_read_timeout(Some(left)).ok();
-            match stream.read(&mut buf) {
-                Ok(0) => return Ok(out),
-                Ok(n) => {
-                    out.extend_from_slice(&buf[..n]);
-                    if out.len() > call.max_response_bytes {
-                        return Err("the response is too large".into());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(format!("timed out after {} s", call.timeout.as_secs()))
-                }
-                Err(e) => return Err(format!("reading the response failed: {e}")),
-            }
-        }
-    }
-
     /// Runs `f` on the server under its lock, then does what follows every
     /// server call: wakes the writer if batches wait, the connections whose
-    /// outboxes have news, and the timer thread if the deadline moved earlier.
+    /// outboxes have news, and the timer thread if the deadline moved earlier,
+    /// and hands outbound calls to the runtime.
     pub fn with_server<R>(&self, f: impl FnOnce(&mut Server) -> R) -> R {
         let mut s = self.lock();
         let r = f(&mut s);
         let pending = s.has_log();
         let deadline = s.poll_timeout();
         let woken: Vec<ConnId> = std::iter::from_fn(|| s.poll_wakeup()).collect();
+        let calls: Vec<CallCommand> = std::iter::from_fn(|| s.poll_call()).collect();
         drop(s);
         if pending {
             self.wake_writer();
@@ -174,7 +158,36 @@ impl Host {
             let _ = self.wake_timer.try_send(());
         }
         self.wake(&woken);
+        if !calls.is_empty() {
+            self.perform(calls);
+        }
         r
+    }
+
+    fn perform(&self, calls: Vec<CallCommand>) {
+        let (Some(performer), Some(me)) = (self.performer.get(), self.me.upgrade()) else {
+            // No runtime I/O installed (cannot happen once serving): fail the
+            // calls rather than leave their clients waiting.
+            let now = now();
+            for cmd in calls {
+                if let CallCommand::Start { id, .. } = cmd {
+                    let e = TransportError::Connect("no outbound I/O in this runtime".into());
+                    self.with_server(|s| s.handle_call_error(id, e, now));
+                }
+            }
+            return;
+        };
+        for cmd in calls {
+            match cmd {
+                CallCommand::Start {
+                    id,
+                    target,
+                    request,
+                    connect_timeout,
+                } => performer.start(me.clone(), id, target, request, connect_timeout),
+                CallCommand::Cancel(id) => performer.cancel(id),
+            }
+        }
     }
 }
 
@@ -201,8 +214,9 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let (wake_timer, timer_rx) = bounded(1);
     let durable = server.durable_lsn();
     let compact_after = server.config().compact_after_bytes;
+    let tls = tls::client_config(&server.config().tls_ca_file)?;
     let reader = store.reader();
-    let host = Arc::new(Host {
+    let host = Arc::new_cyclic(|me| Host {
         server: Mutex::new(server),
         durability: Durability::default(),
         wake_writer,
@@ -210,6 +224,9 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         armed: AtomicI64::new(i64::MAX),
         wakers: Mutex::new(HashMap::new()),
         reader,
+        tls,
+        performer: OnceLock::new(),
+        me: me.clone(),
     });
     host.durability.publish(durable, false);
     let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {

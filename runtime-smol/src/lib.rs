@@ -15,6 +15,8 @@ use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
+mod outbound;
+
 use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
@@ -56,6 +58,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
             source,
         })?;
         let host = host::start(booted)?;
+        host.set_performer(Box::new(outbound::SmolCalls::new(ex.clone())));
         println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
         serve(&ex, host, listener).await;
         Ok(())
@@ -134,10 +137,6 @@ async fn step(host: &Arc<Host>, conn: &mut Connection, out: &mut Vec<u8>) -> dri
                 Effect::ReadHistory { after, .. } => {
                     let history = smol::unblock(move || h.read_history(after)).await;
                     host.with_server(|s| conn.handle_history(s, history));
-                }
-                Effect::Http(call) => {
-                    let result = smol::unblock(move || h.http_call(&call)).await;
-                    host.with_server(|s| conn.handle_call_result(s, result));
                 }
             }
         }

@@ -13,6 +13,8 @@ use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 use tidepool_core::time::Timestamp;
+mod outbound;
+
 use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
@@ -36,6 +38,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         source,
     })?;
     let host = host::start(booted)?;
+    host.set_performer(Box::new(outbound::StdCalls::default()));
     println!("tidepool: listening on http://{addr} (threads runtime)");
     serve(host, listener);
     Ok(())
@@ -113,10 +116,6 @@ fn step(host: &Host, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
                 Effect::ReadHistory { after, .. } => {
                     let history = host.read_history(after);
                     host.with_server(|s| conn.handle_history(s, history));
-                }
-                Effect::Http(call) => {
-                    let result = host.http_call(&call);
-                    host.with_server(|s| conn.handle_call_result(s, result));
                 }
             }
         }

@@ -7,7 +7,7 @@
 use ekodb_client::{Client, FieldType, Record, SearchQuery, SerializationFormat};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidepool_tests::{both_runtimes, Runtime, TestServer, API_KEY};
@@ -338,7 +338,7 @@ fn fake_provider(mode: &'static str) -> FakeProvider {
     FakeProvider { url, seen }
 }
 
-fn serve_fake(s: &mut TcpStream, mode: &str, log: &Mutex<Vec<Value>>) {
+fn serve_fake<S: Read + Write>(s: &mut S, mode: &str, log: &Mutex<Vec<Value>>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let (head_end, len) = loop {
@@ -416,6 +416,108 @@ fn serve_fake(s: &mut TcpStream, mode: &str, log: &Mutex<Vec<Value>>) {
         text.len()
     );
 }
+
+/// The same fake provider behind TLS, with a certificate for 127.0.0.1 issued
+/// by a fresh test CA. Returns the provider and the CA's PEM.
+fn fake_tls_provider(mode: &'static str) -> (FakeProvider, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Tidepool test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                CertificateDer::from(leaf.der().to_vec()),
+                CertificateDer::from(ca_cert.der().to_vec()),
+            ],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(tcp) = stream else { continue };
+            let (log, config) = (log.clone(), config.clone());
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                serve_fake(&mut tls, mode, &log);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (FakeProvider { url, seen }, ca_cert.pem())
+}
+
+// An https:// provider works when the server trusts its CA (`--tls-ca-file`),
+// and is refused with a clear 502 when it does not.
+both_runtimes!(https_provider_with_a_trusted_test_ca, |rt: Runtime| {
+    let (fake, ca_pem) = fake_tls_provider("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let srv = TestServer::start_with(
+        rt,
+        &[
+            "--embed-url",
+            &fake.url,
+            "--tls-ca-file",
+            ca_file.to_str().unwrap(),
+        ],
+    );
+    let token = srv.token();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/embed",
+        r#"{"texts":["one","two"],"model":"m"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["embeddings"],
+        json!([[0.0, 0.5, -0.25], [1.0, 0.5, -0.25]])
+    );
+    let head = fake.seen.lock().unwrap()[0]["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(head.starts_with("POST /v1/embeddings HTTP/1.1"), "{head}");
+    // Not trusted: the handshake fails and the client is told.
+    let untrusting = TestServer::start_with(rt, &["--embed-url", &fake.url]);
+    let token = untrusting.token();
+    let r = untrusting.call(
+        &token,
+        "POST",
+        "/api/embed",
+        r#"{"text":"one","model":"m"}"#,
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("TLS"), "{msg}");
+});
 
 both_runtimes!(openai_compatible_provider, |rt: Runtime| {
     let fake = fake_provider("ok");

@@ -2,7 +2,7 @@
 //! (up to `MAX_PIPELINE`), `Expect: 100-continue`, keep-alive, the idle
 //! deadline, and the switch to WebSocket or SSE.
 
-use super::{ConnTimer, Connection, Effect, Mode, State, Work, WsMode, MAX_PIPELINE};
+use super::{ConnTimer, Connection, Mode, State, Work, WsMode, MAX_PIPELINE};
 use crate::dialect::{ekodb_sse, ekodb_ws};
 use crate::error::{Error, ErrorKind};
 use crate::ids::Lsn;
@@ -59,10 +59,9 @@ impl Connection {
             self.state = State::Closing;
             return;
         }
-        let reply = server.handle_request(&req, now);
-        if let Some((outbound, call)) = reply.call {
+        let reply = server.handle_request(self.id, &req, now);
+        if let Some(call) = reply.call {
             self.pending_call = Some((call, keep_alive, head_only));
-            self.effects.push_back(Effect::Http(outbound));
             return;
         }
         match reply.upgrade {

@@ -32,10 +32,9 @@ use crate::dialect::ekodb_ws;
 use crate::dialect::EventCodec;
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::hub::Outbox;
-use crate::server::Call;
+use crate::server::calls::CallId;
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
-use crate::wire::http::client::Outbound;
 use crate::wire::http::{HttpError, Limits, Request, RequestParser, Response};
 use crate::wire::ws::{Incoming, WsTransport};
 use bytes::{Bytes, BytesMut};
@@ -99,9 +98,6 @@ pub enum Effect {
     /// `HISTORY_CHUNK_BYTES`; everything up to `upto` is already durable) and
     /// hand them to `handle_history`.
     ReadHistory { after: Lsn, upto: Lsn },
-    /// Perform an outbound HTTP request (connect, write `request`, read until
-    /// the peer closes) and hand the bytes to `handle_call_result`.
-    Http(Outbound),
 }
 
 /// The settings a connection is made with.
@@ -149,8 +145,9 @@ pub struct Connection {
     upgrade_pending: bool,
     /// The WebSocket close reply, held until the messages before it are answered.
     deferred_close: Option<Bytes>,
-    /// A reply waiting for an outbound call; later requests wait behind it.
-    pending_call: Option<(Call, bool, bool)>,
+    /// A reply waiting for an outbound call (keep-alive, HEAD); later
+    /// requests wait behind it. The server wakes us when it is ready.
+    pending_call: Option<(CallId, bool, bool)>,
     /// Storage failure was already handled.
     storage_failed: bool,
 }
@@ -279,12 +276,19 @@ impl Connection {
 
     /// Whether `execute` has something to do (needs the server lock).
     pub fn wants_server(&self) -> bool {
-        self.pending_call.is_none() && !self.work.is_empty()
+        match self.pending_call {
+            // Woken: the call's reply may be ready.
+            Some(_) => self.notified,
+            None => !self.work.is_empty(),
+        }
     }
 
-    /// Whether the runtime should keep reading the socket.
+    /// Whether the runtime should keep reading the socket. Not while a reply
+    /// waits for an outbound call: later requests wait behind it anyway, and
+    /// the runtime then waits for the wake-up that says the reply is ready.
     pub fn wants_read(&self) -> bool {
         self.state == State::Open
+            && self.pending_call.is_none()
             && !self.eof
             && !self.input_failed
             && self.work.len() < MAX_PIPELINE
@@ -295,6 +299,17 @@ impl Connection {
     /// Runs parsed requests or messages against the server, and takes queued
     /// events from the hub.
     pub fn execute(&mut self, server: &mut crate::server::Server, now: Timestamp) {
+        if let Some((id, keep_alive, head_only)) = self.pending_call {
+            self.notified = false;
+            let Some(response) = server.take_call_reply(id) else {
+                return;
+            };
+            self.pending_call = None;
+            if !keep_alive {
+                self.state = State::Closing;
+            }
+            self.push_out(Lsn::ZERO, response.encode(keep_alive, head_only));
+        }
         while self.pending_call.is_none() {
             if self.state != State::Open && !self.is_streaming() {
                 self.work.clear();
@@ -343,22 +358,6 @@ impl Connection {
             }
             _ => None,
         }
-    }
-
-    /// The outcome of `Effect::Http`: the response bytes, or why there are none.
-    pub fn handle_call_result(
-        &mut self,
-        server: &mut crate::server::Server,
-        result: Result<Vec<u8>, String>,
-    ) {
-        let Some((call, keep_alive, head_only)) = self.pending_call.take() else {
-            return;
-        };
-        let response = server.finish_call(&call, result);
-        if !keep_alive {
-            self.state = State::Closing;
-        }
-        self.push_out(Lsn::ZERO, response.encode(keep_alive, head_only));
     }
 
     // ----- output -----------------------------------------------------------

@@ -6,7 +6,10 @@
 //! Its own inputs and outputs, drained by the runtime after every call that
 //! holds the lock: `poll_log` (batches to make durable) and `handle_durable`,
 //! `poll_timeout` / `handle_timeout` (one timer table), `poll_wakeup`
-//! (connections with something new to send).
+//! (connections with something new to send), `poll_call` and the
+//! `handle_call_*` reports (outbound calls, `calls`).
+
+pub mod calls;
 
 use crate::auth::{Auth, Principal};
 use crate::config::Config;
@@ -21,8 +24,8 @@ use crate::realtime::events::{self, EventPos};
 use crate::realtime::hub::{Filter, Hub, Outbox};
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
-use crate::wire::http::client::Outbound;
 use crate::wire::http::{Limits, Request, Response};
+use calls::{CallCommand, CallId, CallLimits, Calls, Purpose, TransportError};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,14 +43,9 @@ pub struct Reply {
     pub wait_for: Lsn,
     /// The request switches the connection to another protocol.
     pub upgrade: Option<Upgrade>,
-    /// The reply needs an outbound call first (`Server::finish_call`).
-    pub call: Option<(Outbound, Call)>,
-}
-
-/// What an outbound call is for, to finish the reply when it returns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Call {
-    Embed(embed::Job),
+    /// The response comes from this outbound call (`Server::take_call_reply`
+    /// once the connection is woken).
+    pub call: Option<CallId>,
 }
 
 /// A protocol switch decided by a request.
@@ -65,11 +63,13 @@ pub enum Upgrade {
 
 /// The server's deadlines (one timer table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum ServerTimer {
+pub(crate) enum ServerTimer {
     /// The next record, KV entry or trash entry to expire: sweep.
     Expiry,
     /// The oldest open transaction is abandoned: roll it back.
     Transactions,
+    /// An outbound call's current phase ran out of time.
+    Call(CallId),
 }
 
 /// Counters for the health report.
@@ -81,6 +81,7 @@ pub struct Stats {
     pub syncs: u64,
     pub subscribers: usize,
     pub connections: usize,
+    pub calls_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -96,6 +97,7 @@ pub struct Server {
     /// `last_lsn / syncs`.
     syncs: u64,
     timers: TimerTable<ServerTimer>,
+    calls: Calls,
     next_conn: u64,
     open_connections: usize,
     /// Connections to wake (their outbox has news).
@@ -110,6 +112,13 @@ impl Server {
             &config.api_keys,
             Duration::from_secs(config.token_lifetime_secs.max(60)),
         );
+        let limits = CallLimits {
+            connect: Duration::from_secs(config.outbound_connect_timeout_secs.max(1)),
+            first_byte: Duration::from_secs(config.outbound_timeout_secs.max(1)),
+            idle: Duration::from_secs(config.outbound_idle_timeout_secs.max(1)),
+            max_in_flight: config.outbound_max_calls.max(1),
+            max_queued: config.outbound_max_calls.max(1) * 16,
+        };
         Server {
             engine: Engine::new(seed),
             hub: Hub::new(config.outbound_queue_bytes),
@@ -120,6 +129,7 @@ impl Server {
             clock: None,
             syncs: 0,
             timers: TimerTable::default(),
+            calls: Calls::new(limits),
             next_conn: 1,
             open_connections: 0,
             wakeups: VecDeque::new(),
@@ -172,16 +182,52 @@ impl Server {
         conn
     }
 
-    /// A connection is gone: drop its subscriptions and queued events.
-    pub fn connection_closed(&mut self, conn: ConnId) {
+    /// A connection is gone: drop its subscriptions and queued events, and
+    /// stop the calls whose results only it wanted.
+    pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
         self.open_connections = self.open_connections.saturating_sub(1);
         self.hub.close(conn);
+        self.calls.cancel_for(conn, now, &mut self.timers);
     }
 
     /// The next connection to wake: its outbox has events that are now
-    /// deliverable. Drain after every call that holds the lock.
+    /// deliverable, or its call finished. Drain after every call that holds
+    /// the lock.
     pub fn poll_wakeup(&mut self) -> Option<ConnId> {
+        self.wakeups.extend(self.calls.woken.drain(..));
         self.wakeups.pop_front()
+    }
+
+    // ----- outbound calls ---------------------------------------------------
+
+    /// The next thing the runtime must do about outbound calls.
+    pub fn poll_call(&mut self) -> Option<CallCommand> {
+        self.calls.poll_command()
+    }
+
+    /// The call is connected and its request written.
+    pub fn handle_call_connected(&mut self, id: CallId, now: Timestamp) {
+        self.calls.connected(id, now, &mut self.timers);
+    }
+
+    /// Bytes read from the call's connection.
+    pub fn handle_call_data(&mut self, id: CallId, data: &[u8], now: Timestamp) {
+        self.calls.data(id, data, now, &mut self.timers);
+    }
+
+    /// The provider closed the call's connection.
+    pub fn handle_call_eof(&mut self, id: CallId, now: Timestamp) {
+        self.calls.eof(id, now, &mut self.timers);
+    }
+
+    /// The call's connection failed.
+    pub fn handle_call_error(&mut self, id: CallId, error: TransportError, now: Timestamp) {
+        self.calls.error(id, error, now, &mut self.timers);
+    }
+
+    /// A finished call's reply, for the connection waiting on it.
+    pub fn take_call_reply(&mut self, id: CallId) -> Option<Response> {
+        self.calls.take_reply(id)
     }
 
     // ----- durability -------------------------------------------------------
@@ -267,6 +313,7 @@ impl Server {
                     self.engine.sweep(now);
                 }
                 ServerTimer::Transactions => self.engine.expire_transactions(now),
+                ServerTimer::Call(id) => self.calls.timeout(id, now, &mut self.timers),
             }
         }
         self.finish_operation(now);
@@ -307,13 +354,22 @@ impl Server {
         }
     }
 
-    /// Answers one REST request (the route table is `dialect::rest::routes`).
-    pub fn handle_request(&mut self, req: &Request, now: Timestamp) -> Reply {
+    /// Answers one REST request from `conn` (the route table is
+    /// `dialect::rest::routes`).
+    pub fn handle_request(&mut self, conn: ConnId, req: &Request, now: Timestamp) -> Reply {
         let (response, upgrade, call) = match rest::respond(self, req, now) {
             Ok(Outcome::Reply(r)) => (r, None, None),
             Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
-            Ok(Outcome::Call(outbound, call)) => {
-                (Response::new(0, "", ""), None, Some((outbound, call)))
+            Ok(Outcome::Call(request, kind)) => {
+                let purpose = Purpose::Reply {
+                    conn,
+                    kind: kind.clone(),
+                    max_body: embed::MAX_RESPONSE_BYTES,
+                };
+                match self.calls.start(request, purpose, now, &mut self.timers) {
+                    Ok(id) => (Response::new(0, "", ""), None, Some(id)),
+                    Err(failure) => (calls::refused(&kind, failure), None, None),
+                }
             }
             Err(e) => (rest::error_response(&e), None, None),
         };
@@ -326,18 +382,6 @@ impl Server {
             upgrade,
             call,
         }
-    }
-
-    /// Finishes a reply that waited for an outbound call.
-    pub fn finish_call(
-        &mut self,
-        call: &Call,
-        result: std::result::Result<Vec<u8>, String>,
-    ) -> Response {
-        let r = match call {
-            Call::Embed(job) => embed::finish(job, result),
-        };
-        r.unwrap_or_else(|e| rest::error_response(&e))
     }
 
     // ----- for the dialects -------------------------------------------------
@@ -422,6 +466,7 @@ impl Server {
             syncs: self.syncs,
             subscribers: self.hub.subscriber_count(),
             connections: self.open_connections,
+            calls_in_flight: self.calls.in_flight(),
         }
     }
 }

@@ -1,15 +1,16 @@
 //! `POST /api/embed` (spec D3). The default is the built-in offline embedder
 //! (feature hashing: deterministic, no network, no key; it is not a neural
-//! model). With an OpenAI-compatible provider configured (`--embed-url`), other
-//! model names go to its `/embeddings` endpoint as an outbound HTTP effect.
+//! model). With an OpenAI-compatible provider configured (`--embed-url`, http or
+//! https), other model names go to its `/embeddings` endpoint as an outbound
+//! call owned by the server.
 
 use super::Ctx;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::http::client::{parse_response, post_json, Outbound};
+use crate::server::calls::CallFailure;
+use crate::wire::http::client::{post_json, ClientResponse, OutboundRequest};
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
-use std::time::Duration;
 
 pub const OFFLINE_MODEL: &str = "tidepool-hash-v1";
 const MAX_TEXTS: usize = 2048;
@@ -19,7 +20,7 @@ const MAX_TEXTS: usize = 2048;
 pub enum Plan {
     Done(Response),
     /// Ask the provider; finish with `finish` when the response is in.
-    Call(Outbound, Job),
+    Call(OutboundRequest, Job),
 }
 
 /// What the provider call is for.
@@ -75,14 +76,11 @@ pub fn start(config: &Config, ctx: &Ctx<'_>) -> Result<Plan> {
                 requested
             };
             let payload = json!({"model": model, "input": texts});
-            let outbound = post_json(
-                url,
-                "/embeddings",
-                Some(&config.embed_api_key),
-                &serde_json::to_vec(&payload).unwrap_or_default(),
-                Duration::from_secs(config.outbound_timeout_secs.max(1)),
-            )
-            .map_err(|e| Error::new(ErrorKind::BadGateway, format!("embedding provider: {e}")))?;
+            let body = serde_json::to_vec(&payload).map_err(|e| Error::internal(e.to_string()))?;
+            let outbound = post_json(url, "/embeddings", Some(&config.embed_api_key), &body)
+                .map_err(|e| {
+                    Error::new(ErrorKind::BadGateway, format!("embedding provider: {e}"))
+                })?;
             Ok(Plan::Call(
                 outbound,
                 Job {
@@ -109,18 +107,34 @@ fn provider_error(message: String) -> Error {
     Error::new(ErrorKind::BadGateway, message)
 }
 
-/// Turns the provider's answer (or the transport failure) into the API reply.
-pub fn finish(job: &Job, result: std::result::Result<Vec<u8>, String>) -> Result<Response> {
-    let bytes =
-        result.map_err(|e| provider_error(format!("embedding provider unreachable: {e}")))?;
-    let resp = parse_response(&bytes)
-        .map_err(|e| provider_error(format!("embedding provider sent a bad response: {e}")))?;
-    if resp.status != 200 {
+/// The most a provider's embeddings response may hold.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Turns the provider's answer (or why there is none) into the API reply.
+pub fn finish(job: &Job, result: std::result::Result<ClientResponse, CallFailure>) -> Response {
+    answer(job, result).unwrap_or_else(|e| super::error_response(&e))
+}
+
+fn answer(job: &Job, result: std::result::Result<ClientResponse, CallFailure>) -> Result<Response> {
+    // Every provider failure is a 502 (spec A, E10: clients retry 503 on their
+    // own, which only genuine overload here should cause).
+    let resp = result.map_err(|failure| match failure {
+        CallFailure::Overloaded => Error::new(
+            ErrorKind::Unavailable,
+            format!("embedding provider: {failure}"),
+        ),
+        CallFailure::Transport(e) => provider_error(format!("embedding provider unreachable: {e}")),
+        CallFailure::Timeout(_) => provider_error(format!("embedding provider {failure}")),
+        CallFailure::Response(_) | CallFailure::TooLarge(_) => {
+            provider_error(format!("embedding provider sent a bad response: {failure}"))
+        }
+    })?;
+    if resp.status() != 200 {
         let detail: String = String::from_utf8_lossy(&resp.body)
             .chars()
             .take(300)
             .collect();
-        let kind = match resp.status {
+        let kind = match resp.status() {
             401 => "rejected the API key (provider_auth_failed)",
             403 => "denied access (provider_permission_denied)",
             429 => "is rate limiting requests (provider_rate_limited)",
@@ -129,9 +143,9 @@ pub fn finish(job: &Job, result: std::result::Result<Vec<u8>, String>) -> Result
         };
         let mut e = provider_error(format!(
             "embedding provider {kind}: HTTP {} {detail}",
-            resp.status
+            resp.status()
         ));
-        if resp.status == 429 {
+        if resp.status() == 429 {
             if let Some(after) = resp.header("retry-after") {
                 e.message.push_str(&format!(" (retry after {after} s)"));
             }
@@ -172,8 +186,6 @@ pub fn finish(job: &Job, result: std::result::Result<Vec<u8>, String>) -> Result
         .unwrap_or(&job.model)
         .to_string();
     let body = json!({"embeddings": embeddings, "model": model, "dimensions": dims});
-    Ok(Response::json(
-        200,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    ))
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Response::json(200, bytes))
 }

@@ -19,9 +19,10 @@ pub mod txn;
 pub use ctx::Ctx;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::server::{Call, Server, Upgrade};
+use crate::server::calls::ReplyKind;
+use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
-use crate::wire::http::client::Outbound;
+use crate::wire::http::client::OutboundRequest;
 use crate::wire::http::{url, Request, Response};
 use routes::{Handler, Scope};
 
@@ -33,7 +34,7 @@ pub enum Outcome {
     /// The response switches the connection to another protocol.
     Upgrade(Response, Upgrade),
     /// The response needs an outbound call first.
-    Call(Outbound, Call),
+    Call(OutboundRequest, ReplyKind),
 }
 
 /// The JSON error response for an error.

@@ -6,7 +6,8 @@ use super::{embed, Ctx, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::realtime::events::EventPos;
 use crate::realtime::hub::Filter;
-use crate::server::{Call, Server, Upgrade, COMPAT_VERSION, VERSION};
+use crate::server::calls::ReplyKind;
+use crate::server::{Server, Upgrade, COMPAT_VERSION, VERSION};
 use crate::wire::http::Response;
 use crate::wire::ws;
 use serde_json::json;
@@ -99,6 +100,6 @@ pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 pub fn embed(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     match embed::start(server.config(), ctx)? {
         embed::Plan::Done(r) => Ok(Outcome::Reply(r)),
-        embed::Plan::Call(outbound, job) => Ok(Outcome::Call(outbound, Call::Embed(job))),
+        embed::Plan::Call(request, job) => Ok(Outcome::Call(request, ReplyKind::Embed(job))),
     }
 }
