@@ -256,4 +256,26 @@ write("connection", {
         + b"stray bytes",
     "sse": b"\x00" + jreq("POST", "/api/insert/c", {"a": 1})
         + req("GET", "/api/subscribe/c?token=TOKEN&filter_field=a&filter_value=1", [("Last-Event-ID", "1:0")]),
+    # An embedding by model name is an outbound call (it fails: no network),
+    # with a request pipelined behind it.
+    "embed_call": b"\x00" + jreq("POST", "/api/embed", {"texts": ["a", "b"], "model": "m"})
+        + jreq("GET", "/api/health"),
 })
+
+# ----- http_response: a control byte (piece sizes), then a provider's response -----
+def resp(status, headers, body):
+    head = "HTTP/1.1 %d X\r\n" % status + "".join("%s: %s\r\n" % h for h in headers) + "\r\n"
+    return head.encode() + body
+
+write("http_response", {
+    "length": b"\x07" + resp(200, [("Content-Length", "2")], b"{}"),
+    "chunked": b"\x03" + resp(200, [("Transfer-Encoding", "chunked")],
+        b"2\r\n{\"\r\n3;x=1\r\na\":\r\n1\r\n1\r\n0\r\nT: v\r\n\r\n"),
+    "until_close": b"\x01" + resp(500, [], b"boom"),
+    "continue_then_204": b"\x09" + b"HTTP/1.1 100 Continue\r\n\r\n" + resp(204, [], b""),
+    "sse_stream": b"\x05" + resp(200, [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")],
+        b"10\r\ndata: {\"a\": 1}\n\n\r\n6\r\ndata: \r\n8\r\n[DONE]\n\n\r\n0\r\n\r\n"),
+    "truncated": b"\x02" + resp(200, [("Content-Length", "10")], b"abc"),
+    "bad_chunk": b"\x02" + resp(200, [("Transfer-Encoding", "chunked")], b"zz\r\nabc"),
+})
+

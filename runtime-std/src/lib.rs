@@ -1,20 +1,23 @@
-//! Tidepool on OS threads: a thread per connection, blocking sockets, and the
-//! shared host (writer, timers, compactor) from `tidepool-host`. For embedding
-//! where no async runtime is wanted; behaves exactly like the smol runtime
-//! because every decision is made in `tidepool-core`.
+//! Tidepool on OS threads: a thread per HTTP connection with blocking sockets;
+//! WebSocket and SSE streams served by a small pool (`streams`); outbound calls
+//! on a thread each (`outbound`); the shared host (writer, timers, compactor)
+//! from `tidepool-host`. For embedding where no async runtime is wanted;
+//! behaves exactly like the smol runtime because every decision is made in
+//! `tidepool-core`.
+
+mod outbound;
+mod streams;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 use tidepool_core::time::Timestamp;
-mod outbound;
-
 use tidepool_host::{self as host, now, BootError, Host};
 
 /// The command-line entry point (see `host::cli_main`).
@@ -44,41 +47,58 @@ pub fn run(config: Config) -> Result<(), BootError> {
     Ok(())
 }
 
-/// Accepts connections forever, one thread each. Every connection is served,
-/// even over the limit: core answers it with a 503 rather than the socket
-/// being dropped without a word.
+/// Accepts connections forever, one thread each while they speak HTTP; a
+/// connection that switches to WebSocket or SSE moves to the stream pool.
+/// Every connection is served, even over the limit: core answers it with a
+/// 503 rather than the socket being dropped without a word.
 pub fn serve(host: Arc<Host>, listener: TcpListener) {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let streams = match streams::Streams::start(host.clone(), workers) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tidepool: cannot start the stream workers: {e}");
+            return;
+        }
+    };
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let h = host.clone();
+        let (h, s) = (host.clone(), streams.clone());
         let _ = thread::Builder::new()
             .name("tidepool-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = serve_connection(&h, stream);
+                let _ = serve_connection(&h, &s, stream);
             });
     }
 }
 
 /// Wakes a connection's thread: a sticky flag (no wake-up is lost between a
-/// check and a wait) and a channel to block on.
-struct Wakeup {
+/// check and a wait) and a channel to block on. Once the connection moves to
+/// the stream pool, wake-ups go to the pool instead.
+pub(crate) struct Wakeup {
     flag: Arc<AtomicBool>,
     rx: crossbeam_channel::Receiver<()>,
+    redirect: Arc<OnceLock<host::Waker>>,
 }
 
 impl Wakeup {
     fn new() -> (Wakeup, host::Waker) {
         let flag = Arc::new(AtomicBool::new(false));
+        let redirect: Arc<OnceLock<host::Waker>> = Arc::new(OnceLock::new());
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         let waker: host::Waker = {
-            let flag = flag.clone();
-            Arc::new(move || {
-                flag.store(true, Ordering::Release);
-                let _ = tx.try_send(());
+            let (flag, redirect) = (flag.clone(), redirect.clone());
+            Arc::new(move || match redirect.get() {
+                Some(to) => to(),
+                None => {
+                    flag.store(true, Ordering::Release);
+                    let _ = tx.try_send(());
+                }
             })
         };
-        (Wakeup { flag, rx }, waker)
+        (Wakeup { flag, rx, redirect }, waker)
     }
 
     /// Whether a wake-up came since the last look.
@@ -89,18 +109,48 @@ impl Wakeup {
     fn wait(&self, timeout: Duration) {
         let _ = self.rx.recv_timeout(timeout);
     }
+
+    /// From now on, wake-ups call `to` (a wake-up already pending is passed on).
+    pub(crate) fn redirect(&self, to: host::Waker) {
+        let pending = self.take();
+        let _ = self.redirect.set(to.clone());
+        if pending {
+            to();
+        }
+    }
 }
 
-fn serve_connection(host: &Arc<Host>, stream: TcpStream) -> io::Result<()> {
+fn serve_connection(
+    host: &Arc<Host>,
+    streams: &Arc<streams::Streams>,
+    stream: TcpStream,
+) -> io::Result<()> {
     let (wakeup, waker) = Wakeup::new();
-    let conn = host.accept(waker.clone());
+    let conn = host.accept(waker);
     let id = conn.id();
     let result = match stream.set_nodelay(true) {
-        Ok(()) => http_connection(host, conn, stream, wakeup, &waker),
+        Ok(()) => http_connection(host, streams, conn, stream, wakeup),
         Err(e) => Err(e),
     };
-    host.connection_closed(id);
-    result
+    match result {
+        // The stream pool owns it now and ends it.
+        Ok(Ended::Adopted) => Ok(()),
+        Ok(Ended::Closed) => {
+            host.connection_closed(id);
+            Ok(())
+        }
+        Err(e) => {
+            host.connection_closed(id);
+            Err(e)
+        }
+    }
+}
+
+/// How an HTTP connection's thread ended.
+enum Ended {
+    Closed,
+    /// It switched to WebSocket or SSE and went to the stream pool.
+    Adopted,
 }
 
 /// Steps the connection and performs its effects (blocking) until none are left.
@@ -124,15 +174,14 @@ fn step(host: &Host, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
 
 /// The connection loop: step, write what is released, then wait for
 /// durability if replies are held, otherwise read until the connection's
-/// deadline. A connection that upgrades to WebSocket or SSE continues in
-/// `stream_connection`.
+/// deadline.
 fn http_connection(
     host: &Arc<Host>,
+    streams: &Arc<streams::Streams>,
     mut conn: Connection,
     mut stream: TcpStream,
     wakeup: Wakeup,
-    waker: &host::Waker,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
     loop {
@@ -146,13 +195,14 @@ fn http_connection(
         }
         if step.closed {
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Ok(());
+            return Ok(Ended::Closed);
         }
         if conn.wants_server() {
             continue;
         }
         if conn.is_streaming() {
-            return stream_connection(host, conn, stream, wakeup, waker);
+            streams.adopt(conn, stream, &wakeup)?;
+            return Ok(Ended::Adopted);
         }
         let timeout = conn
             .poll_timeout()
@@ -184,92 +234,5 @@ fn http_connection(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// A WebSocket or SSE connection: this thread reads, a second thread writes
-/// (events arrive from other connections at any time, so writing cannot wait
-/// for the next read). They share the connection state machine.
-fn stream_connection(
-    host: &Arc<Host>,
-    conn: Connection,
-    stream: TcpStream,
-    wakeup: Wakeup,
-    waker: &host::Waker,
-) -> io::Result<()> {
-    let conn = Arc::new(Mutex::new(conn));
-    let writer = {
-        let (host, conn, waker) = (host.clone(), conn.clone(), waker.clone());
-        let out = stream.try_clone()?;
-        thread::Builder::new()
-            .name("tidepool-stream".into())
-            .stack_size(256 * 1024)
-            .spawn(move || stream_writer(&host, &conn, out, &wakeup, &waker))?
-    };
-    let mut input = stream;
-    input.set_read_timeout(None)?;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => 0,
-        };
-        {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            if n == 0 {
-                c.handle_eof();
-            } else {
-                c.handle_input(&buf[..n], now());
-            }
-        }
-        waker();
-        if n == 0 {
-            break;
-        }
-    }
-    let _ = writer.join();
-    Ok(())
-}
-
-fn stream_writer(
-    host: &Host,
-    conn: &Mutex<Connection>,
-    mut out: TcpStream,
-    wakeup: &Wakeup,
-    waker: &host::Waker,
-) {
-    let mut bytes = Vec::new();
-    loop {
-        let (step, deadline) = {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            if wakeup.take() {
-                c.handle_notify();
-            }
-            c.handle_timeout(now());
-            bytes.clear();
-            let step = step(host, &mut c, &mut bytes);
-            (step, c.poll_timeout())
-        };
-        if !bytes.is_empty() && out.write_all(&bytes).is_err() {
-            conn.lock().unwrap_or_else(|p| p.into_inner()).handle_eof();
-            let _ = out.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        if step.closed {
-            let _ = out.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        if let Some(lsn) = step.durable_after {
-            host.durability.notify_next(waker.clone());
-            if host.durability.lsn() >= lsn {
-                continue;
-            }
-        }
-        let wait = deadline
-            .map(|t| t.since(now()))
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        wakeup.wait(wait);
     }
 }

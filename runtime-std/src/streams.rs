@@ -1,0 +1,349 @@
+//! Streaming connections (WebSocket, SSE) on tidepool-std: one small reader
+//! thread per stream, and a small pool of workers that step every stream and
+//! write what it releases, so an event fanned out to a thousand subscribers
+//! wakes a few threads, not a thousand.
+//!
+//! ```text
+//!  reader thread (64 KiB stack): read ─▶ handle_input ─▶ schedule
+//!  waker (hub, durability)      ─────────────────────▶ schedule
+//!  service thread: deadlines, sockets writable again ─▶ schedule
+//!                                                        │
+//!  workers (a few): step the connection, send without blocking ◀┘
+//!                   (what the socket does not take waits; the service
+//!                    thread reschedules the stream once it is writable)
+//! ```
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::SendFlags;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+use tidepool_core::conn::{Connection, Effect};
+use tidepool_core::driver;
+use tidepool_core::time::Timestamp;
+use tidepool_core::timers::TimerTable;
+use tidepool_host::{now, Host};
+
+/// Stack of a stream's reader thread: it only reads and frames input.
+const READER_STACK: usize = 64 * 1024;
+/// Bytes a reader reads at a time.
+const READ_BYTES: usize = 8 * 1024;
+/// How often blocked sockets are checked for room while any exist.
+const BLOCKED_POLL: Duration = Duration::from_millis(5);
+
+type StreamId = u64;
+
+/// One streaming connection.
+struct Stream {
+    id: StreamId,
+    state: Mutex<State>,
+    socket: TcpStream,
+    /// In the workers' queue (scheduling twice is pointless).
+    queued: AtomicBool,
+    /// A wake-up (hub events, durability) came since the last step.
+    notified: AtomicBool,
+}
+
+struct State {
+    conn: Connection,
+    /// Bytes released but not yet taken by the socket.
+    unsent: Vec<u8>,
+    closed: bool,
+}
+
+impl Stream {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the service thread is told.
+enum Service {
+    /// The stream's next deadline (or none).
+    Deadline(Arc<Stream>, Option<Timestamp>),
+    /// The stream's socket is full: schedule it again when writable.
+    Blocked(Arc<Stream>),
+    /// The stream is gone.
+    Forget(StreamId),
+}
+
+/// The pool serving every stream of a server.
+pub struct Streams {
+    host: Arc<Host>,
+    ready: Sender<Arc<Stream>>,
+    service: Sender<Service>,
+    next: AtomicU64,
+}
+
+impl Streams {
+    /// Starts the workers and the service thread.
+    pub fn start(host: Arc<Host>, workers: usize) -> io::Result<Arc<Streams>> {
+        let (ready, ready_rx) = unbounded::<Arc<Stream>>();
+        let (service, service_rx) = unbounded::<Service>();
+        let streams = Arc::new(Streams {
+            host,
+            ready,
+            service,
+            next: AtomicU64::new(1),
+        });
+        for i in 0..workers.max(1) {
+            let (s, rx) = (streams.clone(), ready_rx.clone());
+            thread::Builder::new()
+                .name(format!("tidepool-stream-{i}"))
+                .spawn(move || {
+                    for stream in rx {
+                        stream.queued.store(false, Ordering::Release);
+                        s.run(&stream);
+                    }
+                })?;
+        }
+        let s = streams.clone();
+        thread::Builder::new()
+            .name("tidepool-stream-service".into())
+            .spawn(move || s.service(&service_rx))?;
+        Ok(streams)
+    }
+
+    fn schedule(&self, stream: &Arc<Stream>) {
+        if !stream.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.ready.send(stream.clone());
+        }
+    }
+
+    /// Takes over a connection that switched to WebSocket or SSE. `waker` is
+    /// the connection's registered waker; `wakeups` fire it from now on.
+    pub fn adopt(
+        self: &Arc<Self>,
+        conn: Connection,
+        socket: TcpStream,
+        wakeups: &crate::Wakeup,
+    ) -> io::Result<()> {
+        let reader_socket = socket.try_clone()?;
+        let stream = Arc::new(Stream {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(State {
+                conn,
+                unsent: Vec::new(),
+                closed: false,
+            }),
+            socket,
+            queued: AtomicBool::new(false),
+            notified: AtomicBool::new(false),
+        });
+        // Wake-ups now schedule the stream on the pool.
+        {
+            let (s, st) = (Arc::downgrade(self), Arc::downgrade(&stream));
+            wakeups.redirect(Arc::new(move || {
+                if let (Some(s), Some(st)) = (s.upgrade(), st.upgrade()) {
+                    st.notified.store(true, Ordering::Release);
+                    s.schedule(&st);
+                }
+            }));
+        }
+        self.schedule(&stream);
+        let (s, st) = (self.clone(), stream.clone());
+        let buf = vec![0u8; READ_BYTES];
+        thread::Builder::new()
+            .name("tidepool-reader".into())
+            .stack_size(READER_STACK)
+            .spawn(move || s.read_loop(&st, reader_socket, buf))?;
+        Ok(())
+    }
+
+    /// The reader: bytes in, then let a worker step the connection.
+    fn read_loop(&self, stream: &Arc<Stream>, mut socket: TcpStream, mut buf: Vec<u8>) {
+        loop {
+            let n = match socket.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            {
+                let mut st = stream.lock();
+                if n == 0 {
+                    st.conn.handle_eof();
+                } else {
+                    st.conn.handle_input(&buf[..n], now());
+                }
+            }
+            self.schedule(stream);
+            if n == 0 {
+                break;
+            }
+        }
+        // The peer is gone (or we closed): the connection ends here, once.
+        let id = {
+            let mut st = stream.lock();
+            st.closed = true;
+            st.conn.id()
+        };
+        let _ = stream.socket.shutdown(Shutdown::Both);
+        let _ = self.service.send(Service::Forget(stream.id));
+        self.host.connection_closed(id);
+    }
+
+    /// One step of a stream on a worker.
+    fn run(&self, stream: &Arc<Stream>) {
+        let mut st = stream.lock();
+        if st.closed {
+            return;
+        }
+        if stream.notified.swap(false, Ordering::AcqRel) {
+            st.conn.handle_notify();
+        }
+        // While the socket is full nothing more is released: the connection's
+        // own bounded queue and the hub's budget absorb the backlog (and cut a
+        // subscriber off that stays behind), as when a runtime's write blocks.
+        if !self.send(stream, &mut st) {
+            return;
+        }
+        if st.conn.poll_timeout().is_some_and(|t| t <= now()) {
+            st.conn.handle_timeout(now());
+        }
+        let state = &mut *st;
+        let step = step(&self.host, &mut state.conn, &mut state.unsent);
+        self.send(stream, &mut st);
+        if step.closed && st.unsent.is_empty() {
+            // Wakes the reader out of its read; it ends the connection.
+            let _ = stream.socket.shutdown(Shutdown::Both);
+            return;
+        }
+        if let Some(lsn) = step.durable_after {
+            let (s, st2) = (stream.clone(), Arc::downgrade(stream));
+            let ready = self.ready.clone();
+            self.host.durability.notify_next(Arc::new(move || {
+                if let Some(st2) = st2.upgrade() {
+                    if !st2.queued.swap(true, Ordering::AcqRel) {
+                        let _ = ready.send(st2);
+                    }
+                }
+            }));
+            if self.host.durability.lsn() >= lsn {
+                drop(st);
+                self.schedule(&s);
+                return;
+            }
+        }
+        let deadline = st.conn.poll_timeout();
+        let _ = self
+            .service
+            .send(Service::Deadline(stream.clone(), deadline));
+    }
+
+    /// Sends what the socket takes now; `false` if bytes are left (the stream
+    /// is then rescheduled once the socket has room).
+    fn send(&self, stream: &Arc<Stream>, st: &mut State) -> bool {
+        while !st.unsent.is_empty() {
+            match rustix::net::send(
+                &stream.socket,
+                &st.unsent,
+                SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    st.unsent.drain(..n);
+                }
+                Err(rustix::io::Errno::AGAIN) => {
+                    let _ = self.service.send(Service::Blocked(stream.clone()));
+                    return false;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => {
+                    // The peer is gone; the reader sees it too and ends.
+                    st.conn.handle_eof();
+                    st.unsent.clear();
+                }
+            }
+        }
+        true
+    }
+
+    /// The service thread: fires deadlines, and reschedules full sockets once
+    /// they have room.
+    fn service(&self, rx: &Receiver<Service>) {
+        let mut streams: HashMap<StreamId, Arc<Stream>> = HashMap::new();
+        let mut timers: TimerTable<StreamId> = TimerTable::default();
+        let mut blocked: Vec<Arc<Stream>> = Vec::new();
+        loop {
+            // Wait for news, a deadline, or (while sockets are full) a short poll.
+            let until_deadline = timers
+                .next()
+                .map(|t| t.since(now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let wait = if blocked.is_empty() {
+                until_deadline
+            } else {
+                until_deadline.min(BLOCKED_POLL)
+            };
+            let first = if blocked.is_empty() {
+                rx.recv_timeout(wait).ok()
+            } else {
+                rx.try_recv().ok()
+            };
+            for msg in first.into_iter().chain(rx.try_iter()) {
+                match msg {
+                    Service::Deadline(s, t) => {
+                        timers.set(s.id, t);
+                        streams.insert(s.id, s);
+                    }
+                    Service::Blocked(s) => blocked.push(s),
+                    Service::Forget(id) => {
+                        timers.cancel(id);
+                        streams.remove(&id);
+                        blocked.retain(|s| s.id != id);
+                    }
+                }
+            }
+            if !blocked.is_empty() {
+                let timeout = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: wait.min(BLOCKED_POLL).as_nanos() as i64,
+                };
+                let mut fds: Vec<PollFd<'_>> = blocked
+                    .iter()
+                    .map(|s| PollFd::new(&s.socket, PollFlags::OUT))
+                    .collect();
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                let writable: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+                drop(fds);
+                let mut i = 0;
+                blocked.retain(|s| {
+                    let keep = !writable[i];
+                    i += 1;
+                    if !keep {
+                        self.schedule(s);
+                    }
+                    keep
+                });
+            }
+            for id in timers.expired(now()) {
+                if let Some(s) = streams.get(&id) {
+                    self.schedule(s);
+                }
+            }
+        }
+    }
+}
+
+/// Steps the connection and performs its effects until none are left.
+fn step(host: &Host, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
+    let mut shared: &Host = host;
+    loop {
+        let step = driver::step(conn, &mut shared, now(), out);
+        if step.effects.is_empty() {
+            return step;
+        }
+        for effect in step.effects {
+            match effect {
+                Effect::ReadHistory { after, .. } => {
+                    let history = host.read_history(after);
+                    host.with_server(|s| conn.handle_history(s, history));
+                }
+            }
+        }
+    }
+}
