@@ -79,7 +79,9 @@ pub fn step(
 ) -> Step {
     if shared.storage_failed() {
         shared.with_server(|s| {
-            let why = s.storage_failure().unwrap_or("storage failed").to_string();
+            let why = s
+                .storage_failure()
+                .map_or_else(|| "storage failed".to_string(), ToString::to_string);
             conn.handle_storage_failure(s.durable_lsn(), &why);
         });
     }
@@ -96,14 +98,89 @@ pub fn step(
             out.transmit(bytes);
         }
         // Transmitting can make room for pipelined requests parsed just now.
-        if !conn.wants_server() {
-            break;
+        if conn.wants_server() {
+            continue;
+        }
+        // What the runtime waits for must match what was just sent: if the
+        // durable LSN moved on meanwhile (the writer runs concurrently), send
+        // again rather than wait for a report that has already come.
+        let awaiting = conn.awaiting_durability(durable);
+        if awaiting.is_some_and(|lsn| lsn <= shared.durable()) {
+            continue;
+        }
+        return Step {
+            closed: conn.is_closed(),
+            read: conn.wants_read(),
+            durable_after: awaiting,
+            effects,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::cell::Cell;
+
+    /// A host whose writer makes everything durable between two looks at the
+    /// durable LSN, as a concurrent writer thread can.
+    struct RacingWriter {
+        server: Server,
+        looks: Cell<u32>,
+    }
+
+    impl Shared for RacingWriter {
+        fn with_server<R>(&mut self, f: impl FnOnce(&mut Server) -> R) -> R {
+            f(&mut self.server)
+        }
+        fn durable(&self) -> Lsn {
+            let n = self.looks.get();
+            self.looks.set(n + 1);
+            if n == 0 {
+                Lsn::ZERO
+            } else {
+                self.server.last_lsn()
+            }
+        }
+        fn storage_failed(&self) -> bool {
+            false
         }
     }
-    Step {
-        closed: conn.is_closed(),
-        read: conn.wants_read(),
-        durable_after: conn.awaiting_durability(shared.durable()),
-        effects,
+
+    /// Regression: the reply of a write was held (not durable at the first
+    /// look) but became durable before the step reported what to wait for, so
+    /// the runtime waited for a durability report that had already come and
+    /// the client never got its reply.
+    #[test]
+    fn a_reply_that_became_durable_during_the_step_is_sent_or_awaited() {
+        let config = Config {
+            api_keys: vec!["k".into()],
+            ..Config::default()
+        };
+        let mut server = Server::new(config, b"secret", 1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        let token = server.issue_token("k", now).expect("token");
+        let mut conn = server.accept(now);
+        let mut host = RacingWriter {
+            server,
+            looks: Cell::new(0),
+        };
+        let body = br#"{"a":1}"#;
+        let req = format!(
+            "POST /api/insert/c HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.handle_input(req.as_bytes(), now);
+        conn.handle_input(body, now);
+        let mut out: Vec<u8> = Vec::new();
+        let step = step(&mut conn, &mut host, now, &mut out);
+        let sent = out.starts_with(b"HTTP/1.1 200");
+        assert!(
+            sent || step
+                .durable_after
+                .is_some_and(|lsn| lsn > host.server.last_lsn()),
+            "the reply is neither sent nor awaited: {step:?}"
+        );
     }
 }

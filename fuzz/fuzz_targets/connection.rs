@@ -37,7 +37,7 @@ use tidepool_core::conn::{Connection, Effect, History};
 use tidepool_core::driver::{self, Shared};
 use tidepool_core::ids::Lsn;
 use tidepool_core::server::calls::{CallCommand, TransportError};
-use tidepool_core::server::Server;
+use tidepool_core::server::{Server, StorageFailure, StorageOp};
 use tidepool_core::time::Timestamp;
 
 const SECRET: &[u8] = b"secret";
@@ -248,7 +248,10 @@ fn drive(
             conn.handle_notify();
         }
         if storage.failed {
-            server.handle_storage_failure("fuzzing: disk full".into());
+            server.handle_storage_failure(StorageFailure {
+                op: StorageOp::Sync,
+                detail: "fuzzing: disk full".into(),
+            });
         }
         let executes = conn.wants_server();
         let mut out: Vec<Bytes> = Vec::new();

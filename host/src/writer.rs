@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tidepool_core::engine::SnapshotCursor;
 use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::server::{StorageFailure, StorageOp};
 use tidepool_storage::{FinishedSnapshot, Store, SyncPolicy};
 
 pub(crate) fn writer_loop(
@@ -36,7 +37,7 @@ pub(crate) fn writer_loop(
             if let Some((snap, covers)) = to_install.take() {
                 if store.synced_lsn().0 >= covers.0 {
                     if let Err(e) = store.install_snapshot(snap) {
-                        fail(&host, &store, format!("installing a snapshot failed: {e}"));
+                        fail(&host, &store, StorageOp::InstallSnapshot, e.to_string());
                         return;
                     }
                 } else {
@@ -50,7 +51,7 @@ pub(crate) fn writer_loop(
         for b in &batches {
             since_snapshot += b.payload.len() as u64;
             if let Err(e) = store.append(tidepool_storage::Lsn(b.lsn.0), &b.payload) {
-                fail(&host, &store, e.to_string());
+                fail(&host, &store, StorageOp::Append, e.to_string());
                 return;
             }
             last = b.lsn;
@@ -82,7 +83,7 @@ pub(crate) fn writer_loop(
             }
         };
         if let Err(e) = synced {
-            fail(&host, &store, e.to_string());
+            fail(&host, &store, StorageOp::Sync, e.to_string());
             return;
         }
         last_sync = Instant::now();
@@ -142,10 +143,11 @@ fn write_snapshot(
     }
 }
 
-fn fail(host: &Host, store: &Store, message: String) {
-    eprintln!("tidepool: storage failure, refusing writes until restart: {message}");
+fn fail(host: &Host, store: &Store, op: StorageOp, detail: String) {
+    let failure = StorageFailure { op, detail };
+    eprintln!("tidepool: storage failure, refusing writes until restart: {failure}");
     let durable = Lsn(store.synced_lsn().0);
-    host.lock().handle_storage_failure(message);
+    host.lock().handle_storage_failure(failure);
     host.durability.publish(durable, true);
     let all: Vec<ConnId> = host
         .wakers

@@ -72,6 +72,34 @@ pub(crate) enum ServerTimer {
     Call(CallId),
 }
 
+/// What the store was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    Append,
+    Sync,
+    InstallSnapshot,
+}
+
+/// A storage failure the host reports: after it the store refuses writes
+/// until the server restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageFailure {
+    pub op: StorageOp,
+    /// The store's description (file, offset, cause).
+    pub detail: String,
+}
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.op {
+            StorageOp::Append => "appending to the log failed",
+            StorageOp::Sync => "syncing the log failed",
+            StorageOp::InstallSnapshot => "installing a snapshot failed",
+        };
+        write!(f, "{what}: {}", self.detail)
+    }
+}
+
 /// Counters for the health report.
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
@@ -91,7 +119,7 @@ pub struct Server {
     auth: Auth,
     config: Config,
     durable: Lsn,
-    storage_failure: Option<String>,
+    storage_failure: Option<StorageFailure>,
     clock: Option<fn() -> Timestamp>,
     /// Durability reports received (one per group commit): batches per sync is
     /// `last_lsn / syncs`.
@@ -262,12 +290,12 @@ impl Server {
 
     /// Storage failed: refuse writes from now on; replies waiting for batches that
     /// will never be durable are failed by their connections.
-    pub fn handle_storage_failure(&mut self, message: String) {
-        self.storage_failure.get_or_insert(message);
+    pub fn handle_storage_failure(&mut self, failure: StorageFailure) {
+        self.storage_failure.get_or_insert(failure);
     }
 
-    pub fn storage_failure(&self) -> Option<&str> {
-        self.storage_failure.as_deref()
+    pub fn storage_failure(&self) -> Option<&StorageFailure> {
+        self.storage_failure.as_ref()
     }
 
     /// Applies a batch read back from the log (or a snapshot chunk) at startup.

@@ -317,7 +317,7 @@ pub fn distinct(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, field: &str) -> Res
     ctx.ok(&json!({
         "collection": c,
         "field": field,
-        "values": serde_json::to_value(&plain).unwrap_or_default(),
+        "values": serde_json::to_value(&plain).map_err(|e| Error::internal(e.to_string()))?,
         "count": values.len(),
     }))
 }
