@@ -182,7 +182,10 @@ fn http_connection(
     mut stream: TcpStream,
     wakeup: Wakeup,
 ) -> io::Result<Ended> {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Start small and grow when a read fills the buffer: a connection that
+    // upgrades leaves this thread, and what the thread allocated stays
+    // resident in its allocator heap for as long as the stream lives.
+    let mut buf = vec![0u8; 4096];
     let mut out = Vec::new();
     loop {
         if wakeup.take() {
@@ -222,7 +225,12 @@ fn http_connection(
         stream.set_read_timeout(Some(timeout))?;
         match stream.read(&mut buf) {
             Ok(0) => conn.handle_eof(),
-            Ok(n) => conn.handle_input(&buf[..n], now()),
+            Ok(n) => {
+                conn.handle_input(&buf[..n], now());
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),

@@ -4,23 +4,28 @@
 //! wakes a few threads, not a thousand.
 //!
 //! ```text
-//!  reader thread (64 KiB stack): read ─▶ handle_input ─▶ schedule
-//!  waker (hub, durability)      ─────────────────────▶ schedule
+//!  reader thread (64 KiB stack): read ─▶ hand the buffer over ─▶ schedule
+//!  waker (hub, durability)      ────────────────────────────▶ schedule
 //!  service thread: deadlines, sockets writable again ─▶ schedule
 //!                                                        │
 //!  workers (a few): step the connection, send without blocking ◀┘
 //!                   (what the socket does not take waits; the service
 //!                    thread reschedules the stream once it is writable)
 //! ```
+//!
+//! A reader thread never allocates: it reads into one buffer, hands it to the
+//! workers and waits for it back (so it reads at most one buffer ahead). A
+//! thread that allocates gets its own allocator heap, tens of KiB; one that
+//! only reads costs the few stack pages it touches.
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::SendFlags;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 use tidepool_core::conn::{Connection, Effect};
@@ -42,6 +47,9 @@ type StreamId = u64;
 struct Stream {
     id: StreamId,
     state: Mutex<State>,
+    /// The reader's buffer, passed back and forth.
+    input: Mutex<Input>,
+    input_back: Condvar,
     socket: TcpStream,
     /// In the workers' queue (scheduling twice is pointless).
     queued: AtomicBool,
@@ -53,6 +61,17 @@ struct State {
     conn: Connection,
     /// Bytes released but not yet taken by the socket.
     unsent: Vec<u8>,
+    closed: bool,
+}
+
+/// The buffer the reader fills and a worker consumes.
+#[derive(Default)]
+struct Input {
+    /// Read, not yet handled (empty: the peer closed).
+    full: Option<Vec<u8>>,
+    /// Handled, back for the next read.
+    empty: Option<Vec<u8>>,
+    /// The stream is over: the reader stops.
     closed: bool,
 }
 
@@ -83,7 +102,10 @@ pub struct Streams {
 impl Streams {
     /// Starts the workers and the service thread.
     pub fn start(host: Arc<Host>, workers: usize) -> io::Result<Arc<Streams>> {
-        let (ready, ready_rx) = unbounded::<Arc<Stream>>();
+        // Bounded, so the reader threads' sends never allocate: a stream is in
+        // the queue at most once, and there are at most `capacity` of them.
+        let capacity = host.lock().config().max_connections.max(1) + 64;
+        let (ready, ready_rx) = bounded::<Arc<Stream>>(capacity);
         let (service, service_rx) = unbounded::<Service>();
         let streams = Arc::new(Streams {
             host,
@@ -131,6 +153,8 @@ impl Streams {
                 unsent: Vec::new(),
                 closed: false,
             }),
+            input: Mutex::new(Input::default()),
+            input_back: Condvar::new(),
             socket,
             queued: AtomicBool::new(false),
             notified: AtomicBool::new(false),
@@ -155,36 +179,78 @@ impl Streams {
         Ok(())
     }
 
-    /// The reader: bytes in, then let a worker step the connection.
+    /// The reader: fills its buffer, hands it over, waits for it back. It
+    /// ends at EOF or when the stream is closed; the worker ends the
+    /// connection.
     fn read_loop(&self, stream: &Arc<Stream>, mut socket: TcpStream, mut buf: Vec<u8>) {
+        let input = || stream.input.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let n = match socket.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => 0,
-            };
-            {
-                let mut st = stream.lock();
-                if n == 0 {
-                    st.conn.handle_eof();
-                } else {
-                    st.conn.handle_input(&buf[..n], now());
+            buf.resize(READ_BYTES, 0);
+            let n = loop {
+                match socket.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other.unwrap_or(0),
                 }
-            }
+            };
+            buf.truncate(n);
+            input().full = Some(buf);
             self.schedule(stream);
             if n == 0 {
-                break;
+                return;
             }
+            let mut inp = input();
+            buf = loop {
+                if inp.closed {
+                    return;
+                }
+                if let Some(b) = inp.empty.take() {
+                    break b;
+                }
+                inp = stream
+                    .input_back
+                    .wait(inp)
+                    .unwrap_or_else(|p| p.into_inner());
+            };
         }
-        // The peer is gone (or we closed): the connection ends here, once.
-        let id = {
-            let mut st = stream.lock();
-            st.closed = true;
-            st.conn.id()
+    }
+
+    /// Hands what the reader read to the connection and the buffer back.
+    fn take_input(stream: &Stream, st: &mut State) {
+        let full = stream
+            .input
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .full
+            .take();
+        let Some(mut bytes) = full else {
+            return;
         };
+        if bytes.is_empty() {
+            st.conn.handle_eof();
+        } else {
+            st.conn.handle_input(&bytes, now());
+        }
+        bytes.clear();
+        stream.input.lock().unwrap_or_else(|p| p.into_inner()).empty = Some(bytes);
+        stream.input_back.notify_one();
+    }
+
+    /// The stream is over: the reader stops, the server forgets it.
+    fn close(&self, stream: &Arc<Stream>, st: &mut State) {
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        stream
+            .input
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        stream.input_back.notify_one();
+        // Wakes the reader out of its read.
         let _ = stream.socket.shutdown(Shutdown::Both);
         let _ = self.service.send(Service::Forget(stream.id));
-        self.host.connection_closed(id);
+        self.host.connection_closed(st.conn.id());
     }
 
     /// One step of a stream on a worker.
@@ -193,6 +259,7 @@ impl Streams {
         if st.closed {
             return;
         }
+        Self::take_input(stream, &mut st);
         if stream.notified.swap(false, Ordering::AcqRel) {
             st.conn.handle_notify();
         }
@@ -209,8 +276,7 @@ impl Streams {
         let step = step(&self.host, &mut state.conn, &mut state.unsent);
         self.send(stream, &mut st);
         if step.closed && st.unsent.is_empty() {
-            // Wakes the reader out of its read; it ends the connection.
-            let _ = stream.socket.shutdown(Shutdown::Both);
+            self.close(stream, &mut st);
             return;
         }
         if let Some(lsn) = step.durable_after {
@@ -253,7 +319,7 @@ impl Streams {
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(_) => {
-                    // The peer is gone; the reader sees it too and ends.
+                    // The peer is gone: nothing more can be sent.
                     st.conn.handle_eof();
                     st.unsent.clear();
                 }

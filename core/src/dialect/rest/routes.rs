@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::Server;
 use crate::wire::http::{Method, Response};
+use std::sync::OnceLock;
 
 /// Who may call a route. Checked in one place (`rest::handle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,45 +184,75 @@ fn pattern(path: &str) -> impl Iterator<Item = Seg<'_>> {
     })
 }
 
-/// Specificity of each segment, left to right: literals before variables before
-/// a rest match; a pattern that ends where the path ends beats one whose rest
-/// match takes nothing.
-fn rank(path: &str) -> Vec<u8> {
-    let mut rank: Vec<u8> = pattern(path)
-        .map(|s| match s {
-            Seg::Lit(_) => 3,
-            Seg::Var(_) => 2,
-            Seg::Rest(_) => 0,
-        })
-        .collect();
-    if rank.last() != Some(&0) {
-        rank.push(1);
-    }
-    rank
+/// A row with its pattern parsed once (the table is static; parsing it per
+/// request cost more than the lookup).
+struct Compiled {
+    route: &'static Route,
+    segs: Vec<Seg<'static>>,
+    /// Specificity of each segment, left to right: literals before variables
+    /// before a rest match; a pattern that ends where the path ends beats one
+    /// whose rest match takes nothing.
+    rank: Vec<u8>,
+    rest: bool,
 }
 
-/// The variables a path binds, if the pattern matches it.
-fn bind(path: &'static str, segments: &[String]) -> Option<Args> {
-    let mut args = Vec::new();
-    let mut i = 0;
-    for seg in pattern(path) {
-        match seg {
-            Seg::Rest(name) => {
-                args.push((name, segments.get(i..).unwrap_or_default().join("/")));
-                return Some(args);
-            }
-            Seg::Var(name) => {
-                args.push((name, segments.get(i)?.clone()));
-            }
-            Seg::Lit(lit) => {
-                if segments.get(i)? != lit {
-                    return None;
+impl Compiled {
+    fn new(route: &'static Route) -> Compiled {
+        let segs: Vec<Seg<'static>> = pattern(route.path).collect();
+        let rest = matches!(segs.last(), Some(Seg::Rest(_)));
+        let mut rank: Vec<u8> = segs
+            .iter()
+            .map(|s| match s {
+                Seg::Lit(_) => 3,
+                Seg::Var(_) => 2,
+                Seg::Rest(_) => 0,
+            })
+            .collect();
+        if !rest {
+            rank.push(1);
+        }
+        Compiled {
+            route,
+            segs,
+            rank,
+            rest,
+        }
+    }
+
+    /// Whether the pattern matches the path (no allocation).
+    fn matches(&self, segments: &[String]) -> bool {
+        let fixed = self.segs.len() - usize::from(self.rest);
+        let len_ok = if self.rest {
+            segments.len() >= fixed
+        } else {
+            segments.len() == fixed
+        };
+        len_ok
+            && self.segs[..fixed]
+                .iter()
+                .zip(segments)
+                .all(|(p, s)| !matches!(p, Seg::Lit(lit) if *lit != s.as_str()))
+    }
+
+    /// The variables a matching path binds.
+    fn bind(&self, segments: &[String]) -> Args {
+        let mut args = Vec::new();
+        for (i, seg) in self.segs.iter().enumerate() {
+            match seg {
+                Seg::Rest(name) => {
+                    args.push((*name, segments.get(i..).unwrap_or_default().join("/")));
                 }
+                Seg::Var(name) => args.push((*name, segments[i].clone())),
+                Seg::Lit(_) => {}
             }
         }
-        i += 1;
+        args
     }
-    (i == segments.len()).then_some(args)
+}
+
+fn compiled() -> &'static [Compiled] {
+    static TABLE: OnceLock<Vec<Compiled>> = OnceLock::new();
+    TABLE.get_or_init(|| ROUTES.iter().map(Compiled::new).collect())
 }
 
 /// The variables a matched path binds, by name.
@@ -230,38 +261,39 @@ pub type Args = Vec<(&'static str, String)>;
 /// Resolves a request to its row and the variables its path binds. `segments`
 /// are the decoded path segments.
 pub fn resolve(method: &Method, segments: &[String]) -> Result<(&'static Route, Args)> {
-    // The most specific rank seen, and every row that matched with it.
-    type Matches = Vec<(&'static Route, Args)>;
-    let mut best: Option<(Vec<u8>, Matches)> = None;
-    for route in ROUTES {
-        let Some(args) = bind(route.path, segments) else {
+    // The rows matching with the most specific rank.
+    let mut best: Vec<&Compiled> = Vec::new();
+    for row in compiled() {
+        if !row.matches(segments) {
             continue;
-        };
-        let r = rank(route.path);
-        match &mut best {
-            Some((b, rows)) if *b == r => rows.push((route, args)),
-            Some((b, _)) if *b > r => {}
-            _ => best = Some((r, vec![(route, args)])),
+        }
+        match best.first() {
+            Some(b) if b.rank == row.rank => best.push(row),
+            Some(b) if b.rank > row.rank => {}
+            _ => {
+                best.clear();
+                best.push(row);
+            }
         }
     }
-    let Some((_, rows)) = best else {
+    if best.is_empty() {
         return Err(Error::not_found(format!(
             "no route for {} /{}",
             method.as_str(),
             segments.join("/")
         )));
-    };
+    }
     let wanted = if *method == Method::Head {
         &Method::Get
     } else {
         method
     };
     let mut allowed: Vec<&str> = Vec::new();
-    for (route, args) in rows {
-        if route.methods.contains(wanted) {
-            return Ok((route, args));
+    for row in best {
+        if row.route.methods.contains(wanted) {
+            return Ok((row.route, row.bind(segments)));
         }
-        allowed.extend(route.methods.iter().map(Method::as_str));
+        allowed.extend(row.route.methods.iter().map(Method::as_str));
     }
     Err(Error::new(
         ErrorKind::MethodNotAllowed,
