@@ -40,6 +40,19 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "outbound-idle-timeout", env: "TIDEPOOL_OUTBOUND_IDLE_TIMEOUT", default: "30", help: "seconds a provider's answer may stall between two pieces" },
     Setting { flag: "outbound-max-calls", env: "TIDEPOOL_OUTBOUND_MAX_CALLS", default: "64", help: "outbound provider calls in flight at once; up to 16 times as many wait, more are refused (503)" },
     Setting { flag: "tls-ca-file", env: "TIDEPOOL_TLS_CA_FILE", default: "", help: "PEM file of extra certificate authorities to trust for https:// providers (besides the bundled Mozilla roots)" },
+    Setting { flag: "openai-url", env: "TIDEPOOL_OPENAI_URL", default: "https://api.openai.com/v1", help: "base URL of the `openai` chat provider (any OpenAI-compatible Chat Completions endpoint)" },
+    Setting { flag: "openai-api-key", env: "TIDEPOOL_OPENAI_API_KEY", default: "", help: "key of the `openai` provider (OPENAI_API_KEY is read too); empty = not configured" },
+    Setting { flag: "openai-model", env: "TIDEPOOL_OPENAI_MODEL", default: "gpt-4o-mini", help: "default model of the `openai` provider" },
+    Setting { flag: "anthropic-url", env: "TIDEPOOL_ANTHROPIC_URL", default: "https://api.anthropic.com", help: "base URL of the `anthropic` provider (Messages API)" },
+    Setting { flag: "anthropic-api-key", env: "TIDEPOOL_ANTHROPIC_API_KEY", default: "", help: "key of the `anthropic` provider (ANTHROPIC_API_KEY is read too); empty = not configured" },
+    Setting { flag: "anthropic-model", env: "TIDEPOOL_ANTHROPIC_MODEL", default: "claude-sonnet-4-5", help: "default model of the `anthropic` provider" },
+    Setting { flag: "local-llm-url", env: "TIDEPOOL_LOCAL_LLM_URL", default: "", help: "an OpenAI-compatible server needing no key (Ollama, llama.cpp, vLLM, LM Studio), provider name `local`, e.g. http://127.0.0.1:11434/v1" },
+    Setting { flag: "local-llm-model", env: "TIDEPOOL_LOCAL_LLM_MODEL", default: "llama3.2", help: "default model of the `local` provider" },
+    Setting { flag: "chat-provider", env: "TIDEPOOL_CHAT_PROVIDER", default: "", help: "provider for sessions that name none (empty = the first configured of openai, anthropic, local, else the offline provider)" },
+    Setting { flag: "chat-offline-fallback", env: "TIDEPOOL_CHAT_OFFLINE_FALLBACK", default: "true", help: "a session naming a provider with no key is answered by the built-in offline provider (and says so in its model); false = answer provider_not_configured instead" },
+    Setting { flag: "chat-context-tokens", env: "TIDEPOOL_CHAT_CONTEXT_TOKENS", default: "8192", help: "context window assumed for models whose window is not known" },
+    Setting { flag: "chat-cancel-on-disconnect", env: "TIDEPOOL_CHAT_CANCEL_ON_DISCONNECT", default: "false", help: "stop a streamed answer when its client disconnects (default: it runs to completion, is stored, and can be resumed)" },
+    Setting { flag: "chat-client-tool-timeout", env: "TIDEPOOL_CHAT_CLIENT_TOOL_TIMEOUT", default: "60", help: "seconds to wait for a client tool's result" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -73,6 +86,19 @@ pub struct Config {
     pub outbound_idle_timeout_secs: u64,
     pub outbound_max_calls: usize,
     pub tls_ca_file: String,
+    pub openai_url: String,
+    pub openai_api_key: String,
+    pub openai_model: String,
+    pub anthropic_url: String,
+    pub anthropic_api_key: String,
+    pub anthropic_model: String,
+    pub local_llm_url: String,
+    pub local_llm_model: String,
+    pub chat_provider: String,
+    pub chat_offline_fallback: bool,
+    pub chat_context_tokens: usize,
+    pub chat_cancel_on_disconnect: bool,
+    pub chat_client_tool_timeout_secs: u64,
 }
 
 /// What the command line asked for.
@@ -122,6 +148,19 @@ fn unreachable_default() -> Config {
         outbound_idle_timeout_secs: 30,
         outbound_max_calls: 64,
         tls_ca_file: String::new(),
+        openai_url: String::new(),
+        openai_api_key: String::new(),
+        openai_model: String::new(),
+        anthropic_url: String::new(),
+        anthropic_api_key: String::new(),
+        anthropic_model: String::new(),
+        local_llm_url: String::new(),
+        local_llm_model: String::new(),
+        chat_provider: String::new(),
+        chat_offline_fallback: true,
+        chat_context_tokens: 8192,
+        chat_cancel_on_disconnect: false,
+        chat_client_tool_timeout_secs: 60,
     }
 }
 
@@ -192,6 +231,16 @@ impl Config {
                 .parse()
                 .map_err(|_| format!("`--{flag}` must be a non-negative integer, got `{v}`"))
         }
+        fn flag(flag: &str, v: String) -> Result<bool, String> {
+            match v.trim() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(format!("`--{flag}` must be true or false, got `{v}`")),
+            }
+        }
+        fn nonempty(v: String) -> Option<String> {
+            Some(v).filter(|v| !v.trim().is_empty())
+        }
         let fsync = get("fsync");
         let ok_fsync = fsync == "sync"
             || fsync == "none"
@@ -241,6 +290,29 @@ impl Config {
             outbound_idle_timeout_secs: num("outbound-idle-timeout", get("outbound-idle-timeout"))?,
             outbound_max_calls: num("outbound-max-calls", get("outbound-max-calls"))?,
             tls_ca_file: get("tls-ca-file"),
+            openai_url: get("openai-url"),
+            openai_api_key: nonempty(get("openai-api-key"))
+                .or_else(|| env("OPENAI_API_KEY"))
+                .unwrap_or_default(),
+            openai_model: get("openai-model"),
+            anthropic_url: get("anthropic-url"),
+            anthropic_api_key: nonempty(get("anthropic-api-key"))
+                .or_else(|| env("ANTHROPIC_API_KEY"))
+                .unwrap_or_default(),
+            anthropic_model: get("anthropic-model"),
+            local_llm_url: get("local-llm-url"),
+            local_llm_model: get("local-llm-model"),
+            chat_provider: get("chat-provider"),
+            chat_offline_fallback: flag("chat-offline-fallback", get("chat-offline-fallback"))?,
+            chat_context_tokens: num("chat-context-tokens", get("chat-context-tokens"))?,
+            chat_cancel_on_disconnect: flag(
+                "chat-cancel-on-disconnect",
+                get("chat-cancel-on-disconnect"),
+            )?,
+            chat_client_tool_timeout_secs: num(
+                "chat-client-tool-timeout",
+                get("chat-client-tool-timeout"),
+            )?,
         })))
     }
 }

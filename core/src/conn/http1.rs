@@ -60,8 +60,10 @@ impl Connection {
             return;
         }
         let reply = server.handle_request(self.id, &req, now);
-        if let Some(call) = reply.call {
-            self.pending_call = Some((call, keep_alive, head_only));
+        if let Some(ticket) = reply.pending {
+            self.pending_call = Some((ticket, keep_alive, head_only));
+            // It may be ready already.
+            self.notified = true;
             return;
         }
         match reply.upgrade {

@@ -32,7 +32,7 @@ use crate::dialect::ekodb_ws;
 use crate::dialect::EventCodec;
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::hub::Outbox;
-use crate::server::calls::CallId;
+use crate::server::pending::Ticket;
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
 use crate::wire::http::{HttpError, Limits, Request, RequestParser, Response};
@@ -145,9 +145,10 @@ pub struct Connection {
     upgrade_pending: bool,
     /// The WebSocket close reply, held until the messages before it are answered.
     deferred_close: Option<Bytes>,
-    /// A reply waiting for an outbound call (keep-alive, HEAD); later
-    /// requests wait behind it. The server wakes us when it is ready.
-    pending_call: Option<(CallId, bool, bool)>,
+    /// A reply that comes later (an outbound call, a chat answer), with
+    /// keep-alive and HEAD; later requests wait behind it. The server wakes
+    /// us when it is ready.
+    pending_call: Option<(Ticket, bool, bool)>,
     /// Storage failure was already handled.
     storage_failed: bool,
 }
@@ -301,7 +302,7 @@ impl Connection {
     pub fn execute(&mut self, server: &mut crate::server::Server, now: Timestamp) {
         if let Some((id, keep_alive, head_only)) = self.pending_call {
             self.notified = false;
-            let Some(response) = server.take_call_reply(id) else {
+            let Some(response) = server.take_reply(id) else {
                 return;
             };
             self.pending_call = None;

@@ -89,6 +89,14 @@ impl Collection {
             .map(|(k, r)| (k.as_ref(), r))
     }
 
+    /// Records from `start` (inclusive) on, in id order.
+    pub fn range_from<'a>(&'a self, start: &str) -> impl Iterator<Item = (&'a str, &'a Record)> {
+        use std::ops::Bound;
+        self.records
+            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+            .map(|(k, r)| (k.as_ref(), r))
+    }
+
     pub fn trash_range_after(
         &self,
         after: Option<&str>,

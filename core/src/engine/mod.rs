@@ -18,12 +18,14 @@
 //! | `expiry.rs` | TTL, trash retention and the sweep |
 //! | `txn.rs` | buffered optimistic transactions |
 //! | `snapshot.rs` | fuzzy snapshots for compaction |
+//! | `internal.rs` | the server's own records (chat): prefix scans, removal without trash |
 
 pub mod actions;
 mod catalog;
 pub mod collection;
 mod expiry;
 pub mod filter;
+mod internal;
 pub mod kv;
 mod log;
 pub mod mutation;

@@ -13,9 +13,9 @@
 //! then report `connected`, data, EOF or a transport error by call id. Reports
 //! for a call that is no longer running (cancelled, timed out) are ignored.
 
+use super::pending::Ticket;
 use super::ServerTimer;
 use crate::dialect::rest::embed;
-use crate::ids::ConnId;
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
 use crate::wire::http::client::{
@@ -141,7 +141,7 @@ pub enum ReplyKind {
 pub enum Purpose {
     /// A connection's pending reply, built from the whole response.
     Reply {
-        conn: ConnId,
+        ticket: Ticket,
         kind: ReplyKind,
         max_body: usize,
     },
@@ -167,10 +167,8 @@ pub(crate) struct Calls {
     in_flight: usize,
     queue: VecDeque<CallId>,
     commands: VecDeque<CallCommand>,
-    /// Replies built from finished calls, until their connection takes them.
-    replies: HashMap<CallId, Response>,
-    /// Connections to wake: their reply is ready.
-    pub(super) woken: Vec<ConnId>,
+    /// Replies built from finished calls, for the server to hand on.
+    pub(super) done: Vec<(Ticket, Response)>,
 }
 
 impl Calls {
@@ -182,8 +180,7 @@ impl Calls {
             in_flight: 0,
             queue: VecDeque::new(),
             commands: VecDeque::new(),
-            replies: HashMap::new(),
-            woken: Vec::new(),
+            done: Vec::new(),
         }
     }
 
@@ -339,17 +336,23 @@ impl Calls {
         self.fail(id, CallFailure::Timeout(phase), now, timers);
     }
 
-    /// Nobody wants the result any more (its connection closed): stop it.
+    /// Nobody wants these replies any more (their connection closed): stop
+    /// the calls behind them.
     pub(crate) fn cancel_for(
         &mut self,
-        conn: ConnId,
+        tickets: &[Ticket],
         now: Timestamp,
         timers: &mut TimerTable<ServerTimer>,
     ) {
+        if tickets.is_empty() {
+            return;
+        }
         let ids: Vec<CallId> = self
             .calls
             .iter()
-            .filter(|(_, c)| matches!(c.purpose, Purpose::Reply { conn: c2, .. } if c2 == conn))
+            .filter(|(_, c)| {
+                matches!(c.purpose, Purpose::Reply { ticket, .. } if tickets.contains(&ticket))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -360,16 +363,9 @@ impl Calls {
                     self.commands.push_back(CallCommand::Cancel(id));
                 }
             }
-            self.replies.remove(&id);
         }
         self.queue.retain(|id| self.calls.contains_key(id));
-        self.woken.retain(|c| *c != conn);
         self.admit(now, timers);
-    }
-
-    /// A finished call's reply, for the connection waiting on it.
-    pub(crate) fn take_reply(&mut self, id: CallId) -> Option<Response> {
-        self.replies.remove(&id)
     }
 
     /// After progress: finishes the call if its response is complete, or fails
@@ -402,7 +398,7 @@ impl Calls {
                     }),
                     body: call.body,
                 };
-                self.deliver(id, call.purpose, Ok(response));
+                self.deliver(call.purpose, Ok(response));
             }
         }
     }
@@ -415,7 +411,7 @@ impl Calls {
         timers: &mut TimerTable<ServerTimer>,
     ) {
         if let Some(call) = self.remove(id, now, timers) {
-            self.deliver(id, call.purpose, Err(failure));
+            self.deliver(call.purpose, Err(failure));
         }
     }
 
@@ -435,19 +431,13 @@ impl Calls {
         Some(call)
     }
 
-    fn deliver(
-        &mut self,
-        id: CallId,
-        purpose: Purpose,
-        result: Result<ClientResponse, CallFailure>,
-    ) {
+    fn deliver(&mut self, purpose: Purpose, result: Result<ClientResponse, CallFailure>) {
         match purpose {
-            Purpose::Reply { conn, kind, .. } => {
+            Purpose::Reply { ticket, kind, .. } => {
                 let response = match kind {
                     ReplyKind::Embed(job) => embed::finish(&job, result),
                 };
-                self.replies.insert(id, response);
-                self.woken.push(conn);
+                self.done.push((ticket, response));
             }
         }
     }

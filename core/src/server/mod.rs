@@ -10,6 +10,7 @@
 //! `handle_call_*` reports (outbound calls, `calls`).
 
 pub mod calls;
+pub mod pending;
 
 use crate::auth::{Auth, Principal};
 use crate::config::Config;
@@ -26,6 +27,7 @@ use crate::time::Timestamp;
 use crate::timers::TimerTable;
 use crate::wire::http::{Limits, Request, Response};
 use calls::{CallCommand, CallId, CallLimits, Calls, Purpose, TransportError};
+use pending::{Pending, Ticket};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +45,9 @@ pub struct Reply {
     pub wait_for: Lsn,
     /// The request switches the connection to another protocol.
     pub upgrade: Option<Upgrade>,
-    /// The response comes from this outbound call (`Server::take_call_reply`
-    /// once the connection is woken).
-    pub call: Option<CallId>,
+    /// The response comes later (`Server::take_reply` once the connection
+    /// is woken): an outbound call or a chat answer is under way.
+    pub pending: Option<Ticket>,
 }
 
 /// A protocol switch decided by a request.
@@ -126,6 +128,7 @@ pub struct Server {
     syncs: u64,
     timers: TimerTable<ServerTimer>,
     calls: Calls,
+    pending: Pending,
     next_conn: u64,
     open_connections: usize,
     /// Connections to wake (their outbox has news).
@@ -158,6 +161,7 @@ impl Server {
             syncs: 0,
             timers: TimerTable::default(),
             calls: Calls::new(limits),
+            pending: Pending::default(),
             next_conn: 1,
             open_connections: 0,
             wakeups: VecDeque::new(),
@@ -215,14 +219,18 @@ impl Server {
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
         self.open_connections = self.open_connections.saturating_sub(1);
         self.hub.close(conn);
-        self.calls.cancel_for(conn, now, &mut self.timers);
+        let abandoned = self.pending.forget(conn);
+        self.calls.cancel_for(&abandoned, now, &mut self.timers);
     }
 
     /// The next connection to wake: its outbox has events that are now
     /// deliverable, or its call finished. Drain after every call that holds
     /// the lock.
     pub fn poll_wakeup(&mut self) -> Option<ConnId> {
-        self.wakeups.extend(self.calls.woken.drain(..));
+        for (ticket, response) in self.calls.done.drain(..) {
+            self.pending.fulfil(ticket, response);
+        }
+        self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
     }
 
@@ -253,9 +261,12 @@ impl Server {
         self.calls.error(id, error, now, &mut self.timers);
     }
 
-    /// A finished call's reply, for the connection waiting on it.
-    pub fn take_call_reply(&mut self, id: CallId) -> Option<Response> {
-        self.calls.take_reply(id)
+    /// A reply that was pending, once ready, for the connection waiting on it.
+    pub fn take_reply(&mut self, ticket: Ticket) -> Option<Response> {
+        for (t, response) in self.calls.done.drain(..) {
+            self.pending.fulfil(t, response);
+        }
+        self.pending.take(ticket)
     }
 
     // ----- durability -------------------------------------------------------
@@ -385,20 +396,25 @@ impl Server {
     /// Answers one REST request from `conn` (the route table is
     /// `dialect::rest::routes`).
     pub fn handle_request(&mut self, conn: ConnId, req: &Request, now: Timestamp) -> Reply {
-        let (response, upgrade, call) = match rest::respond(self, req, now) {
+        let (response, upgrade, pending) = match rest::respond(self, conn, req, now) {
             Ok(Outcome::Reply(r)) => (r, None, None),
             Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
             Ok(Outcome::Call(request, kind)) => {
+                let ticket = self.pending.ticket(conn);
                 let purpose = Purpose::Reply {
-                    conn,
+                    ticket,
                     kind: kind.clone(),
                     max_body: embed::MAX_RESPONSE_BYTES,
                 };
                 match self.calls.start(request, purpose, now, &mut self.timers) {
-                    Ok(id) => (Response::new(0, "", ""), None, Some(id)),
-                    Err(failure) => (calls::refused(&kind, failure), None, None),
+                    Ok(_) => (Response::new(0, "", ""), None, Some(ticket)),
+                    Err(failure) => {
+                        self.pending.forget(conn);
+                        (calls::refused(&kind, failure), None, None)
+                    }
                 }
             }
+            Ok(Outcome::Pending(ticket)) => (Response::new(0, "", ""), None, Some(ticket)),
             Err(e) => (rest::error_response(&e), None, None),
         };
         // Operations validate before they mutate, so anything journaled was applied
@@ -408,11 +424,21 @@ impl Server {
             response,
             wait_for,
             upgrade,
-            call,
+            pending,
         }
     }
 
     // ----- for the dialects -------------------------------------------------
+
+    /// A ticket for a reply `conn` will wait for (`Outcome::Pending`).
+    pub fn reply_ticket(&mut self, conn: ConnId) -> Ticket {
+        self.pending.ticket(conn)
+    }
+
+    /// The reply for a ticket is ready.
+    pub fn fulfil(&mut self, ticket: Ticket, response: Response) {
+        self.pending.fulfil(ticket, response);
+    }
 
     /// Checks a bearer token (`Authorization`) or, for clients that cannot set
     /// headers, a `?token=` parameter.

@@ -6,6 +6,7 @@
 
 use super::codec;
 use crate::error::{Error, Result};
+use crate::ids::ConnId;
 use crate::time::Timestamp;
 use crate::wire::format::{self, Format};
 use crate::wire::http::{url, Request, Response};
@@ -28,6 +29,9 @@ pub struct Ctx<'a> {
     /// Reads the clock again, for `execution_time_ms`. Supplied by the runtime;
     /// `None` in simulations (then elapsed time reads as 0).
     pub clock: Option<fn() -> Timestamp>,
+    /// The connection the call came on (for replies that come later, and
+    /// streams it subscribes to).
+    pub conn: Option<ConnId>,
     params: Vec<(String, String)>,
     args: Vec<(&'static str, String)>,
     input: Input<'a>,
@@ -42,6 +46,7 @@ impl<'a> Ctx<'a> {
             now,
             out: codec::response_format(req),
             clock: None,
+            conn: None,
             params,
             args: Vec::new(),
             input: Input::Http(req),
@@ -54,6 +59,7 @@ impl<'a> Ctx<'a> {
             now,
             out,
             clock: None,
+            conn: None,
             params: Vec::new(),
             args: Vec::new(),
             input: Input::Value(body),

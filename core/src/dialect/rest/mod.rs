@@ -19,7 +19,9 @@ pub mod txn;
 pub use ctx::Ctx;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::ConnId;
 use crate::server::calls::ReplyKind;
+use crate::server::pending::Ticket;
 use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
 use crate::wire::http::client::OutboundRequest;
@@ -35,6 +37,8 @@ pub enum Outcome {
     Upgrade(Response, Upgrade),
     /// The response needs an outbound call first.
     Call(OutboundRequest, ReplyKind),
+    /// The response comes later, for this ticket (`Server::fulfil`).
+    Pending(Ticket),
 }
 
 /// The JSON error response for an error.
@@ -51,10 +55,16 @@ pub fn error_response(e: &Error) -> Response {
 
 /// Answers one REST request: finds its row, checks who may call it and whether
 /// storage takes writes, and runs its handler.
-pub fn respond(server: &mut Server, req: &Request, now: Timestamp) -> Result<Outcome> {
+pub fn respond(
+    server: &mut Server,
+    conn: ConnId,
+    req: &Request,
+    now: Timestamp,
+) -> Result<Outcome> {
     let segments = url::split_path(&req.path).map_err(Error::invalid)?;
     let (route, args) = routes::resolve(&req.method, &segments)?;
     let mut ctx = Ctx::http(req, now)?.with_args(args);
+    ctx.conn = Some(conn);
     ctx.clock = server.clock();
     if route.scope != Scope::Public {
         // `?token=` is how browsers' EventSource and WebSocket pass a token.
