@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod conn;
 pub mod dialect;
@@ -65,6 +66,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod providers;
 pub mod realtime;
 pub mod rng;
 pub mod server;

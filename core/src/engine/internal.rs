@@ -3,9 +3,12 @@
 //! snapshotted and visible to the data API, plus the few operations the
 //! data API does not need: a scan by id prefix, and removal without trash.
 
-use super::mutation::Mutation;
-use super::{Engine, Found};
+use super::mutation::{LoggedRecord, Mutation};
+use super::record::Record;
+use super::{validate_id, validate_name, Engine, Found};
+use crate::error::Result;
 use crate::time::Timestamp;
+use crate::value::Value;
 use std::borrow::Cow;
 
 impl Engine {
@@ -23,6 +26,47 @@ impl Engine {
             .take_while(move |(id, _)| id.starts_with(prefix))
             .filter(move |(_, r)| !r.is_expired(now))
             .map(move |(id, record)| Found { pk, id, record })
+    }
+
+    /// Writes a whole record (replacing any previous version), typed as given.
+    pub fn put_internal(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: Vec<(&str, Value)>,
+        now: Timestamp,
+    ) -> Result<()> {
+        validate_name("collection", collection)?;
+        validate_id(id)?;
+        let mut record = Record::new();
+        for (name, value) in fields {
+            record.set(self.interner.intern(name), value);
+        }
+        record.version = self.op_lsn();
+        self.implicit_collection(collection, now);
+        let insert = self
+            .collections
+            .get(collection)
+            .and_then(|c| c.raw(id))
+            .is_none();
+        self.log(Mutation::Put {
+            collection: Cow::Borrowed(collection),
+            id: Cow::Borrowed(id),
+            record: LoggedRecord::Owned(record),
+            insert,
+        });
+        Ok(())
+    }
+
+    /// One internal record.
+    pub fn get_internal(&self, collection: &str, id: &str, now: Timestamp) -> Option<Found<'_>> {
+        let c = self.collections.get(collection)?;
+        let (id, record) = c.raw_entry(id)?;
+        (!record.is_expired(now)).then_some(Found {
+            pk: c.schema.primary_key_alias.as_str(),
+            id,
+            record,
+        })
     }
 
     /// Removes a record for good (no trash); `false` if it was not there.

@@ -169,6 +169,21 @@ impl Value {
     pub fn to_json(&self) -> Json {
         self.view().to_json()
     }
+
+    /// A value for server-written records: objects and arrays stay structured,
+    /// strings stay strings (no inference of dates from text).
+    pub fn from_json(j: Json) -> Value {
+        match j {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Boolean(b),
+            Json::Int(i) => Value::Integer(i),
+            Json::UInt(u) => i64::try_from(u).map_or(Value::Float(u as f64), Value::Integer),
+            Json::Float(f) => Value::Float(f),
+            Json::Str(s) => Value::String(s),
+            Json::Array(items) => Value::Array(items.into_boxed_slice()),
+            Json::Object(m) => Value::Object(Box::new(m)),
+        }
+    }
 }
 
 /// Serializes a value as its typed envelope: `{"type":"Integer","value":42}`.

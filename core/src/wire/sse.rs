@@ -1,6 +1,6 @@
 //! Server-Sent Events framing (spec C2): `event: NAME\ndata: JSON\n\n`, LF only,
 //! exactly one space after each field name, an `id:` on every event, and comment
-//! heartbeats. The decoder is for tests and fuzzing.
+//! heartbeats. The parser reads providers' streams (and our own, in tests).
 
 use bytes::Bytes;
 
@@ -33,52 +33,146 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// Incremental SSE parser (WHATWG rules, enough for our own streams).
-#[derive(Debug, Default)]
-pub struct SseDecoder {
-    buf: Vec<u8>,
+/// Why a stream could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SseError {
+    /// A line, or one event's data, passed the parser's limit.
+    TooLong(usize),
+}
+
+impl std::fmt::Display for SseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SseError::TooLong(max) => {
+                write!(f, "an event stream line or event exceeds {max} bytes")
+            }
+        }
+    }
+}
+
+/// Incremental SSE parser (WHATWG rules: LF, CRLF or CR line ends, `data`
+/// lines joined with LF, comments skipped, an event dispatched at a blank
+/// line), bounded: a line or an event's data longer than `max` is an error.
+/// It reads provider streams (LLM answers) as they arrive.
+#[derive(Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    /// The previous byte was CR (a following LF belongs to it).
+    after_cr: bool,
+    id: Option<String>,
+    event: String,
+    data: Vec<u8>,
+    has_data: bool,
+    any: bool,
+    max: usize,
+}
+
+impl SseParser {
+    pub fn new(max: usize) -> Self {
+        SseParser {
+            line: Vec::new(),
+            after_cr: false,
+            id: None,
+            event: String::new(),
+            data: Vec::new(),
+            has_data: false,
+            any: false,
+            max,
+        }
+    }
+
+    /// Feeds bytes; complete events go to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        for &b in bytes {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    self.line_done(out)?;
+                }
+                _ => {
+                    self.after_cr = false;
+                    if self.line.len() >= self.max {
+                        return Err(SseError::TooLong(self.max));
+                    }
+                    self.line.push(b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self, out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            if self.any {
+                out.push(SseEvent {
+                    id: self.id.take(),
+                    event: if self.event.is_empty() {
+                        "message".to_string()
+                    } else {
+                        std::mem::take(&mut self.event)
+                    },
+                    data: String::from_utf8_lossy(&self.data).into_owned(),
+                });
+            }
+            self.event.clear();
+            self.data.clear();
+            self.has_data = false;
+            self.any = false;
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(());
+        }
+        let (field, value) = match line.iter().position(|&c| c == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (&line[..], &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                if self.data.len() + value.len() > self.max {
+                    return Err(SseError::TooLong(self.max));
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+                self.any = true;
+            }
+            b"event" => {
+                self.event = String::from_utf8_lossy(value).into_owned();
+                self.any = true;
+            }
+            b"id" => {
+                self.id = Some(String::from_utf8_lossy(value).into_owned());
+                self.any = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Unbounded incremental decoder for our own streams (tests and fuzzing).
+#[derive(Debug)]
+pub struct SseDecoder(SseParser);
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder(SseParser::new(usize::MAX))
+    }
 }
 
 impl SseDecoder {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block[..end]);
-            let mut ev = SseEvent::default();
-            let mut data: Vec<&str> = Vec::new();
-            let mut any = false;
-            for line in text.split('\n') {
-                if line.starts_with(':') {
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => {
-                        ev.id = Some(value.to_string());
-                        any = true
-                    }
-                    "event" => {
-                        ev.event = value.to_string();
-                        any = true
-                    }
-                    "data" => {
-                        data.push(value);
-                        any = true
-                    }
-                    _ => {}
-                }
-            }
-            if any {
-                ev.data = data.join("\n");
-                if ev.event.is_empty() {
-                    ev.event = "message".to_string();
-                }
-                out.push(ev);
-            }
-        }
+        // Unbounded: `feed` cannot fail.
+        let _ = self.0.feed(bytes, &mut out);
         out
     }
 }
