@@ -3,5 +3,10 @@
 //! offline provider, and turns: a message answered by a provider, streamed as
 //! events with positions that any number of clients can watch and resume.
 
+pub mod event;
+pub mod offline;
+pub mod retrieval;
 pub mod session;
 pub mod store;
+pub mod tools;
+pub mod turn;

@@ -302,14 +302,14 @@ impl Connection {
     pub fn execute(&mut self, server: &mut crate::server::Server, now: Timestamp) {
         if let Some((id, keep_alive, head_only)) = self.pending_call {
             self.notified = false;
-            let Some(response) = server.take_reply(id) else {
+            let Some((response, wait_for)) = server.take_reply(id) else {
                 return;
             };
             self.pending_call = None;
             if !keep_alive {
                 self.state = State::Closing;
             }
-            self.push_out(Lsn::ZERO, response.encode(keep_alive, head_only));
+            self.push_out(wait_for, response.encode(keep_alive, head_only));
         }
         while self.pending_call.is_none() {
             if self.state != State::Open && !self.is_streaming() {

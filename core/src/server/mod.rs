@@ -228,7 +228,7 @@ impl Server {
     /// the lock.
     pub fn poll_wakeup(&mut self) -> Option<ConnId> {
         for (ticket, response) in self.calls.done.drain(..) {
-            self.pending.fulfil(ticket, response);
+            self.pending.fulfil(ticket, response, Lsn::ZERO);
         }
         self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
@@ -261,10 +261,11 @@ impl Server {
         self.calls.error(id, error, now, &mut self.timers);
     }
 
-    /// A reply that was pending, once ready, for the connection waiting on it.
-    pub fn take_reply(&mut self, ticket: Ticket) -> Option<Response> {
+    /// A reply that was pending, once ready, for the connection waiting on
+    /// it, with the LSN that must be durable before it is sent.
+    pub fn take_reply(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
         for (t, response) in self.calls.done.drain(..) {
-            self.pending.fulfil(t, response);
+            self.pending.fulfil(t, response, Lsn::ZERO);
         }
         self.pending.take(ticket)
     }
@@ -435,9 +436,9 @@ impl Server {
         self.pending.ticket(conn)
     }
 
-    /// The reply for a ticket is ready.
-    pub fn fulfil(&mut self, ticket: Ticket, response: Response) {
-        self.pending.fulfil(ticket, response);
+    /// The reply for a ticket is ready (to be sent once `wait_for` is durable).
+    pub fn fulfil(&mut self, ticket: Ticket, response: Response, wait_for: Lsn) {
+        self.pending.fulfil(ticket, response, wait_for);
     }
 
     /// Checks a bearer token (`Authorization`) or, for clients that cannot set

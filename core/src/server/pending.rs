@@ -2,7 +2,7 @@
 //! chat answer): the request gets a `Ticket`, the connection waits, and
 //! whatever finishes the work fulfils the ticket and wakes the connection.
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, Lsn};
 use crate::wire::http::Response;
 use std::collections::HashMap;
 
@@ -15,8 +15,9 @@ pub(crate) struct Pending {
     next: u64,
     /// Who waits for each ticket.
     waiting: HashMap<Ticket, ConnId>,
-    /// Replies ready, until their connection takes them.
-    ready: HashMap<Ticket, Response>,
+    /// Replies ready (with the LSN that must be durable before they are
+    /// sent), until their connection takes them.
+    ready: HashMap<Ticket, (Response, Lsn)>,
     /// Connections to wake.
     pub(crate) woken: Vec<ConnId>,
 }
@@ -32,14 +33,14 @@ impl Pending {
 
     /// The reply is ready: keep it and wake its connection. A ticket nobody
     /// waits for any more (the connection went) is dropped.
-    pub(crate) fn fulfil(&mut self, ticket: Ticket, response: Response) {
+    pub(crate) fn fulfil(&mut self, ticket: Ticket, response: Response, wait_for: Lsn) {
         if let Some(conn) = self.waiting.remove(&ticket) {
-            self.ready.insert(ticket, response);
+            self.ready.insert(ticket, (response, wait_for));
             self.woken.push(conn);
         }
     }
 
-    pub(crate) fn take(&mut self, ticket: Ticket) -> Option<Response> {
+    pub(crate) fn take(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
         self.ready.remove(&ticket)
     }
 

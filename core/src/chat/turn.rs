@@ -1,0 +1,179 @@
+//! A turn: one message answered. The server owns it (not a connection), so it
+//! runs to the end when its client drops, any number of clients can watch it,
+//! and its events stay available for resuming for a while after it ends.
+//!
+//! ```text
+//! Started ──▶ Calling (provider stream: tokens) ──▶ Done
+//!                │   ▲         │
+//!                │   │         └─▶ tools: server tools run at once; client
+//!                │   └──────────── tools wait for their results ──▶ Calling
+//!                ├─▶ Retrying (before the first token only) ──▶ Calling
+//!                └─▶ Failed | Cancelled
+//! ```
+//! The offline provider goes from Started to Done within the request.
+
+use super::event::ChatEvent;
+use super::retrieval::Snippet;
+use super::tools::Policy;
+use crate::ids::Lsn;
+use crate::providers::{Choice, Prompt, StreamParser, ToolCall, ToolSpec};
+use crate::server::calls::CallId;
+use crate::server::pending::Ticket;
+use crate::time::Timestamp;
+use serde_json::Value as J;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TurnId(pub u64);
+
+/// How the answer goes back when the turn ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A chat message: `ChatResponse`, the message stored.
+    Chat,
+    /// A raw completion: `{"content"}`, nothing stored.
+    Raw,
+}
+
+#[derive(Debug)]
+pub enum Phase {
+    /// Waiting for (or reading) the provider's answer.
+    Calling {
+        call: CallId,
+        parser: StreamParser,
+        /// The provider answered with an error status: its body, for the message.
+        error_status: Option<(u16, Option<String>)>,
+        error_body: Vec<u8>,
+    },
+    /// Trying the provider again after a transient failure (before any token).
+    Retrying,
+    /// Waiting for the client's results of these tool calls.
+    AwaitingClient {
+        calls: Vec<ToolCall>,
+    },
+    Done,
+}
+
+#[derive(Debug)]
+pub struct Turn {
+    pub id: TurnId,
+    pub shape: Shape,
+    pub chat_id: String,
+    /// The assistant message (stored as incomplete from the start).
+    pub message_id: String,
+    pub choice: Choice,
+    pub prompt: Prompt,
+    pub policy: Policy,
+    /// Tools the client answers (registered over WebSocket or sent with the
+    /// message), and server tools it must confirm.
+    pub client_tools: Vec<ToolSpec>,
+    pub confirm_tools: Vec<String>,
+    pub started: Timestamp,
+    pub phase: Phase,
+    /// The answer so far.
+    pub text: String,
+    /// The answer of the current provider round (tool rounds reset it).
+    pub round_text: String,
+    pub round_calls: Vec<ToolCall>,
+    pub results: HashMap<String, (bool, J)>,
+    pub snippets: Vec<Snippet>,
+    pub usage: (Option<u64>, Option<u64>),
+    pub tool_history: Vec<J>,
+    pub iterations: u32,
+    pub attempts: u32,
+    /// Events so far, for watchers that join late or resume.
+    pub events: Vec<ChatEvent>,
+    /// Events are delivered once this LSN is durable (the user's message).
+    pub gate: Lsn,
+    /// REST replies waiting for the end.
+    pub waiters: Vec<Ticket>,
+}
+
+impl Turn {
+    pub fn next_seq(&self) -> u32 {
+        self.events.len() as u32
+    }
+
+    pub fn got_tokens(&self) -> bool {
+        !self.text.is_empty()
+    }
+}
+
+/// A finished turn's events, kept for resuming.
+#[derive(Debug)]
+pub struct Finished {
+    pub chat_id: String,
+    pub message_id: String,
+    pub events: Vec<ChatEvent>,
+    pub gate: Lsn,
+}
+
+/// Finished turns kept for resuming, and the bytes of answer text they may hold.
+const KEEP_FINISHED: usize = 256;
+const KEEP_FINISHED_BYTES: usize = 16 << 20;
+
+/// Roughly what a turn's events hold in memory.
+fn weight(events: &[ChatEvent]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            64 + match &e.kind {
+                super::event::ChatEventKind::Token(t) => t.len(),
+                super::event::ChatEventKind::Done { content, .. } => content.len(),
+                _ => 256,
+            }
+        })
+        .sum()
+}
+
+/// Every turn of the server.
+#[derive(Debug, Default)]
+pub struct Turns {
+    next: u64,
+    pub active: HashMap<TurnId, Turn>,
+    pub by_chat: HashMap<String, TurnId>,
+    pub by_call: HashMap<CallId, TurnId>,
+    finished: VecDeque<Finished>,
+    finished_bytes: usize,
+    /// Client tools registered over WebSocket, per chat.
+    pub client_tools: HashMap<String, Vec<ToolSpec>>,
+}
+
+impl Turns {
+    pub fn new_id(&mut self) -> TurnId {
+        self.next += 1;
+        TurnId(self.next)
+    }
+
+    /// Keeps a finished turn's events (bounded: the oldest go first).
+    pub fn retire(&mut self, turn: Turn) {
+        self.by_chat.remove(&turn.chat_id);
+        self.finished_bytes += weight(&turn.events);
+        self.finished.push_back(Finished {
+            chat_id: turn.chat_id,
+            message_id: turn.message_id,
+            events: turn.events,
+            gate: turn.gate,
+        });
+        while self.finished.len() > KEEP_FINISHED || self.finished_bytes > KEEP_FINISHED_BYTES {
+            let Some(old) = self.finished.pop_front() else {
+                break;
+            };
+            self.finished_bytes = self.finished_bytes.saturating_sub(weight(&old.events));
+        }
+    }
+
+    /// A turn's events (live or finished) for a message, with their gate.
+    pub fn log(&self, chat_id: &str, message_id: Option<&str>) -> Option<(&[ChatEvent], Lsn)> {
+        if let Some(t) = self.by_chat.get(chat_id).and_then(|id| self.active.get(id)) {
+            if message_id.is_none_or(|m| m == t.message_id) {
+                return Some((&t.events, t.gate));
+            }
+        }
+        self.finished
+            .iter()
+            .rev()
+            .find(|f| f.chat_id == chat_id && message_id.is_none_or(|m| m == f.message_id))
+            .map(|f| (f.events.as_slice(), f.gate))
+    }
+}
