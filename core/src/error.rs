@@ -59,6 +59,9 @@ pub struct Error {
     /// Headers the error response must carry (`Allow` on a 405,
     /// `Sec-WebSocket-Version` on a refused upgrade).
     pub headers: Vec<(&'static str, String)>,
+    /// Keys the JSON error body carries besides `error`, `code` and
+    /// `message` (a provider failure's classification, spec E10).
+    pub details: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Error {
@@ -67,6 +70,7 @@ impl Error {
             kind,
             message: message.into(),
             headers: Vec::new(),
+            details: Vec::new(),
         }
     }
 
@@ -99,6 +103,11 @@ impl Error {
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn with_detail(mut self, key: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.details.push((key, value.into()));
         self
     }
 }

@@ -490,7 +490,7 @@ both_runtimes!(websocket_protocol_and_bad_input, |rt: Runtime| {
             (r["code"].as_u64(), r["messageId"].as_str()),
             (Some(404), Some("m4"))
         );
-        // Chat is not here yet: a clear terminal frame, not silence.
+        // A chat that does not exist: a clear terminal frame, not silence.
         send(
             &mut ws,
             json!({"type":"ChatSend","payload":{"chat_id":"c1","message":"hi"}}),

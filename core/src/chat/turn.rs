@@ -12,14 +12,15 @@
 //! ```
 //! The offline provider goes from Started to Done within the request.
 
-use super::event::ChatEvent;
+use super::event::{ChatEvent, ChatEventKind};
 use super::retrieval::Snippet;
 use super::tools::Policy;
-use crate::ids::Lsn;
+use crate::ids::{ConnId, Lsn};
 use crate::providers::{Choice, Prompt, StreamParser, ToolCall, ToolSpec};
 use crate::server::calls::CallId;
 use crate::server::pending::Ticket;
 use crate::time::Timestamp;
+use crate::wire::format::Format;
 use serde_json::Value as J;
 use std::collections::{HashMap, VecDeque};
 
@@ -35,58 +36,77 @@ pub enum Shape {
     Raw,
 }
 
+/// Who hears how a turn ends (besides the watchers of its stream).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Listener {
+    /// A REST reply waiting for the whole answer.
+    Reply(Ticket),
+    /// A WebSocket request waiting for a `Success`/`Error` reply.
+    WsReply {
+        conn: ConnId,
+        id: Option<String>,
+        format: Format,
+    },
+}
+
 #[derive(Debug)]
 pub enum Phase {
     /// Waiting for (or reading) the provider's answer.
     Calling {
         call: CallId,
         parser: StreamParser,
-        /// The provider answered with an error status: its body, for the message.
+        /// The provider answered with an error status (and `Retry-After`):
+        /// its body is kept for the message.
         error_status: Option<(u16, Option<String>)>,
         error_body: Vec<u8>,
     },
     /// Trying the provider again after a transient failure (before any token).
     Retrying,
-    /// Waiting for the client's results of these tool calls.
-    AwaitingClient {
-        calls: Vec<ToolCall>,
-    },
-    Done,
+    /// Waiting for the client's results of these tool calls (ids).
+    AwaitingClient { waiting: Vec<String> },
+    /// The offline provider answers within the request.
+    Offline,
 }
 
 #[derive(Debug)]
 pub struct Turn {
     pub id: TurnId,
     pub shape: Shape,
+    /// The chat the answer belongs to (for a raw completion, a key of its own).
     pub chat_id: String,
-    /// The assistant message (stored as incomplete from the start).
+    /// The assistant message's id (reserved when the turn starts).
     pub message_id: String,
+    pub seq: u64,
+    pub question: String,
     pub choice: Choice,
     pub prompt: Prompt,
     pub policy: Policy,
     /// Tools the client answers (registered over WebSocket or sent with the
-    /// message), and server tools it must confirm.
+    /// message), and server tools it must confirm first.
     pub client_tools: Vec<ToolSpec>,
     pub confirm_tools: Vec<String>,
     pub started: Timestamp,
     pub phase: Phase,
     /// The answer so far.
     pub text: String,
-    /// The answer of the current provider round (tool rounds reset it).
+    /// This provider round's text and tool calls (a tool round starts anew).
     pub round_text: String,
     pub round_calls: Vec<ToolCall>,
+    /// Results of this round's tool calls, by call id: success and value.
     pub results: HashMap<String, (bool, J)>,
     pub snippets: Vec<Snippet>,
-    pub usage: (Option<u64>, Option<u64>),
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
     pub tool_history: Vec<J>,
     pub iterations: u32,
     pub attempts: u32,
     /// Events so far, for watchers that join late or resume.
     pub events: Vec<ChatEvent>,
-    /// Events are delivered once this LSN is durable (the user's message).
+    /// Events are deliverable once this LSN is durable (the user's message);
+    /// the last one once `end_lsn` is (the stored answer).
     pub gate: Lsn,
-    /// REST replies waiting for the end.
-    pub waiters: Vec<Ticket>,
+    pub end_lsn: Lsn,
+    pub listeners: Vec<Listener>,
 }
 
 impl Turn {
@@ -97,6 +117,15 @@ impl Turn {
     pub fn got_tokens(&self) -> bool {
         !self.text.is_empty()
     }
+
+    /// The LSN an event must wait for.
+    pub fn lsn_of(&self, event: &ChatEvent) -> Lsn {
+        if event.is_terminal() {
+            self.end_lsn.max(self.gate)
+        } else {
+            self.gate
+        }
+    }
 }
 
 /// A finished turn's events, kept for resuming.
@@ -106,6 +135,7 @@ pub struct Finished {
     pub message_id: String,
     pub events: Vec<ChatEvent>,
     pub gate: Lsn,
+    pub end_lsn: Lsn,
 }
 
 /// Finished turns kept for resuming, and the bytes of answer text they may hold.
@@ -118,12 +148,22 @@ fn weight(events: &[ChatEvent]) -> usize {
         .iter()
         .map(|e| {
             64 + match &e.kind {
-                super::event::ChatEventKind::Token(t) => t.len(),
-                super::event::ChatEventKind::Done { content, .. } => content.len(),
+                ChatEventKind::Token(t) => t.len(),
+                ChatEventKind::Done { content, .. } => content.len(),
                 _ => 256,
             }
         })
         .sum()
+}
+
+/// A turn's events for a resuming client, with the LSNs they wait for.
+#[derive(Debug)]
+pub struct Log<'a> {
+    pub events: &'a [ChatEvent],
+    pub gate: Lsn,
+    pub end_lsn: Lsn,
+    /// Still running: more events come live.
+    pub active: bool,
 }
 
 /// Every turn of the server.
@@ -132,7 +172,6 @@ pub struct Turns {
     next: u64,
     pub active: HashMap<TurnId, Turn>,
     pub by_chat: HashMap<String, TurnId>,
-    pub by_call: HashMap<CallId, TurnId>,
     finished: VecDeque<Finished>,
     finished_bytes: usize,
     /// Client tools registered over WebSocket, per chat.
@@ -154,6 +193,7 @@ impl Turns {
             message_id: turn.message_id,
             events: turn.events,
             gate: turn.gate,
+            end_lsn: turn.end_lsn,
         });
         while self.finished.len() > KEEP_FINISHED || self.finished_bytes > KEEP_FINISHED_BYTES {
             let Some(old) = self.finished.pop_front() else {
@@ -163,17 +203,35 @@ impl Turns {
         }
     }
 
-    /// A turn's events (live or finished) for a message, with their gate.
-    pub fn log(&self, chat_id: &str, message_id: Option<&str>) -> Option<(&[ChatEvent], Lsn)> {
+    /// A turn's events (live or finished) for a message (`None`: the chat's
+    /// latest).
+    pub fn log(&self, chat_id: &str, message_id: Option<&str>) -> Option<Log<'_>> {
         if let Some(t) = self.by_chat.get(chat_id).and_then(|id| self.active.get(id)) {
             if message_id.is_none_or(|m| m == t.message_id) {
-                return Some((&t.events, t.gate));
+                return Some(Log {
+                    events: &t.events,
+                    gate: t.gate,
+                    end_lsn: t.end_lsn,
+                    active: true,
+                });
             }
         }
         self.finished
             .iter()
             .rev()
             .find(|f| f.chat_id == chat_id && message_id.is_none_or(|m| m == f.message_id))
-            .map(|f| (f.events.as_slice(), f.gate))
+            .map(|f| Log {
+                events: &f.events,
+                gate: f.gate,
+                end_lsn: f.end_lsn,
+                active: false,
+            })
+    }
+
+    /// Forgets what is kept about a deleted chat.
+    pub fn forget_chat(&mut self, chat_id: &str) {
+        self.client_tools.remove(chat_id);
+        self.finished.retain(|f| f.chat_id != chat_id);
+        self.finished_bytes = self.finished.iter().map(|f| weight(&f.events)).sum();
     }
 }

@@ -2,13 +2,14 @@
 //! (up to `MAX_PIPELINE`), `Expect: 100-continue`, keep-alive, the idle
 //! deadline, and the switch to WebSocket or SSE.
 
-use super::{ConnTimer, Connection, Mode, State, Work, WsMode, MAX_PIPELINE};
-use crate::dialect::{ekodb_sse, ekodb_ws};
+use super::{ConnTimer, Connection, Mode, SseMode, State, Work, WsMode, MAX_PIPELINE};
+use crate::dialect::{ekodb_sse, ekodb_ws, EventCodec};
 use crate::error::{Error, ErrorKind};
 use crate::ids::Lsn;
 use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
 use crate::wire::http::{response, Method, Request, Response};
+use crate::wire::sse;
 use crate::wire::ws::{self, WsTransport};
 use bytes::Bytes;
 use std::time::Duration;
@@ -99,7 +100,10 @@ impl Connection {
             }) => {
                 let head = response::encode_stream_head(200, "text/event-stream", &[]);
                 self.push_out(Lsn::ZERO, head);
-                self.mode = Mode::Sse;
+                self.mode = Mode::Sse(SseMode {
+                    codec: ekodb_sse::CODEC,
+                    ends_with_answer: false,
+                });
                 self.inbuf.clear();
                 self.work.clear();
                 self.outbox = Some(server.open_stream(self.id, ekodb_sse::CODEC));
@@ -113,6 +117,42 @@ impl Connection {
                 if let Some(from) = resume {
                     self.start_replay(server, collection, filter, from);
                 }
+            }
+            Some(Upgrade::ChatStream {
+                chat_key,
+                message_id,
+                after,
+            }) => {
+                let head = response::encode_stream_head(200, "text/event-stream", &[]);
+                self.push_out(Lsn::ZERO, head);
+                let codec = EventCodec::EkodbChatSse;
+                self.mode = Mode::Sse(SseMode {
+                    codec,
+                    ends_with_answer: true,
+                });
+                self.inbuf.clear();
+                self.work.clear();
+                self.outbox = Some(server.open_stream(self.id, codec));
+                let attached = server.chat_attach(self.id, &chat_key, message_id.as_deref(), after);
+                if !attached {
+                    // The events are gone: a stored answer goes whole.
+                    let mid = message_id.unwrap_or_default();
+                    if let Err(e) = server.chat_replay_stored(self.id, &chat_key, &mid, now) {
+                        let bytes = sse::event(
+                            None,
+                            "error",
+                            &serde_json::to_vec(&serde_json::json!({ "error": e.message }))
+                                .unwrap_or_default(),
+                        );
+                        self.push_out(Lsn::ZERO, bytes);
+                        self.state = State::Closing;
+                    }
+                }
+                self.timers.cancel(ConnTimer::Idle);
+                self.timers.set(
+                    ConnTimer::Heartbeat,
+                    Some(now.saturating_add(self.heartbeat)),
+                );
             }
         }
     }

@@ -79,7 +79,15 @@ struct WsMode {
 enum Mode {
     Http,
     WebSocket(Box<WsMode>),
-    Sse,
+    Sse(SseMode),
+}
+
+/// An SSE stream: its codec, and whether it ends with its last event (a chat
+/// answer) or runs until the client leaves (a change feed).
+#[derive(Debug, Clone, Copy)]
+struct SseMode {
+    codec: EventCodec,
+    ends_with_answer: bool,
 }
 
 /// The connection's deadlines (one timer table, `timers`).
@@ -215,7 +223,7 @@ impl Connection {
         match &self.mode {
             Mode::Http => None,
             Mode::WebSocket(ws) => Some(ws.session.codec()),
-            Mode::Sse => Some(crate::dialect::ekodb_sse::CODEC),
+            Mode::Sse(sse) => Some(sse.codec),
         }
     }
 
@@ -248,7 +256,7 @@ impl Connection {
                 self.read_ws();
             }
             // SSE clients send nothing after the request; ignore stray bytes.
-            Mode::Sse => {}
+            Mode::Sse(_) => {}
         }
     }
 
@@ -341,7 +349,7 @@ impl Connection {
         match self.mode {
             Mode::Http => self.parse_http(),
             Mode::WebSocket(_) => self.read_ws(),
-            Mode::Sse => {}
+            Mode::Sse(_) => {}
         }
     }
 

@@ -99,8 +99,14 @@ impl Connection {
         self.notified = false;
         match outbox.drain(LOCAL_OUT_BYTES - self.out_bytes) {
             Ok(items) => {
+                let ends = matches!(self.mode, Mode::Sse(s) if s.ends_with_answer);
                 for item in items {
                     self.push_message(item.lsn, item.bytes);
+                    if item.terminal && ends {
+                        // The answer is complete: the stream ends with it.
+                        self.state = State::Closing;
+                        return;
+                    }
                 }
                 // More than fitted: come back when the socket queue drains.
                 self.notified = outbox.is_pending();
@@ -144,7 +150,7 @@ impl Connection {
                     self.push_out(Lsn::ZERO, b);
                 }
             }
-            Mode::Sse => self.push_out(Lsn::ZERO, Bytes::from_static(sse::HEARTBEAT)),
+            Mode::Sse(_) => self.push_out(Lsn::ZERO, Bytes::from_static(sse::HEARTBEAT)),
         }
         self.timers.set(
             ConnTimer::Heartbeat,

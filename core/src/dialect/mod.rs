@@ -9,16 +9,19 @@
 //! | `ekodb_ws` | the ekoDB WebSocket protocol (`/api/ws`) |
 //! | `ekodb_sse` | ekoDB's SSE change feed (`/api/subscribe/{collection}`) |
 //! | `ekodb_events` | the event payloads those two share |
+//! | `ekodb_chat` | ekoDB's chat stream (SSE events and WebSocket frames) |
 //!
 //! A streaming connection is registered with the hub under an `EventCodec`;
 //! the hub asks `encode_event` once per codec and filter, and the connection
 //! asks `encode_notice` for the stream-level messages (overflow, reset).
 
+pub mod ekodb_chat;
 pub mod ekodb_events;
 pub mod ekodb_sse;
 pub mod ekodb_ws;
 pub mod rest;
 
+use crate::chat::event::ChatEvent;
 use crate::ids::Lsn;
 use crate::realtime::events::Event;
 use crate::wire::format::Format;
@@ -31,6 +34,8 @@ pub enum EventCodec {
     EkodbWs(Format),
     /// ekoDB SSE events.
     EkodbSse,
+    /// ekoDB's chat answer stream over SSE (one answer, then the stream ends).
+    EkodbChatSse,
 }
 
 /// How a codec's messages travel.
@@ -48,7 +53,7 @@ impl EventCodec {
             EventCodec::EkodbWs(format) => Framing::WebSocket {
                 binary: format == Format::MsgPack,
             },
-            EventCodec::EkodbSse => Framing::Sse,
+            EventCodec::EkodbSse | EventCodec::EkodbChatSse => Framing::Sse,
         }
     }
 }
@@ -72,6 +77,17 @@ pub fn encode_event(event: &Event<'_>, codec: EventCodec) -> Option<Bytes> {
     match codec {
         EventCodec::EkodbWs(format) => ekodb_ws::encode_event(event, format),
         EventCodec::EkodbSse => ekodb_sse::encode_event(event),
+        EventCodec::EkodbChatSse => None,
+    }
+}
+
+/// Encodes one chat event for one codec; `None` if the codec sends nothing
+/// for it (a change feed, or a server tool's progress on WebSocket).
+pub fn encode_chat_event(event: &ChatEvent, codec: EventCodec) -> Option<Bytes> {
+    match codec {
+        EventCodec::EkodbWs(format) => ekodb_chat::encode_ws(event, format),
+        EventCodec::EkodbChatSse => ekodb_chat::encode_sse(event),
+        EventCodec::EkodbSse => None,
     }
 }
 
@@ -80,5 +96,6 @@ pub fn encode_notice(notice: &Notice<'_>, codec: EventCodec) -> Bytes {
     match codec {
         EventCodec::EkodbWs(format) => ekodb_ws::encode_notice(notice, format),
         EventCodec::EkodbSse => ekodb_sse::encode_notice(notice),
+        EventCodec::EkodbChatSse => ekodb_chat::sse_overflow(),
     }
 }

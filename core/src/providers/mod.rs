@@ -91,6 +91,23 @@ pub fn configured(config: &Config) -> Vec<Provider> {
     out
 }
 
+/// The model a provider uses when a session names none.
+pub fn default_model(config: &Config, name: &str) -> String {
+    match name {
+        "openai" => config.openai_model.clone(),
+        "anthropic" => config.anthropic_model.clone(),
+        "local" => config.local_llm_model.clone(),
+        "perplexity" => "sonar".into(),
+        "gemini" => "gemini-2.5-flash".into(),
+        _ => OFFLINE_MODEL.into(),
+    }
+}
+
+/// Whether clients may name this provider (configured or not).
+pub fn is_known(name: &str) -> bool {
+    KNOWN.contains(&name)
+}
+
 /// Who answers a session, with which model, and (when the offline provider
 /// stands in for one with no key) why.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,6 +188,22 @@ pub struct Failure {
     pub status: Option<u16>,
     pub retry_after_secs: Option<u64>,
     pub message: String,
+}
+
+impl Failure {
+    /// The error a client sees: a 502 carrying the classification (spec E10).
+    pub fn to_error(&self) -> Error {
+        let mut e = Error::new(crate::error::ErrorKind::BadGateway, self.message.clone())
+            .with_detail("error_kind", self.kind.as_str())
+            .with_detail("provider", self.provider.clone());
+        if let Some(s) = self.status {
+            e = e.with_detail("provider_status", s);
+        }
+        if let Some(r) = self.retry_after_secs {
+            e = e.with_detail("retry_after_secs", r);
+        }
+        e
+    }
 }
 
 impl fmt::Display for Failure {

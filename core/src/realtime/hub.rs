@@ -32,6 +32,9 @@ pub struct Queued {
     pub lsn: Lsn,
     pub pos: EventPos,
     pub bytes: Bytes,
+    /// The last event of a chat answer: a stream opened for that answer
+    /// alone ends after it.
+    pub terminal: bool,
 }
 
 /// One connection's queue of encoded events. Shared: the hub pushes under the
@@ -112,6 +115,8 @@ struct Registration {
 #[derive(Debug)]
 pub struct Hub {
     by_collection: HashMap<Box<str>, Vec<Sub>>,
+    /// Connections watching a chat's answers, by chat id.
+    by_chat: HashMap<String, Vec<ConnId>>,
     queues: HashMap<ConnId, Registration>,
     /// Connections to wake once an LSN is durable.
     wake: BTreeMap<Lsn, Vec<ConnId>>,
@@ -122,6 +127,7 @@ impl Hub {
     pub fn new(limit_bytes: usize) -> Self {
         Hub {
             by_collection: HashMap::new(),
+            by_chat: HashMap::new(),
             queues: HashMap::new(),
             wake: BTreeMap::new(),
             limit_bytes: limit_bytes.max(64 * 1024),
@@ -167,6 +173,67 @@ impl Hub {
             subs.retain(|s| s.conn != conn);
             !subs.is_empty()
         });
+        self.by_chat.retain(|_, conns| {
+            conns.retain(|c| *c != conn);
+            !conns.is_empty()
+        });
+    }
+
+    /// The connection watches a chat's answer until its last event.
+    pub fn watch_chat(&mut self, conn: ConnId, chat_id: &str) {
+        let conns = self.by_chat.entry(chat_id.to_string()).or_default();
+        if !conns.contains(&conn) {
+            conns.push(conn);
+        }
+    }
+
+    /// Connections watching a chat.
+    pub fn chat_watchers(&self, chat_id: &str) -> &[ConnId] {
+        self.by_chat.get(chat_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Queues one chat event for every watcher of its chat, encoded once per
+    /// codec; after a terminal event the chat has no watchers left.
+    pub fn publish_chat(
+        &mut self,
+        chat_id: &str,
+        lsn: Lsn,
+        terminal: bool,
+        encode: impl Fn(EventCodec) -> Option<Bytes>,
+    ) {
+        let conns = if terminal {
+            self.by_chat.remove(chat_id).unwrap_or_default()
+        } else {
+            self.by_chat.get(chat_id).cloned().unwrap_or_default()
+        };
+        let mut cache: HashMap<EventCodec, Option<Bytes>> = HashMap::new();
+        for conn in conns {
+            let Some(codec) = self.queues.get(&conn).map(|q| q.codec) else {
+                continue;
+            };
+            if let Some(bytes) = cache.entry(codec).or_insert_with(|| encode(codec)).clone() {
+                self.enqueue(conn, lsn, bytes, terminal);
+            }
+        }
+    }
+
+    /// Queues bytes for one connection (a chat event it asked to replay, or
+    /// a reply that comes later), deliverable once `lsn` is durable.
+    pub fn enqueue(&mut self, conn: ConnId, lsn: Lsn, bytes: Bytes, terminal: bool) {
+        self.push(
+            conn,
+            Queued {
+                lsn,
+                pos: EventPos { lsn, idx: 0 },
+                bytes,
+                terminal,
+            },
+        );
+    }
+
+    /// The codec a connection's events are encoded with.
+    pub fn codec_of(&self, conn: ConnId) -> Option<EventCodec> {
+        self.queues.get(&conn).map(|q| q.codec)
     }
 
     /// Subscribes (or re-subscribes with a new filter) a connection to a collection.
@@ -268,6 +335,7 @@ impl Hub {
                         lsn,
                         pos: event.pos,
                         bytes,
+                        terminal: false,
                     },
                 );
             }

@@ -15,6 +15,7 @@
 
 use super::pending::Ticket;
 use super::ServerTimer;
+use crate::chat::turn::TurnId;
 use crate::dialect::rest::embed;
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
@@ -145,6 +146,19 @@ pub enum Purpose {
         kind: ReplyKind,
         max_body: usize,
     },
+    /// A chat turn's provider call: its response is handed on piece by piece
+    /// as it arrives (`TurnInput`).
+    Turn(TurnId),
+}
+
+/// A piece of a turn's provider response, in order: the head, body bytes
+/// (de-chunked), then the end or a failure.
+#[derive(Debug)]
+pub enum TurnInput {
+    Head(ResponseHead),
+    Data(Bytes),
+    End,
+    Failed(CallFailure),
 }
 
 #[derive(Debug)]
@@ -169,6 +183,8 @@ pub(crate) struct Calls {
     commands: VecDeque<CallCommand>,
     /// Replies built from finished calls, for the server to hand on.
     pub(super) done: Vec<(Ticket, Response)>,
+    /// Pieces of turns' responses, for the server to hand on.
+    pub(super) turn_inputs: Vec<(TurnId, CallId, TurnInput)>,
 }
 
 impl Calls {
@@ -181,6 +197,7 @@ impl Calls {
             queue: VecDeque::new(),
             commands: VecDeque::new(),
             done: Vec::new(),
+            turn_inputs: Vec::new(),
         }
     }
 
@@ -284,7 +301,8 @@ impl Calls {
         );
         let mut events = Vec::new();
         let parsed = call.parser.feed(data, &mut events);
-        let outcome = consume(call, events).and(parsed.map_err(CallFailure::Response));
+        let outcome = consume(id, call, events, &mut self.turn_inputs)
+            .and(parsed.map_err(CallFailure::Response));
         self.settle(id, outcome, now, timers);
     }
 
@@ -295,7 +313,8 @@ impl Calls {
         };
         let mut events = Vec::new();
         let parsed = call.parser.finish(&mut events);
-        let outcome = consume(call, events).and(parsed.map_err(CallFailure::Response));
+        let outcome = consume(id, call, events, &mut self.turn_inputs)
+            .and(parsed.map_err(CallFailure::Response));
         let done = self.calls.get(&id).is_some_and(|c| c.parser.is_done());
         match outcome {
             Ok(()) if !done => self.fail(
@@ -334,6 +353,21 @@ impl Calls {
         let phase = call.phase;
         self.commands.push_back(CallCommand::Cancel(id));
         self.fail(id, CallFailure::Timeout(phase), now, timers);
+    }
+
+    /// Stops one call (its turn was cancelled); nothing more is reported
+    /// about it.
+    pub(crate) fn cancel(
+        &mut self,
+        id: CallId,
+        now: Timestamp,
+        timers: &mut TimerTable<ServerTimer>,
+    ) {
+        if let Some(call) = self.remove(id, now, timers) {
+            if call.queued.is_none() {
+                self.commands.push_back(CallCommand::Cancel(id));
+            }
+        }
     }
 
     /// Nobody wants these replies any more (their connection closed): stop
@@ -398,7 +432,7 @@ impl Calls {
                     }),
                     body: call.body,
                 };
-                self.deliver(call.purpose, Ok(response));
+                self.deliver(id, call.purpose, Ok(response));
             }
         }
     }
@@ -411,7 +445,7 @@ impl Calls {
         timers: &mut TimerTable<ServerTimer>,
     ) {
         if let Some(call) = self.remove(id, now, timers) {
-            self.deliver(call.purpose, Err(failure));
+            self.deliver(id, call.purpose, Err(failure));
         }
     }
 
@@ -431,13 +465,25 @@ impl Calls {
         Some(call)
     }
 
-    fn deliver(&mut self, purpose: Purpose, result: Result<ClientResponse, CallFailure>) {
+    fn deliver(
+        &mut self,
+        id: CallId,
+        purpose: Purpose,
+        result: Result<ClientResponse, CallFailure>,
+    ) {
         match purpose {
             Purpose::Reply { ticket, kind, .. } => {
                 let response = match kind {
                     ReplyKind::Embed(job) => embed::finish(&job, result),
                 };
                 self.done.push((ticket, response));
+            }
+            Purpose::Turn(turn) => {
+                let input = match result {
+                    Ok(_) => TurnInput::End,
+                    Err(failure) => TurnInput::Failed(failure),
+                };
+                self.turn_inputs.push((turn, id, input));
             }
         }
     }
@@ -451,10 +497,30 @@ pub fn refused(kind: &ReplyKind, failure: CallFailure) -> Response {
 }
 
 /// Applies parsed events to a call: keeps the head, collects the body within
-/// the purpose's limit.
-fn consume(call: &mut Call, events: Vec<ResponseEvent>) -> Result<(), CallFailure> {
+/// the purpose's limit, or hands a turn's pieces on.
+fn consume(
+    id: CallId,
+    call: &mut Call,
+    events: Vec<ResponseEvent>,
+    turn_inputs: &mut Vec<(TurnId, CallId, TurnInput)>,
+) -> Result<(), CallFailure> {
     let max = match &call.purpose {
         Purpose::Reply { max_body, .. } => *max_body,
+        Purpose::Turn(turn) => {
+            for event in events {
+                match event {
+                    ResponseEvent::Head(head) => {
+                        call.head = Some(head.clone());
+                        turn_inputs.push((*turn, id, TurnInput::Head(head)));
+                    }
+                    ResponseEvent::Data(bytes) => {
+                        turn_inputs.push((*turn, id, TurnInput::Data(bytes)))
+                    }
+                    ResponseEvent::End => {}
+                }
+            }
+            return Ok(());
+        }
     };
     for event in events {
         match event {

@@ -10,9 +10,11 @@
 //! `handle_call_*` reports (outbound calls, `calls`).
 
 pub mod calls;
+pub mod chat;
 pub mod pending;
 
 use crate::auth::{Auth, Principal};
+use crate::chat::turn::{TurnId, Turns};
 use crate::config::Config;
 use crate::conn::{ConnConfig, Connection};
 use crate::dialect::rest::{self, embed, Outcome};
@@ -61,6 +63,13 @@ pub enum Upgrade {
         filter: Option<Filter>,
         resume: Option<EventPos>,
     },
+    /// An SSE stream of one chat answer (events after `after`), which ends
+    /// with the answer.
+    ChatStream {
+        chat_key: String,
+        message_id: Option<String>,
+        after: Option<u32>,
+    },
 }
 
 /// The server's deadlines (one timer table).
@@ -72,6 +81,8 @@ pub(crate) enum ServerTimer {
     Transactions,
     /// An outbound call's current phase ran out of time.
     Call(CallId),
+    /// A chat turn's retry is due, or its client tools ran out of time.
+    Turn(TurnId),
 }
 
 /// What the store was doing when it failed.
@@ -129,6 +140,8 @@ pub struct Server {
     timers: TimerTable<ServerTimer>,
     calls: Calls,
     pending: Pending,
+    /// Chat answers running, and finished ones kept for resuming.
+    turns: Turns,
     next_conn: u64,
     open_connections: usize,
     /// Connections to wake (their outbox has news).
@@ -162,6 +175,7 @@ impl Server {
             timers: TimerTable::default(),
             calls: Calls::new(limits),
             pending: Pending::default(),
+            turns: Turns::default(),
             next_conn: 1,
             open_connections: 0,
             wakeups: VecDeque::new(),
@@ -218,9 +232,11 @@ impl Server {
     /// stop the calls whose results only it wanted.
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
         self.open_connections = self.open_connections.saturating_sub(1);
-        self.hub.close(conn);
         let abandoned = self.pending.forget(conn);
+        self.chat_connection_closed(conn, &abandoned, now);
+        self.hub.close(conn);
         self.calls.cancel_for(&abandoned, now, &mut self.timers);
+        self.finish_operation(now);
     }
 
     /// The next connection to wake: its outbox has events that are now
@@ -244,21 +260,25 @@ impl Server {
     /// The call is connected and its request written.
     pub fn handle_call_connected(&mut self, id: CallId, now: Timestamp) {
         self.calls.connected(id, now, &mut self.timers);
+        self.pump_turns(now);
     }
 
     /// Bytes read from the call's connection.
     pub fn handle_call_data(&mut self, id: CallId, data: &[u8], now: Timestamp) {
         self.calls.data(id, data, now, &mut self.timers);
+        self.pump_turns(now);
     }
 
     /// The provider closed the call's connection.
     pub fn handle_call_eof(&mut self, id: CallId, now: Timestamp) {
         self.calls.eof(id, now, &mut self.timers);
+        self.pump_turns(now);
     }
 
     /// The call's connection failed.
     pub fn handle_call_error(&mut self, id: CallId, error: TransportError, now: Timestamp) {
         self.calls.error(id, error, now, &mut self.timers);
+        self.pump_turns(now);
     }
 
     /// A reply that was pending, once ready, for the connection waiting on
@@ -354,7 +374,9 @@ impl Server {
                 }
                 ServerTimer::Transactions => self.engine.expire_transactions(now),
                 ServerTimer::Call(id) => self.calls.timeout(id, now, &mut self.timers),
+                ServerTimer::Turn(id) => self.turn_timeout(id, now),
             }
+            self.pump_turns(now);
         }
         self.finish_operation(now);
     }
@@ -434,6 +456,11 @@ impl Server {
     /// A ticket for a reply `conn` will wait for (`Outcome::Pending`).
     pub fn reply_ticket(&mut self, conn: ConnId) -> Ticket {
         self.pending.ticket(conn)
+    }
+
+    /// A ticket whose work never started (its request failed first).
+    pub fn cancel_ticket(&mut self, ticket: Ticket) {
+        self.pending.cancel(ticket);
     }
 
     /// The reply for a ticket is ready (to be sent once `wait_for` is durable).

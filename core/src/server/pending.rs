@@ -40,6 +40,12 @@ impl Pending {
         }
     }
 
+    /// The work behind a ticket never started: nobody waits for it.
+    pub(crate) fn cancel(&mut self, ticket: Ticket) {
+        self.waiting.remove(&ticket);
+        self.ready.remove(&ticket);
+    }
+
     pub(crate) fn take(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
         self.ready.remove(&ticket)
     }

@@ -33,13 +33,28 @@ pub enum ClientMessage {
     },
     /// A data-plane call, answered by the REST handler of the same name.
     Data(DataCall),
+    /// A message to answer in a chat; the answer streams back as chat frames.
     ChatSend {
         chat_id: String,
+        payload: J,
     },
-    ClientToolResult,
-    CancelChat,
-    RegisterClientTools,
-    RawComplete,
+    ClientToolResult {
+        chat_id: String,
+        call_id: String,
+        success: bool,
+        value: J,
+    },
+    CancelChat {
+        chat_id: String,
+    },
+    RegisterClientTools {
+        chat_id: String,
+        tools: J,
+    },
+    /// A stateless completion (Rust sends its fields at the top level).
+    RawComplete {
+        body: J,
+    },
     /// A type this server does not know.
     Unknown(String),
 }
@@ -127,6 +142,17 @@ pub fn decode(msg: &Incoming) -> std::result::Result<Envelope, Refusal> {
         _ => Map::new(),
     };
     let id = message_id(&value, &payload);
+    // Rust's `RawComplete` puts its fields beside `type`, not in a payload.
+    let payload =
+        if payload.is_empty() && value.get("type").and_then(J::as_str) == Some("RawComplete") {
+            let mut top = value.clone();
+            for k in ["type", "messageId", "message_id"] {
+                top.remove(k);
+            }
+            top
+        } else {
+            payload
+        };
     let Some(kind) = value.get("type").and_then(J::as_str) else {
         // Without a type or an id there is nothing to answer to.
         return Err(match id {
@@ -213,11 +239,30 @@ fn message(kind: &str, mut p: Map<String, J>) -> Result<ClientMessage> {
         }),
         "ChatSend" => Ok(ClientMessage::ChatSend {
             chat_id: text(&p, "chat_id").unwrap_or_default(),
+            payload: J::Object(p),
         }),
-        "ClientToolResult" => Ok(ClientMessage::ClientToolResult),
-        "CancelChat" => Ok(ClientMessage::CancelChat),
-        "RegisterClientTools" => Ok(ClientMessage::RegisterClientTools),
-        "RawComplete" => Ok(ClientMessage::RawComplete),
+        "ClientToolResult" => {
+            let success = p.get("success").and_then(J::as_bool).unwrap_or(false);
+            let value = if success {
+                take(&mut p, "result")
+            } else {
+                J::String(text(&p, "error").unwrap_or_else(|| "the client tool failed".into()))
+            };
+            Ok(ClientMessage::ClientToolResult {
+                chat_id: text(&p, "chat_id").unwrap_or_default(),
+                call_id: text(&p, "call_id").unwrap_or_default(),
+                success,
+                value,
+            })
+        }
+        "CancelChat" => Ok(ClientMessage::CancelChat {
+            chat_id: text(&p, "chat_id").unwrap_or_default(),
+        }),
+        "RegisterClientTools" => Ok(ClientMessage::RegisterClientTools {
+            chat_id: need(&p, "chat_id")?,
+            tools: take(&mut p, "tools"),
+        }),
+        "RawComplete" => Ok(ClientMessage::RawComplete { body: J::Object(p) }),
         "FindAll" => data(
             D::FindAll,
             vec![("collection", need(&p, "collection")?)],
@@ -372,8 +417,9 @@ pub enum ServerMessage<'a> {
         code: u16,
         message: &'a str,
     },
-    /// Chat answers end with a stream frame, never a Success or Error (B8).
-    ChatStreamError { chat_id: &'a str, error: &'a str },
+    /// Chat answers end with a stream frame, never a Success or Error (B8);
+    /// a provider failure's classification rides along (E10).
+    ChatStreamError { chat_id: &'a str, error: &'a Error },
 }
 
 impl ServerMessage<'_> {
@@ -394,7 +440,12 @@ impl ServerMessage<'_> {
                 Ok((binary, format::encode(format, &msg)?))
             }
             ServerMessage::ChatStreamError { chat_id, error } => {
-                let frame = json!({"type": "ChatStreamError", "payload": {"chat_id": chat_id, "error": error}});
+                let mut payload =
+                    json!({"chat_id": chat_id, "error": error.message, "message": error.message});
+                for (k, v) in &error.details {
+                    payload[*k] = v.clone();
+                }
+                let frame = json!({"type": "ChatStreamError", "payload": payload});
                 Ok((binary, format::encode(format, &frame)?))
             }
         }
@@ -404,7 +455,7 @@ impl ServerMessage<'_> {
 /// `{"type":"Success","messageId":id,"payload":{"data":DATA,"message_id":id}}`
 /// with the handler's bytes spliced in, in either format: nothing is parsed
 /// again.
-fn success(format: Format, id: Option<&str>, data: &[u8]) -> Bytes {
+pub(super) fn success(format: Format, id: Option<&str>, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 96);
     match format {
         Format::Json => {

@@ -8,8 +8,9 @@
 pub mod messages;
 
 use super::ekodb_events::{Payload, ResetPayload, OVERFLOW_MESSAGE};
-use super::rest::{collections, kv, records, search, Ctx};
+use super::rest::{self, collections, kv, records, search, Ctx};
 use super::{EventCodec, Notice};
+use crate::chat::turn::Listener;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::{ConnId, Lsn};
@@ -126,22 +127,55 @@ pub fn handle(
                 &json!({"collection": collection, "found": found, "unsubscribed": true}),
             )
         }
-        ClientMessage::ChatSend { chat_id } => {
-            // Clients wait for a terminal stream frame, never a Success/Error.
-            let frame = ServerMessage::ChatStreamError {
-                chat_id: &chat_id,
-                error: "chat is not implemented in this version of Tidepool",
-            };
+        ClientMessage::ChatSend { chat_id, payload } => {
             return (
-                vec![outgoing(Lsn::ZERO, frame.encode(session.format))],
+                chat_send(server, conn, session, &chat_id, &payload, now),
                 Followup::None,
             );
         }
-        ClientMessage::ClientToolResult => return (Vec::new(), Followup::None),
-        ClientMessage::CancelChat if id.is_none() => return (Vec::new(), Followup::None),
-        ClientMessage::RegisterClientTools
-        | ClientMessage::CancelChat
-        | ClientMessage::RawComplete => Err(Error::not_implemented("chat")),
+        ClientMessage::ClientToolResult {
+            chat_id,
+            call_id,
+            success,
+            value,
+        } => {
+            // Never answered (B8): an unknown call is ignored.
+            let _ = server.chat_tool_result(&chat_id, &call_id, Some((success, value)), now);
+            let wait_for = server.finish_operation(now);
+            let _ = wait_for;
+            return (Vec::new(), Followup::None);
+        }
+        ClientMessage::CancelChat { chat_id } => {
+            let cancelled = server.chat_cancel(&chat_id, now);
+            if id.is_none() {
+                return (Vec::new(), Followup::None);
+            }
+            format::encode(session.format, &json!({ "cancelled": cancelled }))
+        }
+        ClientMessage::RegisterClientTools { chat_id, tools } => {
+            rest::chat::parse_tools(Some(&tools))
+                .and_then(|tools| server.register_client_tools(&chat_id, tools))
+                .and_then(|count| {
+                    format::encode(
+                        session.format,
+                        &json!({"status": "tools_registered", "count": count}),
+                    )
+                })
+        }
+        ClientMessage::RawComplete { body } => {
+            let listener = Listener::WsReply {
+                conn,
+                id: envelope.id.clone(),
+                format: session.format,
+            };
+            match rest::chat::parse_raw(&body)
+                .and_then(|req| server.raw_complete(req, Some(listener), now))
+            {
+                // The reply comes when the answer is complete.
+                Ok(_) => return (Vec::new(), Followup::None),
+                Err(e) => Err(e),
+            }
+        }
         ClientMessage::Data(call) => data_call(server, session, call, now),
         ClientMessage::Unknown(_) if id.is_none() => return (Vec::new(), Followup::None),
         ClientMessage::Unknown(other) => {
@@ -159,6 +193,55 @@ pub fn handle(
     };
     let wait_for = server.finish_operation(now);
     (vec![outgoing(wait_for, reply)], followup)
+}
+
+/// `ChatSend`: starts the answer and follows it on this connection. Every
+/// outcome is chat frames ending in one terminal frame, never a reply.
+fn chat_send(
+    server: &mut Server,
+    conn: ConnId,
+    session: &Session,
+    chat_id: &str,
+    payload: &serde_json::Value,
+    now: Timestamp,
+) -> Vec<Outgoing> {
+    let started = rest::chat::parse_send(payload, true)
+        .and_then(|req| server.chat_send(chat_id, req, None, now));
+    match started {
+        Ok(s) => {
+            server.chat_attach(conn, &s.chat_key, Some(&s.message_id), None);
+            Vec::new()
+        }
+        Err(error) => {
+            let wait_for = server.finish_operation(now);
+            let frame = ServerMessage::ChatStreamError {
+                chat_id,
+                error: &error,
+            };
+            vec![outgoing(wait_for, frame.encode(session.format))]
+        }
+    }
+}
+
+/// A reply that comes later (a WebSocket `RawComplete`): `Success` with the
+/// data, or `Error`.
+pub fn reply(format: Format, id: Option<&str>, result: Result<serde_json::Value>) -> Bytes {
+    let encoded = result.and_then(|data| {
+        let bytes = format::encode(format, &data)?;
+        Ok((
+            format == Format::MsgPack,
+            messages::success(format, id, &bytes),
+        ))
+    });
+    let encoded = encoded.or_else(|e| {
+        ServerMessage::Error {
+            id,
+            code: e.status(),
+            message: &e.message,
+        }
+        .encode(format)
+    });
+    outgoing(Lsn::ZERO, encoded).payload
 }
 
 fn outgoing(wait_for: Lsn, encoded: Result<(bool, Bytes)>) -> Outgoing {

@@ -5,6 +5,7 @@
 //! WebSocket `Insert` answers exactly what `POST /api/insert` does.
 //! Errors become `{"error","code","message"}` JSON bodies.
 
+pub mod chat;
 pub mod codec;
 pub mod collections;
 mod ctx;
@@ -43,7 +44,16 @@ pub enum Outcome {
 
 /// The JSON error response for an error.
 pub fn error_response(e: &Error) -> Response {
-    let mut r = Response::error(e.status(), &e.message);
+    let mut r = if e.details.is_empty() {
+        Response::error(e.status(), &e.message)
+    } else {
+        let mut body =
+            serde_json::json!({"error": e.message, "code": e.status(), "message": e.message});
+        for (k, v) in &e.details {
+            body[*k] = v.clone();
+        }
+        Response::json(e.status(), serde_json::to_vec(&body).unwrap_or_default())
+    };
     if e.kind == ErrorKind::Unavailable {
         r = r.with_header("Retry-After", "1");
     }

@@ -8,7 +8,7 @@
 //! `/api/kv/{key}/links`); a path that matches with another method is a 405
 //! listing the methods it has.
 
-use super::{collections, kv, records, search, system, txn, Ctx, Outcome};
+use super::{chat, collections, kv, records, search, system, txn, Ctx, Outcome};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::Server;
@@ -89,7 +89,7 @@ const ALL: &[Method] = &[
 ];
 
 use Handler::{Data, Server as Srv, Unimplemented};
-use Method::{Delete, Get, Post, Put};
+use Method::{Delete, Get, Patch, Post, Put};
 use Scope::{Admin, Public, Read, Write};
 
 #[rustfmt::skip]
@@ -149,11 +149,43 @@ pub static ROUTES: &[Route] = &[
     // Real time (spec B, C): protocol switches.
     row(&[Get], "/api/ws", Read, READS, Srv(system::websocket)),
     row(&[Get], "/api/subscribe/{collection}", Read, READS, Srv(system::subscribe)),
+    // Chat (spec E): sessions, messages, answers, tools, models.
+    row(&[Post], "/api/chat", Write, WRITES, Srv(chat::create)),
+    row(&[Get], "/api/chat", Read, READS, Srv(chat::list)),
+    row(&[Post], "/api/chat/sessions", Write, WRITES, Srv(chat::create)),
+    row(&[Get], "/api/chat/sessions", Read, READS, Srv(chat::list)),
+    row(&[Post], "/api/chat/branch", Write, WRITES, Srv(chat::branch)),
+    row(&[Post], "/api/chat/merge", Write, WRITES, Srv(chat::merge)),
+    row(&[Get], "/api/chat/tools", Read, READS, Srv(chat::tool_catalog)),
+    row(&[Post], "/api/chat/tools/execute", Write, WRITES, Srv(chat::tool_execute)),
+    row(&[Post], "/api/chat/complete", Read, READS, Srv(chat::complete)),
+    row(&[Post], "/api/chat/complete/stream", Read, READS, Srv(chat::complete_stream)),
+    row(&[Get], "/api/chat/{chat_id}", Read, READS, Srv(chat::get)),
+    row(&[Put], "/api/chat/{chat_id}", Write, WRITES, Srv(chat::update)),
+    row(&[Delete], "/api/chat/{chat_id}", Write, WRITES, Srv(chat::delete)),
+    row(&[Post], "/api/chat/{chat_id}/messages", Write, WRITES, Srv(chat::send)),
+    row(&[Get], "/api/chat/{chat_id}/messages", Read, READS, Srv(chat::messages)),
+    row(&[Post], "/api/chat/{chat_id}/messages/stream", Write, WRITES, Srv(chat::send_stream)),
+    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}", Read, READS, Srv(chat::message)),
+    row(&[Put], "/api/chat/{chat_id}/messages/{message_id}", Write, WRITES, Srv(chat::update_message)),
+    row(&[Delete], "/api/chat/{chat_id}/messages/{message_id}", Write, WRITES, Srv(chat::delete_message)),
+    row(&[Patch], "/api/chat/{chat_id}/messages/{message_id}/forgotten", Write, WRITES, Srv(chat::forget_message)),
+    row(&[Post], "/api/chat/{chat_id}/messages/{message_id}/regenerate", Write, WRITES, Srv(chat::regenerate)),
+    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}/stream", Read, READS, Srv(chat::resume)),
+    row(&[Post], "/api/chat/{chat_id}/compact", Write, WRITES, Srv(chat::compact)),
+    row(&[Post], "/api/chat/{chat_id}/tool-result", Write, WRITES, Srv(chat::tool_result)),
+    row(&[Post], "/api/chat/{chat_id}/cancel", Write, WRITES, Srv(chat::cancel)),
+    row(&[Get], "/api/chat_models", Read, READS, Srv(chat::models)),
+    row(&[Get], "/api/chat_models/{provider}", Read, READS, Srv(chat::provider_models)),
     // Not served yet.
-    row(ALL, "/api/chat", Write, WRITES, Unimplemented("chat")),
-    row(ALL, "/api/chat/{*rest}", Write, WRITES, Unimplemented("chat")),
-    row(ALL, "/api/chat_models", Read, READS, Unimplemented("chat")),
-    row(ALL, "/api/chat_models/{*rest}", Read, READS, Unimplemented("chat")),
+    row(ALL, "/api/chat/goals", Write, WRITES, Unimplemented("chat goals")),
+    row(ALL, "/api/chat/goals/{*rest}", Write, WRITES, Unimplemented("chat goals")),
+    row(ALL, "/api/chat/goal-templates", Write, WRITES, Unimplemented("chat goal templates")),
+    row(ALL, "/api/chat/goal-templates/{*rest}", Write, WRITES, Unimplemented("chat goal templates")),
+    row(ALL, "/api/chat/tasks", Write, WRITES, Unimplemented("chat tasks")),
+    row(ALL, "/api/chat/tasks/{*rest}", Write, WRITES, Unimplemented("chat tasks")),
+    row(ALL, "/api/chat/agents", Write, WRITES, Unimplemented("chat agents")),
+    row(ALL, "/api/chat/agents/{*rest}", Write, WRITES, Unimplemented("chat agents")),
     row(ALL, "/api/functions", Write, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/functions/{*rest}", Write, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/route/{*rest}", Write, WRITES, Unimplemented("stored functions")),
@@ -390,10 +422,18 @@ mod tests {
             )),
         );
         check(Method::Post, "/api/chat", Ok(("/api/chat", &[])));
+        check(Method::Get, "/api/chat/branch", Err(405));
+        check(Method::Get, "/api/chat/tools", Ok(("/api/chat/tools", &[])));
         check(
-            Method::Delete,
-            "/api/chat/sessions/x",
-            Ok(("/api/chat/{*rest}", &[("rest", "sessions/x")])),
+            Method::Post,
+            "/api/chat/c1/messages/stream",
+            Ok(("/api/chat/{chat_id}/messages/stream", &[("chat_id", "c1")])),
+        );
+        check(Method::Get, "/api/chat/c1/messages/stream", Err(405));
+        check(
+            Method::Get,
+            "/api/chat/goals/g1",
+            Ok(("/api/chat/goals/{*rest}", &[("rest", "g1")])),
         );
     }
 
