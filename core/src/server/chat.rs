@@ -217,17 +217,18 @@ impl Server {
         self.check_writable()?;
         let mut session = store::load_session(&self.engine, chat_id, now)?;
         self.check_idle(chat_id)?;
+        // Refused before anything is stored when no provider can answer.
+        let choice = self.choose_for(&session, &req)?;
         let history = store::messages(&self.engine, chat_id, now);
         let question = req.message.clone();
-        let user = store::append(
+        store::append(
             &mut self.engine,
             &mut session,
             Role::User,
             question.clone(),
             now,
         )?;
-        let _ = user;
-        self.begin_chat_turn(session, history, question, req, listener, now)
+        self.begin_chat_turn(session, choice, history, question, req, listener, now)
     }
 
     /// Answers again the question before an assistant message (or a user
@@ -260,7 +261,17 @@ impl Server {
             message: user.content.clone(),
             ..SendRequest::default()
         };
-        self.begin_chat_turn(session, history, user.content, req, listener, now)
+        let choice = self.choose_for(&session, &req)?;
+        self.begin_chat_turn(session, choice, history, user.content, req, listener, now)
+    }
+
+    /// The provider and model that answer a message of a session.
+    fn choose_for(&self, session: &Session, req: &SendRequest) -> Result<Choice> {
+        let model = req
+            .llm_model
+            .clone()
+            .unwrap_or_else(|| session.llm_model.clone());
+        providers::choose(&self.config, &session.llm_provider, &model).map_err(choice_error)
     }
 
     fn check_idle(&self, chat_id: &str) -> Result<()> {
@@ -272,21 +283,17 @@ impl Server {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn begin_chat_turn(
         &mut self,
         mut session: Session,
+        choice: Choice,
         history: Vec<Message>,
         question: String,
         req: SendRequest,
         listener: Option<Listener>,
         now: Timestamp,
     ) -> Result<Started> {
-        let model = req
-            .llm_model
-            .clone()
-            .unwrap_or_else(|| session.llm_model.clone());
-        let choice =
-            providers::choose(&self.config, &session.llm_provider, &model).map_err(choice_error)?;
         // A follow-up ("what does it cost?") borrows the previous question's
         // words, so retrieval finds what "it" is.
         let mut query = question.clone();
