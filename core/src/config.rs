@@ -53,6 +53,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "chat-context-tokens", env: "TIDEPOOL_CHAT_CONTEXT_TOKENS", default: "8192", help: "context window assumed for models whose window is not known" },
     Setting { flag: "chat-cancel-on-disconnect", env: "TIDEPOOL_CHAT_CANCEL_ON_DISCONNECT", default: "false", help: "stop a streamed answer when its client disconnects (default: it runs to completion, is stored, and can be resumed)" },
     Setting { flag: "chat-client-tool-timeout", env: "TIDEPOOL_CHAT_CLIENT_TOOL_TIMEOUT", default: "60", help: "seconds to wait for a client tool's result" },
+    Setting { flag: "chat-fold-after", env: "TIDEPOOL_CHAT_FOLD_AFTER", default: "40", help: "a chat with more messages than this (or more than its model's window holds) has its older half folded into a summary before the next answer" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -99,6 +100,7 @@ pub struct Config {
     pub chat_context_tokens: usize,
     pub chat_cancel_on_disconnect: bool,
     pub chat_client_tool_timeout_secs: u64,
+    pub chat_fold_after: usize,
 }
 
 /// What the command line asked for.
@@ -161,6 +163,7 @@ fn unreachable_default() -> Config {
         chat_context_tokens: 8192,
         chat_cancel_on_disconnect: false,
         chat_client_tool_timeout_secs: 60,
+        chat_fold_after: 40,
     }
 }
 
@@ -313,6 +316,7 @@ impl Config {
                 "chat-client-tool-timeout",
                 get("chat-client-tool-timeout"),
             )?,
+            chat_fold_after: num("chat-fold-after", get("chat-fold-after"))?,
         })))
     }
 }

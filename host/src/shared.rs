@@ -150,7 +150,11 @@ impl Host {
         let deadline = s.poll_timeout();
         let woken: Vec<ConnId> = std::iter::from_fn(|| s.poll_wakeup()).collect();
         let calls: Vec<CallCommand> = std::iter::from_fn(|| s.poll_call()).collect();
+        let notes: Vec<String> = std::iter::from_fn(|| s.poll_note()).collect();
         drop(s);
+        for line in notes {
+            eprintln!("tidepool: {line}");
+        }
         if pending {
             self.wake_writer();
         }

@@ -650,11 +650,13 @@ both_runtimes!(
         assert_eq!(name, "error");
         assert_eq!(d["error_kind"], "provider_unavailable", "{d}");
         assert_eq!(fake.requests().len(), 1);
+        let stored = messages(&srv, &token, &chat);
         assert_eq!(
-            messages(&srv, &token, &chat).len(),
-            1,
-            "no partial answer is stored"
+            text_of(&stored[1], "status"),
+            "failed",
+            "kept, marked failed"
         );
+        assert_eq!(text_of(&stored[1], "content"), "half ");
 
         // Nobody listening at all: unreachable.
         let dead = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -899,11 +901,16 @@ both_runtimes!(cancel_stops_an_answer_and_frees_the_chat, |rt| {
         "a cancel is not a provider failure"
     );
     assert!(events.len() < 150, "stopped early");
-    assert_eq!(
-        messages(&srv, &token, &chat).len(),
-        1,
-        "the partial answer is not stored"
+    // The partial answer is kept, marked cancelled: exactly what was streamed.
+    let stored = messages(&srv, &token, &chat);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(text_of(&stored[1], "status"), "cancelled");
+    let streamed = format!(
+        "{}{}",
+        data(&first)["token"].as_str().unwrap(),
+        tokens(&events)
     );
+    assert_eq!(text_of(&stored[1], "content"), streamed.as_str());
     // The chat takes a new message.
     let r = srv.call(
         &token,
@@ -912,8 +919,22 @@ both_runtimes!(cancel_stops_an_answer_and_frees_the_chat, |rt| {
         &json!({"message": "short one"}).to_string(),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // Nothing runs any more: cancelling is a clear error.
     let r = srv.call(&token, "POST", &format!("/api/chat/{chat}/cancel"), "");
-    assert_eq!(r.json(), json!({"cancelled": false}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("nothing to cancel"));
+    // The cancelled answer is not history for the next one.
+    let last = fake.requests().last().unwrap().1.clone();
+    let sent: Vec<&str> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(sent, ["Tell me a long story", "short one"]);
 });
 
 both_runtimes!(a_dropped_stream_resumes_where_it_left_off, |rt| {
@@ -1000,3 +1021,342 @@ both_runtimes!(raw_completions_use_the_provider, |rt| {
     );
     assert!(sent.get("tools").is_none(), "no tools for a raw completion");
 });
+
+both_runtimes!(
+    two_watchers_see_the_same_answer_and_a_restart_leaves_it_incomplete,
+    |rt| {
+        let fake = provider("/v1", vec![slow_answer(30)]);
+        let mut srv = openai_server(rt, &fake, &[]);
+        let token = srv.token();
+        let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
+        let mut a = Stream::chat(&srv, &token, &chat, &json!({"message": "Count"}));
+        let first = a.next(Duration::from_secs(10)).unwrap();
+        let message_id = first
+            .id
+            .clone()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_string();
+        // A second client joins the answer live: from its first event.
+        let path = format!("/api/chat/{chat}/messages/{message_id}/stream");
+        let mut b = Stream::open(&srv, &token, "GET", &path, "", &Value::Null);
+        let mut seen_a = vec![first];
+        seen_a.extend(a.rest());
+        let seen_b = b.rest();
+        let ids = |v: &[SseEvent]| v.iter().map(|e| e.id.clone().unwrap()).collect::<Vec<_>>();
+        assert_eq!(ids(&seen_a), ids(&seen_b));
+        assert_eq!(tokens(&seen_a), tokens(&seen_b));
+        assert_eq!(fake.requests().len(), 1, "the provider is asked once");
+
+        // A restart in the middle of the next answer: it stays stored,
+        // incomplete, once; following it says so.
+        let mut c = Stream::chat(&srv, &token, &chat, &json!({"message": "Again"}));
+        let first = c.next(Duration::from_secs(10)).unwrap();
+        let interrupted = first.id.unwrap().rsplit_once(':').unwrap().0.to_string();
+        srv.kill9();
+        srv.restart();
+        let token = srv.token();
+        let stored = messages(&srv, &token, &chat);
+        assert_eq!(stored.len(), 4, "{stored:?}");
+        assert_eq!(stored[3]["id"], interrupted.as_str());
+        assert_eq!(text_of(&stored[3], "status"), "incomplete");
+        let path = format!("/api/chat/{chat}/messages/{interrupted}/stream");
+        let events = Stream::open(&srv, &token, "GET", &path, "", &Value::Null).rest();
+        let (name, d) = last(&events);
+        assert_eq!(name, "error");
+        assert!(d["error"].as_str().unwrap().contains("incomplete"), "{d}");
+        // The chat goes on; the interrupted answer is not history.
+        let r = srv.call(
+            &token,
+            "POST",
+            &format!("/api/chat/{chat}/messages"),
+            &json!({"message": "Once more"}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+);
+
+both_runtimes!(bad_chat_input_is_refused_clearly, |rt| {
+    let srv = TestServer::start(rt);
+    let token = srv.token();
+    let chat = create_chat(&srv, &token, json!({}));
+    let send = |body: Value| {
+        srv.call(
+            &token,
+            "POST",
+            &format!("/api/chat/{chat}/messages"),
+            &body.to_string(),
+        )
+    };
+    let long = "x".repeat(200 * 1024);
+    for (body, status, words) in [
+        (json!({"message": long}), 400, "too long"),
+        (json!({"message": ""}), 400, "message"),
+        (json!({"text": "hi"}), 400, "message"),
+        (json!({"message": 5}), 400, "message"),
+        (
+            json!({"message": "hi", "max_iterations": -1}),
+            400,
+            "max_iterations",
+        ),
+        (
+            json!({"message": "hi", "tool_config": "all"}),
+            400,
+            "tool_config",
+        ),
+    ] {
+        let r = send(body);
+        assert_eq!(r.status, status, "{}", r.text());
+        let e = r.json();
+        assert!(e["error"].as_str().unwrap().contains(words), "{e}");
+        assert!(
+            e.get("error_kind").is_none(),
+            "bad input is not a provider failure"
+        );
+    }
+    assert_eq!(messages(&srv, &token, &chat).len(), 0, "nothing was stored");
+    for (method, path, body, status) in [
+        (
+            "POST",
+            "/api/chat/nope/messages".to_string(),
+            json!({"message": "hi"}),
+            404,
+        ),
+        ("GET", "/api/chat/nope".to_string(), Value::Null, 404),
+        (
+            "POST",
+            "/api/chat".to_string(),
+            json!({"llm_provider": "offline", "llm_model": "gpt-9"}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/chat".to_string(),
+            json!({"collections": "products"}),
+            400,
+        ),
+        (
+            "POST",
+            "/api/chat/branch".to_string(),
+            json!({"parent_id": "nope"}),
+            404,
+        ),
+        (
+            "POST",
+            format!("/api/chat/{chat}/tool-result"),
+            json!({"call_id": "c9", "success": true}),
+            404,
+        ),
+        ("POST", format!("/api/chat/{chat}/cancel"), Value::Null, 409),
+        (
+            "GET",
+            format!("/api/chat/{chat}/messages/{chat}_000009"),
+            Value::Null,
+            404,
+        ),
+        (
+            "GET",
+            format!("/api/chat/{chat}/messages?sort=sideways"),
+            Value::Null,
+            400,
+        ),
+        (
+            "POST",
+            "/api/chat/complete".to_string(),
+            json!({"system_prompt": "x"}),
+            400,
+        ),
+        ("GET", "/api/chat_models/nope".to_string(), Value::Null, 404),
+    ] {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let r = srv.call(&token, method, &path, &body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert_eq!(r.json()["code"], status);
+    }
+    // Still serving.
+    assert_eq!(send(json!({"message": "hi"})).status, 200);
+});
+
+// ----- WebSocket ---------------------------------------------------------------------
+
+mod websocket {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(srv: &TestServer, token: &str) -> Ws {
+        let mut req = format!("ws://{}/api/ws", srv.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade")
+            .0
+    }
+
+    async fn send(ws: &mut Ws, v: Value) {
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    async fn next(ws: &mut Ws) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("a frame");
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    both_runtimes!(
+        chat_send_streams_calls_client_tools_cancels_and_resumes,
+        |rt| {
+            let fake = provider(
+                "/v1",
+                vec![
+                    Reply::Stream(
+                        openai_tool_call("call_9", "get_time", &json!({"tz": "UTC"})),
+                        Duration::ZERO,
+                    ),
+                    Reply::Stream(openai_text(&["It is ", "noon."], (4, 2)), Duration::ZERO),
+                    slow_answer(200),
+                    Reply::Stream(
+                        openai_text(&["a ", "b ", "c"], (1, 3)),
+                        Duration::from_millis(20),
+                    ),
+                ],
+            );
+            let srv = openai_server(rt, &fake, &[]);
+            let token = srv.token();
+            let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
+            block_on(async {
+                let mut ws = connect(&srv, &token).await;
+                let tool = json!({"name": "get_time", "description": "The time", "parameters": {"type": "object"}});
+                send(&mut ws, json!({"type": "RegisterClientTools", "payload": {"chat_id": chat, "tools": [tool]}})).await;
+                let ack = next(&mut ws).await;
+                assert_eq!(ack["type"], "Success", "{ack}");
+                assert_eq!(
+                    ack["payload"]["data"],
+                    json!({"status": "tools_registered", "count": 1})
+                );
+
+                // The registered tool is called; the client answers; the answer streams.
+                send(&mut ws, json!({"type": "ChatSend", "payload": {"chat_id": chat, "message": "What time is it?"}})).await;
+                let call = next(&mut ws).await;
+                assert_eq!(call["type"], "ClientToolCall", "{call}");
+                assert_eq!(call["payload"]["tool_name"], "get_time");
+                assert_eq!(call["payload"]["arguments"], json!({"tz": "UTC"}));
+                let call_id = call["payload"]["call_id"].as_str().unwrap().to_string();
+                send(&mut ws, json!({"type": "ClientToolResult", "payload": {"chat_id": chat, "call_id": call_id, "success": true, "result": {"time": "12:00"}}})).await;
+                let mut text = String::new();
+                let end = loop {
+                    let f = next(&mut ws).await;
+                    match f["type"].as_str().unwrap() {
+                        "ChatStreamChunk" => {
+                            text.push_str(f["payload"]["content"].as_str().unwrap())
+                        }
+                        _ => break f,
+                    }
+                };
+                assert_eq!(end["type"], "ChatStreamEnd", "{end}");
+                assert_eq!(text, "It is noon.");
+                assert!(end["payload"]["execution_time_ms"].is_u64());
+                assert_eq!(end["payload"]["token_usage"]["prompt_tokens"], 4);
+                let tool_msg = fake.requests()[1].1["messages"].to_string();
+                assert!(tool_msg.contains("12:00"), "{tool_msg}");
+
+                // Cancel from the same socket: one terminal frame, then the ack.
+                send(&mut ws, json!({"type": "ChatSend", "payload": {"chat_id": chat, "message": "Long one"}})).await;
+                let first = next(&mut ws).await;
+                assert_eq!(first["type"], "ChatStreamChunk");
+                send(
+                    &mut ws,
+                    json!({"type": "CancelChat", "messageId": "x1", "payload": {"chat_id": chat}}),
+                )
+                .await;
+                let mut frames = Vec::new();
+                loop {
+                    let f = next(&mut ws).await;
+                    let done = f["type"] == "Success";
+                    frames.push(f);
+                    if done {
+                        break;
+                    }
+                }
+                let terminal: Vec<&Value> = frames
+                    .iter()
+                    .filter(|f| f["type"] == "ChatStreamError")
+                    .collect();
+                assert_eq!(terminal.len(), 1, "{frames:?}");
+                assert_eq!(terminal[0]["payload"]["error"], "chat cancelled");
+                assert!(terminal[0]["payload"].get("error_kind").is_none());
+                let ack = frames.last().unwrap();
+                assert_eq!(
+                    (ack["messageId"].as_str(), &ack["payload"]["data"]),
+                    (Some("x1"), &json!({"cancelled": true}))
+                );
+
+                // Resume: a second socket follows the next answer from a position.
+                send(
+                    &mut ws,
+                    json!({"type": "ChatSend", "payload": {"chat_id": chat, "message": "abc"}}),
+                )
+                .await;
+                let first = next(&mut ws).await;
+                let event_id = first["payload"]["event_id"].as_str().unwrap().to_string();
+                let mut ws2 = connect(&srv, &token).await;
+                send(&mut ws2, json!({"type": "ChatResume", "payload": {"chat_id": chat, "last_event_id": event_id}})).await;
+                let mut rest = String::new();
+                loop {
+                    let f = next(&mut ws2).await;
+                    match f["type"].as_str().unwrap() {
+                        "ChatStreamChunk" => {
+                            rest.push_str(f["payload"]["content"].as_str().unwrap())
+                        }
+                        "ChatStreamEnd" => break,
+                        other => panic!("unexpected {other}: {f}"),
+                    }
+                }
+                assert_eq!(
+                    format!("{}{rest}", first["payload"]["content"].as_str().unwrap()),
+                    "a b c"
+                );
+                // A message to a chat that does not exist: one terminal frame.
+                send(
+                    &mut ws2,
+                    json!({"type": "ChatSend", "payload": {"chat_id": "nope", "message": "hi"}}),
+                )
+                .await;
+                let e = next(&mut ws2).await;
+                assert_eq!(
+                    (e["type"].as_str(), e["payload"]["chat_id"].as_str()),
+                    (Some("ChatStreamError"), Some("nope"))
+                );
+            });
+        }
+    );
+}

@@ -3,6 +3,7 @@
 //! offline provider, and turns: a message answered by a provider, streamed as
 //! events with positions that any number of clients can watch and resume.
 
+pub mod compact;
 pub mod event;
 pub mod offline;
 pub mod retrieval;

@@ -149,6 +149,15 @@ pub fn choose(config: &Config, name: &str, model: &str) -> std::result::Result<C
             .map_or_else(|| offline(None), pick));
     }
     if name == OFFLINE || name == "tidepool" {
+        if !model.is_empty() && model != OFFLINE_MODEL {
+            return Err(Failure {
+                kind: FailureKind::RequestError,
+                provider: name.clone(),
+                status: None,
+                retry_after_secs: None,
+                message: format!("unknown model `{model}` for the offline provider (it has one: {OFFLINE_MODEL})"),
+            });
+        }
         return Ok(offline(None));
     }
     if let Some(p) = available.into_iter().find(|p| p.name == name) {

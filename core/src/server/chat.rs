@@ -11,12 +11,12 @@ use super::calls::{CallFailure, CallId, Phase as CallPhase, Purpose, TurnInput};
 use super::pending::Ticket;
 use super::{Server, ServerTimer};
 use crate::chat::event::{ChatEvent, ChatEventKind};
-use crate::chat::offline;
 use crate::chat::retrieval::{self, Snippet};
 use crate::chat::session::Session;
 use crate::chat::store::{self, Message, Role, Status};
 use crate::chat::tools::{self, Policy};
 use crate::chat::turn::{Listener, Phase, Shape, Turn, TurnId};
+use crate::chat::{compact, offline};
 use crate::dialect::{self, ekodb_ws, rest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ConnId, Lsn};
@@ -79,6 +79,22 @@ pub struct Answer {
     pub snippets: J,
     pub execution_time_ms: u64,
     pub token_usage: J,
+}
+
+/// Longest message accepted (bytes).
+const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+fn check_message(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid("`message` is required (a non-empty string)"));
+    }
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(Error::invalid(format!(
+            "`message` is too long: {} bytes, at most {MAX_MESSAGE_BYTES}",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The error for a provider that cannot be chosen: a name nobody knows is
@@ -211,15 +227,21 @@ impl Server {
         listener: Option<Listener>,
         now: Timestamp,
     ) -> Result<Started> {
-        if req.message.trim().is_empty() {
-            return Err(Error::invalid("`message` is required (a non-empty string)"));
-        }
+        check_message(&req.message)?;
         self.check_writable()?;
         let mut session = store::load_session(&self.engine, chat_id, now)?;
         self.check_idle(chat_id)?;
         // Refused before anything is stored when no provider can answer.
         let choice = self.choose_for(&session, &req)?;
-        let history = store::messages(&self.engine, chat_id, now);
+        let mut history = store::messages(&self.engine, chat_id, now);
+        let window = providers::context_window(&choice.model, self.config.chat_context_tokens);
+        let budget = (window as u64) / 2;
+        if let Some(keep) =
+            compact::keep_when_over(&history, self.config.chat_fold_after.max(2), budget)
+        {
+            compact::fold(&mut self.engine, &mut session, keep, now)?;
+            history = store::messages(&self.engine, chat_id, now);
+        }
         let question = req.message.clone();
         store::append(
             &mut self.engine,
@@ -303,10 +325,23 @@ impl Server {
             }
         }
         let snippets = retrieval::retrieve(&mut self.engine, &session.collections, &query, now);
+        // The answer is stored from the start, marked incomplete: a restart
+        // in the middle leaves it so, never lost and never twice.
         let seq = session.next_seq;
         session.next_seq += 1;
         session.updated_at = now;
+        let mut placeholder =
+            Message::new(&session.chat_id, seq, Role::Assistant, String::new(), now);
+        placeholder.status = Status::Incomplete;
+        placeholder.model = Some(choice.model.clone());
+        placeholder.provider = Some(choice.provider.name.clone());
+        store::save_message(&mut self.engine, &placeholder, now)?;
         store::save_session(&mut self.engine, &session, now)?;
+        if let Some(why) = &choice.fallback {
+            if self.fallback_noted.insert(session.llm_provider.clone()) {
+                self.note(format!("chat: {why}"));
+            }
+        }
         let window = providers::context_window(&choice.model, self.config.chat_context_tokens);
         let (system, messages) = build_prompt(&session, &history, &question, &snippets, window);
         let collections: Vec<String> = session.collections.iter().map(|c| c.name.clone()).collect();
@@ -370,9 +405,7 @@ impl Server {
         listener: Option<Listener>,
         now: Timestamp,
     ) -> Result<Started> {
-        if req.message.trim().is_empty() {
-            return Err(Error::invalid("`message` is required (a non-empty string)"));
-        }
+        check_message(&req.message)?;
         let choice = providers::choose(
             &self.config,
             req.provider.as_deref().unwrap_or(""),
@@ -973,7 +1006,7 @@ impl Server {
                 turn.seq,
                 Role::Assistant,
                 turn.text.clone(),
-                now,
+                turn.started,
             );
             m.model = Some(turn.choice.model.clone());
             m.provider = Some(turn.choice.provider.name.clone());
@@ -1026,9 +1059,10 @@ impl Server {
         error: Error,
         failure: Option<Failure>,
         cancelled: bool,
-        _now: Timestamp,
+        now: Timestamp,
     ) {
         self.timers.cancel(ServerTimer::Turn(id));
+        self.settle_failed_answer(id, cancelled, now);
         self.emit(
             id,
             ChatEventKind::Error {
@@ -1038,6 +1072,34 @@ impl Server {
             },
         );
         self.end_turn(id, Err(error));
+    }
+
+    /// An answer that did not complete: what was streamed stays, marked
+    /// cancelled or failed; an answer with no text at all is removed.
+    fn settle_failed_answer(&mut self, id: TurnId, cancelled: bool, now: Timestamp) {
+        let Some(turn) = self.turns.active.get(&id) else {
+            return;
+        };
+        if turn.shape != Shape::Chat {
+            return;
+        }
+        let (chat_id, message_id) = (turn.chat_id.clone(), turn.message_id.clone());
+        if turn.text.is_empty() {
+            self.engine.purge(store::MESSAGES, &message_id);
+        } else if let Ok(mut m) = store::load_message(&self.engine, &chat_id, &message_id, now) {
+            m.content = turn.text.clone();
+            m.status = if cancelled {
+                Status::Cancelled
+            } else {
+                Status::Failed
+            };
+            // Best effort: the turn ends either way.
+            let _ = store::save_message(&mut self.engine, &m, now);
+        }
+        let lsn = self.finish_operation(now);
+        if let Some(turn) = self.turns.active.get_mut(&id) {
+            turn.end_lsn = lsn;
+        }
     }
 
     /// Fulfils the listeners and keeps the turn's events for resuming.
@@ -1187,8 +1249,9 @@ impl Server {
         self.turns.forget_chat(chat_id);
     }
 
-    /// Messages a stored answer can be rebuilt from, when its events are no
-    /// longer kept: one `done` event.
+    /// A stored answer whose events are no longer kept (a restart, or long
+    /// ago): one `done` event with the whole answer, or an `error` if it
+    /// never completed.
     pub fn chat_replay_stored(
         &mut self,
         conn: ConnId,
@@ -1205,17 +1268,28 @@ impl Server {
         let Some(codec) = self.hub.codec_of(conn) else {
             return Err(Error::new(ErrorKind::Internal, "the stream is not open"));
         };
-        let event = ChatEvent {
-            chat_id: chat_id.to_string(),
-            message_id: message_id.to_string(),
-            seq: 0,
-            kind: ChatEventKind::Done {
+        let kind = match m.status {
+            Status::Complete => ChatEventKind::Done {
                 content: m.content,
                 execution_time_ms: 0,
                 token_usage: m.token_usage.unwrap_or(J::Null),
                 context_window: 0,
                 tool_call_history: m.tool_call_history.unwrap_or(json!([])),
             },
+            status => ChatEventKind::Error {
+                error: format!(
+                    "this answer did not complete (it is stored as {}); send the message again",
+                    status.as_str()
+                ),
+                failure: None,
+                cancelled: status == Status::Cancelled,
+            },
+        };
+        let event = ChatEvent {
+            chat_id: chat_id.to_string(),
+            message_id: message_id.to_string(),
+            seq: 0,
+            kind,
         };
         if let Some(bytes) = dialect::encode_chat_event(&event, codec) {
             let lsn = self.engine.last_lsn();

@@ -30,7 +30,7 @@ use crate::timers::TimerTable;
 use crate::wire::http::{Limits, Request, Response};
 use calls::{CallCommand, CallId, CallLimits, Calls, Purpose, TransportError};
 use pending::{Pending, Ticket};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +142,10 @@ pub struct Server {
     pending: Pending,
     /// Chat answers running, and finished ones kept for resuming.
     turns: Turns,
+    /// Providers the offline one already stood in for (said once).
+    fallback_noted: HashSet<String>,
+    /// Lines for the operator's log (`poll_note`).
+    notes: VecDeque<String>,
     next_conn: u64,
     open_connections: usize,
     /// Connections to wake (their outbox has news).
@@ -176,6 +180,8 @@ impl Server {
             calls: Calls::new(limits),
             pending: Pending::default(),
             turns: Turns::default(),
+            fallback_noted: HashSet::new(),
+            notes: VecDeque::new(),
             next_conn: 1,
             open_connections: 0,
             wakeups: VecDeque::new(),
@@ -248,6 +254,19 @@ impl Server {
         }
         self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
+    }
+
+    /// A line for the operator's log (the runtime prints it).
+    pub(crate) fn note(&mut self, line: String) {
+        if self.notes.len() < 256 {
+            self.notes.push_back(line);
+        }
+    }
+
+    /// The next line for the operator's log. Drain after every call that
+    /// holds the lock.
+    pub fn poll_note(&mut self) -> Option<String> {
+        self.notes.pop_front()
     }
 
     // ----- outbound calls ---------------------------------------------------
@@ -520,6 +539,14 @@ impl Server {
     /// returned outbox.
     pub fn open_stream(&mut self, conn: ConnId, codec: EventCodec) -> Arc<Outbox> {
         self.hub.open(conn, codec)
+    }
+
+    /// Queues a message behind the stream's events (a reply that must not
+    /// overtake them).
+    pub fn queue_for_stream(&mut self, conn: ConnId, wait_for: Lsn, bytes: bytes::Bytes) {
+        self.hub.enqueue(conn, wait_for, bytes, false);
+        let ready = self.hub.take_ready(self.durable);
+        self.wakeups.extend(ready);
     }
 
     /// The stream switched formats.

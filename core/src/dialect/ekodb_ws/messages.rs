@@ -51,6 +51,13 @@ pub enum ClientMessage {
         chat_id: String,
         tools: J,
     },
+    /// Follow an answer again (Tidepool's extension): its events after a
+    /// position, then the rest live.
+    ChatResume {
+        chat_id: String,
+        message_id: Option<String>,
+        after: Option<u32>,
+    },
     /// A stateless completion (Rust sends its fields at the top level).
     RawComplete {
         body: J,
@@ -263,6 +270,31 @@ fn message(kind: &str, mut p: Map<String, J>) -> Result<ClientMessage> {
             tools: take(&mut p, "tools"),
         }),
         "RawComplete" => Ok(ClientMessage::RawComplete { body: J::Object(p) }),
+        "ChatResume" => {
+            let chat_id = need(&p, "chat_id")?;
+            let position = ["last_event_id", "resume_from"]
+                .iter()
+                .find_map(|k| text(&p, k));
+            let (message_id, after) = match position {
+                Some(pos) => {
+                    let (m, seq) = crate::chat::event::parse_event_id(&pos).ok_or_else(|| {
+                        Error::invalid("`last_event_id` must be an event id like MESSAGE_ID:SEQ")
+                    })?;
+                    (Some(m), Some(seq))
+                }
+                None => (
+                    text(&p, "message_id"),
+                    p.get("after")
+                        .and_then(J::as_u64)
+                        .map(|n| n.min(u64::from(u32::MAX)) as u32),
+                ),
+            };
+            Ok(ClientMessage::ChatResume {
+                chat_id,
+                message_id,
+                after,
+            })
+        }
         "FindAll" => data(
             D::FindAll,
             vec![("collection", need(&p, "collection")?)],

@@ -147,10 +147,18 @@ pub fn handle(
         }
         ClientMessage::CancelChat { chat_id } => {
             let cancelled = server.chat_cancel(&chat_id, now);
-            if id.is_none() {
-                return (Vec::new(), Followup::None);
+            if let Some(id) = id {
+                // Behind the stream's terminal frame, which went to the
+                // outbox: the ack goes the same way, so it comes after.
+                let ack = reply(
+                    session.format,
+                    Some(id),
+                    Ok(json!({ "cancelled": cancelled })),
+                );
+                let wait_for = server.finish_operation(now);
+                server.queue_for_stream(conn, wait_for, ack);
             }
-            format::encode(session.format, &json!({ "cancelled": cancelled }))
+            return (Vec::new(), Followup::None);
         }
         ClientMessage::RegisterClientTools { chat_id, tools } => {
             rest::chat::parse_tools(Some(&tools))
@@ -161,6 +169,33 @@ pub fn handle(
                         &json!({"status": "tools_registered", "count": count}),
                     )
                 })
+        }
+        ClientMessage::ChatResume {
+            chat_id,
+            message_id,
+            after,
+        } => {
+            let attached = server.chat_attach(conn, &chat_id, message_id.as_deref(), after);
+            let replayed = match (attached, &message_id) {
+                (true, _) => Ok(()),
+                (false, Some(mid)) => server.chat_replay_stored(conn, &chat_id, mid, now),
+                (false, None) => Err(Error::not_found(format!(
+                    "no answer of chat {chat_id} to follow"
+                ))),
+            };
+            return match replayed {
+                Ok(()) => (Vec::new(), Followup::None),
+                Err(error) => {
+                    let frame = ServerMessage::ChatStreamError {
+                        chat_id: &chat_id,
+                        error: &error,
+                    };
+                    (
+                        vec![outgoing(Lsn::ZERO, frame.encode(session.format))],
+                        Followup::None,
+                    )
+                }
+            };
         }
         ClientMessage::RawComplete { body } => {
             let listener = Listener::WsReply {

@@ -5,11 +5,11 @@
 
 use super::{Ctx, Outcome};
 use crate::chat::event::parse_event_id;
-use crate::chat::offline;
 use crate::chat::session::Session;
 use crate::chat::store::{self, Message, Role};
 use crate::chat::tools::{self, Policy};
 use crate::chat::turn::{Listener, Shape};
+use crate::chat::{compact, offline};
 use crate::engine::record::RecordOut;
 use crate::engine::Found;
 use crate::error::{Error, Result};
@@ -242,7 +242,12 @@ fn fill_defaults(server: &Server, s: &mut Session) -> Result<()> {
     if s.llm_model.is_empty() {
         s.llm_model = providers::default_model(server.config(), &s.llm_provider);
     }
-    Ok(())
+    match providers::choose(server.config(), &s.llm_provider, &s.llm_model) {
+        Err(f) if f.status.is_none() && f.kind == providers::FailureKind::RequestError => {
+            Err(Error::invalid(f.message))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn create(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
@@ -606,8 +611,12 @@ pub fn resume(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 pub fn cancel(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let chat_id = ctx.arg("chat_id");
     store::load_session(server.engine(), chat_id, ctx.now)?;
-    let cancelled = server.chat_cancel(chat_id, ctx.now);
-    ctx.ok_json(&json!({ "cancelled": cancelled }))
+    if !server.chat_cancel(chat_id, ctx.now) {
+        return Err(Error::conflict(format!(
+            "no answer is running in chat {chat_id}: nothing to cancel"
+        )));
+    }
+    ctx.ok_json(&json!({ "cancelled": true }))
         .map(Outcome::Reply)
 }
 
@@ -645,44 +654,12 @@ pub fn compact(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
             .ok_or_else(|| Error::invalid("`keep_recent` must be a non-negative integer"))?
             as usize,
     };
-    let live: Vec<Message> = store::messages(server.engine(), chat_id, ctx.now)
-        .into_iter()
-        .filter(|m| !m.forgotten && !m.summary)
-        .collect();
-    let fold = live.len().saturating_sub(keep);
-    if fold == 0 {
-        return ctx
-            .ok_json(
-                &json!({"folded": 0, "kept_recent": live.len(), "summary_chars": 0,
-                "summary_message_id": null, "already_compact": true}),
-            )
-            .map(Outcome::Reply);
-    }
-    let pairs: Vec<(Role, String)> = live[..fold]
-        .iter()
-        .map(|m| (m.role, m.content.clone()))
-        .collect();
-    let summary = offline::summarize(&pairs);
-    for m in &live[..fold] {
-        let mut m = m.clone();
-        m.forgotten = true;
-        store::save_message(server.engine_mut(), &m, ctx.now)?;
-    }
-    let mut note = store::append(
-        server.engine_mut(),
-        &mut s,
-        Role::System,
-        summary.clone(),
-        ctx.now,
-    )?;
-    note.summary = true;
-    store::save_message(server.engine_mut(), &note, ctx.now)?;
-    s.summary_version += 1;
-    store::save_session(server.engine_mut(), &s, ctx.now)?;
-    ctx.ok_json(&json!({"folded": fold, "kept_recent": live.len() - fold,
-        "summary_chars": summary.chars().count(), "summary_message_id": note.id,
-        "already_compact": false}))
-        .map(Outcome::Reply)
+    let f = compact::fold(server.engine_mut(), &mut s, keep, ctx.now)?;
+    ctx.ok_json(&json!({
+        "folded": f.folded, "kept_recent": f.kept, "summary_chars": f.summary_chars,
+        "summary_message_id": f.summary_id, "already_compact": f.folded == 0,
+    }))
+    .map(Outcome::Reply)
 }
 
 // ----- tools, models, raw completions ------------------------------------------
