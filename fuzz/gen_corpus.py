@@ -260,6 +260,13 @@ write("connection", {
     # with a request pipelined behind it.
     "embed_call": b"\x00" + jreq("POST", "/api/embed", {"texts": ["a", "b"], "model": "m"})
         + jreq("GET", "/api/health"),
+    # Chat with the offline provider: a session, a raw completion whole and
+    # streamed, models and tools.
+    "chat": b"\x00" + jreq("POST", "/api/chat", {"collections": [{"collection_name": "c", "fields": ["a"]}]})
+        + jreq("POST", "/api/insert/c", {"a": "price list"})
+        + jreq("POST", "/api/chat/complete", {"system_prompt": "s", "message": "what is the price?"})
+        + jreq("GET", "/api/chat_models") + jreq("GET", "/api/chat/tools") + jreq("GET", "/api/chat?limit=1"),
+    "chat_stream": b"\x00" + jreq("POST", "/api/chat/complete/stream", {"message": "hello there"}),
 })
 
 # ----- http_response: a control byte (piece sizes), then a provider's response -----
@@ -279,3 +286,34 @@ write("http_response", {
     "bad_chunk": b"\x02" + resp(200, [("Transfer-Encoding", "chunked")], b"zz\r\nabc"),
 })
 
+
+# ----- provider_stream: a control byte (bit 0: 0 OpenAI, 1 Anthropic), then a streamed body -----
+def oa(*chunks):
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+def an(*events):
+    return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n" for e in events)
+
+write("provider_stream", {
+    "openai_text": b"\x00" + oa({"choices": [{"delta": {"content": "Hel"}}]}, {"choices": [{"delta": {"content": "lo"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
+    "openai_tool": b"\x06" + oa({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "count_records", "arguments": "{\"coll"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "ection\": \"p\"}"}}]}}]},
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}),
+    "openai_error": b"\x02" + b"data: " + json.dumps({"error": {"message": "Rate limit", "code": "rate_limit_exceeded"}}).encode() + b"\n\n",
+    "openai_crlf": b"\x04" + oa({"choices": [{"delta": {"content": "x"}}]}).replace(b"\n", b"\r\n"),
+    "anthropic_text": b"\x01" + an({"type": "message_start", "message": {"usage": {"input_tokens": 5}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}},
+        {"type": "message_stop"}),
+    "anthropic_tool": b"\x03" + an({"type": "message_start", "message": {"usage": {"input_tokens": 5}}},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": "}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}},
+        {"type": "message_stop"}),
+    "anthropic_error": b"\x05" + an({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+})

@@ -2710,3 +2710,73 @@ fn outbound_calls_beyond_the_queue_are_refused() {
     assert_eq!(r[0].status, 503, "{}", r[0].text());
     assert!(clients[..17].iter().all(|&p| w.responses(p).is_empty()));
 }
+
+// ----- chat ---------------------------------------------------------------------
+
+/// A chat answer (the offline provider, within the request) is shown only
+/// once the question it answers is durable, ends its SSE stream with `done`,
+/// and a crash before the sync takes the question and shows nothing.
+#[test]
+fn chat_answers_wait_for_the_question_to_be_durable() {
+    let mut w = World::new();
+    let p = w.connect();
+    w.send(
+        p,
+        &insert("products", json!({"id": "p1", "name": "Pro", "price": 99})),
+    );
+    w.send(
+        p,
+        &authed(
+            "POST",
+            "/api/chat",
+            Some(&json!({"collections": [{"collection_name": "products"}]})),
+        ),
+    );
+    w.sync();
+    let r = w.responses(p);
+    assert_eq!(r.len(), 2, "{r:?}");
+    let chat = r[1].json()["chat_id"].as_str().unwrap().to_string();
+    let ask = |q: &str| {
+        authed(
+            "POST",
+            &format!("/api/chat/{chat}/messages/stream"),
+            Some(&json!({ "message": q })),
+        )
+    };
+    let s = w.connect();
+    w.send(s, &ask("What is the price of Pro?"));
+    let head = w.responses(s);
+    assert_eq!(head.len(), 1);
+    assert_eq!(head[0].header("content-type"), Some("text/event-stream"));
+    assert!(
+        w.events(s).is_empty(),
+        "no token before the question is durable"
+    );
+    w.sync();
+    let ev = w.events(s);
+    let names: Vec<&str> = ev.iter().filter_map(Sse::name).collect();
+    assert!(
+        names.len() > 2 && names[..names.len() - 1].iter().all(|n| *n == "token"),
+        "{names:?}"
+    );
+    let done = ev.last().unwrap();
+    assert_eq!(done.name(), Some("done"));
+    assert_eq!(done.data()["content"], "The price of Pro is 99.");
+    assert!(w.is_closed(s), "the stream ends with the answer");
+
+    // A crash before the next question is synced: the client saw nothing, and
+    // after the restart there is no trace of it.
+    let s = w.connect();
+    w.send(s, &ask("And the name?"));
+    assert_eq!(w.responses(s).len(), 1);
+    assert!(w.events(s).is_empty());
+    w.crash();
+    let p = w.connect();
+    w.send(
+        p,
+        &authed("GET", &format!("/api/chat/{chat}/messages"), None),
+    );
+    w.sync();
+    let r = w.responses(p);
+    assert_eq!(r[0].json()["total"], 2, "{:?}", r[0].json());
+}

@@ -1360,3 +1360,88 @@ mod websocket {
         }
     );
 }
+
+both_runtimes!(
+    retrieval_finds_named_fields_and_shows_only_configured_ones,
+    |rt| {
+        let srv = TestServer::start(rt);
+        let token = srv.token();
+        insert(
+            &srv,
+            &token,
+            "products",
+            json!({"name": "ekoDB Pro", "price": 99,
+        "secret": "internal margin 40%", "description": "A fast database"}),
+        );
+        insert(
+            &srv,
+            &token,
+            "products",
+            json!({"name": "ekoDB Lite", "description": "A small database"}),
+        );
+        insert(
+            &srv,
+            &token,
+            "notes",
+            json!({"title": "Pricing memo", "body": "nothing about products"}),
+        );
+        let chat = create_chat(
+            &srv,
+            &token,
+            json!({"collections": [
+                {"collection_name": "products", "fields": ["name", "price"]},
+                {"collection_name": "missing_collection"},
+            ]}),
+        );
+        let ask = |q: &str| {
+            let r = srv.call(
+                &token,
+                "POST",
+                &format!("/api/chat/{chat}/messages"),
+                &json!({"message": q}).to_string(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        };
+        // A question naming a field finds the record that has it, though the
+        // price is a number no text index holds.
+        let a = ask("What is the price?");
+        let snippets = a["context_snippets"].as_array().unwrap();
+        assert_eq!(snippets.len(), 1, "{snippets:?}");
+        let s = &snippets[0];
+        assert_eq!(s["collection"], "products");
+        assert_eq!(s["record"]["name"], "ekoDB Pro");
+        assert_eq!(s["record"]["price"], 99);
+        assert!(s["matched_fields"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("price")));
+        assert!(s["score"].as_f64().unwrap() > 0.0 && s["score"].as_f64().unwrap() <= 1.0);
+        assert_eq!(a["responses"][0], "The price of ekoDB Pro is 99.");
+        // Only the configured fields are ever shown, whatever is asked.
+        for q in [
+            "What is the secret margin?",
+            "Describe the fast database",
+            "ekoDB",
+        ] {
+            let a = ask(q);
+            for s in a["context_snippets"].as_array().unwrap() {
+                let keys: Vec<&String> = s["record"].as_object().unwrap().keys().collect();
+                assert!(
+                    keys.iter()
+                        .all(|k| ["id", "name", "price"].contains(&k.as_str())),
+                    "{q}: {keys:?}"
+                );
+                assert_ne!(s["collection"], "notes", "not a session collection");
+            }
+            assert!(!a["responses"][0].as_str().unwrap().contains("40%"), "{a}");
+        }
+        // A follow-up leans on the previous question.
+        ask("Which product is called ekoDB Lite?");
+        let a = ask("What does it cost?");
+        assert_eq!(
+            a["context_snippets"][0]["record"]["name"], "ekoDB Lite",
+            "it is the Lite: {a}"
+        );
+    }
+);

@@ -104,6 +104,7 @@ pub struct Stream {
     sse: SseParser,
     blocks: Vec<Option<Block>>,
     input_tokens: Option<u64>,
+    finished: bool,
     stopped: bool,
 }
 
@@ -113,6 +114,7 @@ impl Default for Stream {
             sse: SseParser::new(MAX_STREAM_EVENT),
             blocks: Vec::new(),
             input_tokens: None,
+            finished: false,
             stopped: false,
         }
     }
@@ -236,8 +238,12 @@ impl Stream {
                         completion: Some(n),
                     });
                 }
+                // One answer, one finish (a repeated delta says nothing new).
                 if let Some(r) = v.pointer("/delta/stop_reason").and_then(J::as_str) {
-                    out.push(ProviderEvent::Finish(r.to_string()));
+                    if !self.finished {
+                        self.finished = true;
+                        out.push(ProviderEvent::Finish(r.to_string()));
+                    }
                 }
             }
             "message_stop" => self.stopped = true,

@@ -233,8 +233,11 @@ impl Stream {
         }
         if let Some(reason) = choice.get("finish_reason").and_then(J::as_str) {
             out.extend(self.flush_calls());
-            out.push(ProviderEvent::Finish(reason.to_string()));
-            self.finished = true;
+            // One answer, one finish (a repeated reason says nothing new).
+            if !self.finished {
+                out.push(ProviderEvent::Finish(reason.to_string()));
+                self.finished = true;
+            }
         }
         Ok(())
     }
