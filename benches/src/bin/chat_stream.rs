@@ -5,8 +5,14 @@
 //!
 //! ```sh
 //! cargo build --release -p tidepool-smol -p tidepool-std -p tidepool-benches
-//! target/release/chat_stream --spawn tidepool --streams 1,100,1000 --tokens 20 --gap-ms 20
+//! benches/peers/install-nginx.sh   # once, for --peer nginx
+//! target/release/chat_stream --spawn tidepool --streams 1,100,1000 --tokens 50 --gap-ms 20 --peer nginx
 //! ```
+//!
+//! `--peer nginx` also relays the same streams through nginx (the proxy people
+//! put in front of an LLM server: `proxy_buffering off`, as many workers as
+//! Tidepool has threads), in the same run: the floor for relaying a stream
+//! through any process on this machine.
 //!
 //! A fake OpenAI-compatible provider runs in this process on loopback and
 //! answers each Chat Completions call with `--tokens` SSE chunks, `--gap-ms`
@@ -42,6 +48,7 @@ struct Args {
     streams: Vec<usize>,
     tokens: usize,
     gap: Duration,
+    nginx: bool,
 }
 
 fn parse_args() -> Args {
@@ -50,6 +57,7 @@ fn parse_args() -> Args {
         streams: vec![1, 100, 1000],
         tokens: 20,
         gap: Duration::from_millis(20),
+        nginx: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +72,10 @@ fn parse_args() -> Args {
             }
             "--tokens" => a.tokens = val().parse().expect("number"),
             "--gap-ms" => a.gap = Duration::from_millis(val().parse().expect("number")),
+            "--peer" => {
+                assert_eq!(val(), "nginx", "the only peer is nginx");
+                a.nginx = true;
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -366,6 +378,79 @@ fn sessions(addr: &str, token: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// nginx relaying to the provider, started with its own config; killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(provider: &str, workers: usize, streams: usize) -> Nginx {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = std::env::temp_dir().join(format!("chat-stream-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+        let conf = format!(
+            "worker_processes {workers};\nerror_log {d}/logs/error.log error;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections {conns}; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+               upstream llm {{ server {provider}; }}\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://llm;\n\
+                 proxy_http_version 1.1; proxy_buffering off; proxy_request_buffering off;\n\
+                 proxy_read_timeout 120s; }} }} }}\n",
+            d = dir.display(),
+            conns = 4 * streams + 64,
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off; user root;"])
+            .spawn()
+            .expect("nginx not found: run benches/peers/install-nginx.sh");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx { child, addr, dir }
+    }
+
+    /// CPU of the master and its workers.
+    fn cpu(&self) -> Duration {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &self.child.id().to_string()])
+            .output()
+            .expect("pgrep");
+        let mut total = cpu(self.child.id());
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse() {
+                total += cpu(pid);
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // TERM, not KILL: the master then stops its workers too.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn main() {
     let args = parse_args();
     origin();
@@ -375,8 +460,9 @@ fn main() {
         args.gap.as_millis(),
         args.spawn
     );
-    println!("| streams | token latency direct p50 / p99 | through Tidepool p50 / p99 | added p50 / p99 | first token direct p50 / p99 | through Tidepool p50 / p99 | server CPU per token |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("Token latency (write at the provider to read at the client) and time to first token, p50 / p99, ms; server CPU per relayed token:");
+    println!("| streams | direct | through Tidepool | through nginx | added by Tidepool | added by nginx | first token: direct / Tidepool / nginx (p99) | CPU per token: Tidepool / nginx |");
+    println!("|---|---|---|---|---|---|---|---|");
     for &n in &args.streams {
         let prov = provider(Plan {
             tokens: args.tokens,
@@ -411,23 +497,47 @@ fn main() {
             (server.addr.clone(), req)
         });
         let spent = cpu(server.pid()) - before;
-        let (d50, d99, dt50, dt99, dn) = summary(&direct);
-        let (t50, t99, tt50, tt99, tn) = summary(&through);
+        drop(server);
+        let nginx = args.nginx.then(|| {
+            let threads = 2;
+            let proxy = Nginx::start(&prov, threads, n);
+            read_stream(&proxy.addr, &direct_req);
+            let before = proxy.cpu();
+            let samples = concurrently(n, |_| (proxy.addr.clone(), direct_req.clone()));
+            (samples, proxy.cpu() - before)
+        });
+        let (d50, d99, _, dt99, dn) = summary(&direct);
+        let (t50, t99, _, tt99, tn) = summary(&through);
         assert_eq!(dn, n * args.tokens, "every direct token arrived");
         assert_eq!(tn, n * args.tokens, "every relayed token arrived");
+        let per_token = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
+        let (ng, ng_added, ng_ttft, ng_cpu) = match &nginx {
+            Some((samples, spent)) => {
+                let (g50, g99, _, gt99, gn) = summary(samples);
+                (
+                    format!("{:.3} / {:.3}", ms(g50), ms(g99)),
+                    format!(
+                        "{:.3} / {:.3}",
+                        ms(g50.saturating_sub(d50)),
+                        ms(g99.saturating_sub(d99))
+                    ),
+                    format!("{:.2}", ms(gt99)),
+                    format!("{:.1} µs", per_token(*spent, gn)),
+                )
+            }
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "| {n} | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} µs |",
+            "| {n} | {:.3} / {:.3} | {:.3} / {:.3} | {ng} | {:.3} / {:.3} | {ng_added} | {:.2} / {:.2} / {ng_ttft} | {:.1} µs / {ng_cpu} |",
             ms(d50),
             ms(d99),
             ms(t50),
             ms(t99),
             ms(t50.saturating_sub(d50)),
             ms(t99.saturating_sub(d99)),
-            ms(dt50),
             ms(dt99),
-            ms(tt50),
             ms(tt99),
-            spent.as_secs_f64() * 1e6 / tn as f64,
+            per_token(spent, tn),
         );
     }
 

@@ -675,12 +675,20 @@ pub fn tool_execute(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let o = object(&body)?;
     let tool = opt_str(o, "tool")?.ok_or_else(|| Error::invalid("`tool` is required"))?;
     let params = o.get("params").cloned().unwrap_or_else(|| json!({}));
+    // Failures are the tool's answer, never a 404: the clients read 404 here
+    // as "this server has no tool endpoint".
+    let fail = |error: String| {
+        ctx.ok_json(&json!({"success": false, "error": error}))
+            .map(Outcome::Reply)
+    };
     let policy = match opt_str(o, "chat_id")? {
-        Some(chat_id) => {
-            let s = store::load_session(server.engine(), &chat_id, ctx.now)?;
-            let names = s.collections.iter().map(|c| c.name.clone()).collect();
-            Policy::new(s.tool_config.as_ref(), None, names)
-        }
+        Some(chat_id) => match store::load_session(server.engine(), &chat_id, ctx.now) {
+            Ok(s) => {
+                let names = s.collections.iter().map(|c| c.name.clone()).collect();
+                Policy::new(s.tool_config.as_ref(), None, names)
+            }
+            Err(e) => return fail(e.message),
+        },
         None => Policy::new(None, None, Vec::new()),
     };
     let out = match tools::execute(server.engine_mut(), &policy, &tool, &params, ctx.now) {
