@@ -26,6 +26,8 @@ enum Reply {
     Cut(Vec<String>),
     /// An error status with extra head lines and a JSON body.
     Status(u16, &'static str, Value),
+    /// Says nothing for this long, then hangs up.
+    Silent(Duration),
 }
 
 struct Fake {
@@ -130,6 +132,7 @@ fn serve(mut s: TcpStream, log: &Mutex<Vec<(String, Value)>>, script: &Mutex<Vec
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Reply::Silent(wait) => std::thread::sleep(wait),
         Reply::Status(code, extra, body) => {
             let text = body.to_string();
             let _ = write!(
@@ -1445,3 +1448,105 @@ both_runtimes!(
         );
     }
 );
+
+both_runtimes!(
+    a_slow_first_token_and_a_malformed_stream_are_provider_failures,
+    |rt| {
+        // Nothing within --outbound-timeout: tried three times, then a failure.
+        let fake = provider("/v1", vec![Reply::Silent(Duration::from_secs(5))]);
+        let srv = openai_server(rt, &fake, &["--outbound-timeout", "1"]);
+        let token = srv.token();
+        let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
+        let started = Instant::now();
+        let r = srv.call(
+            &token,
+            "POST",
+            &format!("/api/chat/{chat}/messages"),
+            &json!({"message": "hi"}).to_string(),
+        );
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(r.json()["error_kind"], "provider_unavailable");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("timed out"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(fake.requests().len(), 3);
+        assert!(started.elapsed() < Duration::from_secs(8));
+
+        // JSON that is not JSON inside the stream.
+        let fake = provider(
+            "/v1",
+            vec![Reply::Stream(
+                vec!["data: {\"choices\": [".into(), "data: [DONE]".into()],
+                Duration::ZERO,
+            )],
+        );
+        let srv = openai_server(rt, &fake, &[]);
+        let token = srv.token();
+        let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
+        let events = Stream::chat(&srv, &token, &chat, &json!({"message": "hi"})).rest();
+        let (name, d) = last(&events);
+        assert_eq!(name, "error");
+        assert_eq!(d["error_kind"], "provider_unavailable");
+        assert!(d["error"].as_str().unwrap().contains("malformed"), "{d}");
+    }
+);
+
+both_runtimes!(a_tool_the_client_must_confirm_waits_for_its_answer, |rt| {
+    let fake = provider(
+        "/v1",
+        vec![
+            Reply::Stream(
+                openai_tool_call(
+                    "call_d",
+                    "delete_record",
+                    &json!({"collection": "products", "id": "p1"}),
+                ),
+                Duration::ZERO,
+            ),
+            Reply::Stream(openai_text(&["Not deleted."], (1, 1)), Duration::ZERO),
+        ],
+    );
+    let srv = openai_server(rt, &fake, &[]);
+    let token = srv.token();
+    insert(
+        &srv,
+        &token,
+        "products",
+        json!({"id": "p1", "name": "keep me"}),
+    );
+    let chat = create_chat(
+        &srv,
+        &token,
+        json!({"llm_provider": "openai",
+        "collections": [{"collection_name": "products"}],
+        "tool_config": {"enabled": true, "allow_write_operations": true}}),
+    );
+    let mut s = Stream::chat(
+        &srv,
+        &token,
+        &chat,
+        &json!({"message": "Delete p1", "confirm_tools": ["delete_record"]}),
+    );
+    let ask = s.next(Duration::from_secs(10)).unwrap();
+    assert_eq!(ask.event, "__client_tool_call");
+    assert_eq!(data(&ask)["tool"], "delete_record");
+    let r = srv.call(
+        &token,
+        "POST",
+        &format!("/api/chat/{chat}/tool-result"),
+        &json!({"call_id": "call_d", "success": false, "error": "no"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events = s.rest();
+    assert!(
+        events.iter().all(|e| e.event != "tool_result"),
+        "a denied tool does not run: {events:?}"
+    );
+    assert_eq!(tokens(&events), "Not deleted.");
+    let r = srv.call(&token, "GET", "/api/find/products/p1", "");
+    assert_eq!(r.status, 200, "the record is still there: {}", r.text());
+    let told = fake.requests()[1].1["messages"].to_string();
+    assert!(told.contains("did not allow"), "{told}");
+});
