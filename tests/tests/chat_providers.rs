@@ -1550,3 +1550,127 @@ both_runtimes!(a_tool_the_client_must_confirm_waits_for_its_answer, |rt| {
     let told = fake.requests()[1].1["messages"].to_string();
     assert!(told.contains("did not allow"), "{told}");
 });
+
+/// The official client's WebSocket chat, against a real provider's stream:
+/// client tools through `ChatStreamEvent::ToolCall` and `send_tool_result`,
+/// a provider failure classified, and `cancel_chat`.
+mod official_client {
+    use super::*;
+    use ekodb_client::websocket::{ChatStreamEvent, ClientToolDefinition};
+    use ekodb_client::Client;
+    use tidepool_tests::API_KEY;
+
+    /// The next event of a chat stream, failing the test after ten seconds.
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<ChatStreamEvent>) -> ChatStreamEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the stream is open")
+    }
+
+    both_runtimes!(websocket_chat_with_client_tools_failures_and_cancel, |rt| {
+        let fake = provider(
+            "/v1",
+            vec![
+                Reply::Stream(
+                    openai_tool_call("call_t", "local_time", &json!({})),
+                    Duration::ZERO,
+                ),
+                Reply::Stream(openai_text(&["It is ", "9:41."], (6, 3)), Duration::ZERO),
+                Reply::Status(
+                    429,
+                    "Retry-After: 30\r\n",
+                    json!({"error": {"message": "Rate limit reached"}}),
+                ),
+                slow_answer(200),
+            ],
+        );
+        let srv = openai_server(rt, &fake, &[]);
+        let token = srv.token();
+        let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = Client::builder()
+                    .base_url(srv.base_url())
+                    .api_key(API_KEY)
+                    .max_retries(0)
+                    .build()
+                    .unwrap();
+                let ws = client.connect_ws().await.unwrap();
+                let tool = ClientToolDefinition {
+                    name: "local_time".into(),
+                    description: "The user's local time".into(),
+                    parameters: json!({"type": "object", "properties": {}}),
+                };
+                let mut rx = ws
+                    .chat_send_with_tools(
+                        &chat,
+                        "What time is it?",
+                        Some(vec![tool]),
+                        Some(3),
+                        None,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                let ChatStreamEvent::ToolCall {
+                    call_id, tool_name, ..
+                } = next(&mut rx).await
+                else {
+                    panic!("expected a tool call");
+                };
+                assert_eq!(tool_name, "local_time");
+                ws.send_tool_result(&chat, &call_id, true, Some(json!({"time": "9:41"})), None)
+                    .await
+                    .unwrap();
+                let mut text = String::new();
+                loop {
+                    match next(&mut rx).await {
+                        ChatStreamEvent::Chunk(c) => text.push_str(&c),
+                        ChatStreamEvent::End {
+                            message_id,
+                            token_usage,
+                            ..
+                        } => {
+                            assert!(!message_id.is_empty());
+                            assert_eq!(token_usage.unwrap()["completion_tokens"], 3);
+                            break;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                assert_eq!(text, "It is 9:41.");
+
+                // A rate limit: the classification reaches the client.
+                let mut rx = ws.chat_send(&chat, "Again?").await.unwrap();
+                let ChatStreamEvent::Error(e) = next(&mut rx).await else {
+                    panic!("expected an error");
+                };
+                assert_eq!(e.error_kind.as_deref(), Some("provider_rate_limited"));
+                assert_eq!(
+                    (e.provider_status, e.retry_after_secs),
+                    (Some(429), Some(30))
+                );
+
+                // Cancel: the stream ends with an error that is not the provider's.
+                let mut rx = ws.chat_send(&chat, "A long story").await.unwrap();
+                assert!(matches!(next(&mut rx).await, ChatStreamEvent::Chunk(_)));
+                ws.cancel_chat(&chat).await.unwrap();
+                let end = loop {
+                    match next(&mut rx).await {
+                        ChatStreamEvent::Chunk(_) => continue,
+                        other => break other,
+                    }
+                };
+                let ChatStreamEvent::Error(e) = end else {
+                    panic!("expected the cancel, got {end:?}");
+                };
+                assert_eq!(e.message, "chat cancelled");
+                assert!(e.error_kind.is_none());
+            });
+    });
+}
