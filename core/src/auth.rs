@@ -117,6 +117,27 @@ impl Auth {
     }
 
     /// Checks an `Authorization: Bearer …` header (or a `token` query fallback).
+    /// Checks an API key itself (dialect clients are configured with one).
+    pub fn check_key(&self, api_key: &str) -> Result<Principal> {
+        let d = digest(api_key);
+        self.keys
+            .iter()
+            .find(|(_, k)| constant_time_eq(k, &d))
+            .map(|(id, _)| Principal {
+                key_id: id.clone(),
+                admin: true,
+            })
+            .ok_or_else(|| unauthorized("Invalid API key"))
+    }
+
+    /// A token or an API key, whichever `credential` is.
+    pub fn check_credential(&self, credential: &str, now: Timestamp) -> Result<Principal> {
+        match self.verify(credential, now) {
+            Ok(p) => Ok(p),
+            Err(e) => self.check_key(credential).map_err(|_| e),
+        }
+    }
+
     pub fn check_bearer(&self, header: Option<&str>, now: Timestamp) -> Result<Principal> {
         let header = header.ok_or_else(|| unauthorized("Missing Authorization: Bearer token"))?;
         let token = header

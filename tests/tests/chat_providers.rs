@@ -402,11 +402,12 @@ both_runtimes!(openai_answers_stream_token_by_token_and_are_stored, |rt| {
     );
     assert_eq!(done["token_usage"]["total_tokens"], 47);
     assert_eq!(done["context_window"], 128000);
-    // Every event has a resumable id, in order.
+    // Every event has a resumable id, in order, without gaps (position 0 is
+    // the turn's start, which ekoDB streams do not show).
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
             e.id.as_deref(),
-            Some(format!("{}:{i}", done["message_id"].as_str().unwrap()).as_str())
+            Some(format!("{}:{}", done["message_id"].as_str().unwrap(), i + 1).as_str())
         );
     }
     // What the provider was sent: the model, streaming, the key, the system
@@ -951,7 +952,8 @@ both_runtimes!(a_dropped_stream_resumes_where_it_left_off, |rt| {
         seen.push(s.next(Duration::from_secs(10)).unwrap());
     }
     let last_id = seen.last().unwrap().id.clone().unwrap();
-    let message_id = last_id.rsplit_once(':').unwrap().0.to_string();
+    let (message_id, last_seq) = last_id.rsplit_once(':').unwrap();
+    let (message_id, next_seq) = (message_id.to_string(), last_seq.parse::<u32>().unwrap() + 1);
     drop(s);
     // The answer runs on without its client; it resumes after the last event seen.
     let mut r = Stream::open(
@@ -965,7 +967,7 @@ both_runtimes!(a_dropped_stream_resumes_where_it_left_off, |rt| {
     let rest = r.rest();
     assert_eq!(
         rest[0].id.as_deref(),
-        Some(format!("{message_id}:3").as_str()),
+        Some(format!("{message_id}:{next_seq}").as_str()),
         "no gap, no repeat"
     );
     let (name, done) = last(&rest);

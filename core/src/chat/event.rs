@@ -4,6 +4,7 @@
 //! WebSocket `ChatStreamChunk`/`ChatStreamEnd`/`ChatStreamError`).
 
 use crate::providers::Failure;
+use crate::time::Timestamp;
 use serde_json::Value as J;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -11,11 +12,16 @@ pub struct ChatEvent {
     pub chat_id: String,
     pub message_id: String,
     pub seq: u32,
+    /// When the event happened (dialects that stamp their frames).
+    pub at: Timestamp,
     pub kind: ChatEventKind,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChatEventKind {
+    /// The answer is under way (the first event of every turn; ekoDB sends
+    /// nothing for it, other dialects open their answer frames with it).
+    Started,
     /// A piece of the answer.
     Token(String),
     /// A tool call: a server tool (progress) or, with `client`, a call the
@@ -30,6 +36,8 @@ pub enum ChatEventKind {
     ToolResult {
         call_id: String,
         tool: String,
+        /// The call's arguments (the query a dialect shows with its rows).
+        args: J,
         success: bool,
         result: J,
     },
@@ -40,6 +48,11 @@ pub enum ChatEventKind {
         token_usage: J,
         context_window: u64,
         tool_call_history: J,
+        /// Where the context came from: a document's file name, or
+        /// `collection/record id`.
+        sources: Vec<String>,
+        /// How many times the conversation's history was summarized.
+        summary_version: u64,
     },
     /// The answer failed (a provider failure carries its classification) or
     /// was cancelled.

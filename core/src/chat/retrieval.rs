@@ -51,6 +51,15 @@ pub struct Snippet {
 }
 
 impl Snippet {
+    /// The source a user recognizes: a document's file name when the record
+    /// came from one (the RAG folder), else `collection/id`.
+    pub fn label(&self) -> String {
+        match self.record.get("source").and_then(J::as_str) {
+            Some(file) if !file.is_empty() => file.to_string(),
+            _ => format!("{}/{}", self.collection, self.id),
+        }
+    }
+
     pub fn to_wire(&self) -> J {
         json!({
             "collection": self.collection,

@@ -3,7 +3,7 @@
 //! deadline, and the switch to WebSocket or SSE.
 
 use super::{ConnTimer, Connection, Mode, SseMode, State, Work, WsMode, MAX_PIPELINE};
-use crate::dialect::{ekodb_sse, ekodb_ws, EventCodec};
+use crate::dialect::{ekodb_sse, EventCodec};
 use crate::error::{Error, ErrorKind};
 use crate::ids::Lsn;
 use crate::server::{Server, Upgrade};
@@ -74,17 +74,24 @@ impl Connection {
                 }
                 self.push_out(reply.wait_for, reply.response.encode(keep_alive, head_only));
             }
-            Some(Upgrade::WebSocket { accept }) => {
+            Some(Upgrade::WebSocket {
+                accept,
+                protocol,
+                session,
+            }) => {
+                let protocol = protocol
+                    .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+                    .unwrap_or_default();
                 let head = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
                 );
                 self.push_out(Lsn::ZERO, Bytes::from(head));
                 let mut transport = WsTransport::new(self.max_message);
                 // Bytes that arrived behind the upgrade request are frames.
                 transport.handle_input(&self.inbuf.split());
-                let session = ekodb_ws::Session::default();
                 self.outbox = Some(server.open_stream(self.id, session.codec()));
                 self.mode = Mode::WebSocket(Box::new(WsMode { transport, session }));
+                self.ws_opened(server, now);
                 self.timers.cancel(ConnTimer::Idle);
                 self.timers.set(
                     ConnTimer::Heartbeat,

@@ -28,8 +28,7 @@ mod http1;
 mod replay;
 mod stream;
 
-use crate::dialect::ekodb_ws;
-use crate::dialect::EventCodec;
+use crate::dialect::{EventCodec, WsSession};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::hub::Outbox;
 use crate::server::pending::Ticket;
@@ -72,7 +71,7 @@ enum State {
 #[derive(Debug)]
 struct WsMode {
     transport: WsTransport,
-    session: ekodb_ws::Session,
+    session: WsSession,
 }
 
 #[derive(Debug)]

@@ -3,8 +3,7 @@
 //! that falls too far behind.
 
 use super::{ConnTimer, Connection, Mode, State, Work, LOCAL_OUT_BYTES, MAX_PIPELINE};
-use crate::dialect::ekodb_ws::{self, Followup};
-use crate::dialect::{encode_notice, Framing, Notice};
+use crate::dialect::{encode_notice, Followup, Framing, Notice, Outgoing};
 use crate::ids::Lsn;
 use crate::realtime::hub;
 use crate::server::Server;
@@ -60,18 +59,43 @@ impl Connection {
         let Mode::WebSocket(ws) = &mut self.mode else {
             return;
         };
-        let (replies, followup) = ekodb_ws::handle(server, self.id, &mut ws.session, &msg, now);
+        let (replies, followup) = ws.session.handle(server, self.id, &msg, now);
+        self.ws_replies(server, replies, followup);
+    }
+
+    /// The socket just opened: the dialect's first words, if any.
+    pub(super) fn ws_opened(&mut self, server: &mut Server, now: Timestamp) {
+        let Mode::WebSocket(ws) = &mut self.mode else {
+            return;
+        };
+        let (replies, followup) = ws.session.opened(server, self.id, now);
+        self.ws_replies(server, replies, followup);
+    }
+
+    fn ws_replies(&mut self, server: &mut Server, replies: Vec<Outgoing>, followup: Followup) {
         for r in replies {
             self.push_out(r.wait_for, frame_header(r.binary, r.payload.len()));
             self.push_out(r.wait_for, r.payload);
         }
-        if let Followup::Resume {
-            collection,
-            filter,
-            from,
-        } = followup
-        {
-            self.start_replay(server, collection, filter, from);
+        match followup {
+            Followup::None => {}
+            Followup::Resume {
+                collection,
+                filter,
+                from,
+            } => self.start_replay(server, collection, filter, from),
+            Followup::Close { code, reason } => {
+                if let Mode::WebSocket(ws) = &mut self.mode {
+                    ws.transport.close(code, reason);
+                    if let Some(b) = ws.transport.take_output() {
+                        // After the replies, which are durable no later.
+                        let lsn = self.out.back().map_or(Lsn::ZERO, |(l, _)| *l);
+                        self.push_out(lsn, b);
+                    }
+                }
+                self.state = State::Closing;
+                self.work.clear();
+            }
         }
     }
 

@@ -35,6 +35,7 @@ fn done_payload(e: &ChatEvent) -> Option<J> {
         token_usage,
         context_window,
         tool_call_history,
+        ..
     } = &e.kind
     else {
         return None;
@@ -52,6 +53,7 @@ fn done_payload(e: &ChatEvent) -> Option<J> {
 /// An event as SSE (`id:` is its resume token).
 pub fn encode_sse(e: &ChatEvent) -> Option<Bytes> {
     let (name, data) = match &e.kind {
+        ChatEventKind::Started => return None,
         ChatEventKind::Token(t) => ("token", json!({ "token": t })),
         ChatEventKind::ToolCall {
             call_id,
@@ -73,6 +75,7 @@ pub fn encode_sse(e: &ChatEvent) -> Option<Bytes> {
             tool,
             success,
             result,
+            ..
         } => (
             "tool_result",
             json!({"event": "tool_result", "tool": tool, "call_id": call_id, "success": success, "result": result}),
@@ -103,6 +106,7 @@ pub fn sse_overflow() -> Bytes {
 /// An event as an ekoDB WebSocket frame (server tools run silently there).
 pub fn encode_ws(e: &ChatEvent, fmt: Format) -> Option<Bytes> {
     let (kind, payload) = match &e.kind {
+        ChatEventKind::Started => return None,
         ChatEventKind::Token(t) => (
             "ChatStreamChunk",
             json!({"chat_id": e.chat_id, "content": t, "event_id": e.id()}),
@@ -146,6 +150,7 @@ mod tests {
             chat_id: "c1".into(),
             message_id: "c1_000001".into(),
             seq: 3,
+            at: crate::time::Timestamp::EPOCH,
             kind,
         }
     }
@@ -188,6 +193,8 @@ mod tests {
             token_usage: json!({"prompt_tokens": 1}),
             context_window: 8192,
             tool_call_history: json!([]),
+            sources: Vec::new(),
+            summary_version: 0,
         });
         let b = encode_ws(&done, Format::Json).unwrap();
         let v: J = serde_json::from_slice(&b).unwrap();

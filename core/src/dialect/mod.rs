@@ -10,6 +10,11 @@
 //! | `ekodb_sse` | ekoDB's SSE change feed (`/api/subscribe/{collection}`) |
 //! | `ekodb_events` | the event payloads those two share |
 //! | `ekodb_chat` | ekoDB's chat stream (SSE events and WebSocket frames) |
+//! | `general_bots` | General Bots chat (`/ws`, seed 001) |
+//! | `meet` | General Bots meet signaling (`/ws/meet`, seed 001) |
+//! | `fluxbase` | Fluxbase AI chat (`/ai/ws`, seed 003) |
+//! | `eva` | EVA chat (`/eva/ws`, seed 004) |
+//! | `socket` | what the chat sockets share: frames, JSON in, rate windows |
 //!
 //! A streaming connection is registered with the hub under an `EventCodec`;
 //! the hub asks `encode_event` once per codec and filter, and the connection
@@ -19,12 +24,20 @@ pub mod ekodb_chat;
 pub mod ekodb_events;
 pub mod ekodb_sse;
 pub mod ekodb_ws;
+pub mod eva;
+pub mod fluxbase;
+pub mod general_bots;
+pub mod meet;
 pub mod rest;
+pub mod socket;
 
 use crate::chat::event::ChatEvent;
-use crate::ids::Lsn;
-use crate::realtime::events::Event;
+use crate::ids::{ConnId, Lsn};
+use crate::realtime::events::{Event, EventPos, Filter};
+use crate::server::Server;
+use crate::time::Timestamp;
 use crate::wire::format::Format;
+use crate::wire::ws::Incoming;
 use bytes::Bytes;
 
 /// How a streaming connection wants its events encoded.
@@ -36,6 +49,14 @@ pub enum EventCodec {
     EkodbSse,
     /// ekoDB's chat answer stream over SSE (one answer, then the stream ends).
     EkodbChatSse,
+    /// General Bots chat frames.
+    GeneralBots,
+    /// General Bots meet signaling (nothing from the hub but relayed frames).
+    Meet,
+    /// Fluxbase AI chat frames.
+    Fluxbase,
+    /// EVA chat frames.
+    Eva,
 }
 
 /// How a codec's messages travel.
@@ -43,6 +64,8 @@ pub enum EventCodec {
 pub enum Framing {
     /// WebSocket frames: text, or binary when `true`.
     WebSocket { binary: bool },
+    /// Whole WebSocket frames already (one event may be several frames).
+    Framed,
     /// Server-Sent Events (each message is a whole event).
     Sse,
 }
@@ -54,6 +77,9 @@ impl EventCodec {
                 binary: format == Format::MsgPack,
             },
             EventCodec::EkodbSse | EventCodec::EkodbChatSse => Framing::Sse,
+            EventCodec::GeneralBots | EventCodec::Meet | EventCodec::Fluxbase | EventCodec::Eva => {
+                Framing::Framed
+            }
         }
     }
 }
@@ -77,7 +103,7 @@ pub fn encode_event(event: &Event<'_>, codec: EventCodec) -> Option<Bytes> {
     match codec {
         EventCodec::EkodbWs(format) => ekodb_ws::encode_event(event, format),
         EventCodec::EkodbSse => ekodb_sse::encode_event(event),
-        EventCodec::EkodbChatSse => None,
+        _ => None,
     }
 }
 
@@ -87,7 +113,10 @@ pub fn encode_chat_event(event: &ChatEvent, codec: EventCodec) -> Option<Bytes> 
     match codec {
         EventCodec::EkodbWs(format) => ekodb_chat::encode_ws(event, format),
         EventCodec::EkodbChatSse => ekodb_chat::encode_sse(event),
-        EventCodec::EkodbSse => None,
+        EventCodec::GeneralBots => general_bots::encode_chat_event(event),
+        EventCodec::Fluxbase => fluxbase::encode_chat_event(event),
+        EventCodec::Eva => eva::encode_chat_event(event),
+        EventCodec::EkodbSse | EventCodec::Meet => None,
     }
 }
 
@@ -97,5 +126,103 @@ pub fn encode_notice(notice: &Notice<'_>, codec: EventCodec) -> Bytes {
         EventCodec::EkodbWs(format) => ekodb_ws::encode_notice(notice, format),
         EventCodec::EkodbSse => ekodb_sse::encode_notice(notice),
         EventCodec::EkodbChatSse => ekodb_chat::sse_overflow(),
+        EventCodec::GeneralBots => socket::frames(&[general_bots::overflow()]),
+        EventCodec::Fluxbase => socket::frames(&[fluxbase::overflow()]),
+        EventCodec::Eva => socket::frames(&[eva::overflow()]),
+        EventCodec::Meet => socket::frames(&[meet::overflow()]),
+    }
+}
+
+/// One message to send on a WebSocket: its bytes (the connection frames
+/// them), its frame kind, and the LSN that must be durable first.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub wait_for: Lsn,
+    pub binary: bool,
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// A JSON text message deliverable at once.
+    pub fn json(value: &serde_json::Value) -> Outgoing {
+        Outgoing {
+            wait_for: Lsn::ZERO,
+            binary: false,
+            payload: Bytes::from(value.to_string()),
+        }
+    }
+}
+
+/// What a message asks the connection to do besides replying.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followup {
+    None,
+    /// Replay the log for this subscription from a position, then go live.
+    Resume {
+        collection: String,
+        filter: Option<Filter>,
+        from: EventPos,
+    },
+    /// Close the WebSocket with this code after the replies.
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// A WebSocket connection's protocol and its per-connection state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsSession {
+    Ekodb(ekodb_ws::Session),
+    GeneralBots(general_bots::Session),
+    Meet(meet::Session),
+    Fluxbase(fluxbase::Session),
+    Eva(eva::Session),
+}
+
+impl WsSession {
+    /// The codec the hub encodes this connection's events with.
+    pub fn codec(&self) -> EventCodec {
+        match self {
+            WsSession::Ekodb(s) => s.codec(),
+            WsSession::GeneralBots(_) => EventCodec::GeneralBots,
+            WsSession::Meet(_) => EventCodec::Meet,
+            WsSession::Fluxbase(_) => EventCodec::Fluxbase,
+            WsSession::Eva(_) => EventCodec::Eva,
+        }
+    }
+
+    /// The socket is open: what the dialect says first (a session, or a
+    /// refusal that closes).
+    pub fn opened(
+        &mut self,
+        server: &mut Server,
+        conn: ConnId,
+        now: Timestamp,
+    ) -> (Vec<Outgoing>, Followup) {
+        match self {
+            WsSession::GeneralBots(s) => general_bots::opened(s, server, conn, now),
+            WsSession::Eva(s) => eva::opened(s, server, conn, now),
+            WsSession::Ekodb(_) | WsSession::Meet(_) | WsSession::Fluxbase(_) => {
+                (Vec::new(), Followup::None)
+            }
+        }
+    }
+
+    /// Handles one message: the replies to send, in order, and a follow-up.
+    pub fn handle(
+        &mut self,
+        server: &mut Server,
+        conn: ConnId,
+        msg: &Incoming,
+        now: Timestamp,
+    ) -> (Vec<Outgoing>, Followup) {
+        match self {
+            WsSession::Ekodb(s) => ekodb_ws::handle(server, conn, s, msg, now),
+            WsSession::GeneralBots(s) => general_bots::handle(s, server, conn, msg, now),
+            WsSession::Meet(s) => meet::handle(s, server, conn, msg, now),
+            WsSession::Fluxbase(s) => fluxbase::handle(s, server, conn, msg, now),
+            WsSession::Eva(s) => eva::handle(s, server, conn, msg, now),
+        }
     }
 }

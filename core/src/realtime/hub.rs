@@ -117,6 +117,9 @@ pub struct Hub {
     by_collection: HashMap<Box<str>, Vec<Sub>>,
     /// Connections watching a chat's answers, by chat id.
     by_chat: HashMap<String, Vec<ConnId>>,
+    /// Connections following every answer of a chat (a General Bots
+    /// `subscribe`), by chat id; they stay after an answer ends.
+    followers: HashMap<String, Vec<ConnId>>,
     queues: HashMap<ConnId, Registration>,
     /// Connections to wake once an LSN is durable.
     wake: BTreeMap<Lsn, Vec<ConnId>>,
@@ -128,6 +131,7 @@ impl Hub {
         Hub {
             by_collection: HashMap::new(),
             by_chat: HashMap::new(),
+            followers: HashMap::new(),
             queues: HashMap::new(),
             wake: BTreeMap::new(),
             limit_bytes: limit_bytes.max(64 * 1024),
@@ -173,10 +177,40 @@ impl Hub {
             subs.retain(|s| s.conn != conn);
             !subs.is_empty()
         });
-        self.by_chat.retain(|_, conns| {
-            conns.retain(|c| *c != conn);
-            !conns.is_empty()
-        });
+        for map in [&mut self.by_chat, &mut self.followers] {
+            map.retain(|_, conns| {
+                conns.retain(|c| *c != conn);
+                !conns.is_empty()
+            });
+        }
+    }
+
+    /// The connection follows every answer of a chat until it unfollows.
+    pub fn follow_chat(&mut self, conn: ConnId, chat_id: &str) {
+        let conns = self.followers.entry(chat_id.to_string()).or_default();
+        if !conns.contains(&conn) {
+            conns.push(conn);
+        }
+    }
+
+    /// Stops following; false if it did not follow.
+    pub fn unfollow_chat(&mut self, conn: ConnId, chat_id: &str) -> bool {
+        let Some(conns) = self.followers.get_mut(chat_id) else {
+            return false;
+        };
+        let before = conns.len();
+        conns.retain(|c| *c != conn);
+        let found = conns.len() != before;
+        if conns.is_empty() {
+            self.followers.remove(chat_id);
+        }
+        found
+    }
+
+    pub fn follows_chat(&self, conn: ConnId, chat_id: &str) -> bool {
+        self.followers
+            .get(chat_id)
+            .is_some_and(|c| c.contains(&conn))
     }
 
     /// The connection watches a chat's answer until its last event.
@@ -201,11 +235,16 @@ impl Hub {
         terminal: bool,
         encode: impl Fn(EventCodec) -> Option<Bytes>,
     ) {
-        let conns = if terminal {
+        let mut conns = if terminal {
             self.by_chat.remove(chat_id).unwrap_or_default()
         } else {
             self.by_chat.get(chat_id).cloned().unwrap_or_default()
         };
+        for f in self.followers.get(chat_id).into_iter().flatten() {
+            if !conns.contains(f) {
+                conns.push(*f);
+            }
+        }
         let mut cache: HashMap<EventCodec, Option<Bytes>> = HashMap::new();
         for conn in conns {
             let Some(codec) = self.queues.get(&conn).map(|q| q.codec) else {

@@ -48,6 +48,9 @@ pub struct SendRequest {
     pub client_tools: Vec<ToolSpec>,
     pub confirm_tools: Vec<String>,
     pub exclude_tools: Vec<String>,
+    /// Summarize the history past this many messages instead of the
+    /// server's `--chat-fold-after` (EVA's `SUMMARY_THRESHOLD`).
+    pub fold_after: Option<usize>,
 }
 
 /// A stateless completion (spec E7).
@@ -236,9 +239,8 @@ impl Server {
         let mut history = store::messages(&self.engine, chat_id, now);
         let window = providers::context_window(&choice.model, self.config.chat_context_tokens);
         let budget = (window as u64) / 2;
-        if let Some(keep) =
-            compact::keep_when_over(&history, self.config.chat_fold_after.max(2), budget)
-        {
+        let fold_after = req.fold_after.unwrap_or(self.config.chat_fold_after);
+        if let Some(keep) = compact::keep_when_over(&history, fold_after.max(2), budget) {
             compact::fold(&mut self.engine, &mut session, keep, now)?;
             history = store::messages(&self.engine, chat_id, now);
         }
@@ -492,6 +494,7 @@ impl Server {
         };
         self.turns.by_chat.insert(chat_id.clone(), id);
         self.turns.active.insert(id, turn);
+        self.emit(id, ChatEventKind::Started, now);
         if offline {
             self.answer_offline(id, now);
         } else {
@@ -533,7 +536,7 @@ impl Server {
             turn.completion_tokens = Some(providers::estimate_tokens(&text));
         }
         for piece in offline::tokens(&text) {
-            self.on_text(id, piece);
+            self.on_text(id, piece, now);
         }
         self.finish_turn(id, now);
     }
@@ -677,10 +680,10 @@ impl Server {
         }
     }
 
-    fn provider_events(&mut self, id: TurnId, events: Vec<ProviderEvent>, _now: Timestamp) {
+    fn provider_events(&mut self, id: TurnId, events: Vec<ProviderEvent>, now: Timestamp) {
         for event in events {
             match event {
-                ProviderEvent::Text(t) => self.on_text(id, t),
+                ProviderEvent::Text(t) => self.on_text(id, t, now),
                 ProviderEvent::ToolCall(call) => {
                     if let Some(turn) = self.turns.active.get_mut(&id) {
                         turn.round_calls.push(call);
@@ -701,7 +704,7 @@ impl Server {
         }
     }
 
-    fn on_text(&mut self, id: TurnId, text: String) {
+    fn on_text(&mut self, id: TurnId, text: String, now: Timestamp) {
         if text.is_empty() {
             return;
         }
@@ -709,7 +712,7 @@ impl Server {
             turn.text.push_str(&text);
             turn.round_text.push_str(&text);
         }
-        self.emit(id, ChatEventKind::Token(text));
+        self.emit(id, ChatEventKind::Token(text), now);
     }
 
     /// A provider attempt failed: try again if nothing was streamed yet and
@@ -796,6 +799,7 @@ impl Server {
                         args,
                         client: true,
                     },
+                    now,
                 );
             } else {
                 self.run_server_tool(id, &call, args, now);
@@ -825,6 +829,7 @@ impl Server {
                 args: args.clone(),
                 client: false,
             },
+            now,
         );
         let result = if offered {
             tools::execute(&mut self.engine, &policy, &call.name, &args, now)
@@ -843,9 +848,11 @@ impl Server {
             ChatEventKind::ToolResult {
                 call_id: call.id.clone(),
                 tool: call.name.clone(),
+                args,
                 success,
                 result: value.clone(),
             },
+            now,
         );
         if let Some(turn) = self.turns.active.get_mut(&id) {
             turn.results.insert(call.id.clone(), (success, value));
@@ -991,6 +998,13 @@ impl Server {
         let snippets = J::Array(turn.snippets.iter().map(Snippet::to_wire).collect());
         let history = J::Array(turn.tool_history.clone());
         let window = providers::context_window(&turn.choice.model, self.config.chat_context_tokens);
+        let mut sources: Vec<String> = Vec::new();
+        for label in turn.snippets.iter().map(Snippet::label) {
+            if !sources.contains(&label) {
+                sources.push(label);
+            }
+        }
+        let mut summary_version = 0;
         let answer = Answer {
             shape: turn.shape,
             chat_id: turn.chat_id.clone(),
@@ -1018,6 +1032,7 @@ impl Server {
             let chat_id = turn.chat_id.clone();
             if let Ok(mut session) = store::load_session(&self.engine, &chat_id, now) {
                 session.updated_at = now;
+                summary_version = session.summary_version;
                 let stored = store::save_message(&mut self.engine, &m, now)
                     .and_then(|()| store::save_session(&mut self.engine, &session, now));
                 if let Err(e) = stored {
@@ -1037,7 +1052,10 @@ impl Server {
                 token_usage: usage,
                 context_window: window as u64,
                 tool_call_history: history,
+                sources,
+                summary_version,
             },
+            now,
         );
         self.end_turn(id, Ok(answer));
     }
@@ -1070,6 +1088,7 @@ impl Server {
                 failure,
                 cancelled,
             },
+            now,
         );
         self.end_turn(id, Err(error));
     }
@@ -1133,7 +1152,7 @@ impl Server {
     }
 
     /// Records an event and hands it to the chat's watchers.
-    fn emit(&mut self, id: TurnId, kind: ChatEventKind) {
+    fn emit(&mut self, id: TurnId, kind: ChatEventKind, now: Timestamp) {
         let Some(turn) = self.turns.active.get_mut(&id) else {
             return;
         };
@@ -1141,6 +1160,7 @@ impl Server {
             chat_id: turn.chat_id.clone(),
             message_id: turn.message_id.clone(),
             seq: turn.next_seq(),
+            at: now,
             kind,
         };
         let lsn = turn.lsn_of(&event);
@@ -1275,6 +1295,13 @@ impl Server {
                 token_usage: m.token_usage.unwrap_or(J::Null),
                 context_window: 0,
                 tool_call_history: m.tool_call_history.unwrap_or(json!([])),
+                sources: m
+                    .context_snippets
+                    .as_ref()
+                    .map(stored_sources)
+                    .unwrap_or_default(),
+                summary_version: store::load_session(&self.engine, chat_id, now)
+                    .map_or(0, |s| s.summary_version),
             },
             status => ChatEventKind::Error {
                 error: format!(
@@ -1289,6 +1316,7 @@ impl Server {
             chat_id: chat_id.to_string(),
             message_id: message_id.to_string(),
             seq: 0,
+            at: now,
             kind,
         };
         if let Some(bytes) = dialect::encode_chat_event(&event, codec) {
@@ -1299,4 +1327,23 @@ impl Server {
         self.wakeups.extend(ready);
         Ok(())
     }
+}
+
+/// The sources of a stored answer's context snippets (as `Snippet::label`).
+fn stored_sources(snippets: &J) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in snippets.as_array().into_iter().flatten() {
+        let label = match s["record"].get("source").and_then(J::as_str) {
+            Some(file) if !file.is_empty() => file.to_string(),
+            _ => format!(
+                "{}/{}",
+                s["collection"].as_str().unwrap_or_default(),
+                s["record"]["id"].as_str().unwrap_or_default()
+            ),
+        };
+        if !out.contains(&label) {
+            out.push(label);
+        }
+    }
+    out
 }

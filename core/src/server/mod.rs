@@ -12,6 +12,7 @@
 pub mod calls;
 pub mod chat;
 pub mod pending;
+pub mod sockets;
 
 use crate::auth::{Auth, Principal};
 use crate::chat::turn::{TurnId, Turns};
@@ -57,6 +58,10 @@ pub struct Reply {
 pub enum Upgrade {
     WebSocket {
         accept: String,
+        /// The subprotocol the handshake answer selects (EVA's `chat`).
+        protocol: Option<String>,
+        /// The dialect spoken on the socket, with its state.
+        session: crate::dialect::WsSession,
     },
     Sse {
         collection: String,
@@ -142,6 +147,9 @@ pub struct Server {
     pending: Pending,
     /// Chat answers running, and finished ones kept for resuming.
     turns: Turns,
+    sockets: sockets::Sockets,
+    /// When recovery finished (the server's uptime starts there).
+    booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
     fallback_noted: HashSet<String>,
     /// Lines for the operator's log (`poll_note`).
@@ -180,6 +188,8 @@ impl Server {
             calls: Calls::new(limits),
             pending: Pending::default(),
             turns: Turns::default(),
+            sockets: Default::default(),
+            booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),
             next_conn: 1,
@@ -240,6 +250,7 @@ impl Server {
         self.open_connections = self.open_connections.saturating_sub(1);
         let abandoned = self.pending.forget(conn);
         self.chat_connection_closed(conn, &abandoned, now);
+        self.sockets_closed(conn);
         self.hub.close(conn);
         self.calls.cancel_for(&abandoned, now, &mut self.timers);
         self.finish_operation(now);
@@ -356,6 +367,7 @@ impl Server {
 
     /// Recovery is complete: everything replayed is durable.
     pub fn handle_recovered(&mut self, last: Lsn, now: Timestamp) {
+        self.booted_at.get_or_insert(now);
         self.engine.set_last_lsn(last);
         self.durable = self.engine.last_lsn();
         self.rearm(now);
@@ -501,6 +513,11 @@ impl Server {
         }
     }
 
+    /// Checks a token or an API key (the dialects accept either).
+    pub fn authenticate_credential(&self, credential: &str, now: Timestamp) -> Result<Principal> {
+        self.auth.check_credential(credential, now)
+    }
+
     /// Exchanges an API key for a token.
     pub fn issue_token(&self, api_key: &str, now: Timestamp) -> Result<String> {
         self.auth.issue(api_key, now)
@@ -565,6 +582,11 @@ impl Server {
 
     pub fn unsubscribe(&mut self, conn: ConnId, collection: &str) -> bool {
         self.hub.unsubscribe(conn, collection)
+    }
+
+    /// How long the server has been up.
+    pub fn uptime(&self, now: Timestamp) -> Duration {
+        now.since(self.booted_at.unwrap_or(now))
     }
 
     /// Counters for the health report.

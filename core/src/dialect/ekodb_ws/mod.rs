@@ -10,11 +10,12 @@ pub mod messages;
 use super::ekodb_events::{Payload, ResetPayload, OVERFLOW_MESSAGE};
 use super::rest::{self, collections, kv, records, search, Ctx};
 use super::{EventCodec, Notice};
+pub use super::{Followup, Outgoing};
 use crate::chat::turn::Listener;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::{ConnId, Lsn};
-use crate::realtime::events::{Change, Event, EventPos, Filter};
+use crate::realtime::events::{Change, Event};
 use crate::server::Server;
 use crate::time::Timestamp;
 use crate::wire::format::{self, Format};
@@ -26,7 +27,7 @@ use serde::Serialize;
 use serde_json::json;
 
 /// Per-connection protocol state.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     /// JSON until a `Hello` negotiates MessagePack.
     pub format: Format,
@@ -45,27 +46,6 @@ impl Session {
     pub fn codec(&self) -> EventCodec {
         EventCodec::EkodbWs(self.format)
     }
-}
-
-/// One message to send: its bytes, its frame kind, and the LSN that must be
-/// durable first.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub wait_for: Lsn,
-    pub binary: bool,
-    pub payload: Bytes,
-}
-
-/// What a message asks the connection to do besides replying.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Followup {
-    None,
-    /// Replay the log for this subscription from a position, then go live.
-    Resume {
-        collection: String,
-        filter: Option<Filter>,
-        from: EventPos,
-    },
 }
 
 /// Handles one message: the replies to send, in order, and a follow-up.

@@ -128,6 +128,7 @@ pub fn parse_send(body: &J, with_client_tools: bool) -> Result<SendRequest> {
         },
         confirm_tools: names(o, "confirm_tools")?,
         exclude_tools: names(o, "exclude_tools")?,
+        fold_after: None,
     })
 }
 
@@ -251,14 +252,21 @@ fn fill_defaults(server: &Server, s: &mut Session) -> Result<()> {
 }
 
 pub fn create(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
-    let body = ctx.body()?;
-    let id = server.engine_mut().new_id(ctx.now);
-    let mut s = Session::from_request(id, &body, ctx.now)?;
+    let s = new_session(server, &ctx.body()?, ctx.now)?;
+    created(ctx, &s.chat_id)
+}
+
+/// Creates and stores a chat session from a create request's body (also
+/// how the other dialects open their sessions and conversations).
+pub fn new_session(server: &mut Server, body: &J, now: Timestamp) -> Result<Session> {
+    server.check_writable()?;
+    let id = server.engine_mut().new_id(now);
+    let mut s = Session::from_request(id, body, now)?;
     s.parent_id = None;
     s.branch_point_idx = None;
     fill_defaults(server, &mut s)?;
-    store::save_session(server.engine_mut(), &s, ctx.now)?;
-    created(ctx, &s.chat_id)
+    store::save_session(server.engine_mut(), &s, now)?;
+    Ok(s)
 }
 
 pub fn list(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {

@@ -14,7 +14,7 @@ pub mod kv;
 pub mod records;
 pub mod routes;
 pub mod search;
-mod system;
+pub mod system;
 pub mod txn;
 
 pub use ctx::Ctx;

@@ -9,6 +9,7 @@
 //! listing the methods it has.
 
 use super::{chat, collections, kv, records, search, system, txn, Ctx, Outcome};
+use crate::dialect::{eva, fluxbase, general_bots, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::Server;
@@ -191,6 +192,18 @@ pub static ROUTES: &[Route] = &[
     row(ALL, "/api/route/{*rest}", Write, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/schedules", Write, WRITES, Unimplemented("schedules")),
     row(ALL, "/api/schedules/{*rest}", Write, WRITES, Unimplemented("schedules")),
+    // The seed products' chat sockets (`spec/dialects.md`): each checks its
+    // credential its own documented way, so the table lets them through.
+    row(&[Get], "/ws", Public, READS, Srv(general_bots::upgrade)),
+    row(&[Get], "/ws/meet", Public, READS, Srv(meet::upgrade)),
+    row(&[Get], "/ai/ws", Public, READS, Srv(fluxbase::upgrade)),
+    row(&[Get], "/eva/ws", Public, READS, Srv(eva::upgrade)),
+    row(&[Get], "/eva/health", Public, READS, Srv(eva::health)),
+    // Fluxbase chatbots (named chat configurations).
+    row(&[Get], "/api/v1/ai/chatbots", Read, READS, Srv(fluxbase::list)),
+    row(&[Post], "/api/v1/ai/chatbots", Write, WRITES, Srv(fluxbase::put)),
+    row(&[Get], "/api/v1/ai/chatbots/by-name/{name}", Read, READS, Srv(fluxbase::get)),
+    row(&[Delete], "/api/v1/ai/chatbots/{namespace}/{name}", Write, WRITES, Srv(fluxbase::delete)),
 ];
 
 /// How one pattern segment matches.

@@ -3,6 +3,7 @@
 //! call a provider).
 
 use super::{embed, Ctx, Outcome};
+use crate::dialect::WsSession;
 use crate::error::{Error, ErrorKind, Result};
 use crate::realtime::events::EventPos;
 use crate::realtime::hub::Filter;
@@ -41,8 +42,9 @@ pub fn token(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     ctx.ok_json(&json!({ "token": token })).map(Outcome::Reply)
 }
 
-/// Validates an RFC 6455 upgrade request (no subprotocol or extension required).
-pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+/// Validates an RFC 6455 upgrade request (no subprotocol or extension
+/// required) and answers with its accept key.
+pub fn handshake(ctx: &Ctx<'_>) -> Result<String> {
     if !ws::lists_token(ctx.header("upgrade"), "websocket")
         || !ws::lists_token(ctx.header("connection"), "upgrade")
     {
@@ -59,12 +61,24 @@ pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         .header("sec-websocket-key")
         .filter(|k| !k.is_empty())
         .ok_or_else(|| Error::invalid("missing Sec-WebSocket-Key"))?;
+    Ok(ws::accept_key(key))
+}
+
+/// Switches to a WebSocket speaking `session`'s dialect.
+pub fn upgrade_to(ctx: &Ctx<'_>, session: WsSession, protocol: Option<String>) -> Result<Outcome> {
     Ok(Outcome::Upgrade(
         Response::new(101, "", ""),
         Upgrade::WebSocket {
-            accept: ws::accept_key(key),
+            accept: handshake(ctx)?,
+            protocol,
+            session,
         },
     ))
+}
+
+/// `GET /api/ws`: the ekoDB WebSocket protocol.
+pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    upgrade_to(ctx, WsSession::Ekodb(Default::default()), None)
 }
 
 /// `GET /api/subscribe/{collection}`: switches to an SSE stream of that

@@ -1,0 +1,150 @@
+//! State the chat-socket dialects keep across connections: meet rooms,
+//! connections per credential, and chats a connection follows. The dialects
+//! own the wire shapes; this owns who is where, and cleans up when a
+//! connection goes.
+
+use super::Server;
+use crate::dialect::{meet, EventCodec};
+use crate::ids::{ConnId, Lsn};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+/// A participant of a meet room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    pub conn: ConnId,
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Sockets {
+    /// Meet rooms by id; a room goes with its last participant.
+    rooms: HashMap<String, Vec<Participant>>,
+    /// Open dialect connections per (dialect, credential), and each
+    /// connection's claim.
+    per_key: HashMap<(EventCodec, String), usize>,
+    claims: HashMap<ConnId, (EventCodec, String)>,
+}
+
+impl Server {
+    /// Counts a dialect connection against its credential's limit; false
+    /// (and not counted) when `limit` are open already.
+    pub fn socket_claim(
+        &mut self,
+        conn: ConnId,
+        codec: EventCodec,
+        key: &str,
+        limit: usize,
+    ) -> bool {
+        if self.sockets.claims.contains_key(&conn) {
+            return true;
+        }
+        let n = self
+            .sockets
+            .per_key
+            .entry((codec, key.to_string()))
+            .or_default();
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        self.sockets.claims.insert(conn, (codec, key.to_string()));
+        true
+    }
+
+    /// The connection follows every answer of a chat (its frames in the
+    /// connection's codec), until it unfollows or closes.
+    pub fn chat_follow(&mut self, conn: ConnId, chat_id: &str) {
+        self.hub.follow_chat(conn, chat_id);
+    }
+
+    pub fn chat_unfollow(&mut self, conn: ConnId, chat_id: &str) -> bool {
+        self.hub.unfollow_chat(conn, chat_id)
+    }
+
+    pub fn chat_follows(&self, conn: ConnId, chat_id: &str) -> bool {
+        self.hub.follows_chat(conn, chat_id)
+    }
+
+    /// Queues bytes already encoded for `conn`'s codec and wakes it.
+    pub fn deliver(&mut self, conn: ConnId, bytes: Bytes) {
+        self.hub.enqueue(conn, Lsn::ZERO, bytes, false);
+        let ready = self.hub.take_ready(self.durable);
+        self.wakeups.extend(ready);
+    }
+
+    /// Joins a meet room under a fresh participant id: the others already
+    /// there (before the joiner).
+    pub fn meet_join(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+        name: &str,
+    ) -> (String, Vec<Participant>) {
+        let id = format!("p_{}", self.new_token(8));
+        let members = self.sockets.rooms.entry(room.to_string()).or_default();
+        let others = members.clone();
+        members.push(Participant {
+            conn,
+            id: id.clone(),
+            name: name.to_string(),
+        });
+        (id, others)
+    }
+
+    /// Leaves a room: the participant who left (if `conn` was in it) and
+    /// who remains.
+    pub fn meet_leave(
+        &mut self,
+        conn: ConnId,
+        room: &str,
+    ) -> Option<(Participant, Vec<Participant>)> {
+        let members = self.sockets.rooms.get_mut(room)?;
+        let at = members.iter().position(|p| p.conn == conn)?;
+        let gone = members.remove(at);
+        let rest = members.clone();
+        if members.is_empty() {
+            self.sockets.rooms.remove(room);
+        }
+        Some((gone, rest))
+    }
+
+    /// The members of a room.
+    pub fn meet_members(&self, room: &str) -> &[Participant] {
+        self.sockets.rooms.get(room).map_or(&[], Vec::as_slice)
+    }
+
+    /// Rooms that exist (for tests and health).
+    pub fn meet_room_count(&self) -> usize {
+        self.sockets.rooms.len()
+    }
+
+    /// A connection went: its claim is released and it leaves every room
+    /// (the others are told).
+    pub(super) fn sockets_closed(&mut self, conn: ConnId) {
+        if let Some(claim) = self.sockets.claims.remove(&conn) {
+            if let Some(n) = self.sockets.per_key.get_mut(&claim) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.sockets.per_key.remove(&claim);
+                }
+            }
+        }
+        let rooms: Vec<String> = self
+            .sockets
+            .rooms
+            .iter()
+            .filter(|(_, m)| m.iter().any(|p| p.conn == conn))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in rooms {
+            if let Some((gone, rest)) = self.meet_leave(conn, &room) {
+                let frame = meet::left(&room, &gone.id);
+                for p in rest {
+                    self.deliver(p.conn, frame.clone());
+                }
+            }
+        }
+    }
+}
