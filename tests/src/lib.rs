@@ -359,6 +359,8 @@ macro_rules! both_runtimes {
 ///
 /// A discrepancy is reported once and the ledger then adopts what the server
 /// has, so one lost write is not counted again at every later restart.
+pub mod sse;
+
 pub mod crash {
     use super::{HttpReply, Runtime, TestServer};
     use serde_json::{json, Value};

@@ -12,7 +12,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tidepool_core::wire::sse::{SseDecoder, SseEvent};
+use tidepool_core::wire::sse::SseEvent;
+use tidepool_tests::sse::SseStream as Stream;
 use tidepool_tests::{both_runtimes, Runtime, TestServer};
 
 // ----- the fake provider ---------------------------------------------------------
@@ -239,90 +240,16 @@ fn insert(srv: &TestServer, token: &str, collection: &str, body: Value) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// An SSE answer read from a plain socket.
-struct Stream {
-    socket: TcpStream,
-    decoder: SseDecoder,
-    pending: VecDeque<SseEvent>,
-    closed: bool,
-}
-
-impl Stream {
-    fn open(
-        srv: &TestServer,
-        token: &str,
-        method: &str,
-        path: &str,
-        headers: &str,
-        body: &Value,
-    ) -> Stream {
-        let mut socket = TcpStream::connect(srv.addr).unwrap();
-        let body = body.to_string();
-        write!(
-            socket,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            socket.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("text/event-stream"), "{head}");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Stream {
-            socket,
-            decoder: SseDecoder::default(),
-            pending: VecDeque::new(),
-            closed: false,
-        }
-    }
-
-    fn chat(srv: &TestServer, token: &str, chat: &str, body: &Value) -> Stream {
-        Stream::open(
-            srv,
-            token,
-            "POST",
-            &format!("/api/chat/{chat}/messages/stream"),
-            "",
-            body,
-        )
-    }
-
-    /// The next event (comments skipped), or None when the server closed.
-    fn next(&mut self, wait: Duration) -> Option<SseEvent> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Some(e);
-            }
-            if self.closed || Instant::now() > deadline {
-                return None;
-            }
-            let mut buf = [0u8; 16 * 1024];
-            match self.socket.read(&mut buf) {
-                Ok(0) => self.closed = true,
-                Ok(n) => self.pending.extend(self.decoder.push(&buf[..n])),
-                Err(_) => {}
-            }
-        }
-    }
-
-    /// Every event until the server closes the stream.
-    fn rest(&mut self) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        while let Some(e) = self.next(Duration::from_secs(20)) {
-            out.push(e);
-        }
-        assert!(self.closed, "the stream did not end: {out:?}");
-        out
-    }
+/// An answer streamed over SSE.
+fn chat_stream(srv: &TestServer, token: &str, chat: &str, body: &Value) -> Stream {
+    Stream::open(
+        srv,
+        token,
+        "POST",
+        &format!("/api/chat/{chat}/messages/stream"),
+        "",
+        body,
+    )
 }
 
 fn data(e: &SseEvent) -> Value {
@@ -376,7 +303,7 @@ both_runtimes!(openai_answers_stream_token_by_token_and_are_stored, |rt| {
         json!({"llm_provider": "openai", "llm_model": "gpt-4o-mini",
         "system_prompt": "Be brief.", "collections": [{"collection_name": "products"}]}),
     );
-    let mut s = Stream::chat(
+    let mut s = chat_stream(
         &srv,
         &token,
         &chat,
@@ -593,7 +520,7 @@ both_runtimes!(provider_failures_are_classified_for_clients, |rt| {
         assert_eq!(text_of(&stored[0], "role"), "user");
 
         // The same failure on the stream: an `error` event carrying it.
-        let mut s = Stream::chat(&srv, &token, &chat, &json!({"message": "again"}));
+        let mut s = chat_stream(&srv, &token, &chat, &json!({"message": "again"}));
         let events = s.rest();
         let (name, d) = last(&events);
         assert_eq!(name, "error");
@@ -647,7 +574,7 @@ both_runtimes!(
         let srv = openai_server(rt, &fake, &[]);
         let token = srv.token();
         let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
-        let mut s = Stream::chat(&srv, &token, &chat, &json!({"message": "hi"}));
+        let mut s = chat_stream(&srv, &token, &chat, &json!({"message": "hi"}));
         let events = s.rest();
         assert_eq!(tokens(&events), "half ");
         let (name, d) = last(&events);
@@ -739,7 +666,7 @@ both_runtimes!(server_tools_run_in_the_loop, |rt| {
         json!({"llm_provider": "openai",
         "collections": [{"collection_name": "products"}], "tool_config": {"enabled": true}}),
     );
-    let mut s = Stream::chat(
+    let mut s = chat_stream(
         &srv,
         &token,
         &chat,
@@ -800,7 +727,7 @@ both_runtimes!(client_tools_wait_for_the_client, |rt| {
     let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
     let tool = json!({"name": "get_weather", "description": "Weather of a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}});
-    let mut s = Stream::chat(
+    let mut s = chat_stream(
         &srv,
         &token,
         &chat,
@@ -878,7 +805,7 @@ both_runtimes!(cancel_stops_an_answer_and_frees_the_chat, |rt| {
     let srv = openai_server(rt, &fake, &[]);
     let token = srv.token();
     let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
-    let mut s = Stream::chat(
+    let mut s = chat_stream(
         &srv,
         &token,
         &chat,
@@ -946,7 +873,7 @@ both_runtimes!(a_dropped_stream_resumes_where_it_left_off, |rt| {
     let srv = openai_server(rt, &fake, &[]);
     let token = srv.token();
     let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
-    let mut s = Stream::chat(&srv, &token, &chat, &json!({"message": "Count to forty"}));
+    let mut s = chat_stream(&srv, &token, &chat, &json!({"message": "Count to forty"}));
     let mut seen = Vec::new();
     while seen.len() < 3 {
         seen.push(s.next(Duration::from_secs(10)).unwrap());
@@ -1034,7 +961,7 @@ both_runtimes!(
         let mut srv = openai_server(rt, &fake, &[]);
         let token = srv.token();
         let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
-        let mut a = Stream::chat(&srv, &token, &chat, &json!({"message": "Count"}));
+        let mut a = chat_stream(&srv, &token, &chat, &json!({"message": "Count"}));
         let first = a.next(Duration::from_secs(10)).unwrap();
         let message_id = first
             .id
@@ -1057,7 +984,7 @@ both_runtimes!(
 
         // A restart in the middle of the next answer: it stays stored,
         // incomplete, once; following it says so.
-        let mut c = Stream::chat(&srv, &token, &chat, &json!({"message": "Again"}));
+        let mut c = chat_stream(&srv, &token, &chat, &json!({"message": "Again"}));
         let first = c.next(Duration::from_secs(10)).unwrap();
         let interrupted = first.id.unwrap().rsplit_once(':').unwrap().0.to_string();
         srv.kill9();
@@ -1487,7 +1414,7 @@ both_runtimes!(
         let srv = openai_server(rt, &fake, &[]);
         let token = srv.token();
         let chat = create_chat(&srv, &token, json!({"llm_provider": "openai"}));
-        let events = Stream::chat(&srv, &token, &chat, &json!({"message": "hi"})).rest();
+        let events = chat_stream(&srv, &token, &chat, &json!({"message": "hi"})).rest();
         let (name, d) = last(&events);
         assert_eq!(name, "error");
         assert_eq!(d["error_kind"], "provider_unavailable");
@@ -1525,7 +1452,7 @@ both_runtimes!(a_tool_the_client_must_confirm_waits_for_its_answer, |rt| {
         "collections": [{"collection_name": "products"}],
         "tool_config": {"enabled": true, "allow_write_operations": true}}),
     );
-    let mut s = Stream::chat(
+    let mut s = chat_stream(
         &srv,
         &token,
         &chat,

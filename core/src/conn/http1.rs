@@ -110,6 +110,7 @@ impl Connection {
                 self.mode = Mode::Sse(SseMode {
                     codec: ekodb_sse::CODEC,
                     ends_with_answer: false,
+                    feed: None,
                 });
                 self.inbuf.clear();
                 self.work.clear();
@@ -125,6 +126,32 @@ impl Connection {
                     self.start_replay(server, collection, filter, from);
                 }
             }
+            Some(Upgrade::Feed {
+                codec,
+                collection,
+                filter,
+                resume,
+                feed,
+            }) => {
+                let head = response::encode_stream_head(200, "text/event-stream", &[]);
+                self.push_out(Lsn::ZERO, head);
+                let every = feed.every;
+                self.mode = Mode::Sse(SseMode {
+                    codec,
+                    ends_with_answer: false,
+                    feed: Some(feed),
+                });
+                self.inbuf.clear();
+                self.work.clear();
+                self.outbox = Some(server.open_stream(self.id, codec));
+                server.subscribe(self.id, &collection, filter.clone());
+                self.timers.cancel(ConnTimer::Idle);
+                self.timers
+                    .set(ConnTimer::Heartbeat, Some(now.saturating_add(every)));
+                if let Some(from) = resume {
+                    self.start_replay(server, collection, filter, from);
+                }
+            }
             Some(Upgrade::ChatStream {
                 chat_key,
                 message_id,
@@ -136,6 +163,7 @@ impl Connection {
                 self.mode = Mode::Sse(SseMode {
                     codec,
                     ends_with_answer: true,
+                    feed: None,
                 });
                 self.inbuf.clear();
                 self.work.clear();

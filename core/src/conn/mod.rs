@@ -28,6 +28,7 @@ mod http1;
 mod replay;
 mod stream;
 
+use crate::dialect::lanonasis::stream::Feed;
 use crate::dialect::{EventCodec, WsSession};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::hub::Outbox;
@@ -83,10 +84,12 @@ enum Mode {
 
 /// An SSE stream: its codec, and whether it ends with its last event (a chat
 /// answer) or runs until the client leaves (a change feed).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SseMode {
     codec: EventCodec,
     ends_with_answer: bool,
+    /// A Lanonasis stream's heartbeat state (its heartbeats are events).
+    feed: Option<Feed>,
 }
 
 /// The connection's deadlines (one timer table, `timers`).

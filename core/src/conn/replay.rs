@@ -3,7 +3,7 @@
 //! in chunks, once durable), then continues live. Live events wait in the
 //! outbox meanwhile, so the stream stays in order without duplicates.
 
-use super::{Connection, Effect};
+use super::{Connection, Effect, Mode, SseMode};
 use crate::dialect::{encode_event, encode_notice, EventCodec, Notice};
 use crate::engine::mutation;
 use crate::ids::Lsn;
@@ -101,6 +101,9 @@ impl Connection {
             };
             encode_notice(&notice, codec)
         };
+        // The last batch this step went through (a Lanonasis heartbeat
+        // after it says so).
+        let mut through = None;
         let done = match result {
             History::Truncated => {
                 out.push(reset(
@@ -140,6 +143,7 @@ impl Connection {
                         out.extend(bytes);
                     }
                 }
+                through = last;
                 match last {
                     Some(lsn) if more && !done => {
                         replay.from = EventPos { lsn, idx: u32::MAX };
@@ -155,6 +159,9 @@ impl Connection {
         };
         for bytes in out {
             self.push_message(Lsn::ZERO, bytes);
+        }
+        if let (Some(lsn), Mode::Sse(SseMode { feed: Some(f), .. })) = (through, &mut self.mode) {
+            f.seen(lsn);
         }
         if done {
             self.replays.pop_front();

@@ -2,7 +2,7 @@
 //! out, the outbox the hub fills, heartbeats, and the cut-off of a subscriber
 //! that falls too far behind.
 
-use super::{ConnTimer, Connection, Mode, State, Work, LOCAL_OUT_BYTES, MAX_PIPELINE};
+use super::{ConnTimer, Connection, Mode, SseMode, State, Work, LOCAL_OUT_BYTES, MAX_PIPELINE};
 use crate::dialect::{encode_notice, Followup, Framing, Notice, Outgoing};
 use crate::ids::Lsn;
 use crate::realtime::hub;
@@ -123,8 +123,11 @@ impl Connection {
         self.notified = false;
         match outbox.drain(LOCAL_OUT_BYTES - self.out_bytes) {
             Ok(items) => {
-                let ends = matches!(self.mode, Mode::Sse(s) if s.ends_with_answer);
+                let ends = matches!(&self.mode, Mode::Sse(s) if s.ends_with_answer);
                 for item in items {
+                    if let Mode::Sse(SseMode { feed: Some(f), .. }) = &mut self.mode {
+                        f.seen(item.lsn);
+                    }
                     self.push_message(item.lsn, item.bytes);
                     if item.terminal && ends {
                         // The answer is complete: the stream ends with it.
@@ -173,6 +176,18 @@ impl Connection {
                 if let Some(b) = ws.transport.take_output() {
                     self.push_out(Lsn::ZERO, b);
                 }
+            }
+            Mode::Sse(SseMode { feed: Some(f), .. }) => {
+                let every = f.every;
+                // A heartbeat's id says what came before it: not while a
+                // replay is still sending the past.
+                if self.replays.is_empty() {
+                    let bytes = f.heartbeat(now);
+                    self.push_out(Lsn::ZERO, bytes);
+                }
+                self.timers
+                    .set(ConnTimer::Heartbeat, Some(now.saturating_add(every)));
+                return;
             }
             Mode::Sse(_) => self.push_out(Lsn::ZERO, Bytes::from_static(sse::HEARTBEAT)),
         }

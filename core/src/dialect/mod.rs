@@ -14,6 +14,7 @@
 //! | `meet` | General Bots meet signaling (`/ws/meet`, seed 001) |
 //! | `fluxbase` | Fluxbase AI chat (`/ai/ws`, seed 003) |
 //! | `eva` | EVA chat (`/eva/ws`, seed 004) |
+//! | `lanonasis` | Lanonasis stream (`/api/v1/stream`) and memory API (seed 002) |
 //! | `socket` | what the chat sockets share: frames, JSON in, rate windows |
 //!
 //! A streaming connection is registered with the hub under an `EventCodec`;
@@ -27,6 +28,7 @@ pub mod ekodb_ws;
 pub mod eva;
 pub mod fluxbase;
 pub mod general_bots;
+pub mod lanonasis;
 pub mod meet;
 pub mod rest;
 pub mod socket;
@@ -57,6 +59,8 @@ pub enum EventCodec {
     Fluxbase,
     /// EVA chat frames.
     Eva,
+    /// Lanonasis stream events of these types.
+    Lanonasis(lanonasis::EventTypes),
 }
 
 /// How a codec's messages travel.
@@ -76,7 +80,9 @@ impl EventCodec {
             EventCodec::EkodbWs(format) => Framing::WebSocket {
                 binary: format == Format::MsgPack,
             },
-            EventCodec::EkodbSse | EventCodec::EkodbChatSse => Framing::Sse,
+            EventCodec::EkodbSse | EventCodec::EkodbChatSse | EventCodec::Lanonasis(_) => {
+                Framing::Sse
+            }
             EventCodec::GeneralBots | EventCodec::Meet | EventCodec::Fluxbase | EventCodec::Eva => {
                 Framing::Framed
             }
@@ -103,6 +109,7 @@ pub fn encode_event(event: &Event<'_>, codec: EventCodec) -> Option<Bytes> {
     match codec {
         EventCodec::EkodbWs(format) => ekodb_ws::encode_event(event, format),
         EventCodec::EkodbSse => ekodb_sse::encode_event(event),
+        EventCodec::Lanonasis(types) => lanonasis::stream::encode_event(event, types),
         _ => None,
     }
 }
@@ -116,7 +123,7 @@ pub fn encode_chat_event(event: &ChatEvent, codec: EventCodec) -> Option<Bytes> 
         EventCodec::GeneralBots => general_bots::encode_chat_event(event),
         EventCodec::Fluxbase => fluxbase::encode_chat_event(event),
         EventCodec::Eva => eva::encode_chat_event(event),
-        EventCodec::EkodbSse | EventCodec::Meet => None,
+        EventCodec::EkodbSse | EventCodec::Meet | EventCodec::Lanonasis(_) => None,
     }
 }
 
@@ -130,6 +137,7 @@ pub fn encode_notice(notice: &Notice<'_>, codec: EventCodec) -> Bytes {
         EventCodec::Fluxbase => socket::frames(&[fluxbase::overflow()]),
         EventCodec::Eva => socket::frames(&[eva::overflow()]),
         EventCodec::Meet => socket::frames(&[meet::overflow()]),
+        EventCodec::Lanonasis(_) => lanonasis::stream::encode_notice(notice),
     }
 }
 

@@ -36,12 +36,26 @@ impl Engine {
         fields: Vec<(&str, Value)>,
         now: Timestamp,
     ) -> Result<()> {
+        self.put_internal_until(collection, id, fields, None, now)
+    }
+
+    /// Writes a whole record that expires at `expires_at` (swept like any
+    /// record with a TTL).
+    pub fn put_internal_until(
+        &mut self,
+        collection: &str,
+        id: &str,
+        fields: Vec<(&str, Value)>,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<()> {
         validate_name("collection", collection)?;
         validate_id(id)?;
         let mut record = Record::new();
         for (name, value) in fields {
             record.set(self.interner.intern(name), value);
         }
+        record.expires_at = expires_at;
         record.version = self.op_lsn();
         self.implicit_collection(collection, now);
         let insert = self

@@ -96,9 +96,7 @@ impl Event<'_> {
             } => {
                 let kept: Vec<(&str, Option<Cow<'_, Record>>)> = items
                     .iter()
-                    .filter(|(id, r)| {
-                        filter_matches(pk, id, r.as_deref(), &filter.field, &filter.value)
-                    })
+                    .filter(|(id, r)| filter.matches(pk, id, r.as_deref()))
                     .map(|(id, r)| (*id, r.as_deref().map(Cow::Borrowed)))
                     .collect();
                 if kept.is_empty() {
@@ -131,11 +129,28 @@ impl Event<'_> {
     }
 }
 
-/// A subscription filter: `field` equals `value`, compared as text.
+/// A subscription filter: every `field` equals its `value`, compared as
+/// text (ekoDB subscriptions have one condition, a Lanonasis stream one per
+/// `filters[key]`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Filter {
-    pub field: String,
-    pub value: String,
+    pub all: Vec<(String, String)>,
+}
+
+impl Filter {
+    /// One condition: `field` equals `value`.
+    pub fn equals(field: impl Into<String>, value: impl Into<String>) -> Filter {
+        Filter {
+            all: vec![(field.into(), value.into())],
+        }
+    }
+
+    /// Whether a record passes every condition (see `filter_matches`).
+    pub fn matches(&self, pk: &str, id: &str, record: Option<&Record>) -> bool {
+        self.all
+            .iter()
+            .all(|(field, value)| filter_matches(pk, id, record, field, value))
+    }
 }
 
 /// The events of the batch at `lsn`, each at its position. `pk_of` names a

@@ -256,6 +256,27 @@ impl Hub {
         }
     }
 
+    /// Queues an event that is not a change for every connection whose codec
+    /// has bytes for it (encoded once per codec), deliverable once `lsn` is
+    /// durable (so it follows the changes queued before it).
+    pub fn broadcast(&mut self, lsn: Lsn, encode: impl Fn(EventCodec) -> Option<Bytes>) {
+        let mut cache: HashMap<EventCodec, Option<Bytes>> = HashMap::new();
+        let targets: Vec<(ConnId, Bytes)> = self
+            .queues
+            .iter()
+            .filter_map(|(conn, q)| {
+                let bytes = cache
+                    .entry(q.codec)
+                    .or_insert_with(|| encode(q.codec))
+                    .clone()?;
+                Some((*conn, bytes))
+            })
+            .collect();
+        for (conn, bytes) in targets {
+            self.enqueue(conn, lsn, bytes, false);
+        }
+    }
+
     /// Queues bytes for one connection (a chat event it asked to replay, or
     /// a reply that comes later), deliverable once `lsn` is durable.
     pub fn enqueue(&mut self, conn: ConnId, lsn: Lsn, bytes: Bytes, terminal: bool) {

@@ -68,6 +68,15 @@ pub enum Upgrade {
         filter: Option<Filter>,
         resume: Option<EventPos>,
     },
+    /// A dialect's SSE event stream over one collection's changes (the
+    /// Lanonasis stream), resuming after `resume` when given.
+    Feed {
+        codec: crate::dialect::EventCodec,
+        collection: String,
+        filter: Option<Filter>,
+        resume: Option<EventPos>,
+        feed: crate::dialect::lanonasis::stream::Feed,
+    },
     /// An SSE stream of one chat answer (events after `after`), which ends
     /// with the answer.
     ChatStream {

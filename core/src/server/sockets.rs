@@ -4,6 +4,7 @@
 //! connection goes.
 
 use super::Server;
+use crate::dialect::lanonasis::stream::Counter;
 use crate::dialect::{meet, EventCodec};
 use crate::ids::{ConnId, Lsn};
 use bytes::Bytes;
@@ -25,9 +26,24 @@ pub struct Sockets {
     /// connection's claim.
     per_key: HashMap<(EventCodec, String), usize>,
     claims: HashMap<ConnId, (EventCodec, String)>,
+    /// Orders the Lanonasis events that are not log changes.
+    feed_counter: Counter,
 }
 
 impl Server {
+    /// The counter Lanonasis streams draw their non-change positions from.
+    pub fn feed_counter(&self) -> &Counter {
+        &self.sockets.feed_counter
+    }
+
+    /// Queues an event that is not a change for every stream whose codec
+    /// encodes it (a Lanonasis `search.performed`).
+    pub fn broadcast(&mut self, lsn: Lsn, encode: impl Fn(EventCodec) -> Option<Bytes>) {
+        self.hub.broadcast(lsn, encode);
+        let ready = self.hub.take_ready(self.durable);
+        self.wakeups.extend(ready);
+    }
+
     /// Counts a dialect connection against its credential's limit; false
     /// (and not counted) when `limit` are open already.
     pub fn socket_claim(

@@ -212,13 +212,13 @@ fn message(kind: &str, mut p: Map<String, J>) -> Result<ClientMessage> {
                 .ok_or_else(|| Error::invalid("Subscribe needs a `collection`"))?;
             crate::engine::validate_name("collection", &collection)?;
             let filter = match (text(&p, "filter_field"), p.get("filter_value")) {
-                (Some(field), Some(v)) if !v.is_null() => Some(Filter {
+                (Some(field), Some(v)) if !v.is_null() => Some(Filter::equals(
                     field,
-                    value: match v {
+                    match v {
                         J::String(s) => s.clone(),
                         other => other.to_string(),
                     },
-                }),
+                )),
                 _ => None,
             };
             let resume = ["resume_from", "last_event_id", "event_id"]

@@ -107,6 +107,11 @@ impl<'a> Ctx<'a> {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every query parameter, in order (repeated names repeat).
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
     /// Every value of a list parameter: repeated and/or comma-joined.
     pub fn list_param(&self, name: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

@@ -9,7 +9,7 @@
 //! listing the methods it has.
 
 use super::{chat, collections, kv, records, search, system, txn, Ctx, Outcome};
-use crate::dialect::{eva, fluxbase, general_bots, meet};
+use crate::dialect::{eva, fluxbase, general_bots, lanonasis, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::Server;
@@ -204,6 +204,21 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/v1/ai/chatbots", Write, WRITES, Srv(fluxbase::put)),
     row(&[Get], "/api/v1/ai/chatbots/by-name/{name}", Read, READS, Srv(fluxbase::get)),
     row(&[Delete], "/api/v1/ai/chatbots/{namespace}/{name}", Write, WRITES, Srv(fluxbase::delete)),
+    // Lanonasis: the stream and the memory API, which take the SDK's
+    // `X-API-Key` as well as a bearer key, so they check it themselves.
+    row(&[Get], "/api/v1/stream", Public, READS, Srv(lanonasis::stream::open)),
+    row(&[Get], "/api/v1/memory", Public, READS, Srv(lanonasis::memory::list)),
+    row(&[Post], "/api/v1/memory", Public, WRITES, Srv(lanonasis::memory::create)),
+    row(&[Post], "/api/v1/memory/search", Public, READS, Srv(lanonasis::memory::search)),
+    row(&[Get], "/api/v1/memory/{id}", Public, READS, Srv(lanonasis::memory::get)),
+    row(&[Put], "/api/v1/memory/{id}", Public, WRITES, Srv(lanonasis::memory::update)),
+    row(&[Delete], "/api/v1/memory/{id}", Public, WRITES, Srv(lanonasis::memory::delete)),
+    row(&[Get], "/api/v1/memories", Public, READS, Srv(lanonasis::memory::list)),
+    row(&[Post], "/api/v1/memories", Public, WRITES, Srv(lanonasis::memory::create)),
+    row(&[Post], "/api/v1/memories/search", Public, READS, Srv(lanonasis::memory::search)),
+    row(&[Get], "/api/v1/memories/{id}", Public, READS, Srv(lanonasis::memory::get)),
+    row(&[Put], "/api/v1/memories/{id}", Public, WRITES, Srv(lanonasis::memory::update)),
+    row(&[Delete], "/api/v1/memories/{id}", Public, WRITES, Srv(lanonasis::memory::delete)),
 ];
 
 /// How one pattern segment matches.

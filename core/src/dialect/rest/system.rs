@@ -87,10 +87,7 @@ pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let collection = ctx.arg("collection").to_string();
     crate::engine::validate_name("collection", &collection)?;
     let filter = match (ctx.param("filter_field"), ctx.param("filter_value")) {
-        (Some(f), Some(v)) if !f.is_empty() => Some(Filter {
-            field: f.to_string(),
-            value: v.to_string(),
-        }),
+        (Some(f), Some(v)) if !f.is_empty() => Some(Filter::equals(f, v)),
         _ => None,
     };
     let resume = match ctx.header("last-event-id").or(ctx.param("last_event_id")) {
