@@ -2,6 +2,7 @@
 //! variables, so the three can never disagree. Parsing is pure: the runtime hands
 //! in the arguments and an environment lookup.
 
+use crate::dialect::mounts::Mounts;
 use std::fmt::Write as _;
 
 /// One setting: its flag (`--data-dir`), variable (`TIDEPOOL_DATA_DIR`), default
@@ -54,6 +55,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "chat-cancel-on-disconnect", env: "TIDEPOOL_CHAT_CANCEL_ON_DISCONNECT", default: "false", help: "stop a streamed answer when its client disconnects (default: it runs to completion, is stored, and can be resumed)" },
     Setting { flag: "chat-client-tool-timeout", env: "TIDEPOOL_CHAT_CLIENT_TOOL_TIMEOUT", default: "60", help: "seconds to wait for a client tool's result" },
     Setting { flag: "chat-fold-after", env: "TIDEPOOL_CHAT_FOLD_AFTER", default: "40", help: "a chat with more messages than this (or more than its model's window holds) has its older half folded into a summary before the next answer" },
+    Setting { flag: "eva-listen", env: "TIDEPOOL_EVA_LISTEN", default: "", help: "a second address serving only EVA chat at the paths its document uses, /ws and /health (e.g. 127.0.0.1:8000); empty = off (EVA stays at /eva/ws and /eva/health on the main listener)" },
+    Setting { flag: "mounts", env: "TIDEPOOL_MOUNTS", default: "", help: "dialect endpoints moved to other paths, NAME=PATH comma-separated (a moved endpoint answers only at its new path); NAME is one of general-bots (/ws), meet (/ws/meet), fluxbase (/ai/ws), fluxbase-chatbots (/api/v1/ai/{chatbots}), eva (/eva/ws), eva-health (/eva/health), lanonasis (/api/v1/{stream,memory,memories})" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -101,6 +104,8 @@ pub struct Config {
     pub chat_cancel_on_disconnect: bool,
     pub chat_client_tool_timeout_secs: u64,
     pub chat_fold_after: usize,
+    pub eva_listen: String,
+    pub mounts: Mounts,
 }
 
 /// What the command line asked for.
@@ -164,6 +169,8 @@ fn unreachable_default() -> Config {
         chat_cancel_on_disconnect: false,
         chat_client_tool_timeout_secs: 60,
         chat_fold_after: 40,
+        eva_listen: String::new(),
+        mounts: Mounts::default(),
     }
 }
 
@@ -317,6 +324,8 @@ impl Config {
                 get("chat-client-tool-timeout"),
             )?,
             chat_fold_after: num("chat-fold-after", get("chat-fold-after"))?,
+            eva_listen: get("eva-listen").trim().to_string(),
+            mounts: Mounts::parse(&get("mounts"))?,
         })))
     }
 }

@@ -30,3 +30,5 @@ pub use cli::cli_main;
 pub use clock::now;
 pub use durability::Durability;
 pub use shared::{start, CallPerformer, Host, Waker};
+pub use tidepool_core::dialect::mounts::Listener;
+pub use tidepool_core::server::Peer;

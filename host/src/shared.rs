@@ -18,7 +18,7 @@ use tidepool_core::conn::{Connection, History, HistoryError, HISTORY_CHUNK_BYTES
 use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
-use tidepool_core::server::Server;
+use tidepool_core::server::{Peer, Server};
 use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::client::Target;
 use tidepool_storage::StoreReader;
@@ -92,8 +92,8 @@ impl Host {
     /// A new connection, accepted by the server (which refuses it politely
     /// over the connection limit). `waker` wakes its task or thread when it
     /// has something new to send; end it with `connection_closed`.
-    pub fn accept(&self, waker: Waker) -> Connection {
-        let conn = self.with_server(|s| s.accept(now()));
+    pub fn accept(&self, waker: Waker, peer: Peer) -> Connection {
+        let conn = self.with_server(|s| s.accept_from(now(), peer));
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -17,7 +17,7 @@ use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 mod outbound;
 
-use tidepool_host::{self as host, now, BootError, Host};
+use tidepool_host::{self as host, now, BootError, Host, Listener, Peer};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
@@ -31,6 +31,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
         n => n,
     };
     let listen = config.listen.clone();
+    let eva_listen = config.eva_listen.clone();
     let booted = host::boot(config)?;
     for line in &booted.banner {
         println!("tidepool: {line}");
@@ -57,25 +58,55 @@ pub fn run(config: Config) -> Result<(), BootError> {
             addr: listen.clone(),
             source,
         })?;
+        let eva = match eva_listen.as_str() {
+            "" => None,
+            at => Some(bind(at).await?),
+        };
         let host = host::start(booted)?;
         host.set_performer(Box::new(outbound::SmolCalls::new(ex.clone())));
+        if let Some((listener, addr)) = eva {
+            println!("tidepool: EVA chat served on http://{addr} (/ws, /health)");
+            let (h, e) = (host.clone(), ex.clone());
+            ex.spawn(async move { serve(&e, h, listener, Listener::Eva).await })
+                .detach();
+        }
         println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
-        serve(&ex, host, listener).await;
+        serve(&ex, host, listener, Listener::Main).await;
         Ok(())
     }))
 }
 
-async fn serve(ex: &Arc<Executor<'static>>, host: Arc<Host>, listener: TcpListener) {
+/// Binds an extra listener.
+async fn bind(at: &str) -> Result<(TcpListener, std::net::SocketAddr), BootError> {
+    let failed = |source| BootError::Listen {
+        addr: at.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(at).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+async fn serve(
+    ex: &Arc<Executor<'static>>,
+    host: Arc<Host>,
+    listener: TcpListener,
+    kind: Listener,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, from)) = listener.accept().await else {
             Timer::after(Duration::from_millis(10)).await;
             continue;
         };
         // Every connection is served, even over the limit: core answers it
         // with a 503 rather than the socket being dropped without a word.
         let (h, e) = (host.clone(), ex.clone());
+        let peer = Peer {
+            ip: Some(from.ip()),
+            listener: kind,
+        };
         ex.spawn(async move {
-            let _ = serve_connection(&e, &h, stream).await;
+            let _ = serve_connection(&e, &h, stream, peer).await;
         })
         .detach();
     }
@@ -104,6 +135,7 @@ async fn serve_connection(
     ex: &Executor<'static>,
     host: &Arc<Host>,
     mut stream: TcpStream,
+    peer: Peer,
 ) -> io::Result<()> {
     let notifier = Arc::new(Notifier::default());
     let waker: host::Waker = {
@@ -113,7 +145,7 @@ async fn serve_connection(
             n.event.notify(usize::MAX);
         })
     };
-    let mut conn = host.accept(waker.clone());
+    let mut conn = host.accept(waker.clone(), peer);
     let result = match stream.set_nodelay(true) {
         Ok(()) => drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await,
         Err(e) => Err(e),

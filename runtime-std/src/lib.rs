@@ -18,7 +18,7 @@ use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 use tidepool_core::time::Timestamp;
-use tidepool_host::{self as host, now, BootError, Host};
+use tidepool_host::{self as host, now, BootError, Host, Listener, Peer};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
@@ -28,6 +28,7 @@ pub fn cli_main(program: &str) {
 /// Boots, binds and serves until the process ends.
 pub fn run(config: Config) -> Result<(), BootError> {
     let listen = config.listen.clone();
+    let eva_listen = config.eva_listen.clone();
     let booted = host::boot(config)?;
     for line in &booted.banner {
         println!("tidepool: {line}");
@@ -40,10 +41,23 @@ pub fn run(config: Config) -> Result<(), BootError> {
         addr: listen.clone(),
         source,
     })?;
+    let mut listeners = vec![(listener, Listener::Main)];
+    if !eva_listen.is_empty() {
+        let failed = |source| BootError::Listen {
+            addr: eva_listen.clone(),
+            source,
+        };
+        let eva = TcpListener::bind(&eva_listen).map_err(failed)?;
+        println!(
+            "tidepool: EVA chat served on http://{} (/ws, /health)",
+            eva.local_addr().map_err(failed)?
+        );
+        listeners.push((eva, Listener::Eva));
+    }
     let host = host::start(booted)?;
     host.set_performer(Box::new(outbound::StdCalls::default()));
     println!("tidepool: listening on http://{addr} (threads runtime)");
-    serve(host, listener);
+    serve(host, listeners);
     Ok(())
 }
 
@@ -51,7 +65,7 @@ pub fn run(config: Config) -> Result<(), BootError> {
 /// connection that switches to WebSocket or SSE moves to the stream pool.
 /// Every connection is served, even over the limit: core answers it with a
 /// 503 rather than the socket being dropped without a word.
-pub fn serve(host: Arc<Host>, listener: TcpListener) {
+pub fn serve(host: Arc<Host>, listeners: Vec<(TcpListener, Listener)>) {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2);
@@ -62,14 +76,40 @@ pub fn serve(host: Arc<Host>, listener: TcpListener) {
             return;
         }
     };
+    let mut accepting = Vec::new();
+    for (listener, kind) in listeners {
+        let (h, s) = (host.clone(), streams.clone());
+        let spawned = thread::Builder::new()
+            .name("tidepool-accept".into())
+            .spawn(move || accept_loop(&h, &s, &listener, kind));
+        match spawned {
+            Ok(t) => accepting.push(t),
+            Err(e) => eprintln!("tidepool: cannot start an accept thread: {e}"),
+        }
+    }
+    for t in accepting {
+        let _ = t.join();
+    }
+}
+
+fn accept_loop(
+    host: &Arc<Host>,
+    streams: &Arc<streams::Streams>,
+    listener: &TcpListener,
+    kind: Listener,
+) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        let peer = Peer {
+            ip: stream.peer_addr().ok().map(|a| a.ip()),
+            listener: kind,
+        };
         let (h, s) = (host.clone(), streams.clone());
         let _ = thread::Builder::new()
             .name("tidepool-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = serve_connection(&h, &s, stream);
+                let _ = serve_connection(&h, &s, stream, peer);
             });
     }
 }
@@ -124,9 +164,10 @@ fn serve_connection(
     host: &Arc<Host>,
     streams: &Arc<streams::Streams>,
     stream: TcpStream,
+    peer: Peer,
 ) -> io::Result<()> {
     let (wakeup, waker) = Wakeup::new();
-    let conn = host.accept(waker);
+    let conn = host.accept(waker, peer);
     let id = conn.id();
     let result = match stream.set_nodelay(true) {
         Ok(()) => http_connection(host, streams, conn, stream, wakeup),

@@ -23,6 +23,8 @@ type Ws =
 const QUESTION: &str = "What is the price of ekoDB Pro?";
 const ANSWER: &str = "The price of ekoDB Pro is 99.";
 const WAIT: Duration = Duration::from_secs(10);
+/// General Bots' documented connections per IP (seed 001:223).
+const GB_CONNECTIONS_PER_IP: usize = 100;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
@@ -702,21 +704,189 @@ both_runtimes!(
             .await;
             let seen = until(&mut gb, "stream_end").await;
             assert_eq!(seen.last().unwrap()["content"], ANSWER);
-            // Continued through the ekoDB API, and the history holds both turns.
-            let token = srv.token();
-            let r = srv.call(
-                &token,
-                "POST",
-                &format!("/api/chat/{conv}/messages"),
-                &json!({"message": QUESTION}).to_string(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
+            // Read back and continued through the official ekoDB client: an
+            // EVA conversation is an ordinary chat session.
+            let c = ekodb_client::Client::builder()
+                .base_url(srv.base_url())
+                .api_key(API_KEY)
+                .serialization_format(ekodb_client::SerializationFormat::Json)
+                .timeout(Duration::from_secs(20))
+                .max_retries(0)
+                .build()
+                .expect("client");
+            let session = c.get_chat_session(&conv).await.expect("the session");
+            assert_eq!(session.message_count, 2);
+            let reply = c
+                .chat_message(&conv, ekodb_client::ChatMessageRequest::new(QUESTION))
+                .await
+                .expect("a continued turn");
+            assert_eq!(reply.responses, vec![ANSWER.to_string()]);
+            // The General Bots subscriber watches that turn too.
             let seen = until(&mut gb, "stream_end").await;
             assert_eq!(seen.last().unwrap()["content"], ANSWER);
-            let r = srv.call(&token, "GET", &format!("/api/chat/{conv}/messages"), "");
-            let body = r.json();
-            let msgs = body["messages"].as_array().expect("messages");
-            assert_eq!(msgs.len(), 4, "{body}");
+            let history = c
+                .get_chat_session_messages(&conv, ekodb_client::GetMessagesQuery::new())
+                .await
+                .expect("history");
+            assert_eq!(history.messages.len(), 4);
+            // And the EVA client resumes the conversation with its history.
+            drop(ws);
+            let mut ws = eva(&srv).await;
+            send(
+                &mut ws,
+                json!({"type": "start_conversation", "conversation_id": conv}),
+            )
+            .await;
+            assert_eq!(recv(&mut ws).await["conversation_id"], conv.as_str());
         });
     }
 );
+
+/// The address the server printed for its EVA listener.
+fn eva_addr(srv: &TestServer) -> String {
+    srv.startup
+        .iter()
+        .find_map(|l| l.split("EVA chat served on http://").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the EVA listener's address")
+        .to_string()
+}
+
+async fn eva_at(url: &str) -> Ws {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    open(req).await
+}
+
+async fn eva_converses(ws: &mut Ws) {
+    send(
+        ws,
+        json!({"type": "start_conversation", "conversation_id": null}),
+    )
+    .await;
+    assert_eq!(recv(ws).await["type"], "conversation_started");
+    send(ws, json!({"type": "user_message", "content": QUESTION})).await;
+    let mut answer = String::new();
+    loop {
+        let m = recv(ws).await;
+        assert_eq!(m["type"], "message", "{m}");
+        answer.push_str(m["content"].as_str().unwrap());
+        if m["is_final"] == true {
+            break;
+        }
+    }
+    assert_eq!(answer, ANSWER);
+}
+
+both_runtimes!(
+    eva_on_its_own_listener_and_endpoints_moved_by_mounts,
+    |rt| {
+        let srv = TestServer::start_with(
+            rt,
+            &[
+                "--eva-listen",
+                "127.0.0.1:0",
+                "--mounts",
+                "general-bots=/gb/ws,eva=/ws",
+            ],
+        );
+        let token = srv.token();
+        let r = srv.call(
+        &token,
+        "POST",
+        "/api/insert/products",
+        &json!({"name": "ekoDB Pro", "price": 99, "description": "A fast database with search"})
+            .to_string(),
+    );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let eva_at_own = eva_addr(&srv);
+        block_on(async {
+            // The EVA document's own URLs, on the EVA listener.
+            let mut ws = eva_at(&format!("ws://{eva_at_own}/ws")).await;
+            eva_converses(&mut ws).await;
+            // The main listener: EVA took /ws, General Bots moved to /gb/ws.
+            let mut ws = eva_at(&format!("ws://{}/ws", srv.addr)).await;
+            eva_converses(&mut ws).await;
+            let mut gb = open(request(&srv, &format!("/gb/ws?token={token}"))).await;
+            assert_eq!(recv(&mut gb).await["type"], "session_created");
+            // A moved endpoint is gone from its old path.
+            let old = tokio_tungstenite::connect_async(request(&srv, "/eva/ws")).await;
+            assert!(old.is_err(), "the old EVA path still answers");
+        });
+        let at_eva = |path: &str| {
+            let mut s = std::net::TcpStream::connect(&eva_at_own).unwrap();
+            use std::io::{Read, Write};
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            tidepool_tests::HttpReply::parse(&out).expect("a response")
+        };
+        let health = at_eva("/health");
+        assert_eq!(health.status, 200, "{}", health.text());
+        assert_eq!(health.json()["status"], "healthy");
+        // Nothing but EVA on that listener.
+        let r = at_eva("/api/health");
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert!(r.text().contains("EVA only"), "{}", r.text());
+        // Bad mounts stop the server at start with a clear message.
+        let out = std::process::Command::new(rt.binary())
+            .args(["--mounts", "eva=/api/x", "--data-dir"])
+            .arg(srv.dir.join("unused"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--mounts"));
+    }
+);
+
+both_runtimes!(general_bots_takes_a_hundred_connections_per_address, |rt| {
+    let srv = server(rt);
+    let token = srv.token();
+    block_on(async {
+        let mut open_now = Vec::new();
+        for _ in 0..GB_CONNECTIONS_PER_IP {
+            let mut ws = open(request(&srv, &format!("/ws?token={token}"))).await;
+            assert_eq!(recv(&mut ws).await["type"], "session_created");
+            open_now.push(ws);
+        }
+        let refused =
+            tokio_tungstenite::connect_async(request(&srv, &format!("/ws?token={token}")))
+                .await
+                .expect_err("the 101st connection is refused");
+        match refused {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status(), 503);
+                let body =
+                    String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+                assert!(body.contains("RATE_LIMITED"), "{body}");
+            }
+            other => panic!("refused how? {other:?}"),
+        }
+        // A connection that goes frees its place.
+        let mut gone = open_now.pop().unwrap();
+        gone.close(None).await.unwrap();
+        drop(gone);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio_tungstenite::connect_async(request(&srv, &format!("/ws?token={token}")))
+                .await
+            {
+                Ok((mut ws, _)) => {
+                    assert_eq!(recv(&mut ws).await["type"], "session_created");
+                    break;
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("a closed connection still counts: {e}"),
+            }
+        }
+    });
+});

@@ -11,7 +11,7 @@
 //! authentication.
 
 use super::socket::{self, RateWindow, Unreadable};
-use super::{Followup, Outgoing};
+use super::{EventCodec, Followup, Outgoing};
 use crate::chat::event::{ChatEvent, ChatEventKind};
 use crate::error::ErrorKind;
 use crate::ids::{ConnId, Lsn};
@@ -29,6 +29,8 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// average (60 back-to-back draw `RATE_LIMITED`).
 const MESSAGES_PER_WINDOW: usize = 30;
 const WINDOW: Duration = Duration::from_secs(30);
+/// Open `/ws` connections per client address (seed 001:223).
+pub const CONNECTIONS_PER_IP: usize = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
@@ -263,9 +265,22 @@ pub fn overflow() -> J {
 
 /// `GET /ws`: the General Bots chat socket (the token is checked in-socket).
 pub fn upgrade(
-    _server: &mut Server,
+    server: &mut Server,
     ctx: &super::rest::Ctx<'_>,
 ) -> crate::error::Result<super::rest::Outcome> {
+    // 100 connections per address (seed 001:223); the 101st is refused at
+    // the upgrade (503), one of the forms the contract allows.
+    if let (Some(conn), Some(ip)) = (ctx.conn, ctx.conn.and_then(|c| server.peer_of(c).ip)) {
+        let key = format!("ip:{ip}");
+        if !server.socket_claim(conn, EventCodec::GeneralBots, &key, CONNECTIONS_PER_IP) {
+            return Err(crate::error::Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "RATE_LIMITED: {CONNECTIONS_PER_IP} connections from {ip} are open already"
+                ),
+            ));
+        }
+    }
     let token = ctx.param("token").map(str::to_string);
     super::rest::system::upgrade_to(
         ctx,

@@ -15,6 +15,7 @@
 //! | `fluxbase` | Fluxbase AI chat (`/ai/ws`, seed 003) |
 //! | `eva` | EVA chat (`/eva/ws`, seed 004) |
 //! | `lanonasis` | Lanonasis stream (`/api/v1/stream`) and memory API (seed 002) |
+//! | `mounts` | where each dialect's endpoints live (movable; the EVA listener) |
 //! | `socket` | what the chat sockets share: frames, JSON in, rate windows |
 //!
 //! A streaming connection is registered with the hub under an `EventCodec`;
@@ -30,6 +31,7 @@ pub mod fluxbase;
 pub mod general_bots;
 pub mod lanonasis;
 pub mod meet;
+pub mod mounts;
 pub mod rest;
 pub mod socket;
 

@@ -31,7 +31,7 @@ use crate::timers::TimerTable;
 use crate::wire::http::{Limits, Request, Response};
 use calls::{CallCommand, CallId, CallLimits, Calls, Purpose, TransportError};
 use pending::{Pending, Ticket};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +84,13 @@ pub enum Upgrade {
         message_id: Option<String>,
         after: Option<u32>,
     },
+}
+
+/// Where a connection came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: Option<std::net::IpAddr>,
+    pub listener: crate::dialect::mounts::Listener,
 }
 
 /// The server's deadlines (one timer table).
@@ -157,6 +164,9 @@ pub struct Server {
     /// Chat answers running, and finished ones kept for resuming.
     turns: Turns,
     sockets: sockets::Sockets,
+    /// Where connections came from (those with a known address, or from
+    /// another listener than the main one).
+    peers: HashMap<ConnId, Peer>,
     /// When recovery finished (the server's uptime starts there).
     booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
@@ -198,6 +208,7 @@ impl Server {
             pending: Pending::default(),
             turns: Turns::default(),
             sockets: Default::default(),
+            peers: HashMap::new(),
             booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),
@@ -231,8 +242,17 @@ impl Server {
     /// so the client hears why: it answers its request with a 503 and closes.
     /// Every accepted connection ends with `connection_closed`.
     pub fn accept(&mut self, now: Timestamp) -> Connection {
+        self.accept_from(now, Peer::default())
+    }
+
+    /// A new connection from `peer` (its address and the listener it came
+    /// in on, which decide what it may reach).
+    pub fn accept_from(&mut self, now: Timestamp, peer: Peer) -> Connection {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
+        if peer != Peer::default() {
+            self.peers.insert(id, peer);
+        }
         let config = ConnConfig {
             limits: self.limits(),
             idle_timeout: Duration::from_secs(self.config.idle_timeout_secs.max(1)),
@@ -256,6 +276,7 @@ impl Server {
     /// A connection is gone: drop its subscriptions and queued events, and
     /// stop the calls whose results only it wanted.
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
+        self.peers.remove(&conn);
         self.open_connections = self.open_connections.saturating_sub(1);
         let abandoned = self.pending.forget(conn);
         self.chat_connection_closed(conn, &abandoned, now);
@@ -525,6 +546,11 @@ impl Server {
     /// Checks a token or an API key (the dialects accept either).
     pub fn authenticate_credential(&self, credential: &str, now: Timestamp) -> Result<Principal> {
         self.auth.check_credential(credential, now)
+    }
+
+    /// Where a connection came from.
+    pub fn peer_of(&self, conn: ConnId) -> Peer {
+        self.peers.get(&conn).copied().unwrap_or_default()
     }
 
     /// Exchanges an API key for a token.

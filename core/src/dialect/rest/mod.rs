@@ -19,6 +19,7 @@ pub mod txn;
 
 pub use ctx::Ctx;
 
+use crate::dialect::mounts::Listener;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ConnId;
 use crate::server::calls::ReplyKind;
@@ -71,7 +72,24 @@ pub fn respond(
     req: &Request,
     now: Timestamp,
 ) -> Result<Outcome> {
-    let segments = url::split_path(&req.path).map_err(Error::invalid)?;
+    let listener = server.peer_of(conn).listener;
+    let path = server
+        .config()
+        .mounts
+        .resolve(listener, &req.path)
+        .ok_or_else(|| match listener {
+            Listener::Eva => Error::not_found(format!(
+                "no route for {} {}: this listener serves EVA only (/ws, /health)",
+                req.method.as_str(),
+                req.path
+            )),
+            Listener::Main => Error::not_found(format!(
+                "no route for {} {} (its endpoint was moved with --mounts)",
+                req.method.as_str(),
+                req.path
+            )),
+        })?;
+    let segments = url::split_path(&path).map_err(Error::invalid)?;
     let (route, args) = routes::resolve(&req.method, &segments)?;
     let mut ctx = Ctx::http(req, now)?.with_args(args);
     ctx.conn = Some(conn);
