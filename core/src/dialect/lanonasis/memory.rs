@@ -347,7 +347,7 @@ pub fn delete(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     );
     let until = ctx.now.saturating_add(TOMBSTONE_FOR);
     write(server, &id, fields, Some(until), ctx)?;
-    Ok(Outcome::Reply(Response::new(204, "application/json", "")))
+    Ok(Outcome::Reply(Response::new(204, "", "")))
 }
 
 /// The caller's live memories.

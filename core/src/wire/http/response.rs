@@ -42,10 +42,16 @@ impl Response {
         out.put_slice(self.status.to_string().as_bytes());
         out.put_u8(b' ');
         out.put_slice(reason(self.status).as_bytes());
-        out.put_slice(b"\r\nContent-Type: ");
-        out.put_slice(self.content_type.as_bytes());
-        out.put_slice(b"\r\nContent-Length: ");
-        out.put_slice(self.body.len().to_string().as_bytes());
+        // A 204 has no content, so no content headers (RFC 9110 8.6, 15.3.5):
+        // clients that see a JSON type try to parse the nothing.
+        if self.status != 204 {
+            if !self.content_type.is_empty() {
+                out.put_slice(b"\r\nContent-Type: ");
+                out.put_slice(self.content_type.as_bytes());
+            }
+            out.put_slice(b"\r\nContent-Length: ");
+            out.put_slice(self.body.len().to_string().as_bytes());
+        }
         for (name, value) in &self.headers {
             out.put_slice(b"\r\n");
             out.put_slice(name.as_bytes());
