@@ -317,3 +317,24 @@ write("provider_stream", {
         {"type": "message_stop"}),
     "anthropic_error": b"\x05" + an({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
 })
+
+# ----- dialect_frames: a dialect byte (0 GB token, 1 GB auth frame, 2 meet, 3 Fluxbase, 4 EVA,
+# 5 Lanonasis HTTP), the harness control byte, then messages separated by 0xFF -----
+def msgs(*values):
+    return b"\xff".join(v if isinstance(v, bytes) else json.dumps(v).encode() for v in values)
+
+write("dialect_frames", {
+    "general_bots": b"\x00\x00" + msgs({"type": "ping"}, {"type": "message", "session_id": "nope", "content": "hi"},
+        {"type": "typing_start", "session_id": "x"}, {"type": "subscribe", "session_id": "x"}, b"{not json", {"type": "??"}),
+    "general_bots_auth": b"\x01\x00" + msgs({"type": "ping"}, {"type": "auth", "token": "TOKEN"}, {"type": "unsubscribe", "session_id": "x"}),
+    "meet": b"\x02\x00" + msgs({"type": "join", "room_id": "r", "participant_name": "a"},
+        {"type": "signal", "room_id": "r", "target_id": "p_x", "signal": {"sdp": "v=0"}}, {"type": "leave", "room_id": "r"}),
+    "fluxbase": b"\x03\x00" + msgs({"type": "start_chat", "chatbot": "sql-assistant", "namespace": "default"},
+        {"type": "message", "conversation_id": "c", "content": "How many products?"}, {"type": "cancel", "conversation_id": "c"},
+        {"type": "start_chat", "chatbot": "nope"}, b"[]"),
+    "eva": b"\x04\x00" + msgs({"type": "start_conversation", "conversation_id": None}, {"type": "user_message", "content": "Hello!"},
+        {"type": "start_conversation", "conversation_id": "unknown"}, {"type": "user_message", "content": "x" * 5000}, {"type": "ping"}),
+    "lanonasis": b"\x05\x00" + msgs({"title": "t", "content": "c", "tags": ["a"], "metadata": {"k": "v"}},
+        {"tags": ["b"]}, {"query": "c", "limit": 3}, b"page=1&limit=2&sort=title", b""),
+    "lanonasis_stream": b"\x05\x00" + msgs(b"events=memory.created,search.performed&filters[k]=v&heartbeat=1"),
+})
