@@ -186,6 +186,9 @@ both_runtimes!(general_bots_auth_frame_errors_and_limits, |rt| {
         let created = recv(&mut ws).await;
         assert_eq!(created["type"], "session_created");
         let session = created["session_id"].as_str().unwrap().to_string();
+        // Authenticating again is no new session.
+        send(&mut ws, json!({"type": "auth", "token": srv.token()})).await;
+        assert_eq!(recv(&mut ws).await["session_id"], session.as_str());
 
         // Malformed JSON: INVALID_FORMAT, and the socket lives on.
         ws.send(Message::Text("{not json".into())).await.unwrap();
@@ -332,8 +335,22 @@ both_runtimes!(meet_relays_signals_between_room_participants, |rt| {
         assert_eq!(got["type"], "signal");
         assert_eq!(got["from_id"], ann.as_str());
         assert_eq!(got["signal"], offer);
-        // Never echoed to the sender.
+        // Never echoed to the sender, nor sent to oneself.
         assert_eq!(next(&mut a, Duration::from_millis(300)).await, Said::Silent);
+        send(
+            &mut a,
+            json!({"type": "signal", "room_id": "r1", "target_id": ann, "signal": offer}),
+        )
+        .await;
+        assert_eq!(recv(&mut a).await["code"], "INVALID_FORMAT");
+        // Names are bounded (a `joined` frame lists them all).
+        let long = "n".repeat(300);
+        send(
+            &mut a,
+            json!({"type": "join", "room_id": "r2", "participant_name": long}),
+        )
+        .await;
+        assert_eq!(recv(&mut a).await["code"], "INVALID_FORMAT");
         // Bob's socket goes: Ann is told.
         drop(b);
         let left = recv(&mut a).await;
@@ -399,8 +416,17 @@ both_runtimes!(
                     + usage["completion_tokens"].as_u64().unwrap()
             );
 
+            // An anonymous socket is let in but may not chat (a chatbot
+            // reads the database).
+            let mut anonymous = open(request(&srv, "/ai/ws")).await;
+            send(
+                &mut anonymous,
+                json!({"type": "start_chat", "chatbot": "sql-assistant", "namespace": "default"}),
+            )
+            .await;
+            assert_eq!(recv(&mut anonymous).await["code"], "AUTH_REQUIRED");
             // Resume on a new connection: same id; without start_chat: NO_SESSION.
-            let mut other = open(request(&srv, "/ai/ws")).await;
+            let mut other = open(request(&srv, &format!("/ai/ws?token={}", srv.token()))).await;
             send(
                 &mut other,
                 json!({"type": "message", "conversation_id": conv, "content": "hi"}),
@@ -812,9 +838,11 @@ both_runtimes!(
             eva_converses(&mut ws).await;
             let mut gb = open(request(&srv, &format!("/gb/ws?token={token}"))).await;
             assert_eq!(recv(&mut gb).await["type"], "session_created");
-            // A moved endpoint is gone from its old path.
-            let old = tokio_tungstenite::connect_async(request(&srv, "/eva/ws")).await;
-            assert!(old.is_err(), "the old EVA path still answers");
+            // A moved endpoint is gone from its old path, however it is spelled.
+            for gone in ["/eva/ws", "/%65va/ws"] {
+                let old = tokio_tungstenite::connect_async(request(&srv, gone)).await;
+                assert!(old.is_err(), "the old EVA path {gone} still answers");
+            }
         });
         let at_eva = |path: &str| {
             let mut s = std::net::TcpStream::connect(&eva_at_own).unwrap();
@@ -837,7 +865,7 @@ both_runtimes!(
         assert!(r.text().contains("EVA only"), "{}", r.text());
         // Bad mounts stop the server at start with a clear message.
         let out = std::process::Command::new(rt.binary())
-            .args(["--mounts", "eva=/api/x", "--data-dir"])
+            .args(["--mounts", "eva=/ws/meet", "--data-dir"])
             .arg(srv.dir.join("unused"))
             .output()
             .unwrap();

@@ -284,6 +284,8 @@ both_runtimes!(refusals_are_in_stream_errors, |rt| {
         let d = data(&events[0]);
         assert_eq!(d["code"], "AUTH_ERROR");
         assert_eq!(d["retry_after"], 0);
+        // No id: a client's Last-Event-ID must not jump past what it missed.
+        assert_eq!(events[0].id, None);
     }
     let mut s = stream(&srv, "?events=memory.exploded", "Connection: close\r\n");
     let events = s.rest();

@@ -43,6 +43,7 @@ pub struct Session {
     key: Option<String>,
     conversation: Option<String>,
     messages: RateWindow,
+    new_conversations: RateWindow,
 }
 
 /// Where an EVA client put its key: the first present source decides.
@@ -85,6 +86,7 @@ pub fn upgrade(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         key: Some(credential(ctx).unwrap_or_default()),
         conversation: None,
         messages: RateWindow::new(MESSAGES_PER_MINUTE, Duration::from_secs(60)),
+        new_conversations: socket::new_chats_window(),
     };
     super::rest::system::upgrade_to(ctx, super::WsSession::Eva(session), protocol)
 }
@@ -173,6 +175,13 @@ pub fn handle(
 
 fn start(s: &mut Session, server: &mut Server, id: Option<&J>, now: Timestamp) -> Vec<Outgoing> {
     let id = match id {
+        None | Some(J::Null) if !s.new_conversations.admit(now) => {
+            return vec![error(
+                "RATE_LIMIT_EXCEEDED",
+                "Too many new conversations; continue one or wait a minute",
+                now,
+            )]
+        }
         None | Some(J::Null) => match socket::open_chat(server, None, now) {
             Ok(id) => id,
             Err(e) => return vec![error("INTERNAL_ERROR", &e.message, now)],

@@ -13,7 +13,7 @@
 //! A bad token is refused at the upgrade (401), as the real server does.
 
 use super::rest::{Ctx, Outcome};
-use super::socket::{self, Unreadable};
+use super::socket::{self, RateWindow, Unreadable};
 use super::{Followup, Outgoing};
 use crate::chat::event::{ChatEvent, ChatEventKind};
 use crate::engine::Engine;
@@ -200,10 +200,15 @@ pub fn delete(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 
 // ----- the socket --------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     /// Conversations started or resumed on this connection.
     conversations: Vec<String>,
+    /// The upgrade carried a valid credential. Anonymous sockets are let in
+    /// (as the real server does) but may not chat: a chatbot reads the
+    /// database.
+    signed_in: bool,
+    new_conversations: RateWindow,
 }
 
 /// `GET /ai/ws`: refused with 401 for a bad token, anonymous without one.
@@ -212,6 +217,7 @@ pub fn upgrade(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         h.strip_prefix("Bearer ")
             .or_else(|| h.strip_prefix("bearer "))
     });
+    let mut signed_in = false;
     if let Some(token) = ctx.param("token").or(bearer) {
         if socket::check_credential(server, token, ctx.now).is_none() {
             return Err(Error::new(
@@ -219,8 +225,14 @@ pub fn upgrade(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
                 "Invalid or expired Bearer token",
             ));
         }
+        signed_in = true;
     }
-    super::rest::system::upgrade_to(ctx, super::WsSession::Fluxbase(Session::default()), None)
+    let session = Session {
+        conversations: Vec::new(),
+        signed_in,
+        new_conversations: socket::new_chats_window(),
+    };
+    super::rest::system::upgrade_to(ctx, super::WsSession::Fluxbase(session), None)
 }
 
 fn error(code: &str, message: &str, conversation: Option<&str>) -> Outgoing {
@@ -289,6 +301,13 @@ fn start_chat(
     frame: &Map<String, J>,
     now: Timestamp,
 ) -> Vec<Outgoing> {
+    if !s.signed_in {
+        return vec![error(
+            "AUTH_REQUIRED",
+            "Sign in to chat: connect with ?token=<token> (chatbots read the database)",
+            None,
+        )];
+    }
     let name = socket::str_field(frame, "chatbot").unwrap_or_default();
     let ns = socket::str_field(frame, "namespace").unwrap_or(DEFAULT_NAMESPACE);
     let Some(bot) = chatbot(server.engine(), ns, name, now) else {
@@ -304,6 +323,13 @@ fn start_chat(
         .map(str::to_string);
     let id = match resumed {
         Some(id) => id,
+        None if !s.new_conversations.admit(now) => {
+            return vec![error(
+                "RATE_LIMITED",
+                "Too many new conversations; resume one or wait a minute",
+                None,
+            )]
+        }
         None => match open_conversation(server, &bot, now) {
             Ok(id) => id,
             Err(e) => return vec![error("CONVERSATION_ERROR", &e.message, None)],
@@ -428,7 +454,7 @@ pub fn encode_chat_event(e: &ChatEvent) -> Option<Bytes> {
             let (p, q) = (n("prompt_tokens"), n("completion_tokens"));
             vec![json!({
                 "type": "done", "conversation_id": c, "message_id": e.message_id,
-                "usage": {"prompt_tokens": p, "completion_tokens": q, "total_tokens": p + q},
+                "usage": {"prompt_tokens": p, "completion_tokens": q, "total_tokens": p.saturating_add(q)},
             })]
         }
         ChatEventKind::Error {

@@ -37,6 +37,9 @@ pub struct Session {
     /// The `?token=` of the upgrade, checked when the socket opens.
     query_token: Option<String>,
     authenticated: bool,
+    /// The session `session_created` announced (one per connection: a
+    /// repeated `auth` frame gets the same one).
+    session: Option<String>,
     messages: RateWindow,
 }
 
@@ -45,6 +48,7 @@ impl Session {
         Session {
             query_token,
             authenticated: false,
+            session: None,
             messages: RateWindow::new(MESSAGES_PER_WINDOW, WINDOW),
         }
     }
@@ -91,8 +95,13 @@ fn authenticate(
         );
     }
     s.authenticated = true;
+    if let Some(chat_id) = &s.session {
+        let created = json!({"type": "session_created", "session_id": chat_id});
+        return (vec![Outgoing::json(&created)], Followup::None);
+    }
     match socket::open_chat(server, None, now) {
         Ok(chat_id) => {
+            s.session = Some(chat_id.clone());
             let lsn = server.finish_operation(now);
             let created = json!({"type": "session_created", "session_id": chat_id});
             (vec![out(created, lsn)], Followup::None)
@@ -268,6 +277,13 @@ pub fn upgrade(
     server: &mut Server,
     ctx: &super::rest::Ctx<'_>,
 ) -> crate::error::Result<super::rest::Outcome> {
+    let token = ctx.param("token").map(str::to_string);
+    // A valid handshake first: a refused one must not hold a place.
+    let upgrade = super::rest::system::upgrade_to(
+        ctx,
+        super::WsSession::GeneralBots(Session::new(token)),
+        None,
+    )?;
     // 100 connections per address (seed 001:223); the 101st is refused at
     // the upgrade (503), one of the forms the contract allows.
     if let (Some(conn), Some(ip)) = (ctx.conn, ctx.conn.and_then(|c| server.peer_of(c).ip)) {
@@ -281,10 +297,5 @@ pub fn upgrade(
             ));
         }
     }
-    let token = ctx.param("token").map(str::to_string);
-    super::rest::system::upgrade_to(
-        ctx,
-        super::WsSession::GeneralBots(Session::new(token)),
-        None,
-    )
+    Ok(upgrade)
 }

@@ -21,6 +21,9 @@ const MAX_FRAME: usize = 64 * 1024;
 const MAX_ROOMS_PER_CONN: usize = 16;
 /// Participants per room.
 const MAX_PARTICIPANTS: usize = 64;
+/// Longest `room_id` or `participant_name` (a `joined` frame lists every
+/// participant's name).
+const MAX_NAME_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Session {
@@ -69,11 +72,18 @@ pub fn handle(
         }
     };
     let room = socket::str_field(&frame, "room_id");
+    let name = socket::str_field(&frame, "participant_name").unwrap_or("guest");
+    if room.is_some_and(|r| r.len() > MAX_NAME_BYTES) || name.len() > MAX_NAME_BYTES {
+        return (
+            vec![error(
+                "INVALID_FORMAT",
+                &format!("`room_id` and `participant_name` are at most {MAX_NAME_BYTES} bytes"),
+            )],
+            Followup::None,
+        );
+    }
     let reply = match (socket::str_field(&frame, "type"), room) {
-        (Some("join"), Some(room)) => {
-            let name = socket::str_field(&frame, "participant_name").unwrap_or("guest");
-            join(s, server, conn, room, name)
-        }
+        (Some("join"), Some(room)) => join(s, server, conn, room, name),
         (Some("leave"), Some(room)) => {
             s.rooms.retain(|(r, _)| r != room);
             if let Some((gone, rest)) = server.meet_leave(conn, room) {
@@ -150,6 +160,12 @@ fn signal(
             "`target_id` (a participant id) and `signal` (an object) are required",
         )];
     };
+    if target == from {
+        return vec![error(
+            "INVALID_FORMAT",
+            "a signal goes to another participant, not to yourself",
+        )];
+    }
     let Some(to) = server
         .meet_members(room)
         .iter()

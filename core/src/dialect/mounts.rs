@@ -114,7 +114,35 @@ impl Mounts {
             }
             moved.push((i, path.to_string()));
         }
-        Ok(Mounts { moved })
+        let mounts = Mounts { moved };
+        // No endpoint may land on another's (then one would silently vanish).
+        for (i, p) in POINTS.iter().enumerate() {
+            let at = mounts.path_of(i);
+            let paths: Vec<String> = match p.children {
+                [] => vec![at.to_string()],
+                kids => kids.iter().map(|k| format!("{at}/{k}")).collect(),
+            };
+            for (j, other) in POINTS.iter().enumerate() {
+                let taken = paths
+                    .iter()
+                    .find(|q| j != i && under(other, mounts.path_of(j), q).is_some());
+                if let Some(clash) = taken {
+                    return Err(format!(
+                        "`--mounts`: {} at {clash} would take {}'s path; move {} too",
+                        p.name, other.name, other.name
+                    ));
+                }
+            }
+        }
+        Ok(mounts)
+    }
+
+    /// Where endpoint `i` answers.
+    fn path_of(&self, i: usize) -> &str {
+        self.moved
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(POINTS[i].default, |(_, p)| p.as_str())
     }
 
     /// The documented path a request's path stands for on `listener`, or
@@ -207,6 +235,9 @@ mod tests {
             "eva=/api/ws",
             "eva=/a,meet=/a",
             "eva=/a,eva=/b",
+            // Would take General Bots' /ws, and the memory list.
+            "eva=/ws",
+            "eva=/api/v1/memory",
         ] {
             assert!(Mounts::parse(bad).is_err(), "{bad}");
         }

@@ -65,6 +65,15 @@ pub fn check_credential(server: &Server, credential: &str, now: Timestamp) -> Op
     server.authenticate_credential(credential, now).ok()
 }
 
+/// New conversations one socket may open per minute (each is a stored
+/// chat session: a client looping on "new" must not fill the disk).
+pub const NEW_CHATS_PER_MINUTE: usize = 30;
+
+/// The rate window for `NEW_CHATS_PER_MINUTE`.
+pub fn new_chats_window() -> RateWindow {
+    RateWindow::new(NEW_CHATS_PER_MINUTE, Duration::from_secs(60))
+}
+
 /// A new chat session for a dialect's conversation: the default provider
 /// and model, with retrieval over every collection there is now.
 pub fn open_chat(

@@ -26,6 +26,8 @@ pub struct Sockets {
     /// connection's claim.
     per_key: HashMap<(EventCodec, String), usize>,
     claims: HashMap<ConnId, (EventCodec, String)>,
+    /// The rooms each connection is in (so a close visits only those).
+    member_of: HashMap<ConnId, Vec<String>>,
     /// Orders the Lanonasis events that are not log changes.
     feed_counter: Counter,
 }
@@ -53,8 +55,9 @@ impl Server {
         key: &str,
         limit: usize,
     ) -> bool {
-        if self.sockets.claims.contains_key(&conn) {
-            return true;
+        if let Some((c, k)) = self.sockets.claims.get(&conn) {
+            // One claim per connection: the same one again is no new place.
+            return *c == codec && k == key;
         }
         let n = self
             .sockets
@@ -106,6 +109,11 @@ impl Server {
             id: id.clone(),
             name: name.to_string(),
         });
+        self.sockets
+            .member_of
+            .entry(conn)
+            .or_default()
+            .push(room.to_string());
         (id, others)
     }
 
@@ -122,6 +130,12 @@ impl Server {
         let rest = members.clone();
         if members.is_empty() {
             self.sockets.rooms.remove(room);
+        }
+        if let Some(rooms) = self.sockets.member_of.get_mut(&conn) {
+            rooms.retain(|r| r != room);
+            if rooms.is_empty() {
+                self.sockets.member_of.remove(&conn);
+            }
         }
         Some((gone, rest))
     }
@@ -147,13 +161,7 @@ impl Server {
                 }
             }
         }
-        let rooms: Vec<String> = self
-            .sockets
-            .rooms
-            .iter()
-            .filter(|(_, m)| m.iter().any(|p| p.conn == conn))
-            .map(|(r, _)| r.clone())
-            .collect();
+        let rooms = self.sockets.member_of.remove(&conn).unwrap_or_default();
         for room in rooms {
             if let Some((gone, rest)) = self.meet_leave(conn, &room) {
                 let frame = meet::left(&room, &gone.id);

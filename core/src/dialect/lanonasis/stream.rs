@@ -88,22 +88,20 @@ impl Counter {
     }
 }
 
-/// An `error` event (seed 002:190-202).
-fn error_event(pos: FeedPos, code: &str, message: &str, retry_after_ms: u64) -> Bytes {
+/// An `error` event (seed 002:190-202). Only an error that says where the
+/// stream goes on has an id: EventSource keeps the last id it saw and
+/// resumes after it, so a refusal with one would skip what was missed.
+fn error_event(pos: Option<FeedPos>, code: &str, message: &str, retry_after_ms: u64) -> Bytes {
     let data = json!({"code": code, "message": message, "retry_after": retry_after_ms});
-    sse::event(
-        Some(&format!("error_{pos}")),
-        "error",
-        data.to_string().as_bytes(),
-    )
+    let id = pos.map(|p| format!("error_{p}"));
+    sse::event(id.as_deref(), "error", data.to_string().as_bytes())
 }
 
 /// A stream that ends after one `error` event (status 200: the client's
 /// EventSource reads it, then reconnects after `retry`).
-fn refuse(server: &Server, code: &str, message: &str, retry_after_ms: u64) -> Outcome {
-    let pos = server.feed_counter().next_after(server.last_lsn());
+fn refuse(code: &str, message: &str, retry_after_ms: u64) -> Outcome {
     let mut body = format!("retry: {}\n", retry_after_ms.max(1000)).into_bytes();
-    body.extend_from_slice(&error_event(pos, code, message, retry_after_ms));
+    body.extend_from_slice(&error_event(None, code, message, retry_after_ms));
     Outcome::Reply(
         Response::new(200, "text/event-stream", body).with_header("Cache-Control", "no-cache"),
     )
@@ -127,7 +125,7 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let Some(principal) =
         credential(ctx).and_then(|k| socket::check_credential(server, k, ctx.now))
     else {
-        return Ok(refuse(server, "AUTH_ERROR", "Invalid API key", 0));
+        return Ok(refuse("AUTH_ERROR", "Invalid API key", 0));
     };
     let types = match EventTypes::parse(&ctx.list_param("events")) {
         Ok(t) => t,
@@ -136,7 +134,7 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
                 "unknown event type `{unknown}`; known: {}",
                 super::EVENT_TYPES.join(", ")
             );
-            return Ok(refuse(server, "INVALID_REQUEST", &message, 0));
+            return Ok(refuse("INVALID_REQUEST", &message, 0));
         }
     };
     let mut all: Vec<(String, String)> = Vec::new();
@@ -147,7 +145,6 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         if let Some(key) = k.strip_prefix("filters[").and_then(|k| k.strip_suffix(']')) {
             if key.is_empty() || all.len() > MAX_FILTERS {
                 return Ok(refuse(
-                    server,
                     "INVALID_REQUEST",
                     &format!("`filters` takes 1 to {MAX_FILTERS} entries `filters[key]=value`"),
                     0,
@@ -172,20 +169,14 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         .transpose();
     let resume = match resume {
         Ok(r) => r,
-        Err(message) => return Ok(refuse(server, "INVALID_REQUEST", &message, 0)),
+        Err(message) => return Ok(refuse("INVALID_REQUEST", &message, 0)),
     };
     let Some(conn) = ctx.conn else {
-        return Ok(refuse(
-            server,
-            "CONNECTION_ERROR",
-            "not a stream connection",
-            5000,
-        ));
+        return Ok(refuse("CONNECTION_ERROR", "not a stream connection", 5000));
     };
     let codec = EventCodec::Lanonasis(types);
     if !server.socket_claim(conn, CLAIM, &principal.key_id, STREAMS_PER_KEY) {
         return Ok(refuse(
-            server,
             "RATE_LIMITED",
             "Too many connections",
             RATE_LIMITED_RETRY_MS,
@@ -283,16 +274,16 @@ fn memory_event(kind: &str, id: &str, r: &Record) -> Option<(&'static str, J)> {
 /// A resume position this server cannot honour, or a subscriber too slow to
 /// keep: an `error` event (the stream goes on after a reset).
 pub fn encode_notice(notice: &Notice<'_>) -> Bytes {
-    let pos = |lsn: Lsn| FeedPos::after(lsn, 0);
     match notice {
         Notice::Overflowed => error_event(
-            pos(Lsn::ZERO),
+            None,
             "CONNECTION_ERROR",
             "the stream fell too far behind and is closed; reconnect with Last-Event-ID",
             5000,
         ),
+        // Events go on after `upto`: the client may resume from here.
         Notice::Reset { upto, reason, .. } => error_event(
-            pos(*upto),
+            Some(FeedPos::after(*upto, 0)),
             "RESUME_UNAVAILABLE",
             &format!("{reason}; events continue after {upto}"),
             0,

@@ -72,24 +72,30 @@ pub fn respond(
     req: &Request,
     now: Timestamp,
 ) -> Result<Outcome> {
+    let segments = url::split_path(&req.path).map_err(Error::invalid)?;
+    // Mounts match the decoded path, so `/%77s` is `/ws` here as it is to
+    // the route table.
     let listener = server.peer_of(conn).listener;
-    let path = server
-        .config()
-        .mounts
-        .resolve(listener, &req.path)
-        .ok_or_else(|| match listener {
-            Listener::Eva => Error::not_found(format!(
-                "no route for {} {}: this listener serves EVA only (/ws, /health)",
+    let decoded = format!("/{}", segments.join("/"));
+    let segments = match server.config().mounts.resolve(listener, &decoded) {
+        Some(path) if path == decoded => segments,
+        Some(path) => path
+            .trim_start_matches('/')
+            .split('/')
+            .map(str::to_string)
+            .collect(),
+        None => {
+            let why = match listener {
+                Listener::Eva => "this listener serves EVA only (/ws, /health)",
+                Listener::Main => "its endpoint was moved with --mounts",
+            };
+            return Err(Error::not_found(format!(
+                "no route for {} {}: {why}",
                 req.method.as_str(),
                 req.path
-            )),
-            Listener::Main => Error::not_found(format!(
-                "no route for {} {} (its endpoint was moved with --mounts)",
-                req.method.as_str(),
-                req.path
-            )),
-        })?;
-    let segments = url::split_path(&path).map_err(Error::invalid)?;
+            )));
+        }
+    };
     let (route, args) = routes::resolve(&req.method, &segments)?;
     let mut ctx = Ctx::http(req, now)?.with_args(args);
     ctx.conn = Some(conn);
