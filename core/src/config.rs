@@ -57,6 +57,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "chat-fold-after", env: "TIDEPOOL_CHAT_FOLD_AFTER", default: "40", help: "a chat with more messages than this (or more than its model's window holds) has its older half folded into a summary before the next answer" },
     Setting { flag: "eva-listen", env: "TIDEPOOL_EVA_LISTEN", default: "", help: "a second address serving only EVA chat at the paths its document uses, /ws and /health (e.g. 127.0.0.1:8000); empty = off (EVA stays at /eva/ws and /eva/health on the main listener)" },
     Setting { flag: "mounts", env: "TIDEPOOL_MOUNTS", default: "", help: "dialect endpoints moved to other paths, NAME=PATH comma-separated (a moved endpoint answers only at its new path); NAME is one of general-bots (/ws), meet (/ws/meet), fluxbase (/ai/ws), fluxbase-chatbots (/api/v1/ai/{chatbots}), eva (/eva/ws), eva-health (/eva/health), lanonasis (/api/v1/{stream,memory,memories})" },
+    Setting { flag: "rag-docs-folder", env: "TIDEPOOL_RAG_DOCS_FOLDER", default: "", help: "a folder of text and Markdown documents kept in a collection for chat retrieval (chunked, text and vector indexed, file names as sources, re-read when files change); RAG_DOCS_FOLDER is read too; empty = off" },
+    Setting { flag: "rag-collection", env: "TIDEPOOL_RAG_COLLECTION", default: "documents", help: "the collection the document folder's chunks go to" },
+    Setting { flag: "rag-scan-interval", env: "TIDEPOOL_RAG_SCAN_INTERVAL", default: "5", help: "seconds between scans of the document folder for changes" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -106,6 +109,9 @@ pub struct Config {
     pub chat_fold_after: usize,
     pub eva_listen: String,
     pub mounts: Mounts,
+    pub rag_docs_folder: String,
+    pub rag_collection: String,
+    pub rag_scan_interval_secs: u64,
 }
 
 /// What the command line asked for.
@@ -171,6 +177,9 @@ fn unreachable_default() -> Config {
         chat_fold_after: 40,
         eva_listen: String::new(),
         mounts: Mounts::default(),
+        rag_docs_folder: String::new(),
+        rag_collection: "documents".into(),
+        rag_scan_interval_secs: 5,
     }
 }
 
@@ -326,6 +335,16 @@ impl Config {
             chat_fold_after: num("chat-fold-after", get("chat-fold-after"))?,
             eva_listen: get("eva-listen").trim().to_string(),
             mounts: Mounts::parse(&get("mounts"))?,
+            rag_docs_folder: nonempty(get("rag-docs-folder"))
+                .or_else(|| env("RAG_DOCS_FOLDER"))
+                .unwrap_or_default(),
+            rag_collection: {
+                let c = get("rag-collection");
+                crate::engine::validate_name("collection", &c)
+                    .map_err(|e| format!("`--rag-collection`: {}", e.message))?;
+                c
+            },
+            rag_scan_interval_secs: num("rag-scan-interval", get("rag-scan-interval"))?,
         })))
     }
 }

@@ -18,6 +18,7 @@
 pub mod boot;
 pub mod cli;
 mod clock;
+mod documents;
 pub mod durability;
 mod shared;
 mod timer;

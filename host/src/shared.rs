@@ -3,6 +3,7 @@
 
 use crate::boot::{BootError, Booted};
 use crate::clock::now;
+use crate::documents::documents_loop;
 use crate::durability::Durability;
 use crate::timer::timer_loop;
 use crate::tls;
@@ -247,5 +248,20 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     )?;
     let h = host.clone();
     spawn("timer", Box::new(move || timer_loop(h, timer_rx)))?;
+    let (folder, every) = {
+        let s = host.lock();
+        let c = s.config();
+        (
+            s.documents_collection().map(|_| c.rag_docs_folder.clone()),
+            Duration::from_secs(c.rag_scan_interval_secs.max(1)),
+        )
+    };
+    if let Some(folder) = folder {
+        let h = host.clone();
+        spawn(
+            "documents",
+            Box::new(move || documents_loop(h, folder.into(), every)),
+        )?;
+    }
     Ok(host)
 }

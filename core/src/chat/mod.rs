@@ -4,6 +4,7 @@
 //! events with positions that any number of clients can watch and resume.
 
 pub mod compact;
+pub mod documents;
 pub mod emotion;
 pub mod event;
 pub mod offline;

@@ -11,6 +11,7 @@
 
 pub mod calls;
 pub mod chat;
+pub mod documents;
 pub mod pending;
 pub mod sockets;
 
