@@ -1603,3 +1603,84 @@ mod official_client {
             });
     });
 }
+
+both_runtimes!(
+    eva_emotions_come_from_the_model_when_it_tags_its_answer,
+    |rt| {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+        let fake = provider(
+            "/v1",
+            vec![Reply::Stream(
+                openai_text(&[" [Cur", "ious] ", "Which", " plan do you mean?"], (5, 6)),
+                Duration::from_millis(5),
+            )],
+        );
+        let srv = openai_server(rt, &fake, &[]);
+        let frames: Vec<Value> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut req = format!("ws://{}/eva/ws", srv.addr)
+                .into_client_request()
+                .unwrap();
+            req.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {}", tidepool_tests::API_KEY)
+                    .parse()
+                    .unwrap(),
+            );
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            for v in [
+                json!({"type": "start_conversation", "conversation_id": null}),
+                json!({"type": "user_message", "content": "Tell me about the plans"}),
+            ] {
+                ws.send(Message::Text(v.to_string().into())).await.unwrap();
+            }
+            let mut frames = Vec::new();
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("frames")
+                    .unwrap()
+                    .unwrap();
+                let Message::Text(t) = msg else { continue };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" {
+                    let last = v["is_final"] == true;
+                    frames.push(v);
+                    if last {
+                        return frames;
+                    }
+                }
+            }
+        });
+        // The tag is the model's emotion, not part of the answer.
+        let text: String = frames
+            .iter()
+            .map(|f| f["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(text, "Which plan do you mean?");
+        assert!(
+            frames.iter().all(|f| f["emotion"] == "curious"),
+            "{frames:?}"
+        );
+        // The model was asked for it.
+        let system = fake.requests()[0].1["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(system.contains("[empathetic]"), "{system}");
+        // The stored answer has no tag either.
+        let token = srv.token();
+        let r = srv.call(&token, "GET", "/api/chat", "");
+        let chat = r.json()["sessions"][0]["chat_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let msgs = messages(&srv, &token, &chat);
+        let answer = msgs
+            .iter()
+            .find(|m| text_of(m, "role") == "assistant")
+            .unwrap();
+        assert_eq!(text_of(answer, "content"), "Which plan do you mean?");
+    }
+);

@@ -101,9 +101,97 @@ pub fn classify(text: &str) -> &'static str {
     best.0
 }
 
+/// What an EVA conversation's system prompt asks of a real model, so the
+/// emotion comes from the model: a leading tag the turn strips
+/// (`TagReader`).
+pub const INSTRUCTION: &str = "Begin every answer with the emotion it expresses, as one tag \
+in square brackets from this list: [neutral] [happy] [excited] [thoughtful] [curious] \
+[confident] [concerned] [empathetic]. Then write the answer itself.";
+
+/// The longest prefix that may still become a tag (`[empathetic]` plus
+/// spaces); past it without a tag, the text is the answer.
+const MAX_TAG: usize = 24;
+
+/// Reads a leading `[emotion]` tag off a streamed answer: holds text back
+/// only while it could still be a tag, then passes everything through.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TagReader {
+    held: String,
+    decided: bool,
+}
+
+impl TagReader {
+    /// More of the answer: the emotion, if the tag just completed, and the
+    /// text that can go out now.
+    pub fn feed(&mut self, text: &str) -> (Option<&'static str>, String) {
+        if self.decided {
+            return (None, text.to_string());
+        }
+        self.held.push_str(text);
+        let start = self.held.trim_start();
+        if start.is_empty() {
+            return (None, String::new());
+        }
+        if !start.starts_with('[') {
+            return (None, self.release());
+        }
+        if let Some(end) = start.find(']') {
+            let name = start[1..end].trim().to_ascii_lowercase();
+            if let Some(e) = EMOTIONS.iter().find(|e| **e == name) {
+                let rest = start[end + 1..].trim_start().to_string();
+                self.held.clear();
+                self.decided = true;
+                return (Some(e), rest);
+            }
+            return (None, self.release());
+        }
+        if self.held.len() > MAX_TAG {
+            return (None, self.release());
+        }
+        (None, String::new())
+    }
+
+    /// The answer ended: whatever was held back.
+    pub fn finish(&mut self) -> String {
+        self.release()
+    }
+
+    fn release(&mut self) -> String {
+        self.decided = true;
+        std::mem::take(&mut self.held)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_tag_split_across_tokens_is_read_and_stripped() {
+        let mut r = TagReader::default();
+        assert_eq!(r.feed(" [Cur"), (None, String::new()));
+        assert_eq!(r.feed("ious]"), (Some("curious"), String::new()));
+        assert_eq!(r.feed(" Let me"), (None, " Let me".into()));
+        let mut r = TagReader::default();
+        assert_eq!(r.feed("[happy] Hi"), (Some("happy"), "Hi".into()));
+    }
+
+    #[test]
+    fn anything_else_passes_through_untouched() {
+        let mut r = TagReader::default();
+        assert_eq!(r.feed("The price"), (None, "The price".into()));
+        assert_eq!(r.feed(" is 99"), (None, " is 99".into()));
+        let mut r = TagReader::default();
+        assert_eq!(r.feed("[1] first"), (None, "[1] first".into()));
+        let mut r = TagReader::default();
+        assert_eq!(
+            r.feed("[a very long bracketed aside"),
+            (None, "[a very long bracketed aside".into())
+        );
+        let mut r = TagReader::default();
+        assert_eq!(r.feed("[hap"), (None, String::new()));
+        assert_eq!(r.finish(), "[hap");
+    }
 
     #[test]
     fn surface_cues_pick_an_emotion_and_plain_text_is_neutral() {

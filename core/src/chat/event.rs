@@ -14,6 +14,8 @@ pub struct ChatEvent {
     pub seq: u32,
     /// When the event happened (dialects that stamp their frames).
     pub at: Timestamp,
+    /// The emotion the model tagged its answer with, once read (EVA).
+    pub emotion: Option<&'static str>,
     pub kind: ChatEventKind,
 }
 

@@ -107,6 +107,10 @@ pub struct Turn {
     pub gate: Lsn,
     pub end_lsn: Lsn,
     pub listeners: Vec<Listener>,
+    /// Reads the model's leading emotion tag, when the system prompt asks
+    /// for one (EVA conversations with a real provider).
+    pub tags: Option<crate::chat::emotion::TagReader>,
+    pub emotion: Option<&'static str>,
 }
 
 impl Turn {

@@ -147,6 +147,7 @@ mod tests {
 
     fn ev(kind: ChatEventKind) -> ChatEvent {
         ChatEvent {
+            emotion: None,
             chat_id: "c1".into(),
             message_id: "c1_000001".into(),
             seq: 3,

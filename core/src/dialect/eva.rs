@@ -7,7 +7,10 @@
 //! expect. `start_conversation` opens a conversation (an ordinary chat
 //! session) or resumes one; `user_message` is answered with `message`
 //! chunks, the last `is_final`, carrying an emotion, the sources and, once
-//! the history was summarized, `has_summary` / `summary_version`.
+//! the history was summarized, `has_summary` / `summary_version`. The
+//! emotion is the model's: a new conversation's system prompt asks it to
+//! lead with a tag the turn reads off (`chat::emotion::TagReader`); without
+//! one (the offline provider) a small word-list classifier picks it.
 
 use super::rest::{Ctx, Outcome};
 use super::socket::{self, RateWindow, Unreadable};
@@ -182,7 +185,9 @@ fn start(s: &mut Session, server: &mut Server, id: Option<&J>, now: Timestamp) -
                 now,
             )]
         }
-        None | Some(J::Null) => match socket::open_chat(server, None, now) {
+        // The model is asked for its emotion (a real provider answers with
+        // a tag the turn reads; the offline one ignores it).
+        None | Some(J::Null) => match socket::open_chat(server, Some(emotion::INSTRUCTION), now) {
             Ok(id) => id,
             Err(e) => return vec![error("INTERNAL_ERROR", &e.message, now)],
         },
@@ -256,7 +261,7 @@ pub fn encode_chat_event(e: &ChatEvent) -> Option<Bytes> {
     let meta = |sources: &[String]| json!({"conversation_id": e.chat_id, "timestamp": socket::iso(e.at), "sources": sources});
     let frame = match &e.kind {
         ChatEventKind::Token(t) if !t.is_empty() => json!({
-            "type": "message", "content": t, "emotion": emotion::classify(t),
+            "type": "message", "content": t, "emotion": e.emotion.unwrap_or_else(|| emotion::classify(t)),
             "chunk_id": e.id(), "is_final": false, "metadata": meta(&[]),
         }),
         ChatEventKind::Done {
@@ -271,7 +276,7 @@ pub fn encode_chat_event(e: &ChatEvent) -> Option<Bytes> {
                 m["summary_version"] = J::from(*summary_version);
             }
             json!({
-                "type": "message", "content": "", "emotion": emotion::classify(content),
+                "type": "message", "content": "", "emotion": e.emotion.unwrap_or_else(|| emotion::classify(content)),
                 "chunk_id": e.id(), "is_final": true, "metadata": m,
             })
         }

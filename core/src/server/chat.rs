@@ -16,7 +16,7 @@ use crate::chat::session::Session;
 use crate::chat::store::{self, Message, Role, Status};
 use crate::chat::tools::{self, Policy};
 use crate::chat::turn::{Listener, Phase, Shape, Turn, TurnId};
-use crate::chat::{compact, offline};
+use crate::chat::{compact, emotion, offline};
 use crate::dialect::{self, ekodb_ws, rest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ConnId, Lsn};
@@ -463,6 +463,12 @@ impl Server {
             Shape::Raw => format!("raw-{seq}"),
         };
         let offline = choice.provider.api == Api::Offline;
+        let tags = (!offline
+            && prompt
+                .system
+                .as_deref()
+                .is_some_and(|s| s.contains(emotion::INSTRUCTION)))
+        .then(emotion::TagReader::default);
         let turn = Turn {
             id,
             shape,
@@ -491,6 +497,8 @@ impl Server {
             gate,
             end_lsn: gate,
             listeners: listener.into_iter().collect(),
+            tags,
+            emotion: None,
         };
         self.turns.by_chat.insert(chat_id.clone(), id);
         self.turns.active.insert(id, turn);
@@ -708,11 +716,36 @@ impl Server {
         if text.is_empty() {
             return;
         }
-        if let Some(turn) = self.turns.active.get_mut(&id) {
-            turn.text.push_str(&text);
-            turn.round_text.push_str(&text);
+        let Some(turn) = self.turns.active.get_mut(&id) else {
+            return;
+        };
+        // A leading emotion tag is the model's, not the answer's.
+        let text = match turn.tags.as_mut() {
+            Some(reader) => {
+                let (emotion, out) = reader.feed(&text);
+                turn.emotion = turn.emotion.or(emotion);
+                out
+            }
+            None => text,
+        };
+        if text.is_empty() {
+            return;
         }
+        turn.text.push_str(&text);
+        turn.round_text.push_str(&text);
         self.emit(id, ChatEventKind::Token(text), now);
+    }
+
+    /// Text a tag reader still holds when the answer ends goes out.
+    fn release_held(&mut self, id: TurnId, now: Timestamp) {
+        let held = self
+            .turns
+            .active
+            .get_mut(&id)
+            .and_then(|t| t.tags.take())
+            .map(|mut r| r.finish())
+            .unwrap_or_default();
+        self.on_text(id, held, now);
     }
 
     /// A provider attempt failed: try again if nothing was streamed yet and
@@ -990,6 +1023,7 @@ impl Server {
     /// The answer is complete: store it, then tell everyone.
     fn finish_turn(&mut self, id: TurnId, now: Timestamp) {
         self.timers.cancel(ServerTimer::Turn(id));
+        self.release_held(id, now);
         let Some(turn) = self.turns.active.get(&id) else {
             return;
         };
@@ -1063,6 +1097,7 @@ impl Server {
     /// The turn failed (a provider failure carries its classification) or
     /// was cancelled: nothing is stored for the answer.
     fn fail_turn(&mut self, id: TurnId, failure: Option<Failure>, cancelled: bool, now: Timestamp) {
+        self.release_held(id, now);
         let error = match (&failure, cancelled) {
             (_, true) => Error::conflict("chat cancelled"),
             (Some(f), _) => f.to_error(),
@@ -1157,6 +1192,7 @@ impl Server {
             return;
         };
         let event = ChatEvent {
+            emotion: turn.emotion,
             chat_id: turn.chat_id.clone(),
             message_id: turn.message_id.clone(),
             seq: turn.next_seq(),
@@ -1313,6 +1349,7 @@ impl Server {
             },
         };
         let event = ChatEvent {
+            emotion: None,
             chat_id: chat_id.to_string(),
             message_id: message_id.to_string(),
             seq: 0,
