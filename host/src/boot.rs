@@ -177,6 +177,7 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     let (store, recovery) = Store::open(opts).map_err(BootError::Store)?;
     let mut server = Server::new(config, secret.as_bytes(), random_seed());
     server.set_clock(now);
+    server.set_process_probe(crate::process::sample);
     let (chunks, batches) = replay(&mut server, &recovery)?;
     server.handle_recovered(Lsn(recovery.last_lsn().0), now());
     banner.push(format!(

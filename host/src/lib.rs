@@ -20,6 +20,7 @@ pub mod cli;
 mod clock;
 mod documents;
 pub mod durability;
+mod process;
 mod shared;
 mod timer;
 mod tls;

@@ -241,13 +241,37 @@ both_runtimes!(heartbeats_are_events_a_client_can_resume_from, |rt| {
     // A heartbeat below the documented minimum is raised to 30 s.
     let mut s = stream(&srv, "?heartbeat=1", "");
     let started = Instant::now();
-    let hb = s.next(Duration::from_secs(40)).expect("a heartbeat");
+    // Both come after 30 s: the heartbeat, and (every type was asked for)
+    // `system.health`, in either order.
+    let (mut hb, mut health) = (None, None);
+    while hb.is_none() || health.is_none() {
+        let e = s
+            .next(Duration::from_secs(40))
+            .expect("a heartbeat and a health report");
+        match e.event.as_str() {
+            "heartbeat" => hb = Some(e),
+            "system.health" => health = Some(e),
+            other => panic!("unexpected {other}"),
+        }
+    }
     assert!(
         started.elapsed() >= Duration::from_secs(29),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(hb.event, "heartbeat");
+    let h = data(&health.unwrap());
+    assert_eq!(h["status"], "healthy");
+    assert!(h["timestamp"].is_string());
+    for m in ["cpu_usage", "memory_usage", "response_time", "error_rate"] {
+        assert!(
+            h["metrics"][m]
+                .as_f64()
+                .is_some_and(|v| (0.0..=100.0).contains(&v)),
+            "{m}: {h}"
+        );
+    }
+    assert_eq!(h["services"]["database"], "healthy");
+    let hb = hb.unwrap();
     let d = data(&hb);
     assert_eq!(d["status"], "healthy");
     assert!(d["timestamp"].is_string() && d["connection_id"].is_string());

@@ -256,6 +256,11 @@ impl Hub {
         }
     }
 
+    /// Whether any connection's codec passes `test`.
+    pub fn any_codec(&self, test: impl Fn(EventCodec) -> bool) -> bool {
+        self.queues.values().any(|q| test(q.codec))
+    }
+
     /// Queues an event that is not a change for every connection whose codec
     /// has bytes for it (encoded once per codec), deliverable once `lsn` is
     /// durable (so it follows the changes queued before it).

@@ -12,6 +12,7 @@
 pub mod calls;
 pub mod chat;
 pub mod documents;
+pub mod health;
 pub mod pending;
 pub mod sockets;
 
@@ -105,6 +106,8 @@ pub(crate) enum ServerTimer {
     Call(CallId),
     /// A chat turn's retry is due, or its client tools ran out of time.
     Turn(TurnId),
+    /// `system.health` for the streams that asked for it.
+    Health,
 }
 
 /// What the store was doing when it failed.
@@ -156,6 +159,10 @@ pub struct Server {
     durable: Lsn,
     storage_failure: Option<StorageFailure>,
     clock: Option<fn() -> Timestamp>,
+    /// Samples the process (CPU, memory), supplied by the runtime.
+    probe: Option<fn() -> health::ProcessSample>,
+    /// Requests since the last health report.
+    health: health::Window,
     /// Durability reports received (one per group commit): batches per sync is
     /// `last_lsn / syncs`.
     syncs: u64,
@@ -203,6 +210,8 @@ impl Server {
             durable: Lsn::ZERO,
             storage_failure: None,
             clock: None,
+            probe: None,
+            health: health::Window::default(),
             syncs: 0,
             timers: TimerTable::default(),
             calls: Calls::new(limits),
@@ -437,6 +446,7 @@ impl Server {
                 ServerTimer::Transactions => self.engine.expire_transactions(now),
                 ServerTimer::Call(id) => self.calls.timeout(id, now, &mut self.timers),
                 ServerTimer::Turn(id) => self.turn_timeout(id, now),
+                ServerTimer::Health => self.health_due(now),
             }
             self.pump_turns(now);
         }
@@ -502,6 +512,10 @@ impl Server {
             Ok(Outcome::Pending(ticket)) => (Response::new(0, "", ""), None, Some(ticket)),
             Err(e) => (rest::error_response(&e), None, None),
         };
+        let took = self.clock.map(|c| c().since(now));
+        if pending.is_none() {
+            self.count_request(response.status, took);
+        }
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
         let wait_for = self.finish_operation(now);

@@ -15,6 +15,7 @@ use crate::engine::record::Record;
 use crate::error::Result;
 use crate::ids::Lsn;
 use crate::realtime::events::{Change, Event, Filter};
+use crate::server::health::Health;
 use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
 use crate::wire::http::Response;
@@ -175,6 +176,9 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(refuse("CONNECTION_ERROR", "not a stream connection", 5000));
     };
     let codec = EventCodec::Lanonasis(types);
+    if types.contains("system.health") {
+        server.want_health(ctx.now);
+    }
     if !server.socket_claim(conn, CLAIM, &principal.key_id, STREAMS_PER_KEY) {
         return Ok(refuse(
             "RATE_LIMITED",
@@ -302,6 +306,35 @@ pub fn publish_search(server: &mut Server, data: &J) {
     );
     server.broadcast(lsn, |codec| match codec {
         EventCodec::Lanonasis(types) if types.contains("search.performed") => Some(bytes.clone()),
+        _ => None,
+    });
+}
+
+/// Sends `system.health` (seed 002:160-179) to every stream that asked for
+/// it. Numbers the process could not measure are null.
+pub fn publish_health(server: &mut Server, h: &Health, now: Timestamp) {
+    let lsn = server.last_lsn();
+    let pos = server.feed_counter().next_after(lsn);
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let status = if h.degraded { "degraded" } else { "healthy" };
+    let data = json!({
+        "status": status,
+        "timestamp": iso(now),
+        "metrics": {
+            "cpu_usage": h.cpu_percent.map(round),
+            "memory_usage": h.memory_percent.map(round),
+            "response_time": round(h.mean_response_ms),
+            "error_rate": round(h.error_percent),
+        },
+        "services": {"api": "healthy", "database": status, "search": "healthy"},
+    });
+    let bytes = sse::event(
+        Some(&format!("event_{pos}")),
+        "system.health",
+        data.to_string().as_bytes(),
+    );
+    server.broadcast(lsn, |codec| match codec {
+        EventCodec::Lanonasis(types) if types.contains("system.health") => Some(bytes.clone()),
         _ => None,
     });
 }
