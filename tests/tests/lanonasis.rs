@@ -408,3 +408,39 @@ both_runtimes!(memory_api_answers_as_the_sdk_expects, |rt| {
     let r = srv.call(&token, "GET", "/api/collections?exclude_internal=true", "");
     assert!(!r.text().contains("memories"), "{}", r.text());
 });
+
+both_runtimes!(
+    a_resumed_stream_gets_the_searches_it_missed_in_order,
+    |rt| {
+        let srv = TestServer::start(rt);
+        let types = "?events=memory.created,search.performed";
+        let mut s = stream(&srv, types, "");
+        create(&srv, json!({"title": "seen", "content": "before the drop"}));
+        let last_id = next_event(&mut s).id.unwrap();
+        drop(s);
+        // Missed: a search, a memory, another search.
+        let search = |q: &str| {
+            let r = memory(&srv, "POST", "/memory/search", &json!({"query": q}));
+            assert_eq!(r.status, 200, "{}", r.text());
+        };
+        search("first");
+        let m = create(&srv, json!({"title": "missed", "content": "while away"}));
+        search("second");
+        let mut s = stream(&srv, types, &format!("Last-Event-ID: {last_id}\r\n"));
+        let got: Vec<SseEvent> = (0..3).map(|_| next_event(&mut s)).collect();
+        let kinds: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["search.performed", "memory.created", "search.performed"]
+        );
+        assert_eq!(data(&got[0])["query"], "first");
+        assert_eq!(data(&got[1])["id"], m["id"]);
+        assert_eq!(data(&got[2])["query"], "second");
+        let ids: Vec<(u64, u64)> = got
+            .iter()
+            .map(|e| position(e.id.as_deref().unwrap()))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_quiet(&mut s, Duration::from_millis(300));
+    }
+);

@@ -131,6 +131,7 @@ impl Connection {
                 collection,
                 filter,
                 resume,
+                missed,
                 feed,
             }) => {
                 let head = response::encode_stream_head(200, "text/event-stream", &[]);
@@ -149,7 +150,7 @@ impl Connection {
                 self.timers
                     .set(ConnTimer::Heartbeat, Some(now.saturating_add(every)));
                 if let Some(from) = resume {
-                    self.start_replay(server, collection, filter, from);
+                    self.start_replay_with(server, collection, filter, from, missed);
                 }
             }
             Some(Upgrade::ChatStream {

@@ -10,6 +10,7 @@ use crate::ids::Lsn;
 use crate::realtime::events::{self, Change, EventPos, Filter};
 use crate::server::Server;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::fmt;
 
 /// How much log a resuming subscriber reads per step.
@@ -49,6 +50,9 @@ pub(super) struct Replay {
     codec: EventCodec,
     from: EventPos,
     upto: Lsn,
+    /// Events that are not log changes, each after its batch (a Lanonasis
+    /// stream's missed searches), sent in order between the batches.
+    extras: VecDeque<(Lsn, Bytes)>,
 }
 
 impl Connection {
@@ -58,6 +62,18 @@ impl Connection {
         collection: String,
         filter: Option<Filter>,
         from: EventPos,
+    ) {
+        self.start_replay_with(server, collection, filter, from, Vec::new());
+    }
+
+    /// A replay that also sends `extras`, each after the batch it names.
+    pub(super) fn start_replay_with(
+        &mut self,
+        server: &Server,
+        collection: String,
+        filter: Option<Filter>,
+        from: EventPos,
+        extras: Vec<(Lsn, Bytes)>,
     ) {
         let Some(codec) = self.codec() else {
             return;
@@ -83,6 +99,7 @@ impl Connection {
             codec,
             from,
             upto,
+            extras: extras.into(),
         });
     }
 
@@ -125,6 +142,9 @@ impl Connection {
                         break;
                     }
                     last = Some(*lsn);
+                    while let Some((_, bytes)) = replay.extras.pop_front_if(|(at, _)| *at < *lsn) {
+                        out.push(bytes);
+                    }
                     let Ok(batch) = mutation::decode(payload) else {
                         continue;
                     };
@@ -157,6 +177,9 @@ impl Connection {
                 }
             }
         };
+        if done {
+            out.extend(replay.extras.drain(..).map(|(_, b)| b));
+        }
         for bytes in out {
             self.push_message(Lsn::ZERO, bytes);
         }

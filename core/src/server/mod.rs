@@ -77,6 +77,9 @@ pub enum Upgrade {
         collection: String,
         filter: Option<Filter>,
         resume: Option<EventPos>,
+        /// Events that are not changes the stream missed, each with the
+        /// batch it follows (sent between the replayed ones).
+        missed: Vec<(Lsn, bytes::Bytes)>,
         feed: crate::dialect::lanonasis::stream::Feed,
     },
     /// An SSE stream of one chat answer (events after `after`), which ends

@@ -5,10 +5,11 @@
 
 use super::Server;
 use crate::dialect::lanonasis::stream::Counter;
+use crate::dialect::lanonasis::FeedPos;
 use crate::dialect::{meet, EventCodec};
 use crate::ids::{ConnId, Lsn};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// A participant of a meet room.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,12 +31,37 @@ pub struct Sockets {
     member_of: HashMap<ConnId, Vec<String>>,
     /// Orders the Lanonasis events that are not log changes.
     feed_counter: Counter,
+    /// The latest such events (searches), for streams that resume.
+    recent_feed: VecDeque<(FeedPos, Bytes)>,
 }
+
+/// Searches kept for resuming Lanonasis streams.
+const RECENT_FEED: usize = 1024;
 
 impl Server {
     /// The counter Lanonasis streams draw their non-change positions from.
     pub fn feed_counter(&self) -> &Counter {
         &self.sockets.feed_counter
+    }
+
+    /// Keeps a Lanonasis event that is not a change for streams that resume
+    /// after it (the oldest goes past `RECENT_FEED`).
+    pub fn feed_remember(&mut self, pos: FeedPos, bytes: Bytes) {
+        let recent = &mut self.sockets.recent_feed;
+        if recent.len() == RECENT_FEED {
+            recent.pop_front();
+        }
+        recent.push_back((pos, bytes));
+    }
+
+    /// The kept events after `pos`, in order, each with the batch it follows.
+    pub fn feed_recent_after(&self, pos: FeedPos) -> Vec<(Lsn, Bytes)> {
+        self.sockets
+            .recent_feed
+            .iter()
+            .filter(|(p, _)| *p > pos)
+            .map(|(p, b)| (p.lsn, b.clone()))
+            .collect()
     }
 
     /// Queues an event that is not a change for every stream whose codec

@@ -7,8 +7,10 @@
 //! stream resumed with `Last-Event-ID` replays exactly what it missed. A
 //! delete leaves a tombstone for a week (who deleted, when, why) so the
 //! `memory.deleted` event carries them and the memory's metadata (for
-//! `filters`). Searches are reads: their `search.performed` events go to the
-//! streams open at the time and are not replayed.
+//! `filters`). Searches are reads, not log changes: the latest 1,024
+//! `search.performed` events are kept in memory, and a stream that resumes
+//! gets the ones it missed between the replayed changes, in id order (those
+//! older than that, or from before a restart, are gone).
 //!
 //! Event ids are positions `<lsn>.<n>` in one order: a memory event is the
 //! n-th change of batch `lsn`; a search event, heartbeat or error takes

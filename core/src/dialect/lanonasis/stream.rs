@@ -198,6 +198,11 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         every: Duration::from_secs(every),
         connection_id: format!("conn_{}", conn.0),
     };
+    // Searches it missed go between the replayed changes, in id order.
+    let missed = match resume {
+        Some(p) if types.contains("search.performed") => server.feed_recent_after(p),
+        _ => Vec::new(),
+    };
     Ok(Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
         Upgrade::Feed {
@@ -205,6 +210,7 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
             collection: MEMORIES.to_string(),
             filter: (!all.is_empty()).then_some(Filter { all }),
             resume: resume.map(FeedPos::resume_point),
+            missed,
             feed,
         },
     ))
@@ -304,6 +310,7 @@ pub fn publish_search(server: &mut Server, data: &J) {
         "search.performed",
         data.to_string().as_bytes(),
     );
+    server.feed_remember(pos, bytes.clone());
     server.broadcast(lsn, |codec| match codec {
         EventCodec::Lanonasis(types) if types.contains("search.performed") => Some(bytes.clone()),
         _ => None,
