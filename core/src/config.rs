@@ -57,6 +57,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "chat-fold-after", env: "TIDEPOOL_CHAT_FOLD_AFTER", default: "40", help: "a chat with more messages than this (or more than its model's window holds) has its older half folded into a summary before the next answer" },
     Setting { flag: "eva-listen", env: "TIDEPOOL_EVA_LISTEN", default: "", help: "a second address serving only EVA chat at the paths its document uses, /ws and /health (e.g. 127.0.0.1:8000); empty = off (EVA stays at /eva/ws and /eva/health on the main listener)" },
     Setting { flag: "mounts", env: "TIDEPOOL_MOUNTS", default: "", help: "dialect endpoints moved to other paths, NAME=PATH comma-separated (a moved endpoint answers only at its new path); NAME is one of general-bots (/ws), meet (/ws/meet), fluxbase (/ai/ws), fluxbase-chatbots (/api/v1/ai/{chatbots}), eva (/eva/ws), eva-health (/eva/health), lanonasis (/api/v1/{stream,memory,memories})" },
+    Setting { flag: "general-bots-ping-interval", env: "TIDEPOOL_GENERAL_BOTS_PING_INTERVAL", default: "30", help: "seconds between pings on General Bots sockets (its documented 30)" },
+    Setting { flag: "general-bots-idle-timeout", env: "TIDEPOOL_GENERAL_BOTS_IDLE_TIMEOUT", default: "300", help: "seconds a General Bots socket may send nothing before it is told session_closed and closed (its documented 5 minutes; the session stays)" },
     Setting { flag: "rag-docs-folder", env: "TIDEPOOL_RAG_DOCS_FOLDER", default: "", help: "a folder of text and Markdown documents kept in a collection for chat retrieval (chunked, text and vector indexed, file names as sources, re-read when files change); RAG_DOCS_FOLDER is read too; empty = off" },
     Setting { flag: "rag-collection", env: "TIDEPOOL_RAG_COLLECTION", default: "documents", help: "the collection the document folder's chunks go to" },
     Setting { flag: "rag-scan-interval", env: "TIDEPOOL_RAG_SCAN_INTERVAL", default: "5", help: "seconds between scans of the document folder for changes" },
@@ -109,6 +111,8 @@ pub struct Config {
     pub chat_fold_after: usize,
     pub eva_listen: String,
     pub mounts: Mounts,
+    pub general_bots_ping_interval_secs: u64,
+    pub general_bots_idle_timeout_secs: u64,
     pub rag_docs_folder: String,
     pub rag_collection: String,
     pub rag_scan_interval_secs: u64,
@@ -177,6 +181,8 @@ fn unreachable_default() -> Config {
         chat_fold_after: 40,
         eva_listen: String::new(),
         mounts: Mounts::default(),
+        general_bots_ping_interval_secs: 30,
+        general_bots_idle_timeout_secs: 300,
         rag_docs_folder: String::new(),
         rag_collection: "documents".into(),
         rag_scan_interval_secs: 5,
@@ -335,6 +341,14 @@ impl Config {
             chat_fold_after: num("chat-fold-after", get("chat-fold-after"))?,
             eva_listen: get("eva-listen").trim().to_string(),
             mounts: Mounts::parse(&get("mounts"))?,
+            general_bots_ping_interval_secs: num(
+                "general-bots-ping-interval",
+                get("general-bots-ping-interval"),
+            )?,
+            general_bots_idle_timeout_secs: num(
+                "general-bots-idle-timeout",
+                get("general-bots-idle-timeout"),
+            )?,
             rag_docs_folder: nonempty(get("rag-docs-folder"))
                 .or_else(|| env("RAG_DOCS_FOLDER"))
                 .unwrap_or_default(),

@@ -918,3 +918,41 @@ both_runtimes!(general_bots_takes_a_hundred_connections_per_address, |rt| {
         }
     });
 });
+
+both_runtimes!(general_bots_idle_sockets_are_told_and_closed, |rt| {
+    let srv = TestServer::start_with(
+        rt,
+        &[
+            "--general-bots-idle-timeout",
+            "2",
+            "--general-bots-ping-interval",
+            "1",
+        ],
+    );
+    block_on(async {
+        // A client that keeps talking stays.
+        let (mut busy, _) = gb_connect(&srv).await;
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            send(&mut busy, json!({"type": "ping"})).await;
+            assert_eq!(recv(&mut busy).await["type"], "pong");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        // A silent one is told its session closed (the session lives on),
+        // then the socket closes cleanly.
+        let (mut quiet, session) = gb_connect(&srv).await;
+        let said = next(&mut quiet, Duration::from_secs(6)).await;
+        let closed = frame(said);
+        assert_eq!(closed["type"], "session_closed");
+        assert_eq!(closed["session_id"], session.as_str());
+        assert_eq!(closed["reason"], "idle_timeout");
+        assert_eq!(next(&mut quiet, WAIT).await, Said::Closed(Some(1000)));
+        let (mut again, _) = gb_connect(&srv).await;
+        send(
+            &mut again,
+            json!({"type": "message", "session_id": session, "content": "hello"}),
+        )
+        .await;
+        assert_eq!(recv(&mut again).await["type"], "stream_start");
+    });
+});

@@ -90,12 +90,17 @@ impl Connection {
                 // Bytes that arrived behind the upgrade request are frames.
                 transport.handle_input(&self.inbuf.split());
                 self.outbox = Some(server.open_stream(self.id, session.codec()));
-                self.mode = Mode::WebSocket(Box::new(WsMode { transport, session }));
+                let every = session.ping_every().unwrap_or(self.heartbeat);
+                self.mode = Mode::WebSocket(Box::new(WsMode {
+                    transport,
+                    session,
+                    last_message: now,
+                }));
                 self.ws_opened(server, now);
                 self.timers.cancel(ConnTimer::Idle);
                 self.timers.set(
                     ConnTimer::Heartbeat,
-                    Some(now.saturating_add(self.heartbeat.max(FIRST_PING_AFTER))),
+                    Some(now.saturating_add(every.max(FIRST_PING_AFTER))),
                 );
                 self.work.clear();
                 self.read_ws();

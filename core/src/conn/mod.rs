@@ -73,6 +73,9 @@ enum State {
 struct WsMode {
     transport: WsTransport,
     session: WsSession,
+    /// When the client last sent a message (for dialects with an idle
+    /// timeout).
+    last_message: Timestamp,
 }
 
 #[derive(Debug)]

@@ -59,6 +59,7 @@ impl Connection {
         let Mode::WebSocket(ws) = &mut self.mode else {
             return;
         };
+        ws.last_message = now;
         let (replies, followup) = ws.session.handle(server, self.id, &msg, now);
         self.ws_replies(server, replies, followup);
     }
@@ -73,10 +74,7 @@ impl Connection {
     }
 
     fn ws_replies(&mut self, server: &mut Server, replies: Vec<Outgoing>, followup: Followup) {
-        for r in replies {
-            self.push_out(r.wait_for, frame_header(r.binary, r.payload.len()));
-            self.push_out(r.wait_for, r.payload);
-        }
+        self.push_replies(replies);
         match followup {
             Followup::None => {}
             Followup::Resume {
@@ -84,19 +82,29 @@ impl Connection {
                 filter,
                 from,
             } => self.start_replay(server, collection, filter, from),
-            Followup::Close { code, reason } => {
-                if let Mode::WebSocket(ws) = &mut self.mode {
-                    ws.transport.close(code, reason);
-                    if let Some(b) = ws.transport.take_output() {
-                        // After the replies, which are durable no later.
-                        let lsn = self.out.back().map_or(Lsn::ZERO, |(l, _)| *l);
-                        self.push_out(lsn, b);
-                    }
-                }
-                self.state = State::Closing;
-                self.work.clear();
+            Followup::Close { code, reason } => self.close_socket(code, reason),
+        }
+    }
+
+    fn push_replies(&mut self, replies: Vec<Outgoing>) {
+        for r in replies {
+            self.push_out(r.wait_for, frame_header(r.binary, r.payload.len()));
+            self.push_out(r.wait_for, r.payload);
+        }
+    }
+
+    /// Closes the WebSocket with `code` after what is queued.
+    fn close_socket(&mut self, code: u16, reason: &str) {
+        if let Mode::WebSocket(ws) = &mut self.mode {
+            ws.transport.close(code, reason);
+            if let Some(b) = ws.transport.take_output() {
+                // After the replies, which are durable no later.
+                let lsn = self.out.back().map_or(Lsn::ZERO, |(l, _)| *l);
+                self.push_out(lsn, b);
             }
         }
+        self.state = State::Closing;
+        self.work.clear();
     }
 
     /// Queues one encoded message of this connection's codec: framed as a
@@ -165,17 +173,30 @@ impl Connection {
         match &mut self.mode {
             Mode::Http => return,
             Mode::WebSocket(ws) => {
-                if now.since(self.last_activity) > self.heartbeat * 3
-                    && now.since(self.opened) > self.heartbeat * 3
-                {
+                let every = ws.session.ping_every().unwrap_or(self.heartbeat);
+                let idle = ws.session.idle_after();
+                if idle.is_some_and(|idle| now.since(ws.last_message) >= idle) {
+                    // The dialect's idle timeout: its goodbye, then a close.
+                    let goodbye = ws.session.idle_goodbye();
+                    self.push_replies(goodbye);
+                    self.close_socket(1000, "idle timeout");
+                    return;
+                }
+                if now.since(self.last_activity) > every * 3 && now.since(self.opened) > every * 3 {
                     ws.transport.close(1001, "no response to pings");
                     self.state = State::Closing;
                 } else {
                     ws.transport.ping();
                 }
+                let mut next = now.saturating_add(every);
+                if let Some(idle) = idle {
+                    next = next.min(ws.last_message.saturating_add(idle));
+                }
                 if let Some(b) = ws.transport.take_output() {
                     self.push_out(Lsn::ZERO, b);
                 }
+                self.timers.set(ConnTimer::Heartbeat, Some(next));
+                return;
             }
             Mode::Sse(SseMode { feed: Some(f), .. }) => {
                 let every = f.every;

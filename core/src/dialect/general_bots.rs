@@ -31,6 +31,18 @@ const MESSAGES_PER_WINDOW: usize = 30;
 const WINDOW: Duration = Duration::from_secs(30);
 /// Open `/ws` connections per client address (seed 001:223).
 pub const CONNECTIONS_PER_IP: usize = 100;
+/// The documented ping interval and idle timeout (seed 001:225-226);
+/// `--general-bots-ping-interval` and `--general-bots-idle-timeout`.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// A socket's timing, from the server's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub ping_every: Duration,
+    /// A socket the client sent nothing on for this long is told
+    /// `session_closed` (the session itself stays) and closed.
+    pub idle_after: Duration,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
@@ -41,17 +53,32 @@ pub struct Session {
     /// repeated `auth` frame gets the same one).
     session: Option<String>,
     messages: RateWindow,
+    pub limits: Limits,
 }
 
 impl Session {
-    pub fn new(query_token: Option<String>) -> Self {
+    pub fn new(query_token: Option<String>, limits: Limits) -> Self {
         Session {
             query_token,
             authenticated: false,
             session: None,
             messages: RateWindow::new(MESSAGES_PER_WINDOW, WINDOW),
+            limits,
         }
     }
+}
+
+/// Before an idle close: `session_closed` for the connection's session
+/// (which lives on, and can be resumed by its id).
+pub fn idle_goodbye(s: &Session) -> Vec<Outgoing> {
+    s.session
+        .iter()
+        .map(|id| {
+            Outgoing::json(
+                &json!({"type": "session_closed", "session_id": id, "reason": "idle_timeout"}),
+            )
+        })
+        .collect()
 }
 
 fn error(code: &str, message: &str) -> Outgoing {
@@ -278,10 +305,14 @@ pub fn upgrade(
     ctx: &super::rest::Ctx<'_>,
 ) -> crate::error::Result<super::rest::Outcome> {
     let token = ctx.param("token").map(str::to_string);
+    let limits = Limits {
+        ping_every: Duration::from_secs(server.config().general_bots_ping_interval_secs.max(1)),
+        idle_after: Duration::from_secs(server.config().general_bots_idle_timeout_secs.max(1)),
+    };
     // A valid handshake first: a refused one must not hold a place.
     let upgrade = super::rest::system::upgrade_to(
         ctx,
-        super::WsSession::GeneralBots(Session::new(token)),
+        super::WsSession::GeneralBots(Session::new(token, limits)),
         None,
     )?;
     // 100 connections per address (seed 001:223); the 101st is refused at

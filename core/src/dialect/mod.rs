@@ -202,6 +202,32 @@ impl WsSession {
         }
     }
 
+    /// How often the server pings, when the dialect documents it (else
+    /// `--heartbeat`).
+    pub fn ping_every(&self) -> Option<std::time::Duration> {
+        match self {
+            WsSession::GeneralBots(s) => Some(s.limits.ping_every),
+            WsSession::Meet(_) => Some(general_bots::PING_EVERY),
+            _ => None,
+        }
+    }
+
+    /// How long the client may send nothing before the server closes.
+    pub fn idle_after(&self) -> Option<std::time::Duration> {
+        match self {
+            WsSession::GeneralBots(s) => Some(s.limits.idle_after),
+            _ => None,
+        }
+    }
+
+    /// What the dialect says before an idle close.
+    pub fn idle_goodbye(&self) -> Vec<Outgoing> {
+        match self {
+            WsSession::GeneralBots(s) => general_bots::idle_goodbye(s),
+            _ => Vec::new(),
+        }
+    }
+
     /// The socket is open: what the dialect says first (a session, or a
     /// refusal that closes).
     pub fn opened(
