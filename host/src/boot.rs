@@ -34,6 +34,8 @@ pub enum BootError {
     Listen { addr: String, source: io::Error },
     /// `--tls-ca-file` cannot be used.
     TlsCa { path: PathBuf, reason: String },
+    /// `--fluxbase-chatbots` cannot be read or does not parse.
+    Chatbots { path: PathBuf, reason: String },
     /// A thread the server needs cannot be started.
     Spawn {
         what: &'static str,
@@ -71,6 +73,11 @@ impl fmt::Display for BootError {
                     path.display()
                 )
             }
+            BootError::Chatbots { path, reason } => write!(
+                f,
+                "cannot use {} as --fluxbase-chatbots: {reason}",
+                path.display()
+            ),
             BootError::Spawn { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }
@@ -175,7 +182,20 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     };
     let started = Instant::now();
     let (store, recovery) = Store::open(opts).map_err(BootError::Store)?;
+    let chatbots = match config.fluxbase_chatbots.as_str() {
+        "" => Vec::new(),
+        file => {
+            let path = PathBuf::from(file);
+            let failed = |reason: String| BootError::Chatbots {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| failed(e.to_string()))?;
+            tidepool_core::dialect::fluxbase::parse_chatbots(&text).map_err(failed)?
+        }
+    };
     let mut server = Server::new(config, secret.as_bytes(), random_seed());
+    server.set_configured_chatbots(chatbots);
     server.set_clock(now);
     server.set_process_probe(crate::process::sample);
     let (chunks, batches) = replay(&mut server, &recovery)?;

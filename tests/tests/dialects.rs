@@ -956,3 +956,82 @@ both_runtimes!(general_bots_idle_sockets_are_told_and_closed, |rt| {
         assert_eq!(recv(&mut again).await["type"], "stream_start");
     });
 });
+
+both_runtimes!(fluxbase_chatbots_from_the_config_file, |rt| {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chatbots.json");
+    std::fs::write(
+        &file,
+        json!([{"name": "catalog", "namespace": "acme", "description": "Answers about products",
+                "system_prompt": "You answer questions about our catalog.",
+                "collections": ["products"]}])
+        .to_string(),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let srv = TestServer::start_with(rt, &["--fluxbase-chatbots", &path]);
+    let token = srv.token();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/insert/products",
+        &json!({"name": "ekoDB Pro", "price": 99}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = srv.call(
+        &token,
+        "GET",
+        "/api/v1/ai/chatbots/by-name/catalog?namespace=acme",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["collections"], json!(["products"]));
+    let r = srv.call(&token, "GET", "/api/v1/ai/chatbots", "");
+    let names: Vec<String> = r.json()["chatbots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            format!(
+                "{}/{}",
+                b["namespace"].as_str().unwrap(),
+                b["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&"acme/catalog".to_string())
+            && names.contains(&"default/sql-assistant".to_string()),
+        "{names:?}"
+    );
+    block_on(async {
+        let mut ws = open(request(&srv, &format!("/ai/ws?token={token}"))).await;
+        send(
+            &mut ws,
+            json!({"type": "start_chat", "chatbot": "catalog", "namespace": "acme"}),
+        )
+        .await;
+        let started = recv(&mut ws).await;
+        assert_eq!(
+            (started["type"].as_str(), started["chatbot"].as_str()),
+            (Some("chat_started"), Some("catalog"))
+        );
+    });
+    // It lives in the file, not in the database.
+    let r = srv.call(&token, "DELETE", "/api/v1/ai/chatbots/acme/catalog", "");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("fluxbase-chatbots"), "{}", r.text());
+    // A file that does not parse stops the server at start, saying why.
+    std::fs::write(&file, "[{\"namespace\": \"x\"}]").unwrap();
+    let out = std::process::Command::new(rt.binary())
+        .args(["--fluxbase-chatbots", &path, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("chatbots.json") && err.contains("name"),
+        "{err}"
+    );
+});

@@ -16,7 +16,6 @@ use super::rest::{Ctx, Outcome};
 use super::socket::{self, RateWindow, Unreadable};
 use super::{Followup, Outgoing};
 use crate::chat::event::{ChatEvent, ChatEventKind};
-use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ConnId;
 use crate::server::Server;
@@ -129,26 +128,64 @@ impl Chatbot {
     }
 }
 
-/// A chatbot by namespace and name (the built-in one unless replaced).
-pub fn chatbot(engine: &Engine, namespace: &str, name: &str, now: Timestamp) -> Option<Chatbot> {
-    let stored = engine
-        .get_internal(CHATBOTS, &Chatbot::key(namespace, name), now)
-        .and_then(|f| Chatbot::from_record(f.record));
-    stored.or_else(|| {
-        (namespace == DEFAULT_NAMESPACE && name == SQL_ASSISTANT).then(Chatbot::builtin)
-    })
+/// The chatbots of a `--fluxbase-chatbots` file: a JSON array of chatbots in
+/// the shape `POST /api/v1/ai/chatbots` takes.
+pub fn parse_chatbots(text: &str) -> std::result::Result<Vec<Chatbot>, String> {
+    let list: J = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let items = list
+        .as_array()
+        .ok_or("a JSON array of chatbots is expected")?;
+    let mut bots: Vec<Chatbot> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let bot = Chatbot::parse(item).map_err(|e| format!("chatbot {i}: {}", e.message))?;
+        if bots
+            .iter()
+            .any(|b| b.namespace == bot.namespace && b.name == bot.name)
+        {
+            return Err(format!(
+                "chatbot {i}: {}/{} appears twice",
+                bot.namespace, bot.name
+            ));
+        }
+        bots.push(bot);
+    }
+    Ok(bots)
 }
 
-fn all_chatbots(engine: &Engine, now: Timestamp) -> Vec<Chatbot> {
-    let mut bots: Vec<Chatbot> = engine
+/// A chatbot by namespace and name: stored through the API, else from the
+/// config file, else the built-in one.
+pub fn chatbot(server: &Server, namespace: &str, name: &str, now: Timestamp) -> Option<Chatbot> {
+    let stored = server
+        .engine()
+        .get_internal(CHATBOTS, &Chatbot::key(namespace, name), now)
+        .and_then(|f| Chatbot::from_record(f.record));
+    stored
+        .or_else(|| {
+            server
+                .configured_chatbots()
+                .iter()
+                .find(|b| b.namespace == namespace && b.name == name)
+                .cloned()
+        })
+        .or_else(|| {
+            (namespace == DEFAULT_NAMESPACE && name == SQL_ASSISTANT).then(Chatbot::builtin)
+        })
+}
+
+fn all_chatbots(server: &Server, now: Timestamp) -> Vec<Chatbot> {
+    let mut bots: Vec<Chatbot> = server
+        .engine()
         .with_id_prefix(CHATBOTS, "", now)
         .filter_map(|f| Chatbot::from_record(f.record))
         .collect();
-    if !bots
-        .iter()
-        .any(|b| b.namespace == DEFAULT_NAMESPACE && b.name == SQL_ASSISTANT)
-    {
-        bots.insert(0, Chatbot::builtin());
+    let builtin = std::iter::once(Chatbot::builtin());
+    for b in server.configured_chatbots().iter().cloned().chain(builtin) {
+        if !bots
+            .iter()
+            .any(|x| x.namespace == b.namespace && x.name == b.name)
+        {
+            bots.push(b);
+        }
     }
     bots
 }
@@ -158,7 +195,7 @@ fn all_chatbots(engine: &Engine, now: Timestamp) -> Vec<Chatbot> {
 /// `GET /api/v1/ai/chatbots[?namespace=]`
 pub fn list(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let ns = ctx.param("namespace");
-    let bots: Vec<J> = all_chatbots(server.engine(), ctx.now)
+    let bots: Vec<J> = all_chatbots(server, ctx.now)
         .iter()
         .filter(|b| ns.is_none_or(|n| n == b.namespace))
         .map(Chatbot::to_wire)
@@ -170,7 +207,7 @@ pub fn list(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 /// `GET /api/v1/ai/chatbots/by-name/{name}[?namespace=]`
 pub fn get(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let ns = ctx.param("namespace").unwrap_or(DEFAULT_NAMESPACE);
-    let bot = chatbot(server.engine(), ns, ctx.arg("name"), ctx.now)
+    let bot = chatbot(server, ns, ctx.arg("name"), ctx.now)
         .ok_or_else(|| Error::not_found(format!("no chatbot `{}` in `{ns}`", ctx.arg("name"))))?;
     ctx.ok_json(&bot.to_wire()).map(Outcome::Reply)
 }
@@ -193,7 +230,16 @@ pub fn put(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 pub fn delete(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let key = Chatbot::key(ctx.arg("namespace"), ctx.arg("name"));
     if !server.engine_mut().purge(CHATBOTS, &key) {
-        return Err(Error::not_found(format!("no stored chatbot `{key}`")));
+        let configured = server
+            .configured_chatbots()
+            .iter()
+            .any(|b| Chatbot::key(&b.namespace, &b.name) == key);
+        let why = if configured {
+            "is defined in the --fluxbase-chatbots file (edit it there)"
+        } else {
+            "is not stored"
+        };
+        return Err(Error::not_found(format!("chatbot `{key}` {why}")));
     }
     ctx.ok_json(&json!({ "deleted": key })).map(Outcome::Reply)
 }
@@ -310,7 +356,7 @@ fn start_chat(
     }
     let name = socket::str_field(frame, "chatbot").unwrap_or_default();
     let ns = socket::str_field(frame, "namespace").unwrap_or(DEFAULT_NAMESPACE);
-    let Some(bot) = chatbot(server.engine(), ns, name, now) else {
+    let Some(bot) = chatbot(server, ns, name, now) else {
         return vec![error(
             "CHATBOT_NOT_FOUND",
             &format!("Chatbot not found: {ns}/{name}"),

@@ -4,6 +4,7 @@
 //! connection goes.
 
 use super::Server;
+use crate::dialect::fluxbase::Chatbot;
 use crate::dialect::lanonasis::stream::Counter;
 use crate::dialect::lanonasis::FeedPos;
 use crate::dialect::{meet, EventCodec};
@@ -33,12 +34,23 @@ pub struct Sockets {
     feed_counter: Counter,
     /// The latest such events (searches), for streams that resume.
     recent_feed: VecDeque<(FeedPos, Bytes)>,
+    /// Fluxbase chatbots from `--fluxbase-chatbots`.
+    chatbots: Vec<Chatbot>,
 }
 
 /// Searches kept for resuming Lanonasis streams.
 const RECENT_FEED: usize = 1024;
 
 impl Server {
+    /// The chatbots the config file defines (read by the host at boot).
+    pub fn set_configured_chatbots(&mut self, bots: Vec<Chatbot>) {
+        self.sockets.chatbots = bots;
+    }
+
+    pub fn configured_chatbots(&self) -> &[Chatbot] {
+        &self.sockets.chatbots
+    }
+
     /// The counter Lanonasis streams draw their non-change positions from.
     pub fn feed_counter(&self) -> &Counter {
         &self.sockets.feed_counter
