@@ -64,3 +64,68 @@ impl Drop for SpawnedServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// CPU time (user + system) a process used so far, from `/proc` (zero if
+/// it is gone). Linux reports clock ticks; USER_HZ is 100.
+pub fn process_cpu(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// A process's resident memory in KiB, from `/proc` (zero if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The write stamps of the tokens in `text` (`"<nanos>| "` anywhere in it),
+/// as the benches' fake providers write them.
+pub fn token_stamps(text: &str, out: &mut Vec<u64>) {
+    for (i, _) in text.match_indices("| ") {
+        let digits = text[..i]
+            .bytes()
+            .rev()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        if let Ok(t) = text[i - digits..i].parse() {
+            out.push(t);
+        }
+    }
+}
+
+/// A masked client WebSocket frame (RFC 6455 5.2), FIN set.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}

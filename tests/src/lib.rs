@@ -226,6 +226,17 @@ impl TestServer {
         )
     }
 
+    /// Inserts one record with a fresh token; panics unless it is stored.
+    pub fn insert(&self, collection: &str, record: &serde_json::Value) {
+        let r = self.call(
+            &self.token(),
+            "POST",
+            &format!("/api/insert/{collection}"),
+            &record.to_string(),
+        );
+        assert_eq!(r.status, 200, "insert into {collection}: {}", r.text());
+    }
+
     /// Sends raw bytes and reads until the server closes (or 10 s pass).
     pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
         let mut s = TcpStream::connect(self.addr).expect("connect");

@@ -38,15 +38,10 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// A server with one product record for retrieval to find.
 fn server(rt: Runtime) -> TestServer {
     let srv = TestServer::start(rt);
-    let token = srv.token();
-    let r = srv.call(
-        &token,
-        "POST",
-        "/api/insert/products",
-        &json!({"name": "ekoDB Pro", "price": 99, "description": "A fast database with search"})
-            .to_string(),
+    srv.insert(
+        "products",
+        &json!({"name": "ekoDB Pro", "price": 99, "description": "A fast database with search"}),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
     srv
 }
 

@@ -57,15 +57,10 @@ fn ensure_packages() {
 /// Runs one script against a fresh server with the product record.
 fn run(srv: &TestServer, script: &str) {
     ensure_packages();
-    let token = srv.token();
-    let r = srv.call(
-        &token,
-        "POST",
-        "/api/insert/products",
-        &json!({"name": "ekoDB Pro", "price": 99, "description": "A fast database with search"})
-            .to_string(),
+    srv.insert(
+        "products",
+        &json!({"name": "ekoDB Pro", "price": 99, "description": "A fast database with search"}),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
     let out = Command::new("node")
         .arg(script)
         .current_dir(node_dir())

@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
-use tidepool_benches::SpawnedServer;
+use tidepool_benches::{process_cpu, rss_kib, token_stamps, SpawnedServer};
 
 const KEY: &str = "chat-bench-key";
 
@@ -165,20 +165,6 @@ fn provider(plan: Plan) -> String {
 
 // ----- readers -----------------------------------------------------------------
 
-/// The stamps of the tokens in `line` (`"<nanos>| "` anywhere in it).
-fn stamps(line: &str, out: &mut Vec<u64>) {
-    for (i, _) in line.match_indices("| ") {
-        let digits = line[..i]
-            .bytes()
-            .rev()
-            .take_while(u8::is_ascii_digit)
-            .count();
-        if let Ok(t) = line[i - digits..i].parse() {
-            out.push(t);
-        }
-    }
-}
-
 /// One streamed answer: time to first token, and each token's latency.
 struct Sample {
     ttft: Duration,
@@ -204,7 +190,7 @@ fn read_stream(addr: &str, request: &str) -> Sample {
         }
         let now = stamp();
         found.clear();
-        stamps(&line, &mut found);
+        token_stamps(&line, &mut found);
         for t in &found {
             // The first token's latency is in the time to first token (through
             // Tidepool it also waits for the question to be durable); the
@@ -305,29 +291,6 @@ fn summary(samples: &[Sample]) -> (Duration, Duration, Duration, Duration, usize
         percentile(&mut ttft, 0.99),
         n,
     )
-}
-
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -436,10 +399,10 @@ impl Nginx {
             .args(["-P", &self.child.id().to_string()])
             .output()
             .expect("pgrep");
-        let mut total = cpu(self.child.id());
+        let mut total = process_cpu(self.child.id());
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse() {
-                total += cpu(pid);
+                total += process_cpu(pid);
             }
         }
         total
@@ -492,7 +455,7 @@ fn main() {
             true,
         );
         read_stream(&server.addr, &warm);
-        let before = cpu(server.pid());
+        let before = process_cpu(server.pid());
         let through = concurrently(n, |i| {
             let req = post(
                 &format!("/api/chat/{}/messages/stream", chats[i]),
@@ -502,7 +465,7 @@ fn main() {
             );
             (server.addr.clone(), req)
         });
-        let spent = cpu(server.pid()) - before;
+        let spent = process_cpu(server.pid()) - before;
         drop(server);
         let nginx = args.nginx.then(|| {
             let threads = 2;

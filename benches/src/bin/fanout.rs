@@ -31,7 +31,7 @@ use smol::net::TcpStream;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tidepool_benches::SpawnedServer;
+use tidepool_benches::{client_frame, SpawnedServer};
 
 struct Args {
     spawn: String,
@@ -150,26 +150,6 @@ async fn read_head(s: &mut TcpStream) -> Vec<u8> {
     head
 }
 
-/// A masked client text frame.
-fn client_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut f = vec![0x81];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Reads one server frame: (opcode, payload).
 async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
     loop {
@@ -239,7 +219,9 @@ async fn ws_subscriber(
 ) {
     let mut s = ws_connect(&addr, &token).await;
     let sub = br#"{"type":"Subscribe","messageId":"s","payload":{"collection":"fan"}}"#;
-    s.write_all(&client_frame(sub)).await.expect("subscribe");
+    s.write_all(&client_frame(0x1, sub))
+        .await
+        .expect("subscribe");
     let mut buf = Vec::new();
     let (_, ack) = read_frame(&mut s, &mut buf).await.expect("ack");
     assert!(
@@ -261,7 +243,7 @@ async fn ws_subscriber(
         }
         if op == 0x9 {
             // Ping: answer with a pong carrying the same payload.
-            let mut pong = client_frame(&payload);
+            let mut pong = client_frame(0x1, &payload);
             pong[0] = 0x8a;
             let _ = s.write_all(&pong).await;
             continue;
@@ -685,7 +667,7 @@ fn main() {
                 let msg = format!(
                     r#"{{"type":"Insert","messageId":"m{i}","payload":{{"collection":"pipe_ws","record":{{"seq":{i}}}}}}}"#
                 );
-                batch.extend(client_frame(msg.as_bytes()));
+                batch.extend(client_frame(0x1, msg.as_bytes()));
                 if batch.len() > 32 * 1024 {
                     writer.write_all(&batch).await.expect("send");
                     batch.clear();

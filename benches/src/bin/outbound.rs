@@ -22,7 +22,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use tidepool_benches::SpawnedServer;
+use tidepool_benches::{process_cpu, rss_kib, SpawnedServer};
 
 const KEY: &str = "outbound-bench-key";
 
@@ -171,31 +171,6 @@ fn token(addr: &str) -> String {
         .to_string()
 }
 
-/// Utime + stime of a process, from /proc.
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
-    // Linux reports clock ticks; USER_HZ is 100 here.
-    Duration::from_millis(ticks * 10)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Server CPU for `calls` sequential embeddings answered in `mode`.
 fn cpu_for(args: &Args, mode: Mode) -> (Duration, Duration) {
     let url = provider(mode, Arc::new(Barrier::new(1)));
@@ -211,13 +186,13 @@ fn cpu_for(args: &Args, mode: Mode) -> (Duration, Duration) {
     for _ in 0..5 {
         assert_eq!(call(&addr, "POST", "/api/embed", Some(&t), body).0, 200);
     }
-    let before = cpu(server.pid());
+    let before = process_cpu(server.pid());
     let started = Instant::now();
     for _ in 0..args.calls {
         let (status, reply) = call(&addr, "POST", "/api/embed", Some(&t), body);
         assert_eq!(status, 200, "{reply}");
     }
-    (cpu(server.pid()) - before, started.elapsed())
+    (process_cpu(server.pid()) - before, started.elapsed())
 }
 
 fn main() {
