@@ -66,8 +66,27 @@ impl Server {
             return Ok(0);
         };
         self.check_writable()?;
+        let written = self.write_document(&collection, file, chunks, now);
+        // What was journaled is logged either way (the engine's rule).
+        self.finish_operation(now);
+        written?;
+        self.note(format!(
+            "documents: {} ingested into `{collection}` ({} chunks)",
+            file.path,
+            chunks.len()
+        ));
+        Ok(chunks.len())
+    }
+
+    fn write_document(
+        &mut self,
+        collection: &str,
+        file: &DocFile,
+        chunks: &[Chunk],
+        now: Timestamp,
+    ) -> Result<()> {
         let prefix = prefix(&file.path);
-        self.remove_chunks(&collection, &prefix, now);
+        self.remove_chunks(collection, &prefix, now);
         let dims = self.config.embed_dimensions;
         let stamp = Value::String(now.to_rfc3339_z().into());
         for (n, c) in chunks.iter().enumerate() {
@@ -87,8 +106,8 @@ impl Server {
             if let Some(s) = &c.section {
                 fields.push(("section", text(s)));
             }
-            self.engine
-                .put_internal(&collection, &format!("{prefix}{n:05}"), fields, now)?;
+            let id = format!("{prefix}{n:05}");
+            self.engine.put_internal(collection, &id, fields, now)?;
         }
         self.engine.put_internal(
             FILES,
@@ -102,14 +121,7 @@ impl Server {
                 ("chunks", Value::Integer(chunks.len() as i64)),
             ],
             now,
-        )?;
-        self.finish_operation(now);
-        self.note(format!(
-            "documents: {} ingested into `{collection}` ({} chunks)",
-            file.path,
-            chunks.len()
-        ));
-        Ok(chunks.len())
+        )
     }
 
     /// Forgets the files no longer in `listing`; returns how many.
