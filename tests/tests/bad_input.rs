@@ -817,3 +817,33 @@ both_runtimes!(reserved_msgpack_marker_is_malformed, |rt: Runtime| {
     assert_error(&r, 400, &words);
     assert_intact(&srv, &token, 1);
 });
+
+both_runtimes!(
+    a_second_transfer_encoding_header_cannot_smuggle_a_request,
+    |rt: Runtime| {
+        // The adversarial run's attack: `chunked`, then `gzip` in a second
+        // header, and a request hidden in the body. The coding list is
+        // `chunked, gzip`: refused, the connection closed, nothing hidden run.
+        let srv = TestServer::start(rt);
+        let token = seed(&srv);
+        let hidden = format!(
+            "POST /api/insert/safe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"id\":\"smugg\"}}"
+        );
+        let req = format!(
+            "POST /api/insert/safe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n{hidden}"
+        );
+        let (out, closed) = exchange(&srv, req.as_bytes(), Duration::from_secs(3));
+        let r = HttpReply::parse(&out)
+            .unwrap_or_else(|| panic!("no response: {:?}", String::from_utf8_lossy(&out)));
+        assert!(
+            r.status == 400 || r.status == 501,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        assert!(closed, "connection left open after ambiguous framing");
+        let r = srv.call(&token, "GET", "/api/find/safe/smugg", "");
+        assert_eq!(r.status, 404, "the hidden request ran: {}", r.text());
+        assert_intact(&srv, &token, 1);
+    }
+);

@@ -290,9 +290,16 @@ impl RequestParser {
     }
 
     fn body_state(&mut self, head: Request) -> Result<State, HttpError> {
-        let te = head
-            .header("transfer-encoding")
-            .map(str::to_ascii_lowercase);
+        // Every Transfer-Encoding header counts: `chunked` then `gzip` in two
+        // headers is the coding list `chunked, gzip`, which we cannot frame
+        // (RFC 9112 6.1): reading only the first smuggles a request.
+        let te_values: Vec<String> = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "transfer-encoding")
+            .map(|(_, v)| v.to_ascii_lowercase())
+            .collect();
+        let te = (!te_values.is_empty()).then(|| te_values.join(","));
         // Every Content-Length header counts: differing values are a smuggling
         // attempt (RFC 9112 6.3), identical repeats are harmless.
         let cl_values: Vec<&str> = head
@@ -312,7 +319,8 @@ impl RequestParser {
             .header("expect")
             .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
         if let Some(te) = te {
-            if te.trim() != "chunked" {
+            let codings: Vec<&str> = te.split(',').map(str::trim).collect();
+            if codings != ["chunked"] {
                 return Err(HttpError::UnsupportedTransferEncoding(te));
             }
             self.send_continue = expects_continue;
@@ -604,5 +612,26 @@ mod tests {
             b"GET http://h:1/api/health?a HTTP/1.1\r\n\r\n",
             &[("GET", "/api/health", "a", b"")],
         );
+    }
+
+    #[test]
+    fn a_second_transfer_encoding_header_is_not_ignored() {
+        // Two headers, `chunked` then `gzip`: a smuggling attempt, refused.
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::from(
+            &b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            p.parse(&mut buf),
+            Err(HttpError::UnsupportedTransferEncoding(_))
+        ));
+        // `chunked` repeated, or listed twice, is no single coding either.
+        for te in ["chunked, chunked", "gzip, chunked", "chunked,"] {
+            let mut p = RequestParser::new(Limits::default());
+            let mut buf = BytesMut::from(
+                format!("POST /x HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n").as_bytes(),
+            );
+            assert!(p.parse(&mut buf).is_err(), "{te}");
+        }
     }
 }
