@@ -87,6 +87,18 @@ impl fmt::Display for BootError {
 
 impl std::error::Error for BootError {}
 
+/// Descriptors kept back from connections: log segments, snapshots,
+/// outbound calls, the documents folder.
+const FILES_KEPT_FOR_THE_SERVER: u64 = 128;
+
+/// The soft limit on open files (`/proc/self/limits`; `None` elsewhere or
+/// when unlimited).
+fn open_file_limit() -> Option<u64> {
+    let limits = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Reads a secret file, or creates it with fresh random bytes (hex) on first start.
 fn secret_file(path: &Path, bytes: usize) -> io::Result<(String, bool)> {
     match fs::read_to_string(path) {
@@ -148,6 +160,19 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
         source,
     })?;
     let mut banner = Vec::new();
+    // Past the process's file limit a connection cannot even be accepted to
+    // be told no: keep the cap under it, with room for the store's files.
+    if let Some(files) = open_file_limit() {
+        let fits = files.saturating_sub(FILES_KEPT_FOR_THE_SERVER).max(1) as usize;
+        if config.max_connections > fits {
+            banner.push(format!(
+                "--max-connections lowered from {} to {fits}: the process may open {files} files \
+                 (raise it with `ulimit -n`)",
+                config.max_connections
+            ));
+            config.max_connections = fits;
+        }
+    }
     if config.api_keys.is_empty() {
         let path = dir.join("api_key");
         let (key, created) = secret_file(&path, 24).map_err(|source| BootError::Secret {

@@ -78,3 +78,39 @@ both_runtimes!(connections_over_the_limit_get_a_503, |rt: Runtime| {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 });
+
+// The connection cap stays under the process's file limit (past it a client
+// could not even be accepted to be told no), and the server says so.
+both_runtimes!(the_connection_cap_fits_the_file_limit, |rt: Runtime| {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -n 300 && exec '{}' --listen 127.0.0.1:0 --data-dir '{}' --api-key k --max-connections 1000",
+        rt.binary().display(),
+        dir.path().display()
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bash");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        let done = line.contains("listening on http://");
+        said.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("--max-connections lowered from 1000 to 172")),
+        "{said:?}"
+    );
+});

@@ -91,6 +91,9 @@ pub enum Upgrade {
     },
 }
 
+/// How often a burst of refused connections is logged.
+const REFUSALS_NOTED_EVERY: Duration = Duration::from_secs(10);
+
 /// Where a connection came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
@@ -178,6 +181,8 @@ pub struct Server {
     /// Where connections came from (those with a known address, or from
     /// another listener than the main one).
     peers: HashMap<ConnId, Peer>,
+    /// Since when, and how many, connections were refused at the limit.
+    refusals: Option<(Timestamp, u64)>,
     /// When recovery finished (the server's uptime starts there).
     booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
@@ -222,6 +227,7 @@ impl Server {
             turns: Turns::default(),
             sockets: Default::default(),
             peers: HashMap::new(),
+            refusals: None,
             booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),
@@ -275,6 +281,7 @@ impl Server {
         let conn = Connection::new(id, config, now);
         self.open_connections += 1;
         if self.open_connections > self.config.max_connections {
+            self.note_refusal(now);
             return conn.refusing(
                 format!(
                     "the server is at its connection limit ({}); try again later",
@@ -291,6 +298,14 @@ impl Server {
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
         self.peers.remove(&conn);
         self.open_connections = self.open_connections.saturating_sub(1);
+        // Back under the limit: the burst is over (and said so if it grew).
+        if self.open_connections < self.config.max_connections {
+            if let Some((_, more)) = self.refusals.take().filter(|(_, n)| *n > 0) {
+                self.note(format!(
+                    "refused {more} more connections (503) before room came back"
+                ));
+            }
+        }
         let abandoned = self.pending.forget(conn);
         self.chat_connection_closed(conn, &abandoned, now);
         self.sockets_closed(conn);
@@ -308,6 +323,32 @@ impl Server {
         }
         self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
+    }
+
+    /// Connections refused at the limit are logged once per burst: the
+    /// first at once, then how many more at most every
+    /// `REFUSALS_NOTED_EVERY`.
+    fn note_refusal(&mut self, now: Timestamp) {
+        let line = match &mut self.refusals {
+            None => {
+                self.refusals = Some((now, 0));
+                "refusing connections (503)".to_string()
+            }
+            Some((since, more)) => {
+                *more += 1;
+                if now.since(*since) < REFUSALS_NOTED_EVERY {
+                    return;
+                }
+                let line = format!("refused {more} more connections (503)");
+                self.refusals = Some((now, 0));
+                line
+            }
+        };
+        self.note(format!(
+            "{line}: {} are open, the limit is {} (--max-connections)",
+            self.open_connections - 1,
+            self.config.max_connections
+        ));
     }
 
     /// A line for the operator's log (the runtime prints it).
@@ -652,5 +693,49 @@ impl Server {
             connections: self.open_connections,
             calls_in_flight: self.calls.in_flight(),
         }
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn refused_connections_are_logged_once_per_burst() {
+        let config = Config {
+            max_connections: 1,
+            ..Config::default()
+        };
+        let mut server = Server::new(config, b"secret", 1);
+        let t0 = Timestamp::from_secs(1_700_000_000);
+        let kept = server.accept(t0);
+        let notes = |s: &mut Server| std::iter::from_fn(|| s.poll_note()).collect::<Vec<_>>();
+        let mut refused = Vec::new();
+        for _ in 0..5 {
+            refused.push(server.accept(t0));
+        }
+        let said = notes(&mut server);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("refusing connections (503)") && said[0].contains("--max-connections")
+        );
+        for c in refused.drain(..) {
+            server.connection_closed(c.id(), t0);
+        }
+        assert!(notes(&mut server).is_empty(), "still at the limit");
+        // Ten seconds on, the next refusal says how many came meanwhile.
+        let later = t0.saturating_add(Duration::from_secs(11));
+        let c = server.accept(later);
+        let said = notes(&mut server);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("refused 5 more"), "{said:?}");
+        server.connection_closed(c.id(), later);
+        // Room again: the burst is over; the next refusal is a new one.
+        server.connection_closed(kept.id(), later);
+        let _kept = server.accept(later);
+        let _refused = server.accept(later);
+        let said = notes(&mut server);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].starts_with("refusing"), "{said:?}");
     }
 }
