@@ -256,6 +256,19 @@ both_runtimes!(wrong_body_shapes, |rt: Runtime| {
         (
             "POST",
             "/api/find/safe",
+            r#"{"limit": 1e30}"#,
+            &["limit"][..],
+        ),
+        ("POST", "/api/find/safe", r#"{"skip": 1e30}"#, &["skip"][..]),
+        (
+            "POST",
+            "/api/find/safe",
+            r#"{"sort": [{"field": "x", "order": "sideways"}]}"#,
+            &["order"][..],
+        ),
+        (
+            "POST",
+            "/api/find/safe",
             r#"{"limit": "ten"}"#,
             &["limit"][..],
         ),

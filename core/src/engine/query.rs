@@ -70,15 +70,22 @@ impl FindQuery {
     }
 }
 
+/// The largest float that still counts integers exactly.
+const MAX_SAFE_FLOAT: f64 = 9_007_199_254_740_992.0;
+
 pub fn unsigned(v: Option<&J>, name: &str) -> Result<Option<usize>> {
     match v {
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+            // `10.0` is an integer written as a float; `1e30` is not a
+            // count anybody means (beyond 2^53 floats skip integers).
             None => match v.as_f64() {
-                Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as usize)),
+                Some(f) if (0.0..=MAX_SAFE_FLOAT).contains(&f) && f.fract() == 0.0 => {
+                    Ok(Some(f as usize))
+                }
                 _ => Err(Error::invalid(format!(
-                    "`{name}` must be a non-negative integer"
+                    "`{name}` must be a non-negative integer (a float only up to 2^53)"
                 ))),
             },
         },
@@ -126,8 +133,24 @@ fn parse_sort(v: &J) -> Result<Vec<SortKey>> {
                     .ok_or_else(|| Error::invalid("each sort key needs a string `field`"))?;
                 let ascending = match o.get("ascending") {
                     None | Some(J::Null) => match o.get("order").and_then(J::as_str) {
+                        Some(d)
+                            if ["asc", "ascending"]
+                                .iter()
+                                .any(|a| d.eq_ignore_ascii_case(a)) =>
+                        {
+                            true
+                        }
+                        Some(d)
+                            if ["desc", "descending"]
+                                .iter()
+                                .any(|a| d.eq_ignore_ascii_case(a)) =>
+                        {
+                            false
+                        }
                         Some(d) => {
-                            !d.eq_ignore_ascii_case("desc") && !d.eq_ignore_ascii_case("descending")
+                            return Err(Error::invalid(format!(
+                                "sort `order` is asc or desc, not `{d}`"
+                            )))
                         }
                         None => true,
                     },

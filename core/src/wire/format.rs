@@ -203,6 +203,12 @@ fn timestamp_ext(data: &[u8]) -> Result<String> {
         }
         _ => return Err(bad()),
     };
+    // The extension's nanoseconds are within a second (MessagePack spec).
+    if nanos >= 1_000_000_000 {
+        return Err(Error::invalid(
+            "malformed MessagePack timestamp: nanoseconds must be under 10^9",
+        ));
+    }
     let micros = secs
         .checked_mul(1_000_000)
         .and_then(|m| m.checked_add(i64::from(nanos / 1000)))
@@ -254,6 +260,17 @@ mod tests {
             decode(&ts, Format::MsgPack).unwrap(),
             json!("2023-11-14T22:13:20.000000+00:00")
         );
+        // timestamp96 with 10^9 nanoseconds: not a time.
+        let mut bad = vec![0xc7, 12, 0xff];
+        bad.extend_from_slice(&1_000_000_000u32.to_be_bytes());
+        bad.extend_from_slice(&1_700_000_000i64.to_be_bytes());
+        let e = decode(&bad, Format::MsgPack).unwrap_err();
+        assert!(e.message.contains("nanoseconds"), "{}", e.message);
+        // timestamp64 packs nanoseconds in 30 bits: 10^9 and above refused too.
+        let v: u64 = (1_000_000_000u64 << 34) | 1_700_000_000;
+        let mut bad = vec![0xd7, 0xff];
+        bad.extend_from_slice(&v.to_be_bytes());
+        assert!(decode(&bad, Format::MsgPack).is_err());
     }
 
     #[test]
