@@ -860,3 +860,30 @@ both_runtimes!(
         assert_intact(&srv, &token, 1);
     }
 );
+
+both_runtimes!(query_tokens_only_where_headers_cannot_go, |rt: Runtime| {
+    // `?token=` ends up in logs and browser histories: only the routes a
+    // browser opens without headers (WebSocket, EventSource) take it.
+    let srv = TestServer::start(rt);
+    let token = seed(&srv);
+    let r = srv.request(
+        "GET",
+        &format!("/api/find/safe/keep?token={token}"),
+        &[],
+        "",
+    );
+    assert_error(&r, 401, &["token", "authorization"]);
+    let r = srv.call(&token, "GET", "/api/find/safe/keep", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An EventSource subscription still can.
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /api/subscribe/safe?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+});

@@ -101,8 +101,12 @@ pub fn respond(
     ctx.conn = Some(conn);
     ctx.clock = server.clock();
     if route.scope != Scope::Public {
-        // `?token=` is how browsers' EventSource and WebSocket pass a token.
-        server.authenticate(ctx.header("authorization"), ctx.param("token"), now)?;
+        // `?token=` is how browsers' EventSource and WebSocket pass a token;
+        // elsewhere it would only put tokens in logs and histories.
+        let query_token = routes::takes_query_token(route)
+            .then(|| ctx.param("token"))
+            .flatten();
+        server.authenticate(ctx.header("authorization"), query_token, now)?;
     }
     if route.writes {
         server.check_writable()?;

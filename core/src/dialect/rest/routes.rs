@@ -221,6 +221,19 @@ pub static ROUTES: &[Route] = &[
     row(&[Delete], "/api/v1/memories/{id}", Public, WRITES, Srv(lanonasis::memory::delete)),
 ];
 
+/// The routes a browser opens without headers (WebSocket, EventSource):
+/// the only ones that take `?token=`.
+const QUERY_TOKEN_ROUTES: [&str; 3] = [
+    "/api/ws",
+    "/api/subscribe/{collection}",
+    "/api/chat/{chat_id}/messages/{message_id}/stream",
+];
+
+/// Whether a route takes its token from the query string.
+pub fn takes_query_token(route: &Route) -> bool {
+    QUERY_TOKEN_ROUTES.contains(&route.path)
+}
+
 /// How one pattern segment matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Seg<'p> {
@@ -507,6 +520,18 @@ mod tests {
                 !(a.writes && a.scope == Read),
                 "{}: a read route that writes",
                 a.path
+            );
+        }
+    }
+
+    #[test]
+    fn the_query_token_routes_exist() {
+        for path in QUERY_TOKEN_ROUTES {
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|r| r.path == path && r.methods.contains(&Method::Get)),
+                "{path} is not a GET route"
             );
         }
     }
