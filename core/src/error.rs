@@ -27,6 +27,8 @@ pub enum ErrorKind {
     NotImplemented,
     /// An upstream provider failed (502).
     BadGateway,
+    /// Too many attempts from one client; retry after a while (429).
+    TooManyRequests,
     /// Storage refuses writes after an I/O error, or a bound on concurrent
     /// work is reached; retry later (503).
     Unavailable,
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 409,
             ErrorKind::TooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::TooManyRequests => 429,
             ErrorKind::Internal => 500,
             ErrorKind::NotImplemented => 501,
             ErrorKind::BadGateway => 502,

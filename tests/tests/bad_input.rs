@@ -887,3 +887,31 @@ both_runtimes!(query_tokens_only_where_headers_cannot_go, |rt: Runtime| {
     s.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 });
+
+both_runtimes!(api_key_guessing_is_throttled_per_address, |rt: Runtime| {
+    // The adversarial run tried 14,500 keys in 3 s. After 10 wrong keys in a
+    // minute an address gets 429 with Retry-After; other requests go on.
+    let srv = TestServer::start(rt);
+    let token = seed(&srv);
+    let attempt = |key: &str| {
+        srv.request(
+            "POST",
+            "/api/auth/token",
+            &[("Content-Type", "application/json")],
+            &format!("{{\"api_key\":\"{key}\"}}"),
+        )
+    };
+    for i in 0..10 {
+        let r = attempt(&format!("guess-{i}"));
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.text());
+    }
+    let r = attempt("guess-10");
+    assert_error(&r, 429, &["too many", "api key"]);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Even the right key waits out the window from this address...
+    assert_eq!(attempt(tidepool_tests::API_KEY).status, 429);
+    // ...while requests with a token are served as before.
+    let r = srv.call(&token, "GET", "/api/find/safe/keep", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+});

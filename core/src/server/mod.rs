@@ -12,6 +12,7 @@
 pub mod calls;
 pub mod chat;
 pub mod documents;
+pub mod guesses;
 pub mod health;
 pub mod pending;
 pub mod sockets;
@@ -183,6 +184,8 @@ pub struct Server {
     peers: HashMap<ConnId, Peer>,
     /// Since when, and how many, connections were refused at the limit.
     refusals: Option<(Timestamp, u64)>,
+    /// Wrong API keys per client address.
+    guesses: guesses::Guesses,
     /// When recovery finished (the server's uptime starts there).
     booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
@@ -228,6 +231,7 @@ impl Server {
             sockets: Default::default(),
             peers: HashMap::new(),
             refusals: None,
+            guesses: Default::default(),
             booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),

@@ -38,7 +38,13 @@ pub fn token(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         .get("api_key")
         .and_then(|k| k.as_str())
         .ok_or_else(|| Error::invalid("the body needs `api_key`"))?;
-    let token = server.issue_token(key, ctx.now)?;
+    let ip = ctx.conn.and_then(|c| server.peer_of(c).ip);
+    server.check_guesses(ip, ctx.now)?;
+    let token = server.issue_token(key, ctx.now).inspect_err(|e| {
+        if e.kind == ErrorKind::Unauthorized {
+            server.failed_guess(ip, ctx.now);
+        }
+    })?;
     ctx.ok_json(&json!({ "token": token })).map(Outcome::Reply)
 }
 
