@@ -2,7 +2,7 @@
 //! server of each runtime: General Bots' `BotClient`, EVA's snippets and
 //! Lanonasis' `LanOnasisStream` (copied from the seed documents into
 //! `tests/node/`), on the `ws` and `eventsource` packages, and the official
-//! `@lanonasis/memory-client` SDK from npm. `.ci/run` installs Node and the
+//! `@lanonasis/memory-client` SDK from npm. `scripts/setup-test-deps` installs Node and the
 //! packages; a machine without Node fails here with a message saying so.
 
 use serde_json::json;
@@ -32,7 +32,7 @@ fn ensure_packages() {
             .output();
         let _ = std::fs::remove_dir(&lock);
         let out = out.unwrap_or_else(|e| {
-            panic!("npm is required to run the seed clients (.ci/run installs Node.js): {e}")
+            panic!("npm is required to run the seed clients (scripts/setup-test-deps installs Node.js): {e}")
         });
         assert!(
             out.status.success(),
@@ -68,7 +68,9 @@ fn run(srv: &TestServer, script: &str) {
         .env("TIDEPOOL_WS", format!("ws://{}", srv.addr))
         .env("TIDEPOOL_API_KEY", API_KEY)
         .output()
-        .unwrap_or_else(|e| panic!("node is required (.ci/run installs Node.js): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("node is required (scripts/setup-test-deps installs Node.js): {e}")
+        });
     assert!(
         out.status.success(),
         "{script} failed\n--- stdout\n{}\n--- stderr\n{}",
