@@ -129,3 +129,19 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+/// Sends one HTTP request (as written, with `Connection: close` added) and
+/// returns the response's body.
+pub fn http_body(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(
+        request
+            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}

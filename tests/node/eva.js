@@ -7,6 +7,8 @@
 //   {"name":"ekoDB Pro","price":99,"description":"A fast database with search"}.
 
 const assert = require('node:assert/strict');
+const { requiredEnv, failWith, assertIso } = require('./common');
+const fail = failWith('eva');
 
 const BASE_WS = requiredEnv('TIDEPOOL_WS');
 const KEY = requiredEnv('TIDEPOOL_API_KEY');
@@ -112,26 +114,6 @@ responseBuffer = []; // Reset for next response
 // end of seed code
 // ---------------------------------------------------------------------------------------------
 
-function requiredEnv(name) {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`FAIL: environment variable ${name} is not set`);
-    process.exit(2);
-  }
-  return v.replace(/\/+$/, '');
-}
-
-function fail(msg) {
-  console.error(`FAIL (eva): ${msg}`);
-  process.exit(1);
-}
-
-const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$/;
-function assertIso(value, what) {
-  assert.equal(typeof value, 'string', `${what} must be a string, got ${JSON.stringify(value)}`);
-  assert.match(value, ISO_8601, `${what} must be ISO-8601 with a zone, got ${JSON.stringify(value)}`);
-  assert.ok(!Number.isNaN(Date.parse(value)), `${what} must parse as a date: ${value}`);
-}
 
 /**
  * Records every frame and the close of a WebSocket (via addEventListener, so the seed's

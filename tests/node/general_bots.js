@@ -7,6 +7,8 @@
 //   {"name":"ekoDB Pro","price":99,"description":"A fast database with search"}.
 
 const assert = require('node:assert/strict');
+const { requiredEnv, failWith, assertIso } = require('./common');
+const fail = failWith('general_bots');
 
 const BASE_WS = requiredEnv('TIDEPOOL_WS');
 const KEY = requiredEnv('TIDEPOOL_API_KEY');
@@ -74,26 +76,6 @@ this.ws?.close();
 // end of seed code
 // ---------------------------------------------------------------------------------------------
 
-function requiredEnv(name) {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`FAIL: environment variable ${name} is not set`);
-    process.exit(2);
-  }
-  return v.replace(/\/+$/, '');
-}
-
-function fail(msg) {
-  console.error(`FAIL (general_bots): ${msg}`);
-  process.exit(1);
-}
-
-const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$/;
-function assertIso(value, what) {
-  assert.equal(typeof value, 'string', `${what} must be a string, got ${JSON.stringify(value)}`);
-  assert.match(value, ISO_8601, `${what} must be ISO-8601 with a zone, got ${JSON.stringify(value)}`);
-  assert.ok(!Number.isNaN(Date.parse(value)), `${what} must parse as a date: ${value}`);
-}
 
 // Every frame type the server may send (spec §2.3) plus the class's own connection events;
 // BotClient has no wildcard, so a recorder subscribes to each type.

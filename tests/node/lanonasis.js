@@ -7,6 +7,8 @@
 // Env: TIDEPOOL_HTTP (e.g. http://127.0.0.1:43215), TIDEPOOL_API_KEY.
 
 const assert = require('node:assert/strict');
+const { requiredEnv, failWith, assertIso } = require('./common');
+const fail = failWith('lanonasis');
 const { createMemoryClient } = require('@lanonasis/memory-client');
 
 const BASE_HTTP = requiredEnv('TIDEPOOL_HTTP');
@@ -85,26 +87,6 @@ this.eventSource = null;
 // end of seed code
 // ---------------------------------------------------------------------------------------------
 
-function requiredEnv(name) {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`FAIL: environment variable ${name} is not set`);
-    process.exit(2);
-  }
-  return v.replace(/\/+$/, '');
-}
-
-function fail(msg) {
-  console.error(`FAIL (lanonasis): ${msg}`);
-  process.exit(1);
-}
-
-const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$/;
-function assertIso(value, what) {
-  assert.equal(typeof value, 'string', `${what} must be a string, got ${JSON.stringify(value)}`);
-  assert.match(value, ISO_8601, `${what} must be ISO-8601 with a zone, got ${JSON.stringify(value)}`);
-  assert.ok(!Number.isNaN(Date.parse(value)), `${what} must parse as a date: ${value}`);
-}
 function assertNonEmptyString(value, what) {
   assert.equal(typeof value, 'string', `${what} must be a string, got ${JSON.stringify(value)}`);
   assert.ok(value.length > 0, `${what} must be non-empty`);

@@ -30,7 +30,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
-use tidepool_benches::{process_cpu, rss_kib, token_stamps, SpawnedServer};
+use tidepool_benches::{http_body, process_cpu, rss_kib, token_stamps, SpawnedServer};
 
 const KEY: &str = "chat-bench-key";
 
@@ -229,19 +229,6 @@ fn post(path: &str, token: Option<&str>, body: &str, accept_sse: bool) -> String
     )
 }
 
-fn call(addr: &str, request: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(
-        request
-            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
-}
-
 fn json_str(body: &str, key: &str) -> String {
     body.split(&format!("\"{key}\":\""))
         .nth(1)
@@ -318,7 +305,7 @@ fn start_server(args: &Args, provider: &str, streams: usize) -> (SpawnedServer, 
         ],
     );
     let addr = server.addr.clone();
-    let body = call(
+    let body = http_body(
         &addr,
         &post(
             "/api/auth/token",
@@ -333,7 +320,7 @@ fn start_server(args: &Args, provider: &str, streams: usize) -> (SpawnedServer, 
 fn sessions(addr: &str, token: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
-            let body = call(
+            let body = http_body(
                 addr,
                 &post(
                     "/api/chat",

@@ -76,7 +76,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tidepool_benches::{client_frame, process_cpu, rss_kib, token_stamps, SpawnedServer};
+use tidepool_benches::{
+    client_frame, http_body, process_cpu, rss_kib, token_stamps, SpawnedServer,
+};
 
 fn origin() -> Instant {
     static O: OnceLock<Instant> = OnceLock::new();
@@ -963,19 +965,6 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("dialect-bench-key-{i}")).collect()
 }
 
-fn call(addr: &str, request: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.write_all(
-        request
-            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
-}
-
 /// Starts the server with `nkeys` API keys, the fake provider as its default
 /// chat provider and room for `calls` provider calls at once; a token.
 fn start_server(bin: &str, provider: &str, nkeys: usize, calls: usize) -> (SpawnedServer, String) {
@@ -1003,7 +992,7 @@ fn start_server(bin: &str, provider: &str, nkeys: usize, calls: usize) -> (Spawn
         "POST /api/auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let reply = call(&server.addr, &req);
+    let reply = http_body(&server.addr, &req);
     let token = field(&reply, "token").unwrap_or_else(|| panic!("no token in {reply}"));
     (server, token)
 }

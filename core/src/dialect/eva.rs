@@ -148,16 +148,19 @@ pub fn handle(
     msg: &Incoming,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    let frame = match socket::decode(msg, MAX_FRAME) {
-        Ok(f) => f,
-        Err(Unreadable::TooLarge) => {
+    let frame = match socket::read_frame(msg, MAX_FRAME, |why| match why {
+        Unreadable::TooLarge => {
             let text = format!("Message too long (at most {MAX_CHARS} characters)");
-            return (vec![error("MESSAGE_TOO_LONG", &text, now)], Followup::None);
+            error("MESSAGE_TOO_LONG", &text, now)
         }
-        Err(Unreadable::Malformed) => {
-            let text = "Invalid message format: expected a JSON object";
-            return (vec![error("INVALID_FORMAT", text, now)], Followup::None);
-        }
+        Unreadable::Malformed => error(
+            "INVALID_FORMAT",
+            "Invalid message format: expected a JSON object",
+            now,
+        ),
+    }) {
+        Ok(f) => f,
+        Err(reply) => return reply,
     };
     let reply = match socket::str_field(&frame, "type").unwrap_or_default() {
         "start_conversation" => start(s, server, frame.get("conversation_id"), now),

@@ -296,20 +296,12 @@ pub fn handle(
     msg: &Incoming,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    let frame = match socket::decode(msg, MAX_FRAME) {
+    let frame = match socket::read_frame(msg, MAX_FRAME, |why| match why {
+        Unreadable::TooLarge => error("INVALID_MESSAGE", "Message too large", None),
+        Unreadable::Malformed => error("INVALID_MESSAGE", "Invalid message format", None),
+    }) {
         Ok(f) => f,
-        Err(Unreadable::TooLarge) => {
-            return (
-                vec![error("INVALID_MESSAGE", "Message too large", None)],
-                Followup::None,
-            )
-        }
-        Err(Unreadable::Malformed) => {
-            return (
-                vec![error("INVALID_MESSAGE", "Invalid message format", None)],
-                Followup::None,
-            )
-        }
+        Err(reply) => return reply,
     };
     let reply = match socket::str_field(&frame, "type").unwrap_or_default() {
         "start_chat" => start_chat(s, server, &frame, now),

@@ -81,7 +81,7 @@ pub fn idle_goodbye(s: &Session) -> Vec<Outgoing> {
         .collect()
 }
 
-fn error(code: &str, message: &str) -> Outgoing {
+pub(super) fn error(code: &str, message: &str) -> Outgoing {
     Outgoing::json(&json!({"type": "error", "code": code, "message": message}))
 }
 
@@ -137,6 +137,17 @@ fn authenticate(
     }
 }
 
+/// The answer to a frame that cannot be read (meet answers the same way).
+pub fn refuse(why: Unreadable) -> Outgoing {
+    match why {
+        Unreadable::TooLarge => {
+            let text = format!("frames are limited to {} KB", MAX_FRAME / 1024);
+            error("MESSAGE_TOO_LARGE", &text)
+        }
+        Unreadable::Malformed => error("INVALID_FORMAT", "frames are JSON objects with a `type`"),
+    }
+}
+
 /// Handles one client frame.
 pub fn handle(
     s: &mut Session,
@@ -145,16 +156,9 @@ pub fn handle(
     msg: &Incoming,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    let frame = match socket::decode(msg, MAX_FRAME) {
+    let frame = match socket::read_frame(msg, MAX_FRAME, refuse) {
         Ok(f) => f,
-        Err(Unreadable::TooLarge) => {
-            let text = format!("frames are limited to {} KB", MAX_FRAME / 1024);
-            return (vec![error("MESSAGE_TOO_LARGE", &text)], Followup::None);
-        }
-        Err(Unreadable::Malformed) => {
-            let text = "frames are JSON objects with a `type`";
-            return (vec![error("INVALID_FORMAT", text)], Followup::None);
-        }
+        Err(reply) => return reply,
     };
     let kind = socket::str_field(&frame, "type").unwrap_or_default();
     if kind == "auth" {

@@ -6,7 +6,10 @@
 //! with the sender's id). Rooms live in memory and go with their last
 //! participant; a closed socket leaves its rooms (`server::sockets`).
 
-use super::socket::{self, Unreadable};
+// Error frames as on the chat socket; signals are small (SDP is a few KB),
+// so the chat socket's 64 KB frame limit and its refusals apply too.
+use super::general_bots::{self, error, MAX_FRAME};
+use super::socket;
 use super::{Followup, Outgoing};
 use crate::ids::ConnId;
 use crate::server::Server;
@@ -15,8 +18,6 @@ use crate::wire::ws::Incoming;
 use bytes::Bytes;
 use serde_json::{json, Value as J};
 
-/// Signals are small (SDP is a few KB); the same 64 KB as the chat socket.
-const MAX_FRAME: usize = 64 * 1024;
 /// Rooms one connection may be in at once.
 const MAX_ROOMS_PER_CONN: usize = 16;
 /// Participants per room.
@@ -29,10 +30,6 @@ const MAX_NAME_BYTES: usize = 256;
 pub struct Session {
     /// Rooms this connection joined, with its participant id in each.
     rooms: Vec<(String, String)>,
-}
-
-fn error(code: &str, message: &str) -> Outgoing {
-    Outgoing::json(&json!({"type": "error", "code": code, "message": message}))
 }
 
 /// `participant_left`, as whole frames for the hub.
@@ -53,23 +50,9 @@ pub fn handle(
     msg: &Incoming,
     _now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    let frame = match socket::decode(msg, MAX_FRAME) {
+    let frame = match socket::read_frame(msg, MAX_FRAME, general_bots::refuse) {
         Ok(f) => f,
-        Err(Unreadable::TooLarge) => {
-            return (
-                vec![error("MESSAGE_TOO_LARGE", "frames are limited to 64 KB")],
-                Followup::None,
-            )
-        }
-        Err(Unreadable::Malformed) => {
-            return (
-                vec![error(
-                    "INVALID_FORMAT",
-                    "frames are JSON objects with a `type`",
-                )],
-                Followup::None,
-            )
-        }
+        Err(reply) => return reply,
     };
     let room = socket::str_field(&frame, "room_id");
     let name = socket::str_field(&frame, "participant_name").unwrap_or("guest");

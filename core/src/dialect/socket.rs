@@ -2,6 +2,7 @@
 //! whole text frames for events, decoding a client's JSON frame, credentials
 //! in any of their places, and a sliding-window rate limit.
 
+use super::{Followup, Outgoing};
 use crate::auth::Principal;
 use crate::chat::store;
 use crate::error::Result;
@@ -47,6 +48,16 @@ pub fn decode(msg: &Incoming, max_bytes: usize) -> Result<Map<String, J>, Unread
         Ok(J::Object(o)) => Ok(o),
         _ => Err(Unreadable::Malformed),
     }
+}
+
+/// A client frame as a JSON object, or the dialect's answer to an
+/// unreadable one (`refuse` words it; the socket stays open).
+pub fn read_frame(
+    msg: &Incoming,
+    max_bytes: usize,
+    refuse: impl FnOnce(Unreadable) -> Outgoing,
+) -> std::result::Result<Map<String, J>, (Vec<Outgoing>, Followup)> {
+    decode(msg, max_bytes).map_err(|why| (vec![refuse(why)], Followup::None))
 }
 
 /// A string field of a frame (`None` when absent, empty or not a string).

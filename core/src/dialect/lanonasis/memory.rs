@@ -62,10 +62,7 @@ fn is_live(r: &Record) -> bool {
 }
 
 fn owned_by(r: &Record, who: &Principal) -> bool {
-    who.admin
-        || r.get("user_id")
-            .and_then(|v| v.to_json().as_str().map(str::to_owned))
-            == Some(who.key_id.clone())
+    who.admin || field(r, "user_id").as_str() == Some(who.key_id.as_str())
 }
 
 /// The SDK's `MemoryEntry`.

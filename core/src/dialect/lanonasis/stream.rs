@@ -301,27 +301,33 @@ pub fn encode_notice(notice: &Notice<'_>) -> Bytes {
     }
 }
 
-/// Tells every stream that asked for `search.performed` about a search.
-pub fn publish_search(server: &mut Server, data: &J) {
+/// Sends an event that is not a change to every stream that asked for its
+/// type, positioned after the current batch; returns its position and bytes.
+fn publish(server: &mut Server, name: &'static str, data: &J) -> (FeedPos, Bytes) {
     let lsn = server.last_lsn();
     let pos = server.feed_counter().next_after(lsn);
     let bytes = sse::event(
         Some(&format!("event_{pos}")),
-        "search.performed",
+        name,
         data.to_string().as_bytes(),
     );
-    server.feed_remember(pos, bytes.clone());
     server.broadcast(lsn, |codec| match codec {
-        EventCodec::Lanonasis(types) if types.contains("search.performed") => Some(bytes.clone()),
+        EventCodec::Lanonasis(types) if types.contains(name) => Some(bytes.clone()),
         _ => None,
     });
+    (pos, bytes)
+}
+
+/// Tells every stream that asked for `search.performed` about a search, and
+/// keeps it for streams that resume.
+pub fn publish_search(server: &mut Server, data: &J) {
+    let (pos, bytes) = publish(server, "search.performed", data);
+    server.feed_remember(pos, bytes);
 }
 
 /// Sends `system.health` (seed 002:160-179) to every stream that asked for
 /// it. Numbers the process could not measure are null.
 pub fn publish_health(server: &mut Server, h: &Health, now: Timestamp) {
-    let lsn = server.last_lsn();
-    let pos = server.feed_counter().next_after(lsn);
     let round = |v: f64| (v * 100.0).round() / 100.0;
     let status = if h.degraded { "degraded" } else { "healthy" };
     let data = json!({
@@ -335,13 +341,5 @@ pub fn publish_health(server: &mut Server, h: &Health, now: Timestamp) {
         },
         "services": {"api": "healthy", "database": status, "search": "healthy"},
     });
-    let bytes = sse::event(
-        Some(&format!("event_{pos}")),
-        "system.health",
-        data.to_string().as_bytes(),
-    );
-    server.broadcast(lsn, |codec| match codec {
-        EventCodec::Lanonasis(types) if types.contains("system.health") => Some(bytes.clone()),
-        _ => None,
-    });
+    publish(server, "system.health", &data);
 }
