@@ -25,6 +25,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "max-body-bytes", env: "TIDEPOOL_MAX_BODY_BYTES", default: "67108864", help: "largest request body accepted (413 above)" },
     Setting { flag: "max-head-bytes", env: "TIDEPOOL_MAX_HEAD_BYTES", default: "16384", help: "largest request head accepted (431 above)" },
     Setting { flag: "max-connections", env: "TIDEPOOL_MAX_CONNECTIONS", default: "20000", help: "open connections beyond which new ones are refused" },
+    Setting { flag: "max-connections-per-address", env: "TIDEPOOL_MAX_CONNECTIONS_PER_ADDRESS", default: "0", help: "open connections one client address may hold, beyond which its new ones are refused (503); 0 = a quarter of --max-connections, at least 64" },
+    Setting { flag: "max-body-bytes-in-flight", env: "TIDEPOOL_MAX_BODY_BYTES_IN_FLIGHT", default: "268435456", help: "bytes all connections together may be receiving for request bodies larger than 64 KiB; a body that would go over is refused (503) before it is read" },
+    Setting { flag: "request-head-timeout", env: "TIDEPOOL_REQUEST_HEAD_TIMEOUT", default: "10", help: "seconds a request head may take to arrive once it has started (408 and close above)" },
+    Setting { flag: "request-body-timeout", env: "TIDEPOOL_REQUEST_BODY_TIMEOUT", default: "60", help: "seconds a request body may take to arrive once its head is in (408 and close above)" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
     Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
@@ -79,6 +83,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_head_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub max_body_bytes_in_flight: usize,
+    pub request_head_timeout_secs: u64,
+    pub request_body_timeout_secs: u64,
     pub idle_timeout_secs: u64,
     pub heartbeat_secs: u64,
     pub ws_max_message_bytes: usize,
@@ -128,6 +136,17 @@ pub enum Command {
     Version,
 }
 
+impl Config {
+    /// Connections one address may hold (`--max-connections-per-address`,
+    /// or a quarter of the total so one client cannot take them all).
+    pub fn connections_per_address(&self) -> usize {
+        match self.max_connections_per_address {
+            0 => (self.max_connections / 4).max(64),
+            n => n,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         match Config::parse(Vec::<String>::new(), |_| None) {
@@ -150,6 +169,10 @@ fn unreachable_default() -> Config {
         max_body_bytes: 1 << 26,
         max_head_bytes: 1 << 14,
         max_connections: 20_000,
+        max_connections_per_address: 0,
+        max_body_bytes_in_flight: 1 << 28,
+        request_head_timeout_secs: 10,
+        request_body_timeout_secs: 60,
         idle_timeout_secs: 300,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
@@ -298,6 +321,16 @@ impl Config {
             max_body_bytes: num("max-body-bytes", get("max-body-bytes"))?,
             max_head_bytes: num("max-head-bytes", get("max-head-bytes"))?,
             max_connections: num("max-connections", get("max-connections"))?,
+            max_connections_per_address: num(
+                "max-connections-per-address",
+                get("max-connections-per-address"),
+            )?,
+            max_body_bytes_in_flight: num(
+                "max-body-bytes-in-flight",
+                get("max-body-bytes-in-flight"),
+            )?,
+            request_head_timeout_secs: num("request-head-timeout", get("request-head-timeout"))?,
+            request_body_timeout_secs: num("request-body-timeout", get("request-body-timeout"))?,
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
             heartbeat_secs: num("heartbeat", get("heartbeat"))?,
             ws_max_message_bytes: num("ws-max-message-bytes", get("ws-max-message-bytes"))?,

@@ -901,7 +901,7 @@ impl Sut {
             &[("content-type", "application/json")],
             br#"{"api_key":"model-key"}"#,
         );
-        let reply = server.handle_request(ConnId(0), &req, T0);
+        let reply = server.handle_request(ConnId(0), &req, None, T0);
         let token: J = serde_json::from_slice(&reply.response.body).expect("token");
         Sut {
             server,
@@ -920,7 +920,7 @@ impl Sut {
             ],
             body.as_bytes(),
         );
-        let reply = self.server.handle_request(ConnId(0), &req, T0);
+        let reply = self.server.handle_request(ConnId(0), &req, None, T0);
         while self.server.poll_log().is_some() {}
         let r = reply.response;
         let v = serde_json::from_slice(&r.body).unwrap_or(J::Null);

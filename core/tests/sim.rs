@@ -204,7 +204,7 @@ fn issue_token(server: &mut Server, now: Timestamp) -> String {
         &[("content-type", "application/json")],
         body.as_bytes(),
     );
-    let reply = server.handle_request(ConnId(0), &req, now);
+    let reply = server.handle_request(ConnId(0), &req, None, now);
     assert_eq!(reply.response.status, 200, "token: {:?}", reply.response);
     let v: Value = serde_json::from_slice(&reply.response.body).expect("token JSON");
     v["token"].as_str().expect("a token").to_string()
@@ -250,8 +250,12 @@ impl World {
     }
 
     fn connect(&mut self) -> usize {
+        self.connect_from(tidepool_core::server::Peer::default())
+    }
+
+    fn connect_from(&mut self, from: tidepool_core::server::Peer) -> usize {
         let id = self.peers.len();
-        let conn = self.server.accept(self.now);
+        let conn = self.server.accept_from(self.now, from);
         self.peers.push(Peer {
             conn,
             rx: Vec::new(),
@@ -1087,9 +1091,15 @@ fn chunked_bodies() {
         &[(100, ""), (200, r#"{"id":"ch"}"#)],
         false,
     );
+    let bad_chunk = format!(
+        "POST /api/insert/c HTTP/1.1\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        bearer()
+    );
+    check(bad_chunk.as_bytes(), &[(400, "chunk")], true);
+    // A chunked body's length is unknown: without a token it is not read.
     check(
         b"POST /api/insert/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        &[(400, "chunk")],
+        &[(401, "token")],
         true,
     );
 }
@@ -1370,12 +1380,13 @@ fn idle_timeout() {
             b"POST /api/insert/c HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"id\"",
             Some(408),
         ),
-        (
-            b"POST /api/insert/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
-            Some(408),
-        ),
     ];
-    for (input, expect) in cases {
+    let chunked = format!(
+        "POST /api/insert/c HTTP/1.1\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        bearer()
+    );
+    let chunked_case = [(chunked.as_bytes(), Some(408))];
+    for (input, expect) in cases.iter().chain(&chunked_case) {
         let mut w = World::new();
         let p = w.connect();
         w.send(p, &health());
@@ -2779,4 +2790,210 @@ fn chat_answers_wait_for_the_question_to_be_durable() {
     w.sync();
     let r = w.responses(p);
     assert_eq!(r[0].json()["total"], 2, "{:?}", r[0].json());
+}
+
+// ----- what a client may hold before it proves anything ----------------------
+
+/// A head announcing a large body; the body itself is never sent.
+fn large_head(target: &str, auth: Option<&str>, len: usize, extra: &str) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: sim\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_large_body_is_refused_from_its_head_without_a_valid_token() {
+    // (route, credential, status answered before any body byte)
+    let cases: &[(&str, Option<&str>, u16)] = &[
+        ("/api/insert/c", None, 401),
+        ("/api/insert/c", Some("Bearer forged"), 401),
+        // Unauthenticated routes take small bodies only.
+        ("/api/auth/token", None, 413),
+        // An unknown route is not worth reading.
+        ("/api/nowhere/at/all", Some(&bearer()), 404),
+    ];
+    for (target, auth, status) in cases {
+        let mut w = World::new();
+        let p = w.connect();
+        w.send(p, &large_head(target, *auth, 60 << 20, ""));
+        let r = w.responses(p);
+        assert_eq!(r.len(), 1, "{target} {auth:?}: {r:?}");
+        assert_eq!(
+            r[0].status,
+            *status,
+            "{target}: {}",
+            String::from_utf8_lossy(&r[0].body)
+        );
+        assert_eq!(r[0].header("connection"), Some("close"));
+        assert!(w.is_closed(p), "{target}: still reading the body");
+    }
+}
+
+#[test]
+fn a_large_body_with_a_token_is_read_and_100_continue_waits_for_admission() {
+    let mut w = World::new();
+    let p = w.connect();
+    let body = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100_000));
+    w.send(
+        p,
+        &large_head(
+            "/api/insert/c",
+            Some(&bearer()),
+            body.len(),
+            "Expect: 100-continue\r\n",
+        ),
+    );
+    let head = String::from_utf8_lossy(&w.peers[p].rx).to_string();
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    w.peers[p].rx.clear();
+    w.send(p, body.as_bytes());
+    w.sync();
+    let r = w.responses(p);
+    assert_eq!(r[0].status, 200, "{}", String::from_utf8_lossy(&r[0].body));
+
+    // Without a token, no 100 Continue: the refusal comes instead.
+    let q = w.connect();
+    w.send(
+        q,
+        &large_head(
+            "/api/insert/c",
+            None,
+            body.len(),
+            "Expect: 100-continue\r\n",
+        ),
+    );
+    let r = w.responses(q);
+    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![401]);
+}
+
+#[test]
+fn large_bodies_in_flight_share_one_budget() {
+    let mut w = World::with(|c| {
+        c.max_body_bytes = 1 << 20;
+        c.max_body_bytes_in_flight = 3 << 20;
+    });
+    let heads: Vec<usize> = (0..4).map(|_| w.connect()).collect();
+    for p in &heads {
+        w.send(
+            *p,
+            &large_head("/api/insert/c", Some(&bearer()), 1 << 20, ""),
+        );
+    }
+    // Three are admitted and wait for their bodies; the fourth is told to
+    // come back.
+    for p in &heads[..3] {
+        assert!(w.responses(*p).is_empty());
+    }
+    let r = w.responses(heads[3]);
+    assert_eq!(r[0].status, 503);
+    assert_eq!(r[0].header("retry-after"), Some("1"));
+    // One gives up: its share comes back.
+    w.reset(heads[0]);
+    let p = w.connect();
+    w.send(
+        p,
+        &large_head("/api/insert/c", Some(&bearer()), 1 << 20, ""),
+    );
+    assert!(w.responses(p).is_empty(), "the freed share was not reused");
+}
+
+#[test]
+fn a_request_head_or_body_trickled_in_times_out() {
+    // One byte a second resets the idle timer, never the request's deadline.
+    let mut w = World::with(|c| {
+        c.idle_timeout_secs = 300;
+        c.request_head_timeout_secs = 10;
+        c.request_body_timeout_secs = 30;
+    });
+    let p = w.connect();
+    let head = b"GET /api/health HTTP/1.1\r\nHost: slow\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for b in head.iter().take(9) {
+        w.send(p, &[*b]);
+        w.advance(Duration::from_secs(1));
+    }
+    assert!(!w.is_closed(p));
+    for b in head.iter().skip(9) {
+        if w.is_closed(p) {
+            break;
+        }
+        w.send(p, &[*b]);
+        w.advance(Duration::from_secs(1));
+    }
+    assert!(w.is_closed(p), "a trickled head was never cut off");
+    let r = w.responses(p);
+    assert_eq!(r[0].status, 408);
+
+    // The body gets its own deadline once the head is in.
+    let q = w.connect();
+    w.send(q, &insert_head_with_length(10));
+    w.advance(Duration::from_secs(29));
+    w.send(q, b"{");
+    assert!(!w.is_closed(q));
+    w.advance(Duration::from_secs(1));
+    assert!(w.is_closed(q));
+    assert_eq!(w.responses(q)[0].status, 408);
+
+    // A keep-alive connection between requests is governed by the idle
+    // timeout alone.
+    let k = w.connect();
+    w.send(k, &health());
+    w.advance(Duration::from_secs(60));
+    assert!(!w.is_closed(k));
+    w.send(k, &health());
+    assert_eq!(
+        w.responses(k).iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200, 200]
+    );
+}
+
+fn insert_head_with_length(len: usize) -> Vec<u8> {
+    format!(
+        "POST /api/insert/c HTTP/1.1\r\nHost: sim\r\nAuthorization: {}\r\nContent-Length: {len}\r\n\r\n",
+        bearer()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    let mut w = World::with(|c| {
+        c.max_connections = 1000;
+        c.max_connections_per_address = 3;
+    });
+    let from = |ip: &str| tidepool_core::server::Peer {
+        ip: Some(ip.parse().unwrap()),
+        ..Default::default()
+    };
+    let greedy: Vec<usize> = (0..4).map(|_| w.connect_from(from("10.0.0.9"))).collect();
+    let other = w.connect_from(from("10.0.0.10"));
+    for p in greedy.iter().chain([&other]) {
+        w.send(*p, &health());
+    }
+    let statuses: Vec<u16> = greedy.iter().map(|p| w.responses(*p)[0].status).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 503]);
+    assert_eq!(w.responses(other)[0].status, 200);
+    let said = w.server.poll_note().unwrap_or_default();
+    assert!(said.contains("--max-connections-per-address"), "{said}");
+}
+
+#[test]
+fn a_body_of_millions_of_empty_values_is_refused_before_it_is_built() {
+    let mut w = World::new();
+    let p = w.connect();
+    let mut body = vec![0xdd];
+    body.extend_from_slice(&3_000_000u32.to_be_bytes());
+    body.extend(std::iter::repeat_n(0x90, 3_000_000));
+    let head = format!(
+        "POST /api/insert/c HTTP/1.1\r\nHost: sim\r\nAuthorization: {}\r\nContent-Type: application/msgpack\r\nContent-Length: {}\r\n\r\n",
+        bearer(),
+        body.len()
+    );
+    w.send_in(p, &[head.as_bytes(), &body]);
+    let r = w.responses(p);
+    assert_eq!(r[0].status, 413, "{}", String::from_utf8_lossy(&r[0].body));
+    assert!(String::from_utf8_lossy(&r[0].body).contains("values"));
 }

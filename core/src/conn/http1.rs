@@ -1,14 +1,17 @@
 //! HTTP/1.1 on a connection: pipelined requests parsed ahead of their replies
-//! (up to `MAX_PIPELINE`), `Expect: 100-continue`, keep-alive, the idle
-//! deadline, and the switch to WebSocket or SSE.
+//! (up to `MAX_PIPELINE`), `Expect: 100-continue`, keep-alive, large bodies
+//! admitted from their head before they are read, bodies decoded outside the
+//! server lock, the idle and per-request deadlines, and the switch to
+//! WebSocket or SSE.
 
 use super::{ConnTimer, Connection, Mode, SseMode, State, Work, WsMode, MAX_PIPELINE};
+use crate::dialect::rest::codec;
 use crate::dialect::{ekodb_sse, EventCodec};
 use crate::error::{Error, ErrorKind};
 use crate::ids::Lsn;
 use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
-use crate::wire::http::{response, Method, Request, Response};
+use crate::wire::http::{response, Method, Phase, Request, Response};
 use crate::wire::sse;
 use crate::wire::ws::{self, WsTransport};
 use bytes::Bytes;
@@ -29,9 +32,13 @@ impl Connection {
             match self.parser.parse(&mut self.inbuf) {
                 Ok(Some(req)) => {
                     self.upgrade_pending = ws::asks_for_upgrade(&req);
-                    self.work.push_back(Work::Request(req));
+                    self.work.push_back(Work::Request(req, None));
                 }
                 Ok(None) => {
+                    if self.parser.awaiting_admission().is_some() && !self.admission_queued {
+                        self.admission_queued = true;
+                        self.work.push_back(Work::Admit);
+                    }
                     if self.parser.take_continue() {
                         self.push_out(
                             Lsn::ZERO,
@@ -49,7 +56,101 @@ impl Connection {
         }
     }
 
-    pub(super) fn execute_request(&mut self, server: &mut Server, req: Request, now: Timestamp) {
+    /// Decodes the bodies of parsed requests, so the work is done by the
+    /// connection's own thread or task rather than under the server lock.
+    pub(super) fn decode_bodies(&mut self) {
+        for work in self.work.iter_mut() {
+            if let Work::Request(req, decoded @ None) = work {
+                if !req.body.is_empty() {
+                    *decoded = Some(codec::decode_body(req));
+                }
+            }
+        }
+    }
+
+    /// The server's verdict on a head whose large body waits: read it, or
+    /// answer now (401, 404, 413, 503) and close, without reading it.
+    pub(super) fn execute_admission(&mut self, server: &mut Server, now: Timestamp) {
+        self.admission_queued = false;
+        let Some((head, size)) = self.parser.awaiting_admission() else {
+            return;
+        };
+        let head_only = head.method == Method::Head;
+        let verdict = match &self.refusal {
+            Some(message) => Err(Error::new(ErrorKind::Unavailable, message.clone())),
+            None => server.admit_body(self.id, head, size, now),
+        };
+        match verdict {
+            Ok(limit) => {
+                self.parser.admit(limit);
+                // Room for the whole body at once, rather than a buffer
+                // that doubles its way there (and peaks at twice the size).
+                if let Some(n) = size.filter(|n| *n <= limit) {
+                    self.inbuf.reserve(n);
+                }
+            }
+            Err(e) => {
+                let r = crate::dialect::rest::error_response(&e);
+                self.push_out(Lsn::ZERO, r.encode(false, head_only));
+                self.state = State::Closing;
+                self.input_failed = true;
+                self.inbuf.clear();
+                self.work.clear();
+            }
+        }
+    }
+
+    /// Arms the deadline of the request under way when it enters a new
+    /// phase: its head must be in `head_timeout` after its first byte, its
+    /// body `body_timeout` after its head. Bytes arriving do not extend them.
+    pub(super) fn arm_request_deadline(&mut self, now: Timestamp) {
+        let paused = self.work.len() + self.out.len() >= MAX_PIPELINE;
+        let phase = match self.mode {
+            Mode::Http if !paused && self.state == State::Open => self.parser.phase(&self.inbuf),
+            _ => Phase::Idle,
+        };
+        if phase == self.deadline_for {
+            return;
+        }
+        self.deadline_for = phase;
+        let at = match phase {
+            Phase::Idle => None,
+            Phase::Head => Some(now.saturating_add(self.head_timeout)),
+            Phase::Body => Some(now.saturating_add(self.body_timeout)),
+        };
+        self.timers.set(ConnTimer::Request, at);
+    }
+
+    /// The request under way missed its deadline: 408, then close.
+    pub(super) fn request_expired(&mut self) {
+        if !matches!(self.mode, Mode::Http) || self.parser.phase(&self.inbuf) == Phase::Idle {
+            return;
+        }
+        let (part, took) = match self.deadline_for {
+            Phase::Body => ("body", self.body_timeout),
+            _ => ("head", self.head_timeout),
+        };
+        let r = Response::error(
+            408,
+            &format!(
+                "the request {part} did not arrive within {} s",
+                took.as_secs()
+            ),
+        );
+        self.push_out(Lsn::ZERO, r.encode(false, false));
+        self.state = State::Closing;
+        self.input_failed = true;
+        self.inbuf.clear();
+        self.work.clear();
+    }
+
+    pub(super) fn execute_request(
+        &mut self,
+        server: &mut Server,
+        req: Request,
+        body: Option<crate::error::Result<serde_json::Value>>,
+        now: Timestamp,
+    ) {
         self.upgrade_pending = false;
         let keep_alive = req.keep_alive() && self.state == State::Open;
         let head_only = req.method == Method::Head;
@@ -60,7 +161,7 @@ impl Connection {
             self.state = State::Closing;
             return;
         }
-        let reply = server.handle_request(self.id, &req, now);
+        let reply = server.handle_request(self.id, &req, body, now);
         if let Some(ticket) = reply.pending {
             self.pending_call = Some((ticket, keep_alive, head_only));
             // It may be ready already.

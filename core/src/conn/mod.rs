@@ -35,7 +35,7 @@ use crate::realtime::hub::Outbox;
 use crate::server::pending::Ticket;
 use crate::time::Timestamp;
 use crate::timers::TimerTable;
-use crate::wire::http::{HttpError, Limits, Request, RequestParser, Response};
+use crate::wire::http::{HttpError, Limits, Phase, Request, RequestParser, Response};
 use crate::wire::ws::{Incoming, WsTransport};
 use bytes::{Bytes, BytesMut};
 use replay::Replay;
@@ -56,7 +56,11 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum Work {
-    Request(Request),
+    /// A request, with its body decoded if that was done outside the lock.
+    Request(Request, Option<crate::error::Result<serde_json::Value>>),
+    /// The parser holds a head whose large body waits for the server's
+    /// consent (credentials, memory) before it is read.
+    Admit,
     Fail(HttpError),
     Message(Incoming),
 }
@@ -100,6 +104,9 @@ struct SseMode {
 enum ConnTimer {
     /// HTTP: close after this long without input (408 if a request is half in).
     Idle,
+    /// HTTP: the request under way must be in by then (its head, or its
+    /// body), however slowly its bytes trickle in (408 and close).
+    Request,
     /// WebSocket ping or SSE comment; three missed pings close a WebSocket.
     Heartbeat,
 }
@@ -120,6 +127,10 @@ pub struct ConnConfig {
     pub idle_timeout: Duration,
     pub heartbeat: Duration,
     pub max_message: usize,
+    /// How long a request head may take once started.
+    pub head_timeout: Duration,
+    /// How long a request body may take once its head is in.
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -139,6 +150,12 @@ pub struct Connection {
     opened: Timestamp,
     timers: TimerTable<ConnTimer>,
     idle_timeout: Duration,
+    head_timeout: Duration,
+    body_timeout: Duration,
+    /// The phase the `Request` deadline was armed for.
+    deadline_for: Phase,
+    /// A `Work::Admit` is queued for the parser's waiting head.
+    admission_queued: bool,
     heartbeat: Duration,
     max_message: usize,
     eof: bool,
@@ -187,6 +204,10 @@ impl Connection {
             opened: now,
             timers,
             idle_timeout: config.idle_timeout,
+            head_timeout: config.head_timeout,
+            body_timeout: config.body_timeout,
+            deadline_for: Phase::Idle,
+            admission_queued: false,
             heartbeat: config.heartbeat.max(Duration::from_secs(1)),
             max_message: config.max_message,
             eof: false,
@@ -255,6 +276,8 @@ impl Connection {
                     .set(ConnTimer::Idle, Some(now.saturating_add(self.idle_timeout)));
                 self.inbuf.extend_from_slice(data);
                 self.parse_http();
+                self.decode_bodies();
+                self.arm_request_deadline(now);
             }
             Mode::WebSocket(ws) => {
                 ws.transport.handle_input(data);
@@ -306,6 +329,7 @@ impl Connection {
             && !self.eof
             && !self.input_failed
             && self.work.len() < MAX_PIPELINE
+            && self.parser.awaiting_admission().is_none()
             && self.out_bytes < 4 * LOCAL_OUT_BYTES
             && self.out.len() < 4 * MAX_PIPELINE
     }
@@ -332,7 +356,8 @@ impl Connection {
                 break;
             };
             match work {
-                Work::Request(req) => self.execute_request(server, req, now),
+                Work::Request(req, body) => self.execute_request(server, req, body, now),
+                Work::Admit => self.execute_admission(server, now),
                 Work::Fail(e) => {
                     let r = Response::error(e.status(), &e.message());
                     self.push_out(Lsn::ZERO, r.encode(false, false));
@@ -352,7 +377,10 @@ impl Connection {
         }
         self.pull_events();
         match self.mode {
-            Mode::Http => self.parse_http(),
+            Mode::Http => {
+                self.parse_http();
+                self.arm_request_deadline(now);
+            }
             Mode::WebSocket(_) => self.read_ws(),
             Mode::Sse(_) => {}
         }
@@ -489,6 +517,7 @@ impl Connection {
         for timer in self.timers.expired(now) {
             match timer {
                 ConnTimer::Idle => self.idle_expired(),
+                ConnTimer::Request => self.request_expired(),
                 ConnTimer::Heartbeat => self.heartbeat_due(now),
             }
         }

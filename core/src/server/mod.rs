@@ -9,6 +9,7 @@
 //! (connections with something new to send), `poll_call` and the
 //! `handle_call_*` reports (outbound calls, `calls`).
 
+mod admission;
 pub mod calls;
 pub mod chat;
 pub mod documents;
@@ -186,6 +187,8 @@ pub struct Server {
     refusals: Option<(Timestamp, u64)>,
     /// Wrong API keys per client address.
     guesses: guesses::Guesses,
+    /// Connections per address, and large bodies being received.
+    admission: admission::Admission,
     /// When recovery finished (the server's uptime starts there).
     booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
@@ -232,6 +235,7 @@ impl Server {
             peers: HashMap::new(),
             refusals: None,
             guesses: Default::default(),
+            admission: Default::default(),
             booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),
@@ -256,6 +260,7 @@ impl Server {
             max_head_bytes: self.config.max_head_bytes,
             max_body_bytes: self.config.max_body_bytes,
             max_headers: 64,
+            admit_bodies_above: rest::PUBLIC_BODY_LIMIT,
         }
     }
 
@@ -281,11 +286,35 @@ impl Server {
             idle_timeout: Duration::from_secs(self.config.idle_timeout_secs.max(1)),
             heartbeat: Duration::from_secs(self.config.heartbeat_secs.max(1)),
             max_message: self.config.ws_max_message_bytes,
+            head_timeout: Duration::from_secs(self.config.request_head_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.config.request_body_timeout_secs.max(1)),
         };
         let conn = Connection::new(id, config, now);
         self.open_connections += 1;
+        let per_address = self.config.connections_per_address();
+        if let Some(ip) = peer.ip {
+            if !self.admission.connect(ip, per_address) {
+                self.note_refusal(
+                    now,
+                    format!(
+                        "{ip} reached its limit of {per_address} (--max-connections-per-address)"
+                    ),
+                );
+                return conn.refusing(
+                    format!(
+                        "this address has {per_address} connections open, its limit                          (--max-connections-per-address); close some and try again"
+                    ),
+                    now,
+                );
+            }
+        }
         if self.open_connections > self.config.max_connections {
-            self.note_refusal(now);
+            let why = format!(
+                "{} are open, the limit is {} (--max-connections)",
+                self.open_connections - 1,
+                self.config.max_connections
+            );
+            self.note_refusal(now, why);
             return conn.refusing(
                 format!(
                     "the server is at its connection limit ({}); try again later",
@@ -300,7 +329,10 @@ impl Server {
     /// A connection is gone: drop its subscriptions and queued events, and
     /// stop the calls whose results only it wanted.
     pub fn connection_closed(&mut self, conn: ConnId, now: Timestamp) {
-        self.peers.remove(&conn);
+        if let Some(ip) = self.peers.remove(&conn).and_then(|p| p.ip) {
+            self.admission.disconnect(ip);
+        }
+        self.admission.release_body(conn);
         self.open_connections = self.open_connections.saturating_sub(1);
         // Back under the limit: the burst is over (and said so if it grew).
         if self.open_connections < self.config.max_connections {
@@ -332,7 +364,7 @@ impl Server {
     /// Connections refused at the limit are logged once per burst: the
     /// first at once, then how many more at most every
     /// `REFUSALS_NOTED_EVERY`.
-    fn note_refusal(&mut self, now: Timestamp) {
+    fn note_refusal(&mut self, now: Timestamp, why: String) {
         let line = match &mut self.refusals {
             None => {
                 self.refusals = Some((now, 0));
@@ -348,11 +380,7 @@ impl Server {
                 line
             }
         };
-        self.note(format!(
-            "{line}: {} are open, the limit is {} (--max-connections)",
-            self.open_connections - 1,
-            self.config.max_connections
-        ));
+        self.note(format!("{line}: {why}"));
     }
 
     /// A line for the operator's log (the runtime prints it).
@@ -537,9 +565,19 @@ impl Server {
     }
 
     /// Answers one REST request from `conn` (the route table is
-    /// `dialect::rest::routes`).
-    pub fn handle_request(&mut self, conn: ConnId, req: &Request, now: Timestamp) -> Reply {
-        let (response, upgrade, pending) = match rest::respond(self, conn, req, now) {
+    /// `dialect::rest::routes`). `body` is the request's body if the
+    /// connection already decoded it (outside the server lock).
+    pub fn handle_request(
+        &mut self,
+        conn: ConnId,
+        req: &Request,
+        body: Option<Result<serde_json::Value>>,
+        now: Timestamp,
+    ) -> Reply {
+        // The body is in: what was reserved for it is no longer at risk of
+        // being held by a client that never finishes.
+        self.admission.release_body(conn);
+        let (response, upgrade, pending) = match rest::respond(self, conn, req, body, now) {
             Ok(Outcome::Reply(r)) => (r, None, None),
             Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
             Ok(Outcome::Call(request, kind)) => {

@@ -4,7 +4,8 @@
 //! allocated, `bin` becomes a Binary envelope and the timestamp extension an
 //! RFC 3339 string (spec 1.3.3), and the reserved marker 0xc1 is an error.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::value_count::{self, MAX_BODY_VALUES};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
@@ -26,6 +27,17 @@ pub fn decode(body: &[u8], format: Format) -> Result<J> {
     };
     if blank {
         return Ok(J::Object(Default::default()));
+    }
+    // Counted before decoding: a hostile body is refused without building it.
+    let within = match format {
+        Format::Json => value_count::json_within(body, MAX_BODY_VALUES),
+        Format::MsgPack => value_count::msgpack_within(body, MAX_BODY_VALUES),
+    };
+    if !within {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            value_count::too_many(MAX_BODY_VALUES),
+        ));
     }
     match format {
         Format::Json => serde_json::from_slice(body)

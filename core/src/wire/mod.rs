@@ -5,4 +5,5 @@
 pub mod format;
 pub mod http;
 pub mod sse;
+pub mod value_count;
 pub mod ws;

@@ -12,11 +12,13 @@ use crate::wire::format::{self, Format};
 use crate::wire::http::{url, Request, Response};
 use serde::Serialize;
 use serde_json::Value as J;
+use std::cell::RefCell;
 
 #[derive(Clone, Debug)]
 enum Input<'a> {
-    /// A REST request: the body is decoded when a handler asks for it.
-    Http(&'a Request),
+    /// A REST request: the body is decoded when a handler asks for it,
+    /// unless the connection decoded it already (taken by the first ask).
+    Http(&'a Request, RefCell<Option<Result<J>>>),
     /// A message body already decoded by its dialect.
     Value(J),
 }
@@ -49,8 +51,16 @@ impl<'a> Ctx<'a> {
             conn: None,
             params,
             args: Vec::new(),
-            input: Input::Http(req),
+            input: Input::Http(req, RefCell::new(None)),
         })
+    }
+
+    /// The body as the connection decoded it, outside the server lock.
+    pub fn with_decoded_body(mut self, body: Option<Result<J>>) -> Self {
+        if let Input::Http(_, slot) = &mut self.input {
+            *slot.get_mut() = body;
+        }
+        self
     }
 
     /// A call made by a message-based dialect, with its body already decoded.
@@ -130,7 +140,7 @@ impl<'a> Ctx<'a> {
     /// A request header (none for message calls).
     pub fn header(&self, name: &str) -> Option<&str> {
         match &self.input {
-            Input::Http(req) => req.header(name),
+            Input::Http(req, _) => req.header(name),
             Input::Value(_) => None,
         }
     }
@@ -142,7 +152,10 @@ impl<'a> Ctx<'a> {
 
     pub fn body(&self) -> Result<J> {
         match &self.input {
-            Input::Http(req) => codec::decode_body(req),
+            Input::Http(req, decoded) => decoded
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| codec::decode_body(req)),
             Input::Value(v) => Ok(v.clone()),
         }
     }
@@ -160,7 +173,7 @@ impl<'a> Ctx<'a> {
     /// clients always read as JSON; message calls get their session's format.
     pub fn ok_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
         match self.input {
-            Input::Http(_) => Ok(Response::json(200, format::encode(Format::Json, value)?)),
+            Input::Http(..) => Ok(Response::json(200, format::encode(Format::Json, value)?)),
             Input::Value(_) => self.ok(value),
         }
     }

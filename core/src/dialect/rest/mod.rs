@@ -64,14 +64,88 @@ pub fn error_response(e: &Error) -> Response {
     r
 }
 
+/// Bodies an unauthenticated route (token exchange, health) reads at most:
+/// a client that proved nothing cannot make the server hold or decode more.
+pub const PUBLIC_BODY_LIMIT: usize = 64 * 1024;
+
 /// Answers one REST request: finds its row, checks who may call it and whether
 /// storage takes writes, and runs its handler.
 pub fn respond(
     server: &mut Server,
     conn: ConnId,
     req: &Request,
+    body: Option<Result<serde_json::Value>>,
     now: Timestamp,
 ) -> Result<Outcome> {
+    let (route, args) = route_for(server, conn, req)?;
+    let mut ctx = Ctx::http(req, now)?.with_args(args).with_decoded_body(body);
+    ctx.conn = Some(conn);
+    ctx.clock = server.clock();
+    if route.scope != Scope::Public {
+        authorize(server, route, ctx.header("authorization"), &ctx, now)?;
+    }
+    if route.writes {
+        server.check_writable()?;
+    }
+    match route.handler {
+        Handler::Data(f) => f(server.engine_mut(), &ctx).map(Outcome::Reply),
+        Handler::Server(f) => f(server, &ctx),
+        Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
+    }
+}
+
+/// Decides, from a request's head alone, whether its large body (`size`
+/// bytes, `None` when chunked) may be read, and up to how many bytes: an
+/// unknown route, a missing or bad token, or a body over an unauthenticated
+/// route's small limit is answered before the body arrives.
+pub fn admit_body(
+    server: &mut Server,
+    conn: ConnId,
+    head: &Request,
+    size: Option<usize>,
+    now: Timestamp,
+) -> Result<usize> {
+    let (route, args) = route_for(server, conn, head)?;
+    if route.scope == Scope::Public {
+        if size.is_some_and(|n| n > PUBLIC_BODY_LIMIT) {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "{} takes a body of at most {PUBLIC_BODY_LIMIT} bytes",
+                    route.path
+                ),
+            ));
+        }
+        return Ok(PUBLIC_BODY_LIMIT);
+    }
+    let ctx = Ctx::http(head, now)?.with_args(args);
+    authorize(server, route, head.header("authorization"), &ctx, now)?;
+    Ok(server.config().max_body_bytes)
+}
+
+/// Checks the caller's token for a route that needs one.
+fn authorize(
+    server: &Server,
+    route: &routes::Route,
+    authorization: Option<&str>,
+    ctx: &Ctx,
+    now: Timestamp,
+) -> Result<()> {
+    // `?token=` is how browsers' EventSource and WebSocket pass a token;
+    // elsewhere it would only put tokens in logs and histories.
+    let query_token = routes::takes_query_token(route)
+        .then(|| ctx.param("token"))
+        .flatten();
+    server.authenticate(authorization, query_token, now)?;
+    Ok(())
+}
+
+/// The route table's row for a request, after `--mounts` moved endpoints.
+fn route_for(
+    server: &Server,
+    conn: ConnId,
+    req: &Request,
+) -> Result<(&'static routes::Route, routes::Args)> {
     let segments = url::split_path(&req.path).map_err(Error::invalid)?;
     // Mounts match the decoded path, so `/%77s` is `/ws` here as it is to
     // the route table.
@@ -96,24 +170,5 @@ pub fn respond(
             )));
         }
     };
-    let (route, args) = routes::resolve(&req.method, &segments)?;
-    let mut ctx = Ctx::http(req, now)?.with_args(args);
-    ctx.conn = Some(conn);
-    ctx.clock = server.clock();
-    if route.scope != Scope::Public {
-        // `?token=` is how browsers' EventSource and WebSocket pass a token;
-        // elsewhere it would only put tokens in logs and histories.
-        let query_token = routes::takes_query_token(route)
-            .then(|| ctx.param("token"))
-            .flatten();
-        server.authenticate(ctx.header("authorization"), query_token, now)?;
-    }
-    if route.writes {
-        server.check_writable()?;
-    }
-    match route.handler {
-        Handler::Data(f) => f(server.engine_mut(), &ctx).map(Outcome::Reply),
-        Handler::Server(f) => f(server, &ctx),
-        Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
-    }
+    routes::resolve(&req.method, &segments)
 }

@@ -6,5 +6,5 @@ pub mod request;
 pub mod response;
 pub mod url;
 
-pub use request::{HttpError, Limits, Method, Request, RequestParser};
+pub use request::{HttpError, Limits, Method, Phase, Request, RequestParser};
 pub use response::Response;

@@ -14,6 +14,10 @@ pub struct Limits {
     /// Decoded body (413 above this).
     pub max_body_bytes: usize,
     pub max_headers: usize,
+    /// A body longer than this (or chunked, length unknown) is read only
+    /// once its head is admitted (`RequestParser::admit`): the caller
+    /// checks credentials and memory before the bytes arrive.
+    pub admit_bodies_above: usize,
 }
 
 impl Default for Limits {
@@ -22,8 +26,20 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             max_headers: 64,
+            admit_bodies_above: usize::MAX,
         }
     }
+}
+
+/// Where the parser is in the current request, for its deadlines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Between requests.
+    Idle,
+    /// A request head has started arriving.
+    Head,
+    /// The head is in; its body is awaited (or its admission).
+    Body,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +198,10 @@ pub struct RequestParser {
     state: State,
     limits: Limits,
     send_continue: bool,
+    /// The current request's head waits for `admit` before its body is read.
+    awaiting_admission: bool,
+    /// The current request's body limit (`admit` may lower it).
+    body_limit: usize,
 }
 
 impl RequestParser {
@@ -190,6 +210,38 @@ impl RequestParser {
             state: State::Head,
             limits,
             send_continue: false,
+            awaiting_admission: false,
+            body_limit: limits.max_body_bytes,
+        }
+    }
+
+    /// The head waiting to be admitted, with its body's length (`None`:
+    /// chunked, unknown until it ends).
+    pub fn awaiting_admission(&self) -> Option<(&Request, Option<usize>)> {
+        if !self.awaiting_admission {
+            return None;
+        }
+        match &self.state {
+            State::Body { head, remaining } => Some((head, Some(*remaining))),
+            State::Chunked { head, .. } => Some((head, None)),
+            State::Head => None,
+        }
+    }
+
+    /// Lets the waiting head's body be read, up to `body_limit` bytes.
+    pub fn admit(&mut self, body_limit: usize) {
+        self.awaiting_admission = false;
+        self.body_limit = body_limit.min(self.limits.max_body_bytes);
+    }
+
+    /// Where the current request stands (`buf`: the bytes not yet parsed).
+    pub fn phase(&self, buf: &BytesMut) -> Phase {
+        match self.state {
+            State::Head if buf.is_empty() || buf.starts_with(b"\r\n") && buf.len() <= 2 => {
+                Phase::Idle
+            }
+            State::Head => Phase::Head,
+            _ => Phase::Body,
         }
     }
 
@@ -197,9 +249,10 @@ impl RequestParser {
         self.limits
     }
 
-    /// Whether a `100 Continue` should be sent now (returns true once).
+    /// Whether a `100 Continue` should be sent now (returns true once; not
+    /// before the head is admitted, so a refused client never sends its body).
     pub fn take_continue(&mut self) -> bool {
-        std::mem::take(&mut self.send_continue)
+        !self.awaiting_admission && std::mem::take(&mut self.send_continue)
     }
 
     /// Whether a request has started arriving but is not complete.
@@ -208,18 +261,43 @@ impl RequestParser {
     }
 
     pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
+        let parsed = self.parse_one(buf)?;
+        if parsed.is_some() {
+            self.body_limit = self.limits.max_body_bytes;
+        }
+        Ok(parsed)
+    }
+
+    fn parse_one(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, HttpError> {
         loop {
+            if self.awaiting_admission {
+                return Ok(None);
+            }
             match std::mem::replace(&mut self.state, State::Head) {
                 State::Head => {
                     let Some(head) = self.parse_head(buf)? else {
                         return Ok(None);
                     };
                     self.state = self.body_state(head)?;
+                    self.awaiting_admission = match &self.state {
+                        State::Body { remaining, .. } => {
+                            *remaining > self.limits.admit_bodies_above
+                        }
+                        State::Chunked { .. } => {
+                            self.limits.admit_bodies_above < self.limits.max_body_bytes
+                        }
+                        State::Head => false,
+                    };
                 }
                 State::Body {
                     mut head,
                     remaining,
                 } => {
+                    if remaining > self.body_limit {
+                        return Err(HttpError::BodyTooLarge {
+                            limit: self.body_limit,
+                        });
+                    }
                     if buf.len() < remaining {
                         self.state = State::Body { head, remaining };
                         return Ok(None);
@@ -378,9 +456,9 @@ impl RequestParser {
                     Ok(httparse::Status::Complete((used, size))) => {
                         buf.advance(used);
                         let size = usize::try_from(size).unwrap_or(usize::MAX);
-                        if size > self.limits.max_body_bytes.saturating_sub(body.len()) {
+                        if size > self.body_limit.saturating_sub(body.len()) {
                             return Err(HttpError::BodyTooLarge {
-                                limit: self.limits.max_body_bytes,
+                                limit: self.body_limit,
                             });
                         }
                         step = if size == 0 {
@@ -536,11 +614,41 @@ mod tests {
     }
 
     #[test]
+    fn a_large_body_waits_for_admission_and_its_limit() {
+        let limits = Limits {
+            admit_bodies_above: 4,
+            ..Limits::default()
+        };
+        let mut p = RequestParser::new(limits);
+        let mut buf = BytesMut::from(
+            &b"POST /x HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n0123456789"[..],
+        );
+        assert!(p.parse(&mut buf).unwrap().is_none());
+        let (head, size) = p.awaiting_admission().expect("waits");
+        assert_eq!((head.path.as_str(), size), ("/x", Some(10)));
+        assert!(!p.take_continue(), "100 Continue before admission");
+        assert_eq!(buf.len(), 10, "the body was read before admission");
+        p.admit(10);
+        assert!(p.take_continue());
+        assert_eq!(&p.parse(&mut buf).unwrap().unwrap().body[..], b"0123456789");
+        // Admitted with a smaller limit than the body: 413.
+        let mut buf = BytesMut::from(&b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n"[..]);
+        assert!(p.parse(&mut buf).unwrap().is_none());
+        p.admit(5);
+        assert_eq!(p.parse(&mut buf).unwrap_err().status(), 413);
+        // A small body needs no admission.
+        let mut p = RequestParser::new(limits);
+        let mut buf = BytesMut::from(&b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..]);
+        assert!(p.parse(&mut buf).unwrap().is_some());
+    }
+
+    #[test]
     fn limits_and_errors() {
         let small = Limits {
             max_head_bytes: 64,
             max_body_bytes: 4,
             max_headers: 4,
+            ..Limits::default()
         };
         let err = |input: &[u8]| parse_all(input, small).unwrap_err().status();
         assert_eq!(err(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), 413);

@@ -1,0 +1,167 @@
+//! How many values a body decodes to, counted before anything is decoded.
+//!
+//! A body's decoded size is not bounded by its length: a MessagePack `0x90`
+//! (an empty array) is one byte on the wire and 32 bytes decoded, and a
+//! length prefix can ask for a vector of millions of slots. Counting first,
+//! without allocating, lets a hostile body be refused for the cost of one
+//! pass over its bytes.
+
+/// The most values (array elements, map keys and map values, scalars, the
+/// containers themselves) one body may decode to. A few hundred MiB decoded
+/// at worst, whatever the body's shape; a batch of 1,000 records of 1,536
+/// dimensions fits.
+pub const MAX_BODY_VALUES: usize = 2_000_000;
+
+/// The refusal when a body holds more than `limit` values.
+pub fn too_many(limit: usize) -> String {
+    format!(
+        "the body holds more than {limit} values (arrays, keys and scalars count); split it into smaller requests"
+    )
+}
+
+/// Whether a JSON text holds at most `limit` values. An upper bound: every
+/// value after the first is introduced by `[`, `{`, `,` or `:` outside a
+/// string, so their count plus one covers every value and key. Malformed
+/// text passes here and is refused by the parser.
+pub fn json_within(body: &[u8], limit: usize) -> bool {
+    let mut count = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' | b':' => {
+                count += 1;
+                if count > limit {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Whether a MessagePack message holds at most `limit` values, walking its
+/// markers and skipping payloads without allocating. Truncated or malformed
+/// input passes here and is refused by the decoder.
+pub fn msgpack_within(body: &[u8], limit: usize) -> bool {
+    let mut pos = 0usize;
+    // Values still to read: 1 for the top level, plus every announced
+    // element.
+    let mut pending: u64 = 1;
+    let mut count = 0usize;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        body.get(at..at.checked_add(n)?)
+            .map(|s| s.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+    };
+    while pending > 0 {
+        let Some(&marker) = body.get(pos) else {
+            return true;
+        };
+        pos += 1;
+        pending -= 1;
+        count += 1;
+        if count > limit {
+            return false;
+        }
+        // (payload bytes to skip, elements announced)
+        let (skip, elements): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0..=0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4..=0xc6 | 0xd9..=0xdb => {
+                let width = match marker {
+                    0xc4 | 0xd9 => 1,
+                    0xc5 | 0xda => 2,
+                    _ => 4,
+                };
+                let Some(n) = be(pos, width) else { return true };
+                pos += width;
+                (n, 0)
+            }
+            0xc7..=0xc9 => {
+                let width = 1 << (marker - 0xc7);
+                let Some(n) = be(pos, width) else { return true };
+                pos += width;
+                (n + 1, 0)
+            }
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xd4..=0xd8 => (1 + (1u64 << (marker - 0xd4)), 0),
+            0xdc | 0xdd => {
+                let width = if marker == 0xdc { 2 } else { 4 };
+                let Some(n) = be(pos, width) else { return true };
+                pos += width;
+                (0, n)
+            }
+            0xde | 0xdf => {
+                let width = if marker == 0xde { 2 } else { 4 };
+                let Some(n) = be(pos, width) else { return true };
+                pos += width;
+                (0, 2 * n)
+            }
+        };
+        let Some(next) = usize::try_from(skip)
+            .ok()
+            .and_then(|s| pos.checked_add(s))
+            .filter(|p| *p <= body.len())
+        else {
+            return true;
+        };
+        pos = next;
+        pending = pending.saturating_add(elements);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_counts_every_value_and_key() {
+        assert!(json_within(br#"{"a":1,"b":[1,2]}"#, 7));
+        assert!(!json_within(br#"{"a":1,"b":[1,2]}"#, 5));
+        // Structure inside strings is text, not values.
+        assert!(json_within(br#"["[,{:,\"]"]"#, 2));
+        assert!(!json_within(b"[[],[],[],[]]", 4));
+    }
+
+    #[test]
+    fn msgpack_counts_without_reading_payloads() {
+        // [nil, "abc", {"k": 1}]: the array, nil, the string, the map, its key and value.
+        let body = [0x93, 0xc0, 0xa3, b'a', b'b', b'c', 0x81, 0xa1, b'k', 0x01];
+        assert!(msgpack_within(&body, 6));
+        assert!(!msgpack_within(&body, 5));
+    }
+
+    #[test]
+    fn a_flood_of_empty_arrays_is_refused_early() {
+        let mut body = vec![0xdd];
+        body.extend_from_slice(&(3_000_000u32).to_be_bytes());
+        body.extend(std::iter::repeat_n(0x90, 3_000_000));
+        assert!(!msgpack_within(&body, MAX_BODY_VALUES));
+        let json = format!("[{}[]]", "[],".repeat(3_000_000));
+        assert!(!json_within(json.as_bytes(), MAX_BODY_VALUES));
+    }
+
+    #[test]
+    fn truncated_input_is_left_to_the_decoder() {
+        assert!(msgpack_within(&[0xdd, 0xff, 0xff, 0xff, 0xff], 10));
+        assert!(msgpack_within(&[0xd9], 10));
+    }
+}
