@@ -16,6 +16,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct Principal {
     pub key_id: String,
     pub admin: bool,
+    /// When the credential stops being valid (a token's `exp`; `None` for
+    /// an API key itself).
+    pub expires: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +116,7 @@ impl Auth {
         Ok(Principal {
             key_id,
             admin: claims["admin"].as_bool().unwrap_or(false),
+            expires: Some(Timestamp::from_secs(exp)),
         })
     }
 
@@ -126,6 +130,7 @@ impl Auth {
             .map(|(id, _)| Principal {
                 key_id: id.clone(),
                 admin: true,
+                expires: None,
             })
             .ok_or_else(|| unauthorized("Invalid API key"))
     }

@@ -29,6 +29,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "max-body-bytes-in-flight", env: "TIDEPOOL_MAX_BODY_BYTES_IN_FLIGHT", default: "268435456", help: "bytes all connections together may be receiving for request bodies larger than 64 KiB; a body that would go over is refused (503) before it is read" },
     Setting { flag: "request-head-timeout", env: "TIDEPOOL_REQUEST_HEAD_TIMEOUT", default: "10", help: "seconds a request head may take to arrive once it has started (408 and close above)" },
     Setting { flag: "request-body-timeout", env: "TIDEPOOL_REQUEST_BODY_TIMEOUT", default: "60", help: "seconds a request body may take to arrive once its head is in (408 and close above)" },
+    Setting { flag: "stream-credentials", env: "TIDEPOOL_STREAM_CREDENTIALS", default: "expire", help: "what a WebSocket or SSE stream opened with a token does when the token expires: expire (it is closed then, WebSocket code 1008; clients reconnect with a fresh token) or connect (checked once, when the stream opens); streams opened with an API key itself never expire" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
     Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
@@ -87,6 +88,8 @@ pub struct Config {
     pub max_body_bytes_in_flight: usize,
     pub request_head_timeout_secs: u64,
     pub request_body_timeout_secs: u64,
+    /// Streams opened with a token close when it expires.
+    pub streams_expire_with_token: bool,
     pub idle_timeout_secs: u64,
     pub heartbeat_secs: u64,
     pub ws_max_message_bytes: usize,
@@ -173,6 +176,7 @@ fn unreachable_default() -> Config {
         max_body_bytes_in_flight: 1 << 28,
         request_head_timeout_secs: 10,
         request_body_timeout_secs: 60,
+        streams_expire_with_token: true,
         idle_timeout_secs: 300,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
@@ -331,6 +335,15 @@ impl Config {
             )?,
             request_head_timeout_secs: num("request-head-timeout", get("request-head-timeout"))?,
             request_body_timeout_secs: num("request-body-timeout", get("request-body-timeout"))?,
+            streams_expire_with_token: match get("stream-credentials").as_str() {
+                "expire" => true,
+                "connect" => false,
+                other => {
+                    return Err(format!(
+                        "`--stream-credentials` must be expire or connect, got `{other}`"
+                    ))
+                }
+            },
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
             heartbeat_secs: num("heartbeat", get("heartbeat"))?,
             ws_max_message_bytes: num("ws-max-message-bytes", get("ws-max-message-bytes"))?,

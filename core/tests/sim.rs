@@ -2997,3 +2997,51 @@ fn a_body_of_millions_of_empty_values_is_refused_before_it_is_built() {
     assert_eq!(r[0].status, 413, "{}", String::from_utf8_lossy(&r[0].body));
     assert!(String::from_utf8_lossy(&r[0].body).contains("values"));
 }
+
+#[test]
+fn a_stream_closes_when_its_token_expires_unless_told_otherwise() {
+    let short = |c: &mut Config| {
+        c.token_lifetime_secs = 60;
+        c.heartbeat_secs = 1000;
+    };
+    // Streams opened with this world's own 60-second token.
+    let open = |w: &mut World| {
+        let auth = format!("Bearer {}", w.token);
+        let ws = w.connect();
+        w.send(ws, &ws_upgrade(&[("Authorization", &auth)]));
+        assert_eq!(w.responses(ws)[0].status, 101);
+        let sse = w.connect();
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Accept", "text/event-stream"),
+        ];
+        w.send(sse, &http("GET", "/api/subscribe/c", &headers, None));
+        assert_eq!(w.responses(sse)[0].status, 200);
+        (ws, sse)
+    };
+    let mut w = World::with(short);
+    let (ws, sse) = open(&mut w);
+    w.advance(Duration::from_secs(59));
+    assert!(!w.is_closed(ws) && !w.is_closed(sse));
+    w.advance(Duration::from_secs(1));
+    let frames = w.frames(ws);
+    let close = frames.last().expect("a close frame");
+    assert_eq!(close.opcode, 8);
+    assert_eq!(
+        u16::from_be_bytes([close.payload[0], close.payload[1]]),
+        1008
+    );
+    assert!(String::from_utf8_lossy(&close.payload[2..]).contains("token expired"));
+    assert!(w.is_closed(sse), "the SSE stream outlived its token");
+
+    // `--stream-credentials connect`: checked once, at connect.
+    let mut w = World::with(|c| {
+        short(c);
+        c.streams_expire_with_token = false;
+    });
+    let (ws, sse) = open(&mut w);
+    w.advance(Duration::from_secs(120));
+    assert!(!w.is_closed(sse));
+    assert!(!w.is_closed(ws));
+    assert!(w.frames(ws).iter().all(|f| f.opcode != 8));
+}

@@ -915,3 +915,19 @@ both_runtimes!(api_key_guessing_is_throttled_per_address, |rt: Runtime| {
     let r = srv.call(&token, "GET", "/api/find/safe/keep", "");
     assert_eq!(r.status, 200, "{}", r.text());
 });
+
+both_runtimes!(a_name_has_one_unicode_spelling, |rt: Runtime| {
+    let srv = TestServer::start(rt);
+    let token = seed(&srv);
+    // `café` composed (NFC, U+00E9) is a name; decomposed (NFD, e + U+0301)
+    // is refused rather than becoming a second, look-alike collection.
+    let r = srv.call(&token, "POST", "/api/insert/caf%C3%A9", r#"{"n":1}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = srv.call(&token, "POST", "/api/insert/cafe%CC%81", r#"{"n":2}"#);
+    assert_error(&r, 400, &["NFC"]);
+    let r = srv.call(&token, "POST", "/api/kv/set/cafe%CC%81", r#"{"value":1}"#);
+    assert_error(&r, 400, &["NFC"]);
+    let r = srv.call(&token, "POST", "/api/find/caf%C3%A9", "{}");
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1), "{}", r.text());
+    assert_intact(&srv, &token, 1);
+});

@@ -109,6 +109,8 @@ enum ConnTimer {
     Request,
     /// WebSocket ping or SSE comment; three missed pings close a WebSocket.
     Heartbeat,
+    /// The token the stream was opened with expires (`--stream-credentials`).
+    Credential,
 }
 
 /// Something the runtime must do for the connection (I/O that `core` cannot).
@@ -375,6 +377,11 @@ impl Connection {
                 self.push_out(Lsn::ZERO, bytes);
             }
         }
+        if let Some(expires) = server.take_stream_expiry(self.id) {
+            // Only a stream outlives the request that authenticated it.
+            let expires = expires.filter(|_| self.is_streaming());
+            self.timers.set(ConnTimer::Credential, expires);
+        }
         self.pull_events();
         match self.mode {
             Mode::Http => {
@@ -519,6 +526,7 @@ impl Connection {
                 ConnTimer::Idle => self.idle_expired(),
                 ConnTimer::Request => self.request_expired(),
                 ConnTimer::Heartbeat => self.heartbeat_due(now),
+                ConnTimer::Credential => self.credential_expired(),
             }
         }
     }

@@ -94,6 +94,14 @@ impl Connection {
     }
 
     /// Closes the WebSocket with `code` after what is queued.
+    /// The stream's token expired: a WebSocket closes with 1008 (policy),
+    /// an SSE stream ends; clients reconnect with a fresh token.
+    pub(super) fn credential_expired(&mut self) {
+        if self.is_streaming() {
+            self.close_socket(1008, "token expired: reconnect with a fresh token");
+        }
+    }
+
     fn close_socket(&mut self, code: u16, reason: &str) {
         if let Mode::WebSocket(ws) = &mut self.mode {
             ws.transport.close(code, reason);

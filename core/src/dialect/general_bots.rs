@@ -96,11 +96,11 @@ fn out(value: J, wait_for: Lsn) -> Outgoing {
 pub fn opened(
     s: &mut Session,
     server: &mut Server,
-    _conn: ConnId,
+    conn: ConnId,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
     match s.query_token.take() {
-        Some(token) => authenticate(s, server, &token, now),
+        Some(token) => authenticate(s, server, conn, &token, now),
         None => (Vec::new(), Followup::None),
     }
 }
@@ -108,10 +108,11 @@ pub fn opened(
 fn authenticate(
     s: &mut Session,
     server: &mut Server,
+    conn: ConnId,
     token: &str,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    if socket::check_credential(server, token, now).is_none() {
+    if socket::open_with_credential(server, Some(conn), token, now).is_none() {
         let refusal = error("AUTH_FAILED", "Invalid or expired token");
         return (
             vec![refusal],
@@ -163,7 +164,7 @@ pub fn handle(
     let kind = socket::str_field(&frame, "type").unwrap_or_default();
     if kind == "auth" {
         let token = socket::str_field(&frame, "token").unwrap_or_default();
-        return authenticate(s, server, token, now);
+        return authenticate(s, server, conn, token, now);
     }
     if !s.authenticated {
         let text = "authenticate first: ?token= or an `auth` frame";

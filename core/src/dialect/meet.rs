@@ -173,7 +173,7 @@ pub fn upgrade(
     ctx: &super::rest::Ctx<'_>,
 ) -> crate::error::Result<super::rest::Outcome> {
     let token = ctx.param("token").unwrap_or_default();
-    if socket::check_credential(server, token, ctx.now).is_none() {
+    if socket::open_with_credential(server, ctx.conn, token, ctx.now).is_none() {
         return Err(crate::error::Error::new(
             crate::error::ErrorKind::Unauthorized,
             "a valid ?token= is required",

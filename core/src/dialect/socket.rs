@@ -76,6 +76,22 @@ pub fn check_credential(server: &Server, credential: &str, now: Timestamp) -> Op
     server.authenticate_credential(credential, now).ok()
 }
 
+/// `check_credential` for a stream being opened (or re-authenticated) on
+/// `conn`: the stream is bound to the credential, so it closes when a token
+/// expires (`--stream-credentials`).
+pub fn open_with_credential(
+    server: &mut Server,
+    conn: Option<ConnId>,
+    credential: &str,
+    now: Timestamp,
+) -> Option<Principal> {
+    let principal = check_credential(server, credential, now)?;
+    if let Some(conn) = conn {
+        server.bind_stream_credential(conn, &principal);
+    }
+    Some(principal)
+}
+
 /// New conversations one socket may open per minute (each is a stored
 /// chat session: a client looping on "new" must not fill the disk).
 pub const NEW_CHATS_PER_MINUTE: usize = 30;

@@ -121,6 +121,15 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
             "{kind} name must not contain control characters"
         )));
     }
+    // One spelling per name: `café` as e + U+0301 (NFD, as macOS file names
+    // come) would otherwise be a different collection from U+00E9 (NFC).
+    if !name.is_ascii() && !unicode_normalization::is_nfc(name) {
+        let nfc: String = unicode_normalization::UnicodeNormalization::nfc(name).collect();
+        return Err(Error::invalid(format!(
+            "{kind} name must be in Unicode normalization form C (NFC): send `{nfc}` \
+             with composed characters"
+        )));
+    }
     Ok(())
 }
 

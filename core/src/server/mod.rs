@@ -189,6 +189,10 @@ pub struct Server {
     guesses: guesses::Guesses,
     /// Connections per address, and large bodies being received.
     admission: admission::Admission,
+    /// When the token a connection's stream was opened with expires (taken
+    /// by the connection, which closes the stream then).
+    /// (`None`: the latest credential does not expire.)
+    stream_expiry: HashMap<ConnId, Option<Timestamp>>,
     /// When recovery finished (the server's uptime starts there).
     booted_at: Option<Timestamp>,
     /// Providers the offline one already stood in for (said once).
@@ -236,6 +240,7 @@ impl Server {
             refusals: None,
             guesses: Default::default(),
             admission: Default::default(),
+            stream_expiry: HashMap::new(),
             booted_at: None,
             fallback_noted: HashSet::new(),
             notes: VecDeque::new(),
@@ -333,6 +338,7 @@ impl Server {
             self.admission.disconnect(ip);
         }
         self.admission.release_body(conn);
+        self.stream_expiry.remove(&conn);
         self.open_connections = self.open_connections.saturating_sub(1);
         // Back under the limit: the burst is over (and said so if it grew).
         if self.open_connections < self.config.max_connections {
@@ -642,6 +648,22 @@ impl Server {
             (None, Some(t)) => self.auth.verify(t, now),
             _ => self.auth.check_bearer(authorization, now),
         }
+    }
+
+    /// A stream is being opened (or re-authenticated) on `conn` with this
+    /// credential: if it is a token and `--stream-credentials expire` is
+    /// set, the stream is closed when the token expires.
+    pub fn bind_stream_credential(&mut self, conn: ConnId, principal: &Principal) {
+        let expires = principal
+            .expires
+            .filter(|_| self.config.streams_expire_with_token);
+        self.stream_expiry.insert(conn, expires);
+    }
+
+    /// News of `conn`'s stream credential since the last look: when it
+    /// expires (`Some(None)`: it no longer does).
+    pub(crate) fn take_stream_expiry(&mut self, conn: ConnId) -> Option<Option<Timestamp>> {
+        self.stream_expiry.remove(&conn)
     }
 
     /// Checks a token or an API key (the dialects accept either).

@@ -124,7 +124,7 @@ pub fn credential<'c>(ctx: &'c Ctx<'_>) -> Option<&'c str> {
 /// `GET /api/v1/stream`
 pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let Some(principal) =
-        credential(ctx).and_then(|k| socket::check_credential(server, k, ctx.now))
+        credential(ctx).and_then(|k| socket::open_with_credential(server, ctx.conn, k, ctx.now))
     else {
         return Ok(refuse("AUTH_ERROR", "Invalid API key", 0));
     };

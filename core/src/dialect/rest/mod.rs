@@ -82,7 +82,7 @@ pub fn respond(
     ctx.conn = Some(conn);
     ctx.clock = server.clock();
     if route.scope != Scope::Public {
-        authorize(server, route, ctx.header("authorization"), &ctx, now)?;
+        authorize(server, conn, route, ctx.header("authorization"), &ctx, now)?;
     }
     if route.writes {
         server.check_writable()?;
@@ -119,24 +119,29 @@ pub fn admit_body(
         return Ok(PUBLIC_BODY_LIMIT);
     }
     let ctx = Ctx::http(head, now)?.with_args(args);
-    authorize(server, route, head.header("authorization"), &ctx, now)?;
+    authorize(server, conn, route, head.header("authorization"), &ctx, now)?;
     Ok(server.config().max_body_bytes)
 }
 
-/// Checks the caller's token for a route that needs one.
+/// Checks the caller's token for a route that needs one. A stream's
+/// credential is bound to the connection (it may close when it expires).
 fn authorize(
-    server: &Server,
+    server: &mut Server,
+    conn: ConnId,
     route: &routes::Route,
     authorization: Option<&str>,
     ctx: &Ctx,
     now: Timestamp,
 ) -> Result<()> {
     // `?token=` is how browsers' EventSource and WebSocket pass a token;
-    // elsewhere it would only put tokens in logs and histories.
-    let query_token = routes::takes_query_token(route)
-        .then(|| ctx.param("token"))
-        .flatten();
-    server.authenticate(authorization, query_token, now)?;
+    // elsewhere it would only put tokens in logs and histories. The routes
+    // that take it are exactly the streams.
+    let stream = routes::takes_query_token(route);
+    let query_token = stream.then(|| ctx.param("token")).flatten();
+    let principal = server.authenticate(authorization, query_token, now)?;
+    if stream {
+        server.bind_stream_credential(conn, &principal);
+    }
     Ok(())
 }
 
