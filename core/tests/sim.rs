@@ -3045,3 +3045,44 @@ fn a_stream_closes_when_its_token_expires_unless_told_otherwise() {
     assert!(!w.is_closed(ws));
     assert!(w.frames(ws).iter().all(|f| f.opcode != 8));
 }
+
+/// Regression (fuzz): a request's deadline and the idle deadline falling at
+/// the same moment answered 408 twice, the second after `Connection: close`.
+#[test]
+fn deadlines_that_fall_together_answer_once() {
+    let mut w = World::with(|c| c.request_head_timeout_secs = IDLE.as_secs());
+    let p = w.connect();
+    w.send(p, b"GET /api/hea");
+    w.advance(IDLE);
+    assert!(w.is_closed(p));
+    let r = w.responses(p);
+    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![408]);
+    assert!(w.peers[p].rx.is_empty(), "bytes after the 408");
+}
+
+/// Regression (fuzz): events queued in MessagePack before a second `Hello`
+/// switched the session back to JSON went out in text frames.
+#[test]
+fn events_keep_the_framing_they_were_encoded_for() {
+    let mut w = World::new();
+    let p = w.open_ws();
+    let hello = |formats: &[&str]| ws_json(&json!({"type":"Hello","payload":{"formats":formats}}));
+    let input = cat(&[
+        hello(&["msgpack"]),
+        ws_json(
+            &json!({"type":"Insert","messageId":"i","payload":{"collection":"fresh","record":{"n":1}}}),
+        ),
+        hello(&["json"]),
+    ]);
+    w.send(p, &input);
+    w.sync();
+    let frames = w.frames(p);
+    assert!(frames.iter().any(|f| f.opcode == 2), "{frames:?}");
+    for f in frames.iter().filter(|f| f.opcode == 1 || f.opcode == 2) {
+        if f.opcode == 1 {
+            serde_json::from_slice::<Value>(&f.payload).expect("a text frame holds JSON");
+        } else {
+            rmp_serde::from_slice::<Value>(&f.payload).expect("a binary frame holds MessagePack");
+        }
+    }
+}

@@ -190,7 +190,11 @@ fn check_frames(mut b: &[u8]) {
         assert!(b.len() >= at + len, "frame of {len} bytes is truncated");
         let payload = &b[at..at + len];
         if op == 1 && b[0] & 0x80 != 0 {
-            assert!(std::str::from_utf8(payload).is_ok(), "text frame not UTF-8");
+            assert!(
+                std::str::from_utf8(payload).is_ok(),
+                "text frame not UTF-8: {}",
+                String::from_utf8_lossy(payload)
+            );
         }
         if op >= 8 {
             assert!(len <= 125, "control frame of {len} bytes");

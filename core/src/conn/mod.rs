@@ -522,6 +522,10 @@ impl Connection {
             return;
         }
         for timer in self.timers.expired(now) {
+            // Deadlines that fall together (idle and request) answer once.
+            if self.state != State::Open {
+                break;
+            }
             match timer {
                 ConnTimer::Idle => self.idle_expired(),
                 ConnTimer::Request => self.request_expired(),

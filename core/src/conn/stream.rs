@@ -3,7 +3,7 @@
 //! that falls too far behind.
 
 use super::{ConnTimer, Connection, Mode, SseMode, State, Work, LOCAL_OUT_BYTES, MAX_PIPELINE};
-use crate::dialect::{encode_notice, Followup, Framing, Notice, Outgoing};
+use crate::dialect::{encode_notice, EventCodec, Followup, Framing, Notice, Outgoing};
 use crate::ids::Lsn;
 use crate::realtime::hub;
 use crate::server::Server;
@@ -118,7 +118,13 @@ impl Connection {
     /// Queues one encoded message of this connection's codec: framed as a
     /// WebSocket message, or as is for SSE (its bytes are a whole event).
     pub(super) fn push_message(&mut self, lsn: Lsn, bytes: Bytes) {
-        if let Some(Framing::WebSocket { binary }) = self.codec().map(|c| c.framing()) {
+        self.push_encoded(lsn, bytes, None);
+    }
+
+    /// `push_message` for bytes encoded with `codec` (default: the
+    /// connection's codec now).
+    fn push_encoded(&mut self, lsn: Lsn, bytes: Bytes, codec: Option<EventCodec>) {
+        if let Some(Framing::WebSocket { binary }) = codec.or(self.codec()).map(|c| c.framing()) {
             self.push_out(lsn, frame_header(binary, bytes.len()));
         }
         self.push_out(lsn, bytes);
@@ -144,7 +150,7 @@ impl Connection {
                     if let Mode::Sse(SseMode { feed: Some(f), .. }) = &mut self.mode {
                         f.seen(item.lsn);
                     }
-                    self.push_message(item.lsn, item.bytes);
+                    self.push_encoded(item.lsn, item.bytes, item.codec);
                     if item.terminal && ends {
                         // The answer is complete: the stream ends with it.
                         self.state = State::Closing;

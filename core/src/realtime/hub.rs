@@ -35,6 +35,10 @@ pub struct Queued {
     /// The last event of a chat answer: a stream opened for that answer
     /// alone ends after it.
     pub terminal: bool,
+    /// The codec the bytes were encoded with (set when queued): a session
+    /// that switches format (an ekoDB `Hello`) still frames what was queued
+    /// before as it was encoded.
+    pub codec: Option<EventCodec>,
 }
 
 /// One connection's queue of encoded events. Shared: the hub pushes under the
@@ -292,6 +296,7 @@ impl Hub {
                 pos: EventPos { lsn, idx: 0 },
                 bytes,
                 terminal,
+                codec: None,
             },
         );
     }
@@ -401,16 +406,18 @@ impl Hub {
                         pos: event.pos,
                         bytes,
                         terminal: false,
+                        codec: None,
                     },
                 );
             }
         }
     }
 
-    fn push(&mut self, conn: ConnId, item: Queued) {
+    fn push(&mut self, conn: ConnId, mut item: Queued) {
         let Some(q) = self.queues.get(&conn) else {
             return;
         };
+        item.codec = Some(q.codec);
         let lsn = item.lsn;
         // An overflowed subscriber is woken at once to be told and closed.
         let at = if q.outbox.push(item) { lsn } else { Lsn::ZERO };
