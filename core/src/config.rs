@@ -30,6 +30,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "request-head-timeout", env: "TIDEPOOL_REQUEST_HEAD_TIMEOUT", default: "10", help: "seconds a request head may take to arrive once it has started (408 and close above)" },
     Setting { flag: "request-body-timeout", env: "TIDEPOOL_REQUEST_BODY_TIMEOUT", default: "60", help: "seconds a request body may take to arrive once its head is in (408 and close above)" },
     Setting { flag: "stream-credentials", env: "TIDEPOOL_STREAM_CREDENTIALS", default: "expire", help: "what a WebSocket or SSE stream opened with a token does when the token expires: expire (it is closed then, WebSocket code 1008; clients reconnect with a fresh token) or connect (checked once, when the stream opens); streams opened with an API key itself never expire" },
+    Setting { flag: "trusted-origins", env: "TIDEPOOL_TRUSTED_ORIGINS", default: "", help: "browser origins allowed to call the API cross-origin and to open WebSockets, comma-separated (e.g. https://app.example.com; * = any); TRUSTED_ORIGINS is read too; empty = no cross-origin access (same-origin pages and non-browser clients are unaffected)" },
+    Setting { flag: "trusted-hosts", env: "TIDEPOOL_TRUSTED_HOSTS", default: "", help: "Host header values accepted, comma-separated (e.g. localhost,127.0.0.1,db.example.com), against DNS rebinding; TRUSTED_HOSTS is read too; empty = any" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
     Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
@@ -90,6 +92,8 @@ pub struct Config {
     pub request_body_timeout_secs: u64,
     /// Streams opened with a token close when it expires.
     pub streams_expire_with_token: bool,
+    pub trusted_origins: Vec<String>,
+    pub trusted_hosts: Vec<String>,
     pub idle_timeout_secs: u64,
     pub heartbeat_secs: u64,
     pub ws_max_message_bytes: usize,
@@ -177,6 +181,8 @@ fn unreachable_default() -> Config {
         request_head_timeout_secs: 10,
         request_body_timeout_secs: 60,
         streams_expire_with_token: true,
+        trusted_origins: Vec::new(),
+        trusted_hosts: Vec::new(),
         idle_timeout_secs: 300,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
@@ -293,6 +299,15 @@ impl Config {
                 _ => Err(format!("`--{flag}` must be true or false, got `{v}`")),
             }
         }
+        /// A comma-separated list, lowercased (origins and hosts are
+        /// case-insensitive), without trailing slashes.
+        fn list(v: Option<String>) -> Vec<String> {
+            v.unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }
         fn nonempty(v: String) -> Option<String> {
             Some(v).filter(|v| !v.trim().is_empty())
         }
@@ -335,6 +350,10 @@ impl Config {
             )?,
             request_head_timeout_secs: num("request-head-timeout", get("request-head-timeout"))?,
             request_body_timeout_secs: num("request-body-timeout", get("request-body-timeout"))?,
+            trusted_origins: list(
+                nonempty(get("trusted-origins")).or_else(|| env("TRUSTED_ORIGINS")),
+            ),
+            trusted_hosts: list(nonempty(get("trusted-hosts")).or_else(|| env("TRUSTED_HOSTS"))),
             streams_expire_with_token: match get("stream-credentials").as_str() {
                 "expire" => true,
                 "connect" => false,

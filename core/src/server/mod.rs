@@ -604,6 +604,11 @@ impl Server {
             Ok(Outcome::Pending(ticket)) => (Response::new(0, "", ""), None, Some(ticket)),
             Err(e) => (rest::error_response(&e), None, None),
         };
+        let response = if req.header("origin").is_some() {
+            rest::origins::allow(&self.config, req, response)
+        } else {
+            response
+        };
         let took = self.clock.map(|c| c().since(now));
         if pending.is_none() {
             self.count_request(response.status, took);

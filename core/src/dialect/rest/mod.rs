@@ -11,6 +11,7 @@ pub mod collections;
 mod ctx;
 pub mod embed;
 pub mod kv;
+pub mod origins;
 pub mod records;
 pub mod routes;
 pub mod search;
@@ -77,6 +78,13 @@ pub fn respond(
     body: Option<Result<serde_json::Value>>,
     now: Timestamp,
 ) -> Result<Outcome> {
+    origins::check_host(server.config(), req)?;
+    if let Some(answer) = origins::preflight(server.config(), req) {
+        return Ok(Outcome::Reply(answer));
+    }
+    if crate::wire::ws::asks_for_upgrade(req) {
+        origins::check_upgrade_origin(server.config(), req)?;
+    }
     let (route, args) = route_for(server, conn, req)?;
     let mut ctx = Ctx::http(req, now)?.with_args(args).with_decoded_body(body);
     ctx.conn = Some(conn);
@@ -105,6 +113,7 @@ pub fn admit_body(
     size: Option<usize>,
     now: Timestamp,
 ) -> Result<usize> {
+    origins::check_host(server.config(), head)?;
     let (route, args) = route_for(server, conn, head)?;
     if route.scope == Scope::Public {
         if size.is_some_and(|n| n > PUBLIC_BODY_LIMIT) {
