@@ -125,7 +125,7 @@ pub fn opened(
         code: 1008,
         reason: "policy violation",
     };
-    let Some(principal) = socket::open_with_credential(server, Some(conn), &key, now) else {
+    let Some(principal) = socket::open_chat_with_credential(server, Some(conn), &key, now) else {
         let text = "Invalid or missing API key";
         return (vec![error("INVALID_API_KEY", text, now)], close);
     };

@@ -265,7 +265,7 @@ pub fn upgrade(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     });
     let mut signed_in = false;
     if let Some(token) = ctx.param("token").or(bearer) {
-        if socket::open_with_credential(server, ctx.conn, token, ctx.now).is_none() {
+        if socket::open_chat_with_credential(server, ctx.conn, token, ctx.now).is_none() {
             return Err(Error::new(
                 ErrorKind::Unauthorized,
                 "Invalid or expired Bearer token",

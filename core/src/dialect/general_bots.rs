@@ -112,7 +112,7 @@ fn authenticate(
     token: &str,
     now: Timestamp,
 ) -> (Vec<Outgoing>, Followup) {
-    if socket::open_with_credential(server, Some(conn), token, now).is_none() {
+    if socket::open_chat_with_credential(server, Some(conn), token, now).is_none() {
         let refusal = error("AUTH_FAILED", "Invalid or expired token");
         return (
             vec![refusal],

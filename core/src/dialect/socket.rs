@@ -92,6 +92,23 @@ pub fn open_with_credential(
     Some(principal)
 }
 
+/// `open_with_credential` for a chat dialect's socket: chat reads every
+/// collection a session retrieves from, so it needs an admin key until
+/// chat sessions are scoped per key; a non-admin key is refused like a
+/// bad one (with the dialect's own code).
+pub fn open_chat_with_credential(
+    server: &mut Server,
+    conn: Option<ConnId>,
+    credential: &str,
+    now: Timestamp,
+) -> Option<Principal> {
+    let principal = check_credential(server, credential, now)?;
+    if !principal.is_admin() {
+        return None;
+    }
+    open_with_credential(server, conn, credential, now)
+}
+
 /// New conversations one socket may open per minute (each is a stored
 /// chat session: a client looping on "new" must not fill the disk).
 pub const NEW_CHATS_PER_MINUTE: usize = 30;

@@ -96,6 +96,16 @@ impl Operand {
 const MAX_DEPTH: usize = 64;
 
 impl Filter {
+    /// The fields a filter reads, appended to `out`.
+    pub fn fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Filter::All => {}
+            Filter::Cond(c) => out.push(&c.field),
+            Filter::And(all) | Filter::Or(all) => all.iter().for_each(|f| f.fields(out)),
+            Filter::Not(f) => f.fields(out),
+        }
+    }
+
     /// Parses a filter expression; `null` or absent means "everything".
     pub fn parse(raw: Option<&J>) -> Result<Filter> {
         match raw {

@@ -16,6 +16,8 @@ pub mod documents;
 pub mod guesses;
 pub mod health;
 pub mod pending;
+pub mod rate;
+pub mod settings;
 pub mod sockets;
 
 use crate::auth::{Auth, Principal};
@@ -146,6 +148,10 @@ impl std::fmt::Display for StorageFailure {
     }
 }
 
+/// Security events logged per window at most (`Server::security_event`).
+const SECURITY_LINES: u32 = 50;
+const SECURITY_WINDOW: Duration = Duration::from_secs(10);
+
 /// Counters for the health report.
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {
@@ -189,6 +195,13 @@ pub struct Server {
     guesses: guesses::Guesses,
     /// Connections per address, and large bodies being received.
     admission: admission::Admission,
+    /// Request budgets per key and per address.
+    rates: rate::RateLimits,
+    /// Replies wait until their writes are durable (`durable_operations`
+    /// of `/api/config`); off, they go out once applied.
+    durable_acks: bool,
+    /// Security lines logged in the current window, and those held back.
+    security_lines: (Option<Timestamp>, u32, u64),
     /// When the token a connection's stream was opened with expires (taken
     /// by the connection, which closes the stream then).
     /// (`None`: the latest credential does not expire.)
@@ -240,6 +253,9 @@ impl Server {
             refusals: None,
             guesses: Default::default(),
             admission: Default::default(),
+            rates: Default::default(),
+            durable_acks: true,
+            security_lines: (None, 0, 0),
             stream_expiry: HashMap::new(),
             booted_at: None,
             fallback_noted: HashSet::new(),
@@ -492,6 +508,7 @@ impl Server {
         self.booted_at.get_or_insert(now);
         self.engine.set_last_lsn(last);
         self.durable = self.engine.last_lsn();
+        self.restore_settings(now);
         self.rearm(now);
     }
 
@@ -583,6 +600,7 @@ impl Server {
         // The body is in: what was reserved for it is no longer at risk of
         // being held by a client that never finishes.
         self.admission.release_body(conn);
+        let durable_acks = self.durable_acks;
         let (response, upgrade, pending) = match rest::respond(self, conn, req, body, now) {
             Ok(Outcome::Reply(r)) => (r, None, None),
             Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
@@ -616,6 +634,14 @@ impl Server {
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
         let wait_for = self.finish_operation(now);
+        // `durable_operations: false`: the reply goes out once applied; the
+        // write is still logged and synced by the fsync policy.
+        // The change of the setting itself is acknowledged durably.
+        let wait_for = if durable_acks || self.durable_acks {
+            wait_for
+        } else {
+            self.durable
+        };
         Reply {
             response,
             wait_for,
@@ -650,8 +676,8 @@ impl Server {
         now: Timestamp,
     ) -> Result<Principal> {
         match (authorization, token_param) {
-            (None, Some(t)) => self.auth.verify(t, now),
-            _ => self.auth.check_bearer(authorization, now),
+            (None, Some(t)) => self.auth.verify(&self.engine, t, now),
+            _ => self.auth.check_bearer(&self.engine, authorization, now),
         }
     }
 
@@ -673,7 +699,7 @@ impl Server {
 
     /// Checks a token or an API key (the dialects accept either).
     pub fn authenticate_credential(&self, credential: &str, now: Timestamp) -> Result<Principal> {
-        self.auth.check_credential(credential, now)
+        self.auth.check_credential(&self.engine, credential, now)
     }
 
     /// Where a connection came from.
@@ -681,9 +707,50 @@ impl Server {
         self.peers.get(&conn).copied().unwrap_or_default()
     }
 
+    /// The credentials: configured keys and token signing.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// Notes a security-relevant event (a key change, a denial, a limit
+    /// hit) with the key id and the caller's address; never a secret.
+    pub fn security_event(
+        &mut self,
+        ctx: &crate::dialect::rest::Ctx<'_>,
+        key_id: &str,
+        what: &str,
+    ) {
+        let from = ctx
+            .conn
+            .and_then(|c| self.peer_of(c).ip)
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let key = if key_id.is_empty() { "-" } else { key_id };
+        // At most SECURITY_LINES lines per SECURITY_WINDOW: a client
+        // drawing refusals in a loop must not fill the operator's disk.
+        let now = ctx.now;
+        let (start, shown, held) = &mut self.security_lines;
+        if start.is_none_or(|s| now.since(s) >= SECURITY_WINDOW) {
+            let held_back = std::mem::take(held);
+            *start = Some(now);
+            *shown = 0;
+            if held_back > 0 {
+                self.note(format!(
+                    "security: {held_back} more event(s) in the last window were not logged"
+                ));
+            }
+        }
+        let (_, shown, held) = &mut self.security_lines;
+        if *shown >= SECURITY_LINES {
+            *held += 1;
+            return;
+        }
+        *shown += 1;
+        self.note(format!("security: {what} (key {key}, from {from})"));
+    }
+
     /// Exchanges an API key for a token.
     pub fn issue_token(&self, api_key: &str, now: Timestamp) -> Result<String> {
-        self.auth.issue(api_key, now)
+        self.auth.issue(&self.engine, api_key, now)
     }
 
     /// Refuses writes while storage is read-only after an I/O error.

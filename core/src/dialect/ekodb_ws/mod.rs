@@ -11,6 +11,7 @@ use super::ekodb_events::{Payload, ResetPayload, OVERFLOW_MESSAGE};
 use super::rest::{self, collections, kv, records, search, Ctx};
 use super::{EventCodec, Notice};
 pub use super::{Followup, Outgoing};
+use crate::auth::grants::Access;
 use crate::chat::turn::Listener;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -31,17 +32,22 @@ use serde_json::json;
 pub struct Session {
     /// JSON until a `Hello` negotiates MessagePack.
     pub format: Format,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Session {
-            format: Format::Json,
-        }
-    }
+    /// What the key the socket was opened with may do: every message is
+    /// checked against it as the REST route of the same call would be.
+    pub access: Access,
+    /// The key's id, whose request budget each message spends.
+    pub key_id: Option<String>,
 }
 
 impl Session {
+    pub fn new(access: Access, key_id: Option<String>) -> Session {
+        Session {
+            format: Format::Json,
+            access,
+            key_id,
+        }
+    }
+
     /// The codec the hub encodes this connection's events with.
     pub fn codec(&self) -> EventCodec {
         EventCodec::EkodbWs(self.format)
@@ -65,6 +71,12 @@ pub fn handle(
         }
     };
     let id = envelope.id.as_deref();
+    let ip = server.peer_of(conn).ip;
+    let allowed = permit(session, &envelope.message)
+        .and_then(|()| server.take_rate(session.key_id.as_deref(), ip, now));
+    if let Err(e) = allowed {
+        return (vec![error_reply(session, id, &e)], Followup::None);
+    }
     let mut followup = Followup::None;
     let result: Result<Bytes> = match envelope.message {
         ClientMessage::Hello { msgpack } => {
@@ -287,6 +299,34 @@ fn error_reply(session: &Session, id: Option<&str>, error: &Error) -> Outgoing {
     outgoing(Lsn::ZERO, msg.encode(session.format))
 }
 
+/// The route table's check for a message: the same scope as the REST route
+/// of the same call (`rest::permit`). Chat needs an admin key, as over REST;
+/// a subscription delivers whole records, so it needs a grant without field
+/// restrictions.
+fn permit(session: &Session, msg: &ClientMessage) -> Result<()> {
+    use crate::auth::grants::Action;
+    use rest::routes::Scope;
+    let access = &session.access;
+    match msg {
+        ClientMessage::Hello { .. } | ClientMessage::Unsubscribe { .. } => Ok(()),
+        ClientMessage::Unknown(_) => Ok(()),
+        ClientMessage::Subscribe { collection, .. } => {
+            access.collection(collection, Action::Read)?;
+            rest::access::check_whole_records(access, collection)
+        }
+        ClientMessage::Data(call) => {
+            let scope = match call.kind {
+                DataKind::GetCollections => Scope::AnyKey,
+                kind if kind.writes() => Scope::Write,
+                _ => Scope::Read,
+            };
+            let args: Vec<(&str, &str)> = call.args.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            rest::permit_args(scope, access, &args)
+        }
+        _ => access.require_admin("chat"),
+    }
+}
+
 /// Runs a data call through the REST handler of the same name, answering in
 /// the session's format.
 fn data_call(
@@ -299,6 +339,7 @@ fn data_call(
         server.check_writable()?;
     }
     let mut ctx = Ctx::message(call.body, session.format, now);
+    ctx.access = session.access.clone();
     ctx = call
         .args
         .into_iter()

@@ -62,7 +62,7 @@ fn is_live(r: &Record) -> bool {
 }
 
 fn owned_by(r: &Record, who: &Principal) -> bool {
-    who.admin || field(r, "user_id").as_str() == Some(who.key_id.as_str())
+    who.is_admin() || field(r, "user_id").as_str() == Some(who.key_id.as_str())
 }
 
 /// The SDK's `MemoryEntry`.

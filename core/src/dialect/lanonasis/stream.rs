@@ -139,7 +139,7 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
         }
     };
     let mut all: Vec<(String, String)> = Vec::new();
-    if !principal.admin {
+    if !principal.is_admin() {
         all.push(("user_id".into(), principal.key_id.clone()));
     }
     for (k, v) in ctx.params() {

@@ -11,14 +11,17 @@ pub fn list(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
     let exclude_internal = ctx.param("exclude_internal") == Some("true");
     let names: Vec<&str> = engine
         .collection_names()
-        .filter(|n| !(exclude_internal && is_internal(n)))
+        .filter(|n| !(exclude_internal && is_internal(n)) && ctx.access.sees_collection(n))
         .collect();
     ctx.ok_json(&json!({ "collections": names }))
 }
 
 /// A bare array of names (the WebSocket `GetCollections` reply).
 pub fn names(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
-    let names: Vec<&str> = engine.collection_names().collect();
+    let names: Vec<&str> = engine
+        .collection_names()
+        .filter(|n| ctx.access.sees_collection(n))
+        .collect();
     ctx.ok_json(&names)
 }
 

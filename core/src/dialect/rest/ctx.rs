@@ -5,11 +5,13 @@
 //! which, so no dialect has to dress its messages up as HTTP requests.
 
 use super::codec;
+use crate::auth::grants::Access;
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::ids::ConnId;
 use crate::time::Timestamp;
 use crate::wire::format::{self, Format};
-use crate::wire::http::{url, Request, Response};
+use crate::wire::http::{url, Method, Request, Response};
 use serde::Serialize;
 use serde_json::Value as J;
 use std::cell::RefCell;
@@ -34,6 +36,11 @@ pub struct Ctx<'a> {
     /// The connection the call came on (for replies that come later, and
     /// streams it subscribes to).
     pub conn: Option<ConnId>,
+    /// What the caller may do: set from its credential by the REST and
+    /// WebSocket entry points; an internal call is an admin.
+    pub access: Access,
+    /// Who called, when the call needed a credential.
+    pub principal: Option<Principal>,
     params: Vec<(String, String)>,
     args: Vec<(&'static str, String)>,
     input: Input<'a>,
@@ -49,6 +56,8 @@ impl<'a> Ctx<'a> {
             out: codec::response_format(req),
             clock: None,
             conn: None,
+            access: Access::Admin,
+            principal: None,
             params,
             args: Vec::new(),
             input: Input::Http(req, RefCell::new(None)),
@@ -70,6 +79,8 @@ impl<'a> Ctx<'a> {
             out,
             clock: None,
             conn: None,
+            access: Access::Admin,
+            principal: None,
             params: Vec::new(),
             args: Vec::new(),
             input: Input::Value(body),
@@ -135,6 +146,20 @@ impl<'a> Ctx<'a> {
             }
         }
         out
+    }
+
+    /// The caller's credential: what it may do, and who it is.
+    pub fn set_principal(&mut self, principal: Principal) {
+        self.access = principal.access.clone();
+        self.principal = Some(principal);
+    }
+
+    /// The HTTP method (none for message calls).
+    pub fn method(&self) -> Option<Method> {
+        match &self.input {
+            Input::Http(req, _) => Some(req.method.clone()),
+            Input::Value(_) => None,
+        }
     }
 
     /// A request header (none for message calls).

@@ -2,6 +2,7 @@
 //! the value once in a typed envelope, as the reference server does.
 
 use super::Ctx;
+use crate::auth::grants::Action;
 use crate::engine::kv::Link;
 use crate::engine::{parse_ttl, Engine};
 use crate::error::{Error, Result};
@@ -35,7 +36,16 @@ impl Serialize for Wrapped<'_> {
     }
 }
 
-fn keys_of(body: &J) -> Result<Vec<String>> {
+/// The `keys` of a batch body, each of which the caller may `action`.
+fn keys_of(ctx: &Ctx<'_>, body: &J, action: Action) -> Result<Vec<String>> {
+    let keys = names_of(body)?;
+    for k in &keys {
+        ctx.access.kv(k, action)?;
+    }
+    Ok(keys)
+}
+
+fn names_of(body: &J) -> Result<Vec<String>> {
     body.get("keys")
         .and_then(J::as_array)
         .ok_or_else(|| Error::invalid("the body needs `keys`: an array of strings"))?
@@ -91,7 +101,7 @@ pub fn clear(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
 }
 
 pub fn batch_get(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
-    let keys = keys_of(&ctx.body()?)?;
+    let keys = keys_of(ctx, &ctx.body()?, Action::Read)?;
     let values: Vec<Plain<'_>> = keys
         .iter()
         .filter_map(|k| engine.kv_get(k, ctx.now))
@@ -102,7 +112,7 @@ pub fn batch_get(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
 
 pub fn batch_set(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
     let body = ctx.body()?;
-    let keys = keys_of(&body)?;
+    let keys = keys_of(ctx, &body, Action::Write)?;
     let values = body
         .get("values")
         .and_then(J::as_array)
@@ -130,7 +140,7 @@ pub fn batch_set(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
 }
 
 pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
-    let keys = keys_of(&ctx.body()?)?;
+    let keys = keys_of(ctx, &ctx.body()?, Action::Write)?;
     let out: Vec<(String, bool)> = keys
         .into_iter()
         .map(|k| {
@@ -167,6 +177,7 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
     let entries: Vec<Entry<'_>> = engine
         .kv_find(pattern.as_ref(), include_expired, ctx.now)
         .into_iter()
+        .filter(|(key, _)| ctx.access.sees_kv(key, Action::Read))
         .map(|(key, e)| Entry {
             key,
             value: Plain(&e.value),
@@ -192,6 +203,7 @@ pub fn links(engine: &mut Engine, ctx: &Ctx<'_>, key: &str) -> Result<Response> 
     let links: Vec<J> = engine
         .kv_links(key)
         .iter()
+        .filter(|l| ctx.access.sees_collection(&l.collection))
         .map(|l| link_json(key, l))
         .collect();
     ctx.ok_json(&links)
@@ -240,6 +252,7 @@ pub fn legacy_links(engine: &mut Engine, ctx: &Ctx<'_>, key: &str) -> Result<Res
     let links: Vec<J> = engine
         .kv_links(key)
         .iter()
+        .filter(|l| ctx.access.sees_collection(&l.collection))
         .map(|l| link_json(key, l))
         .collect();
     ctx.ok_json(&json!({ "key": key, "links": links }))
@@ -254,6 +267,8 @@ pub fn legacy_link(engine: &mut Engine, ctx: &Ctx<'_>, linking: bool) -> Result<
             .ok_or_else(|| Error::invalid(format!("the body needs a string `{k}`")))
     };
     let (key, c, doc) = (field("key")?, field("collection")?, field("document_id")?);
+    ctx.access.kv(&key, Action::Write)?;
+    ctx.access.collection(&c, Action::Write)?;
     if linking {
         link(engine, ctx, &key, &c, &doc)?;
     } else {

@@ -5,11 +5,13 @@
 //! WebSocket `Insert` answers exactly what `POST /api/insert` does.
 //! Errors become `{"error","code","message"}` JSON bodies.
 
+pub mod access;
 pub mod chat;
 pub mod codec;
 pub mod collections;
 mod ctx;
 pub mod embed;
+pub mod keys;
 pub mod kv;
 pub mod origins;
 pub mod records;
@@ -89,17 +91,38 @@ pub fn respond(
     let mut ctx = Ctx::http(req, now)?.with_args(args).with_decoded_body(body);
     ctx.conn = Some(conn);
     ctx.clock = server.clock();
-    if route.scope != Scope::Public {
-        authorize(server, conn, route, ctx.header("authorization"), &ctx, now)?;
-    }
+    let ip = server.peer_of(conn).ip;
+    let quota = if route.scope == Scope::Public {
+        server.take_rate(None, ip, now)?
+    } else {
+        let who = authorize(server, conn, route, ctx.header("authorization"), &ctx, now)?;
+        ctx.set_principal(who.clone());
+        let quota = server.take_rate(Some(&who.key_id), ip, now)?;
+        if let Err(e) = permit(route, &ctx) {
+            let key = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+            let what = format!(
+                "denied: {} {} ({})",
+                req.method.as_str(),
+                req.path,
+                e.message
+            );
+            server.security_event(&ctx, key, &what);
+            return Err(e);
+        }
+        quota
+    };
     if route.writes {
         server.check_writable()?;
     }
-    match route.handler {
+    let outcome = match route.handler {
         Handler::Data(f) => f(server.engine_mut(), &ctx).map(Outcome::Reply),
         Handler::Server(f) => f(server, &ctx),
         Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
-    }
+    }?;
+    Ok(match outcome {
+        Outcome::Reply(r) => Outcome::Reply(crate::server::rate::with_headers(r, quota)),
+        other => other,
+    })
 }
 
 /// Decides, from a request's head alone, whether its large body (`size`
@@ -127,9 +150,56 @@ pub fn admit_body(
         }
         return Ok(PUBLIC_BODY_LIMIT);
     }
-    let ctx = Ctx::http(head, now)?.with_args(args);
-    authorize(server, conn, route, head.header("authorization"), &ctx, now)?;
+    let mut ctx = Ctx::http(head, now)?.with_args(args);
+    let who = authorize(server, conn, route, head.header("authorization"), &ctx, now)?;
+    ctx.set_principal(who);
+    permit(route, &ctx)?;
     Ok(server.config().max_body_bytes)
+}
+
+/// The route table's permission check, in one place: what a route's scope
+/// demands of the caller's grants. Handlers of `AnyKey` routes limit what
+/// they show or change further (`access`).
+pub fn permit(route: &routes::Route, ctx: &Ctx<'_>) -> Result<()> {
+    if route.scope == Scope::Admin {
+        return ctx.access.require_admin(route.path);
+    }
+    let args = [
+        ("collection", route.path.contains("{collection}")),
+        ("key", route.path.contains("{key}")),
+    ];
+    let named: Vec<(&str, &str)> = args
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(name, _)| (*name, ctx.arg(name)))
+        .collect();
+    permit_args(route.scope, &ctx.access, &named)
+}
+
+/// `permit` for a call whose path variables are `args`: a `Read` or `Write`
+/// scope needs the grant on every `collection` and `key` named.
+pub fn permit_args(
+    scope: Scope,
+    access: &crate::auth::grants::Access,
+    args: &[(&str, &str)],
+) -> Result<()> {
+    use crate::auth::grants::Action;
+    let action = match scope {
+        Scope::Public | Scope::AnyKey => return Ok(()),
+        Scope::Admin => return access.require_admin("this call"),
+        Scope::Read => Action::Read,
+        Scope::Write => Action::Write,
+    };
+    for (name, value) in args {
+        match *name {
+            "collection" => {
+                access.collection(value, action)?;
+            }
+            "key" => access.kv(value, action)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks the caller's token for a route that needs one. A stream's
@@ -141,7 +211,7 @@ fn authorize(
     authorization: Option<&str>,
     ctx: &Ctx,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<crate::auth::Principal> {
     // `?token=` is how browsers' EventSource and WebSocket pass a token;
     // elsewhere it would only put tokens in logs and histories. The routes
     // that take it are exactly the streams.
@@ -151,7 +221,7 @@ fn authorize(
     if stream {
         server.bind_stream_credential(conn, &principal);
     }
-    Ok(())
+    Ok(principal)
 }
 
 /// The route table's row for a request, after `--mounts` moved endpoints.

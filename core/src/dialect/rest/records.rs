@@ -1,6 +1,6 @@
 //! Record CRUD, batches and distinct values (spec 6, 7, 8, 10).
 
-use super::{txn, Ctx};
+use super::{access, txn, Ctx};
 use crate::engine::actions::Action;
 use crate::engine::filter::Filter;
 use crate::engine::query::FindQuery;
@@ -11,11 +11,19 @@ use crate::value::Plain;
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
-fn projection(ctx: &Ctx<'_>) -> Projection {
-    Projection {
+/// The caller's `select_fields`/`exclude_fields`, narrowed to what its key
+/// may read of `c`.
+pub(super) fn projection(ctx: &Ctx<'_>, c: &str) -> Projection {
+    let asked = Projection {
         select: ctx.list_param("select_fields"),
         exclude: ctx.list_param("exclude_fields"),
-    }
+    };
+    access::view(ctx, c, asked)
+}
+
+/// What the key may read of `c`, when the caller asked for no projection.
+fn readable(ctx: &Ctx<'_>, c: &str) -> Projection {
+    access::view(ctx, c, Projection::default())
 }
 
 fn out<'a>(found: Found<'a>, projection: Option<&'a Projection>) -> RecordOut<'a> {
@@ -33,6 +41,7 @@ pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     if !body.is_object() {
         return Err(Error::invalid("the record must be a JSON object"));
     }
+    access::check_write(ctx, c, &body)?;
     let id = engine.insert(c, body, ctx.now)?;
     let pk = engine.pk_name(c);
     let mut reply = serde_json::Map::new();
@@ -45,7 +54,7 @@ pub fn find_by_id(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Resu
     if let Some(tx) = ctx.transaction() {
         return txn::find_by_id(engine, ctx, tx, c, id);
     }
-    let p = projection(ctx);
+    let p = projection(ctx, c);
     let found = engine.find_by_id(c, id, ctx.now)?;
     ctx.ok(&out(found, Some(&p)))
 }
@@ -55,20 +64,54 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
         return txn::find(engine, ctx, tx, c);
     }
     let q = FindQuery::parse(&ctx.body()?)?;
+    access::check_query(ctx, c, &q)?;
+    let p = access::view(ctx, c, q.projection.clone());
+    let joined_views = join_views(ctx, &q)?;
     let rows = engine.find(c, &q, ctx.now)?;
     let records: Vec<RecordOut<'_>> = rows
         .into_iter()
         .map(|row| {
-            let mut r = out(row.found, Some(&q.projection));
+            let mut r = out(row.found, Some(&p));
             r.joined = row
                 .joined
                 .into_iter()
-                .map(|(name, found)| (name, found.into_iter().map(|f| out(f, None)).collect()))
+                .map(|(name, found)| {
+                    let view = joined_views
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v);
+                    (name, found.into_iter().map(|f| out(f, view)).collect())
+                })
                 .collect();
             r
         })
         .collect();
     ctx.ok(&records)
+}
+
+/// What the key may read of each join's records, by the join's `as_field`.
+/// A join over several collections is shaped by one grant, so a key with a
+/// field restriction on any of them may not join them together.
+fn join_views<'q>(ctx: &Ctx<'_>, q: &'q FindQuery) -> Result<Vec<(&'q str, Projection)>> {
+    let mut views = Vec::new();
+    for join in &q.joins {
+        let view = match join.collections.as_slice() {
+            [one] => readable(ctx, one),
+            several => {
+                if several
+                    .iter()
+                    .any(|c| ctx.access.read_projection(c).is_some())
+                {
+                    return Err(crate::auth::grants::forbidden(
+                        "this API key may read only some fields of a joined collection: join one collection at a time",
+                    ));
+                }
+                Projection::default()
+            }
+        };
+        views.push((join.as_field.as_str(), view));
+    }
+    Ok(views)
 }
 
 pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
@@ -79,7 +122,8 @@ pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<R
     if !body.is_object() {
         return Err(Error::invalid("the update must be a JSON object of fields"));
     }
-    let p = projection(ctx);
+    access::check_write(ctx, c, &body)?;
+    let p = projection(ctx, c);
     let found = engine.update(c, id, body, ctx.now)?;
     ctx.ok(&out(found, Some(&p)))
 }
@@ -120,8 +164,10 @@ fn action_operands(body: J) -> Result<(String, Option<J>)> {
 pub fn action(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str, a: &str) -> Result<Response> {
     let action = Action::parse(a)?;
     let (field, value) = action_operands(ctx.body()?)?;
+    access::check_write_field(ctx, c, &field)?;
+    let p = readable(ctx, c);
     let found = engine.apply_actions(c, id, vec![(action, field, value)], ctx.now)?;
-    ctx.ok(&out(found, None))
+    ctx.ok(&out(found, Some(&p)))
 }
 
 pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
@@ -150,18 +196,21 @@ pub fn sequence(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result
                 "each step's action and field must be strings",
             ));
         };
+        access::check_write_field(ctx, c, field)?;
         steps.push((Action::parse(a)?, field.to_string(), value));
     }
+    let p = readable(ctx, c);
     let found = engine.apply_actions(c, id, steps, ctx.now)?;
-    ctx.ok(&out(found, None))
+    ctx.ok(&out(found, Some(&p)))
 }
 
 pub fn delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
     if let Some(tx) = ctx.transaction() {
         return txn::delete(engine, ctx, tx, c, id);
     }
+    let p = readable(ctx, c);
     let found = engine.delete(c, id, ctx.now)?;
-    ctx.ok(&out(found, None))
+    ctx.ok(&out(found, Some(&p)))
 }
 
 pub fn restore_one(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Result<Response> {
@@ -287,6 +336,9 @@ pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
         return txn::batch_insert(engine, ctx, tx, c);
     }
     let records = parse_batch_inserts(batch_items(ctx.body()?, "inserts")?)?;
+    for r in &records {
+        access::check_write(ctx, c, r)?;
+    }
     let outcome = engine.batch_insert(c, records, ctx.now)?;
     batch_reply(ctx, outcome)
 }
@@ -296,6 +348,9 @@ pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
         return txn::batch_update(engine, ctx, tx, c);
     }
     let updates = parse_batch_updates(batch_items(ctx.body()?, "updates")?)?;
+    for (_, patch) in &updates {
+        access::check_write(ctx, c, patch)?;
+    }
     let outcome = engine.batch_update(c, updates, ctx.now)?;
     batch_reply(ctx, outcome)
 }
@@ -312,6 +367,8 @@ pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
 pub fn distinct(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, field: &str) -> Result<Response> {
     let body = ctx.body()?;
     let filter = Filter::parse(body.get("filter"))?;
+    ctx.access.check_readable_field(c, field)?;
+    access::check_filter(ctx, c, &filter)?;
     let values = engine.distinct(c, field, &filter, ctx.now)?;
     let plain: Vec<Plain<'_>> = values.iter().map(Plain).collect();
     ctx.ok(&json!({

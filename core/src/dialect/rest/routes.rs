@@ -8,7 +8,7 @@
 //! `/api/kv/{key}/links`); a path that matches with another method is a 405
 //! listing the methods it has.
 
-use super::{chat, collections, kv, records, search, system, txn, Ctx, Outcome};
+use super::{chat, collections, keys, kv, records, search, system, txn, Ctx, Outcome};
 use crate::dialect::{eva, fluxbase, general_bots, lanonasis, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -16,16 +16,24 @@ use crate::server::Server;
 use crate::wire::http::{Method, Response};
 use std::sync::OnceLock;
 
-/// Who may call a route. Checked in one place (`rest::handle`).
+/// Who may call a route. Checked in one place (`rest::permit`), for the
+/// REST API and for the ekoDB WebSocket messages that run the same handlers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// No token needed (health, token exchange).
+    /// No token needed (health, token exchange), or the route checks its
+    /// own credential the way its protocol documents.
     Public,
-    /// Reads data.
+    /// Reads what its path names: every `{collection}` and `{key}` in it
+    /// must be granted for reading.
     Read,
-    /// Changes data.
+    /// Changes what its path names: every `{collection}` and `{key}` in it
+    /// must be granted for writing.
     Write,
-    /// Server administration.
+    /// Any valid key. What a non-admin key sees or changes is limited by
+    /// the handler: lists are filtered to its grants, and each item a body
+    /// names is checked.
+    AnyKey,
+    /// Admin keys only (server administration, chat for now).
     Admin,
 }
 
@@ -91,16 +99,30 @@ const ALL: &[Method] = &[
 
 use Handler::{Data, Server as Srv, Unimplemented};
 use Method::{Delete, Get, Patch, Post, Put};
-use Scope::{Admin, Public, Read, Write};
+use Scope::{Admin, AnyKey, Public, Read, Write};
 
 #[rustfmt::skip]
 pub static ROUTES: &[Route] = &[
     row(&[Get], "/api/health", Public, READS, Srv(system::health)),
     row(&[Post], "/api/auth/token", Public, READS, Srv(system::token)),
-    row(ALL, "/api/auth/{*rest}", Admin, WRITES, Unimplemented("API key administration")),
-    row(&[Get, Put], "/api/config", Admin, WRITES, Unimplemented("server configuration")),
+    // API keys and their permissions (spec 14). Register takes the admin
+    // key in its body as well as a bearer token, so it checks its caller.
+    row(&[Post], "/api/auth/register", Public, WRITES, Srv(keys::register)),
+    row(&[Get], "/api/auth/keys", Admin, READS, Srv(keys::list)),
+    row(&[Delete], "/api/auth/keys/{key_id}", Admin, WRITES, Srv(keys::revoke)),
+    row(&[Get], "/api/auth/keys/{key_id}/permissions", AnyKey, READS, Srv(keys::permissions)),
+    row(&[Get], "/api/auth/keys/{key_id}/permissions/collections", AnyKey, READS, Srv(keys::collection_grants)),
+    row(&[Get], "/api/auth/keys/{key_id}/permissions/collections/{name}", AnyKey, READS, Srv(keys::collection_grant)),
+    row(&[Put, Patch, Delete], "/api/auth/keys/{key_id}/permissions/collections/{name}", Admin, WRITES, Srv(keys::change_collection_grant)),
+    row(&[Get], "/api/auth/keys/{key_id}/permissions/kv", AnyKey, READS, Srv(keys::kv_grants)),
+    row(&[Get], "/api/auth/keys/{key_id}/permissions/kv/{prefix}", AnyKey, READS, Srv(keys::kv_grant)),
+    row(&[Put, Patch, Delete], "/api/auth/keys/{key_id}/permissions/kv/{prefix}", Admin, WRITES, Srv(keys::change_kv_grant)),
+    row(&[Get], "/api/auth/permissions", AnyKey, READS, Srv(keys::legacy_permissions)),
+    row(&[Put], "/api/auth/permissions", Admin, WRITES, Srv(keys::legacy_update)),
+    row(&[Get], "/api/config", Admin, READS, Srv(system::config)),
+    row(&[Put], "/api/config", Admin, WRITES, Srv(system::change_config)),
     // Collections and schemas (spec 5).
-    row(&[Get], "/api/collections", Read, READS, Data(collections::list)),
+    row(&[Get], "/api/collections", AnyKey, READS, Data(collections::list)),
     row(&[Get], "/api/collections/{collection}", Read, READS, Data(|e, c| collections::get(e, c, c.arg("collection")))),
     row(&[Post], "/api/collections/{collection}", Write, WRITES, Data(|e, c| collections::create(e, c, c.arg("collection")))),
     row(&[Delete], "/api/collections/{collection}", Write, WRITES, Data(|e, c| collections::drop(e, c, c.arg("collection")))),
@@ -122,76 +144,76 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Data(|e, c| records::distinct(e, c, c.arg("collection"), c.arg("field")))),
     // Search and embeddings (spec 11, D).
     row(&[Post], "/api/search/{collection}", Read, READS, Data(|e, c| search::search(e, c, c.arg("collection")))),
-    row(&[Post], "/api/embed", Read, READS, Srv(system::embed)),
+    row(&[Post], "/api/embed", AnyKey, READS, Srv(system::embed)),
     // Key-value store (spec 12).
     row(&[Post], "/api/kv/set/{key}", Write, WRITES, Data(|e, c| kv::set(e, c, c.arg("key")))),
     row(&[Get], "/api/kv/get/{key}", Read, READS, Data(|e, c| kv::get(e, c, c.arg("key")))),
     row(&[Delete], "/api/kv/delete/{key}", Write, WRITES, Data(|e, c| kv::delete(e, c, c.arg("key")))),
-    row(&[Delete], "/api/kv/clear", Write, WRITES, Data(kv::clear)),
-    row(&[Post], "/api/kv/batch/get", Read, READS, Data(kv::batch_get)),
-    row(&[Post], "/api/kv/batch/set", Write, WRITES, Data(kv::batch_set)),
-    row(&[Delete], "/api/kv/batch/delete", Write, WRITES, Data(kv::batch_delete)),
-    row(&[Post], "/api/kv/find", Read, READS, Data(kv::find)),
-    row(&[Post], "/api/kv/query", Read, READS, Data(kv::find)),
+    row(&[Delete], "/api/kv/clear", Admin, WRITES, Data(kv::clear)),
+    row(&[Post], "/api/kv/batch/get", AnyKey, READS, Data(kv::batch_get)),
+    row(&[Post], "/api/kv/batch/set", AnyKey, WRITES, Data(kv::batch_set)),
+    row(&[Delete], "/api/kv/batch/delete", AnyKey, WRITES, Data(kv::batch_delete)),
+    row(&[Post], "/api/kv/find", AnyKey, READS, Data(kv::find)),
+    row(&[Post], "/api/kv/query", AnyKey, READS, Data(kv::find)),
     row(&[Get], "/api/kv/links/{key}", Read, READS, Data(|e, c| kv::legacy_links(e, c, c.arg("key")))),
-    row(&[Post], "/api/kv/link", Write, WRITES, Data(|e, c| kv::legacy_link(e, c, true))),
-    row(&[Post], "/api/kv/unlink", Write, WRITES, Data(|e, c| kv::legacy_link(e, c, false))),
+    row(&[Post], "/api/kv/link", AnyKey, WRITES, Data(|e, c| kv::legacy_link(e, c, true))),
+    row(&[Post], "/api/kv/unlink", AnyKey, WRITES, Data(|e, c| kv::legacy_link(e, c, false))),
     row(&[Get], "/api/kv/{key}/links", Read, READS, Data(|e, c| kv::links(e, c, c.arg("key")))),
     row(&[Post], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::link(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
     row(&[Delete], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::unlink(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
     // Transactions (spec 13).
-    row(&[Post], "/api/transactions", Write, READS, Data(txn::begin)),
-    row(&[Get], "/api/transactions/{tx}", Read, READS, Data(|e, c| txn::status(e, c, c.arg("tx")))),
-    row(&[Post], "/api/transactions/{tx}/commit", Write, WRITES, Data(|e, c| txn::commit(e, c, c.arg("tx")))),
-    row(&[Post], "/api/transactions/{tx}/rollback", Write, READS, Data(|e, c| txn::rollback(e, c, c.arg("tx")))),
-    row(&[Post], "/api/transactions/{tx}/savepoints", Write, READS, Data(|e, c| txn::savepoint(e, c, c.arg("tx")))),
-    row(&[Post], "/api/transactions/{tx}/savepoints/{name}/rollback", Write, READS, Data(|e, c| txn::rollback_to(e, c, c.arg("tx"), c.arg("name")))),
-    row(&[Delete], "/api/transactions/{tx}/savepoints/{name}", Write, READS, Data(|e, c| txn::release(e, c, c.arg("tx"), c.arg("name")))),
+    row(&[Post], "/api/transactions", AnyKey, READS, Data(txn::begin)),
+    row(&[Get], "/api/transactions/{tx}", AnyKey, READS, Data(|e, c| txn::status(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/commit", AnyKey, WRITES, Data(|e, c| txn::commit(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/rollback", AnyKey, READS, Data(|e, c| txn::rollback(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/savepoints", AnyKey, READS, Data(|e, c| txn::savepoint(e, c, c.arg("tx")))),
+    row(&[Post], "/api/transactions/{tx}/savepoints/{name}/rollback", AnyKey, READS, Data(|e, c| txn::rollback_to(e, c, c.arg("tx"), c.arg("name")))),
+    row(&[Delete], "/api/transactions/{tx}/savepoints/{name}", AnyKey, READS, Data(|e, c| txn::release(e, c, c.arg("tx"), c.arg("name")))),
     // Real time (spec B, C): protocol switches.
-    row(&[Get], "/api/ws", Read, READS, Srv(system::websocket)),
+    row(&[Get], "/api/ws", AnyKey, READS, Srv(system::websocket)),
     row(&[Get], "/api/subscribe/{collection}", Read, READS, Srv(system::subscribe)),
     // Chat (spec E): sessions, messages, answers, tools, models.
-    row(&[Post], "/api/chat", Write, WRITES, Srv(chat::create)),
-    row(&[Get], "/api/chat", Read, READS, Srv(chat::list)),
-    row(&[Post], "/api/chat/sessions", Write, WRITES, Srv(chat::create)),
-    row(&[Get], "/api/chat/sessions", Read, READS, Srv(chat::list)),
-    row(&[Post], "/api/chat/branch", Write, WRITES, Srv(chat::branch)),
-    row(&[Post], "/api/chat/merge", Write, WRITES, Srv(chat::merge)),
-    row(&[Get], "/api/chat/tools", Read, READS, Srv(chat::tool_catalog)),
-    row(&[Post], "/api/chat/tools/execute", Write, WRITES, Srv(chat::tool_execute)),
-    row(&[Post], "/api/chat/complete", Read, READS, Srv(chat::complete)),
-    row(&[Post], "/api/chat/complete/stream", Read, READS, Srv(chat::complete_stream)),
-    row(&[Get], "/api/chat/{chat_id}", Read, READS, Srv(chat::get)),
-    row(&[Put], "/api/chat/{chat_id}", Write, WRITES, Srv(chat::update)),
-    row(&[Delete], "/api/chat/{chat_id}", Write, WRITES, Srv(chat::delete)),
-    row(&[Post], "/api/chat/{chat_id}/messages", Write, WRITES, Srv(chat::send)),
-    row(&[Get], "/api/chat/{chat_id}/messages", Read, READS, Srv(chat::messages)),
-    row(&[Post], "/api/chat/{chat_id}/messages/stream", Write, WRITES, Srv(chat::send_stream)),
-    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}", Read, READS, Srv(chat::message)),
-    row(&[Put], "/api/chat/{chat_id}/messages/{message_id}", Write, WRITES, Srv(chat::update_message)),
-    row(&[Delete], "/api/chat/{chat_id}/messages/{message_id}", Write, WRITES, Srv(chat::delete_message)),
-    row(&[Patch], "/api/chat/{chat_id}/messages/{message_id}/forgotten", Write, WRITES, Srv(chat::forget_message)),
-    row(&[Post], "/api/chat/{chat_id}/messages/{message_id}/regenerate", Write, WRITES, Srv(chat::regenerate)),
-    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}/stream", Read, READS, Srv(chat::resume)),
-    row(&[Post], "/api/chat/{chat_id}/compact", Write, WRITES, Srv(chat::compact)),
-    row(&[Post], "/api/chat/{chat_id}/tool-result", Write, WRITES, Srv(chat::tool_result)),
-    row(&[Post], "/api/chat/{chat_id}/cancel", Write, WRITES, Srv(chat::cancel)),
-    row(&[Get], "/api/chat_models", Read, READS, Srv(chat::models)),
-    row(&[Get], "/api/chat_models/{provider}", Read, READS, Srv(chat::provider_models)),
+    row(&[Post], "/api/chat", Admin, WRITES, Srv(chat::create)),
+    row(&[Get], "/api/chat", Admin, READS, Srv(chat::list)),
+    row(&[Post], "/api/chat/sessions", Admin, WRITES, Srv(chat::create)),
+    row(&[Get], "/api/chat/sessions", Admin, READS, Srv(chat::list)),
+    row(&[Post], "/api/chat/branch", Admin, WRITES, Srv(chat::branch)),
+    row(&[Post], "/api/chat/merge", Admin, WRITES, Srv(chat::merge)),
+    row(&[Get], "/api/chat/tools", Admin, READS, Srv(chat::tool_catalog)),
+    row(&[Post], "/api/chat/tools/execute", Admin, WRITES, Srv(chat::tool_execute)),
+    row(&[Post], "/api/chat/complete", Admin, READS, Srv(chat::complete)),
+    row(&[Post], "/api/chat/complete/stream", Admin, READS, Srv(chat::complete_stream)),
+    row(&[Get], "/api/chat/{chat_id}", Admin, READS, Srv(chat::get)),
+    row(&[Put], "/api/chat/{chat_id}", Admin, WRITES, Srv(chat::update)),
+    row(&[Delete], "/api/chat/{chat_id}", Admin, WRITES, Srv(chat::delete)),
+    row(&[Post], "/api/chat/{chat_id}/messages", Admin, WRITES, Srv(chat::send)),
+    row(&[Get], "/api/chat/{chat_id}/messages", Admin, READS, Srv(chat::messages)),
+    row(&[Post], "/api/chat/{chat_id}/messages/stream", Admin, WRITES, Srv(chat::send_stream)),
+    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}", Admin, READS, Srv(chat::message)),
+    row(&[Put], "/api/chat/{chat_id}/messages/{message_id}", Admin, WRITES, Srv(chat::update_message)),
+    row(&[Delete], "/api/chat/{chat_id}/messages/{message_id}", Admin, WRITES, Srv(chat::delete_message)),
+    row(&[Patch], "/api/chat/{chat_id}/messages/{message_id}/forgotten", Admin, WRITES, Srv(chat::forget_message)),
+    row(&[Post], "/api/chat/{chat_id}/messages/{message_id}/regenerate", Admin, WRITES, Srv(chat::regenerate)),
+    row(&[Get], "/api/chat/{chat_id}/messages/{message_id}/stream", Admin, READS, Srv(chat::resume)),
+    row(&[Post], "/api/chat/{chat_id}/compact", Admin, WRITES, Srv(chat::compact)),
+    row(&[Post], "/api/chat/{chat_id}/tool-result", Admin, WRITES, Srv(chat::tool_result)),
+    row(&[Post], "/api/chat/{chat_id}/cancel", Admin, WRITES, Srv(chat::cancel)),
+    row(&[Get], "/api/chat_models", Admin, READS, Srv(chat::models)),
+    row(&[Get], "/api/chat_models/{provider}", Admin, READS, Srv(chat::provider_models)),
     // Not served yet.
-    row(ALL, "/api/chat/goals", Write, WRITES, Unimplemented("chat goals")),
-    row(ALL, "/api/chat/goals/{*rest}", Write, WRITES, Unimplemented("chat goals")),
-    row(ALL, "/api/chat/goal-templates", Write, WRITES, Unimplemented("chat goal templates")),
-    row(ALL, "/api/chat/goal-templates/{*rest}", Write, WRITES, Unimplemented("chat goal templates")),
-    row(ALL, "/api/chat/tasks", Write, WRITES, Unimplemented("chat tasks")),
-    row(ALL, "/api/chat/tasks/{*rest}", Write, WRITES, Unimplemented("chat tasks")),
-    row(ALL, "/api/chat/agents", Write, WRITES, Unimplemented("chat agents")),
-    row(ALL, "/api/chat/agents/{*rest}", Write, WRITES, Unimplemented("chat agents")),
-    row(ALL, "/api/functions", Write, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/functions/{*rest}", Write, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/route/{*rest}", Write, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/schedules", Write, WRITES, Unimplemented("schedules")),
-    row(ALL, "/api/schedules/{*rest}", Write, WRITES, Unimplemented("schedules")),
+    row(ALL, "/api/chat/goals", Admin, WRITES, Unimplemented("chat goals")),
+    row(ALL, "/api/chat/goals/{*rest}", Admin, WRITES, Unimplemented("chat goals")),
+    row(ALL, "/api/chat/goal-templates", Admin, WRITES, Unimplemented("chat goal templates")),
+    row(ALL, "/api/chat/goal-templates/{*rest}", Admin, WRITES, Unimplemented("chat goal templates")),
+    row(ALL, "/api/chat/tasks", Admin, WRITES, Unimplemented("chat tasks")),
+    row(ALL, "/api/chat/tasks/{*rest}", Admin, WRITES, Unimplemented("chat tasks")),
+    row(ALL, "/api/chat/agents", Admin, WRITES, Unimplemented("chat agents")),
+    row(ALL, "/api/chat/agents/{*rest}", Admin, WRITES, Unimplemented("chat agents")),
+    row(ALL, "/api/functions", Admin, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/functions/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/route/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
+    row(ALL, "/api/schedules", Admin, WRITES, Unimplemented("schedules")),
+    row(ALL, "/api/schedules/{*rest}", Admin, WRITES, Unimplemented("schedules")),
     // The seed products' chat sockets (`spec/dialects.md`): each checks its
     // credential its own documented way, so the table lets them through.
     row(&[Get], "/ws", Public, READS, Srv(general_bots::upgrade)),
@@ -200,10 +222,10 @@ pub static ROUTES: &[Route] = &[
     row(&[Get], "/eva/ws", Public, READS, Srv(eva::upgrade)),
     row(&[Get], "/eva/health", Public, READS, Srv(eva::health)),
     // Fluxbase chatbots (named chat configurations).
-    row(&[Get], "/api/v1/ai/chatbots", Read, READS, Srv(fluxbase::list)),
-    row(&[Post], "/api/v1/ai/chatbots", Write, WRITES, Srv(fluxbase::put)),
-    row(&[Get], "/api/v1/ai/chatbots/by-name/{name}", Read, READS, Srv(fluxbase::get)),
-    row(&[Delete], "/api/v1/ai/chatbots/{namespace}/{name}", Write, WRITES, Srv(fluxbase::delete)),
+    row(&[Get], "/api/v1/ai/chatbots", Admin, READS, Srv(fluxbase::list)),
+    row(&[Post], "/api/v1/ai/chatbots", Admin, WRITES, Srv(fluxbase::put)),
+    row(&[Get], "/api/v1/ai/chatbots/by-name/{name}", Admin, READS, Srv(fluxbase::get)),
+    row(&[Delete], "/api/v1/ai/chatbots/{namespace}/{name}", Admin, WRITES, Srv(fluxbase::delete)),
     // Lanonasis: the stream and the memory API, which take the SDK's
     // `X-API-Key` as well as a bearer key, so they check it themselves.
     row(&[Get], "/api/v1/stream", Public, READS, Srv(lanonasis::stream::open)),
@@ -521,6 +543,18 @@ mod tests {
                 "{}: a read route that writes",
                 a.path
             );
+            // A route limited by what its path names must name something,
+            // or a non-admin key would pass it unchecked.
+            if matches!(a.scope, Read | Write) {
+                assert!(
+                    names
+                        .iter()
+                        .any(|s| matches!(s, Seg::Var("collection" | "key"))),
+                    "{}: a {:?} route must name a {{collection}} or {{key}} (or be AnyKey)",
+                    a.path,
+                    a.scope
+                );
+            }
         }
     }
 

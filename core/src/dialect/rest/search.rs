@@ -1,6 +1,6 @@
 //! `POST /api/search/{collection}` (spec 11, D1-D2): text, vector or hybrid.
 
-use super::Ctx;
+use super::{access, Ctx};
 use crate::engine::filter::Filter;
 use crate::engine::query::{split_fields, unsigned};
 use crate::engine::record::{Projection, RecordOut};
@@ -187,6 +187,33 @@ pub fn parse(body: &J) -> Result<(SearchRequest, Filter, Projection)> {
     Ok((req, filter, projection))
 }
 
+/// A key that may read only some fields of `c` searches, filters and
+/// weighs only those, and names the text fields it searches (searching
+/// every field would match on hidden ones).
+fn check_access(ctx: &Ctx<'_>, c: &str, req: &SearchRequest, filter: &Filter) -> Result<()> {
+    if ctx.access.read_projection(c).is_none() {
+        return Ok(());
+    }
+    access::check_filter(ctx, c, filter)?;
+    if !req.text.query.trim().is_empty() {
+        let fields = req.text.fields.as_ref().ok_or_else(|| {
+            crate::auth::grants::forbidden(format!(
+                "this API key may read only some fields of `{c}`: name the `fields` to search"
+            ))
+        })?;
+        for f in fields {
+            ctx.access.check_readable_field(c, f)?;
+        }
+    }
+    for (f, _) in &req.text.weights {
+        ctx.access.check_readable_field(c, f)?;
+    }
+    if req.vector.is_some() {
+        ctx.access.check_readable_field(c, &req.vector_field)?;
+    }
+    Ok(())
+}
+
 /// `POST /api/search/{collection}`: the hits with their total and timing.
 pub fn search(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     answer(engine, ctx, c, false)
@@ -199,6 +226,8 @@ pub fn results(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> 
 
 fn answer(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, bare: bool) -> Result<Response> {
     let (req, filter, projection) = parse(&ctx.body()?)?;
+    check_access(ctx, c, &req, &filter)?;
+    let projection = access::view(ctx, c, projection);
     let (hits, total) = engine.search(c, &req, &filter, ctx.now)?;
     #[derive(Serialize)]
     struct Hit<'a> {

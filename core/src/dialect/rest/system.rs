@@ -43,6 +43,7 @@ pub fn token(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let token = server.issue_token(key, ctx.now).inspect_err(|e| {
         if e.kind == ErrorKind::Unauthorized {
             server.failed_guess(ip, ctx.now);
+            server.security_event(ctx, "", "failed login: wrong API key");
         }
     })?;
     ctx.ok_json(&json!({ "token": token })).map(Outcome::Reply)
@@ -84,7 +85,9 @@ pub fn upgrade_to(ctx: &Ctx<'_>, session: WsSession, protocol: Option<String>) -
 
 /// `GET /api/ws`: the ekoDB WebSocket protocol.
 pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
-    upgrade_to(ctx, WsSession::Ekodb(Default::default()), None)
+    let key_id = ctx.principal.as_ref().map(|p| p.key_id.clone());
+    let session = crate::dialect::ekodb_ws::Session::new(ctx.access.clone(), key_id);
+    upgrade_to(ctx, WsSession::Ekodb(session), None)
 }
 
 /// `GET /api/subscribe/{collection}`: switches to an SSE stream of that
@@ -92,6 +95,7 @@ pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let collection = ctx.arg("collection").to_string();
     crate::engine::validate_name("collection", &collection)?;
+    super::access::check_whole_records(&ctx.access, &collection)?;
     let filter = match (ctx.param("filter_field"), ctx.param("filter_value")) {
         (Some(f), Some(v)) if !f.is_empty() => Some(Filter::equals(f, v)),
         _ => None,
@@ -112,6 +116,24 @@ pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
             resume,
         },
     ))
+}
+
+/// `GET /api/config`: the settings (spec 14.6).
+pub fn config(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    ctx.ok_json(&server.settings()).map(Outcome::Reply)
+}
+
+/// `PUT /api/config`: changes settings, all or none; answers them all.
+pub fn change_config(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let change = ctx.body()?;
+    let after = server.change_settings(&change, ctx.now)?;
+    let by = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+    let names: Vec<&str> = change
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    server.security_event(ctx, by, &format!("changed settings: {}", names.join(", ")));
+    ctx.ok_json(&after).map(Outcome::Reply)
 }
 
 pub fn embed(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {

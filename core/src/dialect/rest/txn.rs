@@ -3,8 +3,9 @@
 
 use super::records::{
     batch_items, batch_reply, parse_batch_deletes, parse_batch_inserts, parse_batch_updates,
+    projection,
 };
-use super::Ctx;
+use super::{access, Ctx};
 use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
 use crate::engine::{BatchOutcome, Engine};
@@ -60,25 +61,21 @@ pub fn release(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, name: &str) -> Resu
     ctx.ok_json(&json!({"ok": true, "savepoint": name}))
 }
 
-fn projection(ctx: &Ctx<'_>) -> Projection {
-    Projection {
-        select: ctx.list_param("select_fields"),
-        exclude: ctx.list_param("exclude_fields"),
-    }
-}
-
 pub fn insert(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
     let body = ctx.body()?;
     if !body.is_object() {
         return Err(Error::invalid("the record must be a JSON object"));
     }
+    access::check_write(ctx, c, &body)?;
     let id = engine.tx_insert(tx, c, body, ctx.now)?;
     ctx.ok(&json!({"id": id}))
 }
 
 pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str, id: &str) -> Result<Response> {
-    let record = engine.tx_update(tx, c, id, ctx.body()?, ctx.now)?;
-    let p = projection(ctx);
+    let patch = ctx.body()?;
+    access::check_write(ctx, c, &patch)?;
+    let record = engine.tx_update(tx, c, id, patch, ctx.now)?;
+    let p = projection(ctx, c);
     let mut out = RecordOut::new(engine.pk_name(c), id, &record);
     out.projection = Some(&p).filter(|p| !p.is_empty());
     ctx.ok(&out)
@@ -86,7 +83,10 @@ pub fn update(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str, id: &str) -
 
 pub fn delete(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str, id: &str) -> Result<Response> {
     let record = engine.tx_delete(tx, c, id, ctx.now)?;
-    ctx.ok(&RecordOut::new(engine.pk_name(c), id, &record))
+    let p = access::view(ctx, c, Projection::default());
+    let mut out = RecordOut::new(engine.pk_name(c), id, &record);
+    out.projection = Some(&p).filter(|p| !p.is_empty());
+    ctx.ok(&out)
 }
 
 pub fn find_by_id(
@@ -97,7 +97,7 @@ pub fn find_by_id(
     id: &str,
 ) -> Result<Response> {
     let record = engine.tx_find_by_id(tx, c, id, ctx.now)?;
-    let p = projection(ctx);
+    let p = projection(ctx, c);
     let mut out = RecordOut::new(engine.pk_name(c), id, &record);
     out.projection = Some(&p).filter(|p| !p.is_empty());
     ctx.ok(&out)
@@ -110,13 +110,15 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Res
             "joins are not supported inside a transaction",
         ));
     }
+    access::check_query(ctx, c, &q)?;
+    let p = access::view(ctx, c, q.projection.clone());
     let rows = engine.tx_find(tx, c, &q, ctx.now)?;
     let pk = engine.pk_name(c);
     let records: Vec<RecordOut<'_>> = rows
         .iter()
         .map(|(id, r)| {
             let mut out = RecordOut::new(pk, id, r);
-            out.projection = Some(&q.projection).filter(|p| !p.is_empty());
+            out.projection = Some(&p).filter(|p| !p.is_empty());
             out
         })
         .collect();
@@ -125,6 +127,9 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Res
 
 pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
     let records = parse_batch_inserts(batch_items(ctx.body()?, "inserts")?)?;
+    for r in &records {
+        access::check_write(ctx, c, r)?;
+    }
     let mut out = BatchOutcome::default();
     for record in records {
         let named = record.get("id").and_then(J::as_str).map(str::to_string);
@@ -138,6 +143,9 @@ pub fn batch_insert(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Re
 
 pub fn batch_update(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str, c: &str) -> Result<Response> {
     let updates = parse_batch_updates(batch_items(ctx.body()?, "updates")?)?;
+    for (_, patch) in &updates {
+        access::check_write(ctx, c, patch)?;
+    }
     let mut out = BatchOutcome::default();
     for (id, patch) in updates {
         match engine.tx_update(tx, c, &id, patch, ctx.now) {
