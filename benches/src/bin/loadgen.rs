@@ -31,6 +31,11 @@ struct Args {
     prefill: usize,
     fill: usize,
     fsync: String,
+    /// Drive the workloads with a non-admin key granted exactly what they
+    /// touch (permission checks and field shaping on every request).
+    scoped: bool,
+    /// Extra flags for a spawned server (`--server-args "--rate-limit-per-key 100000000"`).
+    server_args: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -44,6 +49,8 @@ fn parse_args() -> Args {
         prefill: 10_000,
         fill: 0,
         fsync: "sync".into(),
+        scoped: false,
+        server_args: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,11 +65,16 @@ fn parse_args() -> Args {
             "--prefill" => a.prefill = val().parse().expect("number"),
             "--fill" => a.fill = val().parse().expect("number"),
             "--fsync" => a.fsync = val(),
+            "--scoped" => a.scoped = true,
+            "--server-args" => {
+                a.server_args = val().split_whitespace().map(str::to_string).collect()
+            }
             "--help" | "-h" => {
                 println!(
                     "loadgen [--spawn tidepool|tidepool-std | --url http://host:port --api-key KEY]\n\
                      \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv]\n\
-                     \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]"
+                     \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]\n\
+                     \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]"
                 );
                 std::process::exit(0);
             }
@@ -317,14 +329,23 @@ fn token(addr: &str, key: &str) -> String {
     json_str(&body, "token").expect("token in body")
 }
 
+/// Registers a non-admin key granted the bench collections and KV keys,
+/// and returns a token for it.
+fn scoped_token(addr: &str, admin: &str) -> String {
+    let mut c = Conn::open(addr);
+    let body = r#"{"is_admin":false,"collection_permissions":{"bench_read":["read","write"],"bench_write":["read","write"]},"kv_permissions":[{"prefix":"k-","read":true,"write":true}]}"#;
+    let (status, resp) = c.call("POST", "/api/auth/register", admin, body);
+    assert_eq!(status, 200, "register: {}", String::from_utf8_lossy(&resp));
+    let key = json_str(&resp, "key").expect("key in body");
+    token(addr, &key)
+}
+
 fn main() {
     let args = parse_args();
     let server = args.spawn.as_deref().map(|bin| {
-        SpawnedServer::start(
-            bin,
-            "loadgen",
-            &["--api-key", &args.api_key, "--fsync", &args.fsync],
-        )
+        let mut flags = vec!["--api-key", &args.api_key, "--fsync", &args.fsync];
+        flags.extend(args.server_args.iter().map(String::as_str));
+        SpawnedServer::start(bin, "loadgen", &flags)
     });
     let addr = match (&server, &args.url) {
         (Some(s), _) => s.addr.clone(),
@@ -337,7 +358,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let tok = token(&addr, &args.api_key);
+    let mut tok = token(&addr, &args.api_key);
+    if args.scoped {
+        tok = scoped_token(&addr, &tok);
+        println!("driving the workloads with a non-admin key (--scoped)");
+    }
     let probe_dir = server
         .as_ref()
         .map_or_else(std::env::temp_dir, |s| s.dir.clone());

@@ -9,14 +9,23 @@ pub mod keys;
 
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::Lsn;
 use crate::time::Timestamp;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use grants::Access;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A registered key as parsed from the record of one version.
+type Parsed = (Lsn, Arc<keys::StoredKey>, Access);
+
+/// Parsed registered keys kept at most (more keys are parsed again).
+const MAX_PARSED_KEYS: usize = 10_000;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -43,6 +52,10 @@ pub struct Auth {
     /// kept in clear.
     bootstrap: Vec<(String, [u8; 32])>,
     token_lifetime: Duration,
+    /// Registered keys as last parsed, by id, with the version of the
+    /// record they were parsed from: a request with a token costs a lookup,
+    /// not a parse, and a changed or revoked key is never served stale.
+    parsed: RefCell<HashMap<String, Parsed>>,
 }
 
 fn unauthorized(msg: &str) -> Error {
@@ -65,7 +78,31 @@ impl Auth {
                 .map(|k| (keys::id_of(k), keys::digest(k)))
                 .collect(),
             token_lifetime,
+            parsed: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// A registered key and what it may do, parsed once per version.
+    fn registered(
+        &self,
+        engine: &Engine,
+        id: &str,
+        now: Timestamp,
+    ) -> Option<(Arc<keys::StoredKey>, Access)> {
+        let version = engine.get_internal(keys::KEYS, id, now)?.record.version;
+        let mut parsed = self.parsed.borrow_mut();
+        if let Some((v, key, access)) = parsed.get(id) {
+            if *v == version {
+                return Some((key.clone(), access.clone()));
+            }
+        }
+        let key = Arc::new(keys::load(engine, id, now)?);
+        let access = access_of(&key);
+        if parsed.len() >= MAX_PARSED_KEYS {
+            parsed.clear();
+        }
+        parsed.insert(id.to_string(), (version, key.clone(), access.clone()));
+        Some((key, access))
     }
 
     /// The ids of the configured keys.
@@ -89,10 +126,10 @@ impl Auth {
                 expires: None,
             });
         }
-        match keys::load(engine, &keys::id_of(api_key), now) {
-            Some(k) if k.matches(api_key) => Ok(Principal {
+        match self.registered(engine, &keys::id_of(api_key), now) {
+            Some((k, access)) if k.matches(api_key) => Ok(Principal {
                 key_id: k.id.clone(),
-                access: access_of(&k),
+                access,
                 expires: None,
             }),
             _ => Err(unauthorized("Invalid API key")),
@@ -174,8 +211,8 @@ impl Auth {
         let access = if self.is_bootstrap(&claims.key_id) {
             Access::Admin
         } else {
-            match keys::load(engine, &claims.key_id, now) {
-                Some(k) if k.created_at <= claims.issued => access_of(&k),
+            match self.registered(engine, &claims.key_id, now) {
+                Some((k, access)) if k.created_at <= claims.issued => access,
                 _ => return Err(unauthorized("Invalid token: key revoked")),
             }
         };

@@ -43,14 +43,18 @@ impl<K> Default for Buckets<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Buckets<K> {
+impl<K: Hash + Eq> Buckets<K> {
     /// Takes one request from `who`'s bucket of `per_minute`.
-    fn take(
+    fn take<Q>(
         &mut self,
-        who: &K,
+        who: &Q,
         per_minute: u64,
         now: Timestamp,
-    ) -> std::result::Result<Quota, u64> {
+    ) -> std::result::Result<Quota, u64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let capacity = per_minute as f64;
         let per_sec = capacity / 60.0;
         if self.by.len() >= MAX_TRACKED && !self.by.contains_key(who) {
@@ -60,10 +64,18 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
                 self.by.clear();
             }
         }
-        let b = self.by.entry(who.clone()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
+        if !self.by.contains_key(who) {
+            self.by.insert(
+                who.to_owned(),
+                Bucket {
+                    tokens: capacity,
+                    at: now,
+                },
+            );
+        }
+        let Some(b) = self.by.get_mut(who) else {
+            return Err(1);
+        };
         b.tokens = (b.tokens + now.since(b.at).as_secs_f64() * per_sec).min(capacity);
         b.at = now;
         if b.tokens < 1.0 {
@@ -113,7 +125,7 @@ impl Server {
             None => None,
         };
         let by_key = match key_id.filter(|_| per_key > 0) {
-            Some(k) => Some(self.rates.keys.take(&k.to_string(), per_key, now)),
+            Some(k) => Some(self.rates.keys.take(k, per_key, now)),
             None => None,
         };
         let refused = [&by_address, &by_key]
