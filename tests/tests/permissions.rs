@@ -466,3 +466,92 @@ both_runtimes!(rate_limits_and_settings, |rt: Runtime| {
     );
     assert_eq!(r.status, 403);
 });
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends one message and returns the reply (or `{"closed": code}`).
+async fn ask(ws: &mut Ws, msg: &Value) -> Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str::<Value>(&t).unwrap(),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return json!({"closed": frame.map(|f| u16::from(f.code))})
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+}
+
+both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = TestServer::start(rt);
+    let admin = srv.token();
+    srv.insert("open", &json!({"n": 1}));
+    let reg = srv.call(
+        &admin,
+        "POST",
+        "/api/auth/register",
+        &json!({"is_admin": false, "collection_permissions": {"open": ["read"]}}).to_string(),
+    );
+    let key = reg.json();
+    let id = key["id"].as_str().unwrap().to_string();
+    let token = srv
+        .request(
+            "POST",
+            "/api/auth/token",
+            &[],
+            &json!({"api_key": key["key"]}).to_string(),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    block_on_value(async {
+        let mut req = format!("ws://{}/api/ws", srv.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let find = json!({"type": "FindAll", "messageId": "1", "payload": {"collection": "open"}});
+        let r = ask(&mut ws, &find).await;
+        assert_eq!(r["type"], "Success", "{r}");
+        // A write is refused with the REST route's status.
+        let insert = json!({"type": "Insert", "messageId": "2", "payload": {"collection": "open", "record": {"n": 2}}});
+        let r = ask(&mut ws, &insert).await;
+        assert_eq!(r["type"], "Error", "{r}");
+        assert_eq!(r["code"], 403, "{r}");
+        // The grant taken away: the next message is refused.
+        let r = srv.call(
+            &admin,
+            "DELETE",
+            &format!("/api/auth/keys/{id}/permissions/collections/open"),
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = ask(&mut ws, &find).await;
+        assert_eq!(r["code"], 403, "{r}");
+        // The key revoked: refused, then closed with 1008.
+        let r = srv.call(&admin, "DELETE", &format!("/api/auth/keys/{id}"), "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = ask(&mut ws, &find).await;
+        assert_eq!(r["code"], 401, "{r}");
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("not closed: {other:?}"),
+            }
+        };
+        assert_eq!(closed, Some(1008));
+    });
+});

@@ -168,6 +168,15 @@ impl Auth {
         mac.finalize().into_bytes().to_vec()
     }
 
+    /// What a key may do now (`None`: it was revoked), for a stream that
+    /// checks its key again on each message.
+    pub fn current_access(&self, engine: &Engine, id: &str, now: Timestamp) -> Option<Access> {
+        if self.is_bootstrap(id) {
+            return Some(Access::Admin);
+        }
+        self.registered(engine, id, now).map(|(_, access)| access)
+    }
+
     /// Checks a token's signature and expiry.
     fn claims(&self, token: &str, now: Timestamp) -> Result<Claims> {
         let mut parts = token.split('.');

@@ -707,6 +707,11 @@ impl Server {
         self.peers.get(&conn).copied().unwrap_or_default()
     }
 
+    /// What the key `id` may do now (`None`: revoked).
+    pub fn key_access(&self, id: &str, now: Timestamp) -> Option<crate::auth::grants::Access> {
+        self.auth.current_access(&self.engine, id, now)
+    }
+
     /// The credentials: configured keys and token signing.
     pub fn auth(&self) -> &Auth {
         &self.auth

@@ -14,7 +14,7 @@ pub use super::{Followup, Outgoing};
 use crate::auth::grants::Access;
 use crate::chat::turn::Listener;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ConnId, Lsn};
 use crate::realtime::events::{Change, Event};
 use crate::server::Server;
@@ -71,6 +71,21 @@ pub fn handle(
         }
     };
     let id = envelope.id.as_deref();
+    // The key as it is now: a grant changed since the socket opened applies
+    // to the next message, and a revoked key's socket is closed.
+    if let Some(key) = session.key_id.clone() {
+        match server.key_access(&key, now) {
+            Some(access) => session.access = access,
+            None => {
+                let e = Error::new(ErrorKind::Unauthorized, "this API key was revoked");
+                let close = Followup::Close {
+                    code: 1008,
+                    reason: "key revoked",
+                };
+                return (vec![error_reply(session, id, &e)], close);
+            }
+        }
+    }
     let ip = server.peer_of(conn).ip;
     let allowed = permit(session, &envelope.message)
         .and_then(|()| server.take_rate(session.key_id.as_deref(), ip, now));
