@@ -111,22 +111,15 @@ impl Access {
         if g.select_fields.is_none() && g.exclude_fields.is_none() {
             return None;
         }
+        // An explicit empty select list is a real value: no field but the
+        // primary key.
+        let select = match &g.select_fields {
+            Some(fields) if fields.is_empty() => Projection::key_only().select,
+            fields => fields.clone().unwrap_or_default(),
+        };
         Some(Projection {
-            select: g.select_fields.clone().unwrap_or_default(),
+            select,
             exclude: g.exclude_fields.clone().unwrap_or_default(),
-        })
-        .map(|p| {
-            // An explicit empty select list is a real value: no field but
-            // the primary key. `Projection` reads an empty list as "all",
-            // so it selects a name no field can have.
-            if g.select_fields.as_ref().is_some_and(Vec::is_empty) {
-                Projection {
-                    select: vec![String::from("\u{0}")],
-                    ..p
-                }
-            } else {
-                p
-            }
         })
     }
 

@@ -5,6 +5,7 @@
 //! so finding a key by its secret is one lookup.
 
 use super::grants::Grants;
+use crate::engine::record::Record;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
@@ -167,8 +168,12 @@ impl StoredKey {
 
 /// A registered key by id.
 pub fn load(engine: &Engine, id: &str, now: Timestamp) -> Option<StoredKey> {
-    let found = engine.get_internal(KEYS, id, now)?;
-    match found.record.get("key") {
+    from_record(id, engine.get_internal(KEYS, id, now)?.record)
+}
+
+/// A key from its stored record (`None` if the record is not one).
+fn from_record(id: &str, record: &Record) -> Option<StoredKey> {
+    match record.get("key") {
         Some(Value::String(s)) => serde_json::from_str::<J>(s)
             .ok()
             .and_then(|j| StoredKey::from_stored(id, &j)),
@@ -186,12 +191,7 @@ pub fn save(engine: &mut Engine, key: &StoredKey, now: Timestamp) -> Result<()> 
 pub fn list(engine: &Engine, now: Timestamp) -> Vec<StoredKey> {
     engine
         .with_id_prefix(KEYS, "", now)
-        .filter_map(|f| match f.record.get("key") {
-            Some(Value::String(s)) => serde_json::from_str::<J>(s)
-                .ok()
-                .and_then(|j| StoredKey::from_stored(f.id, &j)),
-            _ => None,
-        })
+        .filter_map(|f| from_record(f.id, f.record))
         .collect()
 }
 

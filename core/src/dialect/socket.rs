@@ -86,10 +86,15 @@ pub fn open_with_credential(
     now: Timestamp,
 ) -> Option<Principal> {
     let principal = check_credential(server, credential, now)?;
+    Some(bind(server, conn, principal))
+}
+
+/// Binds a stream on `conn` to the credential it was opened with.
+fn bind(server: &mut Server, conn: Option<ConnId>, principal: Principal) -> Principal {
     if let Some(conn) = conn {
         server.bind_stream_credential(conn, &principal);
     }
-    Some(principal)
+    principal
 }
 
 /// `open_with_credential` for a chat dialect's socket: chat reads every
@@ -103,10 +108,7 @@ pub fn open_chat_with_credential(
     now: Timestamp,
 ) -> Option<Principal> {
     let principal = check_credential(server, credential, now)?;
-    if !principal.is_admin() {
-        return None;
-    }
-    open_with_credential(server, conn, credential, now)
+    principal.is_admin().then(|| bind(server, conn, principal))
 }
 
 /// New conversations one socket may open per minute (each is a stored

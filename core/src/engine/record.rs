@@ -193,6 +193,15 @@ pub struct Projection {
 }
 
 impl Projection {
+    /// Keeps no field but the primary key (an empty `select` means "all",
+    /// so this selects a name no field can have).
+    pub fn key_only() -> Projection {
+        Projection {
+            select: vec![String::from("\u{0}")],
+            exclude: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.select.is_empty() && self.exclude.is_empty()
     }

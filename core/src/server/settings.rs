@@ -16,80 +16,57 @@ use serde_json::{json, Map, Value as J};
 pub const SETTINGS: &str = "settings__ek0_tidepool";
 const RECORD: &str = "config";
 
+/// Where a changeable number lives in the configuration.
+#[derive(Clone, Copy)]
+enum Field {
+    U64(fn(&mut Config) -> &mut u64),
+    Usize(fn(&mut Config) -> &mut usize),
+}
+
 /// A changeable number: its name on the wire, bounds, and where it lives.
 struct Limit {
     name: &'static str,
     min: u64,
     max: u64,
-    field: fn(&mut Config) -> &mut u64,
+    field: Field,
 }
 
-/// A changeable `usize` setting, viewed as `u64`.
-struct Size {
-    name: &'static str,
-    min: u64,
-    max: u64,
-    field: fn(&mut Config) -> &mut usize,
+impl Limit {
+    fn get(&self, config: &mut Config) -> u64 {
+        match self.field {
+            Field::U64(f) => *f(config),
+            Field::Usize(f) => *f(config) as u64,
+        }
+    }
+
+    fn set(&self, config: &mut Config, value: u64) {
+        match self.field {
+            Field::U64(f) => *f(config) = value,
+            Field::Usize(f) => *f(config) = value as usize,
+        }
+    }
 }
 
+const fn limit(name: &'static str, min: u64, max: u64, field: Field) -> Limit {
+    Limit {
+        name,
+        min,
+        max,
+        field,
+    }
+}
+
+#[rustfmt::skip]
 const LIMITS: &[Limit] = &[
-    Limit {
-        name: "request_head_timeout_secs",
-        min: 1,
-        max: 3600,
-        field: |c| &mut c.request_head_timeout_secs,
-    },
-    Limit {
-        name: "request_body_timeout_secs",
-        min: 1,
-        max: 86_400,
-        field: |c| &mut c.request_body_timeout_secs,
-    },
-    Limit {
-        name: "idle_timeout_secs",
-        min: 1,
-        max: 86_400,
-        field: |c| &mut c.idle_timeout_secs,
-    },
-    Limit {
-        name: "rate_limit_per_key",
-        min: 0,
-        max: 1_000_000_000,
-        field: |c| &mut c.rate_limit_per_key,
-    },
-    Limit {
-        name: "rate_limit_per_address",
-        min: 0,
-        max: 1_000_000_000,
-        field: |c| &mut c.rate_limit_per_address,
-    },
-];
-
-const SIZES: &[Size] = &[
-    Size {
-        name: "max_body_bytes",
-        min: 1024,
-        max: 1 << 34,
-        field: |c| &mut c.max_body_bytes,
-    },
-    Size {
-        name: "max_body_bytes_in_flight",
-        min: 1024,
-        max: 1 << 36,
-        field: |c| &mut c.max_body_bytes_in_flight,
-    },
-    Size {
-        name: "max_connections_per_address",
-        min: 1,
-        max: 10_000_000,
-        field: |c| &mut c.max_connections_per_address,
-    },
-    Size {
-        name: "ws_max_message_bytes",
-        min: 1024,
-        max: 1 << 34,
-        field: |c| &mut c.ws_max_message_bytes,
-    },
+    limit("request_head_timeout_secs", 1, 3600, Field::U64(|c| &mut c.request_head_timeout_secs)),
+    limit("request_body_timeout_secs", 1, 86_400, Field::U64(|c| &mut c.request_body_timeout_secs)),
+    limit("idle_timeout_secs", 1, 86_400, Field::U64(|c| &mut c.idle_timeout_secs)),
+    limit("rate_limit_per_key", 0, 1_000_000_000, Field::U64(|c| &mut c.rate_limit_per_key)),
+    limit("rate_limit_per_address", 0, 1_000_000_000, Field::U64(|c| &mut c.rate_limit_per_address)),
+    limit("max_body_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.max_body_bytes)),
+    limit("max_body_bytes_in_flight", 1024, 1 << 36, Field::Usize(|c| &mut c.max_body_bytes_in_flight)),
+    limit("max_connections_per_address", 1, 10_000_000, Field::Usize(|c| &mut c.max_connections_per_address)),
+    limit("ws_max_message_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.ws_max_message_bytes)),
 ];
 
 const DURABLE: &str = "durable_operations";
@@ -102,10 +79,7 @@ impl Server {
         let mut o = Map::new();
         o.insert(DURABLE.into(), J::Bool(self.durable_acks));
         for l in LIMITS {
-            o.insert(l.name.into(), json!(*(l.field)(&mut config)));
-        }
-        for s in SIZES {
-            o.insert(s.name.into(), json!(*(s.field)(&mut config)));
+            o.insert(l.name.into(), json!(l.get(&mut config)));
         }
         o.insert(
             "fixed".into(),
@@ -182,23 +156,21 @@ fn apply(config: &mut Config, durable: &mut bool, name: &str, value: &J) -> Resu
             .ok_or_else(|| Error::invalid(format!("`{DURABLE}` is a boolean")))?;
         return Ok(());
     }
-    let number = |min: u64, max: u64| {
-        value
-            .as_u64()
-            .filter(|n| (min..=max).contains(n))
-            .ok_or_else(|| Error::invalid(format!("`{name}` is an integer from {min} to {max}")))
-    };
     if let Some(l) = LIMITS.iter().find(|l| l.name == name) {
-        *(l.field)(config) = number(l.min, l.max)?;
-        return Ok(());
-    }
-    if let Some(s) = SIZES.iter().find(|s| s.name == name) {
-        *(s.field)(config) = number(s.min, s.max)? as usize;
+        let n = value
+            .as_u64()
+            .filter(|n| (l.min..=l.max).contains(n))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "`{name}` is an integer from {} to {}",
+                    l.min, l.max
+                ))
+            })?;
+        l.set(config, n);
         return Ok(());
     }
     let known: Vec<&str> = std::iter::once(DURABLE)
         .chain(LIMITS.iter().map(|l| l.name))
-        .chain(SIZES.iter().map(|s| s.name))
         .collect();
     Err(Error::invalid(format!(
         "`{name}` cannot be changed while the server runs (changeable: {})",

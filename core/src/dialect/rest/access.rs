@@ -32,7 +32,7 @@ pub fn view(ctx: &Ctx<'_>, collection: &str, mut asked: Projection) -> Projectio
             .collect();
         if kept.is_empty() {
             // Nothing asked for is readable: only the primary key.
-            kept.push(String::from("\u{0}"));
+            kept = Projection::key_only().select;
         }
         kept
     };

@@ -154,6 +154,11 @@ impl<'a> Ctx<'a> {
         self.principal = Some(principal);
     }
 
+    /// The caller's key id (empty when the call needed no credential).
+    pub fn key_id(&self) -> &str {
+        self.principal.as_ref().map_or("", |p| p.key_id.as_str())
+    }
+
     /// The HTTP method (none for message calls).
     pub fn method(&self) -> Option<Method> {
         match &self.input {

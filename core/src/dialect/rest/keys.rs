@@ -187,7 +187,7 @@ pub fn revoke(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     };
     load_registered(server, ctx, &id)?;
     keys::remove(server.engine_mut(), &id);
-    let by = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+    let by = ctx.key_id();
     server.security_event(ctx, by, &format!("revoked key {id}"));
     reply(ctx, &json!({"id": id, "revoked": true}))
 }
@@ -263,7 +263,7 @@ fn changed(
     after: Option<J>,
 ) -> Result<Outcome> {
     keys::save(server.engine_mut(), key, ctx.now)?;
-    let by = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+    let by = ctx.key_id();
     server.security_event(ctx, by, &format!("changed {what} of key {}", key.id));
     reply(ctx, &json!({"before": before, "after": after}))
 }
@@ -390,7 +390,7 @@ pub fn legacy_update(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     grant.apply(&edit, true)?;
     key.grants.collections.insert(name.clone(), grant);
     keys::save(server.engine_mut(), &key, ctx.now)?;
-    let by = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+    let by = ctx.key_id();
     server.security_event(
         ctx,
         by,

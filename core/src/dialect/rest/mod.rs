@@ -99,7 +99,7 @@ pub fn respond(
         ctx.set_principal(who.clone());
         let quota = server.take_rate(Some(&who.key_id), ip, now)?;
         if let Err(e) = permit(route, &ctx) {
-            let key = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+            let key = ctx.key_id();
             let what = format!(
                 "denied: {} {} ({})",
                 req.method.as_str(),

@@ -127,7 +127,7 @@ pub fn config(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 pub fn change_config(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let change = ctx.body()?;
     let after = server.change_settings(&change, ctx.now)?;
-    let by = ctx.principal.as_ref().map_or("", |p| p.key_id.as_str());
+    let by = ctx.key_id();
     let names: Vec<&str> = change
         .as_object()
         .map(|o| o.keys().map(String::as_str).collect())
