@@ -39,7 +39,10 @@ impl SpawnedServer {
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let addr = loop {
             let line = lines.next().expect("server output").expect("line");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            if let Some((_, rest)) = line
+                .split_once("listening on ")
+                .and_then(|(_, url)| url.split_once("://"))
+            {
                 break rest
                     .split_whitespace()
                     .next()

@@ -26,6 +26,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "max-head-bytes", env: "TIDEPOOL_MAX_HEAD_BYTES", default: "16384", help: "largest request head accepted (431 above)" },
     Setting { flag: "max-connections", env: "TIDEPOOL_MAX_CONNECTIONS", default: "20000", help: "open connections beyond which new ones are refused" },
     Setting { flag: "max-connections-per-address", env: "TIDEPOOL_MAX_CONNECTIONS_PER_ADDRESS", default: "0", help: "open connections one client address may hold, beyond which its new ones are refused (503); 0 = a quarter of --max-connections, at least 64" },
+    Setting { flag: "max-streams-per-key", env: "TIDEPOOL_MAX_STREAMS_PER_KEY", default: "0", help: "ekoDB WebSocket and SSE streams one API key may hold open together, beyond which its new ones are refused (429); 0 = no limit; changeable with PUT /api/config" },
     Setting { flag: "max-body-bytes-in-flight", env: "TIDEPOOL_MAX_BODY_BYTES_IN_FLIGHT", default: "268435456", help: "bytes all connections together may be receiving for request bodies larger than 64 KiB; a body that would go over is refused (503) before it is read" },
     Setting { flag: "request-head-timeout", env: "TIDEPOOL_REQUEST_HEAD_TIMEOUT", default: "10", help: "seconds a request head may take to arrive once it has started (408 and close above)" },
     Setting { flag: "request-body-timeout", env: "TIDEPOOL_REQUEST_BODY_TIMEOUT", default: "60", help: "seconds a request body may take to arrive once its head is in (408 and close above)" },
@@ -49,6 +50,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds a provider may take to start answering once the request is sent" },
     Setting { flag: "outbound-idle-timeout", env: "TIDEPOOL_OUTBOUND_IDLE_TIMEOUT", default: "30", help: "seconds a provider's answer may stall between two pieces" },
     Setting { flag: "outbound-max-calls", env: "TIDEPOOL_OUTBOUND_MAX_CALLS", default: "64", help: "outbound provider calls in flight at once; up to 16 times as many wait, more are refused (503)" },
+    Setting { flag: "tls-cert", env: "TIDEPOOL_TLS_CERT", default: "", help: "PEM certificate chain to serve HTTPS and WSS with (every listener); reloaded for new connections when the file changes; needs --tls-key; empty = plain HTTP" },
+    Setting { flag: "tls-key", env: "TIDEPOOL_TLS_KEY", default: "", help: "PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert" },
     Setting { flag: "tls-ca-file", env: "TIDEPOOL_TLS_CA_FILE", default: "", help: "PEM file of extra certificate authorities to trust for https:// providers (besides the bundled Mozilla roots)" },
     Setting { flag: "openai-url", env: "TIDEPOOL_OPENAI_URL", default: "https://api.openai.com/v1", help: "base URL of the `openai` chat provider (any OpenAI-compatible Chat Completions endpoint)" },
     Setting { flag: "openai-api-key", env: "TIDEPOOL_OPENAI_API_KEY", default: "", help: "key of the `openai` provider (OPENAI_API_KEY is read too); empty = not configured" },
@@ -89,6 +92,8 @@ pub struct Config {
     pub max_head_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// ekoDB streams (WebSocket and SSE) one key may hold; 0 = no limit.
+    pub max_streams_per_key: usize,
     pub max_body_bytes_in_flight: usize,
     pub request_head_timeout_secs: u64,
     pub request_body_timeout_secs: u64,
@@ -115,6 +120,9 @@ pub struct Config {
     pub outbound_idle_timeout_secs: u64,
     pub outbound_max_calls: usize,
     pub tls_ca_file: String,
+    /// Serve TLS with this certificate chain and key (both set, or neither).
+    pub tls_cert: String,
+    pub tls_key: String,
     pub openai_url: String,
     pub openai_api_key: String,
     pub openai_model: String,
@@ -181,6 +189,7 @@ fn unreachable_default() -> Config {
         max_head_bytes: 1 << 14,
         max_connections: 20_000,
         max_connections_per_address: 0,
+        max_streams_per_key: 0,
         max_body_bytes_in_flight: 1 << 28,
         request_head_timeout_secs: 10,
         request_body_timeout_secs: 60,
@@ -206,6 +215,8 @@ fn unreachable_default() -> Config {
         outbound_idle_timeout_secs: 30,
         outbound_max_calls: 64,
         tls_ca_file: String::new(),
+        tls_cert: String::new(),
+        tls_key: String::new(),
         openai_url: String::new(),
         openai_api_key: String::new(),
         openai_model: String::new(),
@@ -329,6 +340,9 @@ impl Config {
                 "`--fsync` must be sync, batch, batch:MS or none, got `{fsync}`"
             ));
         }
+        if get("tls-cert").trim().is_empty() != get("tls-key").trim().is_empty() {
+            return Err("`--tls-cert` and `--tls-key` go together: give both or neither".into());
+        }
         let salvage = get("salvage");
         Ok(Command::Run(Box::new(Config {
             listen: get("listen"),
@@ -350,6 +364,7 @@ impl Config {
                 "max-connections-per-address",
                 get("max-connections-per-address"),
             )?,
+            max_streams_per_key: num("max-streams-per-key", get("max-streams-per-key"))?,
             max_body_bytes_in_flight: num(
                 "max-body-bytes-in-flight",
                 get("max-body-bytes-in-flight"),
@@ -391,6 +406,8 @@ impl Config {
             outbound_idle_timeout_secs: num("outbound-idle-timeout", get("outbound-idle-timeout"))?,
             outbound_max_calls: num("outbound-max-calls", get("outbound-max-calls"))?,
             tls_ca_file: get("tls-ca-file"),
+            tls_cert: get("tls-cert").trim().to_string(),
+            tls_key: get("tls-key").trim().to_string(),
             openai_url: get("openai-url"),
             openai_api_key: nonempty(get("openai-api-key"))
                 .or_else(|| env("OPENAI_API_KEY"))
@@ -443,6 +460,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let none = |_: &str| None;
+        let err = Config::parse(["--tls-cert", "c.pem"], none).expect_err("refused");
+        assert!(err.contains("--tls-key"), "{err}");
+        let Command::Run(c) =
+            Config::parse(["--tls-cert", "c.pem", "--tls-key", "k.pem"], none).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (c.tls_cert.as_str(), c.tls_key.as_str()),
+            ("c.pem", "k.pem")
+        );
+    }
 
     #[test]
     fn defaults_flags_and_env() {

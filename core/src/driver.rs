@@ -122,6 +122,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use std::cell::Cell;
+    use std::time::Duration;
 
     /// A host whose writer makes everything durable between two looks at the
     /// durable LSN, as a concurrent writer thread can.
@@ -181,6 +182,36 @@ mod tests {
                 .durable_after
                 .is_some_and(|lsn| lsn > host.server.last_lsn()),
             "the reply is neither sent nor awaited: {step:?}"
+        );
+    }
+    /// A TLS handshake gets the request head's deadline from its first byte
+    /// and, past it, the connection closes without a word (there is no
+    /// channel to answer on); a completed one leaves the idle timeout alone.
+    #[test]
+    fn a_stalled_tls_handshake_is_cut_off_at_the_head_deadline() {
+        let mut server = Server::new(Config::default(), b"secret", 1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        let head = Duration::from_secs(Config::default().request_head_timeout_secs);
+
+        let mut stalled = server.accept(now);
+        stalled.handle_handshake_input(now, false);
+        assert_eq!(stalled.poll_timeout(), Some(now.saturating_add(head)));
+        let later = now.saturating_add(head);
+        stalled.handle_timeout(later);
+        let mut host = RacingWriter {
+            server,
+            looks: Cell::new(0),
+        };
+        let mut out: Vec<u8> = Vec::new();
+        let step1 = step(&mut stalled, &mut host, later, &mut out);
+        assert!(step1.closed && out.is_empty(), "{step1:?} {out:?}");
+
+        let mut done = host.server.accept(now);
+        done.handle_handshake_input(now, false);
+        done.handle_handshake_input(now, true);
+        assert!(
+            done.poll_timeout().is_none_or(|t| t > later),
+            "idle timeout only"
         );
     }
 }

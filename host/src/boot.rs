@@ -34,6 +34,8 @@ pub enum BootError {
     Listen { addr: String, source: io::Error },
     /// `--tls-ca-file` cannot be used.
     TlsCa { path: PathBuf, reason: String },
+    /// `--tls-cert` / `--tls-key` cannot be served.
+    TlsCert { path: PathBuf, reason: String },
     /// `--fluxbase-chatbots` cannot be read or does not parse.
     Chatbots { path: PathBuf, reason: String },
     /// A thread the server needs cannot be started.
@@ -70,6 +72,13 @@ impl fmt::Display for BootError {
                 write!(
                     f,
                     "cannot use {} as TLS authorities: {reason}",
+                    path.display()
+                )
+            }
+            BootError::TlsCert { path, reason } => {
+                write!(
+                    f,
+                    "cannot serve TLS with the certificate {}: {reason}",
                     path.display()
                 )
             }

@@ -24,6 +24,7 @@ mod process;
 mod shared;
 mod timer;
 mod tls;
+pub mod tls_server;
 mod writer;
 
 pub use boot::{boot, BootError, Booted};
@@ -34,3 +35,4 @@ pub use durability::Durability;
 pub use shared::{start, CallPerformer, Host, Waker};
 pub use tidepool_core::dialect::mounts::Listener;
 pub use tidepool_core::server::Peer;
+pub use tls_server::Transport;

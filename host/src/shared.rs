@@ -7,6 +7,7 @@ use crate::documents::documents_loop;
 use crate::durability::Durability;
 use crate::timer::timer_loop;
 use crate::tls;
+use crate::tls_server::{Certificates, Transport};
 use crate::writer::writer_loop;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender};
@@ -57,6 +58,8 @@ pub struct Host {
     reader: StoreReader,
     /// The TLS client configuration for https:// calls.
     pub tls: Arc<rustls::ClientConfig>,
+    /// What the listeners serve TLS with (`--tls-cert`), if anything.
+    certificates: Option<Certificates>,
     performer: OnceLock<Box<dyn CallPerformer>>,
     me: Weak<Host>,
 }
@@ -100,6 +103,21 @@ impl Host {
             .unwrap_or_else(|p| p.into_inner())
             .insert(conn.id(), waker);
         conn
+    }
+
+    /// The transport for a connection just accepted: TLS under the current
+    /// certificate when the server has one, plain otherwise.
+    pub fn transport(&self) -> Transport {
+        Transport::new(self.certificates.as_ref().map(Certificates::config))
+    }
+
+    /// `https` when the listeners serve TLS, `http` otherwise (for banners).
+    pub fn scheme(&self) -> &'static str {
+        if self.certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Forgets a connection: its waker and its server-side state.
@@ -220,6 +238,10 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let durable = server.durable_lsn();
     let compact_after = server.config().compact_after_bytes;
     let tls = tls::client_config(&server.config().tls_ca_file)?;
+    let certificates = match (&server.config().tls_cert, &server.config().tls_key) {
+        (cert, key) if !cert.is_empty() => Some(Certificates::load(cert.as_ref(), key.as_ref())?),
+        _ => None,
+    };
     let reader = store.reader();
     let host = Arc::new_cyclic(|me| Host {
         server: Mutex::new(server),
@@ -230,6 +252,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         wakers: Mutex::new(HashMap::new()),
         reader,
         tls,
+        certificates,
         performer: OnceLock::new(),
         me: me.clone(),
     });

@@ -65,12 +65,18 @@ pub fn run(config: Config) -> Result<(), BootError> {
         let host = host::start(booted)?;
         host.set_performer(Box::new(outbound::SmolCalls::new(ex.clone())));
         if let Some((listener, addr)) = eva {
-            println!("tidepool: EVA chat served on http://{addr} (/ws, /health)");
+            println!(
+                "tidepool: EVA chat served on {}://{addr} (/ws, /health)",
+                host.scheme()
+            );
             let (h, e) = (host.clone(), ex.clone());
             ex.spawn(async move { serve(&e, h, listener, Listener::Eva).await })
                 .detach();
         }
-        println!("tidepool: listening on http://{addr} ({threads} threads, smol runtime)");
+        println!(
+            "tidepool: listening on {}://{addr} ({threads} threads, smol runtime)",
+            host.scheme()
+        );
         serve(&ex, host, listener, Listener::Main).await;
         Ok(())
     }))
@@ -134,7 +140,7 @@ enum Wake {
 async fn serve_connection(
     ex: &Executor<'static>,
     host: &Arc<Host>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: Peer,
 ) -> io::Result<()> {
     let notifier = Arc::new(Notifier::default());
@@ -146,13 +152,36 @@ async fn serve_connection(
         })
     };
     let mut conn = host.accept(waker.clone(), peer);
+    let mut link = Link {
+        stream: stream.clone(),
+        transport: host.transport(),
+    };
     let result = match stream.set_nodelay(true) {
-        Ok(()) => drive(ex, host, &mut conn, &mut stream, &notifier, &waker).await,
+        Ok(()) => drive(ex, host, &mut conn, &mut link, &notifier, &waker).await,
         Err(e) => Err(e),
     };
     let _ = stream.shutdown(std::net::Shutdown::Both);
     host.connection_closed(conn.id());
     result
+}
+
+/// The socket and what lies between it and the connection (TLS or nothing).
+struct Link {
+    stream: TcpStream,
+    transport: host::Transport,
+}
+
+impl Link {
+    /// Writes what the connection released (`plain`, left empty), sealed by
+    /// the transport; `wire` is scratch.
+    async fn send(&mut self, plain: &mut Vec<u8>, wire: &mut Vec<u8>) -> io::Result<()> {
+        wire.clear();
+        self.transport.seal(plain, wire);
+        if !wire.is_empty() {
+            self.stream.write_all(wire).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Steps the connection and performs its effects until it has none left.
@@ -179,7 +208,7 @@ async fn drive(
     ex: &Executor<'static>,
     host: &Arc<Host>,
     conn: &mut Connection,
-    stream: &mut TcpStream,
+    link: &mut Link,
     notifier: &Notifier,
     waker: &host::Waker,
 ) -> io::Result<()> {
@@ -188,6 +217,7 @@ async fn drive(
     let mut buf = vec![0u8; 2048];
     let mut pending_read: Option<PendingRead> = None;
     let mut out = Vec::new();
+    let mut wire = Vec::new();
     // One timer per connection, re-armed only when the deadline moved by more than
     // a second: arming a timer per read costs more than the read itself.
     let mut armed = std::time::Instant::now() + Duration::from_secs(3600);
@@ -198,9 +228,10 @@ async fn drive(
         }
         out.clear();
         let step = step(host, conn, &mut out).await;
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
+        if step.closed {
+            link.transport.close();
         }
+        link.send(&mut out, &mut wire).await?;
         if step.closed {
             return Ok(());
         }
@@ -228,7 +259,7 @@ async fn drive(
         // a socket read again would cost a recv and an epoll re-registration per
         // event per subscriber.
         if step.read && pending_read.is_none() {
-            let mut reader = stream.clone();
+            let mut reader = link.stream.clone();
             let mut b = std::mem::take(&mut buf);
             pending_read = Some(ex.spawn(async move {
                 let res = reader.read(&mut b).await;
@@ -261,7 +292,11 @@ async fn drive(
                 match res {
                     Ok(0) => conn.handle_eof(),
                     Ok(n) => {
-                        conn.handle_input(&buf[..n], now());
+                        if let Err(e) = link.transport.receive(&buf[..n], conn, now()) {
+                            // The alert, then close.
+                            let _ = link.send(&mut Vec::new(), &mut wire).await;
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                        }
                         if n == buf.len() && buf.len() < 64 * 1024 {
                             buf.resize(buf.len() * 2, 0);
                         }

@@ -18,7 +18,7 @@ use tidepool_core::config::Config;
 use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 use tidepool_core::time::Timestamp;
-use tidepool_host::{self as host, now, BootError, Host, Listener, Peer};
+use tidepool_host::{self as host, now, BootError, Host, Listener, Peer, Transport};
 
 /// The command-line entry point (see `host::cli_main`).
 pub fn cli_main(program: &str) {
@@ -48,15 +48,24 @@ pub fn run(config: Config) -> Result<(), BootError> {
             source,
         };
         let eva = TcpListener::bind(&eva_listen).map_err(failed)?;
-        println!(
-            "tidepool: EVA chat served on http://{} (/ws, /health)",
-            eva.local_addr().map_err(failed)?
-        );
         listeners.push((eva, Listener::Eva));
     }
     let host = host::start(booted)?;
+    if let Some((eva, _)) = listeners.get(1) {
+        let at = eva.local_addr().map_err(|source| BootError::Listen {
+            addr: eva_listen.clone(),
+            source,
+        })?;
+        println!(
+            "tidepool: EVA chat served on {}://{at} (/ws, /health)",
+            host.scheme()
+        );
+    }
     host.set_performer(Box::new(outbound::StdCalls::default()));
-    println!("tidepool: listening on http://{addr} (threads runtime)");
+    println!(
+        "tidepool: listening on {}://{addr} (threads runtime)",
+        host.scheme()
+    );
     serve(host, listeners);
     Ok(())
 }
@@ -169,8 +178,9 @@ fn serve_connection(
     let (wakeup, waker) = Wakeup::new();
     let conn = host.accept(waker, peer);
     let id = conn.id();
+    let transport = host.transport();
     let result = match stream.set_nodelay(true) {
-        Ok(()) => http_connection(host, streams, conn, stream, wakeup),
+        Ok(()) => http_connection(host, streams, conn, stream, transport, wakeup),
         Err(e) => Err(e),
     };
     match result {
@@ -213,6 +223,22 @@ fn step(host: &Host, conn: &mut Connection, out: &mut Vec<u8>) -> driver::Step {
     }
 }
 
+/// Writes what the connection released (`plain`, left empty), sealed by the
+/// transport; `wire` is scratch.
+fn send(
+    stream: &mut TcpStream,
+    transport: &mut Transport,
+    plain: &mut Vec<u8>,
+    wire: &mut Vec<u8>,
+) -> io::Result<()> {
+    wire.clear();
+    transport.seal(plain, wire);
+    if wire.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(wire)
+}
+
 /// The connection loop: step, write what is released, then wait for
 /// durability if replies are held, otherwise read until the connection's
 /// deadline.
@@ -221,22 +247,24 @@ fn http_connection(
     streams: &Arc<streams::Streams>,
     mut conn: Connection,
     mut stream: TcpStream,
+    mut transport: Transport,
     wakeup: Wakeup,
 ) -> io::Result<Ended> {
     // Start small and grow when a read fills the buffer: a connection that
     // upgrades leaves this thread, and what the thread allocated stays
     // resident in its allocator heap for as long as the stream lives.
     let mut buf = vec![0u8; 4096];
-    let mut out = Vec::new();
+    let (mut out, mut wire) = (Vec::new(), Vec::new());
     loop {
         if wakeup.take() {
             conn.handle_notify();
         }
         out.clear();
         let step = step(host, &mut conn, &mut out);
-        if !out.is_empty() {
-            stream.write_all(&out)?;
+        if step.closed {
+            transport.close();
         }
+        send(&mut stream, &mut transport, &mut out, &mut wire)?;
         if step.closed {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(Ended::Closed);
@@ -245,7 +273,7 @@ fn http_connection(
             continue;
         }
         if conn.is_streaming() {
-            streams.adopt(conn, stream, &wakeup)?;
+            streams.adopt(conn, stream, transport, &wakeup)?;
             return Ok(Ended::Adopted);
         }
         let timeout = conn
@@ -267,7 +295,11 @@ fn http_connection(
         match stream.read(&mut buf) {
             Ok(0) => conn.handle_eof(),
             Ok(n) => {
-                conn.handle_input(&buf[..n], now());
+                if let Err(e) = transport.receive(&buf[..n], &mut conn, now()) {
+                    // The alert, then close.
+                    let _ = send(&mut stream, &mut transport, &mut Vec::new(), &mut wire);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
                 if n == buf.len() && buf.len() < 64 * 1024 {
                     buf.resize(buf.len() * 2, 0);
                 }

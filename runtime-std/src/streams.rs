@@ -32,7 +32,7 @@ use tidepool_core::conn::{Connection, Effect};
 use tidepool_core::driver;
 use tidepool_core::time::Timestamp;
 use tidepool_core::timers::TimerTable;
-use tidepool_host::{now, Host};
+use tidepool_host::{now, Host, Transport};
 
 /// Stack of a stream's reader thread: it only reads and frames input.
 const READER_STACK: usize = 64 * 1024;
@@ -59,7 +59,11 @@ struct Stream {
 
 struct State {
     conn: Connection,
-    /// Bytes released but not yet taken by the socket.
+    /// TLS or nothing between the socket and the connection.
+    transport: Transport,
+    /// What the connection released in the current step (before `transport`).
+    released: Vec<u8>,
+    /// Bytes for the socket, not yet taken by it.
     unsent: Vec<u8>,
     closed: bool,
 }
@@ -143,6 +147,7 @@ impl Streams {
         self: &Arc<Self>,
         conn: Connection,
         socket: TcpStream,
+        transport: Transport,
         wakeups: &crate::Wakeup,
     ) -> io::Result<()> {
         let reader_socket = socket.try_clone()?;
@@ -150,6 +155,8 @@ impl Streams {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State {
                 conn,
+                transport,
+                released: Vec::new(),
                 unsent: Vec::new(),
                 closed: false,
             }),
@@ -227,8 +234,10 @@ impl Streams {
         };
         if bytes.is_empty() {
             st.conn.handle_eof();
-        } else {
-            st.conn.handle_input(&bytes, now());
+        } else if st.transport.receive(&bytes, &mut st.conn, now()).is_err() {
+            // Not TLS as it should be: the alert goes out, then the stream ends.
+            st.transport.close();
+            st.conn.handle_eof();
         }
         bytes.clear();
         stream.input.lock().unwrap_or_else(|p| p.into_inner()).empty = Some(bytes);
@@ -273,7 +282,11 @@ impl Streams {
             st.conn.handle_timeout(now());
         }
         let state = &mut *st;
-        let step = step(&self.host, &mut state.conn, &mut state.unsent);
+        let step = step(&self.host, &mut state.conn, &mut state.released);
+        if step.closed {
+            state.transport.close();
+        }
+        state.transport.seal(&mut state.released, &mut state.unsent);
         self.send(stream, &mut st);
         if step.closed && st.unsent.is_empty() {
             self.close(stream, &mut st);

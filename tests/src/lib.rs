@@ -48,6 +48,8 @@ impl Runtime {
 pub struct TestServer {
     child: Option<Child>,
     pub runtime: Runtime,
+    /// `http`, or `https` when started with `--tls-cert`.
+    pub scheme: String,
     pub addr: SocketAddr,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -120,7 +122,7 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut startup = Vec::new();
-        let addr = loop {
+        let (scheme, addr) = loop {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
                 _ => {
@@ -128,9 +130,15 @@ impl TestServer {
                     panic!("server exited before listening: {status:?}");
                 }
             };
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            if let Some((scheme, rest)) = line
+                .split_once("listening on ")
+                .and_then(|(_, url)| url.split_once("://"))
+            {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
-                break addr.parse::<SocketAddr>().expect("listen address");
+                break (
+                    scheme.to_string(),
+                    addr.parse::<SocketAddr>().expect("listen address"),
+                );
             }
             startup.push(line.strip_prefix("tidepool: ").unwrap_or(&line).to_string());
             assert!(Instant::now() < deadline, "server did not start");
@@ -140,6 +148,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             runtime,
+            scheme,
             addr,
             dir: dir.to_path_buf(),
             _tmp: None,
@@ -150,7 +159,7 @@ impl TestServer {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// `kill -9`: no chance to flush or clean up.
@@ -173,6 +182,7 @@ impl TestServer {
             &extra,
         );
         self.addr = next.addr;
+        self.scheme = std::mem::take(&mut next.scheme);
         self.startup = std::mem::take(&mut next.startup);
         self.child = next.child_take();
     }

@@ -467,6 +467,103 @@ both_runtimes!(rate_limits_and_settings, |rt: Runtime| {
     assert_eq!(r.status, 403);
 });
 
+/// Opens a stream (`GET path` with `extra` header lines) and reads only its
+/// head: the status, and the socket that holds the stream open.
+fn open_stream(
+    srv: &TestServer,
+    token: &str,
+    path: &str,
+    extra: &str,
+) -> (u16, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+    (status, s)
+}
+
+const WS_UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+// `--max-streams-per-key`: a key's WebSocket and SSE streams count together;
+// past the cap a new one is refused with 429 (other keys unaffected), a
+// closed one frees its place, and the cap changes with PUT /api/config.
+both_runtimes!(streams_per_key_are_capped, |rt: Runtime| {
+    let srv = TestServer::start_with(rt, &["--max-streams-per-key", "2"]);
+    let admin = srv.token();
+    let reg = srv.call(
+        &admin,
+        "POST",
+        "/api/auth/register",
+        &json!({"is_admin": false, "collection_permissions": {"c": ["read"]}}).to_string(),
+    );
+    let other = srv
+        .request(
+            "POST",
+            "/api/auth/token",
+            &[],
+            &json!({"api_key": reg.json()["key"]}).to_string(),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, sse) = open_stream(&srv, &admin, "/api/subscribe/c", "");
+    assert_eq!(status, 200);
+    let (status, _ws) = open_stream(&srv, &admin, "/api/ws", WS_UPGRADE);
+    assert_eq!(status, 101);
+    // The third, SSE or WebSocket: 429 with a JSON message naming the setting.
+    let r = srv.request(
+        "GET",
+        "/api/subscribe/c",
+        &[("Authorization", &format!("Bearer {admin}"))],
+        "",
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("--max-streams-per-key"), "{message}");
+    assert_eq!(open_stream(&srv, &admin, "/api/ws", WS_UPGRADE).0, 429);
+    // Another key has its own places.
+    let (status, _theirs) = open_stream(&srv, &other, "/api/subscribe/c", "");
+    assert_eq!(status, 200);
+    // A closed stream frees its place (once the server has seen the close).
+    drop(sse);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let _again = loop {
+        let (status, s) = open_stream(&srv, &admin, "/api/subscribe/c", "");
+        if status == 200 {
+            break s;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A higher cap at run time.
+    let r = srv.call(
+        &admin,
+        "PUT",
+        "/api/config",
+        r#"{"max_streams_per_key": 3}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["max_streams_per_key"], 3);
+    let (status, _third) = open_stream(&srv, &admin, "/api/ws", WS_UPGRADE);
+    assert_eq!(status, 101);
+});
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidepool_tests::{both_runtimes, Runtime, TestServer, API_KEY};
 
+#[path = "common/certs.rs"]
+mod certs;
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -420,20 +423,8 @@ fn serve_fake<S: Read + Write>(s: &mut S, mode: &str, log: &Mutex<Vec<Value>>) {
 /// The same fake provider behind TLS, with a certificate for 127.0.0.1 issued
 /// by a fresh test CA. Returns the provider and the CA's PEM.
 fn fake_tls_provider(mode: &'static str) -> (FakeProvider, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Tidepool test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &Issuer::from_params(&ca_params, &ca_key))
-        .unwrap();
+    let ca = certs::TestCa::new("Tidepool test CA");
+    let leaf = ca.leaf("provider");
     let config = Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -441,13 +432,7 @@ fn fake_tls_provider(mode: &'static str) -> (FakeProvider, String) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![
-                CertificateDer::from(leaf.der().to_vec()),
-                CertificateDer::from(ca_cert.der().to_vec()),
-            ],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-        )
+        .with_single_cert(leaf.chain, leaf.key)
         .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -469,7 +454,7 @@ fn fake_tls_provider(mode: &'static str) -> (FakeProvider, String) {
             });
         }
     });
-    (FakeProvider { url, seen }, ca_cert.pem())
+    (FakeProvider { url, seen }, ca.pem)
 }
 
 // An https:// provider works when the server trusts its CA (`--tls-ca-file`),

@@ -16,7 +16,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidepool_benches::SpawnedServer;
@@ -36,6 +36,9 @@ struct Args {
     scoped: bool,
     /// Extra flags for a spawned server (`--server-args "--rate-limit-per-key 100000000"`).
     server_args: Vec<String>,
+    /// Serve and drive over TLS (a spawned server, with a fresh self-signed
+    /// certificate).
+    tls: bool,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +54,7 @@ fn parse_args() -> Args {
         fsync: "sync".into(),
         scoped: false,
         server_args: Vec::new(),
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +70,7 @@ fn parse_args() -> Args {
             "--fill" => a.fill = val().parse().expect("number"),
             "--fsync" => a.fsync = val(),
             "--scoped" => a.scoped = true,
+            "--tls" => a.tls = true,
             "--server-args" => {
                 a.server_args = val().split_whitespace().map(str::to_string).collect()
             }
@@ -74,7 +79,8 @@ fn parse_args() -> Args {
                     "loadgen [--spawn tidepool|tidepool-std | --url http://host:port --api-key KEY]\n\
                      \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv]\n\
                      \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]\n\
-                     \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]"
+                     \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]\n\
+                     \t[--tls (with --spawn: HTTPS with a fresh self-signed certificate)]"
                 );
                 std::process::exit(0);
             }
@@ -163,9 +169,75 @@ struct Outcome {
     lat_us: Vec<u32>,
 }
 
+/// The client side of `--tls`: set once, before any connection opens.
+static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// A socket, or TLS over one.
+enum Stream {
+    Plain(smol::net::TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<smol::net::TcpStream>>),
+}
+
+impl Stream {
+    async fn connect(addr: &str) -> Stream {
+        let tcp = smol::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).ok();
+        match TLS.get() {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+                let tls = futures_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS handshake");
+                Stream::Tls(Box::new(tls))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use smol::io::AsyncWriteExt;
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use smol::io::AsyncReadExt;
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 written into `dir` (for the
+/// server) and a client configuration that trusts it.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf, Arc<rustls::ClientConfig>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let (cert_file, key_file) = (dir.join("loadgen-cert.pem"), dir.join("loadgen-key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write key");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("trust");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (cert_file, key_file, Arc::new(config))
+}
+
 /// A keep-alive HTTP/1.1 connection doing one request at a time.
 struct AsyncConn {
-    stream: smol::net::TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Where the last response's body sits in `buf`.
     body: std::ops::Range<usize>,
@@ -174,8 +246,7 @@ struct AsyncConn {
 
 impl AsyncConn {
     async fn open(addr: &str) -> AsyncConn {
-        let stream = smol::net::TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).ok();
+        let stream = Stream::connect(addr).await;
         AsyncConn {
             stream,
             buf: Vec::with_capacity(64 * 1024),
@@ -191,7 +262,6 @@ impl AsyncConn {
 
     /// Sends a request and returns the status (the body stays in `body()`).
     async fn call(&mut self, method: &str, path: &str, token: &str, body: &str) -> u16 {
-        use smol::io::{AsyncReadExt, AsyncWriteExt};
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
@@ -342,9 +412,26 @@ fn scoped_token(addr: &str, admin: &str) -> String {
 
 fn main() {
     let args = parse_args();
+    let cert_dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
+    let mut tls_flags = Vec::new();
+    if args.tls {
+        if args.spawn.is_none() {
+            eprintln!("--tls needs --spawn (the server gets a fresh self-signed certificate)");
+            std::process::exit(2);
+        }
+        let (cert, key, config) = self_signed(&cert_dir);
+        let _ = TLS.set(config);
+        tls_flags = vec![
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+        ];
+    }
     let server = args.spawn.as_deref().map(|bin| {
         let mut flags = vec!["--api-key", &args.api_key, "--fsync", &args.fsync];
         flags.extend(args.server_args.iter().map(String::as_str));
+        flags.extend(tls_flags.iter().map(String::as_str));
         SpawnedServer::start(bin, "loadgen", &flags)
     });
     let addr = match (&server, &args.url) {
@@ -529,5 +616,8 @@ fn main() {
             doc(123_456).len(),
             args.fill as f64 / secs,
         );
+    }
+    if args.tls {
+        let _ = std::fs::remove_dir_all(&cert_dir);
     }
 }

@@ -123,6 +123,12 @@ impl Connection {
 
     /// The request under way missed its deadline: 408, then close.
     pub(super) fn request_expired(&mut self) {
+        if self.handshaking {
+            // TLS never got going: there is no channel to answer on.
+            self.state = State::Closing;
+            self.work.clear();
+            return;
+        }
         if !matches!(self.mode, Mode::Http) || self.parser.phase(&self.inbuf) == Phase::Idle {
             return;
         }

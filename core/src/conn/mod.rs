@@ -156,6 +156,8 @@ pub struct Connection {
     body_timeout: Duration,
     /// The phase the `Request` deadline was armed for.
     deadline_for: Phase,
+    /// A TLS handshake is under way (the `Request` deadline is armed for it).
+    handshaking: bool,
     /// A `Work::Admit` is queued for the parser's waiting head.
     admission_queued: bool,
     heartbeat: Duration,
@@ -209,6 +211,7 @@ impl Connection {
             head_timeout: config.head_timeout,
             body_timeout: config.body_timeout,
             deadline_for: Phase::Idle,
+            handshaking: false,
             admission_queued: false,
             heartbeat: config.heartbeat.max(Duration::from_secs(1)),
             max_message: config.max_message,
@@ -266,12 +269,38 @@ impl Connection {
 
     // ----- inputs -----------------------------------------------------------
 
-    /// Bytes read from the socket.
+    /// Bytes of a TLS handshake arrived (nothing for the protocol yet);
+    /// `complete` once it is done. The handshake gets the same deadline as a
+    /// request head, from its first byte, so a client trickling it cannot hold
+    /// the connection for the idle timeout; past the deadline the connection
+    /// closes without a word.
+    pub fn handle_handshake_input(&mut self, now: Timestamp, complete: bool) {
+        if self.state != State::Open || !matches!(self.mode, Mode::Http) {
+            return;
+        }
+        self.last_activity = now;
+        if complete {
+            if std::mem::take(&mut self.handshaking) {
+                self.timers.set(ConnTimer::Request, None);
+            }
+        } else if !self.handshaking {
+            self.handshaking = true;
+            self.timers.set(
+                ConnTimer::Request,
+                Some(now.saturating_add(self.head_timeout)),
+            );
+        }
+    }
+
+    /// Bytes read from the socket (decrypted, under TLS).
     pub fn handle_input(&mut self, data: &[u8], now: Timestamp) {
         if self.state != State::Open || self.input_failed {
             return;
         }
         self.last_activity = now;
+        if std::mem::take(&mut self.handshaking) {
+            self.timers.set(ConnTimer::Request, None);
+        }
         match &mut self.mode {
             Mode::Http => {
                 self.timers

@@ -66,6 +66,7 @@ const LIMITS: &[Limit] = &[
     limit("max_body_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.max_body_bytes)),
     limit("max_body_bytes_in_flight", 1024, 1 << 36, Field::Usize(|c| &mut c.max_body_bytes_in_flight)),
     limit("max_connections_per_address", 1, 10_000_000, Field::Usize(|c| &mut c.max_connections_per_address)),
+    limit("max_streams_per_key", 0, 10_000_000, Field::Usize(|c| &mut c.max_streams_per_key)),
     limit("ws_max_message_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.ws_max_message_bytes)),
 ];
 

@@ -3,7 +3,7 @@
 //! call a provider).
 
 use super::{embed, Ctx, Outcome};
-use crate::dialect::WsSession;
+use crate::dialect::{EventCodec, WsSession};
 use crate::error::{Error, ErrorKind, Result};
 use crate::realtime::events::EventPos;
 use crate::realtime::hub::Filter;
@@ -83,8 +83,38 @@ pub fn upgrade_to(ctx: &Ctx<'_>, session: WsSession, protocol: Option<String>) -
     ))
 }
 
+/// ekoDB's streams, WebSocket and SSE, count together against their key's
+/// `--max-streams-per-key` under this one claim.
+const STREAM_CLAIM: EventCodec = EventCodec::EkodbSse;
+
+/// Counts a new ekoDB stream against its key's limit (released when the
+/// connection closes), or refuses it with 429.
+fn claim_stream(server: &mut Server, ctx: &Ctx<'_>) -> Result<()> {
+    let limit = server.config().max_streams_per_key;
+    let Some(conn) = ctx.conn.filter(|_| limit > 0) else {
+        return Ok(());
+    };
+    if server.socket_claim(conn, STREAM_CLAIM, ctx.key_id(), limit) {
+        return Ok(());
+    }
+    server.security_event(
+        ctx,
+        ctx.key_id(),
+        "stream refused: the key's streams are all open",
+    );
+    Err(Error::new(
+        ErrorKind::TooManyRequests,
+        format!(
+            "this key already has {limit} WebSocket and SSE streams open (--max-streams-per-key); close one first"
+        ),
+    ))
+}
+
 /// `GET /api/ws`: the ekoDB WebSocket protocol.
-pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+pub fn websocket(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    // Checked before the claim, so a malformed upgrade holds none.
+    handshake(ctx)?;
+    claim_stream(server, ctx)?;
     let key_id = ctx.principal.as_ref().map(|p| p.key_id.clone());
     let session = crate::dialect::ekodb_ws::Session::new(ctx.access.clone(), key_id);
     upgrade_to(ctx, WsSession::Ekodb(session), None)
@@ -92,7 +122,7 @@ pub fn websocket(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
 
 /// `GET /api/subscribe/{collection}`: switches to an SSE stream of that
 /// collection's changes, resuming after `Last-Event-ID` when given.
-pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+pub fn subscribe(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let collection = ctx.arg("collection").to_string();
     crate::engine::validate_name("collection", &collection)?;
     super::access::check_whole_records(&ctx.access, &collection)?;
@@ -108,6 +138,7 @@ pub fn subscribe(_server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
             ))
         })?),
     };
+    claim_stream(server, ctx)?;
     Ok(Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
         Upgrade::Sse {
