@@ -4,7 +4,7 @@
 # drift on a shared machine hits both.
 #
 #   cargo build --release -p tidepool-smol -p tidepool-benches
-#   benches/scripts/tls.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#   benches/scripts/tls.sh [ROUNDS] [SECONDS] [CONNECTIONS] [tidepool|tidepool-std]
 #
 # "tls": the server gets a fresh self-signed certificate (`--tls-cert`,
 # `--tls-key`) and loadgen speaks TLS 1.3 to it (rustls on both sides).
@@ -13,12 +13,13 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}
 SECONDS_PER=${2:-5}
 CONNECTIONS=${3:-32}
+SERVER=${4:-tidepool}
 LOADGEN=target/release/loadgen
 for round in $(seq 1 "$ROUNDS"); do
   for mode in plain tls; do
     if [ "$mode" = tls ]; then extra=(--tls); else extra=(); fi
     echo "## round $round, $mode"
-    "$LOADGEN" --spawn tidepool --connections "$CONNECTIONS" --seconds "$SECONDS_PER" \
+    "$LOADGEN" --spawn "$SERVER" --connections "$CONNECTIONS" --seconds "$SECONDS_PER" \
       --workloads insert,get --prefill 5000 "${extra[@]}" | grep -E '^\| (insert|get)'
   done
 done
