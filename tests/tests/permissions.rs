@@ -586,10 +586,21 @@ async fn ask(ws: &mut Ws, msg: &Value) -> Value {
     }
 }
 
-both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
+/// The close code the server ends the socket with (other messages skipped).
+async fn closed_with(ws: &mut Ws) -> Option<u16> {
     use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("not closed: {other:?}"),
+        }
+    }
+}
+
+both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let srv = TestServer::start(rt);
     let admin = srv.token();
     srv.insert("open", &json!({"n": 1}));
@@ -627,7 +638,24 @@ both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
         let r = ask(&mut ws, &insert).await;
         assert_eq!(r["type"], "Error", "{r}");
         assert_eq!(r["code"], 403, "{r}");
-        // The grant taken away: the next message is refused.
+        // Streams with subscriptions: a second WebSocket and an SSE stream.
+        let mut subscribed = {
+            let mut req = format!("ws://{}/api/ws", srv.addr)
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+            tokio_tungstenite::connect_async(req).await.unwrap().0
+        };
+        let sub = json!({"type": "Subscribe", "messageId": "s", "payload": {"collection": "open"}});
+        let r = ask(&mut subscribed, &sub).await;
+        assert_eq!(r["type"], "Success", "{r}");
+        let (status, mut sse) = open_stream(&srv, &token, "/api/subscribe/open", "");
+        assert_eq!(status, 200);
+        // The grant taken away: the subscribed streams end at once (1008, and
+        // the SSE stream closes), so no event of `open` reaches them any
+        // more; the socket without subscriptions stays and its next message
+        // is refused.
         let r = srv.call(
             &admin,
             "DELETE",
@@ -635,20 +663,20 @@ both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
             "",
         );
         assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(closed_with(&mut subscribed).await, Some(1008));
+        let ended = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut rest = Vec::new();
+            sse.read_to_end(&mut rest).is_ok()
+        });
+        assert!(ended.await.unwrap(), "the SSE stream ends");
         let r = ask(&mut ws, &find).await;
         assert_eq!(r["code"], 403, "{r}");
-        // The key revoked: refused, then closed with 1008.
+        // The key revoked: the remaining socket is closed with 1008 without
+        // having to send anything.
         let r = srv.call(&admin, "DELETE", &format!("/api/auth/keys/{id}"), "");
         assert_eq!(r.status, 200, "{}", r.text());
-        let r = ask(&mut ws, &find).await;
-        assert_eq!(r["code"], 401, "{r}");
-        let closed = loop {
-            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
-                Ok(Some(Ok(_))) => continue,
-                other => panic!("not closed: {other:?}"),
-            }
-        };
+        let closed = closed_with(&mut ws).await;
         assert_eq!(closed, Some(1008));
     });
 });

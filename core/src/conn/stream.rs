@@ -160,7 +160,11 @@ impl Connection {
                 // More than fitted: come back when the socket queue drains.
                 self.notified = outbox.is_pending();
             }
-            Err(hub::Overflowed) => self.overflowed(),
+            Err(hub::Cut::Overflowed) => self.overflowed(),
+            Err(hub::Cut::KeyChanged) => self.close_socket(
+                1008,
+                "the API key was revoked or its permissions changed: reconnect",
+            ),
         }
     }
 

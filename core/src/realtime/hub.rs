@@ -22,9 +22,15 @@ struct Sub {
     filter: Option<Filter>,
 }
 
-/// A subscriber fell further behind than its byte budget and was cut off.
+/// Why a stream's outbox was cut off: it ends instead of delivering more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Overflowed;
+pub enum Cut {
+    /// The subscriber fell further behind than its byte budget.
+    Overflowed,
+    /// The key the stream was opened with was revoked or its grants changed;
+    /// the client reconnects and is checked again.
+    KeyChanged,
+}
 
 /// One queued, encoded event (for WebSocket: a whole message payload).
 #[derive(Clone, Debug)]
@@ -54,7 +60,7 @@ pub struct Outbox {
 struct OutboxState {
     items: VecDeque<Queued>,
     bytes: usize,
-    overflowed: bool,
+    cut: Option<Cut>,
 }
 
 impl Outbox {
@@ -65,15 +71,13 @@ impl Outbox {
     /// Queues an event; returns false if this made (or found) the queue overflowed.
     fn push(&self, item: Queued) -> bool {
         let mut q = self.lock();
-        if q.overflowed {
+        if q.cut.is_some() {
             return false;
         }
         // An empty queue always takes one event, however large: the budget is
         // for backlog, and a single event must be deliverable.
         if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit_bytes {
-            q.overflowed = true;
-            q.items.clear();
-            q.bytes = 0;
+            q.cut_off(Cut::Overflowed);
             return false;
         }
         q.bytes += item.bytes.len();
@@ -83,10 +87,10 @@ impl Outbox {
 
     /// Takes queued events up to about `max_bytes` (at least one). Fails if the
     /// subscriber fell further behind than its budget.
-    pub fn drain(&self, max_bytes: usize) -> Result<Vec<Queued>, Overflowed> {
+    pub fn drain(&self, max_bytes: usize) -> Result<Vec<Queued>, Cut> {
         let mut q = self.lock();
-        if q.overflowed {
-            return Err(Overflowed);
+        if let Some(cut) = q.cut {
+            return Err(cut);
         }
         let mut out = Vec::new();
         let mut taken = 0;
@@ -101,10 +105,18 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Whether events (or an overflow) are waiting.
+    /// Whether events (or a cut) are waiting.
     pub fn is_pending(&self) -> bool {
         let q = self.lock();
-        q.overflowed || !q.items.is_empty()
+        q.cut.is_some() || !q.items.is_empty()
+    }
+}
+
+impl OutboxState {
+    fn cut_off(&mut self, cut: Cut) {
+        self.cut.get_or_insert(cut);
+        self.items.clear();
+        self.bytes = 0;
     }
 }
 
@@ -313,6 +325,13 @@ impl Hub {
         subs.push(Sub { conn, filter });
     }
 
+    /// Whether the connection is subscribed to any collection.
+    pub fn is_subscribed(&self, conn: ConnId) -> bool {
+        self.by_collection
+            .values()
+            .any(|subs| subs.iter().any(|s| s.conn == conn))
+    }
+
     pub fn unsubscribe(&mut self, conn: ConnId, collection: &str) -> bool {
         let Some(subs) = self.by_collection.get_mut(collection) else {
             return false;
@@ -425,6 +444,16 @@ impl Hub {
         if list.last() != Some(&conn) {
             list.push(conn);
         }
+    }
+
+    /// Ends a connection's stream: it is told why and closed at its next
+    /// look, which comes at once.
+    pub fn cut(&mut self, conn: ConnId, cut: Cut) {
+        let Some(q) = self.queues.get(&conn) else {
+            return;
+        };
+        q.outbox.lock().cut_off(cut);
+        self.wake.entry(Lsn::ZERO).or_default().push(conn);
     }
 
     /// Whether a connection has events (or an overflow) waiting in its outbox.

@@ -9,6 +9,7 @@ use crate::dialect::lanonasis::stream::Counter;
 use crate::dialect::lanonasis::FeedPos;
 use crate::dialect::{meet, EventCodec};
 use crate::ids::{ConnId, Lsn};
+use crate::realtime::hub::Cut;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 
@@ -108,6 +109,26 @@ impl Server {
         *n += 1;
         self.sockets.claims.insert(conn, (codec, key.to_string()));
         true
+    }
+
+    /// A key was revoked (`all`) or its grants changed: its streams end (a
+    /// WebSocket with close 1008) and the clients reconnect, to be checked
+    /// again. On a grant change only the streams with subscriptions end: a
+    /// WebSocket without any checks each message against the grants as they
+    /// are, so it needs no reconnect.
+    pub fn end_streams_of_key(&mut self, key_id: &str, all: bool) {
+        let conns: Vec<ConnId> = self
+            .sockets
+            .claims
+            .iter()
+            .filter(|(conn, (_, key))| key == key_id && (all || self.hub.is_subscribed(**conn)))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in conns {
+            self.hub.cut(conn, Cut::KeyChanged);
+        }
+        let ready = self.hub.take_ready(self.durable);
+        self.wakeups.extend(ready);
     }
 
     /// The connection follows every answer of a chat (its frames in the

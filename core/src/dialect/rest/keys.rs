@@ -187,6 +187,7 @@ pub fn revoke(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     };
     load_registered(server, ctx, &id)?;
     keys::remove(server.engine_mut(), &id);
+    server.end_streams_of_key(&id, true);
     let by = ctx.key_id();
     server.security_event(ctx, by, &format!("revoked key {id}"));
     reply(ctx, &json!({"id": id, "revoked": true}))
@@ -263,6 +264,7 @@ fn changed(
     after: Option<J>,
 ) -> Result<Outcome> {
     keys::save(server.engine_mut(), key, ctx.now)?;
+    server.end_streams_of_key(&key.id, false);
     let by = ctx.key_id();
     server.security_event(ctx, by, &format!("changed {what} of key {}", key.id));
     reply(ctx, &json!({"before": before, "after": after}))
@@ -390,6 +392,7 @@ pub fn legacy_update(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     grant.apply(&edit, true)?;
     key.grants.collections.insert(name.clone(), grant);
     keys::save(server.engine_mut(), &key, ctx.now)?;
+    server.end_streams_of_key(&key.id, false);
     let by = ctx.key_id();
     server.security_event(
         ctx,

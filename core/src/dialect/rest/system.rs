@@ -88,11 +88,15 @@ pub fn upgrade_to(ctx: &Ctx<'_>, session: WsSession, protocol: Option<String>) -
 const STREAM_CLAIM: EventCodec = EventCodec::EkodbSse;
 
 /// Counts a new ekoDB stream against its key's limit (released when the
-/// connection closes), or refuses it with 429.
+/// connection closes), or refuses it with 429. The claim also records whose
+/// stream it is, so revoking the key ends it.
 fn claim_stream(server: &mut Server, ctx: &Ctx<'_>) -> Result<()> {
-    let limit = server.config().max_streams_per_key;
-    let Some(conn) = ctx.conn.filter(|_| limit > 0) else {
+    let Some(conn) = ctx.conn else {
         return Ok(());
+    };
+    let limit = match server.config().max_streams_per_key {
+        0 => usize::MAX,
+        n => n,
     };
     if server.socket_claim(conn, STREAM_CLAIM, ctx.key_id(), limit) {
         return Ok(());
