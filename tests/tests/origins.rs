@@ -17,6 +17,8 @@ both_runtimes!(trusted_origins_and_hosts, |rt: Runtime| {
             "https://app.example.com",
             "--trusted-hosts",
             "127.0.0.1,localhost",
+            "--rate-limit-per-key",
+            "1000",
         ],
     );
     let token = srv.token();
@@ -60,6 +62,26 @@ both_runtimes!(trusted_origins_and_hosts, |rt: Runtime| {
     assert_eq!(r.header("vary"), Some("Origin"));
     let r = insert("https://evil.example");
     assert!(r.header("access-control-allow-origin").is_none());
+    // A reply that comes later (a chat answer, here from the offline
+    // provider) carries the same headers as one given at once.
+    let r = srv.call(&token, "POST", "/api/chat", r#"{"collections": []}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chat = r.json()["chat_id"].as_str().unwrap().to_string();
+    let body = r#"{"message":"hello"}"#;
+    let r = raw_request(
+        &srv,
+        &format!(
+            "POST /api/chat/{chat}/messages HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example.com\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["responses"][0].is_string(), "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("x-ratelimit-limit"), Some("1000"));
     // WebSocket upgrades: another page's origin is refused before the 101.
     let upgrade = |origin: &str| {
         raw_request(

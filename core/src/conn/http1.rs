@@ -4,7 +4,7 @@
 //! server lock, the idle and per-request deadlines, and the switch to
 //! WebSocket or SSE.
 
-use super::{ConnTimer, Connection, Mode, SseMode, State, Work, WsMode, MAX_PIPELINE};
+use super::{ConnTimer, Connection, Mode, PendingCall, SseMode, State, Work, WsMode, MAX_PIPELINE};
 use crate::dialect::rest::codec;
 use crate::dialect::{ekodb_sse, EventCodec};
 use crate::error::{Error, ErrorKind};
@@ -169,7 +169,12 @@ impl Connection {
         }
         let reply = server.handle_request(self.id, &req, body, now);
         if let Some(ticket) = reply.pending {
-            self.pending_call = Some((ticket, keep_alive, head_only));
+            self.pending_call = Some(PendingCall {
+                ticket,
+                keep_alive,
+                head_only,
+                headers: reply.response.headers,
+            });
             // It may be ready already.
             self.notified = true;
             return;

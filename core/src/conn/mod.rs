@@ -54,6 +54,17 @@ const LOCAL_OUT_BYTES: usize = 256 * 1024;
 /// request before it is simply closed.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A request whose reply comes later (an outbound call, a chat answer).
+#[derive(Debug)]
+struct PendingCall {
+    ticket: Ticket,
+    keep_alive: bool,
+    head_only: bool,
+    /// Headers set when the request was answered (rate limits, CORS), for
+    /// the reply when it comes.
+    headers: Vec<(&'static str, String)>,
+}
+
 #[derive(Debug)]
 enum Work {
     /// A request, with its body decoded if that was done outside the lock.
@@ -182,7 +193,7 @@ pub struct Connection {
     /// A reply that comes later (an outbound call, a chat answer), with
     /// keep-alive and HEAD; later requests wait behind it. The server wakes
     /// us when it is ready.
-    pending_call: Option<(Ticket, bool, bool)>,
+    pending_call: Option<PendingCall>,
     /// Storage failure was already handled.
     storage_failed: bool,
 }
@@ -368,16 +379,19 @@ impl Connection {
     /// Runs parsed requests or messages against the server, and takes queued
     /// events from the hub.
     pub fn execute(&mut self, server: &mut crate::server::Server, now: Timestamp) {
-        if let Some((id, keep_alive, head_only)) = self.pending_call {
+        if let Some(ticket) = self.pending_call.as_ref().map(|c| c.ticket) {
             self.notified = false;
-            let Some((response, wait_for)) = server.take_reply(id) else {
+            let Some((mut response, wait_for)) = server.take_reply(ticket) else {
                 return;
             };
-            self.pending_call = None;
-            if !keep_alive {
+            let Some(call) = self.pending_call.take() else {
+                return;
+            };
+            if !call.keep_alive {
                 self.state = State::Closing;
             }
-            self.push_out(wait_for, response.encode(keep_alive, head_only));
+            response.headers.extend(call.headers);
+            self.push_out(wait_for, response.encode(call.keep_alive, call.head_only));
         }
         while self.pending_call.is_none() {
             if self.state != State::Open && !self.is_streaming() {

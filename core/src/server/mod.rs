@@ -601,7 +601,13 @@ impl Server {
         // being held by a client that never finishes.
         self.admission.release_body(conn);
         let durable_acks = self.durable_acks;
-        let (response, upgrade, pending) = match rest::respond(self, conn, req, body, now) {
+        let (outcome, quota) = match rest::respond(self, conn, req, body, now) {
+            Ok((outcome, quota)) => (Ok(outcome), quota),
+            Err(e) => (Err(e), None),
+        };
+        // A reply that comes later is a placeholder here: the headers set on
+        // it (rate limits, CORS) go onto the real reply (`Connection`).
+        let (response, upgrade, pending) = match outcome {
             Ok(Outcome::Reply(r)) => (r, None, None),
             Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
             Ok(Outcome::Call(request, kind)) => {
@@ -622,6 +628,7 @@ impl Server {
             Ok(Outcome::Pending(ticket)) => (Response::new(0, "", ""), None, Some(ticket)),
             Err(e) => (rest::error_response(&e), None, None),
         };
+        let response = rate::with_headers(response, quota);
         let response = if req.header("origin").is_some() {
             rest::origins::allow(&self.config, req, response)
         } else {

@@ -27,6 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::ConnId;
 use crate::server::calls::ReplyKind;
 use crate::server::pending::Ticket;
+use crate::server::rate::Quota;
 use crate::server::{Server, Upgrade};
 use crate::time::Timestamp;
 use crate::wire::http::client::OutboundRequest;
@@ -72,17 +73,19 @@ pub fn error_response(e: &Error) -> Response {
 pub const PUBLIC_BODY_LIMIT: usize = 64 * 1024;
 
 /// Answers one REST request: finds its row, checks who may call it and whether
-/// storage takes writes, and runs its handler.
+/// storage takes writes, and runs its handler. The quota its caller spent
+/// goes with the outcome, for the reply's rate-limit headers (also a reply
+/// that comes later).
 pub fn respond(
     server: &mut Server,
     conn: ConnId,
     req: &Request,
     body: Option<Result<serde_json::Value>>,
     now: Timestamp,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<Quota>)> {
     origins::check_host(server.config(), req)?;
     if let Some(answer) = origins::preflight(server.config(), req) {
-        return Ok(Outcome::Reply(answer));
+        return Ok((Outcome::Reply(answer), None));
     }
     if crate::wire::ws::asks_for_upgrade(req) {
         origins::check_upgrade_origin(server.config(), req)?;
@@ -119,10 +122,7 @@ pub fn respond(
         Handler::Server(f) => f(server, &ctx),
         Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
     }?;
-    Ok(match outcome {
-        Outcome::Reply(r) => Outcome::Reply(crate::server::rate::with_headers(r, quota)),
-        other => other,
-    })
+    Ok((outcome, quota))
 }
 
 /// Decides, from a request's head alone, whether its large body (`size`
