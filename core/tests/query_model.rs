@@ -19,13 +19,10 @@ use proptest::sample::select;
 use serde_json::{json, Map, Value as J};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
-use tidepool_core::config::Config;
-use tidepool_core::ids::ConnId;
-use tidepool_core::server::Server;
-use tidepool_core::time::Timestamp;
-use tidepool_core::wire::http::{Method, Request};
+use tidepool_core::wire::http::Method;
 
-const T0: Timestamp = Timestamp::from_secs(1_767_225_600);
+mod support;
+use support::Sut;
 
 // ----- the model: values --------------------------------------------------------
 
@@ -881,52 +878,7 @@ fn step() -> BoxedStrategy<Step> {
     .boxed()
 }
 
-// ----- the system under test ----------------------------------------------------
-
-struct Sut {
-    server: Server,
-    bearer: String,
-}
-
-impl Sut {
-    fn new() -> Sut {
-        let config = Config {
-            api_keys: vec!["model-key".into()],
-            ..Config::default()
-        };
-        let mut server = Server::new(config, b"model-secret", 3);
-        let req = Request::new(
-            Method::Post,
-            "/api/auth/token",
-            &[("content-type", "application/json")],
-            br#"{"api_key":"model-key"}"#,
-        );
-        let reply = server.handle_request(ConnId(0), &req, None, T0);
-        let token: J = serde_json::from_slice(&reply.response.body).expect("token");
-        Sut {
-            server,
-            bearer: format!("Bearer {}", token["token"].as_str().expect("token")),
-        }
-    }
-
-    fn call(&mut self, method: Method, target: &str, body: Option<&J>) -> (u16, J) {
-        let body = body.map(J::to_string).unwrap_or_default();
-        let req = Request::new(
-            method,
-            target,
-            &[
-                ("authorization", &self.bearer),
-                ("content-type", "application/json"),
-            ],
-            body.as_bytes(),
-        );
-        let reply = self.server.handle_request(ConnId(0), &req, None, T0);
-        while self.server.poll_log().is_some() {}
-        let r = reply.response;
-        let v = serde_json::from_slice(&r.body).unwrap_or(J::Null);
-        (r.status, v)
-    }
-}
+// ----- the system under test: `support::Sut` ----------------------------------
 
 fn run(steps: &[Step]) -> Result<(), String> {
     let mut sut = Sut::new();

@@ -4,30 +4,74 @@
 //! read or wrote changed since (else 409), then applies every staged write as one
 //! log batch, so a commit is atomic and durable as a whole.
 //!
+//! What each isolation level promises (every level: no dirty reads, and no
+//! lost update or write skew on records it read, because commit checks them):
+//!
+//! | level | a read again sees | queries (phantoms) |
+//! |---|---|---|
+//! | `ReadUncommitted`, `ReadCommitted` | the latest committed data | not checked |
+//! | `RepeatableRead` | the same, or the read fails with 409 | not checked |
+//! | `Serializable` (default) | the same, or the read fails with 409 | re-checked at every read and at commit: 409 if another commit changed what a query matched |
+//!
+//! `RepeatableRead` and `Serializable` validate before every read that nothing
+//! read so far has changed, so all their reads agree with one moment and the
+//! application never acts on a skewed view: it gets a 409 and retries instead.
+//!
+//! A transaction belongs to the key that began it (others get 404), each key
+//! and each client address may hold a bounded number open, and one that is
+//! idle for `--transaction-idle-timeout` is rolled back.
+//!
 //! ```text
 //! Active ──commit ok──▶ Committed
 //!   │  └──conflict──▶ Aborted
 //!   └──rollback──▶ RolledBack        (restart or timeout: forgotten = rolled back)
 //! ```
 
+use super::filter::Filter;
 use super::query::{self, FindQuery};
 use super::record::Record;
 use super::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::ids::Lsn;
 use crate::time::Timestamp;
 use serde_json::Value as J;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 /// Active transactions beyond this are refused (each holds staged records).
 const MAX_ACTIVE: usize = 10_000;
+/// Open transactions one key may hold.
+pub const MAX_PER_KEY: usize = 100;
+/// Open transactions one client address may hold (several keys may share one).
+pub const MAX_PER_ADDRESS: usize = 1_000;
 /// Staged writes one transaction may hold.
 const MAX_OPS: usize = 100_000;
+/// Queries a `Serializable` transaction may run (each is re-checked).
+const MAX_PREDICATES: usize = 1_000;
 /// Finished transactions remembered for status queries.
 const MAX_FINISHED: usize = 1_000;
-/// An abandoned transaction is rolled back after this long.
-pub const TX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A transaction with no call for this long is rolled back (the default of
+/// `--transaction-idle-timeout`).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+
+/// Who began a transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The key id: only this key may use the transaction.
+    pub key: String,
+    /// The client's address, for the per-address bound.
+    pub address: Option<String>,
+}
+
+/// A query a `Serializable` transaction ran: the committed records its filter
+/// matched then, as a digest of their ids and versions.
+#[derive(Debug)]
+struct Predicate {
+    collection: Box<str>,
+    filter: Filter,
+    digest: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxState {
@@ -60,7 +104,13 @@ enum Op {
 pub struct Txn {
     pub isolation: String,
     pub state: TxState,
-    started: Timestamp,
+    owner: Owner,
+    /// The last call that used it (the idle deadline counts from here).
+    last_used: Timestamp,
+    /// The engine's LSN when the reads were last found unchanged.
+    validated_at: Lsn,
+    /// The queries it ran (`Serializable` only).
+    predicates: Vec<Predicate>,
     /// Staged writes in order (one per operation, as counted by clients).
     ops: Vec<(Key, Op)>,
     /// Each key's latest staged write (an index into `ops`), so reads through the
@@ -74,6 +124,16 @@ pub struct Txn {
 impl Txn {
     pub fn operations(&self) -> usize {
         self.ops.len()
+    }
+
+    /// Reads must stay as first seen (`RepeatableRead`, `Serializable`).
+    fn repeatable(&self) -> bool {
+        matches!(self.isolation.as_str(), "RepeatableRead" | "Serializable")
+    }
+
+    /// Queries are re-checked (`Serializable`).
+    fn checks_predicates(&self) -> bool {
+        self.isolation == "Serializable"
     }
 
     fn stage(&mut self, key: Key, op: Op) {
@@ -100,12 +160,41 @@ impl Txn {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Transactions {
     active: HashMap<String, Txn>,
-    /// Active transactions by start time, for the expiry deadline.
-    by_start: BTreeSet<(Timestamp, String)>,
+    /// Active transactions by last use, for the idle deadline.
+    by_use: BTreeSet<(Timestamp, String)>,
     finished: VecDeque<(String, Txn)>,
+    /// Open transactions per key and per address.
+    per_key: HashMap<String, usize>,
+    per_address: HashMap<String, usize>,
+    idle: Duration,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions {
+            active: HashMap::new(),
+            by_use: BTreeSet::new(),
+            finished: VecDeque::new(),
+            per_key: HashMap::new(),
+            per_address: HashMap::new(),
+            idle: DEFAULT_IDLE,
+        }
+    }
+}
+
+/// One more (or, `up` false, one fewer) transaction held under `name`.
+fn count(map: &mut HashMap<String, usize>, name: &str, up: bool) {
+    if up {
+        *map.entry(name.to_string()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(name) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(name);
+        }
+    }
 }
 
 pub const ISOLATION_LEVELS: [&str; 4] = [
@@ -174,18 +263,51 @@ impl Engine {
         }
     }
 
+    /// How long a transaction may go unused before it is rolled back.
+    pub fn set_transaction_idle_timeout(&mut self, idle: Duration) {
+        self.txns.idle = idle.max(Duration::from_secs(1));
+    }
+
     pub fn tx_begin(
         &mut self,
         isolation: Option<&str>,
+        owner: Owner,
         now: Timestamp,
     ) -> Result<(String, String)> {
         let isolation = normalise_isolation(isolation)?;
         self.expire_transactions(now);
         if self.txns.active.len() >= MAX_ACTIVE {
             return Err(Error::new(
-                crate::error::ErrorKind::Unavailable,
+                ErrorKind::Unavailable,
                 "too many open transactions; commit or roll back some",
             ));
+        }
+        let idle = self.txns.idle.as_secs();
+        let held = |map: &HashMap<String, usize>, name: &str| map.get(name).copied().unwrap_or(0);
+        let over = if held(&self.txns.per_key, &owner.key) >= MAX_PER_KEY {
+            Some(format!("this key already holds {MAX_PER_KEY}"))
+        } else if owner
+            .address
+            .as_deref()
+            .is_some_and(|a| held(&self.txns.per_address, a) >= MAX_PER_ADDRESS)
+        {
+            Some(format!(
+                "this client address already holds {MAX_PER_ADDRESS}"
+            ))
+        } else {
+            None
+        };
+        if let Some(who) = over {
+            return Err(Error::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "{who} open transactions; commit or roll back some (an idle one is rolled back after {idle} s)"
+                ),
+            ));
+        }
+        count(&mut self.txns.per_key, &owner.key, true);
+        if let Some(a) = &owner.address {
+            count(&mut self.txns.per_address, a, true);
         }
         let hex = self.token(16);
         let id = format!(
@@ -196,13 +318,16 @@ impl Engine {
             &hex[17..20],
             &hex[20..32]
         );
-        self.txns.by_start.insert((now, id.clone()));
+        self.txns.by_use.insert((now, id.clone()));
         self.txns.active.insert(
             id.clone(),
             Txn {
                 isolation: isolation.clone(),
                 state: TxState::Active,
-                started: now,
+                owner,
+                last_used: now,
+                validated_at: Lsn::ZERO,
+                predicates: Vec::new(),
                 ops: Vec::new(),
                 latest: HashMap::new(),
                 observed: HashMap::new(),
@@ -212,14 +337,15 @@ impl Engine {
         Ok((id, isolation))
     }
 
-    /// Rolls back transactions that were abandoned (open longer than
-    /// `TX_TIMEOUT`).
+    /// Rolls back transactions that were abandoned (unused for longer than
+    /// the idle timeout).
     pub fn expire_transactions(&mut self, now: Timestamp) {
+        let idle = self.txns.idle;
         let stale: Vec<String> = self
             .txns
-            .by_start
+            .by_use
             .iter()
-            .take_while(|(started, _)| now.since(*started) > TX_TIMEOUT)
+            .take_while(|(used, _)| now.since(*used) > idle)
             .map(|(_, id)| id.clone())
             .collect();
         for id in stale {
@@ -227,21 +353,43 @@ impl Engine {
         }
     }
 
-    /// When the oldest open transaction is rolled back as abandoned.
+    /// When the least recently used open transaction is rolled back as idle.
     pub fn next_transaction_deadline(&self) -> Option<Timestamp> {
+        let idle = self.txns.idle + Duration::from_micros(1);
         self.txns
-            .by_start
+            .by_use
             .first()
-            .map(|(started, _)| started.saturating_add(TX_TIMEOUT + Duration::from_micros(1)))
+            .map(|(used, _)| used.saturating_add(idle))
+    }
+
+    /// A call names transaction `id`: it must be `key`'s (another key's is
+    /// reported as not found), and it is used now (the idle deadline moves).
+    /// A finished transaction passes: the call itself reports it.
+    pub fn tx_touch(&mut self, id: &str, key: &str, now: Timestamp) -> Result<()> {
+        let Some(t) = self.txns.active.get_mut(id) else {
+            return Ok(());
+        };
+        if t.owner.key != key {
+            return Err(tx_missing(id));
+        }
+        let before = std::mem::replace(&mut t.last_used, now);
+        self.txns.by_use.remove(&(before, id.to_string()));
+        self.txns.by_use.insert((now, id.to_string()));
+        Ok(())
     }
 
     fn tx_finish(&mut self, id: &str, state: TxState) {
         if let Some(mut t) = self.txns.active.remove(id) {
-            self.txns.by_start.remove(&(t.started, id.to_string()));
+            self.txns.by_use.remove(&(t.last_used, id.to_string()));
+            count(&mut self.txns.per_key, &t.owner.key, false);
+            if let Some(a) = &t.owner.address {
+                count(&mut self.txns.per_address, a, false);
+            }
             t.state = state;
             t.ops.clear();
             t.latest.clear();
             t.observed.clear();
+            t.predicates.clear();
             self.txns.finished.push_back((id.to_string(), t));
             if self.txns.finished.len() > MAX_FINISHED {
                 self.txns.finished.pop_front();
@@ -268,6 +416,58 @@ impl Engine {
             .and_then(|c| c.raw(&key.1))
             .filter(|r| !r.is_expired(now))
             .map(|r| r.version)
+    }
+
+    /// A digest of the committed records of `collection` that `filter`
+    /// matches now (ids and versions, in id order).
+    fn predicate_digest(&self, collection: &str, filter: &Filter, now: Timestamp) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if let Some(c) = self.collections.get(collection) {
+            let pk = self.pk_name(collection);
+            for (id, r) in c.iter_live(now) {
+                if filter.matches(pk, id, r) {
+                    id.hash(&mut h);
+                    r.version.hash(&mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+
+    /// What the transaction read that another commit has changed since, if
+    /// anything (queries too, at `Serializable`).
+    fn stale_read(&self, t: &Txn, now: Timestamp) -> Option<String> {
+        if let Some(((c, id), _)) = t
+            .observed
+            .iter()
+            .find(|(key, seen)| self.committed_version(key, now) != **seen)
+        {
+            return Some(format!("record `{id}` in `{c}`"));
+        }
+        t.predicates
+            .iter()
+            .find(|p| self.predicate_digest(&p.collection, &p.filter, now) != p.digest)
+            .map(|p| format!("the records a query on `{}` matched", p.collection))
+    }
+
+    /// Before a read at `RepeatableRead` or `Serializable`: everything read
+    /// so far must be unchanged, or the transaction is aborted with 409, so
+    /// its reads never disagree with each other.
+    fn tx_check_reads(&mut self, tx: &str, now: Timestamp) -> Result<()> {
+        let last = self.last_lsn();
+        let t = self.txn(tx)?;
+        if !t.repeatable() || t.validated_at == last {
+            return Ok(());
+        }
+        if let Some(what) = self.stale_read(t, now) {
+            let level = t.isolation.clone();
+            self.tx_finish(tx, TxState::Aborted);
+            return Err(Error::conflict(format!(
+                "transaction conflict: {what} changed after this transaction read it, and {level} keeps its reads as they were; retry the transaction"
+            )));
+        }
+        self.txn_mut(tx)?.validated_at = last;
+        Ok(())
     }
 
     fn observe(&mut self, tx: &str, key: &Key, now: Timestamp) -> Result<()> {
@@ -301,7 +501,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<String> {
         super::validate_name("collection", collection)?;
-        self.txn(tx)?;
+        self.tx_check_reads(tx, now)?;
         let (id, record) = self.build_record(collection, body, Record::new(), now, true)?;
         let id = match id {
             Some(id) => id,
@@ -326,6 +526,7 @@ impl Engine {
         patch: J,
         now: Timestamp,
     ) -> Result<Record> {
+        self.tx_check_reads(tx, now)?;
         let key: Key = (collection.into(), id.into());
         self.observe(tx, &key, now)?;
         let base = self
@@ -348,6 +549,7 @@ impl Engine {
         id: &str,
         now: Timestamp,
     ) -> Result<Record> {
+        self.tx_check_reads(tx, now)?;
         let key: Key = (collection.into(), id.into());
         self.observe(tx, &key, now)?;
         let record = self
@@ -364,6 +566,7 @@ impl Engine {
         id: &str,
         now: Timestamp,
     ) -> Result<Record> {
+        self.tx_check_reads(tx, now)?;
         let key: Key = (collection.into(), id.into());
         self.observe(tx, &key, now)?;
         self.tx_view(tx, &key, now)?
@@ -378,6 +581,21 @@ impl Engine {
         q: &FindQuery,
         now: Timestamp,
     ) -> Result<Vec<(String, Record)>> {
+        self.tx_check_reads(tx, now)?;
+        if self.txn(tx)?.checks_predicates() {
+            if self.txn(tx)?.predicates.len() >= MAX_PREDICATES {
+                return Err(Error::invalid(format!(
+                    "a Serializable transaction runs at most {MAX_PREDICATES} queries; commit and start another"
+                )));
+            }
+            let filter = q.filter().clone();
+            let digest = self.predicate_digest(collection, &filter, now);
+            self.txn_mut(tx)?.predicates.push(Predicate {
+                collection: collection.into(),
+                filter,
+                digest,
+            });
+        }
         let t = self.txn(tx)?;
         let mut view: BTreeMap<String, Record> = self
             .collections
@@ -424,15 +642,10 @@ impl Engine {
     /// transaction touched changed since it looked.
     pub fn tx_commit(&mut self, tx: &str, now: Timestamp) -> Result<usize> {
         let t = self.txn(tx)?;
-        let conflict = t
-            .observed
-            .iter()
-            .find(|(key, seen)| self.committed_version(key, now) != **seen)
-            .map(|(key, _)| key.clone());
-        if let Some((c, id)) = conflict {
+        if let Some(what) = self.stale_read(t, now) {
             self.tx_finish(tx, TxState::Aborted);
             return Err(Error::conflict(format!(
-                "transaction conflict: record `{id}` in `{c}` was changed by another writer; retry the transaction"
+                "transaction conflict: {what} was changed by another writer; retry the transaction"
             )));
         }
         // Collapse to the final state per key, in first-touch order.
@@ -523,7 +736,7 @@ mod tests {
     fn a_transaction_cannot_grow_without_bound() {
         let mut e = Engine::new(1);
         let now = Timestamp::from_secs(1_700_000_000);
-        let (tx, _) = e.tx_begin(None, now).unwrap();
+        let (tx, _) = e.tx_begin(None, Owner::default(), now).unwrap();
         for i in 0..MAX_OPS {
             e.tx_insert(&tx, "c", json!({ "i": i }), now).unwrap();
         }

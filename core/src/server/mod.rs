@@ -233,8 +233,12 @@ impl Server {
             max_in_flight: config.outbound_max_calls.max(1),
             max_queued: config.outbound_max_calls.max(1) * 16,
         };
+        let mut engine = Engine::new(seed);
+        engine.set_transaction_idle_timeout(Duration::from_secs(
+            config.transaction_idle_timeout_secs,
+        ));
         Server {
-            engine: Engine::new(seed),
+            engine,
             hub: Hub::new(config.outbound_queue_bytes),
             auth,
             config,

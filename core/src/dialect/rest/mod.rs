@@ -114,6 +114,21 @@ pub fn respond(
         }
         quota
     };
+    if let Some(tx) = ctx.transaction() {
+        if !routes::IN_TRANSACTION.contains(&route.path) {
+            return Err(Error::invalid(format!(
+                "{} {} does not run inside a transaction (only record inserts, updates, deletes, batches and finds do); send it without `transaction_id`",
+                req.method.as_str(),
+                route.path
+            )));
+        }
+        server.engine_mut().tx_touch(tx, ctx.key_id(), now)?;
+    }
+    if route.path.starts_with("/api/transactions/{tx}") {
+        server
+            .engine_mut()
+            .tx_touch(ctx.arg("tx"), ctx.key_id(), now)?;
+    }
     if route.writes {
         server.check_writable()?;
     }

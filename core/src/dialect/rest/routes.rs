@@ -70,6 +70,21 @@ pub struct Route {
     pub handler: Handler,
 }
 
+/// The routes that take `?transaction_id=` (spec 13.3): their writes are
+/// staged in the transaction and their reads go through it. Every other route
+/// refuses the parameter (400), so nothing is applied outside a transaction
+/// its caller believes it is in.
+pub const IN_TRANSACTION: &[&str] = &[
+    "/api/insert/{collection}",
+    "/api/update/{collection}/{id}",
+    "/api/delete/{collection}/{id}",
+    "/api/batch/insert/{collection}",
+    "/api/batch/update/{collection}",
+    "/api/batch/delete/{collection}",
+    "/api/find/{collection}",
+    "/api/find/{collection}/{id}",
+];
+
 const READS: bool = false;
 const WRITES: bool = true;
 
@@ -162,7 +177,7 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::link(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
     row(&[Delete], "/api/kv/{key}/links/{collection}/{id}", Write, WRITES, Data(|e, c| kv::unlink(e, c, c.arg("key"), c.arg("collection"), c.arg("id")))),
     // Transactions (spec 13).
-    row(&[Post], "/api/transactions", AnyKey, READS, Data(txn::begin)),
+    row(&[Post], "/api/transactions", AnyKey, READS, Srv(txn::begin)),
     row(&[Get], "/api/transactions/{tx}", AnyKey, READS, Data(|e, c| txn::status(e, c, c.arg("tx")))),
     row(&[Post], "/api/transactions/{tx}/commit", AnyKey, WRITES, Data(|e, c| txn::commit(e, c, c.arg("tx")))),
     row(&[Post], "/api/transactions/{tx}/rollback", AnyKey, READS, Data(|e, c| txn::rollback(e, c, c.arg("tx")))),
@@ -511,6 +526,13 @@ mod tests {
             .find(|(n, _)| *n == "Allow")
             .map(|(_, v)| v.as_str());
         assert_eq!(allow, Some("GET, POST, DELETE"));
+    }
+
+    #[test]
+    fn the_transaction_routes_exist() {
+        for path in IN_TRANSACTION {
+            assert!(ROUTES.iter().any(|r| r.path == *path), "{path}");
+        }
     }
 
     /// Every `{variable}` a handler reads is bound by its row's path, and no two

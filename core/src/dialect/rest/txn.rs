@@ -5,19 +5,30 @@ use super::records::{
     batch_items, batch_reply, parse_batch_deletes, parse_batch_inserts, parse_batch_updates,
     projection,
 };
-use super::{access, Ctx};
+use super::{access, Ctx, Outcome};
 use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
+use crate::engine::txn::Owner;
 use crate::engine::{BatchOutcome, Engine};
 use crate::error::{Error, Result};
+use crate::server::Server;
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
-pub fn begin(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
+/// `POST /api/transactions`: begins one, owned by the calling key.
+pub fn begin(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let body = ctx.body()?;
     let level = body.get("isolation_level").and_then(J::as_str);
-    let (id, isolation) = engine.tx_begin(level, ctx.now)?;
+    let owner = Owner {
+        key: ctx.key_id().to_string(),
+        address: ctx
+            .conn
+            .and_then(|c| server.peer_of(c).ip)
+            .map(|ip| ip.to_string()),
+    };
+    let (id, isolation) = server.engine_mut().tx_begin(level, owner, ctx.now)?;
     ctx.ok_json(&json!({"transaction_id": id, "isolation_level": isolation, "state": "Active", "status": "active"}))
+        .map(Outcome::Reply)
 }
 
 pub fn status(engine: &mut Engine, ctx: &Ctx<'_>, tx: &str) -> Result<Response> {
