@@ -931,3 +931,38 @@ both_runtimes!(a_name_has_one_unicode_spelling, |rt: Runtime| {
     assert_eq!(r.json().as_array().map(Vec::len), Some(1), "{}", r.text());
     assert_intact(&srv, &token, 1);
 });
+
+// Integers are kept exactly or refused: one outside the signed 64-bit range
+// (JSON literal or MessagePack uint 64) is a 400 with nothing stored, never
+// a float that reads back changed; the extremes of i64 round-trip exactly.
+both_runtimes!(
+    integers_beyond_64_bits_are_refused_not_rounded,
+    |rt: Runtime| {
+        let srv = TestServer::start(rt);
+        let token = seed(&srv);
+        for body in [
+            r#"{"n": 18446744073709551616}"#,
+            r#"{"n": 9223372036854775808}"#,
+            r#"{"nested": {"list": [1, -9223372036854775809]}}"#,
+        ] {
+            let r = srv.call(&token, "POST", "/api/insert/safe", body);
+            assert_error(&r, 400, &["64 bits"]);
+        }
+        let wide = rmp_serde::to_vec_named(&serde_json::json!({"n": u64::MAX})).unwrap();
+        let r = msgpack(&srv, &token, "POST", "/api/insert/safe", &wide);
+        assert_eq!(r.status, 400);
+        assert_intact(&srv, &token, 1);
+        for exact in [i64::MAX, i64::MIN] {
+            let r = srv.call(
+                &token,
+                "POST",
+                "/api/insert/exact",
+                &format!(r#"{{"n": {exact}}}"#),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let id = r.json()["id"].as_str().unwrap().to_string();
+            let r = srv.call(&token, "GET", &format!("/api/find/exact/{id}"), "");
+            assert_eq!(r.json()["n"]["value"].as_i64(), Some(exact), "{}", r.text());
+        }
+    }
+);

@@ -5,7 +5,7 @@
 //! RFC 3339 string (spec 1.3.3), and the reserved marker 0xc1 is an error.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::value_count::{self, MAX_BODY_VALUES};
+use crate::wire::value_count::{self, Refusal, MAX_BODY_VALUES};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Serialize;
@@ -28,16 +28,21 @@ pub fn decode(body: &[u8], format: Format) -> Result<J> {
     if blank {
         return Ok(J::Object(Default::default()));
     }
-    // Counted before decoding: a hostile body is refused without building it.
-    let within = match format {
-        Format::Json => value_count::json_within(body, MAX_BODY_VALUES),
-        Format::MsgPack => value_count::msgpack_within(body, MAX_BODY_VALUES),
+    // Checked before decoding: a hostile body is refused without building
+    // it, and a number the decoder would change is refused, not changed.
+    let checked = match format {
+        Format::Json => value_count::json_check(body, MAX_BODY_VALUES),
+        Format::MsgPack => value_count::msgpack_check(body, MAX_BODY_VALUES),
     };
-    if !within {
-        return Err(Error::new(
-            ErrorKind::TooLarge,
-            value_count::too_many(MAX_BODY_VALUES),
-        ));
+    match checked {
+        Ok(()) => {}
+        Err(Refusal::TooMany) => {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                value_count::too_many(MAX_BODY_VALUES),
+            ))
+        }
+        Err(Refusal::WideInteger) => return Err(Error::invalid(value_count::WIDE_INTEGER)),
     }
     match format {
         Format::Json => serde_json::from_slice(body)
@@ -299,9 +304,16 @@ mod tests {
         check(&[0xcc, 200], json!(200));
         check(&[0xcd, 1, 0], json!(256));
         check(
-            &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
-            json!(u64::MAX),
+            &[0xcf, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            json!(i64::MAX),
         );
+        // Above i64 it would become a float: refused rather than changed.
+        let e = decode(
+            &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            Format::MsgPack,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("64 bits"), "{}", e.message);
         check(&[0xd0, 0x80], json!(-128));
         check(&[0xd1, 0xff, 0x00], json!(-256));
         check(
