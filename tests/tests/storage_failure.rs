@@ -1,7 +1,10 @@
 //! A real disk that fills up: the server's data directory sits on a 3 MiB tmpfs.
-//! When a write cannot be made durable the server answers 503 (and never a fake
-//! success), refuses further writes with a clear message, keeps serving reads of
-//! what it acknowledged, and reports itself degraded.
+//! The write that hits the full disk is answered 500 "applied, durability
+//! unknown" (never a fake success, and not a 503, which promises nothing was
+//! applied); later writes are refused with 503 and a clear message; reads of
+//! what was acknowledged keep working and health says degraded. After a
+//! restart (with room again) every acknowledged write is there and no 503
+//! write is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,7 +47,7 @@ impl Drop for TinyDisk {
 both_runtimes!(full_disk_means_503_not_lost_writes, |rt: Runtime| {
     let disk = TinyDisk::mount();
     let data = disk.path().join("data");
-    let srv = TestServer::start_in(rt, &data, &["--segment-bytes", "1048576"]);
+    let mut srv = TestServer::start_in(rt, &data, &["--segment-bytes", "1048576"]);
     let token = srv.token();
     let blob = "x".repeat(8_000);
     let mut acked = Vec::new();
@@ -62,22 +65,22 @@ both_runtimes!(full_disk_means_503_not_lost_writes, |rt: Runtime| {
         }
     }
     let refusal = refusal.expect("a 3 MiB disk fills up before 16 MB of writes");
-    assert_eq!(refusal.status, 503, "{}", refusal.text());
-    assert!(refusal.header("retry-after").is_some());
+    // The write that met the full disk was applied; its durability is unknown.
+    assert_eq!(refusal.status, 500, "{}", refusal.text());
+    assert_eq!(refusal.header("x-tidepool-durability"), Some("unknown"));
+    assert!(refusal.header("retry-after").is_none());
     assert!(
         refusal.json()["message"]
             .as_str()
             .unwrap()
-            .contains("durable")
-            || refusal.json()["message"]
-                .as_str()
-                .unwrap()
-                .contains("storage")
+            .contains("applied but could not be made durable"),
+        "{}",
+        refusal.text()
     );
     assert!(!acked.is_empty());
 
-    // Further writes are refused with a message that says why.
-    let r = srv.call(&token, "POST", "/api/insert/fill", r#"{"late":true}"#);
+    // Further writes are refused, not applied, with a message that says why.
+    let r = srv.call(&token, "POST", "/api/insert/fill", r#"{"id":"late"}"#);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(
         r.json()["message"].as_str().unwrap().contains("storage"),
@@ -100,5 +103,21 @@ both_runtimes!(full_disk_means_503_not_lost_writes, |rt: Runtime| {
     let h = srv.request("GET", "/api/health", &[], "");
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["status"], "degraded");
+
+    // Room again, and a restart: every 2xx write is there, the 503 one is not.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(disk.path())
+        .status()
+        .expect("remount");
+    assert!(grown.success());
+    srv.restart();
+    let token = srv.token();
+    for id in &acked {
+        let r = srv.call(&token, "GET", &format!("/api/find/fill/{id}"), "");
+        assert_eq!(r.status, 200, "acknowledged {id} lost: {}", r.text());
+    }
+    let r = srv.call(&token, "GET", "/api/find/fill/late", "");
+    assert_eq!(r.status, 404, "a 503 write appeared: {}", r.text());
     drop(srv);
 });

@@ -508,8 +508,10 @@ impl Connection {
     }
 
     /// Storage failed: output waiting for batches beyond `durable` will never be
-    /// released. Those HTTP replies become 503s (and the connection closes, as
-    /// their outcome is unknown); a stream holding such events is closed. A
+    /// released. The first such HTTP reply becomes a 500 saying the write was
+    /// applied but its durability is unknown (not a 503, which promises the
+    /// write was not applied and invites a retry that could apply it twice),
+    /// and the connection closes; a stream holding such events is closed. A
     /// connection with nothing in doubt carries on (reads still work).
     pub fn handle_storage_failure(&mut self, durable: Lsn, message: &str) {
         let in_doubt = self.out.iter().any(|(lsn, _)| *lsn > durable)
@@ -527,14 +529,16 @@ impl Connection {
                 }
             }
         } else if let Some(at) = self.out.iter().position(|(lsn, _)| *lsn > durable) {
-            // The first reply whose write is in doubt becomes a 503 that closes
-            // the connection; nothing after it is sent.
+            // The first reply whose write is in doubt says so and closes the
+            // connection; nothing after it is sent.
             self.out.truncate(at);
             let r = Response::error(
-                503,
-                &format!("the write could not be made durable: {message}"),
+                500,
+                &format!(
+                    "the write was applied but could not be made durable ({message}): it is visible now and may or may not survive a restart; check before retrying"
+                ),
             )
-            .with_header("Retry-After", "1")
+            .with_header("X-Tidepool-Durability", "unknown")
             .encode(false, false);
             self.out.push_back((Lsn::ZERO, r));
         }
