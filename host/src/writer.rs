@@ -158,3 +158,18 @@ fn fail(host: &Host, store: &Store, op: StorageOp, detail: String) {
         .collect();
     host.wake(&all);
 }
+
+#[cfg(test)]
+mod tests {
+    /// The engine refuses an operation before its batch outgrows one frame,
+    /// so no write of a client can make the store refuse a batch (which
+    /// would make the server read-only).
+    #[test]
+    fn an_admitted_batch_fits_in_one_frame() {
+        const {
+            assert!(
+                tidepool_core::engine::MAX_BATCH_BYTES < tidepool_storage::frame::MAX_BATCH_BYTES
+            )
+        };
+    }
+}

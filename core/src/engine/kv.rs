@@ -52,11 +52,11 @@ impl Engine {
     pub fn kv_set(&mut self, key: &str, value: Json, expires_at: Option<Timestamp>) -> Result<()> {
         validate_name("key", key)?;
         let entry = KvEntry { value, expires_at };
-        self.log(Mutation::KvPut {
+        self.log_checked(Mutation::KvPut {
             key: key.into(),
             entry: Cow::Owned(entry),
-        });
-        Ok(())
+        })
+        .map_err(|_| super::batch_too_large())
     }
 
     pub fn kv_get(&self, key: &str, now: Timestamp) -> Option<&KvEntry> {

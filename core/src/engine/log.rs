@@ -8,8 +8,25 @@ use super::collection::Collection;
 use super::mutation::{self, Batch, DecodeError, Mutation};
 use super::schema::Schema;
 use super::{Committed, Engine};
+use crate::error::{Error, ErrorKind};
 use crate::ids::Lsn;
 use crate::time::Timestamp;
+
+/// The largest batch one operation may log: what the store writes as one
+/// frame (`tidepool_storage`'s `MAX_BATCH_BYTES`, 256 MiB; a host test keeps
+/// the two equal), less room for the batch's frame and header.
+pub const MAX_BATCH_BYTES: usize = (256 << 20) - 4096;
+
+/// The refusal of an operation whose batch would not fit in one frame.
+pub fn batch_too_large() -> Error {
+    Error::new(
+        ErrorKind::TooLarge,
+        format!(
+            "this operation would log more than {} MiB at once, more than the store writes in one piece; nothing was applied: send it in smaller requests (fewer or smaller records per batch or transaction)",
+            MAX_BATCH_BYTES >> 20
+        ),
+    )
+}
 
 impl Engine {
     /// The LSN of the newest committed batch.
@@ -26,6 +43,25 @@ impl Engine {
     pub(super) fn log(&mut self, m: Mutation<'_>) {
         self.journal.record(&m);
         self.apply(m);
+    }
+
+    /// `log` for a mutation that carries a whole record or value: refused
+    /// (nothing applied, the mutation handed back; `batch_too_large` says
+    /// why) if it would take the operation's batch past what the store
+    /// writes as one frame. Costs nothing more than `log`: the size is known
+    /// once it is encoded.
+    pub(super) fn log_checked<'m>(
+        &mut self,
+        m: Mutation<'m>,
+    ) -> std::result::Result<(), Box<Mutation<'m>>> {
+        let mark = self.journal.mark();
+        self.journal.record(&m);
+        if self.journal.len() > MAX_BATCH_BYTES {
+            self.journal.rewind(mark);
+            return Err(Box::new(m));
+        }
+        self.apply(m);
+        Ok(())
     }
 
     /// Seals the current operation's mutations into a batch. Returns its LSN, or

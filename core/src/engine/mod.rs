@@ -37,6 +37,8 @@ pub mod schema;
 pub mod search;
 mod snapshot;
 pub mod txn;
+
+pub use log::{batch_too_large, MAX_BATCH_BYTES};
 mod write;
 
 pub use expiry::TRASH_RETENTION;

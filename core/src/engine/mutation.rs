@@ -189,6 +189,30 @@ impl Journal {
         self.count == 0
     }
 
+    /// Bytes the batch holds so far.
+    pub fn len(&self) -> usize {
+        if self.count == 0 {
+            0
+        } else {
+            self.buf.len()
+        }
+    }
+
+    /// Where the batch stands, to `rewind` to.
+    pub fn mark(&self) -> (usize, u64) {
+        (self.buf.len(), self.count)
+    }
+
+    /// Forgets what was recorded since `mark`.
+    pub fn rewind(&mut self, (len, count): (usize, u64)) {
+        if count == 0 {
+            self.discard();
+        } else {
+            self.buf.truncate(len);
+            self.count = count;
+        }
+    }
+
     /// The finished payload, or `None` if the operation changed nothing.
     pub fn take(&mut self, at: Timestamp) -> Option<Vec<u8>> {
         if self.count == 0 {

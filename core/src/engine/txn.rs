@@ -659,6 +659,24 @@ impl Engine {
             last.insert(key.clone(), op.clone());
         }
         let count = t.ops.len();
+        // All or nothing: a commit whose batch would not fit in one frame is
+        // refused before any of it is applied (the sizes are the encodings
+        // the batch would hold).
+        let logged: u64 = order
+            .iter()
+            .map(|key| {
+                let record = match last.get(key) {
+                    Some(Op::Put { record }) => Some(record),
+                    _ => self.collections.get(&key.0).and_then(|c| c.raw(&key.1)),
+                };
+                let body = record.map_or(0, |r| bincode::serialized_size(r).unwrap_or(u64::MAX));
+                body.saturating_add((key.0.len() + key.1.len() + 64) as u64)
+            })
+            .fold(self.journal.len() as u64, u64::saturating_add);
+        if logged > super::log::MAX_BATCH_BYTES as u64 {
+            self.tx_finish(tx, TxState::Aborted);
+            return Err(super::log::batch_too_large());
+        }
         for key in &order {
             if let Some(Op::Put { record, .. }) = last.get(key) {
                 if let Some(c) = self.collections.get(&key.0) {

@@ -114,12 +114,13 @@ impl Engine {
             .get(collection)
             .and_then(|c| c.raw(id))
             .is_none_or(|r| r.is_expired(now));
-        self.log(Mutation::Put {
+        self.log_checked(Mutation::Put {
             collection: collection.into(),
             id: id.into(),
             record: LoggedRecord::Owned(record),
             insert,
-        });
+        })
+        .map_err(|_| super::batch_too_large())?;
         Ok(())
     }
 
@@ -199,11 +200,24 @@ impl Engine {
         let record = c
             .take(id)
             .ok_or_else(|| Error::not_found("Record not found"))?;
-        self.log(Mutation::Remove {
+        let logged = self.log_checked(Mutation::Remove {
             collection: collection.into(),
             id: id.into(),
             trash: Some((LoggedRecord::Owned(record), now)),
         });
+        if let Err(m) = logged {
+            // Refused: the record goes back where it was.
+            if let Mutation::Remove {
+                trash: Some((LoggedRecord::Owned(record), _)),
+                ..
+            } = *m
+            {
+                if let Some(c) = self.collections.get_mut(collection) {
+                    c.put(id, record);
+                }
+            }
+            return Err(super::batch_too_large());
+        }
         let c = self.collection(collection)?;
         let (id, (record, _)) = c
             .trash_entry(id)
@@ -235,14 +249,27 @@ impl Engine {
             fresh.sliding_micros = None;
             c.trash_put(id, fresh, now);
         }
-        let (record, _) = c
+        let (record, at) = c
             .trash_take(id)
             .ok_or_else(|| Error::internal("trash entry vanished"))?;
-        self.log(Mutation::Restore {
+        let logged = self.log_checked(Mutation::Restore {
             collection: collection.into(),
             id: id.into(),
             record: LoggedRecord::Owned(record),
         });
+        if let Err(m) = logged {
+            // Refused: the record stays in the trash.
+            if let Mutation::Restore {
+                record: LoggedRecord::Owned(record),
+                ..
+            } = *m
+            {
+                if let Some(c) = self.collections.get_mut(collection) {
+                    c.trash_put(id, record, at);
+                }
+            }
+            return Err(super::batch_too_large());
+        }
         Ok(true)
     }
 
@@ -254,8 +281,12 @@ impl Engine {
         };
         let mut n = 0;
         for id in ids {
-            if let Ok(true) = self.restore(collection, &id, now) {
-                n += 1;
+            match self.restore(collection, &id, now) {
+                Ok(true) => n += 1,
+                // The batch is full: what is restored stays (the count says
+                // how much), the rest waits in the trash for another call.
+                Err(e) if e.kind == crate::error::ErrorKind::TooLarge => break,
+                _ => {}
             }
         }
         Ok(n)
