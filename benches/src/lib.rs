@@ -1,5 +1,7 @@
 //! Shared helpers for the benchmark binaries.
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
