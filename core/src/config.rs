@@ -36,6 +36,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "trusted-origins", env: "TIDEPOOL_TRUSTED_ORIGINS", default: "", help: "browser origins allowed to call the API cross-origin and to open WebSockets, comma-separated (e.g. https://app.example.com; * = any); TRUSTED_ORIGINS is read too; empty = no cross-origin access (same-origin pages and non-browser clients are unaffected)" },
     Setting { flag: "trusted-hosts", env: "TIDEPOOL_TRUSTED_HOSTS", default: "", help: "Host header values accepted, comma-separated (e.g. localhost,127.0.0.1,db.example.com), against DNS rebinding; TRUSTED_HOSTS is read too; empty = any" },
     Setting { flag: "transaction-idle-timeout", env: "TIDEPOOL_TRANSACTION_IDLE_TIMEOUT", default: "60", help: "seconds a transaction may go without a call before it is rolled back (each key and each client address may hold 100 open)" },
+    Setting { flag: "max-query-work", env: "TIDEPOOL_MAX_QUERY_WORK", default: "50000000", help: "conditions one query may evaluate (records examined times the filter's conditions) before it is stopped with 400, so one request cannot hold the server for long; changeable with PUT /api/config" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
     Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
@@ -106,6 +107,8 @@ pub struct Config {
     pub trusted_hosts: Vec<String>,
     pub idle_timeout_secs: u64,
     pub transaction_idle_timeout_secs: u64,
+    /// Conditions one query may evaluate (records × filter conditions).
+    pub max_query_work: u64,
     pub heartbeat_secs: u64,
     pub ws_max_message_bytes: usize,
     pub outbound_queue_bytes: usize,
@@ -202,6 +205,7 @@ fn unreachable_default() -> Config {
         trusted_hosts: Vec::new(),
         idle_timeout_secs: 300,
         transaction_idle_timeout_secs: 60,
+        max_query_work: 50_000_000,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
         outbound_queue_bytes: 1 << 22,
@@ -390,6 +394,7 @@ impl Config {
                 }
             },
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
+            max_query_work: num("max-query-work", get("max-query-work"))?,
             transaction_idle_timeout_secs: num(
                 "transaction-idle-timeout",
                 get("transaction-idle-timeout"),

@@ -966,3 +966,44 @@ both_runtimes!(
         }
     }
 );
+
+// `--max-query-work`: a filter that would check more conditions than the
+// budget (records examined times its conditions) is stopped with 400 and a
+// message naming the setting, and the server answers the next request; the
+// budget changes at run time with PUT /api/config.
+both_runtimes!(a_query_past_its_work_budget_is_refused, |rt: Runtime| {
+    let srv = TestServer::start_with(rt, &["--max-query-work", "1000000"]);
+    let token = srv.token();
+    let items: Vec<String> = (0..2_000)
+        .map(|i| format!(r#"{{"data":{{"s":"record {i}"}}}}"#))
+        .collect();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/batch/insert/many",
+        &format!(r#"{{"inserts":[{}]}}"#, items.join(",")),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // 2,000 records x 1,000 conditions = 2,000,000 checks.
+    let conditions: Vec<String> = (0..1_000)
+        .map(|i| format!(r#"{{"type":"Condition","content":{{"field":"s","operator":"Contains","value":"nothing {i}"}}}}"#))
+        .collect();
+    let query = format!(
+        r#"{{"filter":{{"type":"Logical","content":{{"operator":"Or","expressions":[{}]}}}}}}"#,
+        conditions.join(",")
+    );
+    let r = srv.call(&token, "POST", "/api/find/many", &query);
+    assert_error(&r, 400, &["--max-query-work"]);
+    let r = srv.request("GET", "/api/health", &[], "");
+    assert_eq!(r.status, 200);
+    let r = srv.call(
+        &token,
+        "PUT",
+        "/api/config",
+        r#"{"max_query_work": 10000000}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = srv.call(&token, "POST", "/api/find/many", &query);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().map(Vec::len), Some(0));
+});

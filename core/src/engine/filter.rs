@@ -114,6 +114,16 @@ impl Filter {
         }
     }
 
+    /// The conditions one evaluation checks at most (at least 1: looking at a
+    /// record at all is work), for the query budget.
+    pub fn cost(&self) -> u64 {
+        match self {
+            Filter::All | Filter::Cond(_) => 1,
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().map(Filter::cost).sum::<u64>().max(1),
+            Filter::Not(f) => f.cost(),
+        }
+    }
+
     /// Evaluates against a record whose primary key is `id` (addressed as `pk`).
     pub fn matches(&self, pk: &str, id: &str, record: &Record) -> bool {
         match self {

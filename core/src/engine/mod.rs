@@ -107,6 +107,8 @@ pub struct Engine {
     last_lsn: Lsn,
     committed: VecDeque<Committed>,
     txns: txn::Transactions,
+    /// Conditions one query may evaluate (`--max-query-work`).
+    query_work: u64,
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -205,7 +207,13 @@ impl Engine {
             last_lsn: Lsn::ZERO,
             committed: VecDeque::new(),
             txns: txn::Transactions::default(),
+            query_work: u64::MAX,
         }
+    }
+
+    /// Conditions one query may evaluate before it is refused (`find`).
+    pub fn set_query_work(&mut self, budget: u64) {
+        self.query_work = budget.max(1);
     }
 
     /// Encodes up to `max_records` more of the live state as a batch of

@@ -8,6 +8,7 @@ use super::{not_found, Engine, Found, Row};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 use crate::value::{compare_json, json_eq, Json, View};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -56,7 +57,16 @@ impl Engine {
         };
         let pk = c.schema.primary_key_alias.as_str();
         let filter = q.filter();
-        let matching = c.iter_live(now).filter(|(id, r)| filter.matches(pk, id, r));
+        // Every record looked at spends the filter's cost; past the budget
+        // the scan stops and the query is refused.
+        let (cost, budget, spent) = (filter.cost(), self.query_work, Cell::new(0u64));
+        let matching = c
+            .iter_live(now)
+            .take_while(|_| {
+                spent.set(spent.get().saturating_add(cost));
+                spent.get() <= budget
+            })
+            .filter(|(id, r)| filter.matches(pk, id, r));
         let limit = q.limit.unwrap_or(usize::MAX);
         let rows: Vec<(&str, &Record)> = if q.sort.is_empty() {
             // Unsorted results come in id order: stop scanning at skip + limit.
@@ -76,6 +86,11 @@ impl Engine {
             hits.sort_by(by);
             hits.into_iter().skip(q.skip).take(limit).collect()
         };
+        if spent.get() > budget {
+            return Err(Error::invalid(format!(
+                "this query was stopped after {budget} condition checks (records examined times the filter's {cost} conditions; --max-query-work): narrow the filter, or page through fewer records at a time"
+            )));
+        }
         let mut out: Vec<Row<'a>> = rows
             .into_iter()
             .map(|(id, record)| Row {
@@ -161,5 +176,39 @@ fn join_key(v: &View<'_>) -> String {
     match v.as_f64() {
         Some(f) => format!("n:{f}"),
         None => format!("s:{}", v.render()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_query_past_its_work_budget_is_stopped_with_a_clear_error() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        for i in 0..100 {
+            e.insert("c", json!({ "n": i, "s": format!("v{i}") }), now)
+                .unwrap();
+        }
+        // 100 records x 5 conditions = 500 checks.
+        let q = FindQuery::parse(&json!({"filter": {"type": "Logical", "content": {
+            "operator": "Or",
+            "expressions": (0..5).map(|i| json!({"type": "Condition", "content": {
+                "field": "s", "operator": "Contains", "value": format!("x{i}")}})).collect::<Vec<_>>()
+        }}}))
+        .unwrap();
+        e.set_query_work(499);
+        let Err(err) = e.find("c", &q, now) else {
+            panic!("over budget, yet answered");
+        };
+        assert!(err.message.contains("--max-query-work"), "{}", err.message);
+        e.set_query_work(500);
+        assert!(e.find("c", &q, now).unwrap().is_empty());
+        // A limit stops an unsorted scan early, within the budget.
+        e.set_query_work(50);
+        let first = FindQuery::parse(&json!({"limit": 10})).unwrap();
+        assert_eq!(e.find("c", &first, now).unwrap().len(), 10);
     }
 }

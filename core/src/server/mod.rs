@@ -237,6 +237,7 @@ impl Server {
         engine.set_transaction_idle_timeout(Duration::from_secs(
             config.transaction_idle_timeout_secs,
         ));
+        engine.set_query_work(config.max_query_work);
         Server {
             engine,
             hub: Hub::new(config.outbound_queue_bytes),

@@ -66,6 +66,7 @@ const LIMITS: &[Limit] = &[
     limit("max_body_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.max_body_bytes)),
     limit("max_body_bytes_in_flight", 1024, 1 << 36, Field::Usize(|c| &mut c.max_body_bytes_in_flight)),
     limit("max_connections_per_address", 1, 10_000_000, Field::Usize(|c| &mut c.max_connections_per_address)),
+    limit("max_query_work", 1000, 1 << 40, Field::U64(|c| &mut c.max_query_work)),
     limit("max_streams_per_key", 0, 10_000_000, Field::Usize(|c| &mut c.max_streams_per_key)),
     limit("ws_max_message_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.ws_max_message_bytes)),
 ];
@@ -115,6 +116,7 @@ impl Server {
             .put_internal(SETTINGS, RECORD, vec![("settings", text)], now)?;
         self.config = config;
         self.durable_acks = durable;
+        self.engine.set_query_work(self.config.max_query_work);
         Ok(self.settings())
     }
 
@@ -143,6 +145,7 @@ impl Server {
         }
         self.config = config;
         self.durable_acks = durable;
+        self.engine.set_query_work(self.config.max_query_work);
         self.note(format!(
             "config: {} setting(s) changed through /api/config apply (they win over flags)",
             stored.len()
