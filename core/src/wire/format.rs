@@ -20,13 +20,23 @@ pub enum Format {
 const MAX_DEPTH: usize = 128;
 
 pub fn decode(body: &[u8], format: Format) -> Result<J> {
+    match decode_reporting_wide(body, format)? {
+        (value, None) => Ok(value),
+        (_, Some(refusal)) => Err(refusal),
+    }
+}
+
+/// `decode` for a message that is answered even when refused (a WebSocket
+/// message carries the id its error must name): a body with an integer
+/// beyond i64 still decodes, and the refusal comes beside it.
+pub fn decode_reporting_wide(body: &[u8], format: Format) -> Result<(J, Option<Error>)> {
     // In MessagePack, whitespace bytes are small integers: only JSON may be blank.
     let blank = match format {
         Format::Json => body.iter().all(u8::is_ascii_whitespace),
         Format::MsgPack => body.is_empty(),
     };
     if blank {
-        return Ok(J::Object(Default::default()));
+        return Ok((J::Object(Default::default()), None));
     }
     // Checked before decoding: a hostile body is refused without building
     // it, and a number the decoder would change is refused, not changed.
@@ -34,21 +44,22 @@ pub fn decode(body: &[u8], format: Format) -> Result<J> {
         Format::Json => value_count::json_check(body, MAX_BODY_VALUES),
         Format::MsgPack => value_count::msgpack_check(body, MAX_BODY_VALUES),
     };
-    match checked {
-        Ok(()) => {}
+    let wide = match checked {
+        Ok(()) => None,
         Err(Refusal::TooMany) => {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 value_count::too_many(MAX_BODY_VALUES),
             ))
         }
-        Err(Refusal::WideInteger) => return Err(Error::invalid(value_count::WIDE_INTEGER)),
-    }
-    match format {
+        Err(Refusal::WideInteger) => Some(Error::invalid(value_count::WIDE_INTEGER)),
+    };
+    let value = match format {
         Format::Json => serde_json::from_slice(body)
-            .map_err(|e| Error::invalid(format!("malformed JSON body: {e}"))),
-        Format::MsgPack => decode_msgpack(body),
-    }
+            .map_err(|e| Error::invalid(format!("malformed JSON body: {e}")))?,
+        Format::MsgPack => decode_msgpack(body)?,
+    };
+    Ok((value, wide))
 }
 
 fn decode_msgpack(body: &[u8]) -> Result<J> {

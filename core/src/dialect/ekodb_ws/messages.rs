@@ -135,12 +135,12 @@ pub enum Refusal {
 
 /// Decodes one message.
 pub fn decode(msg: &Incoming) -> std::result::Result<Envelope, Refusal> {
-    let value = match msg {
-        Incoming::Text(t) => serde_json::from_slice::<J>(t).map_err(|_| Refusal::Undecodable)?,
-        Incoming::Binary(b) => {
-            format::decode(b, Format::MsgPack).map_err(|_| Refusal::Undecodable)?
-        }
+    let (bytes, format) = match msg {
+        Incoming::Text(t) => (&t[..], Format::Json),
+        Incoming::Binary(b) => (&b[..], Format::MsgPack),
     };
+    let (value, wide) =
+        format::decode_reporting_wide(bytes, format).map_err(|_| Refusal::Undecodable)?;
     let J::Object(mut value) = value else {
         return Err(Refusal::Undecodable);
     };
@@ -149,6 +149,14 @@ pub fn decode(msg: &Incoming) -> std::result::Result<Envelope, Refusal> {
         _ => Map::new(),
     };
     let id = message_id(&value, &payload);
+    // An integer beyond 64 bits is refused (it would be stored changed),
+    // answered under the message's id.
+    if let Some(error) = wide {
+        return Err(match id {
+            None => Refusal::Undecodable,
+            Some(_) => Refusal::Invalid { id, error },
+        });
+    }
     // Rust's `RawComplete` puts its fields beside `type`, not in a payload.
     let payload =
         if payload.is_empty() && value.get("type").and_then(J::as_str) == Some("RawComplete") {
@@ -553,5 +561,24 @@ mod tests {
                 assert_eq!(from_json["payload"]["message_id"], id);
             }
         }
+    }
+
+    #[test]
+    fn a_wide_integer_is_refused_under_the_message_id() {
+        let text = br#"{"type":"Insert","messageId":"m7","payload":{"collection":"c","record":{"n":18446744073709551616}}}"#;
+        match decode(&Incoming::Text(Bytes::from_static(text))) {
+            Err(Refusal::Invalid { id, error }) => {
+                assert_eq!(id.as_deref(), Some("m7"));
+                assert!(error.message.contains("64 bits"), "{}", error.message);
+            }
+            other => panic!("expected a refusal naming m7, got {other:?}"),
+        }
+        let packed = rmp_serde::to_vec_named(&json!({"type": "Insert", "messageId": "m8",
+            "payload": {"collection": "c", "record": {"n": u64::MAX}}}))
+        .unwrap();
+        assert!(matches!(
+            decode(&Incoming::Binary(Bytes::from(packed))),
+            Err(Refusal::Invalid { id: Some(id), .. }) if id == "m8"
+        ));
     }
 }
