@@ -56,7 +56,7 @@ impl Engine {
             key: key.into(),
             entry: Cow::Owned(entry),
         })
-        .map_err(|_| super::batch_too_large())
+        .map_err(|_| self.batch_too_large())
     }
 
     pub fn kv_get(&self, key: &str, now: Timestamp) -> Option<&KvEntry> {

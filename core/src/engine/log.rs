@@ -17,18 +17,24 @@ use crate::time::Timestamp;
 /// the two equal), less room for the batch's frame and header.
 pub const MAX_BATCH_BYTES: usize = (256 << 20) - 4096;
 
-/// The refusal of an operation whose batch would not fit in one frame.
-pub fn batch_too_large() -> Error {
-    Error::new(
-        ErrorKind::TooLarge,
-        format!(
-            "this operation would log more than {} MiB at once, more than the store writes in one piece; nothing was applied: send it in smaller requests (fewer or smaller records per batch or transaction)",
-            MAX_BATCH_BYTES >> 20
-        ),
-    )
-}
-
 impl Engine {
+    /// The largest batch one operation may log (`--max-batch-bytes`, at most
+    /// `MAX_BATCH_BYTES`).
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch = bytes.clamp(1 << 20, MAX_BATCH_BYTES);
+    }
+
+    /// The refusal of an operation whose batch would outgrow the limit.
+    pub(super) fn batch_too_large(&self) -> Error {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "this operation would log more than {} MiB at once, more than the store writes in one piece; nothing was applied: send it in smaller requests (fewer or smaller records per batch or transaction)",
+                self.max_batch >> 20
+            ),
+        )
+    }
+
     /// The LSN of the newest committed batch.
     pub fn last_lsn(&self) -> Lsn {
         self.last_lsn
@@ -56,7 +62,7 @@ impl Engine {
     ) -> std::result::Result<(), Box<Mutation<'m>>> {
         let mark = self.journal.mark();
         self.journal.record(&m);
-        if self.journal.len() > MAX_BATCH_BYTES {
+        if self.journal.len() > self.max_batch {
             self.journal.rewind(mark);
             return Err(Box::new(m));
         }

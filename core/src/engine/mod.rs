@@ -38,7 +38,7 @@ pub mod search;
 mod snapshot;
 pub mod txn;
 
-pub use log::{batch_too_large, MAX_BATCH_BYTES};
+pub use log::MAX_BATCH_BYTES;
 mod write;
 
 pub use expiry::TRASH_RETENTION;
@@ -109,6 +109,8 @@ pub struct Engine {
     txns: txn::Transactions,
     /// Conditions one query may evaluate (`--max-query-work`).
     query_work: u64,
+    /// The largest batch one operation may log (`--max-batch-bytes`).
+    max_batch: usize,
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -208,6 +210,7 @@ impl Engine {
             committed: VecDeque::new(),
             txns: txn::Transactions::default(),
             query_work: u64::MAX,
+            max_batch: MAX_BATCH_BYTES,
         }
     }
 

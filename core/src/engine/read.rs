@@ -12,6 +12,38 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// A query's work budget (`--max-query-work`).
+struct Work {
+    spent: Cell<u64>,
+    budget: u64,
+}
+
+impl Work {
+    fn new(budget: u64) -> Work {
+        Work {
+            spent: Cell::new(0),
+            budget,
+        }
+    }
+
+    /// Spends `units`; false once the budget is exceeded.
+    fn charge(&self, units: u64) -> bool {
+        self.spent.set(self.spent.get().saturating_add(units));
+        !self.over()
+    }
+
+    fn over(&self) -> bool {
+        self.spent.get() > self.budget
+    }
+
+    fn exceeded(&self) -> Error {
+        Error::invalid(format!(
+            "this query was stopped after {} units of work (--max-query-work counts records examined times the filter's conditions, sort comparisons and records joined): narrow the filter, or page through fewer records at a time",
+            self.budget
+        ))
+    }
+}
+
 impl Engine {
     pub(super) fn live(&self, collection: &str, id: &str, now: Timestamp) -> Result<&Record> {
         let raw = self.collections.get(collection).and_then(|c| c.raw(id));
@@ -57,15 +89,14 @@ impl Engine {
         };
         let pk = c.schema.primary_key_alias.as_str();
         let filter = q.filter();
-        // Every record looked at spends the filter's cost; past the budget
-        // the scan stops and the query is refused.
-        let (cost, budget, spent) = (filter.cost(), self.query_work, Cell::new(0u64));
+        // The query's work is budgeted: every record looked at spends the
+        // filter's cost, a sort its comparisons, a join the records it
+        // indexes. Past the budget the scan stops and the query is refused.
+        let work = Work::new(self.query_work);
+        let cost = filter.cost();
         let matching = c
             .iter_live(now)
-            .take_while(|_| {
-                spent.set(spent.get().saturating_add(cost));
-                spent.get() <= budget
-            })
+            .take_while(|_| work.charge(cost))
             .filter(|(id, r)| filter.matches(pk, id, r));
         let limit = q.limit.unwrap_or(usize::MAX);
         let rows: Vec<(&str, &Record)> = if q.sort.is_empty() {
@@ -73,6 +104,11 @@ impl Engine {
             matching.skip(q.skip).take(limit).collect()
         } else {
             let mut hits: Vec<(&str, &Record)> = matching.collect();
+            let n = hits.len() as u64;
+            let comparisons = n * u64::from(n.max(2).ilog2() + 1) * q.sort.len() as u64;
+            if !work.charge(comparisons) {
+                return Err(work.exceeded());
+            }
             let keep = q.skip.saturating_add(limit).min(hits.len());
             // Ties break by id, so pages of a sorted query never overlap or skip.
             let by = |a: &(&str, &Record), b: &(&str, &Record)| {
@@ -86,10 +122,8 @@ impl Engine {
             hits.sort_by(by);
             hits.into_iter().skip(q.skip).take(limit).collect()
         };
-        if spent.get() > budget {
-            return Err(Error::invalid(format!(
-                "this query was stopped after {budget} condition checks (records examined times the filter's {cost} conditions; --max-query-work): narrow the filter, or page through fewer records at a time"
-            )));
+        if work.over() {
+            return Err(work.exceeded());
         }
         let mut out: Vec<Row<'a>> = rows
             .into_iter()
@@ -98,6 +132,16 @@ impl Engine {
                 joined: Vec::new(),
             })
             .collect();
+        let joined: u64 = q
+            .joins
+            .iter()
+            .flat_map(|j| &j.collections)
+            .filter_map(|name| self.collections.get(name.as_str()))
+            .map(|c| c.len() as u64 + out.len() as u64)
+            .sum();
+        if !work.charge(joined) {
+            return Err(work.exceeded());
+        }
         for join in &q.joins {
             self.attach_join(join, &mut out, now);
         }
@@ -210,5 +254,14 @@ mod tests {
         e.set_query_work(50);
         let first = FindQuery::parse(&json!({"limit": 10})).unwrap();
         assert_eq!(e.find("c", &first, now).unwrap().len(), 10);
+        // Sorting 100 records costs 100 x 7 comparisons on top of the scan.
+        let sorted =
+            FindQuery::parse(&json!({"sort": [{"field": "n", "ascending": false}], "limit": 1}))
+                .unwrap();
+        e.set_query_work(500);
+        assert!(e.find("c", &sorted, now).is_err());
+        e.set_query_work(800);
+        let top = e.find("c", &sorted, now).unwrap();
+        assert_eq!(top.len(), 1);
     }
 }

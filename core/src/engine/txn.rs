@@ -673,9 +673,9 @@ impl Engine {
                 body.saturating_add((key.0.len() + key.1.len() + 64) as u64)
             })
             .fold(self.journal.len() as u64, u64::saturating_add);
-        if logged > super::log::MAX_BATCH_BYTES as u64 {
+        if logged > self.max_batch as u64 {
             self.tx_finish(tx, TxState::Aborted);
-            return Err(super::log::batch_too_large());
+            return Err(self.batch_too_large());
         }
         for key in &order {
             if let Some(Op::Put { record, .. }) = last.get(key) {

@@ -120,7 +120,7 @@ impl Engine {
             record: LoggedRecord::Owned(record),
             insert,
         })
-        .map_err(|_| super::batch_too_large())?;
+        .map_err(|_| self.batch_too_large())?;
         Ok(())
     }
 
@@ -216,7 +216,7 @@ impl Engine {
                     c.put(id, record);
                 }
             }
-            return Err(super::batch_too_large());
+            return Err(self.batch_too_large());
         }
         let c = self.collection(collection)?;
         let (id, (record, _)) = c
@@ -268,7 +268,7 @@ impl Engine {
                     c.trash_put(id, record, at);
                 }
             }
-            return Err(super::batch_too_large());
+            return Err(self.batch_too_large());
         }
         Ok(true)
     }

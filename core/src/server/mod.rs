@@ -238,6 +238,7 @@ impl Server {
             config.transaction_idle_timeout_secs,
         ));
         engine.set_query_work(config.max_query_work);
+        engine.set_max_batch_bytes(config.max_batch_bytes);
         Server {
             engine,
             hub: Hub::new(config.outbound_queue_bytes),
