@@ -196,13 +196,20 @@ impl Engine {
             return Ok(Vec::new());
         };
         let pk = c.schema.primary_key_alias.as_str();
+        // Budgeted like `find`: the scan, then the sort of what it found.
+        let (work, cost) = (Work::new(self.query_work), filter.cost());
         let mut values: Vec<Json> = c
             .iter_live(now)
+            .take_while(|_| work.charge(cost))
             .filter(|(id, r)| filter.matches(pk, id, r))
             .filter_map(|(id, r)| query::field_view(pk, field, id, r))
             .filter(|v| !v.is_null())
             .map(|v| v.to_json())
             .collect();
+        let n = values.len() as u64;
+        if work.over() || !work.charge(n * u64::from(n.max(2).ilog2() + 1)) {
+            return Err(work.exceeded());
+        }
         values.sort_by(compare_json);
         values.dedup_by(|a, b| json_eq(a, b));
         Ok(values)
@@ -263,5 +270,10 @@ mod tests {
         e.set_query_work(800);
         let top = e.find("c", &sorted, now).unwrap();
         assert_eq!(top.len(), 1);
+        // Distinct values: a scan of 100 and a sort of 100 values (700).
+        e.set_query_work(799);
+        assert!(e.distinct("c", "s", &Filter::All, now).is_err());
+        e.set_query_work(800);
+        assert_eq!(e.distinct("c", "s", &Filter::All, now).unwrap().len(), 100);
     }
 }
