@@ -191,14 +191,15 @@ impl TestServer {
         self.child.take()
     }
 
-    /// A fresh bearer token (raw HTTP).
+    /// A fresh bearer token for the test's admin key (raw HTTP).
     pub fn token(&self) -> String {
-        let r = self.request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &format!("{{\"api_key\":\"{API_KEY}\"}}"),
-        );
+        self.token_for(API_KEY)
+    }
+
+    /// A fresh bearer token for `key` (raw HTTP).
+    pub fn token_for(&self, key: &str) -> String {
+        let body = serde_json::json!({ "api_key": key }).to_string();
+        let r = self.request("POST", "/api/auth/token", &[], &body);
         assert_eq!(r.status, 200, "token: {}", r.text());
         r.json()["token"].as_str().expect("token").to_string()
     }

@@ -350,16 +350,9 @@ both_runtimes!(
             "/api/auth/register",
             &json!({"is_admin": true, "collection_permissions": {}}),
         );
-        let other_key = reg.json()["key"].as_str().unwrap().to_string();
-        let other = srv.request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": other_key}).to_string(),
-        );
         let b = Client {
             srv: &srv,
-            token: other.json()["token"].as_str().unwrap().to_string(),
+            token: srv.token_for(reg.json()["key"].as_str().unwrap()),
         };
         // Another key cannot see or use it.
         let t = a.begin("Serializable");
@@ -393,15 +386,9 @@ both_runtimes!(
             "/api/auth/register",
             &json!({"is_admin": true, "collection_permissions": {}}),
         );
-        let other = srv.request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": reg.json()["key"]}).to_string(),
-        );
         let b = Client {
             srv: &srv,
-            token: other.json()["token"].as_str().unwrap().to_string(),
+            token: srv.token_for(reg.json()["key"].as_str().unwrap()),
         };
         // One key may hold 100 open; the next is refused with 429, others still begin.
         let open: Vec<String> = (0..100).map(|_| a.begin("ReadCommitted")).collect();

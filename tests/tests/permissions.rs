@@ -200,17 +200,7 @@ both_runtimes!(a_limited_key_sees_only_its_grants, |rt: Runtime| {
         assert_eq!(o["card"]["value"], "4111");
     });
     // Revoking the key ends it and its tokens at once.
-    let token = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": key.key}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = srv.token_for(&key.key);
     assert_eq!(
         srv.call(&token, "POST", "/api/find/users", "{}").status,
         200
@@ -278,29 +268,9 @@ both_runtimes!(every_route_checks_its_credential, |rt: Runtime| {
         r.json()
     };
     let nothing = register(json!({"is_admin": false, "collection_permissions": {}}));
-    let nothing_token = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": nothing["key"]}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let nothing_token = srv.token_for(nothing["key"].as_str().unwrap());
     let revoked = register(json!({"is_admin": true, "collection_permissions": {}}));
-    let revoked_token = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": revoked["key"]}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let revoked_token = srv.token_for(revoked["key"].as_str().unwrap());
     let r = srv.call(
         &admin,
         "DELETE",
@@ -372,18 +342,7 @@ both_runtimes!(rate_limits_and_settings, |rt: Runtime| {
     );
     assert_eq!(ops.status, 200, "{}", ops.text());
     let ops_key = ops.json()["key"].as_str().unwrap().to_string();
-    let ops_token = |srv: &TestServer| {
-        srv.request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": ops_key}).to_string(),
-        )
-        .json()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let ops_token = |srv: &TestServer| srv.token_for(&ops_key);
     // Within the budget: the three headers of spec 1.6, counting down.
     for left in (0..5).rev() {
         let r = srv.call(&admin, "POST", "/api/find/c", "{}");
@@ -447,17 +406,7 @@ both_runtimes!(rate_limits_and_settings, |rt: Runtime| {
         "/api/auth/register",
         &json!({"is_admin": false, "collection_permissions": {"c": ["read"]}}).to_string(),
     );
-    let reader_token = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": reader.json()["key"]}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reader_token = srv.token_for(reader.json()["key"].as_str().unwrap());
     let r = srv.call(
         &reader_token,
         "PUT",
@@ -507,17 +456,7 @@ both_runtimes!(streams_per_key_are_capped, |rt: Runtime| {
         "/api/auth/register",
         &json!({"is_admin": false, "collection_permissions": {"c": ["read"]}}).to_string(),
     );
-    let other = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": reg.json()["key"]}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = srv.token_for(reg.json()["key"].as_str().unwrap());
     let (status, sse) = open_stream(&srv, &admin, "/api/subscribe/c", "");
     assert_eq!(status, 200);
     let (status, _ws) = open_stream(&srv, &admin, "/api/ws", WS_UPGRADE);
@@ -612,17 +551,7 @@ both_runtimes!(a_websocket_follows_its_key, |rt: Runtime| {
     );
     let key = reg.json();
     let id = key["id"].as_str().unwrap().to_string();
-    let token = srv
-        .request(
-            "POST",
-            "/api/auth/token",
-            &[],
-            &json!({"api_key": key["key"]}).to_string(),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = srv.token_for(key["key"].as_str().unwrap());
     block_on_value(async {
         let mut req = format!("ws://{}/api/ws", srv.addr)
             .into_client_request()

@@ -127,17 +127,7 @@ both_runtimes!(
             .to_string(),
         );
         assert_eq!(reg.status, 200, "{}", reg.text());
-        let token = srv
-            .request(
-                "POST",
-                "/api/auth/token",
-                &[],
-                &json!({"api_key": reg.json()["key"]}).to_string(),
-            )
-            .json()["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = srv.token_for(reg.json()["key"].as_str().unwrap());
         let rt_tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -582,8 +582,9 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Vec<(String, Record)>> {
         self.tx_check_reads(tx, now)?;
-        if self.txn(tx)?.checks_predicates() {
-            if self.txn(tx)?.predicates.len() >= MAX_PREDICATES {
+        let t = self.txn(tx)?;
+        if t.checks_predicates() {
+            if t.predicates.len() >= MAX_PREDICATES {
                 return Err(Error::invalid(format!(
                     "a Serializable transaction runs at most {MAX_PREDICATES} queries; commit and start another"
                 )));

@@ -116,12 +116,12 @@ fn claim_stream(server: &mut Server, ctx: &Ctx<'_>) -> Result<()> {
 
 /// `GET /api/ws`: the ekoDB WebSocket protocol.
 pub fn websocket(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
-    // Checked before the claim, so a malformed upgrade holds none.
-    handshake(ctx)?;
-    claim_stream(server, ctx)?;
     let key_id = ctx.principal.as_ref().map(|p| p.key_id.clone());
     let session = crate::dialect::ekodb_ws::Session::new(ctx.access.clone(), key_id);
-    upgrade_to(ctx, WsSession::Ekodb(session), None)
+    // The handshake is checked first, so a malformed upgrade holds no claim.
+    let upgrade = upgrade_to(ctx, WsSession::Ekodb(session), None)?;
+    claim_stream(server, ctx)?;
+    Ok(upgrade)
 }
 
 /// `GET /api/subscribe/{collection}`: switches to an SSE stream of that
