@@ -151,6 +151,10 @@ impl Streams {
         wakeups: &crate::Wakeup,
     ) -> io::Result<()> {
         let reader_socket = socket.try_clone()?;
+        // The request loop read with a timeout (its deadlines); the reader
+        // waits for input as long as the stream lives (the connection's own
+        // timers end it), so a quiet client is not mistaken for a closed one.
+        reader_socket.set_read_timeout(None)?;
         let stream = Arc::new(Stream {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(State {
@@ -195,7 +199,13 @@ impl Streams {
             buf.resize(READ_BYTES, 0);
             let n = loop {
                 match socket.read(&mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted
+                                | io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                        ) => {}
                     other => break other.unwrap_or(0),
                 }
             };

@@ -85,15 +85,29 @@ impl SseReader {
         collection: &str,
         last_event_id: Option<&str>,
     ) -> SseReader {
+        Self::open_split(srv, token, collection, last_event_id, Duration::ZERO)
+    }
+
+    /// `open`, with the request head sent in two pieces `pause` apart (as a
+    /// slow network delivers it).
+    fn open_split(
+        srv: &TestServer,
+        token: &str,
+        collection: &str,
+        last_event_id: Option<&str>,
+        pause: Duration,
+    ) -> SseReader {
         let mut stream = TcpStream::connect(srv.addr).unwrap();
         let resume = last_event_id
             .map(|id| format!("Last-Event-ID: {id}\r\n"))
             .unwrap_or_default();
-        write!(
-            stream,
+        let head = format!(
             "GET /api/subscribe/{collection} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n{resume}\r\n"
-        )
-        .unwrap();
+        );
+        let (first, rest) = head.split_at(20);
+        stream.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(pause);
+        stream.write_all(rest.as_bytes()).unwrap();
         // Read the response head.
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -375,6 +389,29 @@ both_runtimes!(sse_resume_after_disconnect_and_restart, |rt: Runtime| {
     let next = sub.mutations(1, Duration::from_secs(5));
     assert_eq!(data(&next[0])["record_ids"][0], live);
 });
+
+// A stream whose request head came in pieces, then a client that never
+// writes again: the head and idle deadlines belong to the request, not to the
+// stream it became (tidepool-std once closed such a stream when they passed).
+both_runtimes!(
+    a_quiet_stream_outlives_the_request_deadlines,
+    |rt: Runtime| {
+        let srv =
+            TestServer::start_with(rt, &["--request-head-timeout", "1", "--idle-timeout", "2"]);
+        let token = srv.token();
+        let mut sub =
+            SseReader::open_split(&srv, &token, "quiet", None, Duration::from_millis(300));
+        assert_eq!(
+            sub.next(Duration::from_secs(5)).unwrap().event,
+            "subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(3500));
+        let id = insert(&srv, &token, "quiet", json!({"late": true}));
+        let got = sub.mutations(1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "the stream is still open");
+        assert_eq!(data(&got[0])["record_ids"][0], id);
+    }
+);
 
 both_runtimes!(websocket_resume_from_event_id, |rt: Runtime| {
     let srv = TestServer::start(rt);
