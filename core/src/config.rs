@@ -37,6 +37,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "trusted-hosts", env: "TIDEPOOL_TRUSTED_HOSTS", default: "", help: "Host header values accepted, comma-separated (e.g. localhost,127.0.0.1,db.example.com), against DNS rebinding; TRUSTED_HOSTS is read too; empty = any" },
     Setting { flag: "transaction-idle-timeout", env: "TIDEPOOL_TRANSACTION_IDLE_TIMEOUT", default: "60", help: "seconds a transaction may go without a call before it is rolled back (each key and each client address may hold 100 open)" },
     Setting { flag: "max-batch-bytes", env: "TIDEPOOL_MAX_BATCH_BYTES", default: "268431360", help: "bytes one operation may log at once (a transaction's commit, a batch, a restore); past it the operation is refused with 413 before anything is applied; at most 268431360, what the store writes as one frame" },
+    Setting { flag: "max-query-time", env: "TIDEPOOL_MAX_QUERY_TIME", default: "30", help: "seconds a find or distinct may run (on a snapshot, outside the server lock) before it is stopped with 400" },
+    Setting { flag: "read-threads", env: "TIDEPOOL_READ_THREADS", default: "0", help: "threads that run finds and distincts outside the server lock (0: one per CPU, at least 2)" },
     Setting { flag: "max-query-work", env: "TIDEPOOL_MAX_QUERY_WORK", default: "50000000", help: "work one query may do (records examined times the filter's conditions, plus sort comparisons and records joined) before it is stopped with 400, so one request cannot hold the server for long; changeable with PUT /api/config" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
@@ -110,6 +112,8 @@ pub struct Config {
     pub transaction_idle_timeout_secs: u64,
     /// Conditions one query may evaluate (records × filter conditions).
     pub max_query_work: u64,
+    pub max_query_time_secs: u64,
+    pub read_threads: usize,
     /// Bytes one operation may log at once.
     pub max_batch_bytes: usize,
     pub heartbeat_secs: u64,
@@ -209,6 +213,8 @@ fn unreachable_default() -> Config {
         idle_timeout_secs: 300,
         transaction_idle_timeout_secs: 60,
         max_query_work: 50_000_000,
+        max_query_time_secs: 30,
+        read_threads: 0,
         max_batch_bytes: 268_431_360,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
@@ -399,6 +405,8 @@ impl Config {
             },
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
             max_query_work: num("max-query-work", get("max-query-work"))?,
+            max_query_time_secs: num("max-query-time", get("max-query-time"))?,
+            read_threads: num("read-threads", get("read-threads"))?,
             max_batch_bytes: num("max-batch-bytes", get("max-batch-bytes"))?,
             transaction_idle_timeout_secs: num(
                 "transaction-idle-timeout",

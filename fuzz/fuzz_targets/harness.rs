@@ -225,6 +225,11 @@ impl Shared for FuzzHost<'_> {
     fn with_server<R>(&mut self, f: impl FnOnce(&mut Server) -> R) -> R {
         let r = f(self.server);
         while self.server.poll_log().is_some() {}
+        // Reads deferred outside the lock run at once, as a reader thread would.
+        while let Some(job) = self.server.poll_read() {
+            let done = job.run(&|| false);
+            self.server.finish_read(done);
+        }
         r
     }
 

@@ -1,7 +1,8 @@
 //! What both runtimes share, all of it blocking code on OS threads: booting
 //! (secrets, recovery), the group-commit writer that owns the store, history
 //! reads for resuming subscribers, background compaction, the server's timer
-//! thread, and the command line. `Host` is what the drive step
+//! thread, the reader threads that run queries outside the server lock, and
+//! the command line. `Host` is what the drive step
 //! (`tidepool_core::driver`) sees of a running server. A runtime adds its sockets, its executor and
 //! its own outbound I/O on top; neither runtime depends on the other.
 //!
@@ -21,6 +22,7 @@ mod clock;
 mod documents;
 pub mod durability;
 mod process;
+mod reads;
 mod shared;
 mod timer;
 mod tls;

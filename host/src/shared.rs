@@ -5,6 +5,7 @@ use crate::boot::{BootError, Booted};
 use crate::clock::now;
 use crate::documents::documents_loop;
 use crate::durability::Durability;
+use crate::reads;
 use crate::timer::timer_loop;
 use crate::tls;
 use crate::tls_server::{Certificates, Transport};
@@ -20,6 +21,7 @@ use tidepool_core::conn::{Connection, History, HistoryError, HISTORY_CHUNK_BYTES
 use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
+use tidepool_core::server::reads::ReadJob;
 use tidepool_core::server::{Peer, Server};
 use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::client::Target;
@@ -61,6 +63,8 @@ pub struct Host {
     /// What the listeners serve TLS with (`--tls-cert`), if anything.
     certificates: Option<Certificates>,
     performer: OnceLock<Box<dyn CallPerformer>>,
+    /// Deferred reads, for the reader threads (`reads`).
+    readers: Sender<ReadJob>,
     me: Weak<Host>,
 }
 
@@ -170,7 +174,12 @@ impl Host {
         let woken: Vec<ConnId> = std::iter::from_fn(|| s.poll_wakeup()).collect();
         let calls: Vec<CallCommand> = std::iter::from_fn(|| s.poll_call()).collect();
         let notes: Vec<String> = std::iter::from_fn(|| s.poll_note()).collect();
+        let reads: Vec<ReadJob> = std::iter::from_fn(|| s.poll_read()).collect();
         drop(s);
+        for job in reads {
+            // The reader threads live as long as the host (they hold it weakly).
+            let _ = self.readers.send(job);
+        }
         for line in notes {
             eprintln!("tidepool: {line}");
         }
@@ -243,6 +252,8 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         _ => None,
     };
     let reader = store.reader();
+    let read_threads = reads::threads(server.config().read_threads);
+    let (readers, read_jobs) = reads::queue();
     let host = Arc::new_cyclic(|me| Host {
         server: Mutex::new(server),
         durability: Durability::default(),
@@ -254,8 +265,13 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         tls,
         certificates,
         performer: OnceLock::new(),
+        readers,
         me: me.clone(),
     });
+    reads::start(&host, &read_jobs, read_threads).map_err(|source| BootError::Spawn {
+        what: "reader",
+        source,
+    })?;
     host.durability.publish(durable, false);
     let spawn = |what: &'static str, f: Box<dyn FnOnce() + Send>| {
         thread::Builder::new()

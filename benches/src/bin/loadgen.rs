@@ -40,6 +40,10 @@ struct Args {
     /// Serve and drive over TLS (a spawned server, with a fresh self-signed
     /// certificate).
     tls: bool,
+    /// While the workloads run, another client runs a long scan of
+    /// `bench_read` (a filter of this many conditions, matching nothing)
+    /// over and over: how much do the others slow down?
+    background_scan: usize,
 }
 
 fn parse_args() -> Args {
@@ -56,6 +60,7 @@ fn parse_args() -> Args {
         scoped: false,
         server_args: Vec::new(),
         tls: false,
+        background_scan: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +77,7 @@ fn parse_args() -> Args {
             "--fsync" => a.fsync = val(),
             "--scoped" => a.scoped = true,
             "--tls" => a.tls = true,
+            "--background-scan" => a.background_scan = val().parse().expect("number"),
             "--server-args" => {
                 a.server_args = val().split_whitespace().map(str::to_string).collect()
             }
@@ -81,7 +87,8 @@ fn parse_args() -> Args {
                      \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv]\n\
                      \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]\n\
                      \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]\n\
-                     \t[--tls (with --spawn: HTTPS with a fresh self-signed certificate)]"
+                     \t[--tls (with --spawn: HTTPS with a fresh self-signed certificate)]\n\
+                     \t[--background-scan CONDITIONS (another client scans bench_read meanwhile)]"
                 );
                 std::process::exit(0);
             }
@@ -255,6 +262,43 @@ fn scoped_token(addr: &str, admin: &str) -> String {
     token(addr, &key)
 }
 
+/// Starts a client that scans `bench_read` with a filter of `conditions`
+/// `Contains` conditions (matching nothing) until told to stop; it reports
+/// how many scans it finished and the time they took.
+fn background_scan(
+    addr: &str,
+    token: &str,
+    conditions: usize,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(u64, Duration)>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let expressions: Vec<String> = (0..conditions)
+        .map(|i| {
+            format!(
+                r#"{{"type":"Condition","content":{{"field":"bio","operator":"Contains","value":"absent {i}"}}}}"#
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"filter":{{"type":"Logical","content":{{"operator":"Or","expressions":[{}]}}}}}}"#,
+        expressions.join(",")
+    );
+    let (addr, token, flag) = (addr.to_string(), token.to_string(), stop.clone());
+    let scanner = std::thread::spawn(move || {
+        let mut c = Conn::open(&addr);
+        let (mut n, start) = (0u64, Instant::now());
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let (status, resp) = c.call("POST", "/api/find/bench_read", &token, &body);
+            assert_eq!(status, 200, "scan: {}", String::from_utf8_lossy(&resp));
+            n += 1;
+        }
+        (n, start.elapsed())
+    });
+    (stop, scanner)
+}
+
 fn main() {
     let args = parse_args();
     let cert_dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
@@ -309,7 +353,7 @@ fn main() {
 
     // Prefill for reads and queries (batch inserts, 1,000 per request).
     let mut ids: Vec<String> = Vec::new();
-    if args.workloads.iter().any(|w| w == "get" || w == "query") {
+    if args.background_scan > 0 || args.workloads.iter().any(|w| w == "get" || w == "query") {
         let mut c = Conn::open(&addr);
         let mut i = 0u64;
         while (i as usize) < args.prefill {
@@ -335,6 +379,8 @@ fn main() {
         }
     }
     let ids = Arc::new(ids);
+    let scans =
+        (args.background_scan > 0).then(|| background_scan(&addr, &tok, args.background_scan));
     let mut insert_rate = 0.0;
     let mut batches_per_sync = 0.0;
     for w in &args.workloads {
@@ -416,6 +462,16 @@ fn main() {
             "none" => {}
             other => eprintln!("unknown workload {other}"),
         }
+    }
+    if let Some((stop, scanner)) = scans {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (n, took) = scanner.join().expect("scanner");
+        println!(
+            "\nbackground: {n} scans of {} docs with {} conditions meanwhile, {:.2} s each",
+            args.prefill,
+            args.background_scan,
+            took.as_secs_f64() / n.max(1) as f64
+        );
     }
     if insert_rate > 0.0 {
         let floor = 0.5 * args.connections as f64 * fsync;

@@ -1,5 +1,9 @@
 //! One collection: its live records, trash, expiry index and unique-value indexes.
 //! Every change to `records` goes through `put` / `take` so the indexes follow.
+//!
+//! The live records are a persistent map (`Records`): a reader takes a copy
+//! in O(1) and works on it outside the server lock while writers go on; a
+//! write copies only the nodes a reader still shares.
 
 use super::record::Record;
 use super::schema::Schema;
@@ -8,12 +12,68 @@ use crate::error::Result;
 use crate::time::Timestamp;
 use crate::value::View;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 use tidepool_search::Metric;
+
+/// A collection's live records by id. Cloning is O(1) and the clone does not
+/// change when the collection does (structural sharing), so it is what a
+/// snapshot holds.
+#[derive(Clone, Debug, Default)]
+pub struct Records(imbl::OrdMap<Box<str>, Arc<Record>>);
+
+impl Records {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A record, expired or not.
+    pub fn get(&self, id: &str) -> Option<&Record> {
+        self.0.get(id).map(|r| &**r)
+    }
+
+    pub fn get_key_value(&self, id: &str) -> Option<(&str, &Record)> {
+        self.0.get_key_value(id).map(|(k, r)| (k.as_ref(), &**r))
+    }
+
+    /// Every record, expired or not, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Record)> {
+        self.0.iter().map(|(k, r)| (k.as_ref(), &**r))
+    }
+
+    /// Visible records in id order.
+    pub fn iter_live(&self, now: Timestamp) -> impl Iterator<Item = (&str, &Record)> {
+        self.iter().filter(move |(_, r)| !r.is_expired(now))
+    }
+
+    /// Records within `bounds` of id, in id order.
+    pub fn range<'a>(
+        &'a self,
+        bounds: (Bound<&str>, Bound<&str>),
+    ) -> impl Iterator<Item = (&'a str, &'a Record)> {
+        self.0
+            .range::<_, str>(bounds)
+            .map(|(k, r)| (k.as_ref(), &**r))
+    }
+
+    fn insert(&mut self, id: &str, record: Record) {
+        self.0.insert(id.into(), Arc::new(record));
+    }
+
+    /// Removes a record, handing it back (copied only if a reader shares it).
+    fn remove(&mut self, id: &str) -> Option<Record> {
+        self.0.remove(id).map(Arc::unwrap_or_clone)
+    }
+}
 
 #[derive(Debug)]
 pub struct Collection {
     pub schema: Schema,
-    records: BTreeMap<Box<str>, Record>,
+    records: Records,
     trash: BTreeMap<Box<str>, (Record, Timestamp)>,
     /// (deleted at, id) of trashed records, oldest first, for the retention sweep.
     trash_by_age: BTreeSet<(Timestamp, Box<str>)>,
@@ -40,7 +100,7 @@ impl Collection {
     pub fn new(schema: Schema) -> Self {
         let mut c = Collection {
             schema,
-            records: BTreeMap::new(),
+            records: Records::default(),
             trash: BTreeMap::new(),
             trash_by_age: BTreeSet::new(),
             expiry: BTreeSet::new(),
@@ -60,48 +120,44 @@ impl Collection {
         self.records.is_empty()
     }
 
+    /// The live records (a copy of this is a reader's snapshot).
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
     /// A live record, expired or not (callers decide what expiry means for them).
     pub fn raw(&self, id: &str) -> Option<&Record> {
         self.records.get(id)
     }
 
     pub fn raw_entry(&self, id: &str) -> Option<(&str, &Record)> {
-        self.records.get_key_value(id).map(|(k, r)| (k.as_ref(), r))
+        self.records.get_key_value(id)
     }
 
     /// Visible records in id order.
     pub fn iter_live(&self, now: Timestamp) -> impl Iterator<Item = (&str, &Record)> {
-        self.records
-            .iter()
-            .filter(move |(_, r)| !r.is_expired(now))
-            .map(|(k, r)| (k.as_ref(), r))
+        self.records.iter_live(now)
     }
 
     /// Records after `after` (exclusive), for chunked snapshots.
     pub fn range_after(&self, after: Option<&str>) -> impl Iterator<Item = (&str, &Record)> {
-        use std::ops::Bound;
         let lower = match after {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
-        self.records
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(k, r)| (k.as_ref(), r))
+        self.records.range((lower, Bound::Unbounded))
     }
 
     /// Records from `start` (inclusive) on, in id order.
     pub fn range_from<'a>(&'a self, start: &str) -> impl Iterator<Item = (&'a str, &'a Record)> {
-        use std::ops::Bound;
         self.records
-            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
-            .map(|(k, r)| (k.as_ref(), r))
+            .range((Bound::Included(start), Bound::Unbounded))
     }
 
     pub fn trash_range_after(
         &self,
         after: Option<&str>,
     ) -> impl Iterator<Item = (&str, &(Record, Timestamp))> {
-        use std::ops::Bound;
         let lower = match after {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
@@ -123,7 +179,7 @@ impl Collection {
             }
         }
         self.search.on_put(id, &record);
-        self.records.insert(id.into(), record);
+        self.records.insert(id, record);
     }
 
     /// Removes a live record and its index entries.
@@ -209,10 +265,10 @@ impl Collection {
             .unique_fields()
             .map(|f| (f.to_string(), HashMap::new()))
             .collect();
-        for (id, record) in &self.records {
+        for (id, record) in self.records.iter() {
             for (field, index) in &mut self.unique {
                 if let Some(key) = record.get(field).and_then(|v| unique_key(v.view())) {
-                    index.insert(key, id.clone());
+                    index.insert(key, id.into());
                 }
             }
         }
@@ -243,26 +299,19 @@ impl Collection {
         let (text, vectors) = search::declared(&self.schema);
         if let Some(language) = text {
             // An unknown language was refused when the schema was set.
-            let _ = self.search.ensure_text(
-                language.as_deref(),
-                self.records.iter().map(|(k, r)| (k.as_ref(), r)),
-            );
+            let _ = self
+                .search
+                .ensure_text(language.as_deref(), self.records.iter());
         }
         for (field, metric, m, ef) in vectors {
-            self.search.ensure_vector(
-                &field,
-                metric,
-                m,
-                ef,
-                self.records.iter().map(|(k, r)| (k.as_ref(), r)),
-            );
+            self.search
+                .ensure_vector(&field, metric, m, ef, self.records.iter());
         }
     }
 
     /// The text index, built now if this is its first use.
     pub fn text_index(&mut self, language: Option<&str>) -> Result<()> {
-        self.search
-            .ensure_text(language, self.records.iter().map(|(k, r)| (k.as_ref(), r)))
+        self.search.ensure_text(language, self.records.iter())
     }
 
     /// The vector index for (field, metric), built now if this is its first use.
@@ -273,13 +322,8 @@ impl Collection {
             }) => (*m as usize, *ef_construction as usize),
             _ => (16, 128),
         };
-        self.search.ensure_vector(
-            field,
-            metric,
-            m,
-            ef,
-            self.records.iter().map(|(k, r)| (k.as_ref(), r)),
-        );
+        self.search
+            .ensure_vector(field, metric, m, ef, self.records.iter());
     }
 
     pub fn search_state(&self) -> &SearchState {

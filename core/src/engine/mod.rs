@@ -12,7 +12,7 @@
 //! | `mutation.rs` | the log record format: one `Mutation` definition per record type |
 //! | `catalog.rs` | collections and their schemas |
 //! | `write.rs` | inserts, updates, actions, deletes, restores, batches |
-//! | `read.rs` | lookups, queries, joins, distinct values |
+//! | `read.rs` | lookups, queries, joins, distinct values; snapshots read outside the lock |
 //! | `rank.rs` | text, vector and hybrid search over a collection |
 //! | `kv.rs` | the key-value store and its links |
 //! | `expiry.rs` | TTL, trash retention and the sweep |
@@ -42,6 +42,7 @@ pub use log::MAX_BATCH_BYTES;
 mod write;
 
 pub use expiry::TRASH_RETENTION;
+pub use read::{Snapshot, Source};
 pub use snapshot::SnapshotCursor;
 
 use crate::error::{Error, Result};

@@ -7,7 +7,8 @@
 //! holds the lock: `poll_log` (batches to make durable) and `handle_durable`,
 //! `poll_timeout` / `handle_timeout` (one timer table), `poll_wakeup`
 //! (connections with something new to send), `poll_call` and the
-//! `handle_call_*` reports (outbound calls, `calls`).
+//! `handle_call_*` reports (outbound calls, `calls`), `poll_read` and
+//! `finish_read` (reads run outside the lock, `reads`).
 
 mod admission;
 pub mod calls;
@@ -17,6 +18,7 @@ pub mod guesses;
 pub mod health;
 pub mod pending;
 pub mod rate;
+pub mod reads;
 pub mod settings;
 pub mod sockets;
 
@@ -216,6 +218,8 @@ pub struct Server {
     open_connections: usize,
     /// Connections to wake (their outbox has news).
     wakeups: VecDeque<ConnId>,
+    /// Reads to run outside the lock (`poll_read`).
+    reads: VecDeque<reads::ReadJob>,
 }
 
 impl Server {
@@ -269,6 +273,7 @@ impl Server {
             next_conn: 1,
             open_connections: 0,
             wakeups: VecDeque::new(),
+            reads: VecDeque::new(),
         }
     }
 

@@ -67,6 +67,7 @@ const LIMITS: &[Limit] = &[
     limit("max_body_bytes_in_flight", 1024, 1 << 36, Field::Usize(|c| &mut c.max_body_bytes_in_flight)),
     limit("max_connections_per_address", 1, 10_000_000, Field::Usize(|c| &mut c.max_connections_per_address)),
     limit("max_query_work", 1000, 1 << 40, Field::U64(|c| &mut c.max_query_work)),
+    limit("max_query_time_secs", 1, 86_400, Field::U64(|c| &mut c.max_query_time_secs)),
     limit("max_streams_per_key", 0, 10_000_000, Field::Usize(|c| &mut c.max_streams_per_key)),
     limit("ws_max_message_bytes", 1024, 1 << 34, Field::Usize(|c| &mut c.ws_max_message_bytes)),
 ];

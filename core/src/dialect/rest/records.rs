@@ -1,13 +1,15 @@
 //! Record CRUD, batches and distinct values (spec 6, 7, 8, 10).
 
-use super::{access, txn, Ctx};
+use super::{access, txn, Ctx, Outcome};
 use crate::engine::actions::Action;
 use crate::engine::filter::Filter;
 use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
-use crate::engine::{BatchOutcome, Engine, Found};
+use crate::engine::{BatchOutcome, Engine, Found, Row};
 use crate::error::{Error, Result};
-use crate::value::Plain;
+use crate::server::Server;
+use crate::value::{Json, Plain};
+use crate::wire::format::{self, Format};
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
@@ -63,36 +65,84 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     if let Some(tx) = ctx.transaction() {
         return txn::find(engine, ctx, tx, c);
     }
+    let (q, shown) = find_request(ctx, c)?;
+    let rows = engine.find(c, &q, ctx.now)?;
+    shown.reply(ctx.out, rows)
+}
+
+/// `find` for REST: outside a transaction the query runs on a snapshot,
+/// outside the server lock (`server::reads`), so a long scan, sort or join
+/// holds up no other client.
+pub fn find_outside_lock(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
+    let Some(conn) = ctx.conn.filter(|_| ctx.transaction().is_none()) else {
+        return find(server.engine_mut(), ctx, c).map(Outcome::Reply);
+    };
+    let (q, shown) = find_request(ctx, c)?;
+    let collections = std::iter::once(c).chain(
+        q.joins
+            .iter()
+            .flat_map(|j| j.collections.iter().map(String::as_str)),
+    );
+    let snapshot = server.engine().snapshot(collections);
+    let (c, now, format) = (c.to_string(), ctx.now, ctx.out);
+    Ok(server.defer_read(conn, move |expired| {
+        let rows = snapshot.find(&c, &q, now, expired)?;
+        shown.reply(format, rows)
+    }))
+}
+
+/// A find's query, checked against the caller's grants, and what it may see.
+fn find_request(ctx: &Ctx<'_>, c: &str) -> Result<(FindQuery, Shown)> {
     let q = FindQuery::parse(&ctx.body()?)?;
     access::check_query(ctx, c, &q)?;
-    let p = access::view(ctx, c, q.projection.clone());
-    let joined_views = join_views(ctx, &q)?;
-    let rows = engine.find(c, &q, ctx.now)?;
-    let records: Vec<RecordOut<'_>> = rows
-        .into_iter()
-        .map(|row| {
-            let mut r = out(row.found, Some(&p));
-            r.joined = row
-                .joined
-                .into_iter()
-                .map(|(name, found)| {
-                    let view = joined_views
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map(|(_, v)| v);
-                    (name, found.into_iter().map(|f| out(f, view)).collect())
-                })
-                .collect();
-            r
-        })
-        .collect();
-    ctx.ok(&records)
+    let shown = Shown {
+        rows: access::view(ctx, c, q.projection.clone()),
+        joins: join_views(ctx, &q)?,
+    };
+    Ok((q, shown))
+}
+
+/// What a find shows: the fields of its rows, and of each join's records
+/// (by the join's `as_field`).
+struct Shown {
+    rows: Projection,
+    joins: Vec<(String, Projection)>,
+}
+
+impl Shown {
+    fn reply(&self, format: Format, rows: Vec<Row<'_>>) -> Result<Response> {
+        let records: Vec<RecordOut<'_>> = rows
+            .into_iter()
+            .map(|row| {
+                let mut r = out(row.found, Some(&self.rows));
+                r.joined = row
+                    .joined
+                    .into_iter()
+                    .map(|(name, found)| {
+                        let view = self.joins.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+                        (name, found.into_iter().map(|f| out(f, view)).collect())
+                    })
+                    .collect();
+                r
+            })
+            .collect();
+        ok(format, &records)
+    }
+}
+
+/// A 200 response in `format` (`Ctx::ok` for work done away from its `Ctx`).
+fn ok<T: serde::Serialize + ?Sized>(format: Format, value: &T) -> Result<Response> {
+    Ok(Response::new(
+        200,
+        format::content_type(format),
+        format::encode(format, value)?,
+    ))
 }
 
 /// What the key may read of each join's records, by the join's `as_field`.
 /// A join over several collections is shaped by one grant, so a key with a
 /// field restriction on any of them may not join them together.
-fn join_views<'q>(ctx: &Ctx<'_>, q: &'q FindQuery) -> Result<Vec<(&'q str, Projection)>> {
+fn join_views(ctx: &Ctx<'_>, q: &FindQuery) -> Result<Vec<(String, Projection)>> {
     let mut views = Vec::new();
     for join in &q.joins {
         let view = match join.collections.as_slice() {
@@ -109,7 +159,7 @@ fn join_views<'q>(ctx: &Ctx<'_>, q: &'q FindQuery) -> Result<Vec<(&'q str, Proje
                 Projection::default()
             }
         };
-        views.push((join.as_field.as_str(), view));
+        views.push((join.as_field.clone(), view));
     }
     Ok(views)
 }
@@ -365,16 +415,49 @@ pub fn batch_delete(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Respo
 }
 
 pub fn distinct(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, field: &str) -> Result<Response> {
+    let filter = distinct_request(ctx, c, field)?;
+    let values = engine.distinct(c, field, &filter, ctx.now)?;
+    distinct_reply(ctx.out, c, field, &values)
+}
+
+/// `distinct` for REST, on a snapshot outside the server lock (as
+/// `find_outside_lock`).
+pub fn distinct_outside_lock(
+    server: &mut Server,
+    ctx: &Ctx<'_>,
+    c: &str,
+    field: &str,
+) -> Result<Outcome> {
+    let Some(conn) = ctx.conn else {
+        return distinct(server.engine_mut(), ctx, c, field).map(Outcome::Reply);
+    };
+    let filter = distinct_request(ctx, c, field)?;
+    let snapshot = server.engine().snapshot([c]);
+    let (c, field, now, format) = (c.to_string(), field.to_string(), ctx.now, ctx.out);
+    Ok(server.defer_read(conn, move |expired| {
+        let values = snapshot.distinct(&c, &field, &filter, now, expired)?;
+        distinct_reply(format, &c, &field, &values)
+    }))
+}
+
+/// A distinct call's filter, checked against the caller's grants.
+fn distinct_request(ctx: &Ctx<'_>, c: &str, field: &str) -> Result<Filter> {
     let body = ctx.body()?;
     let filter = Filter::parse(body.get("filter"))?;
     ctx.access.check_readable_field(c, field)?;
     access::check_filter(ctx, c, &filter)?;
-    let values = engine.distinct(c, field, &filter, ctx.now)?;
+    Ok(filter)
+}
+
+fn distinct_reply(format: Format, c: &str, field: &str, values: &[Json]) -> Result<Response> {
     let plain: Vec<Plain<'_>> = values.iter().map(Plain).collect();
-    ctx.ok(&json!({
-        "collection": c,
-        "field": field,
-        "values": serde_json::to_value(&plain).map_err(|e| Error::internal(e.to_string()))?,
-        "count": values.len(),
-    }))
+    ok(
+        format,
+        &json!({
+            "collection": c,
+            "field": field,
+            "values": serde_json::to_value(&plain).map_err(|e| Error::internal(e.to_string()))?,
+            "count": values.len(),
+        }),
+    )
 }

@@ -145,7 +145,7 @@ pub static ROUTES: &[Route] = &[
     row(&[Put], "/api/schemas/{collection}", Write, WRITES, Data(|e, c| collections::update_schema(e, c, c.arg("collection")))),
     // Records (spec 6, 7, 8, 10).
     row(&[Post], "/api/insert/{collection}", Write, WRITES, Data(|e, c| records::insert(e, c, c.arg("collection")))),
-    row(&[Post], "/api/find/{collection}", Read, READS, Data(|e, c| records::find(e, c, c.arg("collection")))),
+    row(&[Post], "/api/find/{collection}", Read, READS, Srv(|s, c| records::find_outside_lock(s, c, c.arg("collection")))),
     row(&[Get], "/api/find/{collection}/{id}", Read, READS, Data(|e, c| records::find_by_id(e, c, c.arg("collection"), c.arg("id")))),
     row(&[Put], "/api/update/sequence/{collection}/{id}", Write, WRITES, Data(|e, c| records::sequence(e, c, c.arg("collection"), c.arg("id")))),
     row(&[Put], "/api/update/{collection}/{id}/action/{action}", Write, WRITES, Data(|e, c| records::action(e, c, c.arg("collection"), c.arg("id"), c.arg("action")))),
@@ -156,7 +156,7 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/batch/insert/{collection}", Write, WRITES, Data(|e, c| records::batch_insert(e, c, c.arg("collection")))),
     row(&[Put], "/api/batch/update/{collection}", Write, WRITES, Data(|e, c| records::batch_update(e, c, c.arg("collection")))),
     row(&[Delete], "/api/batch/delete/{collection}", Write, WRITES, Data(|e, c| records::batch_delete(e, c, c.arg("collection")))),
-    row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Data(|e, c| records::distinct(e, c, c.arg("collection"), c.arg("field")))),
+    row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Srv(|s, c| records::distinct_outside_lock(s, c, c.arg("collection"), c.arg("field")))),
     // Search and embeddings (spec 11, D).
     row(&[Post], "/api/search/{collection}", Read, READS, Data(|e, c| search::search(e, c, c.arg("collection")))),
     row(&[Post], "/api/embed", AnyKey, READS, Srv(system::embed)),

@@ -1,0 +1,110 @@
+//! Reads that run outside the server lock. A handler takes a `Snapshot` of
+//! the collections it reads (O(1) per collection) and defers the rest of its
+//! work as a `ReadJob`: the request gets a `Ticket` like any reply that comes
+//! later, the runtime runs the job on a reader thread (`poll_read`), and
+//! `finish_read` hands the reply to the waiting connection. A long scan, sort
+//! or join then holds up nobody: writers and other readers go on meanwhile.
+
+use super::pending::Ticket;
+use super::Server;
+use crate::dialect::rest::{self, Outcome};
+use crate::error::Result;
+use crate::ids::{ConnId, Lsn};
+use crate::wire::http::Response;
+use std::time::Duration;
+
+/// The work of one read: given "is my time up?", the response.
+type Run = Box<dyn FnOnce(&dyn Fn() -> bool) -> Result<Response> + Send>;
+
+/// A read to run outside the lock (`Server::poll_read`).
+pub struct ReadJob {
+    ticket: Ticket,
+    /// Everything the snapshot saw must be durable before the reply goes out.
+    wait_for: Lsn,
+    /// How long it may run (`--max-query-time`).
+    max_time: Duration,
+    run: Run,
+}
+
+impl std::fmt::Debug for ReadJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadJob")
+            .field("ticket", &self.ticket)
+            .field("wait_for", &self.wait_for)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A finished read, for `Server::finish_read`.
+#[derive(Debug)]
+pub struct ReadDone {
+    ticket: Ticket,
+    wait_for: Lsn,
+    response: Response,
+}
+
+impl ReadJob {
+    /// How long the read may run before it is stopped.
+    pub fn max_time(&self) -> Duration {
+        self.max_time
+    }
+
+    /// Runs the read (no lock held). `expired` says whether its time budget
+    /// (`--max-query-time`) is spent; the read stops with an error then.
+    pub fn run(self, expired: &dyn Fn() -> bool) -> ReadDone {
+        let response = match (self.run)(expired) {
+            Ok(r) => r,
+            Err(e) => rest::error_response(&e),
+        };
+        ReadDone {
+            ticket: self.ticket,
+            wait_for: self.wait_for,
+            response,
+        }
+    }
+}
+
+impl Server {
+    /// Defers the rest of a read for `conn` to a reader thread. The job must
+    /// own what it reads (a `Snapshot`, the parsed query).
+    pub fn defer_read(
+        &mut self,
+        conn: ConnId,
+        run: impl FnOnce(&dyn Fn() -> bool) -> Result<Response> + Send + 'static,
+    ) -> Outcome {
+        let ticket = self.pending.ticket(conn);
+        let wait_for = self.read_position();
+        self.reads.push_back(ReadJob {
+            ticket,
+            wait_for,
+            max_time: Duration::from_secs(self.config.max_query_time_secs.max(1)),
+            run: Box::new(run),
+        });
+        Outcome::Pending(ticket)
+    }
+
+    /// The next read for the runtime to run outside the lock. Drain after
+    /// every call that holds the lock.
+    pub fn poll_read(&mut self) -> Option<ReadJob> {
+        self.reads.pop_front()
+    }
+
+    /// A read finished: its connection gets the reply (once what it saw is
+    /// durable). A connection that went meanwhile is forgotten.
+    pub fn finish_read(&mut self, done: ReadDone) {
+        self.count_request(done.response.status, None);
+        self.pending
+            .fulfil(done.ticket, done.response, done.wait_for);
+    }
+
+    /// What a read taken now depends on: the last commit (or, once storage
+    /// failed or with `durable_operations` off, what is known durable), as
+    /// for a read answered under the lock (`finish_operation`).
+    fn read_position(&self) -> Lsn {
+        if self.storage_failure.is_some() || !self.durable_acks {
+            self.durable
+        } else {
+            self.engine.last_lsn()
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Nobody waits for anybody: while one client runs a long query (a scan with
+//! a costly filter, a sort with a deep skip, a large join), other clients'
+//! health checks, lookups and writes are answered at once, and the long
+//! query still sees the records as they were when it started. Queries have a
+//! time budget (`--max-query-time`) besides their work budget.
+
+use serde_json::{json, Value};
+use std::thread;
+use std::time::{Duration, Instant};
+use tidepool_tests::{both_runtimes, HttpReply, Runtime, TestServer};
+
+/// Records in the big collection.
+const RECORDS: usize = 60_000;
+/// The slowest answer another client may get while a long query runs. The
+/// bar is far above a lookup's cost (well under a millisecond) and far below
+/// the long queries' (seconds), so it holds on a loaded machine.
+const MAX_STALL: Duration = Duration::from_millis(500);
+
+fn fill(srv: &TestServer, token: &str, collection: &str, n: usize) {
+    for start in (0..n).step_by(2000) {
+        let inserts: Vec<Value> = (start..(start + 2000).min(n))
+            .map(|i| json!({"data": {"n": i, "name": format!("record {i}"), "group": i % 1000}}))
+            .collect();
+        let r = srv.call(
+            token,
+            "POST",
+            &format!("/api/batch/insert/{collection}"),
+            &json!({ "inserts": inserts }).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+/// A number as a find returns it: plain, or typed (`{"type", "value"}`).
+fn number(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v["value"].as_i64())
+        .unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// A filter that examines every record `conditions` times and matches none.
+fn costly_filter(conditions: usize) -> Value {
+    json!({"type": "Logical", "content": {
+        "operator": "Or",
+        "expressions": (0..conditions).map(|i| json!({"type": "Condition", "content": {
+            "field": "name", "operator": "Contains", "value": format!("absent {i}")}})).collect::<Vec<_>>()
+    }})
+}
+
+/// Runs `query` on another thread; meanwhile probes the server as other
+/// clients would (health, a lookup, an insert elsewhere) until it answers.
+/// Returns the query's reply, how long it took, and how long each probe
+/// took (sorted).
+fn probe_during(
+    srv: &TestServer,
+    token: &str,
+    query: (&str, Value),
+    lookup: &str,
+) -> (HttpReply, Duration, Vec<Duration>) {
+    let (path, body) = query;
+    let started = Instant::now();
+    thread::scope(|scope| {
+        let long = scope.spawn(|| {
+            let r = srv.call(token, "POST", path, &body.to_string());
+            (r, started.elapsed())
+        });
+        // Let the query start.
+        thread::sleep(Duration::from_millis(100));
+        let mut probes = Vec::new();
+        while !long.is_finished() {
+            for (method, path, body) in [
+                ("GET", lookup.to_string(), String::new()),
+                ("GET", "/api/health".to_string(), String::new()),
+                (
+                    "POST",
+                    "/api/insert/other".to_string(),
+                    json!({"x": probes.len()}).to_string(),
+                ),
+            ] {
+                let t = Instant::now();
+                let r = srv.call(token, method, &path, &body);
+                probes.push(t.elapsed());
+                assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let (reply, took) = long.join().unwrap();
+        probes.sort_unstable();
+        (reply, took, probes)
+    })
+}
+
+both_runtimes!(long_queries_do_not_stall_other_clients, |rt: Runtime| {
+    let srv = TestServer::start_with(rt, &["--max-query-work", "1000000000000"]);
+    let token = srv.token();
+    fill(&srv, &token, "big", RECORDS);
+    fill(&srv, &token, "side", 1000);
+    let some = srv.call(&token, "POST", "/api/find/big", r#"{"limit": 1}"#);
+    let id = some.json()[0]["id"].as_str().unwrap().to_string();
+    let lookup = format!("/api/find/big/{id}");
+
+    let queries = [
+        (
+            "scan",
+            "/api/find/big",
+            json!({"filter": costly_filter(600)}),
+        ),
+        (
+            "deep skip and sort",
+            "/api/find/big",
+            json!({"filter": costly_filter(200), "sort": [{"field": "name", "ascending": false}], "skip": RECORDS - 5, "limit": 10}),
+        ),
+        (
+            "join",
+            "/api/find/big",
+            json!({"filter": {"type": "Logical", "content": {"operator": "Or", "expressions": [
+                costly_filter(300),
+                {"type": "Condition", "content": {"field": "n", "operator": "LessThan", "value": 1000}}]}},
+                "join": {"collections": ["side"], "local_field": "group", "foreign_field": "group", "as_field": "same"}}),
+        ),
+    ];
+    for (what, path, body) in queries {
+        let (reply, took, probes) = probe_during(&srv, &token, (path, body), &lookup);
+        assert_eq!(reply.status, 200, "{what}: {}", reply.text());
+        let (Some(slowest), Some(median)) = (probes.last(), probes.get(probes.len() / 2)) else {
+            panic!("{what} ended before anything else happened ({took:?})");
+        };
+        assert!(
+            *slowest < MAX_STALL,
+            "{what} ran {took:?}; another client waited {slowest:?} ({} probes)",
+            probes.len()
+        );
+        eprintln!(
+            "{what}: ran {took:?}; {} probes meanwhile, median {median:?}, slowest {slowest:?}",
+            probes.len()
+        );
+    }
+});
+
+both_runtimes!(
+    a_query_sees_the_records_as_they_were_when_it_started,
+    |rt: Runtime| {
+        let srv = TestServer::start_with(rt, &["--max-query-work", "1000000000000"]);
+        let token = srv.token();
+        fill(&srv, &token, "big", RECORDS);
+        // A long query matching every record, while another client inserts
+        // numbered records into the same collection: the answer holds the
+        // records of one moment, so exactly the inserts acknowledged before
+        // some point, and none after.
+        let everything = json!({"filter": {"type": "Logical", "content": {
+        "operator": "Or",
+        "expressions": [costly_filter(200), {"type": "Condition", "content": {
+            "field": "n", "operator": "GreaterThanOrEqual", "value": 0}}]
+    }}, "select_fields": ["n"]});
+        let (reply, added) = thread::scope(|scope| {
+            let long =
+                scope.spawn(|| srv.call(&token, "POST", "/api/find/big", &everything.to_string()));
+            let mut added = 0;
+            while !long.is_finished() {
+                let n = 1_000_000 + added;
+                let r = srv.call(
+                    &token,
+                    "POST",
+                    "/api/insert/big",
+                    &json!({ "n": n }).to_string(),
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                added += 1;
+                thread::sleep(Duration::from_millis(5));
+            }
+            (long.join().unwrap(), added)
+        });
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let rows = reply.json();
+        let mut late: Vec<i64> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| number(&r["n"]))
+            .filter(|n| *n >= 1_000_000)
+            .map(|n| n - 1_000_000)
+            .collect();
+        late.sort_unstable();
+        let seen = late.len();
+        assert_eq!(rows.as_array().unwrap().len(), RECORDS + seen);
+        assert_eq!(
+            late,
+            (0..seen as i64).collect::<Vec<_>>(),
+            "a prefix of the inserts"
+        );
+        assert!(
+            seen < added,
+            "all {added} inserts made while the query ran are in its answer"
+        );
+    }
+);
+
+both_runtimes!(a_query_past_its_time_budget_is_stopped, |rt: Runtime| {
+    let srv = TestServer::start_with(
+        rt,
+        &["--max-query-work", "1000000000000", "--max-query-time", "1"],
+    );
+    let token = srv.token();
+    fill(&srv, &token, "big", RECORDS);
+    let t = Instant::now();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/find/big",
+        &json!({"filter": costly_filter(20_000)}).to_string(),
+    );
+    let took = t.elapsed();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("--max-query-time"), "{}", r.text());
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped only after {took:?}"
+    );
+    // Distinct values have the same budget.
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/distinct/big/name",
+        &json!({"filter": costly_filter(20_000)}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("--max-query-time"), "{}", r.text());
+    // The server is fine afterwards.
+    let r = srv.call(&token, "POST", "/api/find/big", r#"{"limit": 2}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+});
