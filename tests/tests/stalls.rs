@@ -230,3 +230,75 @@ both_runtimes!(a_query_past_its_time_budget_is_stopped, |rt: Runtime| {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().as_array().unwrap().len(), 2);
 });
+
+both_runtimes!(
+    the_first_search_builds_its_index_outside_the_lock,
+    |rt: Runtime| {
+        let srv = TestServer::start(rt);
+        let token = srv.token();
+        // Long texts, so the first index takes a while to build.
+        let words = [
+            "river", "otter", "stone", "lantern", "harbor", "meadow", "copper", "willow", "signal",
+            "garden", "thunder", "marble", "orchid", "falcon", "ember", "glacier",
+        ];
+        for start in (0..RECORDS).step_by(2000) {
+            let inserts: Vec<Value> = (start..start + 2000)
+                .map(|i| {
+                    let text: Vec<String> = (0..60)
+                        .map(|j| {
+                            format!("{}{}", words[(i * 7 + j * 13) % words.len()], (i + j) % 97)
+                        })
+                        .collect();
+                    json!({"data": {"n": i, "body": text.join(" ")}})
+                })
+                .collect();
+            let r = srv.call(
+                &token,
+                "POST",
+                "/api/batch/insert/texts",
+                &json!({ "inserts": inserts }).to_string(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let some = srv.call(&token, "POST", "/api/find/texts", r#"{"limit": 1}"#);
+        let id = some.json()[0]["id"].as_str().unwrap().to_string();
+        let (reply, took, probes) = probe_during(
+            &srv,
+            &token,
+            ("/api/search/texts", json!({"query": "otter5", "limit": 5})),
+            &format!("/api/find/texts/{id}"),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            reply.json()["total"].as_u64().unwrap() > 0,
+            "{}",
+            reply.text()
+        );
+        let (Some(slowest), Some(median)) = (probes.last(), probes.get(probes.len() / 2)) else {
+            panic!("the index was built before anything else happened ({took:?})");
+        };
+        assert!(
+            *slowest < MAX_STALL,
+            "building the index took {took:?}; another client waited {slowest:?}"
+        );
+        eprintln!(
+            "first search: {took:?}; {} probes meanwhile, median {median:?}, slowest {slowest:?}",
+            probes.len()
+        );
+        // Records written meanwhile or since are found, as the index follows.
+        let r = srv.call(
+            &token,
+            "POST",
+            "/api/insert/texts",
+            &json!({"body": "a quokka"}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let found = srv.call(
+            &token,
+            "POST",
+            "/api/search/texts",
+            r#"{"query": "quokka"}"#,
+        );
+        assert_eq!(found.json()["total"], 1, "{}", found.text());
+    }
+);

@@ -314,14 +314,43 @@ impl Collection {
         self.search.ensure_text(language, self.records.iter())
     }
 
-    /// The vector index for (field, metric), built now if this is its first use.
-    pub fn vector_index(&mut self, field: &str, metric: Metric) {
-        let (m, ef) = match self.schema.fields.get(field).and_then(|f| f.index.as_ref()) {
+    /// The HNSW parameters of a vector index on `field` (declared, or the defaults).
+    pub fn vector_params(&self, field: &str) -> (usize, usize) {
+        match self.schema.fields.get(field).and_then(|f| f.index.as_ref()) {
             Some(super::schema::IndexConfig::Vector {
                 m, ef_construction, ..
             }) => (*m as usize, *ef_construction as usize),
             _ => (16, 128),
-        };
+        }
+    }
+
+    /// Takes indexes built outside the lock from `built` (a snapshot of
+    /// this collection's records), unless the collection got indexes
+    /// meanwhile; then brings them up to date with what changed since the
+    /// snapshot (removals first, as a freed doc number may be reused).
+    pub fn install_search(&mut self, built: Records, state: SearchState) {
+        if self.search.is_active() {
+            return;
+        }
+        self.search = state;
+        let mut puts: Vec<&str> = Vec::new();
+        for change in built.0.diff(&self.records.0) {
+            match change {
+                imbl::ordmap::DiffItem::Remove(id, _) => self.search.on_remove(id),
+                imbl::ordmap::DiffItem::Add(id, _) => puts.push(id),
+                imbl::ordmap::DiffItem::Update { new: (id, _), .. } => puts.push(id),
+            }
+        }
+        for id in puts {
+            if let Some(record) = self.records.get(id) {
+                self.search.on_put(id, record);
+            }
+        }
+    }
+
+    /// The vector index for (field, metric), built now if this is its first use.
+    pub fn vector_index(&mut self, field: &str, metric: Metric) {
+        let (m, ef) = self.vector_params(field);
         self.search
             .ensure_vector(field, metric, m, ef, self.records.iter());
     }

@@ -10,6 +10,40 @@ use crate::time::Timestamp;
 use std::collections::HashMap;
 
 impl Engine {
+    /// The indexes a search of `collection` would build first, as a plan to
+    /// carry out outside the lock; `None` when there is nothing to build, or
+    /// when the collection already has an index (a further one is then built
+    /// in place, under the lock).
+    pub fn index_plan(
+        &self,
+        collection: &str,
+        req: &search::SearchRequest,
+    ) -> Option<search::IndexPlan> {
+        let c = self.collections.get(collection)?;
+        if c.search_state().is_active() || c.is_empty() {
+            return None;
+        }
+        let text =
+            (!req.text.query.trim().is_empty()).then(|| search::declared(&c.schema).0.flatten());
+        let vector = req.vector.is_some().then(|| {
+            let (m, ef) = c.vector_params(&req.vector_field);
+            (req.vector_field.clone(), req.metric, m, ef)
+        });
+        (text.is_some() || vector.is_some()).then(|| search::IndexPlan {
+            collection: collection.to_string(),
+            records: c.records().clone(),
+            text,
+            vector,
+        })
+    }
+
+    /// Installs indexes built from a plan (see `Collection::install_search`).
+    pub fn install_index(&mut self, build: search::IndexBuild) {
+        if let Some(c) = self.collections.get_mut(build.collection.as_str()) {
+            c.install_search(build.records, build.state);
+        }
+    }
+
     /// Text, vector or hybrid search (spec 11, D1). `filter` pre-filters; an
     /// unknown collection has no results. Returns the hits (best first) and the
     /// number of matches before the limit.
@@ -126,5 +160,61 @@ impl Engine {
             })
             .collect();
         Ok((hits, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::rest::search::parse;
+    use serde_json::json;
+
+    fn ids_found(e: &mut Engine, req: &search::SearchRequest, now: Timestamp) -> Vec<String> {
+        let (hits, _) = e.search("c", req, &Filter::All, now).unwrap();
+        let mut ids: Vec<String> = hits.iter().map(|h| h.found.id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn an_index_built_outside_the_lock_catches_up_with_the_writes_made_meanwhile() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        let keep = e.insert("c", json!({"t": "otter river"}), now).unwrap();
+        let gone = e.insert("c", json!({"t": "otter lake"}), now).unwrap();
+        let changed = e.insert("c", json!({"t": "otter pond"}), now).unwrap();
+        let (req, _, _) = parse(&json!({"query": "otter", "limit": 10})).unwrap();
+        let plan = e.index_plan("c", &req).expect("a first index to build");
+        // While it is built: a delete, an update that drops the word, an insert.
+        e.delete("c", &gone, now).unwrap();
+        e.update("c", &changed, json!({"t": "heron pond"}), now)
+            .unwrap();
+        let new = e.insert("c", json!({"t": "otter sea"}), now).unwrap();
+        let build = plan.build().unwrap();
+        e.install_index(build);
+        assert!(e.index_plan("c", &req).is_none(), "installed");
+        let mut want = vec![keep, new];
+        want.sort();
+        assert_eq!(ids_found(&mut e, &req, now), want);
+        let (heron, _, _) = parse(&json!({"query": "heron"})).unwrap();
+        assert_eq!(ids_found(&mut e, &heron, now), vec![changed]);
+        // Kept up to date from then on, as an index built in place is.
+        let later = e.insert("c", json!({"t": "otter bay"}), now).unwrap();
+        assert!(ids_found(&mut e, &req, now).contains(&later));
+    }
+
+    #[test]
+    fn a_second_build_does_not_replace_an_installed_index() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        e.insert("c", json!({"t": "otter"}), now).unwrap();
+        let (req, _, _) = parse(&json!({"query": "otter"})).unwrap();
+        let first = e.index_plan("c", &req).unwrap().build().unwrap();
+        let second = e.index_plan("c", &req).unwrap();
+        e.install_index(first);
+        let extra = e.insert("c", json!({"t": "otter two"}), now).unwrap();
+        // The late build covers a snapshot without `extra`: it must not win.
+        e.install_index(second.build().unwrap());
+        assert!(ids_found(&mut e, &req, now).contains(&extra));
     }
 }

@@ -7,6 +7,7 @@
 //! search that needs it and kept up to date from then on, so collections nobody
 //! searches cost nothing.
 
+use super::collection::Records;
 use super::record::Record;
 use super::schema::{IndexConfig, Schema};
 use crate::error::{Error, Result};
@@ -237,6 +238,47 @@ impl SearchState {
                 .iter()
                 .map(|s| s.index.memory_bytes())
                 .sum::<usize>()
+    }
+}
+
+/// The first indexes of a collection, to be built outside the server lock
+/// from a snapshot of its records (`Engine::index_plan`), then installed
+/// under it (`Engine::install_index`), which catches up with the writes made
+/// meanwhile.
+#[derive(Debug)]
+pub struct IndexPlan {
+    pub(super) collection: String,
+    pub(super) records: Records,
+    /// The text index, with its language (`None`: the default analyzer).
+    pub(super) text: Option<Option<String>>,
+    /// A vector index: field, metric, m, ef_construction.
+    pub(super) vector: Option<DeclaredVector>,
+}
+
+/// An `IndexPlan` carried out: indexes over the snapshot's records.
+#[derive(Debug)]
+pub struct IndexBuild {
+    pub(super) collection: String,
+    /// The records the indexes cover.
+    pub(super) records: Records,
+    pub(super) state: SearchState,
+}
+
+impl IndexPlan {
+    /// Builds the indexes (no lock held; seconds for a large collection).
+    pub fn build(self) -> Result<IndexBuild> {
+        let mut state = SearchState::default();
+        if let Some(language) = &self.text {
+            state.ensure_text(language.as_deref(), self.records.iter())?;
+        }
+        if let Some((field, metric, m, ef)) = &self.vector {
+            state.ensure_vector(field, *metric, *m, *ef, self.records.iter());
+        }
+        Ok(IndexBuild {
+            collection: self.collection,
+            records: self.records,
+            state,
+        })
     }
 }
 

@@ -2,7 +2,9 @@
 //! the collections it reads (O(1) per collection) and defers the rest of its
 //! work as a `ReadJob`: the request gets a `Ticket` like any reply that comes
 //! later, the runtime runs the job on a reader thread (`poll_read`), and
-//! `finish_read` hands the reply to the waiting connection. A long scan, sort
+//! `finish_read` hands the reply to the waiting connection. A job may end
+//! with work under the lock (`Finish::UnderLock`): a search that needed a
+//! collection's first index builds it outside, then installs it and answers. A long scan, sort
 //! or join then holds up nobody: writers and other readers go on meanwhile.
 
 use super::pending::Ticket;
@@ -13,8 +15,20 @@ use crate::ids::{ConnId, Lsn};
 use crate::wire::http::Response;
 use std::time::Duration;
 
-/// The work of one read: given "is my time up?", the response.
-type Run = Box<dyn FnOnce(&dyn Fn() -> bool) -> Result<Response> + Send>;
+/// Work that finishes a read under the lock.
+pub type UnderLock = Box<dyn FnOnce(&mut Server) -> Result<Response> + Send>;
+
+/// What the work done outside the lock comes to.
+pub enum Finish {
+    /// The reply.
+    Reply(Response),
+    /// Work to finish under the lock (installing an index built outside
+    /// it, then answering from it).
+    UnderLock(UnderLock),
+}
+
+/// The work of one read: given "is my time up?", what it comes to.
+type Run = Box<dyn FnOnce(&dyn Fn() -> bool) -> Result<Finish> + Send>;
 
 /// A read to run outside the lock (`Server::poll_read`).
 pub struct ReadJob {
@@ -36,11 +50,10 @@ impl std::fmt::Debug for ReadJob {
 }
 
 /// A finished read, for `Server::finish_read`.
-#[derive(Debug)]
 pub struct ReadDone {
     ticket: Ticket,
     wait_for: Lsn,
-    response: Response,
+    finish: Result<Finish>,
 }
 
 impl ReadJob {
@@ -52,14 +65,10 @@ impl ReadJob {
     /// Runs the read (no lock held). `expired` says whether its time budget
     /// (`--max-query-time`) is spent; the read stops with an error then.
     pub fn run(self, expired: &dyn Fn() -> bool) -> ReadDone {
-        let response = match (self.run)(expired) {
-            Ok(r) => r,
-            Err(e) => rest::error_response(&e),
-        };
         ReadDone {
             ticket: self.ticket,
             wait_for: self.wait_for,
-            response,
+            finish: (self.run)(expired),
         }
     }
 }
@@ -71,6 +80,15 @@ impl Server {
         &mut self,
         conn: ConnId,
         run: impl FnOnce(&dyn Fn() -> bool) -> Result<Response> + Send + 'static,
+    ) -> Outcome {
+        self.defer_work(conn, move |expired| run(expired).map(Finish::Reply))
+    }
+
+    /// `defer_read` for work that may end under the lock (`Finish`).
+    pub fn defer_work(
+        &mut self,
+        conn: ConnId,
+        run: impl FnOnce(&dyn Fn() -> bool) -> Result<Finish> + Send + 'static,
     ) -> Outcome {
         let ticket = self.pending.ticket(conn);
         let wait_for = self.read_position();
@@ -92,9 +110,15 @@ impl Server {
     /// A read finished: its connection gets the reply (once what it saw is
     /// durable). A connection that went meanwhile is forgotten.
     pub fn finish_read(&mut self, done: ReadDone) {
-        self.count_request(done.response.status, None);
-        self.pending
-            .fulfil(done.ticket, done.response, done.wait_for);
+        let (result, wait_for) = match done.finish {
+            Ok(Finish::Reply(r)) => (Ok(r), done.wait_for),
+            // Answered from the state as it is now.
+            Ok(Finish::UnderLock(f)) => (f(self), self.read_position()),
+            Err(e) => (Err(e), done.wait_for),
+        };
+        let response = result.unwrap_or_else(|e| rest::error_response(&e));
+        self.count_request(response.status, None);
+        self.pending.fulfil(done.ticket, response, wait_for);
     }
 
     /// What a read taken now depends on: the last commit (or, once storage

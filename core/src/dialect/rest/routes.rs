@@ -158,7 +158,7 @@ pub static ROUTES: &[Route] = &[
     row(&[Delete], "/api/batch/delete/{collection}", Write, WRITES, Data(|e, c| records::batch_delete(e, c, c.arg("collection")))),
     row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Srv(|s, c| records::distinct_outside_lock(s, c, c.arg("collection"), c.arg("field")))),
     // Search and embeddings (spec 11, D).
-    row(&[Post], "/api/search/{collection}", Read, READS, Data(|e, c| search::search(e, c, c.arg("collection")))),
+    row(&[Post], "/api/search/{collection}", Read, READS, Srv(|s, c| search::search_outside_lock(s, c, c.arg("collection")))),
     row(&[Post], "/api/embed", AnyKey, READS, Srv(system::embed)),
     // Key-value store (spec 12).
     row(&[Post], "/api/kv/set/{key}", Write, WRITES, Data(|e, c| kv::set(e, c, c.arg("key")))),

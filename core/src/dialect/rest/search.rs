@@ -1,12 +1,15 @@
 //! `POST /api/search/{collection}` (spec 11, D1-D2): text, vector or hybrid.
 
-use super::{access, Ctx};
+use super::{access, Ctx, Outcome};
 use crate::engine::filter::Filter;
 use crate::engine::query::{split_fields, unsigned};
 use crate::engine::record::{Projection, RecordOut};
 use crate::engine::search::{metric_from, SearchRequest};
-use crate::engine::Engine;
+use crate::engine::{Engine, SearchHit};
 use crate::error::{Error, Result};
+use crate::server::reads::Finish;
+use crate::server::Server;
+use crate::wire::format::{self, Format};
 use crate::wire::http::Response;
 use serde::Serialize;
 use serde_json::Value as J;
@@ -219,57 +222,130 @@ pub fn search(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     answer(engine, ctx, c, false)
 }
 
+/// `search` for REST: when the search needs a collection's first index, it
+/// is built from a snapshot outside the server lock (seconds for a large
+/// collection), then installed and searched under it.
+pub fn search_outside_lock(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
+    let asked = Asked::parse(ctx, c)?;
+    let plan = server.engine().index_plan(c, &asked.req);
+    let (Some(plan), Some(conn)) = (plan, ctx.conn) else {
+        let (hits, total) = server
+            .engine_mut()
+            .search(c, &asked.req, &asked.filter, ctx.now)?;
+        return asked
+            .reply(ctx, hits, total, ctx.elapsed_ms())
+            .map(Outcome::Reply);
+    };
+    let (c, now, clock) = (c.to_string(), ctx.now, ctx.clock);
+    Ok(server.defer_work(conn, move |_| {
+        let build = plan.build()?;
+        Ok(Finish::UnderLock(Box::new(move |server: &mut Server| {
+            server.engine_mut().install_index(build);
+            let (hits, total) = server
+                .engine_mut()
+                .search(&c, &asked.req, &asked.filter, now)?;
+            let elapsed = clock.map_or(0, |clock| clock().since(now).as_millis() as u64);
+            asked.reply_json(hits, total, elapsed)
+        })))
+    }))
+}
+
 /// The WebSocket `TextSearch` reply: the bare `results` array (spec B5).
 pub fn results(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {
     answer(engine, ctx, c, true)
 }
 
 fn answer(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, bare: bool) -> Result<Response> {
-    let (req, filter, projection) = parse(&ctx.body()?)?;
-    check_access(ctx, c, &req, &filter)?;
-    let projection = access::view(ctx, c, projection);
-    let (hits, total) = engine.search(c, &req, &filter, ctx.now)?;
-    #[derive(Serialize)]
-    struct Hit<'a> {
-        record: RecordOut<'a>,
-        score: f64,
-        matched_fields: Vec<String>,
-    }
-    #[derive(Serialize)]
-    struct Reply<'a> {
-        results: Vec<Hit<'a>>,
-        total: usize,
-        execution_time_ms: u64,
-        took_ms: u64,
-        execution_path: &'static str,
-    }
-    let proj = Some(&projection).filter(|p| !p.is_empty());
-    let results: Vec<Hit<'_>> = hits
-        .into_iter()
-        .map(|h| Hit {
-            record: RecordOut {
-                projection: proj,
-                ..RecordOut::new(h.found.pk, h.found.id, h.found.record)
-            },
-            // f32 → f64 via its shortest text form, so 26.4 stays 26.4 on the wire.
-            score: h.score.to_string().parse().unwrap_or(f64::from(h.score)),
-            matched_fields: h.matched_fields,
-        })
-        .collect();
+    let asked = Asked::parse(ctx, c)?;
+    let (hits, total) = engine.search(c, &asked.req, &asked.filter, ctx.now)?;
     if bare {
-        return ctx.ok(&results);
+        return ctx.ok(&asked.results(hits));
     }
-    let elapsed = ctx.elapsed_ms();
-    let path = match (req.text.query.trim().is_empty(), req.vector.is_some()) {
-        (false, true) => "hybrid",
-        (true, true) => "vector",
-        _ => "text",
-    };
-    ctx.ok_json(&Reply {
-        results,
-        total,
-        execution_time_ms: elapsed,
-        took_ms: elapsed,
-        execution_path: path,
-    })
+    asked.reply(ctx, hits, total, ctx.elapsed_ms())
+}
+
+/// A search request, checked against the caller's grants, and the fields it
+/// may show.
+struct Asked {
+    req: SearchRequest,
+    filter: Filter,
+    projection: Projection,
+}
+
+#[derive(Serialize)]
+struct Hit<'a> {
+    record: RecordOut<'a>,
+    score: f64,
+    matched_fields: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    results: Vec<Hit<'a>>,
+    total: usize,
+    execution_time_ms: u64,
+    took_ms: u64,
+    execution_path: &'static str,
+}
+
+impl Asked {
+    fn parse(ctx: &Ctx<'_>, c: &str) -> Result<Asked> {
+        let (req, filter, projection) = parse(&ctx.body()?)?;
+        check_access(ctx, c, &req, &filter)?;
+        let projection = access::view(ctx, c, projection);
+        Ok(Asked {
+            req,
+            filter,
+            projection,
+        })
+    }
+
+    fn results<'a>(&'a self, hits: Vec<SearchHit<'a>>) -> Vec<Hit<'a>> {
+        let proj = Some(&self.projection).filter(|p| !p.is_empty());
+        hits.into_iter()
+            .map(|h| Hit {
+                record: RecordOut {
+                    projection: proj,
+                    ..RecordOut::new(h.found.pk, h.found.id, h.found.record)
+                },
+                // f32 → f64 via its shortest text form, so 26.4 stays 26.4 on the wire.
+                score: h.score.to_string().parse().unwrap_or(f64::from(h.score)),
+                matched_fields: h.matched_fields,
+            })
+            .collect()
+    }
+
+    fn body<'a>(&'a self, hits: Vec<SearchHit<'a>>, total: usize, elapsed: u64) -> Reply<'a> {
+        let path = match (
+            self.req.text.query.trim().is_empty(),
+            self.req.vector.is_some(),
+        ) {
+            (false, true) => "hybrid",
+            (true, true) => "vector",
+            _ => "text",
+        };
+        Reply {
+            results: self.results(hits),
+            total,
+            execution_time_ms: elapsed,
+            took_ms: elapsed,
+            execution_path: path,
+        }
+    }
+
+    fn reply(
+        &self,
+        ctx: &Ctx<'_>,
+        hits: Vec<SearchHit<'_>>,
+        total: usize,
+        elapsed: u64,
+    ) -> Result<Response> {
+        ctx.ok_json(&self.body(hits, total, elapsed))
+    }
+
+    /// `reply` for an HTTP request answered away from its `Ctx` (always JSON).
+    fn reply_json(&self, hits: Vec<SearchHit<'_>>, total: usize, elapsed: u64) -> Result<Response> {
+        let body = self.body(hits, total, elapsed);
+        Ok(Response::json(200, format::encode(Format::Json, &body)?))
+    }
 }
