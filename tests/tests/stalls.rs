@@ -302,3 +302,69 @@ both_runtimes!(
         assert_eq!(found.json()["total"], 1, "{}", found.text());
     }
 );
+
+// Over the ekoDB WebSocket: a long query on a socket does not hold up the
+// same socket's next calls (replies carry their message id and come as
+// they are ready), nor other clients.
+both_runtimes!(
+    a_long_query_over_the_websocket_holds_up_nobody,
+    |rt: Runtime| {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+
+        let srv = TestServer::start_with(rt, &["--max-query-work", "1000000000000"]);
+        let token = srv.token();
+        fill(&srv, &token, "big", RECORDS);
+        let some = srv.call(&token, "POST", "/api/find/big", r#"{"limit": 1}"#);
+        let id = some.json()[0]["id"].as_str().unwrap().to_string();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut req = format!("ws://{}/api/ws", srv.addr)
+                    .into_client_request()
+                    .unwrap();
+                req.headers_mut()
+                    .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+                let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+                let send = |v: Value| Message::Text(v.to_string().into());
+                let started = Instant::now();
+                ws.send(send(
+                    json!({"type": "Query", "messageId": "long", "payload": {
+                "collection": "big", "filter": costly_filter(600)}}),
+                ))
+                .await
+                .unwrap();
+                ws.send(send(
+                    json!({"type": "FindById", "messageId": "quick", "payload": {
+                "collection": "big", "id": id}}),
+                ))
+                .await
+                .unwrap();
+                let mut order = Vec::new();
+                while order.len() < 2 {
+                    let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+                        .await
+                        .expect("a reply within a minute")
+                        .expect("the socket is open")
+                        .unwrap();
+                    let Message::Text(t) = msg else { continue };
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let Some(mid) = v["messageId"].as_str() else {
+                        continue;
+                    };
+                    assert_eq!(v["type"], "Success", "{v}");
+                    order.push((mid.to_string(), started.elapsed()));
+                }
+                assert_eq!(order[0].0, "quick", "{order:?}");
+                assert_eq!(order[1].0, "long", "{order:?}");
+                assert!(
+                    order[0].1 < MAX_STALL && order[1].1 > order[0].1 * 2,
+                    "{order:?}"
+                );
+                eprintln!("websocket: {order:?}");
+            });
+    }
+);

@@ -13,15 +13,23 @@ use crate::dialect::rest::{self, Outcome};
 use crate::error::Result;
 use crate::ids::{ConnId, Lsn};
 use crate::wire::http::Response;
+use bytes::Bytes;
 use std::time::Duration;
 
 /// Work that finishes a read under the lock.
 pub type UnderLock = Box<dyn FnOnce(&mut Server) -> Result<Response> + Send>;
 
+/// A read's work once its request is checked and its snapshot taken: given
+/// "is my time up?", the response.
+pub type ReadWork = Box<dyn FnOnce(&dyn Fn() -> bool) -> Result<Response> + Send>;
+
 /// What the work done outside the lock comes to.
 pub enum Finish {
     /// The reply.
     Reply(Response),
+    /// A message for a streaming connection (a WebSocket reply), queued
+    /// behind its events.
+    Message(Bytes),
     /// Work to finish under the lock (installing an index built outside
     /// it, then answering from it).
     UnderLock(UnderLock),
@@ -30,9 +38,19 @@ pub enum Finish {
 /// The work of one read: given "is my time up?", what it comes to.
 type Run = Box<dyn FnOnce(&dyn Fn() -> bool) -> Result<Finish> + Send>;
 
+/// Where a read's answer goes.
+#[derive(Debug, Clone, Copy)]
+enum Deliver {
+    /// The reply an HTTP request waits for.
+    Ticket(Ticket),
+    /// A message on a WebSocket (replies carry their message id, so they
+    /// may overtake each other).
+    Stream(ConnId),
+}
+
 /// A read to run outside the lock (`Server::poll_read`).
 pub struct ReadJob {
-    ticket: Ticket,
+    deliver: Deliver,
     /// Everything the snapshot saw must be durable before the reply goes out.
     wait_for: Lsn,
     /// How long it may run (`--max-query-time`).
@@ -43,7 +61,7 @@ pub struct ReadJob {
 impl std::fmt::Debug for ReadJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadJob")
-            .field("ticket", &self.ticket)
+            .field("deliver", &self.deliver)
             .field("wait_for", &self.wait_for)
             .finish_non_exhaustive()
     }
@@ -51,7 +69,7 @@ impl std::fmt::Debug for ReadJob {
 
 /// A finished read, for `Server::finish_read`.
 pub struct ReadDone {
-    ticket: Ticket,
+    deliver: Deliver,
     wait_for: Lsn,
     finish: Result<Finish>,
 }
@@ -66,7 +84,7 @@ impl ReadJob {
     /// (`--max-query-time`) is spent; the read stops with an error then.
     pub fn run(self, expired: &dyn Fn() -> bool) -> ReadDone {
         ReadDone {
-            ticket: self.ticket,
+            deliver: self.deliver,
             wait_for: self.wait_for,
             finish: (self.run)(expired),
         }
@@ -91,14 +109,29 @@ impl Server {
         run: impl FnOnce(&dyn Fn() -> bool) -> Result<Finish> + Send + 'static,
     ) -> Outcome {
         let ticket = self.pending.ticket(conn);
+        self.queue_read(Deliver::Ticket(ticket), Box::new(run));
+        Outcome::Pending(ticket)
+    }
+
+    /// Defers a read for a WebSocket on `conn`: `run` gives the whole reply
+    /// message, which is queued for the socket when it is done.
+    pub fn defer_message(
+        &mut self,
+        conn: ConnId,
+        run: impl FnOnce(&dyn Fn() -> bool) -> Bytes + Send + 'static,
+    ) {
+        let run = move |expired: &dyn Fn() -> bool| Ok(Finish::Message(run(expired)));
+        self.queue_read(Deliver::Stream(conn), Box::new(run));
+    }
+
+    fn queue_read(&mut self, deliver: Deliver, run: Run) {
         let wait_for = self.read_position();
         self.reads.push_back(ReadJob {
-            ticket,
+            deliver,
             wait_for,
             max_time: Duration::from_secs(self.config.max_query_time_secs.max(1)),
-            run: Box::new(run),
+            run,
         });
-        Outcome::Pending(ticket)
     }
 
     /// The next read for the runtime to run outside the lock. Drain after
@@ -110,15 +143,30 @@ impl Server {
     /// A read finished: its connection gets the reply (once what it saw is
     /// durable). A connection that went meanwhile is forgotten.
     pub fn finish_read(&mut self, done: ReadDone) {
+        let ticket = match done.deliver {
+            Deliver::Ticket(ticket) => ticket,
+            Deliver::Stream(conn) => {
+                if let Ok(Finish::Message(bytes)) = done.finish {
+                    self.queue_for_stream(conn, done.wait_for, bytes);
+                }
+                return;
+            }
+        };
         let (result, wait_for) = match done.finish {
             Ok(Finish::Reply(r)) => (Ok(r), done.wait_for),
+            Ok(Finish::Message(_)) => (
+                Err(crate::error::Error::internal(
+                    "a WebSocket message was made for an HTTP request",
+                )),
+                done.wait_for,
+            ),
             // Answered from the state as it is now.
             Ok(Finish::UnderLock(f)) => (f(self), self.read_position()),
             Err(e) => (Err(e), done.wait_for),
         };
         let response = result.unwrap_or_else(|e| rest::error_response(&e));
         self.count_request(response.status, None);
-        self.pending.fulfil(done.ticket, response, wait_for);
+        self.pending.fulfil(ticket, response, wait_for);
     }
 
     /// What a read taken now depends on: the last commit (or, once storage

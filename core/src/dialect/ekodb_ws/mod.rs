@@ -218,21 +218,18 @@ pub fn handle(
                 Err(e) => Err(e),
             }
         }
-        ClientMessage::Data(call) => data_call(server, session, call, now),
+        ClientMessage::Data(call) => match data_call(server, conn, session, call, id, now) {
+            // A long read runs outside the lock; its reply comes when done.
+            Ok(None) => return (Vec::new(), Followup::None),
+            Ok(Some(data)) => Ok(data),
+            Err(e) => Err(e),
+        },
         ClientMessage::Unknown(_) if id.is_none() => return (Vec::new(), Followup::None),
         ClientMessage::Unknown(other) => {
             Err(Error::invalid(format!("unknown message type `{other}`")))
         }
     };
-    let reply = match result {
-        Ok(data) => ServerMessage::Success { id, data: &data }.encode(session.format),
-        Err(e) => ServerMessage::Error {
-            id,
-            code: e.status(),
-            message: &e.message,
-        }
-        .encode(session.format),
-    };
+    let reply = encode_result(session.format, id, &result);
     let wait_for = server.finish_operation(now);
     (vec![outgoing(wait_for, reply)], followup)
 }
@@ -343,16 +340,22 @@ fn permit(session: &Session, msg: &ClientMessage) -> Result<()> {
 }
 
 /// Runs a data call through the REST handler of the same name, answering in
-/// the session's format.
+/// the session's format. A find or distinct outside a transaction runs on a
+/// snapshot outside the lock (as over REST): `None`, its reply is queued for
+/// the socket when done.
 fn data_call(
     server: &mut Server,
+    conn: ConnId,
     session: &Session,
     call: DataCall,
+    id: Option<&str>,
     now: Timestamp,
-) -> Result<Bytes> {
+) -> Result<Option<Bytes>> {
+    use DataKind as D;
     if call.kind.writes() {
         server.check_writable()?;
     }
+    let kind = call.kind;
     let mut ctx = Ctx::message(call.body, session.format, now);
     ctx.access = session.access.clone();
     ctx = call
@@ -360,8 +363,50 @@ fn data_call(
         .into_iter()
         .fold(ctx, |ctx, (name, value)| ctx.with_arg(name, value));
     ctx.clock = server.clock();
-    let response = handler(call.kind)(server.engine_mut(), &ctx)?;
-    Ok(response.body)
+    if ctx.transaction().is_none() {
+        let work = match kind {
+            D::FindAll | D::Query => Some(records::find_work(server, &ctx, ctx.arg("collection"))),
+            D::Distinct => Some(records::distinct_work(
+                server,
+                &ctx,
+                ctx.arg("collection"),
+                ctx.arg("field"),
+            )),
+            _ => None,
+        };
+        if let Some(work) = work {
+            let (work, format, id) = (work?, session.format, id.map(str::to_string));
+            server.defer_message(conn, move |expired| {
+                let result = work(expired).map(|r| r.body);
+                message_reply(format, id.as_deref(), result)
+            });
+            return Ok(None);
+        }
+    }
+    let response = handler(kind)(server.engine_mut(), &ctx)?;
+    Ok(Some(response.body))
+}
+
+/// A call's `Success` (its data already encoded) or `Error` message.
+fn encode_result(
+    format: Format,
+    id: Option<&str>,
+    result: &Result<Bytes>,
+) -> Result<(bool, Bytes)> {
+    match result {
+        Ok(data) => ServerMessage::Success { id, data }.encode(format),
+        Err(e) => ServerMessage::Error {
+            id,
+            code: e.status(),
+            message: &e.message,
+        }
+        .encode(format),
+    }
+}
+
+/// `encode_result` as the bytes of a message queued for later.
+fn message_reply(format: Format, id: Option<&str>, result: Result<Bytes>) -> Bytes {
+    outgoing(Lsn::ZERO, encode_result(format, id, &result)).payload
 }
 
 type DataHandler = fn(&mut Engine, &Ctx<'_>) -> Result<Response>;

@@ -7,6 +7,7 @@ use crate::engine::query::FindQuery;
 use crate::engine::record::{Projection, RecordOut};
 use crate::engine::{BatchOutcome, Engine, Found, Row};
 use crate::error::{Error, Result};
+use crate::server::reads::ReadWork;
 use crate::server::Server;
 use crate::value::{Json, Plain};
 use crate::wire::format::{self, Format};
@@ -77,6 +78,13 @@ pub fn find_outside_lock(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<
     let Some(conn) = ctx.conn.filter(|_| ctx.transaction().is_none()) else {
         return find(server.engine_mut(), ctx, c).map(Outcome::Reply);
     };
+    let work = find_work(server, ctx, c)?;
+    Ok(server.defer_read(conn, work))
+}
+
+/// A find's work outside the lock: the request checked and a snapshot of
+/// the collections it reads taken (under the lock), the query to run.
+pub fn find_work(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<ReadWork> {
     let (q, shown) = find_request(ctx, c)?;
     let collections = std::iter::once(c).chain(
         q.joins
@@ -85,7 +93,7 @@ pub fn find_outside_lock(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<
     );
     let snapshot = server.engine().snapshot(collections);
     let (c, now, format) = (c.to_string(), ctx.now, ctx.out);
-    Ok(server.defer_read(conn, move |expired| {
+    Ok(Box::new(move |expired: &dyn Fn() -> bool| {
         let rows = snapshot.find(&c, &q, now, expired)?;
         shown.reply(format, rows)
     }))
@@ -431,10 +439,16 @@ pub fn distinct_outside_lock(
     let Some(conn) = ctx.conn else {
         return distinct(server.engine_mut(), ctx, c, field).map(Outcome::Reply);
     };
+    let work = distinct_work(server, ctx, c, field)?;
+    Ok(server.defer_read(conn, work))
+}
+
+/// A distinct call's work outside the lock (as `find_work`).
+pub fn distinct_work(server: &mut Server, ctx: &Ctx<'_>, c: &str, field: &str) -> Result<ReadWork> {
     let filter = distinct_request(ctx, c, field)?;
     let snapshot = server.engine().snapshot([c]);
     let (c, field, now, format) = (c.to_string(), field.to_string(), ctx.now, ctx.out);
-    Ok(server.defer_read(conn, move |expired| {
+    Ok(Box::new(move |expired: &dyn Fn() -> bool| {
         let values = snapshot.distinct(&c, &field, &filter, now, expired)?;
         distinct_reply(format, &c, &field, &values)
     }))
