@@ -37,6 +37,7 @@ use bytes::Bytes;
 use tidepool_core::conn::{Connection, Effect, History};
 use tidepool_core::driver::{self, Shared};
 use tidepool_core::ids::Lsn;
+use tidepool_core::engine::Engine;
 use tidepool_core::server::calls::{CallCommand, TransportError};
 use tidepool_core::server::{Server, StorageFailure, StorageOp};
 use tidepool_core::time::Timestamp;
@@ -49,7 +50,7 @@ fn token() -> &'static [u8] {
     static TOKEN: OnceLock<Vec<u8>> = OnceLock::new();
     TOKEN.get_or_init(|| {
         Auth::new(SECRET, &["k".into()], Duration::from_secs(3600))
-            .issue("k", NOW)
+            .issue(&Engine::new(1), "k", NOW)
             .expect("k is a configured key")
             .into_bytes()
     })

@@ -60,6 +60,25 @@ impl Records {
             .map(|(k, r)| (k.as_ref(), &**r))
     }
 
+    /// What changed from `self` (an earlier copy) to `later`: ids removed,
+    /// then ids added or updated (a reader's copy shares the nodes nothing
+    /// touched, which are skipped).
+    pub fn changes<'a>(&'a self, later: &'a Records) -> (Vec<&'a str>, Vec<&'a str>) {
+        use imbl::ordmap::DiffItem;
+        let (mut removed, mut put) = (Vec::new(), Vec::new());
+        for change in self.0.diff(&later.0) {
+            match change {
+                DiffItem::Remove(id, _) => removed.push(id.as_ref()),
+                DiffItem::Add(id, _) => put.push(id.as_ref()),
+                DiffItem::Update { new: (id, _), .. } => {
+                    removed.push(id.as_ref());
+                    put.push(id.as_ref());
+                }
+            }
+        }
+        (removed, put)
+    }
+
     fn insert(&mut self, id: &str, record: Record) {
         self.0.insert(id.into(), Arc::new(record));
     }
@@ -324,28 +343,12 @@ impl Collection {
         }
     }
 
-    /// Takes indexes built outside the lock from `built` (a snapshot of
-    /// this collection's records), unless the collection got indexes
-    /// meanwhile; then brings them up to date with what changed since the
-    /// snapshot (removals first, as a freed doc number may be reused).
-    pub fn install_search(&mut self, built: Records, state: SearchState) {
-        if self.search.is_active() {
-            return;
-        }
-        self.search = state;
-        let mut puts: Vec<&str> = Vec::new();
-        for change in built.0.diff(&self.records.0) {
-            match change {
-                imbl::ordmap::DiffItem::Remove(id, _) => self.search.on_remove(id),
-                imbl::ordmap::DiffItem::Add(id, _) => puts.push(id),
-                imbl::ordmap::DiffItem::Update { new: (id, _), .. } => puts.push(id),
-            }
-        }
-        for id in puts {
-            if let Some(record) = self.records.get(id) {
-                self.search.on_put(id, record);
-            }
-        }
+    /// Takes the indexes built outside the lock over `built` (a snapshot of
+    /// this collection's records) that it still lacks, caught up with what
+    /// changed since the snapshot (`SearchState::adopt`; `fresh`: built for
+    /// a collection that had no index).
+    pub fn install_search(&mut self, built: &Records, fresh: bool, state: SearchState) {
+        self.search.adopt(state, fresh, built, &self.records);
     }
 
     /// The vector index for (field, metric), built now if this is its first use.

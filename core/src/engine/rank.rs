@@ -7,25 +7,27 @@ use super::search;
 use super::{Engine, Found, SearchHit};
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
+use std::cell::Cell;
 use std::collections::HashMap;
 
 impl Engine {
     /// The indexes a search of `collection` would build first, as a plan to
-    /// carry out outside the lock; `None` when there is nothing to build, or
-    /// when the collection already has an index (a further one is then built
-    /// in place, under the lock).
+    /// carry out outside the lock; `None` when it has them all.
     pub fn index_plan(
         &self,
         collection: &str,
         req: &search::SearchRequest,
     ) -> Option<search::IndexPlan> {
         let c = self.collections.get(collection)?;
-        if c.search_state().is_active() || c.is_empty() {
+        let state = c.search_state();
+        if c.is_empty() {
             return None;
         }
-        let text =
-            (!req.text.query.trim().is_empty()).then(|| search::declared(&c.schema).0.flatten());
-        let vector = req.vector.is_some().then(|| {
+        let text = (!req.text.query.trim().is_empty() && state.text().is_none())
+            .then(|| search::declared(&c.schema).0.flatten());
+        let vector = (req.vector.is_some()
+            && state.vector(&req.vector_field, req.metric).is_none())
+        .then(|| {
             let (m, ef) = c.vector_params(&req.vector_field);
             (req.vector_field.clone(), req.metric, m, ef)
         });
@@ -34,13 +36,14 @@ impl Engine {
             records: c.records().clone(),
             text,
             vector,
+            docs: state.docs_for_plan(),
         })
     }
 
     /// Installs indexes built from a plan (see `Collection::install_search`).
     pub fn install_index(&mut self, build: search::IndexBuild) {
         if let Some(c) = self.collections.get_mut(build.collection.as_str()) {
-            c.install_search(build.records, build.state);
+            c.install_search(&build.records, build.fresh, build.state);
         }
     }
 
@@ -73,9 +76,17 @@ impl Engine {
         // acceptable: skip the per-candidate record lookup (a text query with
         // common words visits tens of thousands of candidates).
         let unfiltered = matches!(filter, Filter::All) && c.next_expiry().is_none_or(|t| t > now);
+        // Each candidate the filter looks at spends its cost from the query
+        // budget (`--max-query-work`), as a find's scan does; past it, no
+        // more candidates are taken and the search is refused.
+        let (spent, budget, cost) = (Cell::new(0u64), self.query_work, filter.cost());
         let accept = |doc: tidepool_search::DocId| {
             if unfiltered {
                 return state.id(doc).is_some();
+            }
+            spent.set(spent.get().saturating_add(cost));
+            if spent.get() > budget {
+                return false;
             }
             state
                 .id(doc)
@@ -121,6 +132,11 @@ impl Engine {
                 .map_err(|e| {
                     Error::invalid(format!("vector search on `{}`: {e}", req.vector_field))
                 })?;
+        }
+        if spent.get() > budget {
+            return Err(Error::invalid(format!(
+                "this search was stopped after {budget} units of work (--max-query-work counts the candidates its filter examined times the filter's conditions): narrow the filter or the query"
+            )));
         }
         let ranked: Vec<(tidepool_search::DocId, f32)> = match (text_mode, vector_mode) {
             (true, true) => {
@@ -216,5 +232,73 @@ mod tests {
         // The late build covers a snapshot without `extra`: it must not win.
         e.install_index(second.build().unwrap());
         assert!(ids_found(&mut e, &req, now).contains(&extra));
+    }
+
+    #[test]
+    fn a_filtered_search_spends_the_query_budget() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        for i in 0..100 {
+            e.insert("c", json!({"t": "otter", "n": i}), now).unwrap();
+        }
+        let (req, filter, _) = parse(
+            &json!({"query": "otter", "limit": 5, "filter": {"type": "Logical", "content": {
+                "operator": "Or",
+                "expressions": (0..5).map(|i| json!({"type": "Condition", "content": {
+                    "field": "n", "operator": "Eq", "value": 1000 + i}})).collect::<Vec<_>>()
+            }}}),
+        )
+        .unwrap();
+        // 100 candidates x 5 conditions.
+        e.set_query_work(499);
+        let err = e.search("c", &req, &filter, now).map(|_| ()).unwrap_err();
+        assert!(err.message.contains("--max-query-work"), "{}", err.message);
+        e.set_query_work(500);
+        assert_eq!(e.search("c", &req, &filter, now).unwrap().1, 0);
+    }
+
+    #[test]
+    fn a_further_index_is_built_outside_the_lock_with_the_same_document_numbers() {
+        let mut e = Engine::new(1);
+        let now = Timestamp::from_secs(1_700_000_000);
+        let put = |e: &mut Engine, x: f64| {
+            e.insert("c", json!({"t": "otter", "v": [x, 1.0]}), now)
+                .unwrap()
+        };
+        let a = put(&mut e, 1.0);
+        let gone = put(&mut e, 5.0);
+        let moved = put(&mut e, 9.0);
+        // A text index first: document numbers exist from here on.
+        let (text, _, _) = parse(&json!({"query": "otter"})).unwrap();
+        let first = e.index_plan("c", &text).unwrap().build().unwrap();
+        e.install_index(first);
+        let near = |x: f64| {
+            parse(&json!({"vector": [x, 1.0], "vector_field": "v", "vector_metric": "euclidean", "limit": 1}))
+                .unwrap()
+                .0
+        };
+        let plan = e
+            .index_plan("c", &near(1.0))
+            .expect("a vector index to build");
+        assert!(e.index_plan("c", &text).is_none());
+        // Meanwhile: a delete (its number is freed and taken by the next
+        // insert), a changed vector.
+        e.delete("c", &gone, now).unwrap();
+        let reused = put(&mut e, 50.0);
+        e.update("c", &moved, json!({"v": [100.0, 1.0]}), now)
+            .unwrap();
+        e.install_index(plan.build().unwrap());
+        assert!(e.index_plan("c", &near(1.0)).is_none(), "installed");
+        let nearest = |e: &mut Engine, x: f64| ids_found(e, &near(x), now);
+        assert_eq!(nearest(&mut e, 1.0), vec![a.clone()]);
+        assert_eq!(
+            nearest(&mut e, 5.1),
+            vec![a.clone()],
+            "the deleted record is gone"
+        );
+        assert_eq!(nearest(&mut e, 49.0), vec![reused]);
+        assert_eq!(nearest(&mut e, 99.0), vec![moved]);
+        // The text index was left as it was, and both follow writes.
+        assert_eq!(ids_found(&mut e, &text, now).len(), 3);
     }
 }

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use tidepool_search::{Analyzer, DocId, Metric, TextIndex, TextQuery, VectorIndex};
 
 /// Dense ids for the indexes, mapped to record ids.
-#[derive(Debug, Default)]
-struct DocMap {
+#[derive(Clone, Debug, Default)]
+pub(super) struct DocMap {
     of: HashMap<Box<str>, DocId>,
     ids: Vec<Option<Box<str>>>,
     free: Vec<u32>,
@@ -86,6 +86,29 @@ fn text_fields(record: &Record) -> Vec<(&str, String)> {
         .collect()
 }
 
+/// Indexes `record` as `doc` in `text` and `vectors`.
+fn put_into(text: Option<&mut TextIndex>, vectors: &mut [VectorSlot], doc: DocId, record: &Record) {
+    if let Some(text) = text {
+        let fields = text_fields(record);
+        let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        text.upsert(doc, &refs);
+    }
+    for slot in vectors {
+        match vector_of(record, &slot.field) {
+            // A vector of another dimension than the index is left out of it;
+            // schemas with a declared dimension reject it at write time.
+            Some(v) => {
+                if slot.index.upsert(doc, &v).is_err() {
+                    slot.index.remove(doc);
+                }
+            }
+            None => {
+                slot.index.remove(doc);
+            }
+        }
+    }
+}
+
 /// A record's vector in `field`, from a Vector or a plain numeric array.
 fn vector_of(record: &Record, field: &str) -> Option<Vec<f32>> {
     match record.get(field)? {
@@ -127,25 +150,7 @@ impl SearchState {
             return;
         }
         let doc = self.docs.get_or_assign(id);
-        if let Some(text) = &mut self.text {
-            let fields = text_fields(record);
-            let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
-            text.upsert(doc, &refs);
-        }
-        for slot in &mut self.vectors {
-            match vector_of(record, &slot.field) {
-                // A vector of another dimension than the index is left out of it;
-                // schemas with a declared dimension reject it at write time.
-                Some(v) => {
-                    if slot.index.upsert(doc, &v).is_err() {
-                        slot.index.remove(doc);
-                    }
-                }
-                None => {
-                    slot.index.remove(doc);
-                }
-            }
-        }
+        put_into(self.text.as_mut(), &mut self.vectors, doc, record);
     }
 
     pub fn on_remove(&mut self, id: &str) {
@@ -219,6 +224,73 @@ impl SearchState {
         });
     }
 
+    /// A copy of the document numbers, for a plan that adds an index to an
+    /// active state (`None` when no index exists: a plan numbers afresh).
+    pub(super) fn docs_for_plan(&self) -> Option<DocMap> {
+        self.is_active().then(|| self.docs.clone())
+    }
+
+    /// Takes the indexes of `built` this state lacks. `built` was made
+    /// outside the lock over `snapshot`, numbering documents afresh
+    /// (`fresh`: this state had no index) or as this state did then (a copy
+    /// of its numbers). Numbers that may disagree with this state's drop the
+    /// build. The writes since (`snapshot` to `live`) are applied to the new
+    /// indexes: removals first, by the old numbers (a freed number may have
+    /// been reused since), then what was added or changed, by the current
+    /// ones.
+    pub(super) fn adopt(
+        &mut self,
+        built: SearchState,
+        fresh: bool,
+        snapshot: &Records,
+        live: &Records,
+    ) {
+        let SearchState {
+            docs: then,
+            text,
+            vectors,
+        } = built;
+        match (fresh, self.is_active()) {
+            (true, false) => self.docs = then.clone(),
+            (false, true) => {}
+            // Another build numbered the documents first, or the indexes
+            // this one extends are gone.
+            _ => return,
+        }
+        let mut text = text.filter(|_| self.text.is_none());
+        let mut vectors: Vec<VectorSlot> = vectors
+            .into_iter()
+            .filter(|v| self.vector(&v.field, v.metric).is_none())
+            .collect();
+        if text.is_none() && vectors.is_empty() {
+            return;
+        }
+        let (removed, put) = snapshot.changes(live);
+        for id in removed {
+            if let Some(&doc) = then.of.get(id) {
+                if let Some(t) = &mut text {
+                    t.remove(doc);
+                }
+                for slot in &mut vectors {
+                    slot.index.remove(doc);
+                }
+            }
+            if live.get(id).is_none() {
+                self.docs.release(id);
+            }
+        }
+        for id in put {
+            if let Some(record) = live.get(id) {
+                let doc = self.docs.get_or_assign(id);
+                put_into(text.as_mut(), &mut vectors, doc, record);
+            }
+        }
+        if text.is_some() {
+            self.text = text;
+        }
+        self.vectors.extend(vectors);
+    }
+
     pub fn text(&self) -> Option<&TextIndex> {
         self.text.as_ref()
     }
@@ -253,12 +325,17 @@ pub struct IndexPlan {
     pub(super) text: Option<Option<String>>,
     /// A vector index: field, metric, m, ef_construction.
     pub(super) vector: Option<DeclaredVector>,
+    /// The collection's document numbers, when it has indexes already (the
+    /// new ones must number documents the same way).
+    pub(super) docs: Option<DocMap>,
 }
 
 /// An `IndexPlan` carried out: indexes over the snapshot's records.
 #[derive(Debug)]
 pub struct IndexBuild {
     pub(super) collection: String,
+    /// Documents were numbered afresh (the collection had no index).
+    pub(super) fresh: bool,
     /// The records the indexes cover.
     pub(super) records: Records,
     pub(super) state: SearchState,
@@ -267,7 +344,11 @@ pub struct IndexBuild {
 impl IndexPlan {
     /// Builds the indexes (no lock held; seconds for a large collection).
     pub fn build(self) -> Result<IndexBuild> {
-        let mut state = SearchState::default();
+        let fresh = self.docs.is_none();
+        let mut state = SearchState {
+            docs: self.docs.unwrap_or_default(),
+            ..SearchState::default()
+        };
         if let Some(language) = &self.text {
             state.ensure_text(language.as_deref(), self.records.iter())?;
         }
@@ -276,6 +357,7 @@ impl IndexPlan {
         }
         Ok(IndexBuild {
             collection: self.collection,
+            fresh,
             records: self.records,
             state,
         })

@@ -2,10 +2,11 @@
 //! the collections it reads (O(1) per collection) and defers the rest of its
 //! work as a `ReadJob`: the request gets a `Ticket` like any reply that comes
 //! later, the runtime runs the job on a reader thread (`poll_read`), and
-//! `finish_read` hands the reply to the waiting connection. A job may end
-//! with work under the lock (`Finish::UnderLock`): a search that needed a
-//! collection's first index builds it outside, then installs it and answers. A long scan, sort
-//! or join then holds up nobody: writers and other readers go on meanwhile.
+//! `finish_read` hands the reply to the waiting connection (a WebSocket's
+//! reply is queued for its socket instead). A job may end with work under the
+//! lock (`Finish::UnderLock`): a search that needed an index builds it
+//! outside, then installs it and answers. A long scan, sort, join or index
+//! build then holds up nobody: writers and other readers go on meanwhile.
 
 use super::pending::Ticket;
 use super::Server;
