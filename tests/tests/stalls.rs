@@ -11,10 +11,29 @@ use tidepool_tests::{both_runtimes, HttpReply, Runtime, TestServer};
 
 /// Records in the big collection.
 const RECORDS: usize = 60_000;
-/// The slowest answer another client may get while a long query runs. The
-/// bar is far above a lookup's cost (well under a millisecond) and far below
-/// the long queries' (seconds), so it holds on a loaded machine.
+/// How fast other clients are answered while a long query runs (the
+/// issue's bar): 95 % of their calls within `PROMPT`, every one within
+/// `MAX_STALL`. A lookup costs well under a millisecond and the long queries
+/// seconds; the allowance for the slowest 5 % is for a loaded CI machine.
+const PROMPT: Duration = Duration::from_millis(50);
 const MAX_STALL: Duration = Duration::from_millis(500);
+
+/// Checks the other clients' latencies (sorted) while `what` ran for `took`.
+fn assert_prompt(what: &str, took: Duration, probes: &[Duration]) {
+    let (Some(slowest), Some(median)) = (probes.last(), probes.get(probes.len() / 2)) else {
+        panic!("{what} ended before anything else happened ({took:?})");
+    };
+    let p95 = probes[probes.len() * 95 / 100];
+    assert!(
+        p95 < PROMPT && *slowest < MAX_STALL,
+        "{what} ran {took:?}; others waited p95 {p95:?}, slowest {slowest:?} ({} calls)",
+        probes.len()
+    );
+    eprintln!(
+        "{what}: ran {took:?}; {} calls meanwhile, median {median:?}, p95 {p95:?}, slowest {slowest:?}",
+        probes.len()
+    );
+}
 
 fn fill(srv: &TestServer, token: &str, collection: &str, n: usize) {
     for start in (0..n).step_by(2000) {
@@ -122,18 +141,7 @@ both_runtimes!(long_queries_do_not_stall_other_clients, |rt: Runtime| {
     for (what, path, body) in queries {
         let (reply, took, probes) = probe_during(&srv, &token, (path, body), &lookup);
         assert_eq!(reply.status, 200, "{what}: {}", reply.text());
-        let (Some(slowest), Some(median)) = (probes.last(), probes.get(probes.len() / 2)) else {
-            panic!("{what} ended before anything else happened ({took:?})");
-        };
-        assert!(
-            *slowest < MAX_STALL,
-            "{what} ran {took:?}; another client waited {slowest:?} ({} probes)",
-            probes.len()
-        );
-        eprintln!(
-            "{what}: ran {took:?}; {} probes meanwhile, median {median:?}, slowest {slowest:?}",
-            probes.len()
-        );
+        assert_prompt(what, took, &probes);
     }
 });
 
@@ -274,18 +282,7 @@ both_runtimes!(
             "{}",
             reply.text()
         );
-        let (Some(slowest), Some(median)) = (probes.last(), probes.get(probes.len() / 2)) else {
-            panic!("the index was built before anything else happened ({took:?})");
-        };
-        assert!(
-            *slowest < MAX_STALL,
-            "building the index took {took:?}; another client waited {slowest:?}"
-        );
-        eprintln!(
-            "first search: {took:?}; {} probes meanwhile, median {median:?}, slowest {slowest:?}",
-            probes.len()
-        );
-        // Records written meanwhile or since are found, as the index follows.
+        assert_prompt("first search (index build)", took, &probes);
         let r = srv.call(
             &token,
             "POST",

@@ -220,6 +220,8 @@ pub struct Server {
     wakeups: VecDeque<ConnId>,
     /// Reads to run outside the lock (`poll_read`).
     reads: VecDeque<reads::ReadJob>,
+    /// Deferred reads running per WebSocket (bounded).
+    socket_reads: HashMap<ConnId, usize>,
 }
 
 impl Server {
@@ -274,6 +276,7 @@ impl Server {
             open_connections: 0,
             wakeups: VecDeque::new(),
             reads: VecDeque::new(),
+            socket_reads: HashMap::new(),
         }
     }
 

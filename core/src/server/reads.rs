@@ -11,11 +11,14 @@
 use super::pending::Ticket;
 use super::Server;
 use crate::dialect::rest::{self, Outcome};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ConnId, Lsn};
 use crate::wire::http::Response;
 use bytes::Bytes;
 use std::time::Duration;
+
+/// Reads one WebSocket may have running at once.
+pub const MAX_READS_PER_SOCKET: usize = 16;
 
 /// Work that finishes a read under the lock.
 pub type UnderLock = Box<dyn FnOnce(&mut Server) -> Result<Response> + Send>;
@@ -115,14 +118,27 @@ impl Server {
     }
 
     /// Defers a read for a WebSocket on `conn`: `run` gives the whole reply
-    /// message, which is queued for the socket when it is done.
+    /// message, which is queued for the socket when it is done. A socket may
+    /// have `MAX_READS_PER_SOCKET` running (it does not wait for their
+    /// answers to send more, as an HTTP connection does): past that, 429.
     pub fn defer_message(
         &mut self,
         conn: ConnId,
         run: impl FnOnce(&dyn Fn() -> bool) -> Bytes + Send + 'static,
-    ) {
+    ) -> Result<()> {
+        let running = self.socket_reads.entry(conn).or_default();
+        if *running >= MAX_READS_PER_SOCKET {
+            return Err(Error::new(
+                ErrorKind::TooManyRequests,
+                format!(
+                    "this socket has {MAX_READS_PER_SOCKET} queries running: send more as their answers come"
+                ),
+            ));
+        }
+        *running += 1;
         let run = move |expired: &dyn Fn() -> bool| Ok(Finish::Message(run(expired)));
         self.queue_read(Deliver::Stream(conn), Box::new(run));
+        Ok(())
     }
 
     fn queue_read(&mut self, deliver: Deliver, run: Run) {
@@ -147,6 +163,12 @@ impl Server {
         let ticket = match done.deliver {
             Deliver::Ticket(ticket) => ticket,
             Deliver::Stream(conn) => {
+                if let Some(running) = self.socket_reads.get_mut(&conn) {
+                    *running -= 1;
+                    if *running == 0 {
+                        self.socket_reads.remove(&conn);
+                    }
+                }
                 if let Ok(Finish::Message(bytes)) = done.finish {
                     self.queue_for_stream(conn, done.wait_for, bytes);
                 }
@@ -179,5 +201,35 @@ impl Server {
         } else {
             self.engine.last_lsn()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_socket_has_a_bounded_number_of_reads_running() {
+        let mut server = Server::new(Config::default(), b"secret", 1);
+        let (busy, other) = (ConnId(7), ConnId(8));
+        let reply = || Bytes::from_static(b"done");
+        for _ in 0..MAX_READS_PER_SOCKET {
+            server.defer_message(busy, move |_| reply()).unwrap();
+        }
+        let refused = server.defer_message(busy, move |_| reply()).unwrap_err();
+        assert_eq!(refused.status(), 429, "{}", refused.message);
+        // Another socket is not affected.
+        server.defer_message(other, move |_| reply()).unwrap();
+        // One answer makes room for one more.
+        let job = server.poll_read().unwrap();
+        server.finish_read(job.run(&|| false));
+        server.defer_message(busy, move |_| reply()).unwrap();
+        assert!(server.defer_message(busy, move |_| reply()).is_err());
+        // Every job finishing leaves no count behind.
+        while let Some(job) = server.poll_read() {
+            server.finish_read(job.run(&|| false));
+        }
+        assert!(server.socket_reads.is_empty());
     }
 }

@@ -379,7 +379,7 @@ fn data_call(
             server.defer_message(conn, move |expired| {
                 let result = work(expired).map(|r| r.body);
                 message_reply(format, id.as_deref(), result)
-            });
+            })?;
             return Ok(None);
         }
     }
