@@ -250,13 +250,17 @@ impl SearchState {
             text,
             vectors,
         } = built;
-        match (fresh, self.is_active()) {
-            (true, false) => self.docs = then.clone(),
-            (false, true) => {}
+        // The numbers the build used, when they are not (now) this state's.
+        let then = match (fresh, self.is_active()) {
+            (true, false) => {
+                self.docs = then;
+                None
+            }
+            (false, true) => Some(then),
             // Another build numbered the documents first, or the indexes
             // this one extends are gone.
             _ => return,
-        }
+        };
         let mut text = text.filter(|_| self.text.is_none());
         let mut vectors: Vec<VectorSlot> = vectors
             .into_iter()
@@ -267,7 +271,8 @@ impl SearchState {
         }
         let (removed, put) = snapshot.changes(live);
         for id in removed {
-            if let Some(&doc) = then.of.get(id) {
+            let numbered = then.as_ref().unwrap_or(&self.docs).of.get(id).copied();
+            if let Some(doc) = numbered {
                 if let Some(t) = &mut text {
                     t.remove(doc);
                 }

@@ -192,11 +192,7 @@ impl<'a> Ctx<'a> {
 
     /// A 200 response in the negotiated format.
     pub fn ok<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
-        Ok(Response::new(
-            200,
-            format::content_type(self.out),
-            format::encode(self.out, value)?,
-        ))
+        ok_in(self.out, value)
     }
 
     /// A 200 response in JSON whatever was negotiated, for the REST endpoints the
@@ -207,4 +203,14 @@ impl<'a> Ctx<'a> {
             Input::Value(_) => self.ok(value),
         }
     }
+}
+
+/// A 200 response in `format`: `Ctx::ok` for work finished away from its
+/// `Ctx` (a read outside the lock).
+pub fn ok_in<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<Response> {
+    Ok(Response::new(
+        200,
+        format::content_type(format),
+        format::encode(format, value)?,
+    ))
 }

@@ -20,7 +20,7 @@ pub mod search;
 pub mod system;
 pub mod txn;
 
-pub use ctx::Ctx;
+pub use ctx::{ok_in, Ctx};
 
 use crate::dialect::mounts::Listener;
 use crate::error::{Error, ErrorKind, Result};

@@ -1,6 +1,6 @@
 //! Record CRUD, batches and distinct values (spec 6, 7, 8, 10).
 
-use super::{access, txn, Ctx, Outcome};
+use super::{access, ok_in, txn, Ctx, Outcome};
 use crate::engine::actions::Action;
 use crate::engine::filter::Filter;
 use crate::engine::query::FindQuery;
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::server::reads::ReadWork;
 use crate::server::Server;
 use crate::value::{Json, Plain};
-use crate::wire::format::{self, Format};
+use crate::wire::format::Format;
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
@@ -134,17 +134,8 @@ impl Shown {
                 r
             })
             .collect();
-        ok(format, &records)
+        ok_in(format, &records)
     }
-}
-
-/// A 200 response in `format` (`Ctx::ok` for work done away from its `Ctx`).
-fn ok<T: serde::Serialize + ?Sized>(format: Format, value: &T) -> Result<Response> {
-    Ok(Response::new(
-        200,
-        format::content_type(format),
-        format::encode(format, value)?,
-    ))
 }
 
 /// What the key may read of each join's records, by the join's `as_field`.
@@ -465,7 +456,7 @@ fn distinct_request(ctx: &Ctx<'_>, c: &str, field: &str) -> Result<Filter> {
 
 fn distinct_reply(format: Format, c: &str, field: &str, values: &[Json]) -> Result<Response> {
     let plain: Vec<Plain<'_>> = values.iter().map(Plain).collect();
-    ok(
+    ok_in(
         format,
         &json!({
             "collection": c,
