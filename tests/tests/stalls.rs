@@ -35,10 +35,28 @@ fn assert_prompt(what: &str, took: Duration, probes: &[Duration]) {
     );
 }
 
+/// `n` numbered records with a name and a group, 2,000 per batch.
 fn fill(srv: &TestServer, token: &str, collection: &str, n: usize) {
+    fill_with(
+        srv,
+        token,
+        collection,
+        n,
+        |i| json!({"n": i, "name": format!("record {i}"), "group": i % 1000}),
+    );
+}
+
+/// `n` records made by `record`, 2,000 per batch.
+fn fill_with(
+    srv: &TestServer,
+    token: &str,
+    collection: &str,
+    n: usize,
+    record: impl Fn(usize) -> Value,
+) {
     for start in (0..n).step_by(2000) {
         let inserts: Vec<Value> = (start..(start + 2000).min(n))
-            .map(|i| json!({"data": {"n": i, "name": format!("record {i}"), "group": i % 1000}}))
+            .map(|i| json!({ "data": record(i) }))
             .collect();
         let r = srv.call(
             token,
@@ -249,25 +267,12 @@ both_runtimes!(
             "river", "otter", "stone", "lantern", "harbor", "meadow", "copper", "willow", "signal",
             "garden", "thunder", "marble", "orchid", "falcon", "ember", "glacier",
         ];
-        for start in (0..RECORDS).step_by(2000) {
-            let inserts: Vec<Value> = (start..start + 2000)
-                .map(|i| {
-                    let text: Vec<String> = (0..60)
-                        .map(|j| {
-                            format!("{}{}", words[(i * 7 + j * 13) % words.len()], (i + j) % 97)
-                        })
-                        .collect();
-                    json!({"data": {"n": i, "body": text.join(" ")}})
-                })
+        fill_with(&srv, &token, "texts", RECORDS, |i| {
+            let text: Vec<String> = (0..60)
+                .map(|j| format!("{}{}", words[(i * 7 + j * 13) % words.len()], (i + j) % 97))
                 .collect();
-            let r = srv.call(
-                &token,
-                "POST",
-                "/api/batch/insert/texts",
-                &json!({ "inserts": inserts }).to_string(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
+            json!({"n": i, "body": text.join(" ")})
+        });
         let some = srv.call(&token, "POST", "/api/find/texts", r#"{"limit": 1}"#);
         let id = some.json()[0]["id"].as_str().unwrap().to_string();
         let (reply, took, probes) = probe_during(
