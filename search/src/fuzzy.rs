@@ -156,6 +156,41 @@ impl FuzzyDict {
         }
     }
 
+    /// Calls `f(term)` for every recorded term that starts with `prefix` and is
+    /// longer than it, until `f` has returned true `max_terms` times (a prefix
+    /// of one or two letters can name a large part of the dictionary). Like
+    /// [`FuzzyDict::lookup`], a term may repeat and dead terms may be reported:
+    /// `f` returns whether the term counts (is live).
+    pub(crate) fn prefixed(&self, prefix: &str, max_terms: usize, f: &mut dyn FnMut(&str) -> bool) {
+        use fst::automaton::{Automaton, Str};
+        let mut left = max_terms;
+        for set in &self.levels {
+            let mut stream = set.search(Str::new(prefix).starts_with()).into_stream();
+            while let Some(key) = stream.next() {
+                if left == 0 {
+                    return;
+                }
+                if let Ok(term) = std::str::from_utf8(key) {
+                    if term.len() > prefix.len() && f(term) {
+                        left -= 1;
+                    }
+                }
+            }
+        }
+        let after = self.buffer.range::<str, _>((
+            std::ops::Bound::Excluded(prefix),
+            std::ops::Bound::Unbounded,
+        ));
+        for term in after.take_while(|t| t.starts_with(prefix)) {
+            if left == 0 {
+                return;
+            }
+            if f(term) {
+                left -= 1;
+            }
+        }
+    }
+
     pub(crate) fn memory_bytes(&self) -> usize {
         let sets: usize = self
             .levels
@@ -217,6 +252,32 @@ mod tests {
         // Transposition counts as one edit.
         assert_eq!(lookup(&dict, "enigne", 1).get("engine"), Some(&1));
         assert_eq!(lookup(&dict, "w00042", 1).get("w00042"), Some(&0));
+    }
+
+    #[test]
+    fn prefixed_finds_longer_terms_across_levels_and_buffer_up_to_a_cap() {
+        let mut dict = FuzzyDict::default();
+        let live = |_: &str| true;
+        for i in 0..2000 {
+            dict.insert(&format!("w{i:05}"), &live);
+        }
+        for t in ["john", "johnson", "johnny", "jo", "joan", "bob"] {
+            dict.insert(t, &live);
+        }
+        let collect = |prefix: &str, cap: usize| {
+            let mut out = Vec::new();
+            dict.prefixed(prefix, cap, &mut |t| {
+                out.push(t.to_string());
+                true
+            });
+            out.sort();
+            out
+        };
+        assert_eq!(collect("john", 100), ["johnny", "johnson"]);
+        assert_eq!(collect("jo", 100), ["joan", "john", "johnny", "johnson"]);
+        assert_eq!(collect("w0199", 100).len(), 10, "found in the fsts");
+        assert_eq!(collect("w", 25).len(), 25, "capped");
+        assert!(collect("x", 100).is_empty());
     }
 
     #[test]

@@ -23,6 +23,31 @@ pub fn hybrid(
     vector_weight: f32,
     limit: usize,
 ) -> Vec<(DocId, f32)> {
+    blend(text, vector, text_weight, vector_weight, limit, true)
+}
+
+/// [`hybrid`] without the scaling: `text_weight * text + vector_weight *
+/// vector` of the scores as they are. This is ekoDB's blend (its recorded
+/// hybrid scores are exactly that sum), used with its text scores, which
+/// are not in `[0, 1]`: the text side dominates.
+pub fn hybrid_unscaled(
+    text: &[(DocId, f32)],
+    vector: &[(DocId, f32)],
+    text_weight: f32,
+    vector_weight: f32,
+    limit: usize,
+) -> Vec<(DocId, f32)> {
+    blend(text, vector, text_weight, vector_weight, limit, false)
+}
+
+fn blend(
+    text: &[(DocId, f32)],
+    vector: &[(DocId, f32)],
+    text_weight: f32,
+    vector_weight: f32,
+    limit: usize,
+    scale: bool,
+) -> Vec<(DocId, f32)> {
     let weight = |w: f32| if w.is_finite() && w > 0.0 { w } else { 0.0 };
     let mut blended: FxHashMap<DocId, f32> = FxHashMap::default();
     for (list, w) in [(text, weight(text_weight)), (vector, weight(vector_weight))] {
@@ -35,7 +60,9 @@ pub fn hybrid(
         let lo = best.values().copied().fold(f32::INFINITY, f32::min);
         let hi = best.values().copied().fold(f32::NEG_INFINITY, f32::max);
         for (doc, s) in best {
-            let norm = if lo >= 0.0 {
+            let norm = if !scale {
+                s
+            } else if lo >= 0.0 {
                 if hi > 0.0 {
                     s / hi
                 } else {
@@ -80,6 +107,9 @@ mod tests {
     #[test]
     fn edge_cases() {
         assert!(hybrid(&[], &[], 0.5, 0.5, 10).is_empty());
+        // Unscaled: the plain weighted sum (ekoDB: 0.5 x 2.0 + 0.5 x 0.746).
+        let r = hybrid_unscaled(&[(DocId(1), 2.0)], &[(DocId(1), 0.746)], 0.5, 0.5, 10);
+        assert!((r[0].1 - 1.373).abs() < 1e-6, "{r:?}");
         assert!(hybrid(&[(DocId(1), 1.0)], &[], 0.5, 0.5, 0).is_empty());
         // Negative scores are min-max scaled; equal ones all get 1.
         let r = hybrid(&[], &[(DocId(1), -3.0), (DocId(2), -1.0)], 0.0, 1.0, 10);

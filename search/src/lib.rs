@@ -81,8 +81,8 @@ pub mod vector;
 
 pub use analyzer::{Analyzer, Language};
 pub use embed::embed;
-pub use hybrid::hybrid;
-pub use text::{TextError, TextHit, TextIndex, TextQuery, TextResults};
+pub use hybrid::{hybrid, hybrid_unscaled};
+pub use text::{Scoring, TextError, TextHit, TextIndex, TextQuery, TextResults};
 pub use vector::{Metric, VectorError, VectorIndex};
 
 /// A document's id inside the indexes: dense, assigned by the engine.

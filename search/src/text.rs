@@ -25,7 +25,9 @@
 //!
 //! # Scoring
 //!
-//! BM25 with `k1 = 1.2`, `b = 0.75`, computed per field with that field's document
+//! Two rules, chosen per query ([`Scoring`]):
+//!
+//! **BM25** (`k1 = 1.2`, `b = 0.75`), computed per field with that field's document
 //! count and average length, Lucene's non-negative idf
 //! `ln(1 + (N - df + 0.5) / (df + 0.5))`, and multiplied by the field's weight.
 //! For each query word the index gathers "entries" (posting lists with a
@@ -38,16 +40,35 @@
 //! ```
 //!
 //! Match entries are the word itself (stemmed when stemming is on) with multiplier
-//! 1, and, with `fuzzy`, up to [`MAX_FUZZY_EXPANSIONS`] dictionary terms within the
-//! edit distance with multiplier [`FUZZY_MULT`]`[distance]` (< 1, so a typo never
-//! scores above the same exact match). The last factor is Lucene's classic
-//! coordination factor: OR semantics, but documents matching more of the query
-//! words rank higher.
+//! 1; with `fuzzy`, up to [`MAX_FUZZY_EXPANSIONS`] dictionary terms within the
+//! edit distance with multiplier [`FUZZY_MULT`]`[distance]`; with `prefix`, up to
+//! [`MAX_PREFIX_EXPANSIONS`] longer terms that begin with the word, with
+//! [`PREFIX_MULT`]. Both are < 1, so a typo or a completion never scores above
+//! the same exact match. The last factor is Lucene's classic coordination
+//! factor: OR semantics, but documents matching more of the query words rank
+//! higher.
+//!
+//! **ekoDB** ([`Scoring::EkoDb`]): the rule ekoDB's recorded outputs follow,
+//! where a score counts the query words matched in each field. A word matches a
+//! field with strength `m` = 1 (the word, or another form with its stem), 0.7 (a
+//! longer word beginning with it) or 0.5 (a typo within the edit distance), the
+//! best of them. With `n` query words (repeats counted):
+//!
+//! ```text
+//! field(f, d) = sum over words w of m(w, f, d) / n            -- n >= 2
+//! field(f, d) = 1.1 * (m + 5)  (exact or prefix), 1.1 * m  (typo)   -- n = 1
+//! score(d)    = sum over matched fields f of weight(f) * field(f, d)
+//! ```
+//!
+//! So one word found in two fields scores 13.2, "machine learning" found whole
+//! in the title and the description 2.0, and half of it in one field 0.5: the
+//! same numbers, and so the same `min_score` cut-offs, as ekoDB. `boost_exact`
+//! changes nothing under this rule (an exact match already scores highest).
 
 use std::borrow::Cow;
 use std::fmt;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::analyzer::{Analyzer, Language};
 use crate::fuzzy::FuzzyDict;
@@ -66,6 +87,40 @@ pub const FUZZY_MULT: [f32; 3] = [1.0, 0.6, 0.4];
 pub const MAX_FUZZY_EXPANSIONS: usize = 50;
 /// The largest `max_edit_distance` the index accepts.
 pub const MAX_EDIT_DISTANCE: u8 = 2;
+/// BM25 multiplier of a prefix match (`john` finding `johnson`).
+pub const PREFIX_MULT: f32 = 0.7;
+/// At most this many longer terms per query word are tried as its completions
+/// (the most frequent first), of the first [`PREFIX_SCAN`] in dictionary order.
+pub const MAX_PREFIX_EXPANSIONS: usize = 50;
+/// At most this many dictionary terms are read to find a word's completions,
+/// so a short prefix costs a bounded walk.
+pub const PREFIX_SCAN: usize = 5_000;
+/// Which query words are also matched as prefixes: the last word (the one
+/// someone typing is most likely to have cut short) from
+/// [`MIN_LAST_PREFIX_CHARS`] characters; an earlier word only when it is not a
+/// word of the index by itself, from this many characters.
+pub const MIN_PREFIX_CHARS: usize = 3;
+/// See [`MIN_PREFIX_CHARS`].
+pub const MIN_LAST_PREFIX_CHARS: usize = 2;
+
+/// How hits are scored (see the module documentation for both formulas).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scoring {
+    /// BM25 per field, weighted, with a coordination factor: the better ranking
+    /// for long documents and large collections.
+    #[default]
+    Bm25,
+    /// ekoDB's rule: counts the query words matched per field (1 exact, 0.7
+    /// prefix, 0.5 typo), so thresholds written for ekoDB keep their meaning.
+    EkoDb,
+}
+
+/// ekoDB-rule strength of an exact (or same-stem) match.
+const EKODB_EXACT: f64 = 1.0;
+/// ekoDB-rule strength of a prefix match.
+const EKODB_PREFIX: f64 = 0.7;
+/// ekoDB-rule strength of a typo match.
+const EKODB_TYPO: f64 = 0.5;
 
 /// Why a text search was refused. All are the caller's fault (a bad request).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +179,13 @@ pub struct TextQuery {
     pub stemming: bool,
     /// Score exact (unstemmed, unfuzzed) occurrences of the query words higher.
     pub boost_exact: bool,
+    /// Also match longer words that begin with a query word (`john` finds
+    /// `johnson`), ranked below the word itself: the last word, and earlier
+    /// ones that are not words of the index (see [`MIN_PREFIX_CHARS`]). Not
+    /// for case-sensitive queries.
+    pub prefix: bool,
+    /// The scoring rule.
+    pub scoring: Scoring,
     /// Drop hits scoring below this.
     pub min_score: Option<f32>,
     /// Maximum number of hits returned (`total` still counts all).
@@ -132,7 +194,8 @@ pub struct TextQuery {
 
 impl TextQuery {
     /// A query with defaults: all fields, weight 1, stemming on, not fuzzy
-    /// (distance 2 once `fuzzy` is set), not case-sensitive, no exact boost, limit 10.
+    /// (distance 2 once `fuzzy` is set), not case-sensitive, no exact boost, no
+    /// prefix matching, BM25, limit 10.
     pub fn new(query: impl Into<String>) -> TextQuery {
         TextQuery {
             query: query.into(),
@@ -144,6 +207,8 @@ impl TextQuery {
             case_sensitive: false,
             stemming: true,
             boost_exact: false,
+            prefix: false,
+            scoring: Scoring::Bm25,
             min_score: None,
             limit: 10,
         }
@@ -154,7 +219,7 @@ impl TextQuery {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextHit {
     pub doc: DocId,
-    /// BM25-based score, > 0; higher is better.
+    /// The score under the query's [`Scoring`], > 0; higher is better.
     pub score: f32,
     /// Names of the fields in which a query word matched, sorted.
     pub matched_fields: Vec<String>,
@@ -607,6 +672,45 @@ impl TextIndex {
             return Ok(TextResults::default());
         }
 
+        let min_score = query.min_score.filter(|m| !m.is_nan());
+        let scores = match query.scoring {
+            Scoring::Bm25 => self.bm25_scores(&plan),
+            Scoring::EkoDb => self.ekodb_scores(&plan),
+        };
+        let mut scored: Vec<(f32, u32)> = Vec::with_capacity(scores.len());
+        for (doc, score) in scores {
+            if score.is_nan() || score <= 0.0 || min_score.is_some_and(|m| score < m) {
+                continue;
+            }
+            if accept(DocId(doc)) {
+                scored.push((score, doc));
+            }
+        }
+        let total = scored.len();
+        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let limit = query.limit.min(total);
+        if limit < total {
+            if limit == 0 {
+                scored.clear();
+            } else {
+                scored.select_nth_unstable_by(limit - 1, order);
+                scored.truncate(limit);
+            }
+        }
+        scored.sort_unstable_by(order);
+        let hits = scored
+            .into_iter()
+            .map(|(score, doc)| TextHit {
+                doc: DocId(doc),
+                score,
+                matched_fields: self.matched_fields(&plan, doc),
+            })
+            .collect();
+        Ok(TextResults { hits, total })
+    }
+
+    /// BM25 scores of every document matching a word of `plan`.
+    fn bm25_scores(&self, plan: &Plan) -> Vec<(u32, f32)> {
         let n = self.docs.len();
         let mut acc = vec![0f32; n];
         let mut word_acc = vec![0f32; n];
@@ -637,41 +741,81 @@ impl TextIndex {
                 word_acc[i] = 0.0;
             }
         }
-
         let words = plan.words.len() as f32;
-        let min_score = query.min_score.filter(|m| !m.is_nan());
-        let mut scored: Vec<(f32, u32)> = Vec::with_capacity(touched.len());
-        for doc in touched {
-            let i = doc as usize;
-            let score = acc[i] * f32::from(matched[i]) / words;
-            if score.is_nan() || score <= 0.0 || min_score.is_some_and(|m| score < m) {
-                continue;
-            }
-            if accept(DocId(doc)) {
-                scored.push((score, doc));
-            }
-        }
-        let total = scored.len();
-        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        let limit = query.limit.min(total);
-        if limit < total {
-            if limit == 0 {
-                scored.clear();
-            } else {
-                scored.select_nth_unstable_by(limit - 1, order);
-                scored.truncate(limit);
-            }
-        }
-        scored.sort_unstable_by(order);
-        let hits = scored
+        touched
             .into_iter()
-            .map(|(score, doc)| TextHit {
-                doc: DocId(doc),
-                score,
-                matched_fields: self.matched_fields(&plan, doc),
+            .map(|doc| {
+                let i = doc as usize;
+                (doc, acc[i] * f32::from(matched[i]) / words)
             })
-            .collect();
-        Ok(TextResults { hits, total })
+            .collect()
+    }
+
+    /// ekoDB-rule scores (module documentation) of every document matching a
+    /// word of `plan`.
+    ///
+    /// A word adds, for each field of a document, its strongest match there:
+    /// its entries are read strongest first, and a (document, field) pair
+    /// already counted for this word is skipped (a per-document bit set of the
+    /// first 64 fields, a hash set beyond). Sums are f64, rounded once at the
+    /// end, so 6.6 + 6.6 reads 13.2 (as ekoDB's scores do), not 13.200001.
+    fn ekodb_scores(&self, plan: &Plan) -> Vec<(u32, f32)> {
+        let n: u32 = plan.words.iter().map(|w| w.count).sum();
+        let docs = self.docs.len();
+        let mut acc = vec![0f64; docs];
+        // Per doc: the word (1-based) its field bits belong to, and the bits.
+        let mut seen: Vec<(u32, u64)> = vec![(0, 0); docs];
+        let mut seen_high: rustc_hash::FxHashSet<(u32, FieldId)> = Default::default();
+        let mut touched: Vec<u32> = Vec::new();
+        let mut order: Vec<(f64, &Entry)> = Vec::new();
+        for (w, word) in plan.words.iter().enumerate() {
+            let stamp = w as u32 + 1;
+            seen_high.clear();
+            order.clear();
+            order.extend(
+                word.entries
+                    .iter()
+                    .filter_map(|e| Some((e.kind.ekodb_strength()?, e))),
+            );
+            order.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for &(m, entry) in &order {
+                let per_field = if n == 1 {
+                    if m > EKODB_TYPO {
+                        1.1 * (m + 5.0)
+                    } else {
+                        1.1 * m
+                    }
+                } else {
+                    f64::from(word.count) * m / f64::from(n)
+                };
+                self.for_each_posting(entry, &plan.fields, |p, _| {
+                    let d = p.doc as usize;
+                    let first = if p.field < 64 {
+                        let slot = &mut seen[d];
+                        if slot.0 != stamp {
+                            *slot = (stamp, 0);
+                        }
+                        let bit = 1u64 << p.field;
+                        let new = slot.1 & bit == 0;
+                        slot.1 |= bit;
+                        new
+                    } else {
+                        seen_high.insert((p.doc, p.field))
+                    };
+                    if first {
+                        if acc[d] == 0.0 {
+                            touched.push(p.doc);
+                        }
+                        let weight = f64::from(plan.fields[p.field as usize].coef);
+                        acc[d] += weight * per_field;
+                    }
+                });
+            }
+        }
+        touched
+            .into_iter()
+            .map(|doc| (doc, acc[doc as usize] as f32))
+            .collect()
     }
 
     /// Names of the fields in which any entry of the plan has a live posting for `doc`.
@@ -740,13 +884,49 @@ impl TextIndex {
             })
             .collect();
         let mut current: Option<(u32, f32)> = None;
+        self.for_each_posting(entry, fields, |p, tf| {
+            let Some(&(c, a, b)) = consts.get(p.field as usize) else {
+                return;
+            };
+            let len = fields[p.field as usize]
+                .lens
+                .get(p.doc as usize)
+                .copied()
+                .unwrap_or(0) as f32;
+            let s = c * tf / (tf + a + b * len);
+            match &mut current {
+                Some((doc, sum)) if *doc == p.doc => *sum += s,
+                _ => {
+                    if let Some((doc, sum)) = current {
+                        out(doc, sum);
+                    }
+                    current = Some((p.doc, s));
+                }
+            }
+        });
+        if let Some((doc, sum)) = current {
+            out(doc, sum);
+        }
+    }
+
+    /// Calls `f(posting, tf)` for each live posting of `entry` in a field the
+    /// plan searches, in posting order, with its effective term frequency
+    /// (only the case-sensitive lowercase entry subtracts the non-lowercase
+    /// spellings; a posting left with none is skipped).
+    fn for_each_posting(
+        &self,
+        entry: &Entry,
+        fields: &[FieldPlan],
+        mut f: impl FnMut(&Posting, f32),
+    ) {
+        let term = &self.terms[entry.term as usize];
         let mut upper_at = 0usize;
         let upper = entry.minus.map(|t| &self.terms[t as usize].postings);
         for p in &term.postings {
-            let Some(&(c, a, b)) = consts.get(p.field as usize) else {
-                continue;
-            };
-            if p.tf == 0 || c == 0.0 {
+            let searched = fields
+                .get(p.field as usize)
+                .is_some_and(|fp| fp.coef > 0.0 && fp.docs > 0);
+            if p.tf == 0 || !searched {
                 continue;
             }
             let mut tf = f32::from(p.tf);
@@ -765,24 +945,7 @@ impl TextIndex {
                     continue;
                 }
             }
-            let len = fields[p.field as usize]
-                .lens
-                .get(p.doc as usize)
-                .copied()
-                .unwrap_or(0) as f32;
-            let s = c * tf / (tf + a + b * len);
-            match &mut current {
-                Some((doc, sum)) if *doc == p.doc => *sum += s,
-                _ => {
-                    if let Some((doc, sum)) = current {
-                        out(doc, sum);
-                    }
-                    current = Some((p.doc, s));
-                }
-            }
-        }
-        if let Some((doc, sum)) = current {
-            out(doc, sum);
+            f(p, tf);
         }
     }
 
@@ -825,22 +988,27 @@ impl TextIndex {
             && self.analyzer.language().is_some()
             && !query.case_sensitive;
         let fuzzy = query.fuzzy && !query.case_sensitive && query.max_edit_distance > 0;
-        let mut seen: FxHashSet<String> = FxHashSet::default();
-        let mut words = Vec::new();
-        for (raw, folded) in self.analyzer.words(&query.query) {
+        let prefix = query.prefix && !query.case_sensitive;
+        let query_words = self.analyzer.words(&query.query);
+        let last = query_words.len().saturating_sub(1);
+        let mut seen: FxHashMap<String, usize> = FxHashMap::default();
+        let mut words: Vec<WordPlan> = Vec::new();
+        for (i, (raw, folded)) in query_words.into_iter().enumerate() {
             let key = if query.case_sensitive { raw } else { &*folded };
-            if !seen.insert(key.to_string()) {
+            if let Some(&at) = seen.get(key) {
+                words[at].count += 1;
                 continue;
             }
+            seen.insert(key.to_string(), words.len());
             let mut entries = Vec::new();
             let lookup = |space: usize, key: &str| self.dict[space].get(key).copied();
             if query.case_sensitive {
                 if raw != &*folded {
                     if let Some(t) = lookup(NS_RAW, raw) {
-                        entries.push(Entry::new(t, 1.0));
+                        entries.push(Entry::new(t, Match::Exact));
                     }
                 } else if let Some(t) = lookup(NS_FOLD, raw) {
-                    let mut e = Entry::new(t, 1.0);
+                    let mut e = Entry::new(t, Match::Exact);
                     e.minus = lookup(NS_UPPER, raw);
                     entries.push(e);
                 }
@@ -850,7 +1018,17 @@ impl TextIndex {
                     Some(stem) => lookup(NS_STEM, stem),
                     None => lookup(NS_FOLD, &folded),
                 };
-                entries.extend(primary.map(|t| Entry::new(t, 1.0)));
+                entries.extend(primary.map(|t| Entry::new(t, Match::Exact)));
+                // The last word may be cut short by someone typing; an earlier
+                // word is completed only when it is not a word of the index.
+                let completes = if i == last {
+                    folded.chars().count() >= MIN_LAST_PREFIX_CHARS
+                } else {
+                    primary.is_none() && folded.chars().count() >= MIN_PREFIX_CHARS
+                };
+                if prefix && completes {
+                    self.prefix_entries(&folded, stem.as_deref(), &mut entries);
+                }
                 if fuzzy {
                     self.fuzzy_entries(
                         &folded,
@@ -859,18 +1037,39 @@ impl TextIndex {
                         &mut entries,
                     );
                 }
-                if query.boost_exact && (stemming || fuzzy) {
+                if query.boost_exact && (stemming || fuzzy || prefix) {
                     if let Some(t) = lookup(NS_FOLD, &folded) {
-                        let mut e = Entry::new(t, EXACT_BONUS);
-                        e.additive = true;
-                        entries.push(e);
+                        entries.push(Entry::new(t, Match::ExactBonus));
                     }
                 }
             }
             // A word with no entry still counts in the coordination factor.
-            words.push(WordPlan { entries });
+            words.push(WordPlan { entries, count: 1 });
         }
         Plan { words, fields }
+    }
+
+    /// The most frequent longer terms that begin with `folded` (a bounded walk
+    /// of the dictionary), except forms with the query's own stem (already
+    /// matched exactly).
+    fn prefix_entries(&self, folded: &str, stem: Option<&str>, entries: &mut Vec<Entry>) {
+        let mut found: Vec<TermId> = Vec::new();
+        self.fuzzy.prefixed(folded, PREFIX_SCAN, &mut |term| {
+            let tid = self.dict[NS_FOLD].get(term).copied();
+            found.extend(tid);
+            tid.is_some()
+        });
+        found.sort_unstable();
+        found.dedup();
+        found.retain(|&tid| {
+            stem.is_none_or(|s| self.analyzer.stem(&self.terms[tid as usize].key) != s)
+        });
+        found.sort_unstable_by(|&a, &b| {
+            let (ta, tb) = (&self.terms[a as usize], &self.terms[b as usize]);
+            tb.live().cmp(&ta.live()).then(ta.key.cmp(&tb.key))
+        });
+        found.truncate(MAX_PREFIX_EXPANSIONS);
+        entries.extend(found.into_iter().map(|tid| Entry::new(tid, Match::Prefix)));
     }
 
     fn fuzzy_entries(
@@ -914,7 +1113,7 @@ impl TextIndex {
         entries.extend(
             found
                 .into_iter()
-                .map(|(tid, d)| Entry::new(tid, FUZZY_MULT[usize::from(d.min(2))])),
+                .map(|(tid, d)| Entry::new(tid, Match::Typo(d.min(2)))),
         );
     }
 }
@@ -927,8 +1126,44 @@ struct FieldPlan<'s> {
     lens: &'s [u32],
 }
 
+/// How a plan entry matches its query word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Match {
+    /// The word, or (stemming) a form with its stem.
+    Exact,
+    /// A longer word beginning with it.
+    Prefix,
+    /// A word within this edit distance (1 or 2).
+    Typo(u8),
+    /// The unstemmed word again, added on top (`boost_exact`, BM25 only).
+    ExactBonus,
+}
+
+impl Match {
+    /// The BM25 multiplier.
+    fn mult(self) -> f32 {
+        match self {
+            Match::Exact => 1.0,
+            Match::Prefix => PREFIX_MULT,
+            Match::Typo(d) => FUZZY_MULT[usize::from(d.min(2))],
+            Match::ExactBonus => EXACT_BONUS,
+        }
+    }
+
+    /// The ekoDB-rule strength (`None`: the entry does not count there).
+    fn ekodb_strength(self) -> Option<f64> {
+        match self {
+            Match::Exact => Some(EKODB_EXACT),
+            Match::Prefix => Some(EKODB_PREFIX),
+            Match::Typo(_) => Some(EKODB_TYPO),
+            Match::ExactBonus => None,
+        }
+    }
+}
+
 struct Entry {
     term: TermId,
+    kind: Match,
     mult: f32,
     /// Added to the word's score instead of competing for its maximum.
     additive: bool,
@@ -937,11 +1172,12 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(term: TermId, mult: f32) -> Entry {
+    fn new(term: TermId, kind: Match) -> Entry {
         Entry {
             term,
-            mult,
-            additive: false,
+            kind,
+            mult: kind.mult(),
+            additive: kind == Match::ExactBonus,
             minus: None,
         }
     }
@@ -949,6 +1185,8 @@ impl Entry {
 
 struct WordPlan {
     entries: Vec<Entry>,
+    /// Times the word appears in the query (the ekoDB rule counts repeats).
+    count: u32,
 }
 
 struct Plan<'s> {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tidepool_search::{Analyzer, DocId, Language, Metric, TextIndex, TextQuery, VectorIndex};
+use tidepool_search::{
+    Analyzer, DocId, Language, Metric, Scoring, TextIndex, TextQuery, VectorIndex,
+};
 
 const WORDS: &[&str] = &[
     "rust",
@@ -62,6 +64,7 @@ fn queries() -> Vec<TextQuery> {
         "searching indexes",
         "cafe",
         "victor runs",
+        "ru data",
         "",
     ] {
         let base = TextQuery::new(text);
@@ -76,7 +79,13 @@ fn queries() -> Vec<TextQuery> {
         let mut unstemmed = fuzzy.clone();
         unstemmed.stemming = false;
         unstemmed.limit = 3;
-        out.extend([base, fuzzy, exact, boosted, unstemmed]);
+        let mut ekodb = boosted.clone();
+        ekodb.scoring = Scoring::EkoDb;
+        ekodb.prefix = true;
+        ekodb.fuzzy = true;
+        let mut prefixed = base.clone();
+        prefixed.prefix = true;
+        out.extend([base, fuzzy, exact, boosted, unstemmed, ekodb, prefixed]);
     }
     out
 }

@@ -598,3 +598,126 @@ both_runtimes!(websocket_text_search, |rt: Runtime| {
         assert_eq!(hits[0]["record"]["title"]["value"], "Cooking at home");
     });
 });
+
+// ekoDB's published `client_search` examples, run with the official client:
+// the same hits, scores and result counts as ekoDB recorded for them
+// (`ekoDB/ekodb-client`, `examples/*/test-examples-*.md`).
+both_runtimes!(
+    ekodb_examples_find_and_score_what_ekodb_does,
+    |rt: Runtime| {
+        let srv = TestServer::start(rt);
+        block_on(async {
+            let c = client(&srv, SerializationFormat::MessagePack);
+            let people = [
+                (
+                    "John Doe",
+                    "john@example.com",
+                    "Software engineer specializing in JavaScript and TypeScript",
+                ),
+                (
+                    "Jane Smith",
+                    "jane@example.com",
+                    "Product manager with experience in running agile teams",
+                ),
+                (
+                    "Bob Johnson",
+                    "bob@example.com",
+                    "DevOps engineer running cloud infrastructure",
+                ),
+            ];
+            for (name, email, bio) in people {
+                let r = Record::new()
+                    .field("name", name)
+                    .field("email", email)
+                    .field("bio", bio);
+                c.insert("people", r, None).await.expect("insert");
+            }
+            // Prefix matching: `john` finds "Bob Johnson", below "John Doe".
+            let r = c
+                .search("people", SearchQuery::new("john").fields("name,email,bio"))
+                .await
+                .expect("search");
+            let names: Vec<&Value> = r
+                .results
+                .iter()
+                .map(|h| &h.record["name"]["value"])
+                .collect();
+            assert_eq!(names, [&json!("John Doe"), &json!("Bob Johnson")]);
+            let scores: Vec<f64> = r.results.iter().map(|h| h.score).collect();
+            assert_eq!(scores, [13.2, 6.27]);
+
+            let articles = [
+                (
+                    "Rust Programming",
+                    "Learn Rust programming language with hands-on examples and best practices.",
+                ),
+                (
+                    "Python for Data Science",
+                    "Master Python for data analysis, machine learning, and visualization.",
+                ),
+                (
+                    "JavaScript Web Development",
+                    "Build modern web applications using JavaScript, React, and Node.js.",
+                ),
+                (
+                    "Database Design",
+                    "Learn database design principles, normalization, and query optimization.",
+                ),
+                (
+                    "Machine Learning Basics",
+                    "Introduction to machine learning algorithms and neural networks.",
+                ),
+            ];
+            for (title, description) in articles {
+                let r = Record::new()
+                    .field("title", title)
+                    .field("description", description);
+                c.insert("articles", r, None).await.expect("insert");
+            }
+            // ekoDB returns 4 records for this threshold: 2.0, 1.0, 0.5, 0.5.
+            let query = SearchQuery::new("machine learning")
+                .fields("title,description")
+                .min_score(0.2)
+                .limit(5);
+            let r = c.search("articles", query).await.expect("search");
+            let scores: Vec<f64> = r.results.iter().map(|h| h.score).collect();
+            assert_eq!(scores, [2.0, 1.0, 0.5, 0.5]);
+            assert_eq!(r.total, 4);
+            assert_eq!(
+                r.results[0].record["title"]["value"],
+                json!("Machine Learning Basics")
+            );
+            assert_eq!(r.results[0].matched_fields, ["description", "title"]);
+        });
+
+        // BM25 on request, and prefixes off on request; a bad rule is a 400.
+        let token = srv.token();
+        let search = |body: Value| {
+            let r = srv.call(&token, "POST", "/api/search/people", &body.to_string());
+            (r.status, r.json())
+        };
+        let (status, bm25) =
+            search(json!({"query": "john", "fields": "name,email,bio", "scoring": "bm25"}));
+        assert_eq!(status, 200);
+        let bm25_scores: Vec<f64> = bm25["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["score"].as_f64().unwrap())
+            .collect();
+        assert_eq!(bm25_scores.len(), 2);
+        assert!(
+            bm25_scores[0] > bm25_scores[1] && bm25_scores[0] < 6.0,
+            "BM25 values, the exact name first: {bm25_scores:?}"
+        );
+        let (status, whole) = search(json!({"query": "john", "prefix": false}));
+        assert_eq!(status, 200);
+        assert_eq!(whole["total"], 1, "{whole}");
+        let (status, err) = search(json!({"query": "john", "scoring": "tf-idf"}));
+        assert_eq!(status, 400);
+        assert!(
+            err.to_string().contains("bm25"),
+            "the message names the choices: {err}"
+        );
+    }
+);

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
-use tidepool_search::{Analyzer, DocId, Language, Metric, TextIndex, TextQuery, VectorIndex};
+use tidepool_search::{
+    Analyzer, DocId, Language, Metric, Scoring, TextIndex, TextQuery, VectorIndex,
+};
 
 struct Args {
     text: bool,
@@ -404,11 +406,17 @@ fn text_bench(a: &Args) {
     let rounds = 20;
 
     let ix_ref = &ix;
-    let ours = |fuzzy: bool| {
+    // `served`: as `POST /api/search` runs it by default (ekoDB scores, prefix
+    // matching); otherwise the library's default (BM25, whole words).
+    let ours_as = |fuzzy: bool, served: bool| {
         move |q: &str| {
             let mut tq = TextQuery::new(q);
             tq.limit = 10;
             tq.fuzzy = fuzzy;
+            if served {
+                tq.scoring = Scoring::EkoDb;
+                tq.prefix = true;
+            }
             tq.max_edit_distance = 2;
             ix_ref
                 .search(&tq, &|_| true)
@@ -416,6 +424,7 @@ fn text_bench(a: &Args) {
                 .unwrap_or(0)
         }
     };
+    let ours = |fuzzy: bool| ours_as(fuzzy, false);
     let mut stmt = db
         .prepare("SELECT rowid FROM man WHERE man MATCH ?1 ORDER BY bm25(man) LIMIT 10")
         .expect("prepare");
@@ -425,6 +434,8 @@ fn text_bench(a: &Args) {
     };
 
     let ours_exact = measure(&exact, rounds, ours(false));
+    let served_exact = measure(&exact, rounds, ours_as(false, true));
+    let served_fuzzy = measure(&typos, rounds, ours_as(true, true));
     let fts_exact = measure(&exact, rounds, &mut fts);
     let ours_fuzzy = measure(&typos, rounds, ours(true));
     let ours_typos_plain = measure(&typos, rounds, ours(false));
@@ -455,12 +466,30 @@ fn text_bench(a: &Args) {
         hit_queries(&mut ours(false), &typos),
         hit_queries(&mut fts, &typos),
     );
+    let (h6, h7) = (
+        hit_queries(&mut ours_as(false, true), &exact),
+        hit_queries(&mut ours_as(true, true), &typos),
+    );
     row("exact", "tidepool-search", &ours_exact, h1);
+    row(
+        "exact",
+        "tidepool-search, ekoDB scores + prefixes",
+        &served_exact,
+        h6,
+    );
     row("exact", "SQLite FTS5", &fts_exact, h2);
     row("typos", "tidepool-search fuzzy (d <= 2)", &ours_fuzzy, h3);
+    row(
+        "typos",
+        "tidepool-search fuzzy, ekoDB scores + prefixes",
+        &served_fuzzy,
+        h7,
+    );
     row("typos", "tidepool-search, not fuzzy", &ours_typos_plain, h4);
     row("typos", "SQLite FTS5 (no typo tolerance)", &fts_typos, h5);
     let _ = (
+        served_exact.hits,
+        served_fuzzy.hits,
         ours_exact.hits,
         fts_exact.hits,
         ours_fuzzy.hits,

@@ -148,7 +148,11 @@ impl Engine {
                 union.sort_unstable();
                 union.dedup();
                 total = union.len();
-                tidepool_search::hybrid(
+                let blend = match req.text.scoring {
+                    tidepool_search::Scoring::EkoDb => tidepool_search::hybrid_unscaled,
+                    tidepool_search::Scoring::Bm25 => tidepool_search::hybrid,
+                };
+                blend(
                     &text_hits,
                     &vector_hits,
                     req.text_weight,

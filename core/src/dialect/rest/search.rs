@@ -13,7 +13,7 @@ use crate::wire::format::{self, Format};
 use crate::wire::http::Response;
 use serde::Serialize;
 use serde_json::Value as J;
-use tidepool_search::{Language, TextQuery};
+use tidepool_search::{Language, Scoring, TextQuery};
 
 /// The largest edit distance the clients may send (spec D1: 0-5). Distances
 /// above 2 are served as 2: beyond that, typo matching finds mostly noise.
@@ -151,6 +151,17 @@ pub fn parse(body: &J) -> Result<(SearchRequest, Filter, Projection)> {
     text.case_sensitive = flag(get("case_sensitive"), "case_sensitive", false)?;
     text.stemming = flag(get("enable_stemming"), "enable_stemming", true)?;
     text.boost_exact = flag(get("boost_exact"), "boost_exact", false)?;
+    text.prefix = flag(get("prefix"), "prefix", true)?;
+    text.scoring = match get("scoring") {
+        None | Some(J::Null) => Scoring::EkoDb,
+        Some(J::String(s)) if s.eq_ignore_ascii_case("ekodb") => Scoring::EkoDb,
+        Some(J::String(s)) if s.eq_ignore_ascii_case("bm25") => Scoring::Bm25,
+        Some(_) => {
+            return Err(Error::invalid(
+                "`scoring` must be \"ekodb\" (the default) or \"bm25\"",
+            ))
+        }
+    };
     text.min_score = number(get("min_score"), "min_score")?.map(|f| f as f32);
     text.limit = limit;
     let weight = |k: &str| -> Result<f32> {
