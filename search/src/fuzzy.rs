@@ -20,7 +20,7 @@ use fst::{IntoStreamer, Set, SetBuilder, Streamer};
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA, SINK_STATE};
 
 /// Recent terms kept outside the fsts.
-pub(crate) const BUFFER_TERMS: usize = 256;
+pub(crate) const BUFFER_TERMS: usize = 2048;
 
 /// The DFA builder for `distance` (1 or 2). Building one takes a few milliseconds,
 /// so each is built once per process and shared (it is immutable).
@@ -225,7 +225,7 @@ mod tests {
     fn finds_terms_within_distance_across_levels_and_buffer() {
         let mut dict = FuzzyDict::default();
         let live = |_: &str| true;
-        for i in 0..2000 {
+        for i in 0..BUFFER_TERMS * 4 {
             dict.insert(&format!("w{i:05}"), &live);
         }
         for t in ["engineer", "engine", "engines", "enginr", "banana"] {
@@ -258,7 +258,7 @@ mod tests {
     fn prefixed_finds_longer_terms_across_levels_and_buffer_up_to_a_cap() {
         let mut dict = FuzzyDict::default();
         let live = |_: &str| true;
-        for i in 0..2000 {
+        for i in 0..BUFFER_TERMS * 2 {
             dict.insert(&format!("w{i:05}"), &live);
         }
         for t in ["john", "johnson", "johnny", "jo", "joan", "bob"] {
