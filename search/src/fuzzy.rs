@@ -65,6 +65,8 @@ pub(crate) struct FuzzyDict {
     /// Sizes at least double from the last to the first.
     levels: Vec<Set<Vec<u8>>>,
     buffer: BTreeSet<Box<str>>,
+    /// A bulk load is under way: the buffer grows until [`FuzzyDict::end_bulk`].
+    bulk: bool,
 }
 
 impl FuzzyDict {
@@ -72,6 +74,20 @@ impl FuzzyDict {
     /// which older terms still have postings.
     pub(crate) fn insert(&mut self, term: &str, is_live: &dyn Fn(&str) -> bool) {
         self.buffer.insert(term.into());
+        if self.buffer.len() >= BUFFER_TERMS && !self.bulk {
+            self.flush(is_live);
+        }
+    }
+
+    /// Starts a bulk load: new terms are only buffered (no fst is written)
+    /// until [`FuzzyDict::end_bulk`] writes them as one.
+    pub(crate) fn begin_bulk(&mut self) {
+        self.bulk = true;
+    }
+
+    /// Ends a bulk load: the buffered terms become one fst, each written once.
+    pub(crate) fn end_bulk(&mut self, is_live: &dyn Fn(&str) -> bool) {
+        self.bulk = false;
         if self.buffer.len() >= BUFFER_TERMS {
             self.flush(is_live);
         }

@@ -328,3 +328,36 @@ fn unicode_text() {
     check(&ix, "école", &[2]);
     assert_eq!(ids(&ix, &fuzzy("brulee", 2)), [0]);
 }
+
+#[test]
+fn a_bulk_load_answers_like_one_by_one_upserts() {
+    // Enough distinct words that the typo dictionary is written as an fst.
+    let texts: Vec<String> = (0..6_000)
+        .map(|i| format!("word{i:05} shared{} tail", i % 7))
+        .collect();
+    let mut bulk = TextIndex::new(Analyzer::new(Some(Language::ENGLISH)));
+    bulk.bulk(|ix| {
+        for (i, t) in texts.iter().enumerate() {
+            ix.upsert(DocId(i as u32), &[("body", t)]);
+        }
+    });
+    let mut single = TextIndex::new(Analyzer::new(Some(Language::ENGLISH)));
+    for (i, t) in texts.iter().enumerate() {
+        single.upsert(DocId(i as u32), &[("body", t)]);
+    }
+    assert!(bulk.memory_bytes() <= single.memory_bytes());
+    let mut typo = fuzzy("wrd04321", 1);
+    typo.limit = 5;
+    let mut prefix = TextQuery::new("word0432");
+    prefix.prefix = true;
+    prefix.limit = 20;
+    for q in [TextQuery::new("shared3"), typo, prefix] {
+        let a = bulk.search(&q, &|_| true).unwrap();
+        let b = single.search(&q, &|_| true).unwrap();
+        assert_eq!(a, b, "{q:?}");
+        assert!(a.total > 0, "{q:?}");
+    }
+    // It goes on taking writes as usual.
+    bulk.upsert(DocId(9_999), &[("body", "zebra")]);
+    assert_eq!(ids(&bulk, &fuzzy("zebr", 1)), [9_999]);
+}

@@ -12,6 +12,7 @@ use super::record::Record;
 use super::schema::{IndexConfig, Schema};
 use crate::error::{Error, Result};
 use crate::value::{Json, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use tidepool_search::{Analyzer, DocId, Metric, TextIndex, TextQuery, VectorIndex};
 
@@ -72,26 +73,31 @@ struct VectorSlot {
 }
 
 /// The string content of a record's fields, as the text index sees it.
-fn text_fields(record: &Record) -> Vec<(&str, String)> {
+fn text_fields(record: &Record) -> Vec<(&str, Cow<'_, str>)> {
     record
         .fields()
         .filter_map(|(name, v)| match v {
-            Value::String(s) => Some((name, s.to_string())),
+            Value::String(s) => Some((name, Cow::Borrowed(&**s))),
             Value::Array(items) | Value::Set(items) => {
                 let words: Vec<&str> = items.iter().filter_map(Json::as_str).collect();
-                (!words.is_empty()).then(|| (name, words.join(" ")))
+                (!words.is_empty()).then(|| (name, Cow::Owned(words.join(" "))))
             }
             _ => None,
         })
         .collect()
 }
 
+/// Indexes `record`'s text as `doc`.
+fn put_text(text: &mut TextIndex, doc: DocId, record: &Record) {
+    let fields = text_fields(record);
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, &**t)).collect();
+    text.upsert(doc, &refs);
+}
+
 /// Indexes `record` as `doc` in `text` and `vectors`.
 fn put_into(text: Option<&mut TextIndex>, vectors: &mut [VectorSlot], doc: DocId, record: &Record) {
     if let Some(text) = text {
-        let fields = text_fields(record);
-        let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
-        text.upsert(doc, &refs);
+        put_text(text, doc, record);
     }
     for slot in vectors {
         match vector_of(record, &slot.field) {
@@ -178,20 +184,15 @@ impl SearchState {
             Some(l) => Analyzer::for_language(l).map_err(|e| Error::invalid(e.to_string()))?,
             None => Analyzer::default(),
         };
-        self.text = Some(TextIndex::new(analyzer));
-        for (id, r) in records {
-            self.on_put_text(id, r);
-        }
+        let mut text = TextIndex::new(analyzer);
+        let docs = &mut self.docs;
+        text.bulk(|text| {
+            for (id, record) in records {
+                put_text(text, docs.get_or_assign(id), record);
+            }
+        });
+        self.text = Some(text);
         Ok(())
-    }
-
-    fn on_put_text(&mut self, id: &str, record: &Record) {
-        let doc = self.docs.get_or_assign(id);
-        if let Some(text) = &mut self.text {
-            let fields = text_fields(record);
-            let refs: Vec<(&str, &str)> = fields.iter().map(|(n, t)| (*n, t.as_str())).collect();
-            text.upsert(doc, &refs);
-        }
     }
 
     /// Builds the vector index for (field, metric) if needed, over `records`.
