@@ -33,6 +33,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "rate-limit-per-key", env: "TIDEPOOL_RATE_LIMIT_PER_KEY", default: "0", help: "requests a minute one API key may make (a bucket of that size refilling evenly; 429 with Retry-After beyond, X-RateLimit-* headers within); 0 = no limit; changeable with PUT /api/config" },
     Setting { flag: "rate-limit-per-address", env: "TIDEPOOL_RATE_LIMIT_PER_ADDRESS", default: "0", help: "requests a minute one client address may make, with or without a key (as --rate-limit-per-key); 0 = no limit" },
     Setting { flag: "stream-credentials", env: "TIDEPOOL_STREAM_CREDENTIALS", default: "expire", help: "what a WebSocket or SSE stream opened with a token does when the token expires: expire (it is closed then, WebSocket code 1008; clients reconnect with a fresh token) or connect (checked once, when the stream opens); streams opened with an API key itself never expire" },
+    Setting { flag: "metrics", env: "TIDEPOOL_METRICS", default: "admin", help: "who may read GET /metrics (Prometheus text format: requests by route and status with latency histograms, fsyncs and group-commit sizes, connections, streams by protocol, subscribers, outbox bytes and overflows, rate-limit refusals): admin (an admin key's bearer token), public (anyone who reaches the port), or off (404)" },
     Setting { flag: "trusted-origins", env: "TIDEPOOL_TRUSTED_ORIGINS", default: "", help: "browser origins allowed to call the API cross-origin and to open WebSockets, comma-separated (e.g. https://app.example.com; * = any); TRUSTED_ORIGINS is read too; empty = no cross-origin access (same-origin pages and non-browser clients are unaffected)" },
     Setting { flag: "trusted-hosts", env: "TIDEPOOL_TRUSTED_HOSTS", default: "", help: "Host header values accepted, comma-separated (e.g. localhost,127.0.0.1,db.example.com), against DNS rebinding; TRUSTED_HOSTS is read too; empty = any" },
     Setting { flag: "transaction-idle-timeout", env: "TIDEPOOL_TRANSACTION_IDLE_TIMEOUT", default: "60", help: "seconds a transaction may go without a call before it is rolled back (each key and each client address may hold 100 open)" },
@@ -106,6 +107,8 @@ pub struct Config {
     pub rate_limit_per_address: u64,
     /// Streams opened with a token close when it expires.
     pub streams_expire_with_token: bool,
+    /// Who may read `/metrics`.
+    pub metrics: crate::server::metrics::MetricsAccess,
     pub trusted_origins: Vec<String>,
     pub trusted_hosts: Vec<String>,
     pub idle_timeout_secs: u64,
@@ -208,6 +211,7 @@ fn unreachable_default() -> Config {
         rate_limit_per_key: 0,
         rate_limit_per_address: 0,
         streams_expire_with_token: true,
+        metrics: Default::default(),
         trusted_origins: Vec::new(),
         trusted_hosts: Vec::new(),
         idle_timeout_secs: 300,
@@ -403,6 +407,14 @@ impl Config {
                     ))
                 }
             },
+            metrics: crate::server::metrics::MetricsAccess::parse(&get("metrics")).ok_or_else(
+                || {
+                    format!(
+                        "`--metrics` must be admin, public or off, got `{}`",
+                        get("metrics")
+                    )
+                },
+            )?,
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
             max_query_work: num("max-query-work", get("max-query-work"))?,
             max_query_time_secs: num("max-query-time", get("max-query-time"))?,

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tidepool_core::engine::SnapshotCursor;
 use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::server::metrics::SyncSample;
 use tidepool_core::server::{StorageFailure, StorageOp};
 use tidepool_storage::{FinishedSnapshot, Store, SyncPolicy};
 
@@ -40,6 +41,7 @@ pub(crate) fn writer_loop(
                         fail(&host, &store, StorageOp::InstallSnapshot, e.to_string());
                         return;
                     }
+                    host.with_server(|s| s.note_compaction());
                 } else {
                     to_install = Some((snap, covers));
                 }
@@ -47,6 +49,13 @@ pub(crate) fn writer_loop(
             let _ = wake.recv_timeout(Duration::from_millis(200));
             continue;
         }
+        let started = Instant::now();
+        let mut sample = SyncSample {
+            batches: batches.len(),
+            bytes: batches.iter().map(|b| b.payload.len() as u64).sum(),
+            skipped: matches!(policy, SyncPolicy::None),
+            ..SyncSample::default()
+        };
         let mut last = Lsn::ZERO;
         for b in &batches {
             since_snapshot += b.payload.len() as u64;
@@ -71,6 +80,8 @@ pub(crate) fn writer_loop(
                     std::iter::from_fn(|| s.poll_log()).collect()
                 };
                 let mut r = Ok(());
+                sample.batches += more.len();
+                sample.bytes += more.iter().map(|b| b.payload.len() as u64).sum::<u64>();
                 for b in &more {
                     since_snapshot += b.payload.len() as u64;
                     if let Err(e) = store.append(tidepool_storage::Lsn(b.lsn.0), &b.payload) {
@@ -87,6 +98,9 @@ pub(crate) fn writer_loop(
             return;
         }
         last_sync = Instant::now();
+        sample.took = started.elapsed();
+        // Counted before anyone can see the writes durable (and read /metrics).
+        host.lock().note_sync(sample);
         // Publish first: a connection woken for its events must see them durable.
         host.durability.publish(last, false);
         host.with_server(|s| s.handle_durable(last));

@@ -56,6 +56,16 @@ pub struct Outbox {
     limit_bytes: usize,
 }
 
+/// What became of an event handed to an outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    /// It would pass the byte budget: the subscriber is cut off now.
+    Overflowed,
+    /// The stream was already ended.
+    Closed,
+}
+
 #[derive(Debug, Default)]
 struct OutboxState {
     items: VecDeque<Queued>,
@@ -68,21 +78,26 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an event; returns false if this made (or found) the queue overflowed.
-    fn push(&self, item: Queued) -> bool {
+    /// Queues an event, unless this makes (or found) the queue overflowed.
+    fn push(&self, item: Queued) -> Pushed {
         let mut q = self.lock();
         if q.cut.is_some() {
-            return false;
+            return Pushed::Closed;
         }
         // An empty queue always takes one event, however large: the budget is
         // for backlog, and a single event must be deliverable.
         if q.bytes > 0 && q.bytes + item.bytes.len() > self.limit_bytes {
             q.cut_off(Cut::Overflowed);
-            return false;
+            return Pushed::Overflowed;
         }
         q.bytes += item.bytes.len();
         q.items.push_back(item);
-        true
+        Pushed::Queued
+    }
+
+    /// Bytes queued and not yet taken.
+    fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Takes queued events up to about `max_bytes` (at least one). Fails if the
@@ -140,6 +155,8 @@ pub struct Hub {
     /// Connections to wake once an LSN is durable.
     wake: BTreeMap<Lsn, Vec<ConnId>>,
     limit_bytes: usize,
+    /// Subscribers cut off for overflowing, ever (`/metrics`).
+    overflows: u64,
 }
 
 impl Hub {
@@ -151,6 +168,7 @@ impl Hub {
             queues: HashMap::new(),
             wake: BTreeMap::new(),
             limit_bytes: limit_bytes.max(64 * 1024),
+            overflows: 0,
         }
     }
 
@@ -362,6 +380,21 @@ impl Hub {
         self.by_collection.values().map(Vec::len).sum()
     }
 
+    /// The codec of every registered streaming connection.
+    pub fn stream_codecs(&self) -> impl Iterator<Item = EventCodec> + '_ {
+        self.queues.values().map(|q| q.codec)
+    }
+
+    /// Subscribers cut off for falling behind their byte budget, ever.
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// Bytes queued in every outbox, not yet taken by their connections.
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.values().map(|q| q.outbox.queued_bytes()).sum()
+    }
+
     /// Queues events for every matching subscriber. `encode` turns an event
     /// into one codec's bytes (`None`: nothing to send); it runs once per codec
     /// and filter, however many subscribers share them.
@@ -439,7 +472,14 @@ impl Hub {
         item.codec = Some(q.codec);
         let lsn = item.lsn;
         // An overflowed subscriber is woken at once to be told and closed.
-        let at = if q.outbox.push(item) { lsn } else { Lsn::ZERO };
+        let at = match q.outbox.push(item) {
+            Pushed::Queued => lsn,
+            Pushed::Overflowed => {
+                self.overflows += 1;
+                Lsn::ZERO
+            }
+            Pushed::Closed => Lsn::ZERO,
+        };
         let list = self.wake.entry(at).or_default();
         if list.last() != Some(&conn) {
             list.push(conn);

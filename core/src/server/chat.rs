@@ -1169,7 +1169,7 @@ impl Server {
                         Ok(answer) => rest::chat::answer_response(answer),
                         Err(e) => rest::error_response(e),
                     };
-                    self.pending.fulfil(*ticket, response, lsn);
+                    self.complete(*ticket, response, lsn);
                 }
                 Listener::WsReply { conn, id, format } => {
                     let result = outcome

@@ -16,6 +16,7 @@ pub mod chat;
 pub mod documents;
 pub mod guesses;
 pub mod health;
+pub mod metrics;
 pub mod pending;
 pub mod rate;
 pub mod reads;
@@ -222,6 +223,10 @@ pub struct Server {
     reads: VecDeque<reads::ReadJob>,
     /// Deferred reads running per WebSocket (bounded).
     socket_reads: HashMap<ConnId, usize>,
+    /// What `/metrics` reports.
+    metrics: metrics::Metrics,
+    /// Request ids: this process's prefix and the next number.
+    request_ids: (u32, u64),
 }
 
 impl Server {
@@ -277,6 +282,8 @@ impl Server {
             wakeups: VecDeque::new(),
             reads: VecDeque::new(),
             socket_reads: HashMap::new(),
+            metrics: Default::default(),
+            request_ids: ((seed ^ (seed >> 32)) as u32, 0),
         }
     }
 
@@ -379,6 +386,9 @@ impl Server {
             }
         }
         let abandoned = self.pending.forget(conn);
+        for t in &abandoned {
+            self.metrics.take_deferred(*t);
+        }
         self.chat_connection_closed(conn, &abandoned, now);
         self.sockets_closed(conn);
         self.hub.close(conn);
@@ -390,8 +400,9 @@ impl Server {
     /// deliverable, or its call finished. Drain after every call that holds
     /// the lock.
     pub fn poll_wakeup(&mut self) -> Option<ConnId> {
-        for (ticket, response) in self.calls.done.drain(..) {
-            self.pending.fulfil(ticket, response, Lsn::ZERO);
+        let done: Vec<_> = self.calls.done.drain(..).collect();
+        for (ticket, response) in done {
+            self.complete(ticket, response, Lsn::ZERO);
         }
         self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
@@ -466,8 +477,9 @@ impl Server {
     /// A reply that was pending, once ready, for the connection waiting on
     /// it, with the LSN that must be durable before it is sent.
     pub fn take_reply(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
-        for (t, response) in self.calls.done.drain(..) {
-            self.pending.fulfil(t, response, Lsn::ZERO);
+        let done: Vec<_> = self.calls.done.drain(..).collect();
+        for (t, response) in done {
+            self.complete(t, response, Lsn::ZERO);
         }
         self.pending.take(ticket)
     }
@@ -615,7 +627,8 @@ impl Server {
         // being held by a client that never finishes.
         self.admission.release_body(conn);
         let durable_acks = self.durable_acks;
-        let (outcome, quota) = match rest::respond(self, conn, req, body, now) {
+        let mut route = None;
+        let (outcome, quota) = match rest::respond(self, conn, req, body, now, &mut route) {
             Ok((outcome, quota)) => (Ok(outcome), quota),
             Err(e) => (Err(e), None),
         };
@@ -649,9 +662,20 @@ impl Server {
             response
         };
         let took = self.clock.map(|c| c().since(now));
-        if pending.is_none() {
-            self.count_request(response.status, took);
+        let started = metrics::Started {
+            route: route.unwrap_or(metrics::UNMATCHED),
+            method: metrics::method_label(&req.method),
+            at: now,
+        };
+        match pending {
+            None => {
+                self.count_request(response.status, took);
+                self.metrics
+                    .request(started.route, started.method, response.status, took);
+            }
+            Some(ticket) => self.metrics.defer(ticket, started),
         }
+        let response = response.with_header("x-request-id", self.request_id(req));
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
         let wait_for = self.finish_operation(now);
@@ -680,11 +704,68 @@ impl Server {
 
     /// A ticket whose work never started (its request failed first).
     pub fn cancel_ticket(&mut self, ticket: Ticket) {
+        self.metrics.take_deferred(ticket);
         self.pending.cancel(ticket);
     }
 
     /// The reply for a ticket is ready (to be sent once `wait_for` is durable).
     pub fn fulfil(&mut self, ticket: Ticket, response: Response, wait_for: Lsn) {
+        self.complete(ticket, response, wait_for);
+    }
+
+    /// The id a reply carries in `X-Request-Id`: the client's own, when it
+    /// sent a short one of safe characters, or this process's next.
+    fn request_id(&mut self, req: &Request) -> String {
+        let theirs = req.header("x-request-id").filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+        if let Some(id) = theirs {
+            return id.to_string();
+        }
+        self.request_ids.1 += 1;
+        format!("{:08x}-{:x}", self.request_ids.0, self.request_ids.1)
+    }
+
+    /// What the host measured around one sync of the log.
+    pub fn note_sync(&mut self, sample: metrics::SyncSample) {
+        self.metrics.sync(sample);
+    }
+
+    /// The host installed a compaction snapshot.
+    pub fn note_compaction(&mut self) {
+        self.metrics.compaction();
+    }
+
+    /// The `/metrics` exposition, as of now.
+    pub fn metrics_text(&self, now: Timestamp) -> String {
+        let mut streams: std::collections::BTreeMap<&'static str, usize> = Default::default();
+        for codec in self.hub.stream_codecs() {
+            *streams.entry(metrics::codec_label(codec)).or_insert(0) += 1;
+        }
+        let gauges = metrics::Gauges {
+            connections: self.open_connections,
+            streams,
+            subscribers: self.hub.subscriber_count(),
+            outbox_bytes: self.hub.queued_bytes(),
+            outbox_overflows: self.hub.overflows(),
+            reads_queued: self.reads.len(),
+            replies_waiting: self.pending.waiting(),
+            chat_answers: self.turns.active.len(),
+            uptime_secs: self.booted_at.map(|t| now.since(t).as_secs()),
+        };
+        self.metrics.render(&gauges)
+    }
+
+    /// Every deferred reply ends here: counted (`/metrics`), then handed to
+    /// its connection.
+    pub(crate) fn complete(&mut self, ticket: Ticket, response: Response, wait_for: Lsn) {
+        if let Some(s) = self.metrics.take_deferred(ticket) {
+            let took = self.clock.map(|c| c().since(s.at));
+            self.metrics
+                .request(s.route, s.method, response.status, took);
+        }
         self.pending.fulfil(ticket, response, wait_for);
     }
 

@@ -46,6 +46,11 @@ impl Pending {
         self.ready.remove(&ticket);
     }
 
+    /// Replies waited for and not ready yet.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     pub(crate) fn take(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
         self.ready.remove(&ticket)
     }

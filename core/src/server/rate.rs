@@ -133,6 +133,8 @@ impl Server {
             .filter_map(|r| r.as_ref().and_then(|r| r.err()))
             .max();
         if let Some(wait) = refused {
+            let by_key = by_key.as_ref().is_some_and(|r| r.is_err());
+            self.metrics.rate_limited(by_key);
             if self
                 .rates
                 .noted

@@ -189,7 +189,7 @@ impl Server {
         };
         let response = result.unwrap_or_else(|e| rest::error_response(&e));
         self.count_request(response.status, None);
-        self.pending.fulfil(ticket, response, wait_for);
+        self.complete(ticket, response, wait_for);
     }
 
     /// What a read taken now depends on: the last commit (or, once storage

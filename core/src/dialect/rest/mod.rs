@@ -76,12 +76,15 @@ pub const PUBLIC_BODY_LIMIT: usize = 64 * 1024;
 /// storage takes writes, and runs its handler. The quota its caller spent
 /// goes with the outcome, for the reply's rate-limit headers (also a reply
 /// that comes later).
+/// Answers `req`; `route` is set to the pattern of the route it matched
+/// (for `/metrics`), even when the answer is an error.
 pub fn respond(
     server: &mut Server,
     conn: ConnId,
     req: &Request,
     body: Option<Result<serde_json::Value>>,
     now: Timestamp,
+    route_seen: &mut Option<&'static str>,
 ) -> Result<(Outcome, Option<Quota>)> {
     origins::check_host(server.config(), req)?;
     if let Some(answer) = origins::preflight(server.config(), req) {
@@ -91,6 +94,7 @@ pub fn respond(
         origins::check_upgrade_origin(server.config(), req)?;
     }
     let (route, args) = route_for(server, conn, req)?;
+    *route_seen = Some(route.path);
     let mut ctx = Ctx::http(req, now)?.with_args(args).with_decoded_body(body);
     ctx.conn = Some(conn);
     ctx.clock = server.clock();

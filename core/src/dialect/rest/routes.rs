@@ -119,6 +119,8 @@ use Scope::{Admin, AnyKey, Public, Read, Write};
 #[rustfmt::skip]
 pub static ROUTES: &[Route] = &[
     row(&[Get], "/api/health", Public, READS, Srv(system::health)),
+    // Checks its caller itself, as `--metrics` says (admin, public or off).
+    row(&[Get], "/metrics", Public, READS, Srv(system::metrics)),
     row(&[Post], "/api/auth/token", Public, READS, Srv(system::token)),
     // API keys and their permissions (spec 14). Register takes the admin
     // key in its body as well as a bearer token, so it checks its caller.

@@ -13,6 +13,30 @@ use crate::wire::http::Response;
 use crate::wire::ws;
 use serde_json::json;
 
+/// `GET /metrics`: the Prometheus exposition, for whom `--metrics` allows
+/// (an admin key's bearer token by default).
+pub fn metrics(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    use crate::server::metrics::MetricsAccess;
+    match server.config().metrics {
+        MetricsAccess::Off => {
+            return Err(Error::not_found(
+                "metrics are turned off on this server (--metrics off)",
+            ))
+        }
+        MetricsAccess::Public => {}
+        MetricsAccess::Admin => server
+            .authenticate(ctx.header("authorization"), None, ctx.now)?
+            .access
+            .require_admin("reading /metrics (or start the server with --metrics public)")?,
+    }
+    let text = server.metrics_text(ctx.now);
+    Ok(Outcome::Reply(Response::new(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text,
+    )))
+}
+
 pub fn health(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     let degraded = server.storage_failure().is_some();
     let stats = server.stats();

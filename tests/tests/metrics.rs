@@ -1,0 +1,222 @@
+//! `GET /metrics` end to end: read by the Prometheus project's own parser
+//! (`tests/python/parse_metrics.py`, installed by `scripts/setup-test-deps`),
+//! its counters move by exactly the requests sent, its gauges follow the
+//! streams that are open, `--metrics` decides who may read it, and every
+//! reply carries a request id.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tidepool_tests::{both_runtimes, Runtime, TestServer};
+
+/// One parsed sample.
+#[derive(Debug, Clone)]
+struct Sample {
+    family_type: String,
+    name: String,
+    labels: serde_json::Map<String, Value>,
+    value: f64,
+}
+
+/// Parses an exposition with `prometheus_client`'s parser.
+fn parse(text: &str) -> Vec<Sample> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let mut child = Command::new("python3")
+        .arg(format!("{dir}/python/parse_metrics.py"))
+        .env("PYTHONPATH", format!("{dir}/python/site"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (run scripts/setup-test-deps first)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Sample {
+                family_type: v["type"].as_str().unwrap().to_string(),
+                name: v["name"].as_str().unwrap().to_string(),
+                labels: v["labels"].as_object().unwrap().clone(),
+                value: v["value"].as_f64().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 if none).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k) == Some(&json!(v)))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+fn scrape(srv: &TestServer, token: &str) -> Vec<Sample> {
+    let r = srv.call(token, "GET", "/metrics", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    parse(&r.text())
+}
+
+both_runtimes!(metrics_count_exactly_what_was_sent, |rt: Runtime| {
+    let srv = TestServer::start(rt);
+    let token = srv.token();
+    // Only an admin key reads them by default.
+    assert_eq!(srv.request("GET", "/metrics", &[], "").status, 401);
+
+    let before = scrape(&srv, &token);
+    let insert = [("route", "/api/insert/{collection}"), ("status", "200")];
+    let missing = [("route", "/api/find/{collection}/{id}"), ("status", "404")];
+    let base_inserts = value(&before, "tidepool_http_requests_total", &insert);
+    let base_syncs = value(&before, "tidepool_fsyncs_total", &[]);
+
+    for i in 0..4 {
+        let r = srv.call(
+            &token,
+            "POST",
+            "/api/insert/things",
+            &json!({"n": i}).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for _ in 0..2 {
+        let r = srv.call(&token, "GET", "/api/find/things/nope", "");
+        assert_eq!(r.status, 404);
+    }
+    assert_eq!(srv.call(&token, "GET", "/no/such/route", "").status, 404);
+
+    let after = scrape(&srv, &token);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(delta("tidepool_http_requests_total", &insert), 4.0);
+    assert_eq!(
+        value(&after, "tidepool_http_requests_total", &insert) - base_inserts,
+        4.0
+    );
+    assert_eq!(delta("tidepool_http_requests_total", &missing), 2.0);
+    assert_eq!(
+        delta("tidepool_http_requests_total", &[("route", "(unmatched)")]),
+        1.0
+    );
+    // The first scrape itself is counted (after it was rendered).
+    assert_eq!(
+        delta(
+            "tidepool_http_requests_total",
+            &[("route", "/metrics"), ("status", "200")]
+        ),
+        1.0
+    );
+    let route = [("route", "/api/insert/{collection}")];
+    assert_eq!(
+        delta("tidepool_http_request_duration_seconds_count", &route),
+        4.0
+    );
+    assert_eq!(
+        delta(
+            "tidepool_http_request_duration_seconds_bucket",
+            &[("route", "/api/insert/{collection}"), ("le", "+Inf")]
+        ),
+        4.0
+    );
+    assert!(delta("tidepool_http_request_duration_seconds_sum", &route) > 0.0);
+    // Each insert waited for its own durable write: at least one sync, and
+    // at least as many commits as inserts made durable.
+    assert!(value(&after, "tidepool_fsyncs_total", &[]) > base_syncs);
+    assert!(
+        delta("tidepool_group_commit_batches_sum", &[]) >= 4.0,
+        "{:?}",
+        after
+            .iter()
+            .filter(|s| s.name.contains("group_commit") || s.name.contains("fsync"))
+            .collect::<Vec<_>>()
+    );
+    assert!(delta("tidepool_log_appended_bytes_total", &[]) > 0.0);
+    let types: Vec<(&str, &str)> = after
+        .iter()
+        .map(|s| (s.name.as_str(), s.family_type.as_str()))
+        .collect();
+    assert!(types.contains(&("tidepool_http_requests_total", "counter")));
+    assert!(types.contains(&("tidepool_fsync_duration_seconds_count", "histogram")));
+    assert!(types.contains(&("tidepool_connections", "gauge")));
+
+    // A live SSE subscription shows as a stream and a subscriber.
+    let mut sse = TcpStream::connect(srv.addr).unwrap();
+    write!(
+        sse,
+        "GET /api/subscribe/things?token={token} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 12];
+    sse.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = scrape(&srv, &token);
+        let streams = value(&now, "tidepool_streams", &[("protocol", "ekodb_sse")]);
+        if streams == 1.0 {
+            assert_eq!(value(&now, "tidepool_subscribers", &[]), 1.0);
+            assert!(value(&now, "tidepool_connections", &[]) >= 2.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(sse);
+
+    // Request ids: generated, different per request, or the client's own.
+    let a = srv.call(&token, "GET", "/api/health", "");
+    let b = srv.call(&token, "GET", "/api/health", "");
+    let (ia, ib) = (a.header("x-request-id"), b.header("x-request-id"));
+    assert!(
+        ia.is_some_and(|i| !i.is_empty()) && ia != ib,
+        "{ia:?} {ib:?}"
+    );
+    let mine = srv.request(
+        "GET",
+        "/api/health",
+        &[("X-Request-Id", "trace-42.a:b")],
+        "",
+    );
+    assert_eq!(mine.header("x-request-id"), Some("trace-42.a:b"));
+    let unsafe_id = srv.request("GET", "/api/health", &[("X-Request-Id", "a b\"c")], "");
+    assert_ne!(unsafe_id.header("x-request-id"), Some("a b\"c"));
+});
+
+both_runtimes!(metrics_setting_decides_who_reads_them, |rt: Runtime| {
+    let open = TestServer::start_with(rt, &["--metrics", "public"]);
+    let r = open.request("GET", "/metrics", &[], "");
+    assert_eq!(r.status, 200);
+    assert!(!parse(&r.text()).is_empty());
+    drop(open);
+
+    let off = TestServer::start_with(rt, &["--metrics", "off"]);
+    let r = off.call(&off.token(), "GET", "/metrics", "");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("--metrics"), "{}", r.text());
+});
