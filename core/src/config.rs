@@ -33,6 +33,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "rate-limit-per-key", env: "TIDEPOOL_RATE_LIMIT_PER_KEY", default: "0", help: "requests a minute one API key may make (a bucket of that size refilling evenly; 429 with Retry-After beyond, X-RateLimit-* headers within); 0 = no limit; changeable with PUT /api/config" },
     Setting { flag: "rate-limit-per-address", env: "TIDEPOOL_RATE_LIMIT_PER_ADDRESS", default: "0", help: "requests a minute one client address may make, with or without a key (as --rate-limit-per-key); 0 = no limit" },
     Setting { flag: "stream-credentials", env: "TIDEPOOL_STREAM_CREDENTIALS", default: "expire", help: "what a WebSocket or SSE stream opened with a token does when the token expires: expire (it is closed then, WebSocket code 1008; clients reconnect with a fresh token) or connect (checked once, when the stream opens); streams opened with an API key itself never expire" },
+    Setting { flag: "log-level", env: "TIDEPOOL_LOG_LEVEL", default: "info", help: "the least severe lines of the operator's log (stderr) written: error, warn (security events, refusals, storage trouble), info (the default: also startup, settings and document changes) or debug (also one line per HTTP request with its X-Request-Id, method, path without its query, status and time)" },
+    Setting { flag: "log-format", env: "TIDEPOOL_LOG_FORMAT", default: "text", help: "how the operator's log lines are written: text (`tidepool: ...`) or json (one object a line: time, level, message)" },
     Setting { flag: "metrics", env: "TIDEPOOL_METRICS", default: "admin", help: "who may read GET /metrics (Prometheus text format: requests by route and status with latency histograms, fsyncs and group-commit sizes, connections, streams by protocol, subscribers, outbox bytes and overflows, rate-limit refusals): admin (an admin key's bearer token), public (anyone who reaches the port), or off (404)" },
     Setting { flag: "trusted-origins", env: "TIDEPOOL_TRUSTED_ORIGINS", default: "", help: "browser origins allowed to call the API cross-origin and to open WebSockets, comma-separated (e.g. https://app.example.com; * = any); TRUSTED_ORIGINS is read too; empty = no cross-origin access (same-origin pages and non-browser clients are unaffected)" },
     Setting { flag: "trusted-hosts", env: "TIDEPOOL_TRUSTED_HOSTS", default: "", help: "Host header values accepted, comma-separated (e.g. localhost,127.0.0.1,db.example.com), against DNS rebinding; TRUSTED_HOSTS is read too; empty = any" },
@@ -84,6 +86,44 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
+/// How severe an operator's log line is; lines below `--log-level` are not
+/// made at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s {
+            "error" => Some(LogLevel::Error),
+            "warn" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// How the host writes the operator's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Parsed settings with their types.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -109,6 +149,10 @@ pub struct Config {
     pub streams_expire_with_token: bool,
     /// Who may read `/metrics`.
     pub metrics: crate::server::metrics::MetricsAccess,
+    /// The least severe operator's log lines written.
+    pub log_level: LogLevel,
+    /// How the operator's log lines are written (the host prints them).
+    pub log_format: LogFormat,
     pub trusted_origins: Vec<String>,
     pub trusted_hosts: Vec<String>,
     pub idle_timeout_secs: u64,
@@ -212,6 +256,8 @@ fn unreachable_default() -> Config {
         rate_limit_per_address: 0,
         streams_expire_with_token: true,
         metrics: Default::default(),
+        log_level: LogLevel::Info,
+        log_format: LogFormat::Text,
         trusted_origins: Vec::new(),
         trusted_hosts: Vec::new(),
         idle_timeout_secs: 300,
@@ -415,6 +461,21 @@ impl Config {
                     )
                 },
             )?,
+            log_level: LogLevel::parse(&get("log-level")).ok_or_else(|| {
+                format!(
+                    "`--log-level` must be error, warn, info or debug, got `{}`",
+                    get("log-level")
+                )
+            })?,
+            log_format: match get("log-format").as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(format!(
+                        "`--log-format` must be text or json, got `{other}`"
+                    ))
+                }
+            },
             idle_timeout_secs: num("idle-timeout", get("idle-timeout"))?,
             max_query_work: num("max-query-work", get("max-query-work"))?,
             max_query_time_secs: num("max-query-time", get("max-query-time"))?,

@@ -163,6 +163,7 @@ pub struct Booted {
 
 /// Prepares the data directory, secrets and storage, and replays the log.
 pub fn boot(mut config: Config) -> Result<Booted, BootError> {
+    crate::log::set_format(config.log_format);
     let dir = PathBuf::from(&config.data_dir);
     fs::create_dir_all(&dir).map_err(|source| BootError::DataDir {
         path: dir.clone(),

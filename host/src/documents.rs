@@ -29,7 +29,7 @@ pub(crate) fn documents_loop(host: Arc<Host>, folder: PathBuf, every: Duration) 
                 scan(&host, &folder, &files);
             }
             Err(e) if !reported_missing => {
-                eprintln!("tidepool: documents: cannot read {}: {e}", folder.display());
+                crate::log::warn(&format!("documents: cannot read {}: {e}", folder.display()));
                 reported_missing = true;
             }
             Err(_) => {}
@@ -43,10 +43,10 @@ fn scan(host: &Host, folder: &Path, files: &[(DocFile, u64)]) {
     let wanted = host.with_server(|s| s.documents_wanted(&listing, now()));
     for (file, size) in files.iter().filter(|(f, _)| wanted.contains(&f.path)) {
         if *size > MAX_FILE_BYTES {
-            eprintln!(
-                "tidepool: documents: {} skipped ({size} bytes; the limit is {MAX_FILE_BYTES})",
+            crate::log::warn(&format!(
+                "documents: {} skipped ({size} bytes; the limit is {MAX_FILE_BYTES})",
                 file.path
-            );
+            ));
             continue;
         }
         let bytes = match std::fs::read(folder.join(&file.path)) {
@@ -58,10 +58,10 @@ fn scan(host: &Host, folder: &Path, files: &[(DocFile, u64)]) {
         let name = file.path.rsplit('/').next().unwrap_or(&file.path);
         let chunks = chunk(name, &text);
         if let Err(e) = host.with_server(|s| s.documents_ingest(file, &chunks, now())) {
-            eprintln!(
-                "tidepool: documents: {} not ingested: {}",
+            crate::log::warn(&format!(
+                "documents: {} not ingested: {}",
                 file.path, e.message
-            );
+            ));
         }
     }
     host.with_server(|s| s.documents_prune(&listing, now()));

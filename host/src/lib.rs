@@ -21,6 +21,7 @@ pub mod cli;
 mod clock;
 mod documents;
 pub mod durability;
+pub mod log;
 mod process;
 mod reads;
 mod shared;

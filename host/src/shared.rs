@@ -22,7 +22,7 @@ use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
 use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
 use tidepool_core::server::reads::ReadJob;
-use tidepool_core::server::{Peer, Server};
+use tidepool_core::server::{Note, Peer, Server};
 use tidepool_core::time::Timestamp;
 use tidepool_core::wire::http::client::Target;
 use tidepool_storage::StoreReader;
@@ -173,15 +173,15 @@ impl Host {
         let deadline = s.poll_timeout();
         let woken: Vec<ConnId> = std::iter::from_fn(|| s.poll_wakeup()).collect();
         let calls: Vec<CallCommand> = std::iter::from_fn(|| s.poll_call()).collect();
-        let notes: Vec<String> = std::iter::from_fn(|| s.poll_note()).collect();
+        let notes: Vec<Note> = std::iter::from_fn(|| s.poll_note()).collect();
         let reads: Vec<ReadJob> = std::iter::from_fn(|| s.poll_read()).collect();
         drop(s);
         for job in reads {
             // The reader threads live as long as the host (they hold it weakly).
             let _ = self.readers.send(job);
         }
-        for line in notes {
-            eprintln!("tidepool: {line}");
+        for note in notes {
+            crate::log::line(note.level, &note.text);
         }
         if pending {
             self.wake_writer();

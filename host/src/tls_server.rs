@@ -74,10 +74,10 @@ impl Certificates {
                             self.cert.display()
                         );
                     }
-                    Err(reason) => eprintln!(
-                        "tidepool: the changed TLS certificate {} was not loaded ({reason}); still serving the previous one",
+                    Err(reason) => crate::log::warn(&format!(
+                        "the changed TLS certificate {} was not loaded ({reason}); still serving the previous one",
                         self.cert.display()
-                    ),
+                    )),
                 }
             }
         }
@@ -149,7 +149,7 @@ impl Transport {
             // Only fails for a configuration rustls cannot use, which
             // `server_config` already ruled out.
             Err(e) => {
-                eprintln!("tidepool: cannot start a TLS session: {e}");
+                crate::log::warn(&format!("cannot start a TLS session: {e}"));
                 Transport::Plain
             }
         }

@@ -123,7 +123,7 @@ pub(crate) fn writer_loop(
                             }
                         });
                 }
-                Err(e) => eprintln!("tidepool: compaction could not start: {e}"),
+                Err(e) => crate::log::warn(&format!("compaction could not start: {e}")),
             }
         }
     }
@@ -144,14 +144,14 @@ fn write_snapshot(
         };
         let Some(chunk) = chunk else { break at };
         if let Err(e) = writer.write_chunk(&chunk) {
-            eprintln!("tidepool: compaction failed: {e}");
+            crate::log::warn(&format!("compaction failed: {e}"));
             return None;
         }
     };
     match writer.finish() {
         Ok(done) => Some((done, covers)),
         Err(e) => {
-            eprintln!("tidepool: compaction failed: {e}");
+            crate::log::warn(&format!("compaction failed: {e}"));
             None
         }
     }
@@ -159,7 +159,10 @@ fn write_snapshot(
 
 fn fail(host: &Host, store: &Store, op: StorageOp, detail: String) {
     let failure = StorageFailure { op, detail };
-    eprintln!("tidepool: storage failure, refusing writes until restart: {failure}");
+    crate::log::line(
+        tidepool_core::config::LogLevel::Error,
+        &format!("storage failure, refusing writes until restart: {failure}"),
+    );
     let durable = Lsn(store.synced_lsn().0);
     host.lock().handle_storage_failure(failure);
     host.durability.publish(durable, true);

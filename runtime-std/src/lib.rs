@@ -81,7 +81,7 @@ pub fn serve(host: Arc<Host>, listeners: Vec<(TcpListener, Listener)>) {
     let streams = match streams::Streams::start(host.clone(), workers) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tidepool: cannot start the stream workers: {e}");
+            tidepool_host::log::warn(&format!("cannot start the stream workers: {e}"));
             return;
         }
     };
@@ -93,7 +93,7 @@ pub fn serve(host: Arc<Host>, listeners: Vec<(TcpListener, Listener)>) {
             .spawn(move || accept_loop(&h, &s, &listener, kind));
         match spawned {
             Ok(t) => accepting.push(t),
-            Err(e) => eprintln!("tidepool: cannot start an accept thread: {e}"),
+            Err(e) => tidepool_host::log::warn(&format!("cannot start an accept thread: {e}")),
         }
     }
     for t in accepting {

@@ -220,3 +220,67 @@ both_runtimes!(metrics_setting_decides_who_reads_them, |rt: Runtime| {
     assert_eq!(r.status, 404);
     assert!(r.text().contains("--metrics"), "{}", r.text());
 });
+
+both_runtimes!(
+    debug_json_log_has_a_line_per_request_with_its_id,
+    |rt: Runtime| {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(rt.binary())
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(["--api-key", tidepool_tests::API_KEY])
+            .args(["--log-level", "debug", "--log-format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = out.next().expect("the server printed its address").unwrap();
+            if let Some((_, url)) = line.split_once("listening on http://") {
+                break url.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Collect stderr on a thread (the pipe must keep draining).
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(
+        b"GET /api/health?token=secret-value HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-7\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("a log line for the request");
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(v["time"].is_string() && v["level"].is_string(), "{v}");
+            if v["message"].as_str().unwrap_or_default().contains("req-7") {
+                break v;
+            }
+        };
+        assert_eq!(line["level"], "debug");
+        let message = line["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("request req-7 GET /api/health 200 "),
+            "{message}"
+        );
+        assert!(
+            !message.contains("secret-value"),
+            "no query in the log: {message}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+);

@@ -55,7 +55,7 @@ impl Server {
         }
         entry.1 += 1;
         if entry.1 == MAX_FAILURES {
-            self.note(format!(
+            self.note_at(crate::config::LogLevel::Warn, format!(
                 "{MAX_FAILURES} wrong API keys from {ip} within {} s: refusing its attempts (429) for the rest of the window",
                 WINDOW.as_secs()
             ));

@@ -132,13 +132,15 @@ impl Histogram {
     }
 }
 
-/// A request whose reply comes later (a deferred read, an outbound call, a
-/// chat answer): counted when it is fulfilled.
-#[derive(Clone, Copy, Debug)]
+/// A request being answered (now, or later: a deferred read, an outbound
+/// call, a chat answer), counted once its status is known.
+#[derive(Clone, Debug)]
 pub(crate) struct Started {
     pub route: &'static str,
     pub method: &'static str,
     pub at: Timestamp,
+    /// The start of its debug log line, when `--log-level debug`.
+    pub log: Option<Box<str>>,
 }
 
 /// What the host measured around one sync of the log.

@@ -26,6 +26,7 @@ pub mod sockets;
 use crate::auth::{Auth, Principal};
 use crate::chat::turn::{TurnId, Turns};
 use crate::config::Config;
+use crate::config::LogLevel;
 use crate::conn::{ConnConfig, Connection};
 use crate::dialect::rest::{self, embed, Outcome};
 use crate::dialect::{self, EventCodec};
@@ -167,6 +168,13 @@ pub struct Stats {
     pub calls_in_flight: usize,
 }
 
+/// A line for the operator's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub level: LogLevel,
+    pub text: String,
+}
+
 #[derive(Debug)]
 pub struct Server {
     engine: Engine,
@@ -214,7 +222,7 @@ pub struct Server {
     /// Providers the offline one already stood in for (said once).
     fallback_noted: HashSet<String>,
     /// Lines for the operator's log (`poll_note`).
-    notes: VecDeque<String>,
+    notes: VecDeque<Note>,
     next_conn: u64,
     open_connections: usize,
     /// Connections to wake (their outbox has news).
@@ -380,9 +388,10 @@ impl Server {
         // Back under the limit: the burst is over (and said so if it grew).
         if self.open_connections < self.config.max_connections {
             if let Some((_, more)) = self.refusals.take().filter(|(_, n)| *n > 0) {
-                self.note(format!(
-                    "refused {more} more connections (503) before room came back"
-                ));
+                self.note_at(
+                    LogLevel::Warn,
+                    format!("refused {more} more connections (503) before room came back"),
+                );
             }
         }
         let abandoned = self.pending.forget(conn);
@@ -427,19 +436,29 @@ impl Server {
                 line
             }
         };
-        self.note(format!("{line}: {why}"));
+        self.note_at(LogLevel::Warn, format!("{line}: {why}"));
     }
 
-    /// A line for the operator's log (the runtime prints it).
+    /// An informational line for the operator's log (the runtime prints it).
     pub(crate) fn note(&mut self, line: String) {
-        if self.notes.len() < 256 {
-            self.notes.push_back(line);
+        self.note_at(LogLevel::Info, line);
+    }
+
+    /// A line for the operator's log at `level`, if `--log-level` keeps it.
+    pub(crate) fn note_at(&mut self, level: LogLevel, text: String) {
+        if self.logs(level) && self.notes.len() < 1024 {
+            self.notes.push_back(Note { level, text });
         }
+    }
+
+    /// Whether lines at `level` are written (so callers can skip making them).
+    pub(crate) fn logs(&self, level: LogLevel) -> bool {
+        level <= self.config.log_level
     }
 
     /// The next line for the operator's log. Drain after every call that
     /// holds the lock.
-    pub fn poll_note(&mut self) -> Option<String> {
+    pub fn poll_note(&mut self) -> Option<Note> {
         self.notes.pop_front()
     }
 
@@ -662,20 +681,27 @@ impl Server {
             response
         };
         let took = self.clock.map(|c| c().since(now));
+        let request_id = self.request_id(req);
+        let method = metrics::method_label(&req.method);
+        // The debug line names the path without its query (`?token=`).
+        let log = self.logs(LogLevel::Debug).then(|| {
+            let path = req.path.split('?').next().unwrap_or_default();
+            format!("request {request_id} {method} {path}").into_boxed_str()
+        });
         let started = metrics::Started {
             route: route.unwrap_or(metrics::UNMATCHED),
-            method: metrics::method_label(&req.method),
+            method,
             at: now,
+            log,
         };
         match pending {
             None => {
                 self.count_request(response.status, took);
-                self.metrics
-                    .request(started.route, started.method, response.status, took);
+                self.answered(started, response.status, took);
             }
             Some(ticket) => self.metrics.defer(ticket, started),
         }
-        let response = response.with_header("x-request-id", self.request_id(req));
+        let response = response.with_header("x-request-id", request_id);
         // Operations validate before they mutate, so anything journaled was applied
         // and must be logged even if the response is an error (a partial batch).
         let wait_for = self.finish_operation(now);
@@ -763,10 +789,18 @@ impl Server {
     pub(crate) fn complete(&mut self, ticket: Ticket, response: Response, wait_for: Lsn) {
         if let Some(s) = self.metrics.take_deferred(ticket) {
             let took = self.clock.map(|c| c().since(s.at));
-            self.metrics
-                .request(s.route, s.method, response.status, took);
+            self.answered(s, response.status, took);
         }
         self.pending.fulfil(ticket, response, wait_for);
+    }
+
+    /// A request has its answer: counted, and logged at debug level.
+    fn answered(&mut self, s: metrics::Started, status: u16, took: Option<Duration>) {
+        self.metrics.request(s.route, s.method, status, took);
+        if let Some(line) = s.log {
+            let ms = took.map_or(0.0, |t| t.as_secs_f64() * 1000.0);
+            self.note_at(LogLevel::Debug, format!("{line} {status} {ms:.1} ms"));
+        }
     }
 
     /// Checks a bearer token (`Authorization`) or, for clients that cannot set
@@ -852,7 +886,10 @@ impl Server {
             return;
         }
         *shown += 1;
-        self.note(format!("security: {what} (key {key}, from {from})"));
+        self.note_at(
+            LogLevel::Warn,
+            format!("security: {what} (key {key}, from {from})"),
+        );
     }
 
     /// Exchanges an API key for a token.
@@ -952,7 +989,9 @@ mod refusal_tests {
         let mut server = Server::new(config, b"secret", 1);
         let t0 = Timestamp::from_secs(1_700_000_000);
         let kept = server.accept(t0);
-        let notes = |s: &mut Server| std::iter::from_fn(|| s.poll_note()).collect::<Vec<_>>();
+        let notes = |s: &mut Server| {
+            std::iter::from_fn(|| s.poll_note().map(|n| n.text)).collect::<Vec<_>>()
+        };
         let mut refused = Vec::new();
         for _ in 0..5 {
             refused.push(server.accept(t0));

@@ -143,7 +143,7 @@ impl Server {
                 self.rates.noted = Some(now);
                 let who = key_id.unwrap_or("-");
                 let from = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
-                self.note(format!(
+                self.note_at(crate::config::LogLevel::Warn, format!(
                     "security: rate limit reached (key {who}, from {from}); refusing with 429 (said once a minute)"
                 ));
             }
