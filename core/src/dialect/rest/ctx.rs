@@ -180,6 +180,15 @@ impl<'a> Ctx<'a> {
         self.param("transaction_id").filter(|t| !t.is_empty())
     }
 
+    /// The request's body as it came (an HTTP request's; `None` for a
+    /// message), for routes whose body is not one JSON document.
+    pub fn raw_body(&self) -> Option<&bytes::Bytes> {
+        match &self.input {
+            Input::Http(req, _) => Some(&req.body),
+            Input::Value(_) => None,
+        }
+    }
+
     pub fn body(&self) -> Result<J> {
         match &self.input {
             Input::Http(req, decoded) => decoded

@@ -18,6 +18,7 @@ pub mod records;
 pub mod routes;
 pub mod search;
 pub mod system;
+pub mod transfer;
 pub mod txn;
 
 pub use ctx::{ok_in, Ctx};

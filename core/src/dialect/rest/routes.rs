@@ -8,7 +8,7 @@
 //! `/api/kv/{key}/links`); a path that matches with another method is a 405
 //! listing the methods it has.
 
-use super::{chat, collections, keys, kv, records, search, system, txn, Ctx, Outcome};
+use super::{chat, collections, keys, kv, records, search, system, transfer, txn, Ctx, Outcome};
 use crate::dialect::{eva, fluxbase, general_bots, lanonasis, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -156,6 +156,9 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/trash/{collection}", Write, WRITES, Data(|e, c| records::restore_all(e, c, c.arg("collection")))),
     row(&[Post], "/api/trash/{collection}/{id}", Write, WRITES, Data(|e, c| records::restore_one(e, c, c.arg("collection"), c.arg("id")))),
     row(&[Post], "/api/batch/insert/{collection}", Write, WRITES, Data(|e, c| records::batch_insert(e, c, c.arg("collection")))),
+    // A collection out and in as JSON Lines (admin: whole collections).
+    row(&[Get], "/api/export/{collection}", Admin, READS, Srv(|s, c| transfer::export(s, c, c.arg("collection")))),
+    row(&[Post], "/api/import/{collection}", Admin, WRITES, Srv(|s, c| transfer::import(s, c, c.arg("collection")))),
     row(&[Put], "/api/batch/update/{collection}", Write, WRITES, Data(|e, c| records::batch_update(e, c, c.arg("collection")))),
     row(&[Delete], "/api/batch/delete/{collection}", Write, WRITES, Data(|e, c| records::batch_delete(e, c, c.arg("collection")))),
     row(&[Post], "/api/distinct/{collection}/{field}", Read, READS, Srv(|s, c| records::distinct_outside_lock(s, c, c.arg("collection"), c.arg("field")))),
