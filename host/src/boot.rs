@@ -163,7 +163,7 @@ pub struct Booted {
 
 /// Prepares the data directory, secrets and storage, and replays the log.
 pub fn boot(mut config: Config) -> Result<Booted, BootError> {
-    crate::log::set_format(config.log_format);
+    crate::log::set_format(config.log_format, config.log_level);
     let dir = PathBuf::from(&config.data_dir);
     fs::create_dir_all(&dir).map_err(|source| BootError::DataDir {
         path: dir.clone(),

@@ -7,21 +7,21 @@ use std::io::Write;
 use std::sync::OnceLock;
 use tidepool_core::config::{LogFormat, LogLevel};
 
-static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+static FORMAT: OnceLock<(LogFormat, LogLevel)> = OnceLock::new();
 
-/// Sets the format for the life of the process (the first call wins).
-pub fn set_format(format: LogFormat) {
-    let _ = FORMAT.set(format);
+/// Sets the format and the least severe level written, for the life of the
+/// process (the first call wins).
+pub fn set_format(format: LogFormat, level: LogLevel) {
+    let _ = FORMAT.set((format, level));
 }
 
-/// Writes one line of the operator's log.
+/// Writes one line of the operator's log (unless `--log-level` drops it).
 pub fn line(level: LogLevel, text: &str) {
-    let out = render(
-        *FORMAT.get().unwrap_or(&LogFormat::Text),
-        level,
-        text,
-        crate::clock::now,
-    );
+    let (format, least) = *FORMAT.get().unwrap_or(&(LogFormat::Text, LogLevel::Info));
+    if level > least {
+        return;
+    }
+    let out = render(format, level, text, crate::clock::now);
     let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 

@@ -49,7 +49,9 @@ pub(crate) fn writer_loop(
             let _ = wake.recv_timeout(Duration::from_millis(200));
             continue;
         }
+        // The time spent appending and syncing (not waiting for a batch).
         let started = Instant::now();
+        let mut waited = Duration::ZERO;
         let mut sample = SyncSample {
             batches: batches.len(),
             bytes: batches.iter().map(|b| b.payload.len() as u64).sum(),
@@ -72,7 +74,9 @@ pub(crate) fn writer_loop(
             SyncPolicy::Batch { interval_ms } => {
                 let due = last_sync + Duration::from_millis(interval_ms);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    let before = Instant::now();
                     thread::sleep(wait);
+                    waited = before.elapsed();
                 }
                 // Whatever arrived while waiting rides along in this sync.
                 let more: Vec<_> = {
@@ -98,7 +102,7 @@ pub(crate) fn writer_loop(
             return;
         }
         last_sync = Instant::now();
-        sample.took = started.elapsed();
+        sample.took = started.elapsed().saturating_sub(waited);
         // Counted before anyone can see the writes durable (and read /metrics).
         host.lock().note_sync(sample);
         // Publish first: a connection woken for its events must see them durable.

@@ -164,6 +164,26 @@ both_runtimes!(metrics_count_exactly_what_was_sent, |rt: Runtime| {
     assert!(types.contains(&("tidepool_fsync_duration_seconds_count", "histogram")));
     assert!(types.contains(&("tidepool_connections", "gauge")));
 
+    // A chat answer the offline provider gives while its request runs is
+    // counted too (its reply is ready before the request returns).
+    let chat = srv.call(&token, "POST", "/api/chat", "{}");
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    let chat_id = chat.json()["chat_id"].as_str().unwrap().to_string();
+    let sent = srv.call(
+        &token,
+        "POST",
+        &format!("/api/chat/{chat_id}/messages"),
+        &json!({"message": "hello"}).to_string(),
+    );
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let now = scrape(&srv, &token);
+    let send = [
+        ("route", "/api/chat/{chat_id}/messages"),
+        ("method", "POST"),
+    ];
+    assert_eq!(value(&now, "tidepool_http_requests_total", &send), 1.0);
+    assert_eq!(value(&now, "tidepool_replies_waiting", &[]), 0.0);
+
     // A live SSE subscription shows as a stream and a subscriber.
     let mut sse = TcpStream::connect(srv.addr).unwrap();
     write!(

@@ -93,6 +93,27 @@ both_runtimes!(
         assert_eq!(status, 400);
         assert!(err.to_string().contains("JSON object"), "{err}");
 
+        // CSV: a header row, typed cells, an id column.
+        let r = srv.request(
+            "POST",
+            "/api/import/people",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "text/csv"),
+            ],
+            "id,name,age,member\np1,\"Doe, Jane\",41,true\np2,Bob,,false\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["imported"], 2);
+        let (_, people) = export(&srv, &token, "people");
+        assert_eq!(people[0]["name"]["value"], "Doe, Jane");
+        assert_eq!(people[0]["age"], json!({"type": "Integer", "value": 41}));
+        assert_eq!(
+            people[0]["member"],
+            json!({"type": "Boolean", "value": true})
+        );
+        assert!(people[1].get("age").is_none(), "an empty cell is no field");
+
         // Acknowledged imports survive kill -9.
         srv.restart();
         let token = srv.token();

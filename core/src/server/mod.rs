@@ -666,7 +666,7 @@ impl Server {
                 match self.calls.start(request, purpose, now, &mut self.timers) {
                     Ok(_) => (Response::new(0, "", ""), None, Some(ticket)),
                     Err(failure) => {
-                        self.pending.forget(conn);
+                        self.pending.cancel(ticket);
                         (calls::refused(&kind, failure), None, None)
                     }
                 }
@@ -699,7 +699,12 @@ impl Server {
                 self.count_request(response.status, took);
                 self.answered(started, response.status, took);
             }
-            Some(ticket) => self.metrics.defer(ticket, started),
+            // Work that ended while its request ran (an offline chat answer,
+            // a refused provider) is answered already: counted now.
+            Some(ticket) => match self.pending.ready_status(ticket) {
+                Some(status) => self.answered(started, status, took),
+                None => self.metrics.defer(ticket, started),
+            },
         }
         let response = response.with_header("x-request-id", request_id);
         // Operations validate before they mutate, so anything journaled was applied
@@ -875,9 +880,12 @@ impl Server {
             *start = Some(now);
             *shown = 0;
             if held_back > 0 {
-                self.note(format!(
-                    "security: {held_back} more event(s) in the last window were not logged"
-                ));
+                self.note_at(
+                    LogLevel::Warn,
+                    format!(
+                        "security: {held_back} more event(s) in the last window were not logged"
+                    ),
+                );
             }
         }
         let (_, shown, held) = &mut self.security_lines;

@@ -46,6 +46,11 @@ impl Pending {
         self.ready.remove(&ticket);
     }
 
+    /// The status of a reply that is ready and not yet taken.
+    pub(crate) fn ready_status(&self, ticket: Ticket) -> Option<u16> {
+        self.ready.get(&ticket).map(|(r, _)| r.status)
+    }
+
     /// Replies waited for and not ready yet.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.len()

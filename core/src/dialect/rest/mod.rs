@@ -77,8 +77,10 @@ pub const PUBLIC_BODY_LIMIT: usize = 64 * 1024;
 /// storage takes writes, and runs its handler. The quota its caller spent
 /// goes with the outcome, for the reply's rate-limit headers (also a reply
 /// that comes later).
-/// Answers `req`; `route` is set to the pattern of the route it matched
-/// (for `/metrics`), even when the answer is an error.
+/// Answers `req`; `route_seen` is set to the pattern of the route it
+/// matched (for `/metrics`), even when the answer is an error. Requests
+/// answered before routing (a refused Host, a CORS preflight) leave it
+/// unset.
 pub fn respond(
     server: &mut Server,
     conn: ConnId,

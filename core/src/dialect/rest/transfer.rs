@@ -64,7 +64,9 @@ pub fn export(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
 /// a line, blank lines skipped, at most [`MAX_IMPORT_RECORDS`]). A bad line
 /// (not JSON, not an object, refused by the schema, an id that exists) stops
 /// the import with its line number: nothing is imported, or with
-/// `partial=true` everything before it.
+/// `partial=true` everything before it. Unique fields are checked when the
+/// import commits, for all its records at once: a clash there imports
+/// nothing (409, without a line number).
 pub fn import(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
     crate::engine::validate_name("collection", c)?;
     let conn = ctx
@@ -80,13 +82,21 @@ pub fn import(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
         }
     };
     let body = ctx.raw_body().cloned().unwrap_or_default();
+    let csv = ctx.param("format") == Some("csv")
+        || ctx
+            .header("content-type")
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/csv"));
     let owner = Owner {
         key: ctx.key_id().to_string(),
         address: server.peer_of(conn).ip.map(|ip| ip.to_string()),
     };
     let (c, now) = (c.to_string(), ctx.now);
     Ok(server.defer_work(conn, move |_| {
-        let lines = parse_lines(&body)?;
+        let lines = if csv {
+            parse_csv(&body)?
+        } else {
+            parse_lines(&body)?
+        };
         Ok(Finish::UnderLock(Box::new(move |server: &mut Server| {
             let reply = apply(server, &c, lines, partial, owner, now);
             // Committed like a request's writes: the reply waits for them.
@@ -124,6 +134,73 @@ fn parse_lines(body: &[u8]) -> Result<Vec<Line>> {
     Ok(lines)
 }
 
+/// Reads a CSV body (`Content-Type: text/csv` or `?format=csv`): the first
+/// row names the fields (an `id` column gives the ids); a value is a
+/// boolean (`true`, `false`), an integer, a finite number, or else a
+/// string; an empty cell leaves its field out. A row with another number
+/// of cells than the header is a bad line.
+fn parse_csv(body: &[u8]) -> Result<Vec<Line>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(body);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| Error::invalid(format!("line 1: not a CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
+    if header.iter().any(String::is_empty) {
+        return Err(Error::invalid("line 1: every CSV column needs a name"));
+    }
+    let mut lines = Vec::new();
+    let mut row = csv::ByteRecord::new();
+    loop {
+        let line = reader.position().line() as usize;
+        let parsed = match reader.read_byte_record(&mut row) {
+            Ok(false) => break,
+            Ok(true) => csv_object(&header, &row),
+            Err(e) => Err(format!("bad CSV: {e}")),
+        };
+        if lines.len() == MAX_IMPORT_RECORDS {
+            return Err(Error::new(
+                crate::error::ErrorKind::TooLarge,
+                format!("an import holds at most {MAX_IMPORT_RECORDS} records; split the file"),
+            ));
+        }
+        let bad = parsed.is_err();
+        lines.push((line, parsed));
+        if bad {
+            // The reader cannot be trusted to find row boundaries after this.
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+/// One CSV row as a record.
+fn csv_object(header: &[String], row: &csv::ByteRecord) -> std::result::Result<J, String> {
+    let mut o = serde_json::Map::new();
+    for (name, cell) in header.iter().zip(row.iter()) {
+        let cell = std::str::from_utf8(cell).map_err(|_| "a cell is not UTF-8".to_string())?;
+        if cell.is_empty() {
+            continue;
+        }
+        let value = if name == "id" {
+            J::String(cell.to_string())
+        } else if cell == "true" || cell == "false" {
+            J::Bool(cell == "true")
+        } else if let Ok(i) = cell.parse::<i64>() {
+            J::from(i)
+        } else if let Some(f) = cell.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            J::from(f)
+        } else {
+            J::String(cell.to_string())
+        };
+        o.insert(name.clone(), value);
+    }
+    Ok(J::Object(o))
+}
+
 /// Inserts the lines as one transaction; stops at the first bad one.
 fn apply(
     server: &mut Server,
@@ -157,7 +234,17 @@ fn apply(
         }
         stopped => {
             if imported > 0 {
-                engine.tx_commit(&tx, now)?;
+                // Unique fields are checked here, for the whole import at once.
+                if let Err(e) = engine.tx_commit(&tx, now) {
+                    let _ = engine.tx_rollback(&tx);
+                    return Err(Error::new(
+                        e.kind,
+                        format!(
+                            "the import was not committed, nothing was imported: {}",
+                            e.message
+                        ),
+                    ));
+                }
             } else {
                 engine.tx_rollback(&tx)?;
             }
@@ -174,6 +261,30 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_rows_become_typed_records() {
+        let body = b"id,name,age,score,ok,note\nu1,Ada,36,1.5,true,\nu2,\"Lovelace, A.\",x,2,false,\"said \"\"hi\"\"\"\n";
+        let lines = parse_csv(body).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].0, 2);
+        assert_eq!(
+            lines[0].1,
+            Ok(json!({"id": "u1", "name": "Ada", "age": 36, "score": 1.5, "ok": true}))
+        );
+        assert_eq!(
+            lines[1].1,
+            Ok(
+                json!({"id": "u2", "name": "Lovelace, A.", "age": "x", "score": 2, "ok": false, "note": "said \"hi\""})
+            )
+        );
+        // A short row is a bad line, with its number.
+        let lines = parse_csv(b"a,b\n1,2\n3\n4,5\n").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].0, 3);
+        assert!(lines[1].1.is_err());
+        assert!(parse_csv(b",b\n1,2\n").is_err());
+    }
 
     #[test]
     fn lines_are_numbered_and_blank_ones_skipped() {
