@@ -222,6 +222,13 @@ write("connection", {
     "msgpack": b"\x00" + req("POST", "/api/insert/c", [("Content-Type", "application/msgpack"),
         ("Accept", "application/msgpack"), ("Content-Length", "4"), ("Authorization", "Bearer TOKEN")],
         mp({"a": 1})),
+    "transfer": b"\x00" + jreq("POST", "/api/insert/c", {"id": "r1", "a": 1})
+        + jreq("GET", "/api/export/c")
+        + req("POST", "/api/import/d", [("Host", "db"), ("Content-Type", "application/x-ndjson"),
+            ("Content-Length", "25")] + auth, b'{"a": 1}\n\n{"b": "x"}\n[1]\n')
+        + req("POST", "/api/import/e?partial=true", [("Host", "db"), ("Content-Type", "text/csv"),
+            ("Content-Length", "27")] + auth, b'id,n,ok\nx1,3,true\nx2,"a,b"\n')
+        + jreq("GET", "/metrics", headers=[("X-Request-Id", "f-1")]),
     "unauthorized": b"\x00" + req("GET", "/api/collections") + req("GET", "/api/nope"),
     "malformed": b"\x00" + b"GET /\x01 HTTP/1.1\r\n\r\n",
     "websocket": b"\x00" + upgrade + ws(
