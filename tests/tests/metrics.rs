@@ -183,6 +183,25 @@ both_runtimes!(metrics_count_exactly_what_was_sent, |rt: Runtime| {
     ];
     assert_eq!(value(&now, "tidepool_http_requests_total", &send), 1.0);
     assert_eq!(value(&now, "tidepool_replies_waiting", &[]), 0.0);
+    assert_eq!(
+        value(
+            &now,
+            "tidepool_chat_answers_total",
+            &[("outcome", "complete")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&now, "tidepool_chat_answer_duration_seconds_count", &[]),
+        1.0
+    );
+    assert!(
+        value(
+            &now,
+            "tidepool_chat_tokens_total",
+            &[("kind", "completion")]
+        ) > 0.0
+    );
 
     // A live SSE subscription shows as a stream and a subscriber.
     let mut sse = TcpStream::connect(srv.addr).unwrap();

@@ -1161,6 +1161,13 @@ impl Server {
         let Some(turn) = self.turns.active.remove(&id) else {
             return;
         };
+        let took = self.clock.map(|c| c().since(turn.started));
+        self.metrics.chat_answer(
+            &turn.choice.provider.name,
+            outcome.is_ok(),
+            took,
+            (turn.prompt_tokens, turn.completion_tokens),
+        );
         let lsn = turn.end_lsn.max(turn.gate);
         for listener in &turn.listeners {
             match listener {

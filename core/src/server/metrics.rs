@@ -169,6 +169,16 @@ pub(crate) struct Metrics {
     log_bytes: u64,
     compactions: u64,
     in_flight: HashMap<Ticket, Started>,
+    /// Chat answers by provider: (complete, failed), duration, tokens
+    /// (prompt, completion). Providers are the configured ones (bounded).
+    chat: BTreeMap<String, ChatStats>,
+}
+
+#[derive(Clone, Debug)]
+struct ChatStats {
+    answers: [u64; 2],
+    seconds: Histogram,
+    tokens: [u64; 2],
 }
 
 impl Default for Metrics {
@@ -183,6 +193,7 @@ impl Default for Metrics {
             log_bytes: 0,
             compactions: 0,
             in_flight: HashMap::new(),
+            chat: BTreeMap::new(),
         }
     }
 }
@@ -244,6 +255,35 @@ impl Metrics {
 
     pub(crate) fn compaction(&mut self) {
         self.compactions += 1;
+    }
+
+    /// A chat answer ended (`ok`: complete; otherwise failed or cancelled).
+    pub(crate) fn chat_answer(
+        &mut self,
+        provider: &str,
+        ok: bool,
+        took: Option<Duration>,
+        tokens: (Option<u64>, Option<u64>),
+    ) {
+        if !self.chat.contains_key(provider) {
+            self.chat.insert(
+                provider.to_string(),
+                ChatStats {
+                    answers: [0; 2],
+                    seconds: Histogram::new(&SECONDS),
+                    tokens: [0; 2],
+                },
+            );
+        }
+        let Some(s) = self.chat.get_mut(provider) else {
+            return;
+        };
+        s.answers[usize::from(!ok)] += 1;
+        if let Some(took) = took {
+            s.seconds.observe(took.as_secs_f64());
+        }
+        s.tokens[0] += tokens.0.unwrap_or(0);
+        s.tokens[1] += tokens.1.unwrap_or(0);
     }
 
     /// The whole exposition.
@@ -380,6 +420,47 @@ impl Metrics {
         );
         for (codec, n) in &g.streams {
             let _ = writeln!(out, "tidepool_streams{{protocol=\"{codec}\"}} {n}");
+        }
+        head(
+            &mut out,
+            "tidepool_chat_answers_total",
+            "counter",
+            "Chat answers ended, by provider and outcome (complete, or failed/cancelled).",
+        );
+        for (provider, s) in &self.chat {
+            let p = escape(provider);
+            for (outcome, n) in [("complete", s.answers[0]), ("failed", s.answers[1])] {
+                let _ = writeln!(
+                    out,
+                    "tidepool_chat_answers_total{{provider=\"{p}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        head(
+            &mut out,
+            "tidepool_chat_answer_duration_seconds",
+            "histogram",
+            "Time from a chat message to the end of its answer (provider calls and tool rounds), by provider.",
+        );
+        for (provider, s) in &self.chat {
+            let labels = format!("provider=\"{}\"", escape(provider));
+            s.seconds
+                .render(&mut out, "tidepool_chat_answer_duration_seconds", &labels);
+        }
+        head(
+            &mut out,
+            "tidepool_chat_tokens_total",
+            "counter",
+            "Tokens of chat answers as the provider reported them (or estimated), by provider and kind.",
+        );
+        for (provider, s) in &self.chat {
+            let p = escape(provider);
+            for (kind, n) in [("prompt", s.tokens[0]), ("completion", s.tokens[1])] {
+                let _ = writeln!(
+                    out,
+                    "tidepool_chat_tokens_total{{provider=\"{p}\",kind=\"{kind}\"}} {n}"
+                );
+            }
         }
         if let Some(up) = g.uptime_secs {
             head(
