@@ -174,18 +174,21 @@ impl FuzzyDict {
 
     /// Calls `f(term)` for every recorded term that starts with `prefix` and is
     /// longer than it, until `f` has returned true `max_terms` times (a prefix
-    /// of one or two letters can name a large part of the dictionary). Like
-    /// [`FuzzyDict::lookup`], a term may repeat and dead terms may be reported:
-    /// `f` returns whether the term counts (is live).
+    /// of one or two letters can name a large part of the dictionary), or
+    /// `4 * max_terms` terms were read. Like [`FuzzyDict::lookup`], a term may
+    /// repeat and dead terms may be reported: `f` returns whether the term
+    /// counts (is live).
     pub(crate) fn prefixed(&self, prefix: &str, max_terms: usize, f: &mut dyn FnMut(&str) -> bool) {
         use fst::automaton::{Automaton, Str};
         let mut left = max_terms;
+        let mut reads = max_terms.saturating_mul(4);
         for set in &self.levels {
             let mut stream = set.search(Str::new(prefix).starts_with()).into_stream();
             while let Some(key) = stream.next() {
-                if left == 0 {
+                if left == 0 || reads == 0 {
                     return;
                 }
+                reads -= 1;
                 if let Ok(term) = std::str::from_utf8(key) {
                     if term.len() > prefix.len() && f(term) {
                         left -= 1;
@@ -198,9 +201,10 @@ impl FuzzyDict {
             std::ops::Bound::Unbounded,
         ));
         for term in after.take_while(|t| t.starts_with(prefix)) {
-            if left == 0 {
+            if left == 0 || reads == 0 {
                 return;
             }
+            reads -= 1;
             if f(term) {
                 left -= 1;
             }
@@ -294,6 +298,20 @@ mod tests {
         assert_eq!(collect("w0199", 100).len(), 10, "found in the fsts");
         assert_eq!(collect("w", 25).len(), 25, "capped");
         assert!(collect("x", 100).is_empty());
+    }
+
+    #[test]
+    fn a_prefix_walk_over_dead_terms_is_bounded_too() {
+        let mut dict = FuzzyDict::default();
+        for i in 0..BUFFER_TERMS * 4 {
+            dict.insert(&format!("ab{i:05}"), &|_| true);
+        }
+        let mut read = 0;
+        dict.prefixed("ab", 10, &mut |_| {
+            read += 1;
+            false // all dead
+        });
+        assert_eq!(read, 40);
     }
 
     #[test]

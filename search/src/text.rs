@@ -90,9 +90,10 @@ pub const MAX_EDIT_DISTANCE: u8 = 2;
 /// BM25 multiplier of a prefix match (`john` finding `johnson`).
 pub const PREFIX_MULT: f32 = 0.7;
 /// At most this many longer terms per query word are tried as its completions
-/// (the most frequent first), of the first [`PREFIX_SCAN`] in dictionary order.
+/// (the most frequent first), of at most [`PREFIX_SCAN`] read.
 pub const MAX_PREFIX_EXPANSIONS: usize = 50;
-/// At most this many dictionary terms are read to find a word's completions,
+/// At most this many live dictionary terms are read to find a word's
+/// completions (and at most four times as many in all, dead ones included),
 /// so a short prefix costs a bounded walk.
 pub const PREFIX_SCAN: usize = 5_000;
 /// Which query words are also matched as prefixes: the last word (the one
