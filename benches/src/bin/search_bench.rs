@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p tidepool-benches --bin search_bench [-- --small] [--no-text] [--no-vectors]
-//!     [--docs N] [--vectors N] [--dim D] [--queries N]
+//!     [--docs N] [--vectors N] [--dim D] [--queries N] [--dump-vectors DIR]
 //! ```
 //!
 //! Text: one document per English man page (`/usr/share/man/man*/*.gz`, symlinks
@@ -41,6 +41,9 @@ struct Args {
     dim: usize,
     queries: usize,
     shape: Shape,
+    /// Write the vectors and queries here (raw little-endian f32) for a peer
+    /// to index the same ones (`benches/scripts/hnswlib.sh`).
+    dump_vectors: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -57,6 +60,7 @@ fn args() -> Args {
             spread: 1.0,
             noise: 0.1,
         },
+        dump_vectors: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,6 +77,7 @@ fn args() -> Args {
             "--vectors" => a.n_vectors = num(),
             "--dim" => a.dim = num(),
             "--queries" => a.queries = num(),
+            "--dump-vectors" => a.dump_vectors = it.next().map(PathBuf::from),
             "--latent" => a.shape.latent = num().max(1),
             "--clusters" => a.shape.clusters = num().max(1),
             "--spread" => a.shape.spread = num() as f32 / 100.0,
@@ -613,6 +618,17 @@ fn vector_bench(a: &Args) {
     let t = Instant::now();
     let mut data = synthetic(a.n_vectors + nq, a.dim, a.shape, 2024);
     let queries = data.split_off(a.n_vectors);
+    if let Some(dir) = &a.dump_vectors {
+        let raw = |vs: &[Vec<f32>]| -> Vec<u8> {
+            vs.iter()
+                .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
+                .collect()
+        };
+        std::fs::create_dir_all(dir).expect("dump directory");
+        std::fs::write(dir.join("base.f32"), raw(&data)).expect("write base.f32");
+        std::fs::write(dir.join("queries.f32"), raw(&queries)).expect("write queries.f32");
+        println!("Vectors written to {} (dim {})\n", dir.display(), a.dim);
+    }
     println!(
         "## Vector search: {} x {}-dim synthetic clustered vectors (generated in {:.1} s), cosine, m = 16, ef_construction = 128\n",
         a.n_vectors,
