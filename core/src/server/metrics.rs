@@ -29,16 +29,7 @@ pub(crate) const UNMATCHED: &str = "(unmatched)";
 /// The method label: the standard methods by name, anything else `OTHER`
 /// (a client may not grow the label set).
 pub(crate) fn method_label(m: &Method) -> &'static str {
-    match m {
-        Method::Get => "GET",
-        Method::Head => "HEAD",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Delete => "DELETE",
-        Method::Patch => "PATCH",
-        Method::Options => "OPTIONS",
-        Method::Other(_) => "OTHER",
-    }
+    m.standard_name().unwrap_or("OTHER")
 }
 
 /// The protocol label of a streaming connection.

@@ -25,8 +25,7 @@ pub mod sockets;
 
 use crate::auth::{Auth, Principal};
 use crate::chat::turn::{TurnId, Turns};
-use crate::config::Config;
-use crate::config::LogLevel;
+use crate::config::{Config, LogLevel};
 use crate::conn::{ConnConfig, Connection};
 use crate::dialect::rest::{self, embed, Outcome};
 use crate::dialect::{self, EventCodec};
@@ -409,10 +408,7 @@ impl Server {
     /// deliverable, or its call finished. Drain after every call that holds
     /// the lock.
     pub fn poll_wakeup(&mut self) -> Option<ConnId> {
-        let done: Vec<_> = self.calls.done.drain(..).collect();
-        for (ticket, response) in done {
-            self.complete(ticket, response, Lsn::ZERO);
-        }
+        self.complete_finished_calls();
         self.wakeups.extend(self.pending.woken.drain(..));
         self.wakeups.pop_front()
     }
@@ -496,11 +492,15 @@ impl Server {
     /// A reply that was pending, once ready, for the connection waiting on
     /// it, with the LSN that must be durable before it is sent.
     pub fn take_reply(&mut self, ticket: Ticket) -> Option<(Response, Lsn)> {
-        let done: Vec<_> = self.calls.done.drain(..).collect();
-        for (t, response) in done {
-            self.complete(t, response, Lsn::ZERO);
-        }
+        self.complete_finished_calls();
         self.pending.take(ticket)
+    }
+
+    /// Replies of outbound calls that finished, handed to their tickets.
+    fn complete_finished_calls(&mut self) {
+        for (ticket, response) in std::mem::take(&mut self.calls.done) {
+            self.complete(ticket, response, Lsn::ZERO);
+        }
     }
 
     // ----- durability -------------------------------------------------------

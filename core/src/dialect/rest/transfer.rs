@@ -109,6 +109,14 @@ pub fn import(server: &mut Server, ctx: &Ctx<'_>, c: &str) -> Result<Outcome> {
 /// One line of an import: its number and what it holds (or why not).
 type Line = (usize, std::result::Result<J, String>);
 
+/// An import past [`MAX_IMPORT_RECORDS`] (413).
+fn too_many() -> Error {
+    Error::new(
+        crate::error::ErrorKind::TooLarge,
+        format!("an import holds at most {MAX_IMPORT_RECORDS} records; split the file"),
+    )
+}
+
 /// Splits and parses the body; only the count is checked here (the rest is
 /// per line, so a bad line can be reported by number).
 fn parse_lines(body: &[u8]) -> Result<Vec<Line>> {
@@ -119,10 +127,7 @@ fn parse_lines(body: &[u8]) -> Result<Vec<Line>> {
             continue;
         }
         if lines.len() == MAX_IMPORT_RECORDS {
-            return Err(Error::new(
-                crate::error::ErrorKind::TooLarge,
-                format!("an import holds at most {MAX_IMPORT_RECORDS} records; split the file"),
-            ));
+            return Err(too_many());
         }
         let parsed = match serde_json::from_slice::<J>(raw) {
             Ok(J::Object(o)) => Ok(J::Object(o)),
@@ -162,10 +167,7 @@ fn parse_csv(body: &[u8]) -> Result<Vec<Line>> {
             Err(e) => Err(format!("bad CSV: {e}")),
         };
         if lines.len() == MAX_IMPORT_RECORDS {
-            return Err(Error::new(
-                crate::error::ErrorKind::TooLarge,
-                format!("an import holds at most {MAX_IMPORT_RECORDS} records; split the file"),
-            ));
+            return Err(too_many());
         }
         let bad = parsed.is_err();
         lines.push((line, parsed));

@@ -70,6 +70,15 @@ impl Method {
 
     pub fn as_str(&self) -> &str {
         match self {
+            Method::Other(s) => s,
+            standard => standard.standard_name().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a standard method (`None` for `Other`): a bounded set,
+    /// for labels a client may not grow.
+    pub fn standard_name(&self) -> Option<&'static str> {
+        Some(match self {
             Method::Get => "GET",
             Method::Head => "HEAD",
             Method::Post => "POST",
@@ -77,8 +86,8 @@ impl Method {
             Method::Delete => "DELETE",
             Method::Patch => "PATCH",
             Method::Options => "OPTIONS",
-            Method::Other(s) => s,
-        }
+            Method::Other(_) => return None,
+        })
     }
 }
 
