@@ -83,6 +83,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "rag-docs-folder", env: "TIDEPOOL_RAG_DOCS_FOLDER", default: "", help: "a folder of text and Markdown documents kept in a collection for chat retrieval (chunked, text and vector indexed, file names as sources, re-read when files change); RAG_DOCS_FOLDER is read too; empty = off" },
     Setting { flag: "rag-collection", env: "TIDEPOOL_RAG_COLLECTION", default: "documents", help: "the collection the document folder's chunks go to" },
     Setting { flag: "rag-scan-interval", env: "TIDEPOOL_RAG_SCAN_INTERVAL", default: "5", help: "seconds between scans of the document folder for changes" },
+    Setting { flag: "function-timeout", env: "TIDEPOOL_FUNCTION_TIMEOUT", default: "30", help: "seconds one stored-function run may take, waits for HTTP calls and sleeps included, before it is stopped with 400" },
+    Setting { flag: "function-max-steps", env: "TIDEPOOL_FUNCTION_MAX_STEPS", default: "100000", help: "stages one stored-function run may execute (each ForEach item's stages counted) before it is stopped with 400" },
+    Setting { flag: "function-http-allow", env: "TIDEPOOL_FUNCTION_HTTP_ALLOW", default: "", help: "hosts a stored function's HttpRequest may call even though they are loopback or private addresses (e.g. 127.0.0.1,intranet.local; * = any), comma-separated; empty = only public addresses" },
+    Setting { flag: "function-env", env: "TIDEPOOL_FUNCTION_ENV", default: "", help: "environment variables stored functions may read as {{env.NAME}}, comma-separated names; empty = none" },
     Setting { flag: "salvage", env: "TIDEPOOL_SALVAGE", default: "false", help: "start even if the log is corrupt, keeping everything before the damage (the rest is moved aside)" },
 ];
 
@@ -204,6 +208,11 @@ pub struct Config {
     pub rag_docs_folder: String,
     pub rag_collection: String,
     pub rag_scan_interval_secs: u64,
+    pub function_timeout_secs: u64,
+    pub function_max_steps: u64,
+    pub function_http_allow: Vec<String>,
+    /// The allowed environment variables and their values (read at start).
+    pub function_env: std::collections::BTreeMap<String, String>,
 }
 
 /// What the command line asked for.
@@ -306,6 +315,10 @@ fn unreachable_default() -> Config {
         rag_docs_folder: String::new(),
         rag_collection: "documents".into(),
         rag_scan_interval_secs: 5,
+        function_timeout_secs: 30,
+        function_max_steps: 100_000,
+        function_http_allow: Vec::new(),
+        function_env: Default::default(),
     }
 }
 
@@ -551,6 +564,15 @@ impl Config {
                 c
             },
             rag_scan_interval_secs: num("rag-scan-interval", get("rag-scan-interval"))?,
+            function_timeout_secs: num("function-timeout", get("function-timeout"))?,
+            function_max_steps: num("function-max-steps", get("function-max-steps"))?,
+            function_http_allow: list(Some(get("function-http-allow"))),
+            function_env: get("function-env")
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .filter_map(|name| env(name).map(|v| (name.to_string(), v)))
+                .collect(),
         })))
     }
 }

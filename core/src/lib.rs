@@ -65,6 +65,7 @@ pub mod dialect;
 pub mod driver;
 pub mod engine;
 pub mod error;
+pub mod functions;
 pub mod ids;
 pub mod providers;
 pub mod realtime;

@@ -31,3 +31,39 @@ impl Rng {
         }
     }
 }
+
+/// Unpredictable bytes for secrets a function asks for (tokens, lock
+/// tokens, UUIDs): HMAC-SHA-256 of a counter under a key the runtime drew
+/// from the OS. Knowing some outputs tells nothing of the others.
+#[derive(Clone)]
+pub struct KeyedRng {
+    key: Vec<u8>,
+    counter: u64,
+}
+
+impl std::fmt::Debug for KeyedRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedRng")
+    }
+}
+
+impl KeyedRng {
+    pub fn new(secret: &[u8], seed: u64) -> Self {
+        let mut key = secret.to_vec();
+        key.extend_from_slice(b"tidepool-keyed-rng");
+        key.extend_from_slice(&seed.to_le_bytes());
+        KeyedRng { key, counter: 0 }
+    }
+
+    pub fn fill(&mut self, out: &mut [u8]) {
+        use hmac::{Hmac, KeyInit, Mac};
+        for chunk in out.chunks_mut(32) {
+            self.counter += 1;
+            let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key)
+                .expect("HMAC takes any key length");
+            m.update(&self.counter.to_le_bytes());
+            let block = m.finalize().into_bytes();
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+    }
+}

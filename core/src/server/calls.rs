@@ -13,6 +13,7 @@
 //! then report `connected`, data, EOF or a transport error by call id. Reports
 //! for a call that is no longer running (cancelled, timed out) are ignored.
 
+use super::functions::RunId;
 use super::pending::Ticket;
 use super::ServerTimer;
 use crate::chat::turn::TurnId;
@@ -149,6 +150,8 @@ pub enum Purpose {
     /// A chat turn's provider call: its response is handed on piece by piece
     /// as it arrives (`TurnInput`).
     Turn(TurnId),
+    /// A stored function's `HttpRequest`: the whole response resumes the run.
+    Function { run: RunId, max_body: usize },
 }
 
 /// A piece of a turn's provider response, in order: the head, body bytes
@@ -185,6 +188,8 @@ pub(crate) struct Calls {
     pub(super) done: Vec<(Ticket, Response)>,
     /// Pieces of turns' responses, for the server to hand on.
     pub(super) turn_inputs: Vec<(TurnId, CallId, TurnInput)>,
+    /// Responses for function runs, for the server to resume them with.
+    pub(super) function_results: Vec<(RunId, Result<ClientResponse, CallFailure>)>,
 }
 
 impl Calls {
@@ -198,6 +203,7 @@ impl Calls {
             commands: VecDeque::new(),
             done: Vec::new(),
             turn_inputs: Vec::new(),
+            function_results: Vec::new(),
         }
     }
 
@@ -485,6 +491,7 @@ impl Calls {
                 };
                 self.turn_inputs.push((turn, id, input));
             }
+            Purpose::Function { run, .. } => self.function_results.push((run, result)),
         }
     }
 }
@@ -505,7 +512,7 @@ fn consume(
     turn_inputs: &mut Vec<(TurnId, CallId, TurnInput)>,
 ) -> Result<(), CallFailure> {
     let max = match &call.purpose {
-        Purpose::Reply { max_body, .. } => *max_body,
+        Purpose::Reply { max_body, .. } | Purpose::Function { max_body, .. } => *max_body,
         Purpose::Turn(turn) => {
             for event in events {
                 match event {

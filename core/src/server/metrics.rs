@@ -200,6 +200,10 @@ pub(crate) struct Gauges {
     pub reads_queued: usize,
     pub replies_waiting: usize,
     pub chat_answers: usize,
+    /// Function runs waiting on an effect (an outbound call, a sleep).
+    pub function_runs: usize,
+    /// Function runs ended: `[succeeded, failed]` (kept by the function state).
+    pub function_runs_ended: [u64; 2],
     pub uptime_secs: Option<u64>,
 }
 
@@ -398,6 +402,11 @@ impl Metrics {
                 "Chat answers being streamed.",
                 g.chat_answers,
             ),
+            (
+                "tidepool_function_runs",
+                "Stored-function runs waiting on an outbound call or a sleep.",
+                g.function_runs,
+            ),
         ];
         for (name, help, v) in gauges {
             head(&mut out, name, "gauge", help);
@@ -452,6 +461,21 @@ impl Metrics {
                     "tidepool_chat_tokens_total{{provider=\"{p}\",kind=\"{kind}\"}} {n}"
                 );
             }
+        }
+        head(
+            &mut out,
+            "tidepool_function_runs_total",
+            "counter",
+            "Stored-function runs ended, by outcome.",
+        );
+        for (outcome, n) in [
+            ("ok", g.function_runs_ended[0]),
+            ("error", g.function_runs_ended[1]),
+        ] {
+            let _ = writeln!(
+                out,
+                "tidepool_function_runs_total{{outcome=\"{outcome}\"}} {n}"
+            );
         }
         if let Some(up) = g.uptime_secs {
             head(

@@ -14,6 +14,7 @@ mod admission;
 pub mod calls;
 pub mod chat;
 pub mod documents;
+pub mod functions;
 pub mod guesses;
 pub mod health;
 pub mod metrics;
@@ -121,6 +122,8 @@ pub(crate) enum ServerTimer {
     Turn(TurnId),
     /// `system.health` for the streams that asked for it.
     Health,
+    /// A function run's sleep ends, or its outbound call runs out of time.
+    Function(functions::RunId),
 }
 
 /// What the store was doing when it failed.
@@ -234,6 +237,8 @@ pub struct Server {
     metrics: metrics::Metrics,
     /// Request ids: this process's prefix and the next number.
     request_ids: (u32, u64),
+    /// Stored functions and their runs.
+    functions: functions::Functions,
 }
 
 impl Server {
@@ -251,6 +256,7 @@ impl Server {
             max_in_flight: config.outbound_max_calls.max(1),
             max_queued: config.outbound_max_calls.max(1) * 16,
         };
+        let functions = functions::Functions::new(&config, secret, seed);
         let mut engine = Engine::new(seed);
         engine.set_transaction_idle_timeout(Duration::from_secs(
             config.transaction_idle_timeout_secs,
@@ -291,6 +297,7 @@ impl Server {
             socket_reads: HashMap::new(),
             metrics: Default::default(),
             request_ids: ((seed ^ (seed >> 32)) as u32, 0),
+            functions,
         }
     }
 
@@ -398,6 +405,7 @@ impl Server {
             self.metrics.take_deferred(*t);
         }
         self.chat_connection_closed(conn, &abandoned, now);
+        self.forget_run_replies(&abandoned);
         self.sockets_closed(conn);
         self.hub.close(conn);
         self.calls.cancel_for(&abandoned, now, &mut self.timers);
@@ -469,24 +477,28 @@ impl Server {
     pub fn handle_call_connected(&mut self, id: CallId, now: Timestamp) {
         self.calls.connected(id, now, &mut self.timers);
         self.pump_turns(now);
+        self.pump_functions(now);
     }
 
     /// Bytes read from the call's connection.
     pub fn handle_call_data(&mut self, id: CallId, data: &[u8], now: Timestamp) {
         self.calls.data(id, data, now, &mut self.timers);
         self.pump_turns(now);
+        self.pump_functions(now);
     }
 
     /// The provider closed the call's connection.
     pub fn handle_call_eof(&mut self, id: CallId, now: Timestamp) {
         self.calls.eof(id, now, &mut self.timers);
         self.pump_turns(now);
+        self.pump_functions(now);
     }
 
     /// The call's connection failed.
     pub fn handle_call_error(&mut self, id: CallId, error: TransportError, now: Timestamp) {
         self.calls.error(id, error, now, &mut self.timers);
         self.pump_turns(now);
+        self.pump_functions(now);
     }
 
     /// A reply that was pending, once ready, for the connection waiting on
@@ -591,8 +603,10 @@ impl Server {
                 ServerTimer::Call(id) => self.calls.timeout(id, now, &mut self.timers),
                 ServerTimer::Turn(id) => self.turn_timeout(id, now),
                 ServerTimer::Health => self.health_due(now),
+                ServerTimer::Function(id) => self.function_timeout(id, now),
             }
             self.pump_turns(now);
+            self.pump_functions(now);
         }
         self.finish_operation(now);
     }
@@ -784,6 +798,8 @@ impl Server {
             reads_queued: self.reads.len(),
             replies_waiting: self.pending.waiting(),
             chat_answers: self.turns.active.len(),
+            function_runs: self.functions.running(),
+            function_runs_ended: [self.functions.finished_ok, self.functions.finished_err],
             uptime_secs: self.booted_at.map(|t| now.since(t).as_secs()),
         };
         self.metrics.render(&gauges)

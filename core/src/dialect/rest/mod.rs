@@ -11,6 +11,7 @@ pub mod codec;
 pub mod collections;
 mod ctx;
 pub mod embed;
+pub mod functions;
 pub mod keys;
 pub mod kv;
 pub mod origins;

@@ -8,7 +8,9 @@
 //! `/api/kv/{key}/links`); a path that matches with another method is a 405
 //! listing the methods it has.
 
-use super::{chat, collections, keys, kv, records, search, system, transfer, txn, Ctx, Outcome};
+use super::{
+    chat, collections, functions, keys, kv, records, search, system, transfer, txn, Ctx, Outcome,
+};
 use crate::dialect::{eva, fluxbase, general_bots, lanonasis, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -220,6 +222,14 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/chat/{chat_id}/cancel", Admin, WRITES, Srv(chat::cancel)),
     row(&[Get], "/api/chat_models", Admin, READS, Srv(chat::models)),
     row(&[Get], "/api/chat_models/{provider}", Admin, READS, Srv(chat::provider_models)),
+    // Stored functions (spec G): definitions, calls, the path router.
+    row(&[Post], "/api/functions", Admin, WRITES, Srv(functions::create)),
+    row(&[Get], "/api/functions", Admin, READS, Srv(functions::list)),
+    row(&[Get], "/api/functions/{function}", Admin, READS, Srv(|s, c| functions::get(s, c, c.arg("function")))),
+    row(&[Put], "/api/functions/{function}", Admin, WRITES, Srv(|s, c| functions::replace(s, c, c.arg("function")))),
+    row(&[Delete], "/api/functions/{function}", Admin, WRITES, Srv(|s, c| functions::delete(s, c, c.arg("function")))),
+    row(&[Post], "/api/functions/{function}", Admin, WRITES, Srv(|s, c| functions::call(s, c, c.arg("function")))),
+    row(ALL, "/api/route/{*path}", Admin, WRITES, Srv(|s, c| functions::dispatch(s, c, c.arg("path")))),
     // Not served yet.
     row(ALL, "/api/chat/goals", Admin, WRITES, Unimplemented("chat goals")),
     row(ALL, "/api/chat/goals/{*rest}", Admin, WRITES, Unimplemented("chat goals")),
@@ -229,9 +239,6 @@ pub static ROUTES: &[Route] = &[
     row(ALL, "/api/chat/tasks/{*rest}", Admin, WRITES, Unimplemented("chat tasks")),
     row(ALL, "/api/chat/agents", Admin, WRITES, Unimplemented("chat agents")),
     row(ALL, "/api/chat/agents/{*rest}", Admin, WRITES, Unimplemented("chat agents")),
-    row(ALL, "/api/functions", Admin, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/functions/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/route/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/schedules", Admin, WRITES, Unimplemented("schedules")),
     row(ALL, "/api/schedules/{*rest}", Admin, WRITES, Unimplemented("schedules")),
     // The seed products' chat sockets (`spec/dialects.md`): each checks its

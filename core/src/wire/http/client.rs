@@ -121,6 +121,61 @@ pub fn post(
     })
 }
 
+/// Any request: `method` to `url` (path and query included) with headers
+/// and an optional body. Header names and values never carry a line break
+/// into the request; a method must be a plain token.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+) -> Result<OutboundRequest, UrlError> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(UrlError::Malformed(format!("{method} {url}")));
+    }
+    let (target, _) = parse_url(url)?;
+    // The path and query exactly as given (parse_url trims a final `/`).
+    let after_scheme = url.split_once("://").map_or("", |(_, r)| r);
+    let path = match after_scheme.find(['/', '?']) {
+        Some(i) if after_scheme[i..].starts_with('?') => format!("/{}", &after_scheme[i..]),
+        Some(i) => after_scheme[i..].to_string(),
+        None => "/".to_string(),
+    };
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(UrlError::Malformed(url.to_string()));
+    }
+    let clean = |t: &str| -> String { t.chars().filter(|c| *c != '\r' && *c != '\n').collect() };
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: tidepool/{}\r\n",
+        target.host,
+        target.port,
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, value) in headers {
+        let name = clean(name);
+        if name.is_empty()
+            || name.contains(':')
+            || ["host", "content-length", "connection", "transfer-encoding"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+        {
+            continue;
+        }
+        head.push_str(&format!("{name}: {}\r\n", clean(value)));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    Ok(OutboundRequest {
+        target,
+        bytes: Bytes::from(bytes),
+    })
+}
+
 /// A JSON POST with an optional bearer key.
 pub fn post_json(
     base_url: &str,

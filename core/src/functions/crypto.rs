@@ -1,0 +1,282 @@
+//! Encoding and crypto stages (spec G2, "Crypto and encoding") that need no
+//! more than the HMAC, SHA-2 and base64 crates core already uses. Random
+//! bytes come from the caller (the server's keyed generator), never from a
+//! clock or the OS here.
+
+use crate::error::{Error, Result};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Map, Value as J};
+use sha2::{Sha256, Sha384, Sha512};
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A version 4 UUID from 16 random bytes.
+pub fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// `RandomToken`'s encodings.
+pub fn encode_token(bytes: &[u8], encoding: Option<&str>) -> Result<String> {
+    match encoding.unwrap_or("hex") {
+        "hex" => Ok(hex(bytes)),
+        "base64" => Ok(STANDARD.encode(bytes)),
+        "base64url" => Ok(URL_SAFE_NO_PAD.encode(bytes)),
+        other => Err(Error::invalid(format!(
+            "unknown encoding `{other}` (hex, base64 or base64url)"
+        ))),
+    }
+}
+
+pub fn base64_encode(input: &str, url_safe: bool) -> String {
+    if url_safe {
+        URL_SAFE_NO_PAD.encode(input)
+    } else {
+        STANDARD.encode(input)
+    }
+}
+
+/// Decoded UTF-8 text, or `null` when the input is not valid.
+pub fn base64_decode(input: &str, url_safe: bool) -> J {
+    let bytes = if url_safe {
+        URL_SAFE_NO_PAD.decode(input.trim_end_matches('='))
+    } else {
+        STANDARD.decode(input)
+    };
+    bytes
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map_or(J::Null, J::String)
+}
+
+pub fn hex_decode(input: &str) -> J {
+    unhex(input)
+        .and_then(|b| String::from_utf8(b).ok())
+        .map_or(J::Null, J::String)
+}
+
+/// A URL slug: lower-case ASCII letters and digits joined by `-`, accents
+/// folded (`"Héllo World"` is `"hello-world"`).
+pub fn slugify(input: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = String::with_capacity(input.len());
+    let mut dash = false;
+    for c in input.nfd() {
+        if c.is_ascii_alphanumeric() {
+            if dash && !out.is_empty() {
+                out.push('-');
+            }
+            dash = false;
+            out.push(c.to_ascii_lowercase());
+        } else if unicode_normalization::char::is_combining_mark(c) {
+            continue;
+        } else {
+            dash = true;
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Sha {
+    S256,
+    S384,
+    S512,
+}
+
+fn sha(name: Option<&str>, jwt: bool) -> Result<Sha> {
+    let n = name.unwrap_or(if jwt { "HS256" } else { "sha256" });
+    match n.to_ascii_lowercase().as_str() {
+        "sha256" | "hs256" => Ok(Sha::S256),
+        "sha384" | "hs384" => Ok(Sha::S384),
+        "sha512" | "hs512" => Ok(Sha::S512),
+        _ => Err(Error::invalid(format!(
+            "unsupported algorithm `{n}` ({})",
+            if jwt {
+                "HS256, HS384 or HS512"
+            } else {
+                "sha256, sha384 or sha512"
+            }
+        ))),
+    }
+}
+
+fn mac(alg: Sha, secret: &[u8], input: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + KeyInit>(secret: &[u8], input: &[u8]) -> Vec<u8> {
+        let mut m = <M as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+        m.update(input);
+        m.finalize().into_bytes().to_vec()
+    }
+    match alg {
+        Sha::S256 => run::<Hmac<Sha256>>(secret, input),
+        Sha::S384 => run::<Hmac<Sha384>>(secret, input),
+        Sha::S512 => run::<Hmac<Sha512>>(secret, input),
+    }
+}
+
+fn encode_mac(bytes: &[u8], encoding: Option<&str>) -> Result<String> {
+    match encoding.unwrap_or("hex") {
+        "hex" => Ok(hex(bytes)),
+        "base64" => Ok(STANDARD.encode(bytes)),
+        other => Err(Error::invalid(format!(
+            "unknown encoding `{other}` (hex or base64)"
+        ))),
+    }
+}
+
+pub fn hmac_sign(
+    input: &str,
+    secret: &str,
+    algorithm: Option<&str>,
+    encoding: Option<&str>,
+) -> Result<String> {
+    let alg = sha(algorithm, false)?;
+    encode_mac(&mac(alg, secret.as_bytes(), input.as_bytes()), encoding)
+}
+
+/// Constant-time comparison of the expected MAC with the one provided.
+pub fn hmac_verify(
+    input: &str,
+    provided: &str,
+    secret: &str,
+    algorithm: Option<&str>,
+    encoding: Option<&str>,
+) -> Result<bool> {
+    let expected = hmac_sign(input, secret, algorithm, encoding)?;
+    Ok(constant_eq(expected.as_bytes(), provided.trim().as_bytes()))
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An HS256/384/512 JWT of `claims`; `iat`/`exp` added when it expires.
+pub fn jwt_sign(
+    claims: &Map<String, J>,
+    secret: &str,
+    algorithm: Option<&str>,
+    expires_in_secs: Option<i64>,
+    now_secs: i64,
+) -> Result<String> {
+    let alg = sha(algorithm, true)?;
+    let name = match alg {
+        Sha::S256 => "HS256",
+        Sha::S384 => "HS384",
+        Sha::S512 => "HS512",
+    };
+    let mut claims = claims.clone();
+    if let Some(ttl) = expires_in_secs {
+        claims.insert("iat".into(), J::from(now_secs));
+        claims.insert("exp".into(), J::from(now_secs.saturating_add(ttl)));
+    }
+    let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{name}","typ":"JWT"}}"#));
+    let body = URL_SAFE_NO_PAD.encode(J::Object(claims).to_string());
+    let signing = format!("{head}.{body}");
+    let sig = URL_SAFE_NO_PAD.encode(mac(alg, secret.as_bytes(), signing.as_bytes()));
+    Ok(format!("{signing}.{sig}"))
+}
+
+/// The claims of a valid, unexpired token signed with `secret`; `null` on
+/// any failure (wrong signature or algorithm, expired, malformed).
+pub fn jwt_verify(token: &str, secret: &str, algorithm: Option<&str>, now_secs: i64) -> J {
+    let check = || -> Option<J> {
+        let alg = sha(algorithm, true).ok()?;
+        let mut parts = token.trim().split('.');
+        let (head, body, sig) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let header: J = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).ok()?).ok()?;
+        let expected = match alg {
+            Sha::S256 => "HS256",
+            Sha::S384 => "HS384",
+            Sha::S512 => "HS512",
+        };
+        if header.get("alg").and_then(J::as_str) != Some(expected) {
+            return None;
+        }
+        let mac_bytes = mac(alg, secret.as_bytes(), format!("{head}.{body}").as_bytes());
+        if !constant_eq(&URL_SAFE_NO_PAD.decode(sig).ok()?, &mac_bytes) {
+            return None;
+        }
+        let claims: J = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        if let Some(exp) = claims.get("exp").and_then(J::as_i64) {
+            if exp <= now_secs {
+                return None;
+            }
+        }
+        claims.is_object().then_some(claims)
+    };
+    check().unwrap_or(J::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        assert_eq!(
+            hmac_sign("what do ya want for nothing?", "Jefe", None, None).unwrap(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(hmac_verify(
+            "what do ya want for nothing?",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            "Jefe",
+            Some("sha256"),
+            None
+        )
+        .unwrap());
+    }
+
+    #[test]
+    fn jwt_round_trips_and_refuses_tampering_and_expiry() {
+        let claims = json!({"sub": "u1"}).as_object().unwrap().clone();
+        let t = jwt_sign(&claims, "s3cret", None, Some(60), 1000).unwrap();
+        assert_eq!(
+            jwt_verify(&t, "s3cret", None, 1001),
+            json!({"sub": "u1", "iat": 1000, "exp": 1060})
+        );
+        assert_eq!(jwt_verify(&t, "other", None, 1001), J::Null);
+        assert_eq!(jwt_verify(&t, "s3cret", None, 2000), J::Null);
+        assert_eq!(jwt_verify(&t, "s3cret", Some("HS512"), 1001), J::Null);
+    }
+
+    #[test]
+    fn encodings() {
+        assert_eq!(slugify("Héllo World"), "hello-world");
+        assert_eq!(slugify("  --A  b__C-- "), "a-b-c");
+        assert_eq!(base64_encode("hi?", true), "aGk_");
+        assert_eq!(base64_decode("aGk_", true), json!("hi?"));
+        assert_eq!(base64_decode("***", false), J::Null);
+        assert_eq!(hex_decode(&hex(b"ok")), json!("ok"));
+        let u = uuid_v4([0xff; 16]);
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+}

@@ -1,0 +1,401 @@
+//! Runs of stored functions, owned by the server: a run steps under the
+//! server lock until it finishes or needs the outside world; an
+//! `HttpRequest` becomes an outbound call (`Purpose::Function`), a `Sleep`
+//! a deadline in the timer table, and the answer resumes the run. The
+//! caller's reply waits on a ticket meanwhile; no thread waits on a run.
+
+use super::calls::{CallFailure, CallId, Purpose};
+use super::pending::Ticket;
+use super::{Server, ServerTimer};
+use crate::dialect::rest::{error_response, Outcome};
+use crate::error::{Error, Result};
+use crate::functions::interp::{Budget, Effect, Finished, HttpCall, Poll, Resume, Run, World};
+use crate::functions::{Definition, FunctionStore};
+use crate::ids::ConnId;
+use crate::rng::KeyedRng;
+use crate::time::Timestamp;
+use crate::wire::http::{client, Response};
+use serde_json::{json, Map, Value as J};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+/// How a run's result is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `POST /api/functions/{id_or_label}`: records and stats (G6).
+    Call,
+    /// `/api/route/...`: a `Return` stage's fields with its status (G8).
+    Route,
+}
+
+/// Runs in progress at once, beyond which new ones are refused (503).
+const MAX_RUNS: usize = 10_000;
+
+#[derive(Debug)]
+enum Waiting {
+    Call(CallId),
+    Sleep,
+}
+
+struct Active {
+    run: Run,
+    reply: Option<(Ticket, Shape)>,
+    waiting: Waiting,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Run({}, {:?})", self.run.label(), self.waiting)
+    }
+}
+
+/// The server's function state: definitions, runs waiting on effects, and
+/// the settings every run gets.
+#[derive(Debug)]
+pub(crate) struct Functions {
+    pub(crate) store: FunctionStore,
+    active: HashMap<RunId, Active>,
+    next: u64,
+    random: KeyedRng,
+    budget: Budget,
+    env: Arc<BTreeMap<String, String>>,
+    http_allow: Vec<String>,
+    /// Runs finished (by outcome), for `/metrics`.
+    pub(crate) finished_ok: u64,
+    pub(crate) finished_err: u64,
+}
+
+impl Functions {
+    pub(crate) fn new(config: &crate::config::Config, secret: &[u8], seed: u64) -> Functions {
+        Functions {
+            store: FunctionStore::default(),
+            active: HashMap::new(),
+            next: 1,
+            random: KeyedRng::new(secret, seed),
+            budget: Budget {
+                max_steps: config.function_max_steps.max(1),
+                max_time: Duration::from_secs(config.function_timeout_secs.max(1)),
+                ..Budget::default()
+            },
+            env: Arc::new(config.function_env.clone()),
+            http_allow: config.function_http_allow.clone(),
+            finished_ok: 0,
+            finished_err: 0,
+        }
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.active.len()
+    }
+}
+
+impl Server {
+    /// The engine and the function store together (a handler needs both).
+    pub fn function_parts(&mut self) -> (&mut crate::engine::Engine, &mut FunctionStore) {
+        (&mut self.engine, &mut self.functions.store)
+    }
+}
+
+/// Why a host may not be called from a function: loopback, private,
+/// link-local and other non-public addresses are refused unless the
+/// operator allowed the host (`--function-http-allow`). Names are checked
+/// as written; `localhost` counts as loopback.
+pub fn refused_host(host: &str, allow: &[String]) -> Option<String> {
+    if allow
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(host))
+    {
+        return None;
+    }
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Some(format!(
+            "`{host}` is a loopback address, which functions may not call unless --function-http-allow names it"
+        ));
+    }
+    let ip: IpAddr = host.parse().ok()?;
+    let private = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| refused_host(&v4.to_string(), allow).is_some())
+        }
+    };
+    private.then(|| {
+        format!(
+            "`{host}` is a private or loopback address, which functions may not call unless --function-http-allow names it"
+        )
+    })
+}
+
+impl Server {
+    /// Starts a run of `def`. A run that finishes at once is answered now;
+    /// one waiting on an effect answers `conn` later through a ticket.
+    pub fn run_function(
+        &mut self,
+        def: &Definition,
+        params: Map<String, J>,
+        shape: Shape,
+        conn: Option<ConnId>,
+        now: Timestamp,
+    ) -> Result<Outcome> {
+        if self.functions.active.len() >= MAX_RUNS {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unavailable,
+                "too many function runs are waiting; try again later",
+            ));
+        }
+        let mut run = Run::new(
+            def,
+            params,
+            self.functions.env.clone(),
+            self.functions.budget,
+            now,
+        )?;
+        let poll = self.poll_run(&mut run, None, now);
+        match poll {
+            Poll::Done(result) => Ok(Outcome::Reply(self.run_reply(result, shape))),
+            Poll::Wait(effect) => {
+                let ticket = conn.map(|c| self.pending.ticket(c));
+                let id = RunId(self.functions.next);
+                self.functions.next += 1;
+                self.wait_on(id, run, ticket.map(|t| (t, shape)), effect, now);
+                match ticket {
+                    Some(t) => Ok(Outcome::Pending(t)),
+                    None => Ok(Outcome::Reply(Response::json(
+                        202,
+                        json!({"status": "running"}).to_string(),
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Steps a run (first, or with an effect's answer) with the engine.
+    fn poll_run(&mut self, run: &mut Run, answer: Option<Resume>, now: Timestamp) -> Poll {
+        let f = &mut self.functions;
+        let mut random = |out: &mut [u8]| f.random.fill(out);
+        let mut world = World {
+            engine: &mut self.engine,
+            library: &mut f.store,
+            now,
+            random: &mut random,
+        };
+        match answer {
+            None => run.poll(&mut world),
+            Some(a) => run.resume(a, &mut world),
+        }
+    }
+
+    /// Parks a run on its effect.
+    fn wait_on(
+        &mut self,
+        id: RunId,
+        run: Run,
+        reply: Option<(Ticket, Shape)>,
+        effect: Effect,
+        now: Timestamp,
+    ) {
+        let deadline = run.deadline();
+        let waiting = match effect {
+            Effect::Sleep(d) => {
+                self.timers.set(
+                    ServerTimer::Function(id),
+                    Some(now.saturating_add(d).min(deadline)),
+                );
+                Waiting::Sleep
+            }
+            Effect::Http(call) => match self.start_http(id, &call, now) {
+                Ok(cid) => {
+                    self.timers.set(
+                        ServerTimer::Function(id),
+                        Some(now.saturating_add(call.timeout).min(deadline)),
+                    );
+                    Waiting::Call(cid)
+                }
+                Err(why) => {
+                    // Refused before it started: the run learns at once.
+                    self.functions.active.insert(
+                        id,
+                        Active {
+                            run,
+                            reply,
+                            waiting: Waiting::Sleep,
+                        },
+                    );
+                    self.resume_run(id, Resume::Http(Err(why)), now);
+                    return;
+                }
+            },
+        };
+        self.functions.active.insert(
+            id,
+            Active {
+                run,
+                reply,
+                waiting,
+            },
+        );
+    }
+
+    fn start_http(&mut self, id: RunId, call: &HttpCall, now: Timestamp) -> Result<CallId, String> {
+        let request = client::request(&call.method, &call.url, &call.headers, call.body.as_deref())
+            .map_err(|e| e.to_string())?;
+        if let Some(why) = refused_host(&request.target.host, &self.functions.http_allow) {
+            return Err(why);
+        }
+        let purpose = Purpose::Function {
+            run: id,
+            max_body: call.max_bytes,
+        };
+        self.calls
+            .start(request, purpose, now, &mut self.timers)
+            .map_err(|f| f.to_string())
+    }
+
+    /// Resumes a parked run with its effect's answer.
+    fn resume_run(&mut self, id: RunId, answer: Resume, now: Timestamp) {
+        let Some(mut active) = self.functions.active.remove(&id) else {
+            return;
+        };
+        self.timers.cancel(ServerTimer::Function(id));
+        let poll = self.poll_run(&mut active.run, Some(answer), now);
+        match poll {
+            Poll::Wait(effect) => self.wait_on(id, active.run, active.reply, effect, now),
+            Poll::Done(result) => self.run_done(active.reply, result, now),
+        }
+    }
+
+    /// A finished run: its writes are committed and its reply handed on.
+    fn run_done(
+        &mut self,
+        reply: Option<(Ticket, Shape)>,
+        result: Result<Finished>,
+        now: Timestamp,
+    ) {
+        let wait_for = self.finish_operation(now);
+        if let Some((ticket, shape)) = reply {
+            let response = self.run_reply(result, shape);
+            self.complete(ticket, response, wait_for);
+        } else if let Err(e) = &result {
+            self.note_at(
+                crate::config::LogLevel::Warn,
+                format!("a function run failed: {}", e.message),
+            );
+        }
+    }
+
+    /// The HTTP answer for a run's result.
+    fn run_reply(&mut self, result: Result<Finished>, shape: Shape) -> Response {
+        match result {
+            Err(e) => {
+                self.functions.finished_err += 1;
+                error_response(&e)
+            }
+            Ok(done) => {
+                self.functions.finished_ok += 1;
+                if shape == Shape::Route {
+                    if let Some((fields, status)) = &done.returned {
+                        return Response::json(*status, J::Object(fields.clone()).to_string());
+                    }
+                }
+                Response::json(200, result_json(&done).to_string())
+            }
+        }
+    }
+
+    /// Hands finished `HttpRequest` calls to their runs.
+    pub(super) fn pump_functions(&mut self, now: Timestamp) {
+        while !self.calls.function_results.is_empty() {
+            for (id, result) in std::mem::take(&mut self.calls.function_results) {
+                let answer = match result {
+                    Ok(r) => Ok((r.head.status, r.body)),
+                    Err(f) => Err(describe(&f)),
+                };
+                self.resume_run(id, Resume::Http(answer), now);
+            }
+        }
+    }
+
+    /// A run's timer: its sleep is over, or its call took too long.
+    pub(super) fn function_timeout(&mut self, id: RunId, now: Timestamp) {
+        let Some(active) = self.functions.active.get(&id) else {
+            return;
+        };
+        let over = now >= active.run.deadline();
+        match active.waiting {
+            Waiting::Sleep if !over => self.resume_run(id, Resume::Slept, now),
+            Waiting::Call(cid) => {
+                self.calls.cancel(cid, now, &mut self.timers);
+                self.resume_run(id, Resume::Http(Err("the request timed out".into())), now)
+            }
+            Waiting::Sleep => {
+                if let Some(mut a) = self.functions.active.remove(&id) {
+                    let result = match a
+                        .run
+                        .abort(Error::invalid("the function ran out of time (budget)"))
+                    {
+                        Poll::Done(r) => r,
+                        Poll::Wait(_) => Err(Error::internal("an aborted run waits")),
+                    };
+                    self.run_done(a.reply, result, now);
+                }
+            }
+        }
+    }
+
+    /// The connection behind these tickets went away: their runs go on
+    /// (their writes are the caller's intent) but answer nobody.
+    pub(super) fn forget_run_replies(&mut self, tickets: &[Ticket]) {
+        for a in self.functions.active.values_mut() {
+            if a.reply.is_some_and(|(t, _)| tickets.contains(&t)) {
+                a.reply = None;
+            }
+        }
+    }
+}
+
+fn describe(f: &CallFailure) -> String {
+    f.to_string()
+}
+
+/// `{"records": [...], "stats": {...}}` (G6): every key the strict clients
+/// require, integers as integers.
+pub fn result_json(done: &Finished) -> J {
+    let s = &done.stats;
+    json!({
+        "records": done.records,
+        "stats": {
+            "input_count": s.input_count,
+            "output_count": done.records.len(),
+            "execution_time_ms": s.execution_time_ms,
+            "stages_executed": s.stages_executed,
+            "stage_stats": s.stage_stats.iter().map(|st| json!({
+                "stage": st.stage,
+                "input_count": st.input_count,
+                "output_count": st.output_count,
+                "execution_time_ms": st.execution_time_ms,
+            })).collect::<Vec<_>>(),
+        }
+    })
+}
