@@ -345,3 +345,53 @@ write("dialect_frames", {
         {"tags": ["b"]}, {"query": "c", "limit": 3}, b"page=1&limit=2&sort=title", b""),
     "lanonasis_stream": b"\x05\x00" + msgs(b"events=memory.created,search.performed&filters[k]=v&heartbeat=1"),
 })
+
+# ----- function_definition: {"definition", "params", "seed"} as JSON -----
+
+def fn_input(functions, params=None, seed=None, **extra):
+    d = {"label": "f", "name": "f", "functions": functions}
+    d.update(extra)
+    return msg({"definition": d, "params": params or {}, "seed": seed or []})
+
+write("function_definition", {
+    "query_project": fn_input([
+        {"type": "Query", "collection": "seed", "filter": cond("n", "Gte", "{{min}}"),
+         "sort": [{"field": "n", "ascending": False}], "limit": "{{lim}}"},
+        {"type": "Project", "fields": ["n"], "exclude": False}],
+        {"min": 1, "lim": 2}, [{"n": 1}, {"n": 2}, {"n": 3}]),
+    "if_foreach": fn_input([
+        {"type": "FindAll", "collection": "seed"},
+        {"type": "If", "condition": {"type": "Not", "value": {"condition": {"type": "HasRecords"}}},
+         "then_functions": [{"type": "SetField", "field": "empty", "value": True}],
+         "else_functions": [{"type": "ForEach", "functions": [
+             {"type": "Insert", "collection": "out", "record": {"copy": "{{n}}", "s": "x-{{n}}"}}]}]}],
+        {}, [{"n": 1}, {"n": 2}]),
+    "recursion": fn_input([{"type": "CallFunction", "function_label": "f", "params": None}]),
+    "group_count": fn_input([
+        {"type": "FindAll", "collection": "seed"},
+        {"type": "Group", "by_fields": ["k"], "functions": [
+            {"output_field": "s", "operation": "sum", "input_field": "n"}]},
+        {"type": "Count", "output_field": "c"}], {}, [{"k": "a", "n": 1}, {"k": "a", "n": 2}]),
+    "http_try": fn_input([
+        {"type": "TryCatch", "try_functions": [
+            {"type": "HttpRequest", "url": "https://example.com/{{id}}", "method": "POST",
+             "body": {"id": {"type": "Parameter", "name": "id"}}}],
+         "catch_functions": [{"type": "SetField", "field": "err", "value": "{{e}}"}],
+         "output_error_field": "e"},
+        {"type": "Return", "fields": {"r": "{{http_response.n}}"}, "status_code": 201}], {"id": 7}),
+    "kv_crypto": fn_input([
+        {"type": "KvSet", "key": "k:{{id}}", "value": "{{id}}", "ttl": "1h"},
+        {"type": "KvGet", "key": "k:{{id}}"},
+        {"type": "HmacSign", "input": "{{value}}", "secret": "s", "output_field": "m"},
+        {"type": "JwtSign", "claims": {"sub": "{{m}}"}, "secret": "s", "output_field": "t"},
+        {"type": "JwtVerify", "token_field": "t", "secret": "s", "output_field": "c"},
+        {"type": "RateLimit", "key": "r", "limit": 1, "window_secs": 1, "on_exceed": "skip", "output_field": "rl"},
+        {"type": "Sleep", "duration_ms": 5}], {"id": "a"}),
+    "transaction": fn_input([
+        {"type": "Insert", "collection": "t", "record": {"a": 1}},
+        {"type": "CreateSavepoint", "name": "s"},
+        {"type": "DeleteById", "collection": "t", "record_id": "nope"},
+        {"type": "RollbackToSavepoint", "name": "s"}],
+        transaction_config={"enabled": True, "auto_rollback": True}),
+    "bad_stage": msg({"definition": {"label": "f", "name": "f", "functions": [{"type": "Nope"}]}}),
+})

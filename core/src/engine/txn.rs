@@ -542,6 +542,32 @@ impl Engine {
         Ok(record)
     }
 
+    /// Atomic actions (increment, push, ...) on the transaction's view of
+    /// a record, staged like an update.
+    pub fn tx_apply_actions(
+        &mut self,
+        tx: &str,
+        collection: &str,
+        id: &str,
+        steps: Vec<(super::actions::Action, String, Option<J>)>,
+        now: Timestamp,
+    ) -> Result<Record> {
+        self.tx_check_reads(tx, now)?;
+        let key: Key = (collection.into(), id.into());
+        self.observe(tx, &key, now)?;
+        let mut record = self
+            .tx_view(tx, &key, now)?
+            .ok_or_else(|| Error::not_found("Record not found"))?;
+        self.apply_steps(collection, &mut record, steps)?;
+        self.staging(tx)?.stage(
+            key,
+            Op::Put {
+                record: record.clone(),
+            },
+        );
+        Ok(record)
+    }
+
     pub fn tx_delete(
         &mut self,
         tx: &str,

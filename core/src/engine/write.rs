@@ -169,12 +169,26 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Found<'_>> {
         let mut record = self.live(collection, id, now)?.clone();
+        self.apply_steps(collection, &mut record, steps)?;
+        record.version = self.op_lsn();
+        self.store(collection, id, record, now)?;
+        self.found(collection, id)
+    }
+
+    /// Applies atomic actions to a copy of a record, each checked against
+    /// the collection's schema.
+    pub(super) fn apply_steps(
+        &mut self,
+        collection: &str,
+        record: &mut Record,
+        steps: Vec<(Action, String, Option<J>)>,
+    ) -> Result<()> {
         for (action, field, value) in steps {
             if field.is_empty() {
                 return Err(Error::invalid("an action needs a `field`"));
             }
             let key = self.interner.intern(&field);
-            actions::apply(&mut record, key, action, value.as_ref())?;
+            actions::apply(record, key, action, value.as_ref())?;
             if let Some(schema) = self
                 .collections
                 .get(collection)
@@ -185,9 +199,7 @@ impl Engine {
                 }
             }
         }
-        record.version = self.op_lsn();
-        self.store(collection, id, record, now)?;
-        self.found(collection, id)
+        Ok(())
     }
 
     /// Soft-deletes a record into the trash and returns it.

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value as J};
+use sha1::Sha1;
 use sha2::{Sha256, Sha384, Sha512};
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -102,9 +103,22 @@ pub fn slugify(input: &str) -> String {
 
 #[derive(Clone, Copy)]
 enum Sha {
+    S1,
     S256,
     S384,
     S512,
+}
+
+impl Sha {
+    /// The JWT `alg` name (SHA-1 is TOTP's only: `sha` never picks it for a JWT).
+    fn jwt_name(self) -> &'static str {
+        match self {
+            Sha::S1 => "HS1",
+            Sha::S256 => "HS256",
+            Sha::S384 => "HS384",
+            Sha::S512 => "HS512",
+        }
+    }
 }
 
 fn sha(name: Option<&str>, jwt: bool) -> Result<Sha> {
@@ -131,6 +145,7 @@ fn mac(alg: Sha, secret: &[u8], input: &[u8]) -> Vec<u8> {
         m.finalize().into_bytes().to_vec()
     }
     match alg {
+        Sha::S1 => run::<Hmac<Sha1>>(secret, input),
         Sha::S256 => run::<Hmac<Sha256>>(secret, input),
         Sha::S384 => run::<Hmac<Sha384>>(secret, input),
         Sha::S512 => run::<Hmac<Sha512>>(secret, input),
@@ -169,6 +184,87 @@ pub fn hmac_verify(
     Ok(constant_eq(expected.as_bytes(), provided.trim().as_bytes()))
 }
 
+/// RFC 4648 base32 (the alphabet authenticator apps use for TOTP
+/// secrets); spaces, case and padding are forgiven.
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for c in text.bytes().filter(|c| !matches!(c, b' ' | b'-' | b'=')) {
+        let v = match c.to_ascii_uppercase() {
+            c @ b'A'..=b'Z' => c - b'A',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The TOTP parameters of a stage (RFC 6238).
+pub struct Totp<'a> {
+    pub secret: &'a str,
+    pub digits: Option<u32>,
+    pub period: Option<u64>,
+    pub algorithm: Option<&'a str>,
+}
+
+impl Totp<'_> {
+    fn parts(&self) -> Result<(Vec<u8>, u32, u64, Sha)> {
+        let key = base32_decode(self.secret)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Error::invalid("a TOTP secret must be base32 (RFC 4648)"))?;
+        let digits = self.digits.unwrap_or(6);
+        if !(6..=10).contains(&digits) {
+            return Err(Error::invalid("TOTP digits must be 6 to 10"));
+        }
+        let period = self.period.unwrap_or(30);
+        if period == 0 {
+            return Err(Error::invalid("a TOTP period must be at least 1 second"));
+        }
+        let alg = match self.algorithm.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("sha1") => Sha::S1,
+            other => sha(other, false)?,
+        };
+        Ok((key, digits, period, alg))
+    }
+
+    fn code_at(key: &[u8], digits: u32, alg: Sha, counter: u64) -> String {
+        let h = mac(alg, key, &counter.to_be_bytes());
+        let at = usize::from(h[h.len() - 1] & 0x0f);
+        let bin = u32::from_be_bytes([h[at] & 0x7f, h[at + 1], h[at + 2], h[at + 3]]);
+        let code = u64::from(bin) % 10u64.pow(digits);
+        format!("{code:0width$}", width = digits as usize)
+    }
+
+    /// The code for the time step holding `now_secs`.
+    pub fn generate(&self, now_secs: i64) -> Result<String> {
+        let (key, digits, period, alg) = self.parts()?;
+        let counter = now_secs.max(0) as u64 / period;
+        Ok(Self::code_at(&key, digits, alg, counter))
+    }
+
+    /// Whether `code` is the code of this step or one within `skew` steps.
+    pub fn verify(&self, code: &str, skew: u8, now_secs: i64) -> Result<bool> {
+        let (key, digits, period, alg) = self.parts()?;
+        let counter = now_secs.max(0) as u64 / period;
+        let code = code.trim();
+        let lo = counter.saturating_sub(u64::from(skew));
+        let hi = counter.saturating_add(u64::from(skew));
+        Ok((lo..=hi).fold(false, |ok, c| {
+            ok | constant_eq(
+                Self::code_at(&key, digits, alg, c).as_bytes(),
+                code.as_bytes(),
+            )
+        }))
+    }
+}
+
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -182,11 +278,7 @@ pub fn jwt_sign(
     now_secs: i64,
 ) -> Result<String> {
     let alg = sha(algorithm, true)?;
-    let name = match alg {
-        Sha::S256 => "HS256",
-        Sha::S384 => "HS384",
-        Sha::S512 => "HS512",
-    };
+    let name = alg.jwt_name();
     let mut claims = claims.clone();
     if let Some(ttl) = expires_in_secs {
         claims.insert("iat".into(), J::from(now_secs));
@@ -210,11 +302,7 @@ pub fn jwt_verify(token: &str, secret: &str, algorithm: Option<&str>, now_secs: 
             return None;
         }
         let header: J = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).ok()?).ok()?;
-        let expected = match alg {
-            Sha::S256 => "HS256",
-            Sha::S384 => "HS384",
-            Sha::S512 => "HS512",
-        };
+        let expected = alg.jwt_name();
         if header.get("alg").and_then(J::as_str) != Some(expected) {
             return None;
         }
@@ -278,5 +366,40 @@ mod tests {
         let u = uuid_v4([0xff; 16]);
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn totp_matches_rfc_6238_vectors() {
+        let keys = [
+            ("sha1", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+            ("sha256", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZA===="),
+            ("sha512", "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQGEZDGNA="),
+        ];
+        let table: [(i64, [&str; 3]); 3] = [
+            (59, ["94287082", "46119246", "90693936"]),
+            (1_111_111_109, ["07081804", "68084774", "25091201"]),
+            (20_000_000_000, ["65353130", "77737706", "47863826"]),
+        ];
+        for (t, codes) in table {
+            for ((alg, secret), code) in keys.iter().zip(codes) {
+                let totp = Totp {
+                    secret,
+                    digits: Some(8),
+                    period: None,
+                    algorithm: Some(alg),
+                };
+                assert_eq!(totp.generate(t).unwrap(), code, "{alg} at {t}");
+                assert!(totp.verify(code, 0, t).unwrap());
+                assert!(totp.verify(code, 1, t + 30).unwrap(), "one step of skew");
+                assert!(!totp.verify(code, 0, t + 30).unwrap());
+            }
+        }
+        let bad = Totp {
+            secret: "not base32!",
+            digits: None,
+            period: None,
+            algorithm: None,
+        };
+        assert!(bad.generate(0).is_err());
     }
 }

@@ -6,8 +6,9 @@
 use super::crypto;
 use super::definition::{Stage, StageFilter};
 use super::scope::{plain, text, Doc, Scope};
+use crate::engine::actions::Action;
 use crate::engine::query::FindQuery;
-use crate::engine::record::RecordOut;
+use crate::engine::record::{Record, RecordOut};
 use crate::engine::{parse_ttl, Engine, Found};
 use crate::error::{Error, ErrorKind, Result};
 use crate::time::Timestamp;
@@ -18,6 +19,9 @@ use serde_json::{json, Map, Value as J};
 pub struct Store<'a> {
     pub engine: &'a mut Engine,
     pub now: Timestamp,
+    /// The run's transaction (`transaction_config.enabled`): record reads
+    /// and writes go through it and become visible only at its commit.
+    pub tx: Option<&'a str>,
 }
 
 /// What a stage produced.
@@ -50,30 +54,89 @@ fn absent_is_empty(r: Result<Vec<Doc>>) -> Result<Vec<Doc>> {
 impl Store<'_> {
     fn find(&mut self, collection: &str, body: &J) -> Result<Vec<Doc>> {
         let q = FindQuery::parse(body)?;
+        let now = self.now;
+        if let Some(tx) = self.tx {
+            let rows = absent_is_empty(self.engine.tx_find(tx, collection, &q, now).map(|rows| {
+                rows.into_iter()
+                    .map(|(id, r)| self.staged(collection, &id, &r))
+                    .collect()
+            }));
+            return rows;
+        }
         absent_is_empty(
             self.engine
-                .find(collection, &q, self.now)
+                .find(collection, &q, now)
                 .map(|rows| rows.into_iter().map(|r| doc(r.found)).collect()),
         )
     }
 
+    /// A record as the transaction sees it, in the output shape.
+    fn staged(&self, collection: &str, id: &str, r: &Record) -> Doc {
+        let pk = self.engine.pk_name(collection);
+        match serde_json::to_value(RecordOut::new(pk, id, r)) {
+            Ok(J::Object(o)) => o,
+            _ => Map::new(),
+        }
+    }
+
     fn get(&mut self, collection: &str, id: &str) -> Result<Vec<Doc>> {
+        let now = self.now;
+        if let Some(tx) = self.tx {
+            let r = self.engine.tx_find_by_id(tx, collection, id, now);
+            return absent_is_empty(r.map(|r| vec![self.staged(collection, id, &r)]));
+        }
         absent_is_empty(
             self.engine
-                .find_by_id(collection, id, self.now)
+                .find_by_id(collection, id, now)
                 .map(|f| vec![doc(f)]),
         )
     }
 
     fn insert(&mut self, collection: &str, record: J, ttl: Option<J>) -> Result<Doc> {
         let record = with_ttl(record, ttl)?;
+        if let Some(tx) = self.tx {
+            let id = self.engine.tx_insert(tx, collection, record, self.now)?;
+            let r = self.engine.tx_find_by_id(tx, collection, &id, self.now)?;
+            return Ok(self.staged(collection, &id, &r));
+        }
         let id = self.engine.insert(collection, record, self.now)?;
         self.engine.find_by_id(collection, &id, self.now).map(doc)
     }
 
     fn update(&mut self, collection: &str, id: &str, patch: J, ttl: Option<J>) -> Result<Doc> {
         let patch = with_ttl(patch, ttl)?;
+        if let Some(tx) = self.tx {
+            let r = self.engine.tx_update(tx, collection, id, patch, self.now)?;
+            return Ok(self.staged(collection, id, &r));
+        }
         self.engine.update(collection, id, patch, self.now).map(doc)
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
+        match self.tx {
+            Some(tx) => self
+                .engine
+                .tx_delete(tx, collection, id, self.now)
+                .map(drop),
+            None => self.engine.delete(collection, id, self.now).map(drop),
+        }
+    }
+
+    fn actions(
+        &mut self,
+        collection: &str,
+        id: &str,
+        steps: Vec<(Action, String, Option<J>)>,
+    ) -> Result<Doc> {
+        if let Some(tx) = self.tx {
+            let r = self
+                .engine
+                .tx_apply_actions(tx, collection, id, steps, self.now)?;
+            return Ok(self.staged(collection, id, &r));
+        }
+        self.engine
+            .apply_actions(collection, id, steps, self.now)
+            .map(doc)
     }
 }
 
@@ -240,16 +303,12 @@ pub fn run(
                 value,
                 ..
             } => {
-                let a = crate::engine::actions::Action::parse(&s(action)?)?;
+                let a = Action::parse(&s(action)?)?;
                 let value = r(value)?;
                 let value = (!value.is_null()).then_some(value);
-                let f = store.engine.apply_actions(
-                    &s(collection)?,
-                    &s(record_id)?,
-                    vec![(a, s(field)?, value)],
-                    now,
-                )?;
-                Ok(Out::Ws(vec![doc(f)]))
+                let f =
+                    store.actions(&s(collection)?, &s(record_id)?, vec![(a, s(field)?, value)])?;
+                Ok(Out::Ws(vec![f]))
             }
             Stage::Increment {
                 collection,
@@ -262,14 +321,13 @@ pub fn run(
                     Some(b) => r(b)?,
                     None => json!(1),
                 };
-                let a = crate::engine::actions::Action::parse("increment")?;
-                let f = store.engine.apply_actions(
+                let a = Action::parse("increment")?;
+                let f = store.actions(
                     &s(collection)?,
                     &s(record_id)?,
                     vec![(a, s(field)?, Some(by))],
-                    now,
                 )?;
-                Ok(Out::Ws(vec![doc(f)]))
+                Ok(Out::Ws(vec![f]))
             }
             Stage::Push {
                 collection,
@@ -278,14 +336,13 @@ pub fn run(
                 value,
                 ..
             } => {
-                let a = crate::engine::actions::Action::parse("push")?;
-                let f = store.engine.apply_actions(
+                let a = Action::parse("push")?;
+                let f = store.actions(
                     &s(collection)?,
                     &s(record_id)?,
                     vec![(a, s(field)?, Some(r(value)?))],
-                    now,
                 )?;
-                Ok(Out::Ws(vec![doc(f)]))
+                Ok(Out::Ws(vec![f]))
             }
             Stage::Upsert {
                 collection,
@@ -312,7 +369,7 @@ pub fn run(
                 let c = s(collection)?;
                 let body = json!({"filter": filter_body(scope, ws, filter)?});
                 for m in store.find(&c, &body)? {
-                    store.engine.delete(&c, &record_id(&m)?, now)?;
+                    store.delete(&c, &record_id(&m)?)?;
                 }
                 Ok(Out::Ws(Vec::new()))
             }
@@ -321,7 +378,7 @@ pub fn run(
                 record_id,
                 ..
             } => {
-                store.engine.delete(&s(collection)?, &s(record_id)?, now)?;
+                store.delete(&s(collection)?, &s(record_id)?)?;
                 Ok(Out::Ws(Vec::new()))
             }
             Stage::BatchDelete {
@@ -331,7 +388,7 @@ pub fn run(
             } => {
                 let c = s(collection)?;
                 for id in record_ids {
-                    store.engine.delete(&c, &s(id)?, now)?;
+                    store.delete(&c, &s(id)?)?;
                 }
                 Ok(Out::Ws(Vec::new()))
             }
@@ -558,6 +615,41 @@ pub fn run(
                     output_field,
                     crypto::jwt_verify(&token, &s(secret)?, algorithm.as_deref(), now.secs()),
                 )
+            }
+            Stage::TotpGenerate {
+                secret,
+                digits,
+                period,
+                algorithm,
+                output_field,
+            } => {
+                let secret = s(secret)?;
+                let totp = crypto::Totp {
+                    secret: &secret,
+                    digits: *digits,
+                    period: *period,
+                    algorithm: algorithm.as_deref(),
+                };
+                out(output_field, J::String(totp.generate(now.secs())?))
+            }
+            Stage::TotpVerify {
+                code,
+                secret,
+                digits,
+                period,
+                algorithm,
+                skew,
+                output_field,
+            } => {
+                let secret = s(secret)?;
+                let totp = crypto::Totp {
+                    secret: &secret,
+                    digits: *digits,
+                    period: *period,
+                    algorithm: algorithm.as_deref(),
+                };
+                let ok = totp.verify(&s(code)?, skew.unwrap_or(1), now.secs())?;
+                out(output_field, J::Bool(ok))
             }
             Stage::IdempotencyClaim {
                 key,

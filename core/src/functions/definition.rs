@@ -1035,7 +1035,7 @@ fn check_route(def: &Definition) -> Result<()> {
         (Some(m), Some(p)) => {
             if !ROUTE_METHODS.iter().any(|r| r.eq_ignore_ascii_case(m)) {
                 return Err(Error::invalid(format!(
-                    "`http_method` must be one of {}",
+                    "`http_method` `{m}` is not one of {}",
                     ROUTE_METHODS.join(", ")
                 )));
             }

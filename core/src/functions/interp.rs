@@ -12,6 +12,13 @@
 //!
 //! Budgets bound every run: stages executed, wall time, `CallFunction`
 //! depth, working-set size and HTTP response size.
+//!
+//! With `transaction_config.enabled` a run opens an engine transaction
+//! before its first stage: record reads and writes (its own and those of
+//! the functions it calls) go through it, it commits when the run
+//! succeeds and rolls back when the run fails for any reason (an error, a
+//! budget, a conflict), so a failed run leaves no record written. The KV
+//! store, locks and rate limits are not transactional.
 
 use super::condition;
 use super::data::{self, Store};
@@ -202,6 +209,15 @@ pub struct Run {
     waiting: Option<Waiting>,
     returned: Option<(Map<String, J>, u16)>,
     label: String,
+    tx: Txn,
+}
+
+/// The run's engine transaction.
+enum Txn {
+    None,
+    /// `transaction_config.enabled`, not opened yet (with its isolation).
+    Wanted(Option<String>),
+    Open(String),
 }
 
 /// A call's parameters with the definition's defaults applied; a missing
@@ -256,6 +272,10 @@ impl Run {
             waiting: None,
             returned: None,
             label: def.label.clone(),
+            tx: match &def.transaction_config {
+                Some(c) if c.enabled => Txn::Wanted(c.isolation_level.clone()),
+                _ => Txn::None,
+            },
         })
     }
 
@@ -278,21 +298,68 @@ impl Run {
             Ok(ws) => self.advance(ws, w.now),
             Err(e) => {
                 if let Some(e) = self.unwind(e, w.now) {
-                    return Poll::Done(Err(e));
+                    return self.settle(Poll::Done(Err(e)), w);
                 }
             }
         }
         self.poll(w)
     }
 
-    /// The run stopped from outside (its wall time ran out while waiting).
-    pub fn abort(&mut self, why: Error) -> Poll {
+    /// The run stopped from outside (its wall time ran out while waiting):
+    /// its transaction, if any, is rolled back.
+    pub fn abort(&mut self, why: Error, engine: &mut Engine) -> Poll {
         self.frames.clear();
+        if let Txn::Open(tx) = std::mem::replace(&mut self.tx, Txn::None) {
+            let _ = engine.tx_rollback(&tx);
+        }
         Poll::Done(Err(why))
     }
 
     /// Steps until the run finishes or needs an effect.
     pub fn poll(&mut self, w: &mut World<'_>) -> Poll {
+        if let Txn::Wanted(isolation) = &self.tx {
+            let owner = crate::engine::txn::Owner {
+                key: format!("function {}", self.label),
+                address: None,
+            };
+            match w.engine.tx_begin(isolation.as_deref(), owner, w.now) {
+                Ok((id, _)) => self.tx = Txn::Open(id),
+                Err(e) => {
+                    self.frames.clear();
+                    self.tx = Txn::None;
+                    return Poll::Done(Err(e));
+                }
+            }
+        }
+        let p = self.step(w);
+        self.settle(p, w)
+    }
+
+    /// A finished run's transaction commits (its result stands only if the
+    /// commit does) or, after a failure, rolls back.
+    fn settle(&mut self, p: Poll, w: &mut World<'_>) -> Poll {
+        let Poll::Done(result) = p else { return p };
+        let Txn::Open(tx) = std::mem::replace(&mut self.tx, Txn::None) else {
+            return Poll::Done(result);
+        };
+        Poll::Done(match result {
+            Ok(done) => w.engine.tx_commit(&tx, w.now).map(|_| done),
+            Err(e) => {
+                let _ = w.engine.tx_rollback(&tx);
+                Err(e)
+            }
+        })
+    }
+
+    fn tx_id(&self) -> Option<String> {
+        match &self.tx {
+            Txn::Open(id) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    /// Steps until the run finishes or needs an effect.
+    fn step(&mut self, w: &mut World<'_>) -> Poll {
         loop {
             if self.waiting.is_some() {
                 return Poll::Done(Err(Error::internal("a run was polled while waiting")));
@@ -515,9 +582,11 @@ impl Run {
         scope: &mut Scope,
         w: &mut World<'_>,
     ) -> Result<Flow> {
+        let tx = self.tx_id();
         let mut store = Store {
             engine: w.engine,
             now: w.now,
+            tx: tx.as_deref(),
         };
         if let Some(out) = data::run(stage, &ws, scope, &mut store, w.random) {
             return Ok(match out? {
@@ -789,6 +858,22 @@ impl Run {
                         url,
                     },
                 )
+            }
+            Stage::CreateSavepoint { name }
+            | Stage::RollbackToSavepoint { name }
+            | Stage::ReleaseSavepoint { name } => {
+                let Some(tx) = tx else {
+                    return Err(Error::invalid(
+                        "savepoints need the function's transaction (transaction_config.enabled)",
+                    ));
+                };
+                let name = scope.string(name, &ws)?;
+                match stage {
+                    Stage::CreateSavepoint { .. } => w.engine.tx_savepoint(&tx, &name)?,
+                    Stage::RollbackToSavepoint { .. } => w.engine.tx_rollback_to(&tx, &name)?,
+                    _ => w.engine.tx_release(&tx, &name)?,
+                }
+                Flow::Ws(ws)
             }
             other => {
                 return Err(Error::not_implemented(&format!(

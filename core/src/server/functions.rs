@@ -351,10 +351,10 @@ impl Server {
             }
             Waiting::Sleep => {
                 if let Some(mut a) = self.functions.active.remove(&id) {
-                    let result = match a
-                        .run
-                        .abort(Error::invalid("the function ran out of time (budget)"))
-                    {
+                    let result = match a.run.abort(
+                        Error::invalid("the function ran out of time (budget)"),
+                        &mut self.engine,
+                    ) {
                         Poll::Done(r) => r,
                         Poll::Wait(_) => Err(Error::internal("an aborted run waits")),
                     };
