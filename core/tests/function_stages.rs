@@ -16,7 +16,7 @@ use tidepool_core::engine::query::FindQuery;
 use tidepool_core::engine::Engine;
 use tidepool_core::functions::definition::{self, Definition};
 use tidepool_core::functions::interp::{Library, World};
-use tidepool_core::functions::{Budget, Effect, Poll, Resume, Run};
+use tidepool_core::functions::{Budget, Effect, Embedder, Poll, Resume, Run};
 use tidepool_core::time::Timestamp;
 
 /// 2026-01-01T00:00:00Z.
@@ -53,6 +53,8 @@ struct Case {
     effects: (usize, usize),
     /// The run's clock (T0 unless set).
     now: Option<Timestamp>,
+    /// An embedding provider's base URL (the offline embedder otherwise).
+    embed_url: Option<&'static str>,
 }
 
 /// Typed envelopes unwrapped, record ids dropped (at the top level).
@@ -91,6 +93,9 @@ fn matches(expected: &Value, actual: &Value) -> bool {
                 }
                 "~rfc3339" => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
                 "~jwt" => s.split('.').count() == 3,
+                p if p.starts_with("~vec:") => a.as_array().is_some_and(|v| {
+                    v.len() == p[5..].parse::<usize>().unwrap() && v.iter().all(Value::is_number)
+                }),
                 p if p.starts_with("~hex:") => {
                     s.len() == p[5..].parse::<usize>().unwrap() && hex(s)
                 }
@@ -187,9 +192,15 @@ fn check(case: &Case) {
             *b = counter;
         }
     };
+    let embedder = Embedder {
+        url: case.embed_url.unwrap_or("").to_string(),
+        model: "text-embedding-3-small".into(),
+        ..Embedder::default()
+    };
     let result = match Run::new(&def, params, Arc::default(), Budget::default(), now) {
         Err(e) => Err(e),
-        Ok(mut run) => {
+        Ok(run) => {
+            let mut run = run.with_embedder(Arc::new(embedder));
             let (mut http, mut sleeps) = (0, 0);
             let mut answer: Option<Resume> = None;
             loop {
@@ -833,6 +844,40 @@ fn external_calls_and_kv() {
 }
 
 #[test]
+fn embeddings() {
+    for case in [
+        Case {
+            name: "Embed with the offline embedder, from the parameters",
+            params: json!({"text": "hello world"}),
+            stages: json!([{"type": "Embed", "input_field": "text", "output_field": "v"}]),
+            out: json!([{"text": "hello world", "v": "~vec:384"}]),
+            ..Case::default()
+        },
+        Case {
+            name: "Embed each record through the provider",
+            seed: json!({"docs": [{"t": "a"}, {"t": "b"}]}),
+            embed_url: Some("http://embedder.internal/v1"),
+            http: json!({"data": [{"embedding": [0.5, 0.5]}, {"embedding": [0.5, 0.5]}]}),
+            stages: json!([{"type": "FindAll", "collection": "docs"},
+                {"type": "Embed", "input_field": "t", "output_field": "v"}]),
+            out: json!([{"t": "a", "v": [0.5, 0.5]}, {"t": "b", "v": [0.5, 0.5]}]),
+            effects: (1, 0),
+            ..Case::default()
+        },
+        Case {
+            name: "Embed refuses a record without text",
+            seed: json!({"docs": [{"x": 1}]}),
+            stages: json!([{"type": "FindAll", "collection": "docs"},
+                {"type": "Embed", "input_field": "t", "output_field": "v"}]),
+            err: Some((400, "no text at `t`")),
+            ..Case::default()
+        },
+    ] {
+        check(&case);
+    }
+}
+
+#[test]
 fn crypto_and_encodings() {
     for case in [
         Case {
@@ -887,6 +932,28 @@ fn crypto_and_encodings() {
             ..Case::default()
         },
         Case {
+            name: "AesEncrypt and AesDecrypt (AES-256-GCM)",
+            params: json!({"k": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"}),
+            stages: json!([
+                {"type": "AesEncrypt", "plaintext": "attack at dawn", "key": "{{k}}",
+                 "output_field": "sealed"},
+                {"type": "AesDecrypt", "ciphertext_field": "sealed", "key": "{{k}}",
+                 "output_field": "opened"},
+                {"type": "AesDecrypt", "ciphertext_field": "sealed",
+                 "key": "ff0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                 "output_field": "wrong_key"},
+                {"type": "Project", "fields": ["opened", "wrong_key"], "exclude": false}]),
+            out: json!([{"opened": "attack at dawn", "wrong_key": null}]),
+            ..Case::default()
+        },
+        Case {
+            name: "AesEncrypt refuses a short key",
+            stages: json!([{"type": "AesEncrypt", "plaintext": "x", "key": "abcd",
+                "output_field": "sealed"}]),
+            err: Some((400, "32 bytes")),
+            ..Case::default()
+        },
+        Case {
             name: "Slugify",
             stages: json!([{"type": "Slugify", "input": "Héllo World", "output_field": "s"}]),
             out: json!([{"s": "hello-world"}]),
@@ -918,10 +985,6 @@ fn stages_not_run_yet_say_so() {
         (
             "Chat",
             json!({"type": "Chat", "messages": [{"role": "user", "content": "hi"}]}),
-        ),
-        (
-            "Embed",
-            json!({"type": "Embed", "input_field": "t", "output_field": "v"}),
         ),
         (
             "EmailSend",

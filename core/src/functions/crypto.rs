@@ -184,6 +184,56 @@ pub fn hmac_verify(
     Ok(constant_eq(expected.as_bytes(), provided.trim().as_bytes()))
 }
 
+/// A 256-bit AES key written as hex (the default) or base64.
+fn aes_key(key: &str, encoding: Option<&str>) -> Result<[u8; 32]> {
+    let bytes = match encoding.unwrap_or("hex") {
+        "hex" => unhex(key.trim()),
+        "base64" => STANDARD.decode(key.trim()).ok(),
+        other => {
+            return Err(Error::invalid(format!(
+                "unknown key_encoding `{other}` (hex or base64)"
+            )))
+        }
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::invalid("an AES key must be 32 bytes (AES-256), as hex or base64"))
+}
+
+/// AES-256-GCM: `{"ciphertext": base64, "nonce": base64}` (the tag is the
+/// ciphertext's last 16 bytes).
+pub fn aes_encrypt(
+    plaintext: &str,
+    key: &str,
+    encoding: Option<&str>,
+    nonce: [u8; 12],
+) -> Result<J> {
+    use aes_gcm::aead::{Aead, KeyInit as _};
+    let cipher = aes_gcm::Aes256Gcm::new(&aes_key(key, encoding)?.into());
+    let sealed = cipher
+        .encrypt(&nonce.into(), plaintext.as_bytes())
+        .map_err(|_| Error::internal("AES-GCM refused to encrypt"))?;
+    Ok(serde_json::json!({
+        "ciphertext": STANDARD.encode(sealed),
+        "nonce": STANDARD.encode(nonce),
+    }))
+}
+
+/// The plaintext of `aes_encrypt`'s output, or `null` when the key, the
+/// nonce or the tag does not match (or the text is not UTF-8).
+pub fn aes_decrypt(sealed: &J, key: &str, encoding: Option<&str>) -> Result<J> {
+    use aes_gcm::aead::{Aead, KeyInit as _};
+    let cipher = aes_gcm::Aes256Gcm::new(&aes_key(key, encoding)?.into());
+    let open = || -> Option<String> {
+        let ct = STANDARD.decode(sealed.get("ciphertext")?.as_str()?).ok()?;
+        let nonce = STANDARD.decode(sealed.get("nonce")?.as_str()?).ok()?;
+        let nonce = <[u8; 12]>::try_from(nonce).ok()?;
+        let plain = cipher.decrypt(&nonce.into(), ct.as_slice()).ok()?;
+        String::from_utf8(plain).ok()
+    };
+    Ok(open().map_or(J::Null, J::String))
+}
+
 /// RFC 4648 base32 (the alphabet authenticator apps use for TOTP
 /// secrets); spaces, case and padding are forgiven.
 pub fn base32_decode(text: &str) -> Option<Vec<u8>> {

@@ -616,6 +616,32 @@ pub fn run(
                     crypto::jwt_verify(&token, &s(secret)?, algorithm.as_deref(), now.secs()),
                 )
             }
+            Stage::AesEncrypt {
+                plaintext,
+                key,
+                key_encoding,
+                output_field,
+            } => {
+                let mut nonce = [0u8; 12];
+                random(&mut nonce);
+                let sealed =
+                    crypto::aes_encrypt(&s(plaintext)?, &s(key)?, key_encoding.as_deref(), nonce)?;
+                out(output_field, sealed)
+            }
+            Stage::AesDecrypt {
+                ciphertext_field,
+                key,
+                key_encoding,
+                output_field,
+            } => {
+                let sealed = if ciphertext_field.contains("{{") {
+                    r(&J::String(ciphertext_field.clone()))?
+                } else {
+                    scope.lookup(ciphertext_field, ws)?.unwrap_or(J::Null)
+                };
+                let plain = crypto::aes_decrypt(plain(&sealed), &s(key)?, key_encoding.as_deref())?;
+                out(output_field, plain)
+            }
             Stage::TotpGenerate {
                 secret,
                 digits,

@@ -84,6 +84,30 @@ pub struct HttpCall {
     pub body: Option<Vec<u8>>,
     pub timeout: Duration,
     pub max_bytes: usize,
+    /// An endpoint the operator configured (the embedding provider): the
+    /// private-address rule for user URLs does not apply.
+    pub trusted: bool,
+}
+
+/// Where the `Embed` stage gets vectors: the built-in offline embedder, or
+/// the operator's OpenAI-compatible provider (`--embed-url`).
+#[derive(Clone, Debug)]
+pub struct Embedder {
+    pub url: String,
+    pub api_key: String,
+    pub model: String,
+    pub dimensions: usize,
+}
+
+impl Default for Embedder {
+    fn default() -> Self {
+        Embedder {
+            url: String::new(),
+            api_key: String::new(),
+            model: String::new(),
+            dimensions: 384,
+        }
+    }
 }
 
 /// What the server brings back for an effect.
@@ -182,6 +206,10 @@ enum Waiting {
         url: String,
     },
     Sleep,
+    /// `Embed`: the provider's vectors go to `output_field` of each record.
+    Embed {
+        output_field: String,
+    },
 }
 
 /// What one stage did.
@@ -210,6 +238,7 @@ pub struct Run {
     returned: Option<(Map<String, J>, u16)>,
     label: String,
     tx: Txn,
+    embedder: Arc<Embedder>,
 }
 
 /// The run's engine transaction.
@@ -272,11 +301,18 @@ impl Run {
             waiting: None,
             returned: None,
             label: def.label.clone(),
+            embedder: Arc::default(),
             tx: match &def.transaction_config {
                 Some(c) if c.enabled => Txn::Wanted(c.isolation_level.clone()),
                 _ => Txn::None,
             },
         })
+    }
+
+    /// The embedding source `Embed` stages use (offline by default).
+    pub fn with_embedder(mut self, embedder: Arc<Embedder>) -> Run {
+        self.embedder = embedder;
+        self
     }
 
     pub fn label(&self) -> &str {
@@ -859,6 +895,19 @@ impl Run {
                     },
                 )
             }
+            Stage::Embed {
+                input_field,
+                output_field,
+                model,
+            } => {
+                let input = scope.string(input_field, &ws)?.into_owned();
+                let output = scope.string(output_field, &ws)?.into_owned();
+                let model = match model {
+                    Some(m) => Some(scope.string(m, &ws)?.into_owned()),
+                    None => None,
+                };
+                return self.embed(scope, ws, &input, &output, model.as_deref());
+            }
             Stage::CreateSavepoint { name }
             | Stage::RollbackToSavepoint { name }
             | Stage::ReleaseSavepoint { name } => {
@@ -944,7 +993,78 @@ impl Run {
             body,
             timeout,
             max_bytes: self.budget.max_response_bytes,
+            trusted: false,
         })
+    }
+
+    /// `Embed`: the text at `input_field` of every record (one record of
+    /// the parameters when there are none) becomes a vector, here with the
+    /// offline embedder or through the provider as an effect.
+    fn embed(
+        &mut self,
+        scope: &mut Scope,
+        mut ws: Vec<Doc>,
+        input_field: &str,
+        output_field: &str,
+        model: Option<&str>,
+    ) -> Result<Flow> {
+        if ws.is_empty() {
+            ws.push(scope.params.clone());
+        }
+        let texts = ws
+            .iter()
+            .map(|d| {
+                let one = std::slice::from_ref(d);
+                Ok(match scope.lookup(input_field, one)? {
+                    Some(J::String(t)) => t,
+                    Some(J::Null) | None => {
+                        return Err(Error::invalid(format!(
+                            "a record has no text at `{input_field}`"
+                        )))
+                    }
+                    Some(other) => other.to_string(),
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let e = self.embedder.clone();
+        let model = model.filter(|m| !m.is_empty());
+        let offline_name = |m: &str| m.starts_with("tidepool") || matches!(m, "offline" | "local");
+        if e.url.is_empty() || model.is_some_and(offline_name) {
+            let dim = e.dimensions.clamp(8, 4096);
+            for (d, t) in ws.iter_mut().zip(&texts) {
+                let v = tidepool_search::embed(t, dim);
+                d.insert(output_field.to_string(), json!(v));
+            }
+            return Ok(Flow::Ws(ws));
+        }
+        let model = model.map_or_else(|| e.model.clone(), str::to_string);
+        let body = json!({"model": model, "input": texts})
+            .to_string()
+            .into_bytes();
+        let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+        if !e.api_key.is_empty() {
+            headers.push(("Authorization".into(), format!("Bearer {}", e.api_key)));
+        }
+        let remaining = self
+            .deadline()
+            .since(self.started)
+            .max(Duration::from_secs(1));
+        let call = HttpCall {
+            method: "POST".into(),
+            url: format!("{}/embeddings", e.url.trim_end_matches('/')),
+            headers,
+            body: Some(body),
+            timeout: Duration::from_secs(30).min(remaining),
+            max_bytes: 64 << 20,
+            trusted: true,
+        };
+        self.put(ws);
+        Ok(Flow::Wait(
+            Effect::Http(call),
+            Waiting::Embed {
+                output_field: output_field.to_string(),
+            },
+        ))
     }
 
     fn finish_wait(
@@ -960,6 +1080,46 @@ impl Run {
             .unwrap_or_default();
         match (waiting, answer) {
             (Waiting::Sleep, _) => Ok(ws),
+            (Waiting::Embed { output_field }, Resume::Http(result)) => {
+                let (status, body) = result
+                    .map_err(|e| Error::invalid(format!("embedding provider unreachable: {e}")))?;
+                let detail = || {
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                };
+                if status != 200 {
+                    return Err(Error::new(
+                        ErrorKind::BadGateway,
+                        format!("the embedding provider answered {status}: {}", detail()),
+                    ));
+                }
+                let parsed: J = serde_json::from_slice(&body).unwrap_or(J::Null);
+                let vectors: Vec<&J> = parsed
+                    .get("data")
+                    .and_then(J::as_array)
+                    .map(|items| items.iter().filter_map(|i| i.get("embedding")).collect())
+                    .unwrap_or_default();
+                if vectors.len() != ws.len() || !vectors.iter().all(|v| v.is_array()) {
+                    return Err(Error::new(
+                        ErrorKind::BadGateway,
+                        format!(
+                            "the embedding provider sent {} vectors for {} texts: {}",
+                            vectors.len(),
+                            ws.len(),
+                            detail()
+                        ),
+                    ));
+                }
+                for (d, v) in ws.iter_mut().zip(vectors) {
+                    d.insert(output_field.clone(), v.clone());
+                }
+                Ok(ws)
+            }
+            (Waiting::Embed { .. }, Resume::Slept) => {
+                Err(Error::internal("an Embed stage was resumed by a timer"))
+            }
             (
                 Waiting::Http {
                     output_field,

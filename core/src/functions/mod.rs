@@ -27,5 +27,5 @@ pub mod transform;
 pub mod validate;
 
 pub use definition::{Definition, Stage};
-pub use interp::{Budget, Effect, Finished, HttpCall, Poll, Resume, Run};
+pub use interp::{Budget, Effect, Embedder, Finished, HttpCall, Poll, Resume, Run};
 pub use store::FunctionStore;

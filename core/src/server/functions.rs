@@ -9,7 +9,9 @@ use super::pending::Ticket;
 use super::{Server, ServerTimer};
 use crate::dialect::rest::{error_response, Outcome};
 use crate::error::{Error, Result};
-use crate::functions::interp::{Budget, Effect, Finished, HttpCall, Poll, Resume, Run, World};
+use crate::functions::interp::{
+    Budget, Effect, Embedder, Finished, HttpCall, Poll, Resume, Run, World,
+};
 use crate::functions::{Definition, FunctionStore};
 use crate::ids::ConnId;
 use crate::rng::KeyedRng;
@@ -65,6 +67,7 @@ pub(crate) struct Functions {
     budget: Budget,
     env: Arc<BTreeMap<String, String>>,
     http_allow: Vec<String>,
+    embedder: Arc<Embedder>,
     /// Runs finished (by outcome), for `/metrics`.
     pub(crate) finished_ok: u64,
     pub(crate) finished_err: u64,
@@ -84,6 +87,12 @@ impl Functions {
             },
             env: Arc::new(config.function_env.clone()),
             http_allow: config.function_http_allow.clone(),
+            embedder: Arc::new(Embedder {
+                url: config.embed_url.clone(),
+                api_key: config.embed_api_key.clone(),
+                model: config.embed_model.clone(),
+                dimensions: config.embed_dimensions,
+            }),
             finished_ok: 0,
             finished_err: 0,
         }
@@ -171,7 +180,8 @@ impl Server {
             self.functions.env.clone(),
             self.functions.budget,
             now,
-        )?;
+        )?
+        .with_embedder(self.functions.embedder.clone());
         let poll = self.poll_run(&mut run, None, now);
         match poll {
             Poll::Done(result) => Ok(Outcome::Reply(self.run_reply(result, shape))),
@@ -261,8 +271,10 @@ impl Server {
     fn start_http(&mut self, id: RunId, call: &HttpCall, now: Timestamp) -> Result<CallId, String> {
         let request = client::request(&call.method, &call.url, &call.headers, call.body.as_deref())
             .map_err(|e| e.to_string())?;
-        if let Some(why) = refused_host(&request.target.host, &self.functions.http_allow) {
-            return Err(why);
+        if !call.trusted {
+            if let Some(why) = refused_host(&request.target.host, &self.functions.http_allow) {
+                return Err(why);
+            }
         }
         let purpose = Purpose::Function {
             run: id,
