@@ -12,6 +12,7 @@
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tidepool_core::config::Config;
 use tidepool_core::engine::query::FindQuery;
 use tidepool_core::engine::Engine;
 use tidepool_core::functions::definition::{self, Definition};
@@ -55,6 +56,10 @@ struct Case {
     now: Option<Timestamp>,
     /// An embedding provider's base URL (the offline embedder otherwise).
     embed_url: Option<&'static str>,
+    /// An OpenAI-compatible chat provider's base URL (offline otherwise).
+    chat_url: Option<&'static str>,
+    /// The effect's body as raw bytes (a provider's SSE stream), not `http`.
+    http_raw: Option<&'static str>,
 }
 
 /// Typed envelopes unwrapped, record ids dropped (at the top level).
@@ -201,6 +206,15 @@ fn check(case: &Case) {
         Err(e) => Err(e),
         Ok(run) => {
             let mut run = run.with_embedder(Arc::new(embedder));
+            if let Some(url) = case.chat_url {
+                let config = Config {
+                    openai_url: url.into(),
+                    openai_api_key: "sk-test".into(),
+                    openai_model: "gpt-test".into(),
+                    ..Config::default()
+                };
+                run = run.with_chat(Arc::new(config));
+            }
             let (mut http, mut sleeps) = (0, 0);
             let mut answer: Option<Resume> = None;
             loop {
@@ -219,7 +233,11 @@ fn check(case: &Case) {
                     Poll::Wait(Effect::Http(call)) => {
                         assert!(call.url.starts_with("http"), "{}: {call:?}", case.name);
                         http += 1;
-                        answer = Some(Resume::Http(Ok((200, case.http.to_string().into_bytes()))));
+                        let body = match case.http_raw {
+                            Some(raw) => raw.as_bytes().to_vec(),
+                            None => case.http.to_string().into_bytes(),
+                        };
+                        answer = Some(Resume::Http(Ok((200, body))));
                     }
                     Poll::Wait(Effect::Sleep(_)) => {
                         sleeps += 1;
@@ -878,6 +896,44 @@ fn embeddings() {
 }
 
 #[test]
+fn chat() {
+    for case in [
+        Case {
+            name: "Chat with the offline provider",
+            params: json!({"q": "what is new?"}),
+            stages: json!([{"type": "Chat", "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "{{q}}"}]}]),
+            out: json!([{"response": "~str", "model": "tidepool-offline-v1"}]),
+            ..Case::default()
+        },
+        Case {
+            name: "Chat through a provider's stream",
+            chat_url: Some("http://llm.internal/v1"),
+            params: json!({"name": "Ann"}),
+            http_raw: Some(concat!(
+                "data: {\"choices\":[{\"delta\":{\"content\":\"Hello \"}}]}\n\n",
+                "data: {\"choices\":[{\"delta\":{\"content\":\"Ann\"},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: [DONE]\n\n"
+            )),
+            stages: json!([{"type": "Chat", "messages": [
+                {"role": "user", "content": "Greet {{name}}"}], "max_tokens": 20}]),
+            out: json!([{"response": "Hello Ann", "model": "gpt-test"}]),
+            effects: (1, 0),
+            ..Case::default()
+        },
+        Case {
+            name: "Chat refuses an unknown role",
+            stages: json!([{"type": "Chat", "messages": [{"role": "robot", "content": "x"}]}]),
+            err: Some((400, "robot")),
+            ..Case::default()
+        },
+    ] {
+        check(&case);
+    }
+}
+
+#[test]
 fn crypto_and_encodings() {
     for case in [
         Case {
@@ -983,13 +1039,13 @@ fn crypto_and_encodings() {
 fn stages_not_run_yet_say_so() {
     for (name, stage) in [
         (
-            "Chat",
-            json!({"type": "Chat", "messages": [{"role": "user", "content": "hi"}]}),
+            "BcryptHash",
+            json!({"type": "BcryptHash", "plain": "pw", "output_field": "h"}),
         ),
         (
             "EmailSend",
             json!({"type": "EmailSend", "to": "a@b.c", "subject": "s", "body": "b",
-            "from": "c@d.e", "api_key": "k"}),
+                "from": "c@d.e", "api_key": "k"}),
         ),
     ] {
         check(&Case {

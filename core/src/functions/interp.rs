@@ -87,6 +87,8 @@ pub struct HttpCall {
     /// An endpoint the operator configured (the embedding provider): the
     /// private-address rule for user URLs does not apply.
     pub trusted: bool,
+    /// A request already built (a chat provider's), sent as is.
+    pub prebuilt: Option<crate::wire::http::client::OutboundRequest>,
 }
 
 /// Where the `Embed` stage gets vectors: the built-in offline embedder, or
@@ -210,6 +212,11 @@ enum Waiting {
     Embed {
         output_field: String,
     },
+    /// `Chat`: the provider's streamed answer, read whole.
+    Chat {
+        api: crate::providers::Api,
+        model: String,
+    },
 }
 
 /// What one stage did.
@@ -239,6 +246,8 @@ pub struct Run {
     label: String,
     tx: Txn,
     embedder: Arc<Embedder>,
+    /// The settings `Chat` chooses its provider from (offline without).
+    chat: Option<Arc<crate::config::Config>>,
 }
 
 /// The run's engine transaction.
@@ -302,6 +311,7 @@ impl Run {
             returned: None,
             label: def.label.clone(),
             embedder: Arc::default(),
+            chat: None,
             tx: match &def.transaction_config {
                 Some(c) if c.enabled => Txn::Wanted(c.isolation_level.clone()),
                 _ => Txn::None,
@@ -312,6 +322,12 @@ impl Run {
     /// The embedding source `Embed` stages use (offline by default).
     pub fn with_embedder(mut self, embedder: Arc<Embedder>) -> Run {
         self.embedder = embedder;
+        self
+    }
+
+    /// The settings `Chat` stages choose their provider from.
+    pub fn with_chat(mut self, config: Arc<crate::config::Config>) -> Run {
+        self.chat = Some(config);
         self
     }
 
@@ -895,6 +911,21 @@ impl Run {
                     },
                 )
             }
+            Stage::Chat {
+                messages,
+                model,
+                temperature,
+                max_tokens,
+            } => {
+                return self.chat(
+                    scope,
+                    ws,
+                    messages,
+                    model.as_deref(),
+                    *temperature,
+                    *max_tokens,
+                );
+            }
             Stage::Embed {
                 input_field,
                 output_field,
@@ -994,7 +1025,95 @@ impl Run {
             timeout,
             max_bytes: self.budget.max_response_bytes,
             trusted: false,
+            prebuilt: None,
         })
+    }
+
+    /// `Chat`: one completion from the configured provider (as a chat
+    /// session would choose it), or the offline provider's answer.
+    fn chat(
+        &mut self,
+        scope: &Scope,
+        ws: Vec<Doc>,
+        messages: &[super::definition::ChatMessage],
+        model: Option<&str>,
+        temperature: Option<f32>,
+        max_tokens: Option<i32>,
+    ) -> Result<Flow> {
+        use crate::providers::{self, Api, Prompt, PromptMessage};
+        if messages.is_empty() {
+            return Err(Error::invalid("`messages` must not be empty"));
+        }
+        let mut prompt = Prompt {
+            max_tokens: max_tokens
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0),
+            temperature: temperature.map(f64::from),
+            ..Prompt::default()
+        };
+        let mut system = Vec::new();
+        let mut question = String::new();
+        for m in messages {
+            let content = scope.string(&m.content, &ws)?.into_owned();
+            match m.role.to_ascii_lowercase().as_str() {
+                "system" => system.push(content),
+                "assistant" => prompt.messages.push(PromptMessage::Assistant {
+                    text: content,
+                    tool_calls: Vec::new(),
+                }),
+                "user" => {
+                    question = content.clone();
+                    prompt.messages.push(PromptMessage::User(content));
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown message role `{other}` (system, user or assistant)"
+                    )))
+                }
+            }
+        }
+        prompt.system = (!system.is_empty()).then(|| system.join("\n\n"));
+        let model = match model {
+            Some(m) => scope.string(m, &ws)?.into_owned(),
+            None => String::new(),
+        };
+        let choice = match &self.chat {
+            Some(config) => providers::choose(config, "", &model).map_err(|f| f.to_error())?,
+            None => providers::Choice {
+                provider: providers::Provider::offline(),
+                model: providers::OFFLINE_MODEL.into(),
+                fallback: None,
+            },
+        };
+        if choice.provider.api == Api::Offline {
+            let text = crate::chat::offline::answer(&question, &[], false);
+            return Ok(Flow::Ws(vec![chat_record(text, &choice.model)]));
+        }
+        prompt.model = choice.model.clone();
+        let request = providers::request(&choice.provider, &prompt)
+            .map_err(|e| Error::invalid(format!("chat provider: {e}")))?;
+        let remaining = self
+            .deadline()
+            .since(self.started)
+            .max(Duration::from_secs(1));
+        let call = HttpCall {
+            method: "POST".into(),
+            url: request.target.to_string(),
+            headers: Vec::new(),
+            body: None,
+            timeout: Duration::from_secs(120).min(remaining),
+            max_bytes: 16 << 20,
+            trusted: true,
+            prebuilt: Some(request),
+        };
+        self.put(ws);
+        Ok(Flow::Wait(
+            Effect::Http(call),
+            Waiting::Chat {
+                api: choice.provider.api,
+                model: choice.model,
+            },
+        ))
     }
 
     /// `Embed`: the text at `input_field` of every record (one record of
@@ -1057,6 +1176,7 @@ impl Run {
             timeout: Duration::from_secs(30).min(remaining),
             max_bytes: 64 << 20,
             trusted: true,
+            prebuilt: None,
         };
         self.put(ws);
         Ok(Flow::Wait(
@@ -1120,6 +1240,39 @@ impl Run {
             (Waiting::Embed { .. }, Resume::Slept) => {
                 Err(Error::internal("an Embed stage was resumed by a timer"))
             }
+            (Waiting::Chat { api, model }, Resume::Http(result)) => {
+                let (status, body) = result.map_err(|e| {
+                    Error::new(
+                        ErrorKind::BadGateway,
+                        format!("chat provider unreachable: {e}"),
+                    )
+                })?;
+                if status != 200 {
+                    let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+                    return Err(Error::new(
+                        ErrorKind::BadGateway,
+                        format!("the chat provider answered {status}: {detail}"),
+                    ));
+                }
+                let mut parser = crate::providers::StreamParser::new(api)
+                    .ok_or_else(|| Error::internal("no stream parser for this provider"))?;
+                let bad = |e: crate::providers::StreamError| {
+                    Error::new(ErrorKind::BadGateway, format!("chat provider: {e}"))
+                };
+                let mut events = parser.feed(&body).map_err(bad)?;
+                events.extend(parser.finish().map_err(bad)?);
+                let text: String = events
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        crate::providers::ProviderEvent::Text(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(vec![chat_record(text, &model)])
+            }
+            (Waiting::Chat { .. }, Resume::Slept) => {
+                Err(Error::internal("a Chat stage was resumed by a timer"))
+            }
             (
                 Waiting::Http {
                     output_field,
@@ -1179,4 +1332,12 @@ fn blame(kind: &str, mut e: Error) -> Error {
         e.message = format!("{kind}: {}", e.message);
     }
     e
+}
+
+/// `Chat`'s working set: `{"response": text, "model": who answered}`.
+fn chat_record(text: String, model: &str) -> Doc {
+    let mut d = Map::new();
+    d.insert("response".into(), J::String(text));
+    d.insert("model".into(), J::String(model.to_string()));
+    d
 }

@@ -68,6 +68,8 @@ pub(crate) struct Functions {
     env: Arc<BTreeMap<String, String>>,
     http_allow: Vec<String>,
     embedder: Arc<Embedder>,
+    /// The settings `Chat` stages choose a provider from.
+    chat: Arc<crate::config::Config>,
     /// Runs finished (by outcome), for `/metrics`.
     pub(crate) finished_ok: u64,
     pub(crate) finished_err: u64,
@@ -87,6 +89,7 @@ impl Functions {
             },
             env: Arc::new(config.function_env.clone()),
             http_allow: config.function_http_allow.clone(),
+            chat: Arc::new(config.clone()),
             embedder: Arc::new(Embedder {
                 url: config.embed_url.clone(),
                 api_key: config.embed_api_key.clone(),
@@ -181,7 +184,8 @@ impl Server {
             self.functions.budget,
             now,
         )?
-        .with_embedder(self.functions.embedder.clone());
+        .with_embedder(self.functions.embedder.clone())
+        .with_chat(self.functions.chat.clone());
         let poll = self.poll_run(&mut run, None, now);
         match poll {
             Poll::Done(result) => Ok(Outcome::Reply(self.run_reply(result, shape))),
@@ -269,8 +273,11 @@ impl Server {
     }
 
     fn start_http(&mut self, id: RunId, call: &HttpCall, now: Timestamp) -> Result<CallId, String> {
-        let request = client::request(&call.method, &call.url, &call.headers, call.body.as_deref())
-            .map_err(|e| e.to_string())?;
+        let request = match &call.prebuilt {
+            Some(r) => r.clone(),
+            None => client::request(&call.method, &call.url, &call.headers, call.body.as_deref())
+                .map_err(|e| e.to_string())?,
+        };
         if !call.trusted {
             if let Some(why) = refused_host(&request.target.host, &self.functions.http_allow) {
                 return Err(why);
