@@ -69,6 +69,7 @@ pub mod ids;
 pub mod providers;
 pub mod realtime;
 pub mod rng;
+pub mod schedule;
 pub mod server;
 pub mod time;
 pub mod timers;
