@@ -57,6 +57,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod assist;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -6,6 +6,7 @@
 //! Errors become `{"error","code","message"}` JSON bodies.
 
 pub mod access;
+pub mod assist;
 pub mod chat;
 pub mod codec;
 pub mod collections;
