@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pending;
 pub mod rate;
 pub mod reads;
+pub mod schedules;
 pub mod settings;
 pub mod sockets;
 
@@ -121,6 +122,8 @@ pub(crate) enum ServerTimer {
     Turn(TurnId),
     /// `system.health` for the streams that asked for it.
     Health,
+    /// The earliest enabled schedule is due (`schedules`).
+    Schedules,
 }
 
 /// What the store was doing when it failed.
@@ -234,6 +237,8 @@ pub struct Server {
     metrics: metrics::Metrics,
     /// Request ids: this process's prefix and the next number.
     request_ids: (u32, u64),
+    /// When each enabled schedule is due next (`schedules`).
+    schedules: crate::schedule::Due,
 }
 
 impl Server {
@@ -291,6 +296,7 @@ impl Server {
             socket_reads: HashMap::new(),
             metrics: Default::default(),
             request_ids: ((seed ^ (seed >> 32)) as u32, 0),
+            schedules: Default::default(),
         }
     }
 
@@ -554,6 +560,7 @@ impl Server {
         self.engine.set_last_lsn(last);
         self.durable = self.engine.last_lsn();
         self.restore_settings(now);
+        self.recover_schedules(now);
         self.rearm(now);
     }
 
@@ -591,6 +598,7 @@ impl Server {
                 ServerTimer::Call(id) => self.calls.timeout(id, now, &mut self.timers),
                 ServerTimer::Turn(id) => self.turn_timeout(id, now),
                 ServerTimer::Health => self.health_due(now),
+                ServerTimer::Schedules => self.schedules_due(now),
             }
             self.pump_turns(now);
         }
@@ -605,6 +613,8 @@ impl Server {
             ServerTimer::Transactions,
             self.engine.next_transaction_deadline(),
         );
+        self.timers
+            .set(ServerTimer::Schedules, self.schedules.next());
     }
 
     // ----- requests ---------------------------------------------------------

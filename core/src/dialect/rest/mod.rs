@@ -17,6 +17,7 @@ pub mod kv;
 pub mod origins;
 pub mod records;
 pub mod routes;
+pub mod schedules;
 pub mod search;
 pub mod system;
 pub mod transfer;

@@ -9,7 +9,8 @@
 //! listing the methods it has.
 
 use super::{
-    assist, chat, collections, keys, kv, records, search, system, transfer, txn, Ctx, Outcome,
+    assist, chat, collections, keys, kv, records, schedules, search, system, transfer, txn, Ctx,
+    Outcome,
 };
 use crate::assist::goals::StepAction as Step;
 use crate::assist::Kind as K;
@@ -264,8 +265,16 @@ pub static ROUTES: &[Route] = &[
     row(ALL, "/api/functions", Admin, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/functions/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
     row(ALL, "/api/route/{*rest}", Admin, WRITES, Unimplemented("stored functions")),
-    row(ALL, "/api/schedules", Admin, WRITES, Unimplemented("schedules")),
-    row(ALL, "/api/schedules/{*rest}", Admin, WRITES, Unimplemented("schedules")),
+    // Schedules (spec F5).
+    row(&[Post], "/api/schedules", Admin, WRITES, Srv(schedules::create)),
+    row(&[Get], "/api/schedules", Admin, READS, Srv(schedules::list)),
+    row(&[Get], "/api/schedules/{id}", Admin, READS, Srv(schedules::get)),
+    row(&[Put], "/api/schedules/{id}", Admin, WRITES, Srv(schedules::update)),
+    row(&[Delete], "/api/schedules/{id}", Admin, WRITES, Srv(schedules::delete)),
+    row(&[Post], "/api/schedules/{id}/trigger", Admin, WRITES, Srv(schedules::trigger)),
+    row(&[Post], "/api/schedules/{id}/pause", Admin, WRITES, Srv(|s, c| schedules::set_enabled(s, c, false))),
+    row(&[Post], "/api/schedules/{id}/resume", Admin, WRITES, Srv(|s, c| schedules::set_enabled(s, c, true))),
+    row(&[Get], "/api/schedules/{id}/runs", Admin, READS, Srv(schedules::runs)),
     // The seed products' chat sockets (`spec/dialects.md`): each checks its
     // credential its own documented way, so the table lets them through.
     row(&[Get], "/ws", Public, READS, Srv(general_bots::upgrade)),
