@@ -264,3 +264,53 @@ async fn legacy_routes_and_errors(srv: &mut TestServer, c: Client, _fmt: Seriali
     assert_not_found(c.resume_schedule("missing").await);
     assert_not_found(c.trigger_schedule("missing").await);
 }
+
+client_test!(a_run_missed_while_down_runs_once_at_startup);
+/// The process is killed, stays down past the schedule's next occurrence,
+/// and comes back: the schedule runs once with trigger `missed`, then goes
+/// on with its cadence.
+async fn a_run_missed_while_down_runs_once_at_startup(
+    srv: &mut TestServer,
+    c: Client,
+    fmt: SerializationFormat,
+) {
+    let s = ok(c
+        .create_schedule(json!({"name": "tick", "cron": "* * * * * *", "function_label": "tick"}))
+        .await);
+    let id = s["id"].as_str().unwrap().to_string();
+    wait_for(&c, &id, "a first run", |s| run_count(s) >= 1).await;
+    srv.kill9();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    srv.restart();
+    let c = client(srv, fmt);
+    let s = wait_for(&c, &id, "the catch-up run", |s| {
+        s["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["trigger"] == "missed"))
+    })
+    .await;
+    let missed: Vec<&Value> = s["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "missed")
+        .collect();
+    assert_eq!(missed.len(), 1, "one catch-up run: {s}");
+    assert_eq!(missed[0]["error"], STUB);
+    let scheduled =
+        chrono::DateTime::parse_from_rfc3339(missed[0]["scheduled_for"].as_str().unwrap()).unwrap();
+    let started =
+        chrono::DateTime::parse_from_rfc3339(missed[0]["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (started - scheduled).num_milliseconds() >= 1000,
+        "{}",
+        missed[0]
+    );
+    // Then the cadence goes on.
+    let after = run_count(&s);
+    wait_for(&c, &id, "cron runs after the catch-up", |s| {
+        run_count(s) >= after + 2 && s["runs"][0]["trigger"] == "cron"
+    })
+    .await;
+    ok(c.delete_schedule(&id).await);
+}
