@@ -57,6 +57,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod assist;
 pub mod auth;
 pub mod chat;
 pub mod config;
@@ -70,6 +71,7 @@ pub mod ids;
 pub mod providers;
 pub mod realtime;
 pub mod rng;
+pub mod schedule;
 pub mod server;
 pub mod time;
 pub mod timers;

@@ -47,7 +47,20 @@ enum Waiting {
 struct Active {
     run: Run,
     reply: Option<(Ticket, Shape)>,
+    /// A schedule's run this is: its history entry is finished at the end.
+    schedule: Option<ScheduleRun>,
     waiting: Waiting,
+}
+
+/// A schedule and the number of its run in the history.
+pub(crate) type ScheduleRun = (String, u64);
+
+/// What starting a run came to.
+pub(crate) enum Started {
+    /// It finished at once.
+    Done(Result<Finished>),
+    /// It waits on an effect and finishes later.
+    Waiting(Option<Ticket>),
 }
 
 impl std::fmt::Debug for Active {
@@ -171,6 +184,26 @@ impl Server {
         conn: Option<ConnId>,
         now: Timestamp,
     ) -> Result<Outcome> {
+        match self.start_run(def, params, conn.map(|c| (c, shape)), None, now)? {
+            Started::Done(result) => Ok(Outcome::Reply(self.run_reply(result, shape))),
+            Started::Waiting(Some(t)) => Ok(Outcome::Pending(t)),
+            Started::Waiting(None) => Ok(Outcome::Reply(Response::json(
+                202,
+                json!({"status": "running"}).to_string(),
+            ))),
+        }
+    }
+
+    /// Starts a run; one that waits answers `reply` (and finishes its
+    /// schedule's history entry) when it ends.
+    pub(crate) fn start_run(
+        &mut self,
+        def: &Definition,
+        params: Map<String, J>,
+        reply: Option<(ConnId, Shape)>,
+        schedule: Option<ScheduleRun>,
+        now: Timestamp,
+    ) -> Result<Started> {
         if self.functions.active.len() >= MAX_RUNS {
             return Err(Error::new(
                 crate::error::ErrorKind::Unavailable,
@@ -188,19 +221,22 @@ impl Server {
         .with_chat(self.functions.chat.clone());
         let poll = self.poll_run(&mut run, None, now);
         match poll {
-            Poll::Done(result) => Ok(Outcome::Reply(self.run_reply(result, shape))),
+            Poll::Done(result) => Ok(Started::Done(result)),
             Poll::Wait(effect) => {
-                let ticket = conn.map(|c| self.pending.ticket(c));
+                let reply = reply.map(|(c, shape)| (self.pending.ticket(c), shape));
                 let id = RunId(self.functions.next);
                 self.functions.next += 1;
-                self.wait_on(id, run, ticket.map(|t| (t, shape)), effect, now);
-                match ticket {
-                    Some(t) => Ok(Outcome::Pending(t)),
-                    None => Ok(Outcome::Reply(Response::json(
-                        202,
-                        json!({"status": "running"}).to_string(),
-                    ))),
-                }
+                self.wait_on(
+                    id,
+                    Parked {
+                        run,
+                        reply,
+                        schedule,
+                    },
+                    effect,
+                    now,
+                );
+                Ok(Started::Waiting(reply.map(|(t, _)| t)))
             }
         }
     }
@@ -222,14 +258,12 @@ impl Server {
     }
 
     /// Parks a run on its effect.
-    fn wait_on(
-        &mut self,
-        id: RunId,
-        run: Run,
-        reply: Option<(Ticket, Shape)>,
-        effect: Effect,
-        now: Timestamp,
-    ) {
+    fn wait_on(&mut self, id: RunId, parked: Parked, effect: Effect, now: Timestamp) {
+        let Parked {
+            run,
+            reply,
+            schedule,
+        } = parked;
         let deadline = run.deadline();
         let waiting = match effect {
             Effect::Sleep(d) => {
@@ -254,6 +288,7 @@ impl Server {
                         Active {
                             run,
                             reply,
+                            schedule,
                             waiting: Waiting::Sleep,
                         },
                     );
@@ -267,6 +302,7 @@ impl Server {
             Active {
                 run,
                 reply,
+                schedule,
                 waiting,
             },
         );
@@ -299,9 +335,14 @@ impl Server {
         };
         self.timers.cancel(ServerTimer::Function(id));
         let poll = self.poll_run(&mut active.run, Some(answer), now);
+        let parked = Parked {
+            run: active.run,
+            reply: active.reply,
+            schedule: active.schedule,
+        };
         match poll {
-            Poll::Wait(effect) => self.wait_on(id, active.run, active.reply, effect, now),
-            Poll::Done(result) => self.run_done(active.reply, result, now),
+            Poll::Wait(effect) => self.wait_on(id, parked, effect, now),
+            Poll::Done(result) => self.run_done(parked.reply, parked.schedule, result, now),
         }
     }
 
@@ -309,30 +350,43 @@ impl Server {
     fn run_done(
         &mut self,
         reply: Option<(Ticket, Shape)>,
+        schedule: Option<ScheduleRun>,
         result: Result<Finished>,
         now: Timestamp,
     ) {
+        if let Some((id, number)) = schedule {
+            let outcome = schedule_outcome(&result);
+            self.finish_scheduled_run(&id, number, outcome, now);
+        }
         let wait_for = self.finish_operation(now);
         if let Some((ticket, shape)) = reply {
             let response = self.run_reply(result, shape);
             self.complete(ticket, response, wait_for);
-        } else if let Err(e) = &result {
-            self.note_at(
-                crate::config::LogLevel::Warn,
-                format!("a function run failed: {}", e.message),
-            );
+        } else {
+            self.count_run(&result);
+            if let Err(e) = &result {
+                self.note_at(
+                    crate::config::LogLevel::Warn,
+                    format!("a function run failed: {}", e.message),
+                );
+            }
+        }
+    }
+
+    /// Counts an ended run for `/metrics`.
+    pub(crate) fn count_run(&mut self, result: &Result<Finished>) {
+        match result {
+            Ok(_) => self.functions.finished_ok += 1,
+            Err(_) => self.functions.finished_err += 1,
         }
     }
 
     /// The HTTP answer for a run's result.
     fn run_reply(&mut self, result: Result<Finished>, shape: Shape) -> Response {
+        self.count_run(&result);
         match result {
-            Err(e) => {
-                self.functions.finished_err += 1;
-                error_response(&e)
-            }
+            Err(e) => error_response(&e),
             Ok(done) => {
-                self.functions.finished_ok += 1;
                 if shape == Shape::Route {
                     if let Some((fields, status)) = &done.returned {
                         return Response::json(*status, J::Object(fields.clone()).to_string());
@@ -377,7 +431,7 @@ impl Server {
                         Poll::Done(r) => r,
                         Poll::Wait(_) => Err(Error::internal("an aborted run waits")),
                     };
-                    self.run_done(a.reply, result, now);
+                    self.run_done(a.reply, a.schedule, result, now);
                 }
             }
         }
@@ -391,6 +445,26 @@ impl Server {
                 a.reply = None;
             }
         }
+    }
+}
+
+/// A run parked on an effect, and who hears of its end.
+struct Parked {
+    run: Run,
+    reply: Option<(Ticket, Shape)>,
+    schedule: Option<ScheduleRun>,
+}
+
+/// A schedule's history entry for a run's result.
+pub(crate) fn schedule_outcome(result: &Result<Finished>) -> crate::schedule::Outcome {
+    use crate::schedule::Outcome;
+    match result {
+        Ok(done) => Outcome::Succeeded(json!({
+            "output_count": done.records.len(),
+            "stages_executed": done.stats.stages_executed,
+            "execution_time_ms": done.stats.execution_time_ms,
+        })),
+        Err(e) => Outcome::Failed(e.message.clone()),
     }
 }
 

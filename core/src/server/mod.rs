@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pending;
 pub mod rate;
 pub mod reads;
+pub mod schedules;
 pub mod settings;
 pub mod sockets;
 
@@ -124,6 +125,8 @@ pub(crate) enum ServerTimer {
     Health,
     /// A function run's sleep ends, or its outbound call runs out of time.
     Function(functions::RunId),
+    /// The earliest enabled schedule is due (`schedules`).
+    Schedules,
 }
 
 /// What the store was doing when it failed.
@@ -239,6 +242,8 @@ pub struct Server {
     request_ids: (u32, u64),
     /// Stored functions and their runs.
     functions: functions::Functions,
+    /// When each enabled schedule is due next (`schedules`).
+    schedules: crate::schedule::Due,
 }
 
 impl Server {
@@ -298,6 +303,7 @@ impl Server {
             metrics: Default::default(),
             request_ids: ((seed ^ (seed >> 32)) as u32, 0),
             functions,
+            schedules: Default::default(),
         }
     }
 
@@ -566,6 +572,7 @@ impl Server {
         self.engine.set_last_lsn(last);
         self.durable = self.engine.last_lsn();
         self.restore_settings(now);
+        self.recover_schedules(now);
         self.rearm(now);
     }
 
@@ -604,6 +611,7 @@ impl Server {
                 ServerTimer::Turn(id) => self.turn_timeout(id, now),
                 ServerTimer::Health => self.health_due(now),
                 ServerTimer::Function(id) => self.function_timeout(id, now),
+                ServerTimer::Schedules => self.schedules_due(now),
             }
             self.pump_turns(now);
             self.pump_functions(now);
@@ -619,6 +627,8 @@ impl Server {
             ServerTimer::Transactions,
             self.engine.next_transaction_deadline(),
         );
+        self.timers
+            .set(ServerTimer::Schedules, self.schedules.next());
     }
 
     // ----- requests ---------------------------------------------------------

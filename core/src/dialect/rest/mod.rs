@@ -6,6 +6,7 @@
 //! Errors become `{"error","code","message"}` JSON bodies.
 
 pub mod access;
+pub mod assist;
 pub mod chat;
 pub mod codec;
 pub mod collections;
@@ -17,6 +18,7 @@ pub mod kv;
 pub mod origins;
 pub mod records;
 pub mod routes;
+pub mod schedules;
 pub mod search;
 pub mod system;
 pub mod transfer;
@@ -143,7 +145,6 @@ pub fn respond(
     let outcome = match route.handler {
         Handler::Data(f) => f(server.engine_mut(), &ctx).map(Outcome::Reply),
         Handler::Server(f) => f(server, &ctx),
-        Handler::Unimplemented(what) => Err(Error::not_implemented(what)),
     }?;
     Ok((outcome, quota))
 }

@@ -9,8 +9,11 @@
 //! listing the methods it has.
 
 use super::{
-    chat, collections, functions, keys, kv, records, search, system, transfer, txn, Ctx, Outcome,
+    assist, chat, collections, functions, keys, kv, records, schedules, search, system, transfer,
+    txn, Ctx, Outcome,
 };
+use crate::assist::goals::StepAction as Step;
+use crate::assist::Kind as K;
 use crate::dialect::{eva, fluxbase, general_bots, lanonasis, meet};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
@@ -46,9 +49,6 @@ pub enum Handler {
     Data(fn(&mut Engine, &Ctx<'_>) -> Result<Response>),
     /// A call that needs the server (auth, upgrades, outbound calls, health).
     Server(fn(&mut Server, &Ctx<'_>) -> Result<Outcome>),
-    /// A surface of the ekoDB API Tidepool does not serve yet: 501, never a
-    /// fake success.
-    Unimplemented(&'static str),
 }
 
 impl std::fmt::Debug for Handler {
@@ -56,7 +56,6 @@ impl std::fmt::Debug for Handler {
         match self {
             Handler::Data(_) => f.write_str("Data"),
             Handler::Server(_) => f.write_str("Server"),
-            Handler::Unimplemented(what) => write!(f, "Unimplemented({what})"),
         }
     }
 }
@@ -114,7 +113,7 @@ const ALL: &[Method] = &[
     Method::Delete,
 ];
 
-use Handler::{Data, Server as Srv, Unimplemented};
+use Handler::{Data, Server as Srv};
 use Method::{Delete, Get, Patch, Post, Put};
 use Scope::{Admin, AnyKey, Public, Read, Write};
 
@@ -230,17 +229,52 @@ pub static ROUTES: &[Route] = &[
     row(&[Delete], "/api/functions/{function}", Admin, WRITES, Srv(|s, c| functions::delete(s, c, c.arg("function")))),
     row(&[Post], "/api/functions/{function}", Admin, WRITES, Srv(|s, c| functions::call(s, c, c.arg("function")))),
     row(ALL, "/api/route/{*path}", Admin, WRITES, Srv(|s, c| functions::dispatch(s, c, c.arg("path")))),
-    // Not served yet.
-    row(ALL, "/api/chat/goals", Admin, WRITES, Unimplemented("chat goals")),
-    row(ALL, "/api/chat/goals/{*rest}", Admin, WRITES, Unimplemented("chat goals")),
-    row(ALL, "/api/chat/goal-templates", Admin, WRITES, Unimplemented("chat goal templates")),
-    row(ALL, "/api/chat/goal-templates/{*rest}", Admin, WRITES, Unimplemented("chat goal templates")),
-    row(ALL, "/api/chat/tasks", Admin, WRITES, Unimplemented("chat tasks")),
-    row(ALL, "/api/chat/tasks/{*rest}", Admin, WRITES, Unimplemented("chat tasks")),
-    row(ALL, "/api/chat/agents", Admin, WRITES, Unimplemented("chat agents")),
-    row(ALL, "/api/chat/agents/{*rest}", Admin, WRITES, Unimplemented("chat agents")),
-    row(ALL, "/api/schedules", Admin, WRITES, Unimplemented("schedules")),
-    row(ALL, "/api/schedules/{*rest}", Admin, WRITES, Unimplemented("schedules")),
+    // Goals, goal templates, tasks and agents (spec F1-F4).
+    row(&[Post], "/api/chat/goals", Admin, WRITES, Data(|e, c| assist::create(e, c, K::Goal))),
+    row(&[Get], "/api/chat/goals", Admin, READS, Data(|e, c| assist::list(e, c, K::Goal))),
+    row(&[Get], "/api/chat/goals/search", Admin, READS, Data(assist::goal_search)),
+    row(&[Get], "/api/chat/goals/{id}", Admin, READS, Data(|e, c| assist::get(e, c, K::Goal))),
+    row(&[Put], "/api/chat/goals/{id}", Admin, WRITES, Data(|e, c| assist::update(e, c, K::Goal))),
+    row(&[Delete], "/api/chat/goals/{id}", Admin, WRITES, Data(|e, c| assist::delete(e, c, K::Goal))),
+    row(&[Post], "/api/chat/goals/{id}/complete", Admin, WRITES, Data(|e, c| assist::goal_action(e, c, "complete"))),
+    row(&[Post], "/api/chat/goals/{id}/approve", Admin, WRITES, Data(|e, c| assist::goal_action(e, c, "approve"))),
+    row(&[Post], "/api/chat/goals/{id}/reject", Admin, WRITES, Data(|e, c| assist::goal_action(e, c, "reject"))),
+    row(&[Post], "/api/chat/goals/{id}/steps/{index}/start", Admin, WRITES, Data(|e, c| assist::goal_step(e, c, Step::Start))),
+    row(&[Post], "/api/chat/goals/{id}/steps/{index}/complete", Admin, WRITES, Data(|e, c| assist::goal_step(e, c, Step::Complete))),
+    row(&[Post], "/api/chat/goals/{id}/steps/{index}/fail", Admin, WRITES, Data(|e, c| assist::goal_step(e, c, Step::Fail))),
+    row(&[Post], "/api/chat/goal-templates", Admin, WRITES, Data(|e, c| assist::create(e, c, K::Template))),
+    row(&[Get], "/api/chat/goal-templates", Admin, READS, Data(|e, c| assist::list(e, c, K::Template))),
+    row(&[Get], "/api/chat/goal-templates/{id}", Admin, READS, Data(|e, c| assist::get(e, c, K::Template))),
+    row(&[Put], "/api/chat/goal-templates/{id}", Admin, WRITES, Data(|e, c| assist::update(e, c, K::Template))),
+    row(&[Delete], "/api/chat/goal-templates/{id}", Admin, WRITES, Data(|e, c| assist::delete(e, c, K::Template))),
+    row(&[Post], "/api/chat/tasks", Admin, WRITES, Data(|e, c| assist::create(e, c, K::Task))),
+    row(&[Get], "/api/chat/tasks", Admin, READS, Data(|e, c| assist::list(e, c, K::Task))),
+    row(&[Get], "/api/chat/tasks/due", Admin, READS, Data(assist::task_due)),
+    row(&[Get], "/api/chat/tasks/{id}", Admin, READS, Data(|e, c| assist::get(e, c, K::Task))),
+    row(&[Put], "/api/chat/tasks/{id}", Admin, WRITES, Data(|e, c| assist::update(e, c, K::Task))),
+    row(&[Delete], "/api/chat/tasks/{id}", Admin, WRITES, Data(|e, c| assist::delete(e, c, K::Task))),
+    row(&[Post], "/api/chat/tasks/{id}/start", Admin, WRITES, Data(|e, c| assist::task_action(e, c, "start"))),
+    row(&[Post], "/api/chat/tasks/{id}/succeed", Admin, WRITES, Data(|e, c| assist::task_action(e, c, "succeed"))),
+    row(&[Post], "/api/chat/tasks/{id}/fail", Admin, WRITES, Data(|e, c| assist::task_action(e, c, "fail"))),
+    row(&[Post], "/api/chat/tasks/{id}/pause", Admin, WRITES, Data(|e, c| assist::task_action(e, c, "pause"))),
+    row(&[Post], "/api/chat/tasks/{id}/resume", Admin, WRITES, Data(|e, c| assist::task_action(e, c, "resume"))),
+    row(&[Post], "/api/chat/agents", Admin, WRITES, Data(|e, c| assist::create(e, c, K::Agent))),
+    row(&[Get], "/api/chat/agents", Admin, READS, Data(|e, c| assist::list(e, c, K::Agent))),
+    row(&[Get], "/api/chat/agents/by-name/{name}", Admin, READS, Data(assist::agent_by_name)),
+    row(&[Get], "/api/chat/agents/by-deployment/{deployment_id}", Admin, READS, Data(assist::agents_by_deployment)),
+    row(&[Get], "/api/chat/agents/{id}", Admin, READS, Data(|e, c| assist::get(e, c, K::Agent))),
+    row(&[Put], "/api/chat/agents/{id}", Admin, WRITES, Data(|e, c| assist::update(e, c, K::Agent))),
+    row(&[Delete], "/api/chat/agents/{id}", Admin, WRITES, Data(|e, c| assist::delete(e, c, K::Agent))),
+    // Schedules (spec F5).
+    row(&[Post], "/api/schedules", Admin, WRITES, Srv(schedules::create)),
+    row(&[Get], "/api/schedules", Admin, READS, Srv(schedules::list)),
+    row(&[Get], "/api/schedules/{id}", Admin, READS, Srv(schedules::get)),
+    row(&[Put], "/api/schedules/{id}", Admin, WRITES, Srv(schedules::update)),
+    row(&[Delete], "/api/schedules/{id}", Admin, WRITES, Srv(schedules::delete)),
+    row(&[Post], "/api/schedules/{id}/trigger", Admin, WRITES, Srv(schedules::trigger)),
+    row(&[Post], "/api/schedules/{id}/pause", Admin, WRITES, Srv(|s, c| schedules::set_enabled(s, c, false))),
+    row(&[Post], "/api/schedules/{id}/resume", Admin, WRITES, Srv(|s, c| schedules::set_enabled(s, c, true))),
+    row(&[Get], "/api/schedules/{id}/runs", Admin, READS, Srv(schedules::runs)),
     // The seed products' chat sockets (`spec/dialects.md`): each checks its
     // credential its own documented way, so the table lets them through.
     row(&[Get], "/ws", Public, READS, Srv(general_bots::upgrade)),
@@ -523,7 +557,17 @@ mod tests {
         check(
             Method::Get,
             "/api/chat/goals/g1",
-            Ok(("/api/chat/goals/{*rest}", &[("rest", "g1")])),
+            Ok(("/api/chat/goals/{id}", &[("id", "g1")])),
+        );
+        check(
+            Method::Get,
+            "/api/chat/goals/search",
+            Ok(("/api/chat/goals/search", &[])),
+        );
+        check(
+            Method::Get,
+            "/api/chat/agents/by-name/a%2Fb",
+            Ok(("/api/chat/agents/by-name/{name}", &[("name", "a/b")])),
         );
     }
 
