@@ -60,6 +60,8 @@ struct Case {
     chat_url: Option<&'static str>,
     /// The effect's body as raw bytes (a provider's SSE stream), not `http`.
     http_raw: Option<&'static str>,
+    /// Text the outbound request must hold (method, URL, headers, body).
+    http_sent: Vec<&'static str>,
 }
 
 /// Typed envelopes unwrapped, record ids dropped (at the top level).
@@ -232,6 +234,16 @@ fn check(case: &Case) {
                     Poll::Done(r) => break r.map(|f| (f, http, sleeps)),
                     Poll::Wait(Effect::Http(call)) => {
                         assert!(call.url.starts_with("http"), "{}: {call:?}", case.name);
+                        let sent = format!(
+                            "{} {} {:?} {}",
+                            call.method,
+                            call.url,
+                            call.headers,
+                            String::from_utf8_lossy(call.body.as_deref().unwrap_or_default())
+                        );
+                        for want in &case.http_sent {
+                            assert!(sent.contains(want), "{}: `{want}` not in {sent}", case.name);
+                        }
                         http += 1;
                         let body = match case.http_raw {
                             Some(raw) => raw.as_bytes().to_vec(),
@@ -934,6 +946,52 @@ fn chat() {
 }
 
 #[test]
+fn email() {
+    for case in [
+        Case {
+            name: "EmailSend through SendGrid",
+            params: json!({"who": "ann@example.com"}),
+            http: json!({}),
+            http_sent: vec![
+                "POST https://api.sendgrid.com/v3/mail/send",
+                "Bearer SG.key",
+                r#""to":[{"email":"ann@example.com"}]"#,
+                r#""type":"text/html""#,
+                r#""reply_to":{"email":"help@example.com"}"#,
+            ],
+            stages: json!([{"type": "EmailSend", "to": "{{who}}", "subject": "Hi",
+                "body": "<b>Welcome</b>", "from": "noreply@example.com",
+                "reply_to": "help@example.com", "api_key": "SG.key", "html": true}]),
+            out: json!([{"email_send":
+                {"provider_status": 200, "provider_message": "{}", "provider": "sendgrid"}}]),
+            effects: (1, 0),
+            ..Case::default()
+        },
+        Case {
+            name: "EmailSend reports the provider's error",
+            http: json!({"errors": [{"message": "The from address does not match a verified Sender Identity."}]}),
+            stages: json!([{"type": "EmailSend", "to": "a@b.c", "subject": "s", "body": "b",
+                "from": "x@y.z", "api_key": "k", "output_field": "mail"},
+                {"type": "Project", "fields": ["mail"], "exclude": false}]),
+            out: json!([{"mail": {"provider_status": 200,
+                "provider_message": "The from address does not match a verified Sender Identity.",
+                "provider": "sendgrid"}}]),
+            effects: (1, 0),
+            ..Case::default()
+        },
+        Case {
+            name: "EmailSend refuses another provider",
+            stages: json!([{"type": "EmailSend", "to": "a@b.c", "subject": "s", "body": "b",
+                "from": "x@y.z", "api_key": "k", "provider": "pigeon"}]),
+            err: Some((400, "pigeon")),
+            ..Case::default()
+        },
+    ] {
+        check(&case);
+    }
+}
+
+#[test]
 fn crypto_and_encodings() {
     for case in [
         Case {
@@ -1043,9 +1101,8 @@ fn stages_not_run_yet_say_so() {
             json!({"type": "BcryptHash", "plain": "pw", "output_field": "h"}),
         ),
         (
-            "EmailSend",
-            json!({"type": "EmailSend", "to": "a@b.c", "subject": "s", "body": "b",
-                "from": "c@d.e", "api_key": "k"}),
+            "BcryptVerify",
+            json!({"type": "BcryptVerify", "plain": "pw", "hash_field": "h", "output_field": "ok"}),
         ),
     ] {
         check(&Case {

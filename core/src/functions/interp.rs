@@ -212,6 +212,11 @@ enum Waiting {
     Embed {
         output_field: String,
     },
+    /// `EmailSend`: the provider's answer becomes the result envelope.
+    Email {
+        output_field: String,
+        provider: &'static str,
+    },
     /// `Chat`: the provider's streamed answer, read whole.
     Chat {
         api: crate::providers::Api,
@@ -911,6 +916,69 @@ impl Run {
                     },
                 )
             }
+            Stage::EmailSend {
+                to,
+                subject,
+                body,
+                from,
+                reply_to,
+                api_key,
+                provider,
+                html,
+                output_field,
+            } => {
+                let text = |v: &str| scope.string(v, &ws).map(|c| c.into_owned());
+                let provider = match provider {
+                    Some(p) => text(p)?,
+                    None => "sendgrid".into(),
+                };
+                if !provider.eq_ignore_ascii_case("sendgrid") {
+                    return Err(Error::invalid(format!(
+                        "unsupported email provider `{provider}` (sendgrid)"
+                    )));
+                }
+                let mut message = json!({
+                    "personalizations": [{"to": [{"email": text(to)?}]}],
+                    "from": {"email": text(from)?},
+                    "subject": text(subject)?,
+                    "content": [{
+                        "type": if html.unwrap_or(false) { "text/html" } else { "text/plain" },
+                        "value": text(body)?,
+                    }],
+                });
+                if let Some(r) = reply_to {
+                    message["reply_to"] = json!({"email": text(r)?});
+                }
+                let remaining = self
+                    .deadline()
+                    .since(self.started)
+                    .max(Duration::from_secs(1));
+                let call = HttpCall {
+                    method: "POST".into(),
+                    url: "https://api.sendgrid.com/v3/mail/send".into(),
+                    headers: vec![
+                        ("Authorization".into(), format!("Bearer {}", text(api_key)?)),
+                        ("Content-Type".into(), "application/json".into()),
+                    ],
+                    body: Some(message.to_string().into_bytes()),
+                    timeout: Duration::from_secs(30).min(remaining),
+                    max_bytes: 64 << 10,
+                    trusted: false,
+                    prebuilt: None,
+                };
+                let output_field = match output_field {
+                    Some(f) => text(f)?,
+                    None => "email_send".into(),
+                };
+                self.put(ws);
+                Flow::Wait(
+                    Effect::Http(call),
+                    Waiting::Email {
+                        output_field,
+                        provider: "sendgrid",
+                    },
+                )
+            }
             Stage::Chat {
                 messages,
                 model,
@@ -1269,6 +1337,35 @@ impl Run {
                     })
                     .collect();
                 Ok(vec![chat_record(text, &model)])
+            }
+            (
+                Waiting::Email {
+                    output_field,
+                    provider,
+                },
+                Resume::Http(result),
+            ) => {
+                let (status, body) = result.map_err(|e| {
+                    Error::invalid(format!("EmailSend: the provider is unreachable: {e}"))
+                })?;
+                // SendGrid answers 202 with no body, or errors as
+                // `{"errors": [{"message": ...}]}`.
+                let parsed: J = serde_json::from_slice(&body).unwrap_or(J::Null);
+                let message = parsed
+                    .pointer("/errors/0/message")
+                    .and_then(J::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+                let envelope = json!({
+                    "provider_status": status,
+                    "provider_message": message,
+                    "provider": provider,
+                });
+                set_output(&mut ws, self.scopes.last_mut(), &output_field, envelope);
+                Ok(ws)
+            }
+            (Waiting::Email { .. }, Resume::Slept) => {
+                Err(Error::internal("an EmailSend stage was resumed by a timer"))
             }
             (Waiting::Chat { .. }, Resume::Slept) => {
                 Err(Error::internal("a Chat stage was resumed by a timer"))
