@@ -408,6 +408,12 @@ impl Run {
         })
     }
 
+    /// An outbound call's own timeout, at most the run's wall-time budget
+    /// (the server also stops waiting at the run's deadline).
+    fn call_timeout(&self, wanted: Duration) -> Duration {
+        wanted.min(self.budget.max_time.max(Duration::from_secs(1)))
+    }
+
     fn tx_id(&self) -> Option<String> {
         match &self.tx {
             Txn::Open(id) => Some(id.clone()),
@@ -949,10 +955,6 @@ impl Run {
                 if let Some(r) = reply_to {
                     message["reply_to"] = json!({"email": text(r)?});
                 }
-                let remaining = self
-                    .deadline()
-                    .since(self.started)
-                    .max(Duration::from_secs(1));
                 let call = HttpCall {
                     method: "POST".into(),
                     url: "https://api.sendgrid.com/v3/mail/send".into(),
@@ -961,7 +963,7 @@ impl Run {
                         ("Content-Type".into(), "application/json".into()),
                     ],
                     body: Some(message.to_string().into_bytes()),
-                    timeout: Duration::from_secs(30).min(remaining),
+                    timeout: self.call_timeout(Duration::from_secs(30)),
                     max_bytes: 64 << 10,
                     trusted: false,
                     prebuilt: None,
@@ -1077,14 +1079,11 @@ impl Run {
                 })
             }
         };
-        let remaining = self
-            .deadline()
-            .since(self.started)
-            .max(Duration::from_secs(1));
-        let timeout = timeout_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(30))
-            .min(remaining);
+        let timeout = self.call_timeout(
+            timeout_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(30)),
+        );
         Ok(HttpCall {
             method,
             url,
@@ -1160,16 +1159,12 @@ impl Run {
         prompt.model = choice.model.clone();
         let request = providers::request(&choice.provider, &prompt)
             .map_err(|e| Error::invalid(format!("chat provider: {e}")))?;
-        let remaining = self
-            .deadline()
-            .since(self.started)
-            .max(Duration::from_secs(1));
         let call = HttpCall {
             method: "POST".into(),
             url: request.target.to_string(),
             headers: Vec::new(),
             body: None,
-            timeout: Duration::from_secs(120).min(remaining),
+            timeout: self.call_timeout(Duration::from_secs(120)),
             max_bytes: 16 << 20,
             trusted: true,
             prebuilt: Some(request),
@@ -1232,16 +1227,12 @@ impl Run {
         if !e.api_key.is_empty() {
             headers.push(("Authorization".into(), format!("Bearer {}", e.api_key)));
         }
-        let remaining = self
-            .deadline()
-            .since(self.started)
-            .max(Duration::from_secs(1));
         let call = HttpCall {
             method: "POST".into(),
             url: format!("{}/embeddings", e.url.trim_end_matches('/')),
             headers,
             body: Some(body),
-            timeout: Duration::from_secs(30).min(remaining),
+            timeout: self.call_timeout(Duration::from_secs(30)),
             max_bytes: 64 << 20,
             trusted: true,
             prebuilt: None,

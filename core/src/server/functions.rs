@@ -4,7 +4,7 @@
 //! a deadline in the timer table, and the answer resumes the run. The
 //! caller's reply waits on a ticket meanwhile; no thread waits on a run.
 
-use super::calls::{CallFailure, CallId, Purpose};
+use super::calls::{CallId, Purpose};
 use super::pending::Ticket;
 use super::{Server, ServerTimer};
 use crate::dialect::rest::{error_response, Outcome};
@@ -403,7 +403,7 @@ impl Server {
             for (id, result) in std::mem::take(&mut self.calls.function_results) {
                 let answer = match result {
                     Ok(r) => Ok((r.head.status, r.body)),
-                    Err(f) => Err(describe(&f)),
+                    Err(f) => Err(f.to_string()),
                 };
                 self.resume_run(id, Resume::Http(answer), now);
             }
@@ -466,10 +466,6 @@ pub(crate) fn schedule_outcome(result: &Result<Finished>) -> crate::schedule::Ou
         })),
         Err(e) => Outcome::Failed(e.message.clone()),
     }
-}
-
-fn describe(f: &CallFailure) -> String {
-    f.to_string()
 }
 
 /// `{"records": [...], "stats": {...}}` (G6): every key the strict clients
