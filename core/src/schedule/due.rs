@@ -5,11 +5,14 @@
 
 use crate::time::Timestamp;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
+/// Each id is held once, shared by both maps (a server may hold many
+/// thousands of schedules).
 #[derive(Debug, Default)]
 pub struct Due {
-    at: HashMap<String, Timestamp>,
-    by_time: BTreeSet<(Timestamp, String)>,
+    at: HashMap<Arc<str>, Timestamp>,
+    by_time: BTreeSet<(Timestamp, Arc<str>)>,
     /// Schedules whose run was missed while the server was down: their next
     /// run is a catch-up run (trigger `missed`).
     missed: HashSet<String>,
@@ -18,12 +21,16 @@ pub struct Due {
 impl Due {
     /// Sets when `id` is due next (`None`: not at all, paused or deleted).
     pub fn set(&mut self, id: &str, when: Option<Timestamp>) {
-        if let Some(old) = self.at.remove(id) {
-            self.by_time.remove(&(old, id.to_string()));
-        }
+        let key = match self.at.remove_entry(id) {
+            Some((key, old)) => {
+                self.by_time.remove(&(old, key.clone()));
+                key
+            }
+            None => Arc::from(id),
+        };
         if let Some(t) = when {
-            self.at.insert(id.to_string(), t);
-            self.by_time.insert((t, id.to_string()));
+            self.by_time.insert((t, key.clone()));
+            self.at.insert(key, t);
         } else {
             self.missed.remove(id);
         }
@@ -56,8 +63,8 @@ impl Due {
                 break;
             };
             self.at.remove(&id);
-            let missed = self.missed.remove(&id);
-            due.push((id, missed));
+            let missed = self.missed.remove(&*id);
+            due.push((id.to_string(), missed));
         }
         due
     }

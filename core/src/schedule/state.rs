@@ -98,15 +98,33 @@ pub struct Schedule {
     pub cron: String,
     /// The key the client named the expression with (`cron` or
     /// `cron_expression`); both are echoed.
+    #[serde(default = "cron_key", skip_serializing_if = "is_cron_key")]
     pub cron_key: String,
     pub timezone: String,
     pub enabled: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub next_execution: Option<Timestamp>,
+    // What a schedule that never ran would store is left out of its record
+    // (a server may hold many thousands of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_execution: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub run_count: u64,
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub runs: VecDeque<Run>,
+}
+
+fn cron_key() -> String {
+    "cron".into()
+}
+
+fn is_cron_key(key: &str) -> bool {
+    key == "cron"
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn opt_str<'a>(o: &'a Map<String, J>, k: &str) -> Result<Option<&'a str>> {
@@ -367,6 +385,25 @@ mod tests {
         );
         let back = Schedule::from_stored(&s.to_stored()).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_fresh_schedule_stores_only_what_it_has() {
+        let now = at("2026-01-01T10:00:00Z");
+        for body in [
+            json!({"cron": "0 0 1 1 *", "function_label": "f"}),
+            json!({"cron_expression": "0 0 1 1 *", "function_label": "f"}),
+        ] {
+            let mut s = Schedule::create("s".into(), &obj(body), now).unwrap();
+            let text = s.to_stored();
+            for absent in ["\"runs\"", "run_count", "last_execution"] {
+                assert!(!text.contains(absent), "{text}");
+            }
+            assert_eq!(Schedule::from_stored(&text).unwrap(), s);
+            // Once it ran, its history is stored and read back.
+            s.record_run(Trigger::Manual, None, Outcome::Started, now);
+            assert_eq!(Schedule::from_stored(&s.to_stored()).unwrap(), s);
+        }
     }
 
     #[test]
