@@ -2,12 +2,13 @@
 //! engine, a definition and its parameters in; the run's records (or its
 //! error) and the stored state out. Runs step through `Run::poll` exactly
 //! as the server drives them; `HttpRequest`/`SWR` effects are answered with
-//! a canned response and `Sleep` with its timer, and the test counts them.
+//! a canned response and `Sleep` with its timer, and the test counts them;
+//! bcrypt (`Compute`) runs as a reader thread would run it.
 //!
 //! Expected values are compared after unwrapping typed envelopes
 //! (`{"type": "String", "value": "x"}` → `"x"`) and dropping record ids.
 //! A string starting with `~` is a pattern: `~uuid`, `~hex:N` (N hex
-//! digits), `~rfc3339`, `~jwt`, `~num`, `~str`, `~any`.
+//! digits), `~rfc3339`, `~jwt`, `~bcrypt4`, `~num`, `~str`, `~any`.
 
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -100,6 +101,9 @@ fn matches(expected: &Value, actual: &Value) -> bool {
                 }
                 "~rfc3339" => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
                 "~jwt" => s.split('.').count() == 3,
+                // A bcrypt hash at cost 4: `$2b$04$` and 53 characters of
+                // salt and hash.
+                "~bcrypt4" => s.len() == 60 && s.starts_with("$2b$04$"),
                 p if p.starts_with("~vec:") => a.as_array().is_some_and(|v| {
                     v.len() == p[5..].parse::<usize>().unwrap() && v.iter().all(Value::is_number)
                 }),
@@ -254,6 +258,10 @@ fn check(case: &Case) {
                     Poll::Wait(Effect::Sleep(_)) => {
                         sleeps += 1;
                         answer = Some(Resume::Slept);
+                    }
+                    // Run as a reader thread would.
+                    Poll::Wait(Effect::Compute(job)) => {
+                        answer = Some(Resume::Computed(job.run()));
                     }
                 }
             }
@@ -1021,6 +1029,25 @@ fn crypto_and_encodings() {
             ..Case::default()
         },
         Case {
+            name: "BcryptHash and BcryptVerify",
+            seed: json!({"users": [{"name": "ann"}]}),
+            params: json!({"password": "correct horse"}),
+            stages: json!([
+                {"type": "FindAll", "collection": "users"},
+                {"type": "BcryptHash", "plain": "{{password}}", "cost": 4, "output_field": "hash"},
+                {"type": "BcryptVerify", "plain": "{{password}}", "hash_field": "hash", "output_field": "ok"},
+                {"type": "BcryptVerify", "plain": "wrong", "hash_field": "hash", "output_field": "bad"},
+                {"type": "BcryptVerify", "plain": "x", "hash_field": "missing", "output_field": "none"}]),
+            out: json!([{"name": "ann", "hash": "~bcrypt4", "ok": true, "bad": false, "none": false}]),
+            ..Case::default()
+        },
+        Case {
+            name: "BcryptHash refuses a cost that would outrun the budget",
+            stages: json!([{"type": "BcryptHash", "plain": "pw", "cost": 20, "output_field": "h"}]),
+            err: Some((400, "between 4 and 16")),
+            ..Case::default()
+        },
+        Case {
             name: "JwtSign and JwtVerify",
             stages: json!([
                 {"type": "JwtSign", "claims": {"sub": "ann"}, "secret": "s3cret",
@@ -1088,28 +1115,5 @@ fn crypto_and_encodings() {
         },
     ] {
         check(&case);
-    }
-}
-
-/// Stages that need something Tidepool does not run inside a function yet
-/// answer 501 naming the stage, never a fake success.
-#[test]
-fn stages_not_run_yet_say_so() {
-    for (name, stage) in [
-        (
-            "BcryptHash",
-            json!({"type": "BcryptHash", "plain": "pw", "output_field": "h"}),
-        ),
-        (
-            "BcryptVerify",
-            json!({"type": "BcryptVerify", "plain": "pw", "hash_field": "h", "output_field": "ok"}),
-        ),
-    ] {
-        check(&Case {
-            name,
-            stages: json!([stage]),
-            err: Some((501, name)),
-            ..Case::default()
-        });
     }
 }

@@ -164,6 +164,7 @@ struct SimHost<'a> {
     written: &'a mut Vec<(Lsn, Vec<u8>)>,
     calls: &'a mut Vec<CallCommand>,
     woken: Vec<ConnId>,
+    now: Timestamp,
 }
 
 impl SimHost<'_> {
@@ -172,7 +173,7 @@ impl SimHost<'_> {
         // time budget), before the wake-ups they cause are collected.
         while let Some(job) = self.server.poll_read() {
             let done = job.run(&|| false);
-            self.server.finish_read(done);
+            self.server.finish_read(done, self.now);
         }
         while let Some(c) = self.server.poll_log() {
             self.written.push((c.lsn, c.payload));
@@ -324,6 +325,7 @@ impl World {
             written: &mut self.written,
             calls: &mut self.call_commands,
             woken: Vec::new(),
+            now: self.now,
         };
         host.drain();
         // A full socket: the runtime's task waits on its write and steps nothing.

@@ -220,6 +220,7 @@ struct Storage {
 struct FuzzHost<'a> {
     server: &'a mut Server,
     failed: bool,
+    now: Timestamp,
 }
 
 impl Shared for FuzzHost<'_> {
@@ -229,7 +230,7 @@ impl Shared for FuzzHost<'_> {
         // Reads deferred outside the lock run at once, as a reader thread would.
         while let Some(job) = self.server.poll_read() {
             let done = job.run(&|| false);
-            self.server.finish_read(done);
+            self.server.finish_read(done, self.now);
         }
         r
     }
@@ -274,6 +275,7 @@ fn drive(
             let mut host = FuzzHost {
                 server: &mut *server,
                 failed: storage.failed,
+                now,
             };
             driver::step(conn, &mut host, now, &mut out)
         };

@@ -44,6 +44,6 @@ fn reader_loop(host: &Weak<Host>, rx: &Receiver<ReadJob>) {
         let Some(host) = host.upgrade() else {
             return;
         };
-        host.with_server(|s| s.finish_read(done));
+        host.with_server(|s| s.finish_read(done, crate::clock::now()));
     }
 }

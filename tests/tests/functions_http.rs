@@ -2,8 +2,8 @@
 //! `HttpRequest` stage calling a loopback server (allowed by the setting,
 //! refused by default, private addresses refused too), the path-routed
 //! dispatcher, budgets that stop runaway functions, `transaction_config`
-//! leaving nothing written when a run fails, bad definitions, and the
-//! `/metrics` run counters.
+//! leaving nothing written when a run fails, bad definitions, the
+//! `/metrics` run counters, and the bcrypt stages (run off the lock).
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -426,4 +426,113 @@ both_runtimes!(metrics_count_function_runs, |rt: Runtime| {
         "{text}"
     );
     assert!(text.contains("tidepool_function_runs 0"), "{text}");
+});
+
+both_runtimes!(password_stages_sign_up_and_log_in, |rt: Runtime| {
+    let srv = TestServer::start(rt);
+    let token = srv.token();
+    saved(
+        &srv,
+        &token,
+        json!({"label": "signup", "name": "Sign up",
+        "functions": [
+          {"type": "BcryptHash", "plain": "{{password}}", "cost": 4, "output_field": "hash"},
+          {"type": "Insert", "collection": "users",
+           "record": {"name": "{{name}}", "hash": "{{hash}}"}}]}),
+    );
+    saved(
+        &srv,
+        &token,
+        json!({"label": "login", "name": "Log in",
+        "functions": [
+          {"type": "FindOne", "collection": "users", "key": "name", "value": "{{name}}"},
+          {"type": "BcryptVerify", "plain": "{{password}}", "hash_field": "hash", "output_field": "ok"},
+          {"type": "Return", "fields": {"ok": "{{ok}}"}}]}),
+    );
+    let r = call(
+        &srv,
+        &token,
+        "signup",
+        json!({"name": "ann", "password": "tide pool"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The stored hash is a real bcrypt hash, never the password.
+    let users = srv.call(&token, "POST", "/api/find/users", "{}").json();
+    let stored = users[0]["hash"].to_string();
+    assert!(stored.contains("$2b$04$"), "{stored}");
+    assert!(!stored.contains("tide pool"), "{stored}");
+
+    let login_with = |params: Value| {
+        let r = call(&srv, &token, "login", params);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["records"][0]["ok"].clone()
+    };
+    let login = |password: &str| login_with(json!({"name": "ann", "password": password}));
+    assert_eq!(login("tide pool"), json!(true));
+    assert_eq!(login("tide poo1"), json!(false));
+    // The hash checked is the stored one: a caller's own `hash` parameter
+    // (a hash of its own password) changes nothing.
+    let hash_of = |plain: &str| {
+        let r = call(&srv, &token, "hash-only", json!({"plain": plain}));
+        r.json()["records"][0]["h"].as_str().unwrap().to_string()
+    };
+    saved(
+        &srv,
+        &token,
+        json!({"label": "hash-only", "name": "Hash",
+        "functions": [{"type": "BcryptHash", "plain": "{{plain}}", "cost": 4, "output_field": "h"}]}),
+    );
+    let forged = hash_of("evil");
+    assert_eq!(
+        login_with(json!({"name": "ann", "password": "evil", "hash": forged})),
+        json!(false)
+    );
+
+    // A cost past the budget's reach is refused before any work.
+    saved(
+        &srv,
+        &token,
+        json!({"label": "too-slow", "name": "Cost 20",
+        "functions": [{"type": "BcryptHash", "plain": "x", "cost": 20, "output_field": "h"}]}),
+    );
+    let r = call(&srv, &token, "too-slow", json!({}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("between 4 and 16"), "{}", r.text());
+});
+
+both_runtimes!(bcrypt_runs_outside_the_server_lock, |rt: Runtime| {
+    let srv = TestServer::start(rt);
+    let token = srv.token();
+    srv.insert("notes", &json!({"n": 1}));
+    // Cost 15: seconds of CPU, during which the server must go on serving.
+    saved(
+        &srv,
+        &token,
+        json!({"label": "slow-hash", "name": "Slow hash",
+        "functions": [{"type": "BcryptHash", "plain": "pw", "cost": 15, "output_field": "h"}]}),
+    );
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let hash_done = done_tx.clone();
+        let (srv, token) = (&srv, &token);
+        s.spawn(move || {
+            let r = call(srv, token, "slow-hash", json!({}));
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains("$2b$15$"), "{}", r.text());
+            hash_done.send("hash").unwrap();
+        });
+        // Give the hash a head start, then read and write meanwhile.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for i in 0..3 {
+            srv.insert("notes", &json!({"n": i + 2}));
+            assert!(count(srv, token, "notes") >= 2);
+        }
+        done_tx.send("requests").unwrap();
+    });
+    let order: Vec<&str> = done_rx.try_iter().collect();
+    assert_eq!(
+        order,
+        ["requests", "hash"],
+        "reads and writes waited for the hash"
+    );
 });

@@ -6,7 +6,9 @@
 //! ```text
 //! Run::poll ──▶ stage after stage on the working set (under the server lock)
 //!    │  If / ForEach / TryCatch / CallFunction / Parallel push a frame
-//!    ├─▶ Poll::Wait(Effect)   the server performs it, then Run::resume
+//!    ├─▶ Poll::Wait(Effect)   the server performs it (an outbound call, a
+//!    │                        timer, slow CPU work on a reader thread),
+//!    │                        then Run::resume
 //!    └─▶ Poll::Done(result)   records + stats, or the error that stopped it
 //! ```
 //!
@@ -23,6 +25,7 @@
 use super::condition;
 use super::data::{self, Store};
 use super::definition::{Definition, Stage, Stages};
+use super::password::PasswordJob;
 use super::scope::{Doc, Scope};
 use super::transform;
 use crate::engine::Engine;
@@ -74,6 +77,9 @@ impl Default for Budget {
 pub enum Effect {
     Http(HttpCall),
     Sleep(Duration),
+    /// CPU work too slow for the server lock (bcrypt), run on a reader
+    /// thread.
+    Compute(PasswordJob),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +124,8 @@ pub enum Resume {
     /// The response's status and body, or why there was none.
     Http(std::result::Result<(u16, Vec<u8>), String>),
     Slept,
+    /// A `Compute` effect's result.
+    Computed(J),
 }
 
 pub enum Poll {
@@ -208,6 +216,10 @@ enum Waiting {
         url: String,
     },
     Sleep,
+    /// `BcryptHash`/`BcryptVerify`: the result goes to `output_field`.
+    Computed {
+        output_field: String,
+    },
     /// `Embed`: the provider's vectors go to `output_field` of each record.
     Embed {
         output_field: String,
@@ -1025,6 +1037,37 @@ impl Run {
                 }
                 Flow::Ws(ws)
             }
+            Stage::BcryptHash {
+                plain,
+                cost,
+                output_field,
+            } => {
+                let plain = scope.string(plain, &ws)?.into_owned();
+                let output_field = scope.string(output_field, &ws)?.into_owned();
+                let mut salt = [0u8; 16];
+                (w.random)(&mut salt);
+                let job = PasswordJob::hash(plain, *cost, salt)?;
+                self.put(ws);
+                Flow::Wait(Effect::Compute(job), Waiting::Computed { output_field })
+            }
+            Stage::BcryptVerify {
+                plain,
+                hash_field,
+                output_field,
+            } => {
+                let plain = scope.string(plain, &ws)?.into_owned();
+                let output_field = scope.string(output_field, &ws)?.into_owned();
+                // From the first record only, never a parameter: a caller
+                // must not be able to supply the hash it is checked against.
+                let hash = ws
+                    .first()
+                    .and_then(|r| r.get(hash_field.trim()))
+                    .map(|v| super::scope::text(v).into_owned())
+                    .unwrap_or_default();
+                let job = PasswordJob::Verify { plain, hash };
+                self.put(ws);
+                Flow::Wait(Effect::Compute(job), Waiting::Computed { output_field })
+            }
             other => {
                 return Err(Error::not_implemented(&format!(
                     "the `{}` stage",
@@ -1259,6 +1302,13 @@ impl Run {
             .unwrap_or_default();
         match (waiting, answer) {
             (Waiting::Sleep, _) => Ok(ws),
+            (Waiting::Computed { output_field }, Resume::Computed(value)) => {
+                set_output(&mut ws, self.scopes.last_mut(), &output_field, value);
+                Ok(ws)
+            }
+            (Waiting::Computed { .. }, _) => Err(Error::internal(
+                "a password stage was resumed without its result",
+            )),
             (Waiting::Embed { output_field }, Resume::Http(result)) => {
                 let (status, body) = result
                     .map_err(|e| Error::invalid(format!("embedding provider unreachable: {e}")))?;
@@ -1296,9 +1346,9 @@ impl Run {
                 }
                 Ok(ws)
             }
-            (Waiting::Embed { .. }, Resume::Slept) => {
-                Err(Error::internal("an Embed stage was resumed by a timer"))
-            }
+            (Waiting::Embed { .. }, _) => Err(Error::internal(
+                "an Embed stage was resumed without its answer",
+            )),
             (Waiting::Chat { api, model }, Resume::Http(result)) => {
                 let (status, body) = result.map_err(|e| {
                     Error::new(
@@ -1355,12 +1405,12 @@ impl Run {
                 set_output(&mut ws, self.scopes.last_mut(), &output_field, envelope);
                 Ok(ws)
             }
-            (Waiting::Email { .. }, Resume::Slept) => {
-                Err(Error::internal("an EmailSend stage was resumed by a timer"))
-            }
-            (Waiting::Chat { .. }, Resume::Slept) => {
-                Err(Error::internal("a Chat stage was resumed by a timer"))
-            }
+            (Waiting::Email { .. }, _) => Err(Error::internal(
+                "an EmailSend stage was resumed without its answer",
+            )),
+            (Waiting::Chat { .. }, _) => Err(Error::internal(
+                "a Chat stage was resumed without its answer",
+            )),
             (
                 Waiting::Http {
                     output_field,
@@ -1392,9 +1442,9 @@ impl Run {
                 set_output(&mut ws, self.scopes.last_mut(), &output_field, value);
                 Ok(ws)
             }
-            (Waiting::Http { .. }, Resume::Slept) => {
-                Err(Error::internal("an HTTP stage was resumed by a timer"))
-            }
+            (Waiting::Http { .. }, _) => Err(Error::internal(
+                "an HTTP stage was resumed without its answer",
+            )),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `transform.rs` | Project, Group, Count, AddFields |
 //! | `condition.rs` | `If` conditions (G3) |
 //! | `crypto.rs` | HMAC, JWT, encodings, UUIDs, slugs |
+//! | `password.rs` | bcrypt, run off the lock as an effect |
 //! | `validate.rs` | the `Validate` stage's JSON Schema subset |
 //! | `route.rs` | the path-routed dispatcher's matching (G8) |
 
@@ -20,6 +21,7 @@ pub mod crypto;
 pub mod data;
 pub mod definition;
 pub mod interp;
+pub mod password;
 pub mod route;
 pub mod scope;
 pub mod store;

@@ -1,8 +1,9 @@
 //! Runs of stored functions, owned by the server: a run steps under the
 //! server lock until it finishes or needs the outside world; an
 //! `HttpRequest` becomes an outbound call (`Purpose::Function`), a `Sleep`
-//! a deadline in the timer table, and the answer resumes the run. The
-//! caller's reply waits on a ticket meanwhile; no thread waits on a run.
+//! a deadline in the timer table, bcrypt a job on a reader thread, and the
+//! answer resumes the run. The caller's reply waits on a ticket meanwhile;
+//! no thread waits on a run.
 
 use super::calls::{CallId, Purpose};
 use super::pending::Ticket;
@@ -38,10 +39,16 @@ pub enum Shape {
 /// Runs in progress at once, beyond which new ones are refused (503).
 const MAX_RUNS: usize = 10_000;
 
+/// bcrypt jobs queued for the reader threads at once. Each holds a reader
+/// for up to seconds; past this a password stage fails (503) rather than
+/// queue every query behind a flood of logins.
+const MAX_COMPUTING: usize = 32;
+
 #[derive(Debug)]
 enum Waiting {
     Call(CallId),
     Sleep,
+    Compute,
 }
 
 struct Active {
@@ -83,6 +90,8 @@ pub(crate) struct Functions {
     embedder: Arc<Embedder>,
     /// The settings `Chat` stages choose a provider from.
     chat: Arc<crate::config::Config>,
+    /// bcrypt jobs on the reader threads.
+    computing: usize,
     /// Runs finished (by outcome), for `/metrics`.
     pub(crate) finished_ok: u64,
     pub(crate) finished_err: u64,
@@ -109,6 +118,7 @@ impl Functions {
                 model: config.embed_model.clone(),
                 dimensions: config.embed_dimensions,
             }),
+            computing: 0,
             finished_ok: 0,
             finished_err: 0,
         }
@@ -273,6 +283,29 @@ impl Server {
                 );
                 Waiting::Sleep
             }
+            Effect::Compute(job) => {
+                if self.functions.computing >= MAX_COMPUTING {
+                    let busy = Error::new(
+                        crate::error::ErrorKind::Unavailable,
+                        format!(
+                            "{MAX_COMPUTING} password hashes are already running: try again shortly"
+                        ),
+                    );
+                    let parked = Parked {
+                        run,
+                        reply,
+                        schedule,
+                    };
+                    self.abort_run(id, parked, busy, now);
+                    return;
+                }
+                self.functions.computing += 1;
+                self.timers
+                    .set(ServerTimer::Function(id), Some(deadline.max(now)));
+                let max_time = deadline.since(now);
+                self.defer_compute(id, max_time, move || job.run());
+                Waiting::Compute
+            }
             Effect::Http(call) => match self.start_http(id, &call, now) {
                 Ok(cid) => {
                     self.timers.set(
@@ -326,6 +359,28 @@ impl Server {
         self.calls
             .start(request, purpose, now, &mut self.timers)
             .map_err(|f| f.to_string())
+    }
+
+    /// A bcrypt job finished: its run goes on (unless its time ran out
+    /// meanwhile and it was stopped).
+    pub(super) fn computed(&mut self, id: RunId, value: J, now: Timestamp) {
+        self.functions.computing = self.functions.computing.saturating_sub(1);
+        self.resume_run(id, Resume::Computed(value), now);
+    }
+
+    /// Stops a parked run with `why`, rolling back its transaction.
+    fn abort_run(&mut self, id: RunId, parked: Parked, why: Error, now: Timestamp) {
+        let Parked {
+            mut run,
+            reply,
+            schedule,
+        } = parked;
+        self.timers.cancel(ServerTimer::Function(id));
+        let result = match run.abort(why, &mut self.engine) {
+            Poll::Done(r) => r,
+            Poll::Wait(_) => Err(Error::internal("an aborted run waits")),
+        };
+        self.run_done(reply, schedule, result, now);
     }
 
     /// Resumes a parked run with its effect's answer.
@@ -422,16 +477,15 @@ impl Server {
                 self.calls.cancel(cid, now, &mut self.timers);
                 self.resume_run(id, Resume::Http(Err("the request timed out".into())), now)
             }
-            Waiting::Sleep => {
-                if let Some(mut a) = self.functions.active.remove(&id) {
-                    let result = match a.run.abort(
-                        Error::invalid("the function ran out of time (budget)"),
-                        &mut self.engine,
-                    ) {
-                        Poll::Done(r) => r,
-                        Poll::Wait(_) => Err(Error::internal("an aborted run waits")),
+            Waiting::Sleep | Waiting::Compute => {
+                if let Some(a) = self.functions.active.remove(&id) {
+                    let parked = Parked {
+                        run: a.run,
+                        reply: a.reply,
+                        schedule: a.schedule,
                     };
-                    self.run_done(a.reply, a.schedule, result, now);
+                    let why = Error::invalid("the function ran out of time (budget)");
+                    self.abort_run(id, parked, why, now);
                 }
             }
         }

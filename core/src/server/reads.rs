@@ -7,7 +7,10 @@
 //! lock (`Finish::UnderLock`): a search that needed an index builds it
 //! outside, then installs it and answers. A long scan, sort, join or index
 //! build then holds up nobody: writers and other readers go on meanwhile.
+//! A stored function's slow CPU work (bcrypt) runs the same way, and its
+//! answer resumes the run (`Deliver::Function`).
 
+use super::functions::RunId;
 use super::pending::Ticket;
 use super::Server;
 use crate::dialect::rest::{self, Outcome};
@@ -37,6 +40,8 @@ pub enum Finish {
     /// Work to finish under the lock (installing an index built outside
     /// it, then answering from it).
     UnderLock(UnderLock),
+    /// A function's computed value, to resume its run with.
+    Computed(serde_json::Value),
 }
 
 /// The work of one read: given "is my time up?", what it comes to.
@@ -50,6 +55,8 @@ enum Deliver {
     /// A message on a WebSocket (replies carry their message id, so they
     /// may overtake each other).
     Stream(ConnId),
+    /// A stored function's run, waiting on CPU work (`Effect::Compute`).
+    Function(RunId),
 }
 
 /// A read to run outside the lock (`Server::poll_read`).
@@ -141,6 +148,24 @@ impl Server {
         Ok(())
     }
 
+    /// Runs `work` for function run `id` on a reader thread; its value
+    /// resumes the run (`finish_read`).
+    pub(super) fn defer_compute(
+        &mut self,
+        id: RunId,
+        max_time: Duration,
+        work: impl FnOnce() -> serde_json::Value + Send + 'static,
+    ) {
+        let run = move |_: &dyn Fn() -> bool| Ok(Finish::Computed(work()));
+        let wait_for = self.read_position();
+        self.reads.push_back(ReadJob {
+            deliver: Deliver::Function(id),
+            wait_for,
+            max_time,
+            run: Box::new(run),
+        });
+    }
+
     fn queue_read(&mut self, deliver: Deliver, run: Run) {
         let wait_for = self.read_position();
         self.reads.push_back(ReadJob {
@@ -158,10 +183,19 @@ impl Server {
     }
 
     /// A read finished: its connection gets the reply (once what it saw is
-    /// durable). A connection that went meanwhile is forgotten.
-    pub fn finish_read(&mut self, done: ReadDone) {
+    /// durable). A connection that went meanwhile is forgotten. `now` is
+    /// for a function run the answer resumes.
+    pub fn finish_read(&mut self, done: ReadDone, now: crate::time::Timestamp) {
         let ticket = match done.deliver {
             Deliver::Ticket(ticket) => ticket,
+            Deliver::Function(id) => {
+                let value = match done.finish {
+                    Ok(Finish::Computed(value)) => value,
+                    _ => serde_json::Value::Null,
+                };
+                self.computed(id, value, now);
+                return;
+            }
             Deliver::Stream(conn) => {
                 if let Some(running) = self.socket_reads.get_mut(&conn) {
                     *running -= 1;
@@ -177,9 +211,9 @@ impl Server {
         };
         let (result, wait_for) = match done.finish {
             Ok(Finish::Reply(r)) => (Ok(r), done.wait_for),
-            Ok(Finish::Message(_)) => (
+            Ok(Finish::Message(_) | Finish::Computed(_)) => (
                 Err(crate::error::Error::internal(
-                    "a WebSocket message was made for an HTTP request",
+                    "a WebSocket message or function value was made for an HTTP request",
                 )),
                 done.wait_for,
             ),
@@ -223,12 +257,12 @@ mod tests {
         server.defer_message(other, move |_| reply()).unwrap();
         // One answer makes room for one more.
         let job = server.poll_read().unwrap();
-        server.finish_read(job.run(&|| false));
+        server.finish_read(job.run(&|| false), crate::time::Timestamp::from_micros(0));
         server.defer_message(busy, move |_| reply()).unwrap();
         assert!(server.defer_message(busy, move |_| reply()).is_err());
         // Every job finishing leaves no count behind.
         while let Some(job) = server.poll_read() {
-            server.finish_read(job.run(&|| false));
+            server.finish_read(job.run(&|| false), crate::time::Timestamp::from_micros(0));
         }
         assert!(server.socket_reads.is_empty());
     }

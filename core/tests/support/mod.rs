@@ -52,7 +52,7 @@ impl Sut {
         // Queries run outside the lock: here, at once, as a reader thread would.
         while let Some(job) = self.server.poll_read() {
             let done = job.run(&|| false);
-            self.server.finish_read(done);
+            self.server.finish_read(done, T0);
         }
         let r = match reply.pending {
             Some(ticket) => {
