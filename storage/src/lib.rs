@@ -13,6 +13,7 @@
 //!  begin_snapshot(replay_from) ──► SnapshotWriter (any thread) ──► finish: fsync tmp
 //!  install_snapshot   ──► rename tmp ──► fsync(dir) ──► delete covered segments
 //!  open()             ──► newest valid snapshot + every batch with lsn > replay_from
+//!  backup_plan()      ──► BackupPlan (any thread) ──► write_to(dir): a data directory
 //! ```
 //!
 //! The byte layout, the commit protocol, the recovery algorithm and what the disk is
@@ -41,6 +42,7 @@
 #![deny(unsafe_code)]
 
 mod backend;
+pub mod backup;
 mod error;
 pub mod frame;
 mod options;
@@ -52,6 +54,7 @@ mod snapshot;
 mod store;
 
 pub use backend::{Backend, BackendFile, FileBackend, Mapped};
+pub use backup::{BackupPlan, Manifest};
 pub use error::StoreError;
 pub use options::{Lsn, ParseSyncPolicyError, StoreOptions, SyncPolicy};
 pub use reader::{History, StoreReader};

@@ -63,7 +63,7 @@ struct Segment {
 /// The store: a single owner appends, syncs and installs snapshots; readers use
 /// [`StoreReader`] handles from [`Store::reader`].
 pub struct Store {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     opts: StoreOptions,
     _lock: Box<dyn fmt::Debug + Send + Sync>,
     token: u64,
@@ -79,9 +79,9 @@ pub struct Store {
     poisoned: bool,
     next_segment_id: u64,
     next_snapshot_id: u64,
-    replay_from: u64,
-    snapshot: Option<(u64, PathBuf)>,
-    shared: Arc<Mutex<Shared>>,
+    pub(crate) replay_from: u64,
+    pub(crate) snapshot: Option<(u64, PathBuf)>,
+    pub(crate) shared: Arc<Mutex<Shared>>,
 }
 
 impl fmt::Debug for Store {
