@@ -16,6 +16,7 @@
 //! 4. it publishes the durable LSN (`Durability`) and wakes waiting connections;
 //! 5. each connection releases the replies whose LSN is now durable.
 
+pub mod backup;
 pub mod boot;
 pub mod cli;
 mod clock;
@@ -23,8 +24,10 @@ mod documents;
 pub mod durability;
 pub mod log;
 mod process;
+pub mod progress;
 mod reads;
 mod shared;
+pub mod subcommands;
 mod timer;
 mod tls;
 pub mod tls_server;

@@ -65,6 +65,8 @@ pub struct Host {
     performer: OnceLock<Box<dyn CallPerformer>>,
     /// Deferred reads, for the reader threads (`reads`).
     readers: Sender<ReadJob>,
+    /// Requests for a backup plan, for the writer (`backup`).
+    plan_requests: Sender<crate::backup::PlanRequest>,
     me: Weak<Host>,
 }
 
@@ -84,6 +86,12 @@ impl Host {
     /// Tells the writer that batches are waiting (cheap; coalesces).
     pub fn wake_writer(&self) {
         let _ = self.wake_writer.try_send(());
+    }
+
+    /// Asks the writer for a backup plan; it answers on `reply`.
+    pub(crate) fn request_plan(&self, reply: crate::backup::PlanRequest) {
+        let _ = self.plan_requests.send(reply);
+        self.wake_writer();
     }
 
     /// Installs the runtime's outbound I/O (once, before serving).
@@ -175,7 +183,19 @@ impl Host {
         let calls: Vec<CallCommand> = std::iter::from_fn(|| s.poll_call()).collect();
         let notes: Vec<Note> = std::iter::from_fn(|| s.poll_note()).collect();
         let reads: Vec<ReadJob> = std::iter::from_fn(|| s.poll_read()).collect();
+        let jobs: Vec<_> = std::iter::from_fn(|| s.poll_host_job()).collect();
         drop(s);
+        for task in jobs {
+            // A backup copies for as long as it takes: a thread of its own.
+            if let Some(host) = self.me.upgrade() {
+                let spawned = thread::Builder::new()
+                    .name("tidepool-backup".into())
+                    .spawn(move || crate::backup::run_job(host, task));
+                if let Err(e) = spawned {
+                    crate::log::warn(&format!("a backup could not start: {e}"));
+                }
+            }
+        }
         for job in reads {
             // The reader threads live as long as the host (they hold it weakly).
             let _ = self.readers.send(job);
@@ -254,6 +274,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let reader = store.reader();
     let read_threads = reads::threads(server.config().read_threads);
     let (readers, read_jobs) = reads::queue();
+    let (plan_requests, plans) = crossbeam_channel::unbounded();
     let host = Arc::new_cyclic(|me| Host {
         server: Mutex::new(server),
         durability: Durability::default(),
@@ -266,6 +287,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         certificates,
         performer: OnceLock::new(),
         readers,
+        plan_requests,
         me: me.clone(),
     });
     reads::start(&host, &read_jobs, read_threads).map_err(|source| BootError::Spawn {
@@ -283,7 +305,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let h = host.clone();
     spawn(
         "writer",
-        Box::new(move || writer_loop(h, store, writer_rx, compact_after)),
+        Box::new(move || writer_loop(h, store, writer_rx, plans, compact_after)),
     )?;
     let h = host.clone();
     spawn("timer", Box::new(move || timer_loop(h, timer_rx)))?;

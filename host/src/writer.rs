@@ -17,6 +17,7 @@ pub(crate) fn writer_loop(
     host: Arc<Host>,
     mut store: Store,
     wake: Receiver<()>,
+    plans: Receiver<crate::backup::PlanRequest>,
     compact_after: u64,
 ) {
     let policy = store.options().sync;
@@ -26,6 +27,8 @@ pub(crate) fn writer_loop(
     let mut compacting = false;
     let mut to_install: Option<(FinishedSnapshot, Lsn)> = None;
     loop {
+        // Between two syncs: everything appended so far is in the plan.
+        crate::backup::answer_plans(&plans, &mut store);
         let batches: Vec<_> = {
             let mut s = host.lock();
             std::iter::from_fn(|| s.poll_log()).collect()

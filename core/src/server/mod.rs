@@ -8,7 +8,8 @@
 //! `poll_timeout` / `handle_timeout` (one timer table), `poll_wakeup`
 //! (connections with something new to send), `poll_call` and the
 //! `handle_call_*` reports (outbound calls, `calls`), `poll_read` and
-//! `finish_read` (reads run outside the lock, `reads`).
+//! `finish_read` (reads run outside the lock, `reads`), `poll_host_job` and
+//! `finish_host_job` (backups, which need the runtime's store, `host_jobs`).
 
 mod admission;
 pub mod calls;
@@ -17,6 +18,7 @@ pub mod documents;
 pub mod functions;
 pub mod guesses;
 pub mod health;
+pub mod host_jobs;
 pub mod metrics;
 pub mod pending;
 pub mod rate;
@@ -236,6 +238,9 @@ pub struct Server {
     reads: VecDeque<reads::ReadJob>,
     /// Deferred reads running per WebSocket (bounded).
     socket_reads: HashMap<ConnId, usize>,
+    /// Jobs for the runtime (`poll_host_job`), and whether a backup runs.
+    host_jobs: VecDeque<host_jobs::HostTask>,
+    backup_running: bool,
     /// What `/metrics` reports.
     metrics: metrics::Metrics,
     /// Request ids: this process's prefix and the next number.
@@ -300,6 +305,8 @@ impl Server {
             wakeups: VecDeque::new(),
             reads: VecDeque::new(),
             socket_reads: HashMap::new(),
+            host_jobs: VecDeque::new(),
+            backup_running: false,
             metrics: Default::default(),
             request_ids: ((seed ^ (seed >> 32)) as u32, 0),
             functions,

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod assist;
+pub mod backup;
 pub mod chat;
 pub mod codec;
 pub mod collections;

@@ -157,6 +157,9 @@ pub static ROUTES: &[Route] = &[
     row(&[Post], "/api/trash/{collection}", Write, WRITES, Data(|e, c| records::restore_all(e, c, c.arg("collection")))),
     row(&[Post], "/api/trash/{collection}/{id}", Write, WRITES, Data(|e, c| records::restore_one(e, c, c.arg("collection"), c.arg("id")))),
     row(&[Post], "/api/batch/insert/{collection}", Write, WRITES, Data(|e, c| records::batch_insert(e, c, c.arg("collection")))),
+    // Online backups into a directory on the server's machine.
+    row(&[Post], "/api/admin/backup", Admin, READS, Srv(super::backup::backup)),
+    row(&[Post], "/api/admin/backup/verify", Admin, READS, Srv(super::backup::verify)),
     // A collection out and in as JSON Lines (admin: whole collections).
     row(&[Get], "/api/export/{collection}", Admin, READS, Srv(|s, c| transfer::export(s, c, c.arg("collection")))),
     row(&[Post], "/api/import/{collection}", Admin, WRITES, Srv(|s, c| transfer::import(s, c, c.arg("collection")))),

@@ -1,0 +1,46 @@
+//! Online backups over the admin API: `POST /api/admin/backup` copies the
+//! store, as of the moment it starts, into a directory on the server's
+//! machine while writes go on; `POST /api/admin/backup/verify` checks one.
+//! The runtime does the copying (`HostJob`); the reply waits for it and
+//! says the backup's LSN, its size and how fast it went. Restore is a
+//! subcommand (`tidepool restore`): it needs a server that is not running.
+
+use super::{Ctx, Outcome};
+use crate::error::{Error, Result};
+use crate::server::host_jobs::HostJob;
+use crate::server::Server;
+use serde_json::Value as J;
+
+/// The directory a body names (`{"dir": "/backups/monday"}`): absolute, so
+/// where it lands never depends on the server's working directory.
+fn dir(ctx: &Ctx<'_>) -> Result<String> {
+    let body = ctx.body()?;
+    let dir = body.get("dir").and_then(J::as_str).ok_or_else(|| {
+        Error::invalid(
+            "`dir` is required: the directory to write the backup into, on the server's machine",
+        )
+    })?;
+    if !dir.starts_with('/') || dir.split('/').any(|part| part == "..") {
+        return Err(Error::invalid(
+            "`dir` must be an absolute path without `..`",
+        ));
+    }
+    Ok(dir.to_string())
+}
+
+fn conn(ctx: &Ctx<'_>) -> Result<crate::ids::ConnId> {
+    ctx.conn
+        .ok_or_else(|| Error::invalid("a backup is asked for over HTTP"))
+}
+
+/// `POST /api/admin/backup {"dir": ...}`.
+pub fn backup(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let dir = dir(ctx)?;
+    server.defer_host_job(conn(ctx)?, HostJob::Backup { dir })
+}
+
+/// `POST /api/admin/backup/verify {"dir": ...}`.
+pub fn verify(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
+    let dir = dir(ctx)?;
+    server.defer_host_job(conn(ctx)?, HostJob::VerifyBackup { dir })
+}
