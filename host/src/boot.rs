@@ -233,7 +233,8 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     server.set_configured_chatbots(chatbots);
     server.set_clock(now);
     server.set_process_probe(crate::process::sample);
-    let (chunks, batches) = replay(&mut server, &recovery)?;
+    let mut progress = crate::progress::Progress::new("recovery", recovery.report().bytes, false);
+    let (chunks, batches) = replay(&mut server, &recovery, &mut progress)?;
     server.handle_recovered(Lsn(recovery.last_lsn().0), now());
     banner.push(format!(
         "recovered {chunks} snapshot chunks and {batches} log batches up to LSN {} in {} ms",
@@ -257,9 +258,10 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
 fn replay(
     server: &mut Server,
     recovery: &tidepool_storage::Recovery,
+    progress: &mut crate::progress::Progress,
 ) -> Result<(usize, usize), BootError> {
     // `lsn` is `None` for snapshot chunks.
-    type Item<'a> = Result<(Option<Lsn>, Batch<'a>), BootError>;
+    type Item<'a> = Result<(Option<Lsn>, Batch<'a>, u64), BootError>;
     let (tx, rx) = crossbeam_channel::bounded::<Item<'_>>(8);
     thread::scope(|scope| {
         scope.spawn(move || {
@@ -267,23 +269,28 @@ fn replay(
             let batches = recovery.batches().map(|(lsn, p)| (Some(Lsn(lsn.0)), p));
             for (lsn, payload) in chunks.chain(batches) {
                 let item = mutation::decode(payload)
-                    .map(|d| (lsn, d))
+                    .map(|d| (lsn, d, payload.len() as u64))
                     .map_err(|source| BootError::Unreadable { lsn, source });
                 if tx.send(item).is_err() {
                     return;
                 }
             }
         });
-        let (mut chunks, mut batches) = (0, 0);
+        let (mut chunks, mut batches, mut bytes) = (0, 0, 0);
         for item in rx {
-            let (lsn, decoded) = item?;
+            let (lsn, decoded, len) = item?;
             server.replay(lsn.unwrap_or(Lsn::ZERO), decoded);
+            bytes += len;
+            if (chunks + batches) % 1024 == 0 {
+                progress.update(bytes);
+            }
             if lsn.is_none() {
                 chunks += 1;
             } else {
                 batches += 1;
             }
         }
+        progress.finish(bytes);
         Ok((chunks, batches))
     })
 }
