@@ -110,13 +110,21 @@ fn copy_secrets(from: &Path, to: &Path) -> Result<(), StoreError> {
 }
 
 fn online(host: &Host, dir: &Path) -> Result<J, Error> {
-    let data_dir = std::path::PathBuf::from(&host.lock().config().data_dir);
+    let (data_dir, rate) = {
+        let s = host.lock();
+        let c = s.config();
+        (
+            std::path::PathBuf::from(&c.data_dir),
+            c.backup_max_mib_per_sec,
+        )
+    };
     let (tx, rx) = bounded(1);
     host.request_plan(tx);
     let plan = rx
         .recv_timeout(Duration::from_secs(60))
         .map_err(|_| Error::internal("the writer did not answer the backup request"))?
         .map_err(Error::internal)?;
+    let plan = plan.with_max_rate(rate.saturating_mul(1 << 20));
     write(&plan, &data_dir, dir, false).map_err(store_error)
 }
 

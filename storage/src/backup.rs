@@ -37,6 +37,10 @@ pub const MANIFEST: &str = "BACKUP";
 const MAGIC: &str = "tidepool-backup 1";
 /// Bytes copied per read.
 const CHUNK: usize = 1 << 20;
+/// A backup file is synced every this many bytes. Left to pile up, its
+/// dirty pages would be flushed by the log's own fsync (the file system
+/// commits them together), stalling every durable write behind the copy.
+const SYNC_EVERY: u64 = 4 << 20;
 
 /// What a backup copies.
 #[derive(Debug)]
@@ -44,6 +48,8 @@ pub struct BackupPlan {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) lsn: Lsn,
     pub(crate) files: Vec<PlannedFile>,
+    /// Bytes per second the copy may go at (`None`: as fast as it can).
+    pub(crate) max_rate: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -127,6 +133,13 @@ impl BackupPlan {
         self.files.iter().map(|f| f.len).sum()
     }
 
+    /// Copies at most `bytes_per_sec` (0: no limit), so a backup leaves the
+    /// machine's CPU and disk to the server's own writes.
+    pub fn with_max_rate(mut self, bytes_per_sec: u64) -> BackupPlan {
+        self.max_rate = (bytes_per_sec > 0).then_some(bytes_per_sec);
+        self
+    }
+
     /// Copies the plan into `dest`, which must be missing or empty: every
     /// file synced, then the directory, then the manifest. `progress` hears
     /// the bytes copied so far after each chunk.
@@ -136,6 +149,7 @@ impl BackupPlan {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Manifest, StoreError> {
         let backend = &*self.backend;
+        let started = std::time::Instant::now();
         ensure_empty(backend, dest)?;
         let mut done = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -157,6 +171,16 @@ impl BackupPlan {
                 crc.update(&buf[..n]);
                 at += n as u64;
                 done += n as u64;
+                if at.is_multiple_of(SYNC_EVERY) {
+                    out.sync_data()
+                        .map_err(|e| StoreError::io("syncing backup file", &path, e))?;
+                }
+                if let Some(rate) = self.max_rate {
+                    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 progress(done);
             }
             out.sync_data()
@@ -216,6 +240,7 @@ impl Store {
             backend: self.backend.clone(),
             lsn: Lsn(shared.synced_lsn),
             files,
+            max_rate: None,
         })
     }
 }
