@@ -496,3 +496,26 @@ fn bad_input_is_refused_clearly() {
         );
     }
 }
+
+#[test]
+fn a_run_caught_by_a_restart_is_recorded_as_interrupted() {
+    let mut w = World::new("2026-01-01T10:00:30Z");
+    // The function waits 20 s: its run is still going at 10:01:10.
+    w.ok(
+        Method::Post,
+        "/api/functions",
+        Some(json!({"label": "slow", "name": "slow",
+            "functions": [{"type": "Sleep", "duration_ms": 20_000}]})),
+    );
+    let id = w.create(json!({"cron": "1 10 * * *", "function_label": "slow"}));
+    w.advance_to("2026-01-01T10:01:10Z");
+    assert_eq!(w.get(&id)["runs"][0]["status"], "started");
+    w.restart_at("2026-01-01T10:05:00Z");
+    let run = w.get(&id)["runs"][0].clone();
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run.to_string().contains("interrupted"),
+        "the history says why: {run}"
+    );
+    assert_eq!(w.get(&id)["run_count"], 1, "and nothing runs again for it");
+}

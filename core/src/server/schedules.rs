@@ -244,9 +244,27 @@ impl Server {
 
     /// After recovery: index every enabled schedule; one whose next run
     /// passed while the server was down runs once now (trigger `missed`).
+    /// A run the stop caught still going (`started`: it waited on an
+    /// outbound call or a sleep) is recorded as failed: its run state lived
+    /// in memory only, and whatever it wrote outside a transaction stays.
     pub(super) fn recover_schedules(&mut self, now: Timestamp) {
         let mut missed = 0;
-        for s in self.schedules(now) {
+        for mut s in self.schedules(now) {
+            let interrupted: Vec<u64> = s
+                .runs
+                .iter()
+                .filter(|r| r.outcome == Outcome::Started)
+                .map(|r| r.number)
+                .collect();
+            for number in &interrupted {
+                let why = "interrupted: the server stopped while this run was waiting".to_string();
+                s.finish_run(*number, Outcome::Failed(why), now);
+            }
+            if !interrupted.is_empty() {
+                if let Err(e) = store(&mut self.engine, &s, now) {
+                    self.note(format!("schedule `{}`: {}", s.id, e.message));
+                }
+            }
             if s.missed_by(now) {
                 missed += 1;
                 self.schedules.set_missed(&s.id, now);
