@@ -563,8 +563,8 @@ both_runtimes!(unknown_route_is_404, |rt: Runtime| {
     let words = ["route", "not found", "unknown", "no such"];
     for (method, path) in [
         ("GET", "/api/nope"),
-        ("GET", "/"),
         ("GET", "/index.html"),
+        ("GET", "/console/missing.js"),
         ("POST", "/api/find"),
         ("POST", "/api/insert/safe/extra/segments"),
         ("GET", "/apix/health"),

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod chat;
 pub mod codec;
 pub mod collections;
+pub mod console;
 mod ctx;
 pub mod embed;
 pub mod functions;

@@ -120,6 +120,10 @@ use Scope::{Admin, AnyKey, Public, Read, Write};
 #[rustfmt::skip]
 pub static ROUTES: &[Route] = &[
     row(&[Get], "/api/health", Public, READS, Srv(system::health)),
+    // The web console's page and assets (it signs in like any client).
+    row(&[Get], "/", Public, READS, Data(super::console::index)),
+    row(&[Get], "/console/app.js", Public, READS, Data(super::console::script)),
+    row(&[Get], "/console/app.css", Public, READS, Data(super::console::style)),
     // Checks its caller itself, as `--metrics` says (admin, public or off).
     row(&[Get], "/metrics", Public, READS, Srv(system::metrics)),
     row(&[Post], "/api/auth/token", Public, READS, Srv(system::token)),
@@ -539,7 +543,10 @@ mod tests {
     fn errors() {
         check(Method::Get, "/api/insert/c", Err(405));
         check(Method::Get, "/api/nothing", Err(404));
-        check(Method::Get, "/", Err(404));
+        // The console's page; nothing else at the top level.
+        check(Method::Get, "/", Ok(("/", &[])));
+        check(Method::Post, "/", Err(405));
+        check(Method::Get, "/index.html", Err(404));
         check(
             Method::Get,
             "/api/find/c/",
