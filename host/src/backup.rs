@@ -62,18 +62,29 @@ pub fn verify(dir: &Path) -> Result<J, StoreError> {
 }
 
 /// Restores the backup in `from` into `data_dir`, which must be missing or
-/// empty; recovery is run on the result to check it reaches the backup's
-/// LSN.
+/// empty: every file checked as it is copied, then recovery run on the
+/// result to check it reaches the backup's LSN. A restore that fails
+/// removes what it wrote, so it can be tried again.
 pub fn restore(from: &Path, data_dir: &Path, on_terminal: bool) -> Result<J, StoreError> {
-    let manifest = backup::verify(&store_dir(from))?;
+    let total = Manifest::read(&store_dir(from))?.bytes();
     refuse_occupied(data_dir, "restore")?;
     let started = Instant::now();
-    let mut progress = Progress::new("restore", manifest.bytes(), on_terminal);
-    let manifest = backup::restore(&store_dir(from), &store_dir(data_dir), &mut |n| {
+    let mut progress = Progress::new("restore", total, on_terminal);
+    let restored = backup::restore(&store_dir(from), &store_dir(data_dir), &mut |n| {
         progress.update(n)
-    })?;
-    copy_secrets(from, data_dir)?;
-    progress.finish(manifest.bytes());
+    })
+    .and_then(|m| copy_secrets(from, data_dir).map(|()| m));
+    let manifest = match restored {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(store_dir(data_dir));
+            for name in SECRETS {
+                let _ = std::fs::remove_file(data_dir.join(name));
+            }
+            return Err(e);
+        }
+    };
+    progress.finish(total);
     Ok(summary(data_dir, &manifest, Some(started.elapsed())))
 }
 

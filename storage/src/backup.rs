@@ -69,6 +69,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of the backup in `dir` (not yet checked against its
+    /// files: `verify`).
+    pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            StoreError::io(
+                "reading the backup manifest (a directory without one is an unfinished backup)",
+                &path,
+                e,
+            )
+        })?;
+        Manifest::parse(&text, &path)
+    }
+
     /// Bytes in the backup's files.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.1).sum()
@@ -247,15 +261,7 @@ impl Store {
 
 /// Reads a backup's manifest and checks every file's length and CRC.
 pub fn verify(dir: &Path) -> Result<Manifest, StoreError> {
-    let path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        StoreError::io(
-            "reading the backup manifest (a directory without one is an unfinished backup)",
-            &path,
-            e,
-        )
-    })?;
-    let manifest = Manifest::parse(&text, &path)?;
+    let manifest = Manifest::read(dir)?;
     for (name, len, crc) in &manifest.files {
         copy_checked(&dir.join(name), None, *len, *crc, &mut |_| {})?;
     }
@@ -271,15 +277,7 @@ pub fn restore(
     data_dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Manifest, StoreError> {
-    let path = backup.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        StoreError::io(
-            "reading the backup manifest (a directory without one is an unfinished backup)",
-            &path,
-            e,
-        )
-    })?;
-    let manifest = Manifest::parse(&text, &path)?;
+    let manifest = Manifest::read(backup)?;
     let backend: Arc<dyn Backend> = Arc::new(crate::FileBackend);
     ensure_empty(&*backend, data_dir)?;
     let mut done = 0u64;

@@ -213,6 +213,13 @@ both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
         ],
     );
     assert!(!ok && err.contains("CRC"), "{err}");
+    // The failed restore left nothing behind: it can be tried again.
+    let fresh = tmp.path().join("fresh");
+    assert!(
+        std::fs::read_dir(&fresh).map_or(true, |mut d| d.next().is_none()),
+        "a failed restore left files in {}",
+        fresh.display()
+    );
 });
 
 /// A stopped server's directory backs up offline, with the same layout.
