@@ -5,6 +5,11 @@
 //! target/release/loadgen --spawn tidepool --connections 64 --seconds 10
 //! ```
 //!
+//! With `--pocketbase --url http://host:port` it drives a running PocketBase
+//! instead (the peer of issue 15's side-by-side table), with the same
+//! workloads on the same documents through PocketBase's records API, as
+//! the superuser `--pb-email`/`--pb-password` (it creates the collections).
+//!
 //! With `--spawn BIN` it starts the server itself (from the same target directory)
 //! on a fresh data directory next to the build, so the fsync measurement below
 //! runs on the same disk. With `--url` it drives a server that is already running.
@@ -44,6 +49,10 @@ struct Args {
     /// `bench_read` (a filter of this many conditions, matching nothing)
     /// over and over: how much do the others slow down?
     background_scan: usize,
+    /// Drive a PocketBase server (`--url`) instead of Tidepool.
+    pocketbase: bool,
+    pb_email: String,
+    pb_password: String,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +70,9 @@ fn parse_args() -> Args {
         server_args: Vec::new(),
         tls: false,
         background_scan: 0,
+        pocketbase: false,
+        pb_email: "bench@example.com".into(),
+        pb_password: "bench-password-123".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +90,9 @@ fn parse_args() -> Args {
             "--scoped" => a.scoped = true,
             "--tls" => a.tls = true,
             "--background-scan" => a.background_scan = val().parse().expect("number"),
+            "--pocketbase" => a.pocketbase = true,
+            "--pb-email" => a.pb_email = val(),
+            "--pb-password" => a.pb_password = val(),
             "--server-args" => {
                 a.server_args = val().split_whitespace().map(str::to_string).collect()
             }
@@ -88,7 +103,8 @@ fn parse_args() -> Args {
                      \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]\n\
                      \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]\n\
                      \t[--tls (with --spawn: HTTPS with a fresh self-signed certificate)]\n\
-                     \t[--background-scan CONDITIONS (another client scans bench_read meanwhile)]"
+                     \t[--background-scan CONDITIONS (another client scans bench_read meanwhile)]\n\
+                     \t[--pocketbase --url http://host:port [--pb-email E --pb-password P]]"
                 );
                 std::process::exit(0);
             }
@@ -334,7 +350,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut tok = token(&addr, &args.api_key);
+    let pb = args.pocketbase;
+    let mut tok = if pb {
+        pocketbase::setup(&addr, &args.pb_email, &args.pb_password)
+    } else {
+        token(&addr, &args.api_key)
+    };
     if args.scoped {
         tok = scoped_token(&addr, &tok);
         println!("driving the workloads with a non-admin key (--scoped)");
@@ -353,7 +374,10 @@ fn main() {
 
     // Prefill for reads and queries (batch inserts, 1,000 per request).
     let mut ids: Vec<String> = Vec::new();
-    if args.background_scan > 0 || args.workloads.iter().any(|w| w == "get" || w == "query") {
+    let reads = args.workloads.iter().any(|w| w == "get" || w == "query");
+    if pb && reads {
+        ids = pocketbase::prefill(&addr, &tok, args.prefill);
+    } else if args.background_scan > 0 || reads {
         let mut c = Conn::open(&addr);
         let mut i = 0u64;
         while (i as usize) < args.prefill {
@@ -386,7 +410,12 @@ fn main() {
     for w in &args.workloads {
         match w.as_str() {
             "insert" => {
-                let before = log_stats(&addr);
+                let before = if pb { (0, 0) } else { log_stats(&addr) };
+                let path = if pb {
+                    "/api/collections/bench_write/records"
+                } else {
+                    "/api/insert/bench_write"
+                };
                 let o = run(
                     &addr,
                     &tok,
@@ -394,11 +423,11 @@ fn main() {
                     args.seconds,
                     move |w, seq| {
                         let i = (w as u64) << 32 | seq;
-                        ("POST", "/api/insert/bench_write".to_string(), doc(i))
+                        ("POST", path.to_string(), doc(i))
                     },
                 );
                 insert_rate = report("insert (durable)", &o);
-                let after = log_stats(&addr);
+                let after = if pb { (0, 0) } else { log_stats(&addr) };
                 batches_per_sync = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
             }
             "get" => {
@@ -411,6 +440,10 @@ fn main() {
                     move |w, seq| {
                         let id =
                             &ids[((w as u64 * 7919 + seq * 104_729) % ids.len() as u64) as usize];
+                        if pb {
+                            let path = format!("/api/collections/bench_read/records/{id}");
+                            return ("GET", path, String::new());
+                        }
                         ("GET", format!("/api/find/bench_read/{id}"), String::new())
                     },
                 );
@@ -424,6 +457,10 @@ fn main() {
                     args.seconds,
                     move |w, seq| {
                         let age = (w as u64 + seq) % 100;
+                        if pb {
+                            let path = format!("/api/collections/bench_read/records?filter=(age%3D{age}%26%26active%3Dtrue)&perPage=10&skipTotal=1");
+                            return ("GET", path, String::new());
+                        }
                         let body = format!(
                             r#"{{"filter":{{"type":"Logical","content":{{"operator":"And","expressions":[{{"type":"Condition","content":{{"field":"age","operator":"Eq","value":{age}}}}},{{"type":"Condition","content":{{"field":"active","operator":"Eq","value":true}}}}]}}}},"limit":10}}"#
                         );
@@ -473,7 +510,7 @@ fn main() {
             took.as_secs_f64() / n.max(1) as f64
         );
     }
-    if insert_rate > 0.0 {
+    if insert_rate > 0.0 && !pb {
         let floor = 0.5 * args.connections as f64 * fsync;
         println!(
             "\ndurable inserts: {insert_rate:.0}/s = {:.1} x the raw fsync rate (floor: half of {} x fsync = {floor:.0}/s)",
@@ -520,5 +557,82 @@ fn main() {
     }
     if args.tls {
         let _ = std::fs::remove_dir_all(&cert_dir);
+    }
+}
+
+/// PocketBase as a peer: the same documents through its records API.
+mod pocketbase {
+    use super::{doc, Conn};
+    use serde_json::{json, Value};
+
+    /// Signs in as the superuser and creates the bench collections with
+    /// the documents' fields; the token.
+    pub fn setup(addr: &str, email: &str, password: &str) -> String {
+        let mut c = Conn::open(addr);
+        let body = json!({"identity": email, "password": password}).to_string();
+        let (status, resp) = c.call(
+            "POST",
+            "/api/collections/_superusers/auth-with-password",
+            "",
+            &body,
+        );
+        assert_eq!(
+            status,
+            200,
+            "PocketBase sign-in: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        let token = serde_json::from_slice::<Value>(&resp).expect("json")["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        let fields = json!([
+            {"name": "name", "type": "text"}, {"name": "email", "type": "text"},
+            {"name": "age", "type": "number"}, {"name": "city", "type": "text"},
+            {"name": "score", "type": "number"}, {"name": "active", "type": "bool"},
+            {"name": "tags", "type": "json"}, {"name": "bio", "type": "text"}
+        ]);
+        for name in ["bench_write", "bench_read"] {
+            let body = json!({"name": name, "type": "base", "fields": fields}).to_string();
+            let (status, resp) = c.call("POST", "/api/collections", &token, &body);
+            assert!(
+                status == 200 || String::from_utf8_lossy(&resp).contains("unique"),
+                "PocketBase collection {name}: {status} {}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
+        token
+    }
+
+    /// `n` documents into `bench_read`, one request each over a few
+    /// connections (PocketBase's batch API is off by default); their ids.
+    pub fn prefill(addr: &str, token: &str, n: usize) -> Vec<String> {
+        let workers = 16;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    s.spawn(move || {
+                        let mut c = Conn::open(addr);
+                        let mut ids = Vec::new();
+                        for i in (w..n).step_by(workers) {
+                            let (status, resp) = c.call(
+                                "POST",
+                                "/api/collections/bench_read/records",
+                                token,
+                                &doc(i as u64),
+                            );
+                            assert_eq!(status, 200, "prefill: {}", String::from_utf8_lossy(&resp));
+                            let v: Value = serde_json::from_slice(&resp).expect("json");
+                            ids.push(v["id"].as_str().expect("id").to_string());
+                        }
+                        ids
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("prefill"))
+                .collect()
+        })
     }
 }
