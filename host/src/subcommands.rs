@@ -29,15 +29,23 @@ SUBCOMMANDS:
 ";
 
 /// Runs `args` if they name a subcommand (`None`: they do not); the
-/// result is the exit status.
+/// result is the exit status (1: it failed, 2: bad arguments).
 pub fn run(args: &[String]) -> Option<i32> {
     let (name, rest) = args.split_first()?;
-    let result = match name.as_str() {
-        "backup" => parse(rest).and_then(|a| backup_cmd(&a)),
-        "restore" => parse(rest).and_then(|a| restore_cmd(&a)),
-        "verify" => parse(rest).and_then(|a| verify_cmd(&a)),
+    let command: fn(&Args) -> Result<String, String> = match name.as_str() {
+        "backup" => backup_cmd,
+        "restore" => restore_cmd,
+        "verify" => verify_cmd,
         _ => return None,
     };
+    let args = match parse(rest) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tidepool {name}: {e}");
+            return Some(2);
+        }
+    };
+    let result = command(&args);
     Some(match result {
         Ok(summary) => {
             println!("{summary}");

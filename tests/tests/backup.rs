@@ -167,6 +167,22 @@ both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
 
     let good = tmp.path().join("good");
     assert_eq!(call("/api/admin/backup", &good).status, 200);
+    // The subcommand asks a running server for the same.
+    let (ok, out, err) = tool(
+        rt,
+        &[
+            "backup",
+            tmp.path().join("by-cli").to_str().unwrap(),
+            "--url",
+            &srv.base_url(),
+            "--api-key",
+            tidepool_tests::API_KEY,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"lsn\""), "{out}");
+    let (ok, _, err) = tool(rt, &["restore"]);
+    assert!(!ok && err.contains("a directory is required"), "{err}");
     // Restore over a directory with data in it: refused.
     let (ok, _, err) = tool(
         rt,
