@@ -2,7 +2,8 @@
 //! (`Server::poll_read`) on snapshots, outside its lock, then hand the
 //! replies back (`Server::finish_read`), which wakes the waiting connections.
 //! A long query occupies a reader thread, never the lock: writes, lookups and
-//! health checks go on meanwhile.
+//! health checks go on meanwhile. Stored functions' CPU work (bcrypt) runs the
+//! same way on a compute thread of its own, so it never queues a query.
 
 use crate::shared::Host;
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -17,12 +18,18 @@ pub(crate) fn queue() -> (Sender<ReadJob>, Receiver<ReadJob>) {
     unbounded()
 }
 
-/// Starts `threads` reader threads (at least one) on the queue's jobs.
-pub(crate) fn start(host: &Arc<Host>, jobs: &Receiver<ReadJob>, threads: usize) -> io::Result<()> {
+/// Starts `threads` threads (at least one) named `tidepool-{what}-N` on the
+/// queue's jobs.
+pub(crate) fn start(
+    host: &Arc<Host>,
+    jobs: &Receiver<ReadJob>,
+    threads: usize,
+    what: &str,
+) -> io::Result<()> {
     for i in 0..threads.max(1) {
         let (host, rx) = (Arc::downgrade(host), jobs.clone());
         thread::Builder::new()
-            .name(format!("tidepool-reader-{i}"))
+            .name(format!("tidepool-{what}-{i}"))
             .spawn(move || reader_loop(&host, &rx))?;
     }
     Ok(())

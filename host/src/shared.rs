@@ -65,6 +65,9 @@ pub struct Host {
     performer: OnceLock<Box<dyn CallPerformer>>,
     /// Deferred reads, for the reader threads (`reads`).
     readers: Sender<ReadJob>,
+    /// Functions' CPU work (bcrypt), for the compute thread: apart from the
+    /// readers, so password hashing never queues a query.
+    computers: Sender<ReadJob>,
     /// Requests for a backup plan, for the writer (`backup`).
     plan_requests: Sender<crate::backup::PlanRequest>,
     me: Weak<Host>,
@@ -198,7 +201,12 @@ impl Host {
         }
         for job in reads {
             // The reader threads live as long as the host (they hold it weakly).
-            let _ = self.readers.send(job);
+            let queue = if job.is_compute() {
+                &self.computers
+            } else {
+                &self.readers
+            };
+            let _ = queue.send(job);
         }
         for note in notes {
             crate::log::line(note.level, &note.text);
@@ -274,6 +282,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
     let reader = store.reader();
     let read_threads = reads::threads(server.config().read_threads);
     let (readers, read_jobs) = reads::queue();
+    let (computers, compute_jobs) = reads::queue();
     let (plan_requests, plans) = crossbeam_channel::unbounded();
     let host = Arc::new_cyclic(|me| Host {
         server: Mutex::new(server),
@@ -287,11 +296,18 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         certificates,
         performer: OnceLock::new(),
         readers,
+        computers,
         plan_requests,
         me: me.clone(),
     });
-    reads::start(&host, &read_jobs, read_threads).map_err(|source| BootError::Spawn {
+    reads::start(&host, &read_jobs, read_threads, "reader").map_err(|source| BootError::Spawn {
         what: "reader",
+        source,
+    })?;
+    // One thread for bcrypt: it queues behind itself, never behind queries
+    // or queries behind it (the server bounds the queue).
+    reads::start(&host, &compute_jobs, 1, "compute").map_err(|source| BootError::Spawn {
+        what: "compute",
         source,
     })?;
     host.durability.publish(durable, false);

@@ -1,7 +1,8 @@
 //! Password hashing for the `BcryptHash` and `BcryptVerify` stages. bcrypt is
 //! slow on purpose (cost 12 is about a quarter of a second of CPU), far too
 //! slow to run under the server lock, so a run asks for it as an effect
-//! (`Effect::Compute`) and the server runs it on a reader thread, then
+//! (`Effect::Compute`) and the server runs it off the lock (the host's
+//! compute thread, apart from the query readers), then
 //! resumes the run with the answer. The work itself is pure: the salt comes
 //! from the server's keyed generator, never from the OS here.
 

@@ -39,9 +39,9 @@ pub enum Shape {
 /// Runs in progress at once, beyond which new ones are refused (503).
 const MAX_RUNS: usize = 10_000;
 
-/// bcrypt jobs queued for the reader threads at once. Each holds a reader
-/// for up to seconds; past this a password stage fails (503) rather than
-/// queue every query behind a flood of logins.
+/// bcrypt jobs queued at once (the runtime runs them on a thread of their
+/// own, apart from the readers). Each takes up to seconds; past this a
+/// password stage fails (503) rather than wait behind a flood of logins.
 const MAX_COMPUTING: usize = 32;
 
 #[derive(Debug)]

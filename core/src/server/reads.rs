@@ -86,6 +86,12 @@ pub struct ReadDone {
 }
 
 impl ReadJob {
+    /// Whether this is a function's CPU work (bcrypt), which the runtime
+    /// runs on threads of its own so a burst of logins delays no query.
+    pub fn is_compute(&self) -> bool {
+        matches!(self.deliver, Deliver::Function(_))
+    }
+
     /// How long the read may run before it is stopped.
     pub fn max_time(&self) -> Duration {
         self.max_time
@@ -148,7 +154,8 @@ impl Server {
         Ok(())
     }
 
-    /// Runs `work` for function run `id` on a reader thread; its value
+    /// Runs `work` for function run `id` outside the lock (the runtime's
+    /// compute thread: `ReadJob::is_compute`); its value
     /// resumes the run (`finish_read`).
     pub(super) fn defer_compute(
         &mut self,
