@@ -5,7 +5,12 @@
 //! tidepool backup DIR --url URL --api-key KEY   a running server's (online)
 //! tidepool restore BACKUP --data-dir D          into a new or empty D
 //! tidepool verify BACKUP                        manifest and checksums
+//! tidepool export COLLECTION FILE --url URL --api-key KEY     JSON Lines out
+//! tidepool import COLLECTION FILE --url URL --api-key KEY [--partial]
 //! ```
+//!
+//! Export and import talk to a running server (`GET /api/export/{c}`,
+//! `POST /api/import/{c}`; a `.csv` file is imported as CSV).
 //!
 //! A running server holds its data directory's lock, so an offline backup
 //! of it is refused with a pointer to the online one, which asks the server
@@ -15,7 +20,7 @@ use crate::backup;
 use serde_json::{json, Value as J};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tidepool_storage::{Store, StoreError, StoreOptions};
 
@@ -26,6 +31,11 @@ SUBCOMMANDS:
                                       (a directory on the server's machine)
   restore BACKUP --data-dir D         restore a backup into a new or empty data directory
   verify BACKUP                       check a backup's manifest and every file's checksum
+  export COLLECTION FILE --url URL --api-key KEY
+                                      write a collection as JSON Lines (types kept)
+  import COLLECTION FILE --url URL --api-key KEY [--partial]
+                                      import JSON Lines (or a .csv file) as one transaction;
+                                      --partial keeps the lines before the first bad one
 ";
 
 /// Runs `args` if they name a subcommand (`None`: they do not); the
@@ -36,6 +46,8 @@ pub fn run(args: &[String]) -> Option<i32> {
         "backup" => backup_cmd,
         "restore" => restore_cmd,
         "verify" => verify_cmd,
+        "export" => export_cmd,
+        "import" => import_cmd,
         _ => return None,
     };
     let args = match parse(rest) {
@@ -61,9 +73,12 @@ pub fn run(args: &[String]) -> Option<i32> {
 #[derive(Debug, Default, PartialEq)]
 struct Args {
     target: PathBuf,
+    /// The second word (export's and import's file).
+    second: Option<String>,
     data_dir: Option<PathBuf>,
     url: Option<String>,
     api_key: Option<String>,
+    partial: bool,
 }
 
 fn parse(rest: &[String]) -> Result<Args, String> {
@@ -80,10 +95,12 @@ fn parse(rest: &[String]) -> Result<Args, String> {
             "--data-dir" => args.data_dir = Some(value("--data-dir")?.into()),
             "--url" => args.url = Some(value("--url")?),
             "--api-key" => args.api_key = Some(value("--api-key")?),
+            "--partial" => args.partial = true,
             flag if flag.starts_with("--") => {
                 return Err(format!("unknown option `{flag}`\n\n{USAGE}"))
             }
             path if target.is_none() => target = Some(PathBuf::from(path)),
+            path if args.second.is_none() => args.second = Some(path.to_string()),
             extra => return Err(format!("unexpected argument `{extra}`\n\n{USAGE}")),
         }
     }
@@ -98,15 +115,21 @@ fn data_dir(a: &Args) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("./data"))
 }
 
+/// Backups, restores and verifies name one directory.
+fn only_one(a: &Args) -> Result<(), String> {
+    match &a.second {
+        Some(extra) => Err(format!("unexpected argument `{extra}`\n\n{USAGE}")),
+        None => Ok(()),
+    }
+}
+
 fn backup_cmd(a: &Args) -> Result<String, String> {
-    if let Some(url) = &a.url {
-        let key = a
-            .api_key
-            .clone()
-            .or_else(|| std::env::var("TIDEPOOL_API_KEY").ok())
-            .ok_or("--api-key (or TIDEPOOL_API_KEY) is required with --url")?;
+    only_one(a)?;
+    if a.url.is_some() {
+        let (addr, token) = session(a)?;
         let dir = std::path::absolute(&a.target).map_err(|e| e.to_string())?;
-        return online(url, &key, &dir);
+        let body = json!({"dir": dir.display().to_string()});
+        return post(&addr, "/api/admin/backup", Some(&token), &body).map(|v| v.to_string());
     }
     let dir = data_dir(a);
     let (store, recovery) = match Store::open(StoreOptions::new(backup::store_dir(&dir))) {
@@ -126,6 +149,7 @@ fn backup_cmd(a: &Args) -> Result<String, String> {
 }
 
 fn restore_cmd(a: &Args) -> Result<String, String> {
+    only_one(a)?;
     let dir = a
         .data_dir
         .clone()
@@ -135,52 +159,147 @@ fn restore_cmd(a: &Args) -> Result<String, String> {
 }
 
 fn verify_cmd(a: &Args) -> Result<String, String> {
+    only_one(a)?;
     let summary = backup::verify(&a.target).map_err(|e| e.to_string())?;
     Ok(summary.to_string())
 }
 
-/// `POST /api/admin/backup` on a running server (plain HTTP).
-fn online(url: &str, key: &str, dir: &Path) -> Result<String, String> {
+/// The collection and file export and import name.
+fn collection_and_file(a: &Args) -> Result<(String, PathBuf), String> {
+    let file = a
+        .second
+        .clone()
+        .ok_or_else(|| format!("a file is required after the collection\n\n{USAGE}"))?;
+    Ok((a.target.display().to_string(), PathBuf::from(file)))
+}
+
+fn export_cmd(a: &Args) -> Result<String, String> {
+    let (collection, file) = collection_and_file(a)?;
+    let (addr, token) = session(a)?;
+    let path = format!("/api/export/{}", encode(&collection));
+    let body = request(&addr, "GET", &path, Some(&token), "application/json", b"")?;
+    let lines = body.iter().filter(|b| **b == b'\n').count();
+    let mut out = std::fs::File::create_new(&file)
+        .map_err(|e| format!("creating {}: {e}", file.display()))?;
+    out.write_all(&body)
+        .and_then(|()| out.sync_all())
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    Ok(
+        json!({"collection": collection, "records": lines, "bytes": body.len(),
+        "file": file.display().to_string()})
+        .to_string(),
+    )
+}
+
+fn import_cmd(a: &Args) -> Result<String, String> {
+    let (collection, file) = collection_and_file(a)?;
+    let (addr, token) = session(a)?;
+    let body = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let csv = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let kind = if csv {
+        "text/csv"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut path = format!("/api/import/{}", encode(&collection));
+    if a.partial {
+        path.push_str("?partial=true");
+    }
+    let reply = request(&addr, "POST", &path, Some(&token), kind, &body)?;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// The server's address and a token for the key (`--url`, `--api-key`).
+fn session(a: &Args) -> Result<(String, String), String> {
+    let url = a
+        .url
+        .as_deref()
+        .ok_or("--url http://HOST:PORT is required")?;
+    let key = a
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("TIDEPOOL_API_KEY").ok())
+        .ok_or("--api-key (or TIDEPOOL_API_KEY) is required with --url")?;
     let addr = url
         .strip_prefix("http://")
-        .ok_or("--url must be http://HOST:PORT (for https, call POST /api/admin/backup yourself)")?
-        .trim_end_matches('/');
-    let token = post(addr, "/api/auth/token", None, &json!({"api_key": key}))?;
+        .ok_or("--url must be http://HOST:PORT (for https, call the API yourself)")?
+        .trim_end_matches('/')
+        .to_string();
+    let token = post(&addr, "/api/auth/token", None, &json!({"api_key": key}))?;
     let token = token["token"]
         .as_str()
         .ok_or("the server gave no token for that key")?
         .to_string();
-    let body = json!({"dir": dir.display().to_string()});
-    post(addr, "/api/admin/backup", Some(&token), &body).map(|v| v.to_string())
+    Ok((addr, token))
+}
+
+/// A collection name in a path, percent-encoded.
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn post(addr: &str, path: &str, token: Option<&str>, body: &J) -> Result<J, String> {
+    let reply = request(
+        addr,
+        "POST",
+        path,
+        token,
+        "application/json",
+        body.to_string().as_bytes(),
+    )?;
+    let text = String::from_utf8_lossy(&reply);
+    Ok(serde_json::from_str(&text).unwrap_or(J::String(text.into_owned())))
+}
+
+/// One HTTP/1.1 request on a fresh connection; the body of a 200, or the
+/// server's message as the error.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-    // A big backup takes a while; the server answers when it is written.
+    // A big backup or import takes a while; the server answers when done.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(24 * 3600)));
-    let body = body.to_string();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .map_err(|e| e.to_string())?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or("the server's reply was cut short")?;
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let body = reply.split_off(split + 4);
     let status = head.split(' ').nth(1).unwrap_or("");
-    let parsed: J = serde_json::from_str(body).unwrap_or(J::String(body.to_string()));
     if status != "200" {
-        let why = parsed["message"]
-            .as_str()
-            .map_or(body.to_string(), str::to_string);
+        let text = String::from_utf8_lossy(&body);
+        let why = serde_json::from_str::<J>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.into_owned());
         return Err(format!("{path} answered {status}: {why}"));
     }
-    Ok(parsed)
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -199,7 +318,11 @@ mod tests {
         assert!(args(&["/b", "--nope"])
             .unwrap_err()
             .contains("unknown option"));
-        assert!(args(&["/b", "/c"]).unwrap_err().contains("unexpected"));
+        assert!(args(&["/b", "/c", "/d"])
+            .unwrap_err()
+            .contains("unexpected"));
+        assert!(only_one(&args(&["/b", "/c"]).unwrap()).is_err());
+        assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");
         assert!(args(&["/b", "--url"])
             .unwrap_err()
             .contains("needs a value"));

@@ -2,7 +2,8 @@
 //! `POST /api/import/{collection}` round-trip records exactly (ids and
 //! types), an import lands whole or not at all (or up to its first bad
 //! line with `?partial=true`), reports bad lines by number, survives
-//! `kill -9`, and is for admin keys only.
+//! `kill -9`, and is for admin keys only. The `tidepool export` and
+//! `tidepool import` subcommands do the same from the shell.
 
 use serde_json::{json, Value};
 use tidepool_tests::{both_runtimes, Runtime, TestServer};
@@ -122,3 +123,76 @@ both_runtimes!(
         assert_eq!(export(&srv, &token, "nowhere").0, 404);
     }
 );
+
+/// `tidepool export` and `tidepool import` against a running server.
+fn tool(rt: Runtime, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(rt.binary())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+both_runtimes!(export_and_import_subcommands_round_trip, |rt: Runtime| {
+    let srv = TestServer::start(rt);
+    let token = srv.token();
+    for n in 0..5 {
+        srv.insert(
+            "src",
+            &json!({"n": n, "at": {"type": "DateTime", "value": "2026-12-06T12:00:00Z"}}),
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("src.jsonl");
+    let (url, key) = (srv.base_url(), tidepool_tests::API_KEY);
+    let file_arg = file.to_str().unwrap();
+    let (ok, out, err) = tool(
+        rt,
+        &["export", "src", file_arg, "--url", &url, "--api-key", key],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"records\":5"), "{out}");
+    let (ok, out, err) = tool(
+        rt,
+        &["import", "copy", file_arg, "--url", &url, "--api-key", key],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains('5'), "{out}");
+    let strip = |mut v: Vec<Value>| {
+        for r in &mut v {
+            r.as_object_mut().unwrap().remove("id");
+        }
+        v.sort_by_key(|r| r["n"].to_string());
+        v
+    };
+    let (_, a) = export(&srv, &token, "src");
+    let (_, b) = export(&srv, &token, "copy");
+    assert_eq!(strip(a), strip(b), "types and values round-trip");
+    // A bad line: the import fails naming it, and nothing lands.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"n\": 1}\nnot json\n").unwrap();
+    let (ok, _, err) = tool(
+        rt,
+        &[
+            "import",
+            "other",
+            bad.to_str().unwrap(),
+            "--url",
+            &url,
+            "--api-key",
+            key,
+        ],
+    );
+    assert!(!ok && err.contains("line 2"), "{err}");
+    assert_eq!(export(&srv, &token, "other").1.len(), 0);
+    // An existing file is not overwritten.
+    let (ok, _, err) = tool(
+        rt,
+        &["export", "src", file_arg, "--url", &url, "--api-key", key],
+    );
+    assert!(!ok && err.contains("exists"), "{err}");
+});
