@@ -19,6 +19,20 @@ pub enum Runtime {
 impl Runtime {
     /// Path of the server binary under test. Integration tests of this package get
     /// it from cargo; other callers (benchmarks) find it next to their own binary.
+    /// Runs the binary with `args` (a subcommand such as `restore`) and
+    /// waits: whether it succeeded, its stdout and its stderr.
+    pub fn subcommand(self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(self.binary())
+            .args(args)
+            .output()
+            .expect("run the server binary");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn binary(self) -> PathBuf {
         let name = match self {
             Runtime::Smol => "tp-smol",

@@ -8,7 +8,6 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tidepool_tests::{both_runtimes, Runtime, TestServer};
 
@@ -27,15 +26,6 @@ fn numbers(srv: &TestServer, token: &str) -> Vec<u64> {
         .collect();
     n.sort_unstable();
     n
-}
-
-fn tool(rt: Runtime, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(rt.binary()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
@@ -86,7 +76,7 @@ both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
     let r = srv.call(&token, "POST", "/api/admin/backup/verify", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["lsn"].as_u64(), Some(lsn));
-    let (ok, out, err) = tool(rt, &["verify", backup_dir.to_str().unwrap()]);
+    let (ok, out, err) = rt.subcommand(&["verify", backup_dir.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains(&format!("\"lsn\":{lsn}")), "{out}");
 
@@ -94,15 +84,12 @@ both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
     // of the writer's records reaching at least `before` and short of
     // `after`.
     let restored = tmp.path().join("restored");
-    let (ok, out, err) = tool(
-        rt,
-        &[
-            "restore",
-            backup_dir.to_str().unwrap(),
-            "--data-dir",
-            restored.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = rt.subcommand(&[
+        "restore",
+        backup_dir.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains(&format!("\"lsn\":{lsn}")), "{out}");
     let again = TestServer::start_in(rt, &restored, &[]);
@@ -168,42 +155,33 @@ both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
     let good = tmp.path().join("good");
     assert_eq!(call("/api/admin/backup", &good).status, 200);
     // The subcommand asks a running server for the same.
-    let (ok, out, err) = tool(
-        rt,
-        &[
-            "backup",
-            tmp.path().join("by-cli").to_str().unwrap(),
-            "--url",
-            &srv.base_url(),
-            "--api-key",
-            tidepool_tests::API_KEY,
-        ],
-    );
+    let (ok, out, err) = rt.subcommand(&[
+        "backup",
+        tmp.path().join("by-cli").to_str().unwrap(),
+        "--url",
+        &srv.base_url(),
+        "--api-key",
+        tidepool_tests::API_KEY,
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("\"lsn\""), "{out}");
-    let (ok, _, err) = tool(rt, &["restore"]);
+    let (ok, _, err) = rt.subcommand(&["restore"]);
     assert!(!ok && err.contains("a directory is required"), "{err}");
     // Restore over a directory with data in it: refused.
-    let (ok, _, err) = tool(
-        rt,
-        &[
-            "restore",
-            good.to_str().unwrap(),
-            "--data-dir",
-            srv.dir.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = rt.subcommand(&[
+        "restore",
+        good.to_str().unwrap(),
+        "--data-dir",
+        srv.dir.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("not empty"), "{err}");
     // An offline backup of a running server's directory points to the online one.
-    let (ok, _, err) = tool(
-        rt,
-        &[
-            "backup",
-            tmp.path().join("x").to_str().unwrap(),
-            "--data-dir",
-            srv.dir.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = rt.subcommand(&[
+        "backup",
+        tmp.path().join("x").to_str().unwrap(),
+        "--data-dir",
+        srv.dir.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("--url"), "{err}");
     // One flipped byte: verify and restore both say which file.
     let store = good.join("store");
@@ -219,15 +197,12 @@ both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
     let r = call("/api/admin/backup/verify", &good);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("CRC"), "{}", r.text());
-    let (ok, _, err) = tool(
-        rt,
-        &[
-            "restore",
-            good.to_str().unwrap(),
-            "--data-dir",
-            tmp.path().join("fresh").to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = rt.subcommand(&[
+        "restore",
+        good.to_str().unwrap(),
+        "--data-dir",
+        tmp.path().join("fresh").to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("CRC"), "{err}");
     // The failed restore left nothing behind: it can be tried again.
     let fresh = tmp.path().join("fresh");
@@ -248,27 +223,21 @@ fn an_offline_backup_of_a_stopped_server() {
     srv.kill9();
     let tmp = tempfile::tempdir().unwrap();
     let (b, r) = (tmp.path().join("b"), tmp.path().join("r"));
-    let (ok, out, err) = tool(
-        Runtime::Std,
-        &[
-            "backup",
-            b.to_str().unwrap(),
-            "--data-dir",
-            srv.dir.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = Runtime::Std.subcommand(&[
+        "backup",
+        b.to_str().unwrap(),
+        "--data-dir",
+        srv.dir.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let summary: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(summary["lsn"].as_u64().unwrap() >= 5, "{summary}");
-    let (ok, _, err) = tool(
-        Runtime::Std,
-        &[
-            "restore",
-            b.to_str().unwrap(),
-            "--data-dir",
-            r.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = Runtime::Std.subcommand(&[
+        "restore",
+        b.to_str().unwrap(),
+        "--data-dir",
+        r.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let again = TestServer::start_in(Runtime::Std, &r, &[]);
     assert_eq!(numbers(&again, &again.token()), vec![1, 2, 3, 4, 5]);

@@ -124,19 +124,6 @@ both_runtimes!(
     }
 );
 
-/// `tidepool export` and `tidepool import` against a running server.
-fn tool(rt: Runtime, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(rt.binary())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 both_runtimes!(export_and_import_subcommands_round_trip, |rt: Runtime| {
     let srv = TestServer::start(rt);
     let token = srv.token();
@@ -150,16 +137,12 @@ both_runtimes!(export_and_import_subcommands_round_trip, |rt: Runtime| {
     let file = tmp.path().join("src.jsonl");
     let (url, key) = (srv.base_url(), tidepool_tests::API_KEY);
     let file_arg = file.to_str().unwrap();
-    let (ok, out, err) = tool(
-        rt,
-        &["export", "src", file_arg, "--url", &url, "--api-key", key],
-    );
+    let (ok, out, err) =
+        rt.subcommand(&["export", "src", file_arg, "--url", &url, "--api-key", key]);
     assert!(ok, "{err}");
     assert!(out.contains("\"records\":5"), "{out}");
-    let (ok, out, err) = tool(
-        rt,
-        &["import", "copy", file_arg, "--url", &url, "--api-key", key],
-    );
+    let (ok, out, err) =
+        rt.subcommand(&["import", "copy", file_arg, "--url", &url, "--api-key", key]);
     assert!(ok, "{err}");
     assert!(out.contains('5'), "{out}");
     let strip = |mut v: Vec<Value>| {
@@ -175,24 +158,18 @@ both_runtimes!(export_and_import_subcommands_round_trip, |rt: Runtime| {
     // A bad line: the import fails naming it, and nothing lands.
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"n\": 1}\nnot json\n").unwrap();
-    let (ok, _, err) = tool(
-        rt,
-        &[
-            "import",
-            "other",
-            bad.to_str().unwrap(),
-            "--url",
-            &url,
-            "--api-key",
-            key,
-        ],
-    );
+    let (ok, _, err) = rt.subcommand(&[
+        "import",
+        "other",
+        bad.to_str().unwrap(),
+        "--url",
+        &url,
+        "--api-key",
+        key,
+    ]);
     assert!(!ok && err.contains("line 2"), "{err}");
     assert_eq!(export(&srv, &token, "other").1.len(), 0);
     // An existing file is not overwritten.
-    let (ok, _, err) = tool(
-        rt,
-        &["export", "src", file_arg, "--url", &url, "--api-key", key],
-    );
+    let (ok, _, err) = rt.subcommand(&["export", "src", file_arg, "--url", &url, "--api-key", key]);
     assert!(!ok && err.contains("exists"), "{err}");
 });
