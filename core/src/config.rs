@@ -54,6 +54,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "embed-url", env: "TIDEPOOL_EMBED_URL", default: "", help: "OpenAI-compatible embeddings endpoint base URL, e.g. http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM); empty = built-in offline embedder only" },
     Setting { flag: "embed-api-key", env: "TIDEPOOL_EMBED_API_KEY", default: "", help: "bearer key for the embeddings endpoint" },
     Setting { flag: "embed-model", env: "TIDEPOOL_EMBED_MODEL", default: "text-embedding-3-small", help: "model sent to the provider when a request names none" },
+    Setting { flag: "embed-model-dir", env: "TIDEPOOL_EMBED_MODEL_DIR", default: "", help: "a sentence-transformers model directory (config.json, model.safetensors, tokenizer.json; e.g. all-MiniLM-L6-v2) run in-process on the CPU for /api/embed and the Embed stage; replaces --embed-url" },
+    Setting { flag: "chat-model-file", env: "TIDEPOOL_CHAT_MODEL_FILE", default: "", help: "a Gemma 3 GGUF file (e.g. gemma-3-270m-q4_k_m.gguf) run in-process on the CPU: the offline chat provider answers with this model instead of composing from records" },
     Setting { flag: "embed-dimensions", env: "TIDEPOOL_EMBED_DIMENSIONS", default: "384", help: "dimensions of the built-in offline embedder (feature hashing, deterministic, not a neural model)" },
     Setting { flag: "outbound-connect-timeout", env: "TIDEPOOL_OUTBOUND_CONNECT_TIMEOUT", default: "10", help: "seconds an outbound provider call may take to connect (TCP and TLS) and send its request" },
     Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds a provider may take to start answering once the request is sent" },
@@ -180,6 +182,10 @@ pub struct Config {
     pub embed_api_key: String,
     pub embed_model: String,
     pub embed_dimensions: usize,
+    /// The in-process embedding model's directory (the host loads it).
+    pub embed_model_dir: String,
+    /// The in-process chat model's file (the host loads it).
+    pub chat_model_file: String,
     pub outbound_connect_timeout_secs: u64,
     pub outbound_timeout_secs: u64,
     pub outbound_idle_timeout_secs: u64,
@@ -289,6 +295,8 @@ fn unreachable_default() -> Config {
         embed_api_key: String::new(),
         embed_model: String::new(),
         embed_dimensions: 384,
+        embed_model_dir: String::new(),
+        chat_model_file: String::new(),
         outbound_connect_timeout_secs: 10,
         outbound_timeout_secs: 30,
         outbound_idle_timeout_secs: 30,
@@ -427,7 +435,7 @@ impl Config {
             return Err("`--tls-cert` and `--tls-key` go together: give both or neither".into());
         }
         let salvage = get("salvage");
-        Ok(Command::Run(Box::new(Config {
+        let config = Config {
             listen: get("listen"),
             data_dir: get("data-dir"),
             api_keys: get("api-key")
@@ -513,6 +521,8 @@ impl Config {
             embed_api_key: get("embed-api-key"),
             embed_model: get("embed-model"),
             embed_dimensions: num("embed-dimensions", get("embed-dimensions"))?,
+            embed_model_dir: get("embed-model-dir"),
+            chat_model_file: get("chat-model-file"),
             outbound_connect_timeout_secs: num(
                 "outbound-connect-timeout",
                 get("outbound-connect-timeout"),
@@ -577,13 +587,92 @@ impl Config {
                 .filter(|n| !n.is_empty())
                 .filter_map(|name| env(name).map(|v| (name.to_string(), v)))
                 .collect(),
-        })))
+        };
+        Ok(Command::Run(Box::new(config.with_local_models()?)))
+    }
+
+    /// `--embed-model-dir` makes the in-process model the embedding
+    /// provider, so everything that embeds through one (`/api/embed`, the
+    /// `Embed` stage) reaches it unchanged.
+    fn with_local_models(mut self) -> Result<Config, String> {
+        if !self.embed_model_dir.is_empty() {
+            if !self.embed_url.is_empty() {
+                return Err(
+                    "`--embed-model-dir` and `--embed-url` are two embedding providers: give one"
+                        .into(),
+                );
+            }
+            self.embed_url = crate::providers::IN_PROCESS_URL.into();
+            self.embed_model = last_component(&self.embed_model_dir).to_string();
+        }
+        Ok(self)
+    }
+
+    /// The in-process chat model's name (its file's stem), when there is one.
+    pub fn local_chat_model(&self) -> Option<String> {
+        (!self.chat_model_file.is_empty()).then(|| file_stem(&self.chat_model_file))
+    }
+}
+
+/// A path's last component (`/m/all-MiniLM-L6-v2/`: `all-MiniLM-L6-v2`).
+fn last_component(path: &str) -> &str {
+    path.trim_end_matches(['/', '\\'])
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(path)
+}
+
+/// A path's last component without its extension (`/m/gemma.gguf`: `gemma`).
+fn file_stem(path: &str) -> String {
+    let last = last_component(path);
+    match last.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem.to_string(),
+        _ => last.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_models_become_the_providers() {
+        let none = |_: &str| None;
+        let Command::Run(c) = Config::parse(
+            [
+                "--embed-model-dir",
+                "/m/all-MiniLM-L6-v2/",
+                "--chat-model-file",
+                "/m/gemma-3-270m-q4_k_m.gguf",
+            ],
+            none,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.embed_url, crate::providers::IN_PROCESS_URL);
+        assert_eq!(c.embed_model, "all-MiniLM-L6-v2");
+        assert_eq!(c.local_chat_model().as_deref(), Some("gemma-3-270m-q4_k_m"));
+        let offline = crate::providers::Provider::offline_for(&c);
+        assert_eq!(offline.base_url, crate::providers::IN_PROCESS_URL);
+        assert_eq!(offline.default_model, "gemma-3-270m-q4_k_m");
+        let chosen = crate::providers::choose(&c, "offline", "").unwrap();
+        assert_eq!(chosen.model, "gemma-3-270m-q4_k_m");
+        let wrong = crate::providers::choose(&c, "offline", "tidepool-offline-v1").unwrap_err();
+        assert!(
+            wrong.message.contains("gemma-3-270m-q4_k_m"),
+            "{}",
+            wrong.message
+        );
+
+        let err = Config::parse(
+            ["--embed-model-dir", "/m/x", "--embed-url", "http://e/v1"],
+            none,
+        )
+        .expect_err("two embedding providers");
+        assert!(err.contains("--embed-url"), "{err}");
+        assert!(Config::default().local_chat_model().is_none());
+    }
 
     #[test]
     fn tls_cert_and_key_go_together() {

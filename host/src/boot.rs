@@ -38,6 +38,9 @@ pub enum BootError {
     TlsCert { path: PathBuf, reason: String },
     /// `--fluxbase-chatbots` cannot be read or does not parse.
     Chatbots { path: PathBuf, reason: String },
+    /// `--embed-model-dir` or `--chat-model-file` cannot be loaded (the
+    /// message names the file).
+    Model(String),
     /// A thread the server needs cannot be started.
     Spawn {
         what: &'static str,
@@ -87,6 +90,7 @@ impl fmt::Display for BootError {
                 "cannot use {} as --fluxbase-chatbots: {reason}",
                 path.display()
             ),
+            BootError::Model(why) => write!(f, "cannot load a model: {why}"),
             BootError::Spawn { what, source } => {
                 write!(f, "cannot start the {what} thread: {source}")
             }
@@ -159,6 +163,8 @@ pub struct Booted {
     pub server: Server,
     pub store: Store,
     pub banner: Vec<String>,
+    /// The in-process models, when configured.
+    pub models: Option<std::sync::Arc<crate::models::Models>>,
 }
 
 /// Prepares the data directory, secrets and storage, and replays the log.
@@ -208,6 +214,10 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
         config.jwt_secret.clone()
     };
     let sync: SyncPolicy = config.fsync.parse().map_err(BootError::Fsync)?;
+    // Before the store: a missing model file fails at once, not after a
+    // long recovery.
+    let loaded = crate::models::load(&config).map_err(BootError::Model)?;
+    banner.extend(loaded.banner);
     let opts = StoreOptions {
         segment_bytes: config.segment_bytes.max(1 << 20),
         history_retention_bytes: config.history_bytes,
@@ -250,6 +260,7 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
         server,
         store,
         banner,
+        models: loaded.models,
     })
 }
 

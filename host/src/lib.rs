@@ -23,6 +23,10 @@ mod clock;
 mod documents;
 pub mod durability;
 pub mod log;
+/// The in-process models; without the `models` feature, a stand-in that
+/// refuses to start when one is configured.
+#[cfg_attr(not(feature = "models"), path = "models_off.rs")]
+mod models;
 mod process;
 pub mod progress;
 mod reads;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tidepool_core::conn::{Connection, History, HistoryError, HISTORY_CHUNK_BYTES};
 use tidepool_core::driver;
 use tidepool_core::ids::{ConnId, Lsn};
+use tidepool_core::providers::IN_PROCESS_HOST;
 use tidepool_core::server::calls::{CallCommand, CallId, TransportError};
 use tidepool_core::server::reads::ReadJob;
 use tidepool_core::server::{Note, Peer, Server};
@@ -63,6 +64,8 @@ pub struct Host {
     /// What the listeners serve TLS with (`--tls-cert`), if anything.
     certificates: Option<Certificates>,
     performer: OnceLock<Box<dyn CallPerformer>>,
+    /// Answers calls to `providers::IN_PROCESS_HOST` (`models`).
+    models: Option<Arc<crate::models::Models>>,
     /// Deferred reads, for the reader threads (`reads`).
     readers: Sender<ReadJob>,
     /// Functions' CPU work (bcrypt), for the compute thread: apart from the
@@ -244,8 +247,22 @@ impl Host {
                     target,
                     request,
                     connect_timeout,
-                } => performer.start(me.clone(), id, target, request, connect_timeout),
-                CallCommand::Cancel(id) => performer.cancel(id),
+                } => {
+                    if target.host != IN_PROCESS_HOST {
+                        performer.start(me.clone(), id, target, request, connect_timeout);
+                    } else if let Some(models) = &self.models {
+                        models.start(me.clone(), id, request);
+                    } else {
+                        let e = TransportError::Connect("no in-process model is loaded".into());
+                        self.with_server(|s| s.handle_call_error(id, e, now()));
+                    }
+                }
+                CallCommand::Cancel(id) => {
+                    if let Some(models) = &self.models {
+                        models.cancel(id);
+                    }
+                    performer.cancel(id);
+                }
             }
         }
     }
@@ -269,7 +286,12 @@ impl driver::Shared for &Host {
 
 /// Starts the background threads and returns the shared host.
 pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
-    let Booted { server, store, .. } = booted;
+    let Booted {
+        server,
+        store,
+        models,
+        ..
+    } = booted;
     let (wake_writer, writer_rx) = bounded(1);
     let (wake_timer, timer_rx) = bounded(1);
     let durable = server.durable_lsn();
@@ -295,6 +317,7 @@ pub fn start(booted: Booted) -> Result<Arc<Host>, BootError> {
         tls,
         certificates,
         performer: OnceLock::new(),
+        models,
         readers,
         computers,
         plan_requests,

@@ -17,6 +17,13 @@ pub const OFFLINE: &str = "offline";
 /// Its model name says what it is; it never pretends to be another model.
 pub const OFFLINE_MODEL: &str = "tidepool-offline-v1";
 
+/// Where the host serves the in-process models (`--embed-model-dir`,
+/// `--chat-model-file`), in the OpenAI wire format: the host performs calls
+/// to this host name itself, without a socket. `.invalid` never resolves
+/// (RFC 2606), so no real server can be mistaken for it.
+pub const IN_PROCESS_HOST: &str = "models.tidepool.invalid";
+pub const IN_PROCESS_URL: &str = "http://models.tidepool.invalid/v1";
+
 /// Provider names clients may send (ekoDB's, plus `local` and `offline`).
 const KNOWN: &[&str] = &[
     "openai",
@@ -47,6 +54,21 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// The built-in provider: the in-process chat model when one is
+    /// loaded (`--chat-model-file`), else answers composed from records.
+    pub fn offline_for(config: &Config) -> Provider {
+        match config.local_chat_model() {
+            Some(model) => Provider {
+                name: OFFLINE.into(),
+                api: Api::OpenAi,
+                base_url: IN_PROCESS_URL.into(),
+                key: String::new(),
+                default_model: model,
+            },
+            None => Provider::offline(),
+        }
+    }
+
     pub fn offline() -> Provider {
         Provider {
             name: OFFLINE.into(),
@@ -99,7 +121,7 @@ pub fn default_model(config: &Config, name: &str) -> String {
         "local" => config.local_llm_model.clone(),
         "perplexity" => "sonar".into(),
         "gemini" => "gemini-2.5-flash".into(),
-        _ => OFFLINE_MODEL.into(),
+        _ => Provider::offline_for(config).default_model,
     }
 }
 
@@ -133,10 +155,13 @@ pub fn choose(config: &Config, name: &str, model: &str) -> std::result::Result<C
             fallback: None,
         }
     };
-    let offline = |why: Option<String>| Choice {
-        provider: Provider::offline(),
-        model: OFFLINE_MODEL.into(),
-        fallback: why,
+    let offline = |why: Option<String>| {
+        let provider = Provider::offline_for(config);
+        Choice {
+            model: provider.default_model.clone(),
+            provider,
+            fallback: why,
+        }
     };
     if name.is_empty() {
         let default = config.chat_provider.trim().to_ascii_lowercase();
@@ -149,13 +174,16 @@ pub fn choose(config: &Config, name: &str, model: &str) -> std::result::Result<C
             .map_or_else(|| offline(None), pick));
     }
     if name == OFFLINE || name == "tidepool" {
-        if !model.is_empty() && model != OFFLINE_MODEL {
+        let own = Provider::offline_for(config).default_model;
+        if !model.is_empty() && model != own {
             return Err(Failure {
                 kind: FailureKind::RequestError,
                 provider: name.clone(),
                 status: None,
                 retry_after_secs: None,
-                message: format!("unknown model `{model}` for the offline provider (it has one: {OFFLINE_MODEL})"),
+                message: format!(
+                    "unknown model `{model}` for the offline provider (it has one: {own})"
+                ),
             });
         }
         return Ok(offline(None));

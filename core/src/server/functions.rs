@@ -141,6 +141,11 @@ impl Server {
 /// operator allowed the host (`--function-http-allow`). Names are checked
 /// as written; `localhost` counts as loopback.
 pub fn refused_host(host: &str, allow: &[String]) -> Option<String> {
+    // The in-process models are the server's own providers, never a
+    // function's HTTP target, whatever the allow list says.
+    if host.eq_ignore_ascii_case(crate::providers::IN_PROCESS_HOST) {
+        return Some(format!("`{host}` is the server's in-process model endpoint, which functions reach through the Embed and Chat stages only"));
+    }
     if allow
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(host))
@@ -541,4 +546,18 @@ pub fn result_json(done: &Finished) -> J {
             })).collect::<Vec<_>>(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_host;
+
+    #[test]
+    fn the_in_process_models_are_never_a_function_target() {
+        let host = crate::providers::IN_PROCESS_HOST;
+        assert!(refused_host(host, &[]).is_some());
+        assert!(refused_host(host, &["*".to_string()]).is_some());
+        assert!(refused_host(&host.to_uppercase(), &[host.to_string()]).is_some());
+        assert!(refused_host("example.com", &[]).is_none());
+    }
 }
