@@ -2826,6 +2826,81 @@ fn chat_answers_wait_for_the_question_to_be_durable() {
     assert_eq!(r[0].json()["total"], 2, "{:?}", r[0].json());
 }
 
+/// With an embedding provider configured, a chat over a collection holding
+/// vectors embeds the question first and retrieves with that vector (the
+/// nearest record leads the context, though no word matches); when the
+/// provider fails, text retrieval alone answers.
+#[test]
+fn chat_retrieval_embeds_the_question_with_the_provider() {
+    let mut w = provider_world(|_| {});
+    let p = w.connect();
+    for (id, v) in [("north", [1.0, 0.0]), ("east", [0.0, 1.0])] {
+        w.send(
+            p,
+            &insert("ways", json!({"id": id, "name": id, "embedding": v})),
+        );
+    }
+    w.send(
+        p,
+        &authed(
+            "POST",
+            "/api/chat",
+            Some(&json!({"collections": [{"collection_name": "ways", "fields": [{"field": "name"}]}]})),
+        ),
+    );
+    w.sync();
+    let r = w.responses(p);
+    let chat = r[2].json()["chat_id"].as_str().unwrap().to_string();
+    let ask = |q: &str| {
+        authed(
+            "POST",
+            &format!("/api/chat/{chat}/messages"),
+            Some(&json!({ "message": q })),
+        )
+    };
+
+    let q = w.connect();
+    w.send(q, &ask("Which way to the sunrise?"));
+    w.sync();
+    let commands = w.take_calls();
+    let [CallCommand::Start { id, request, .. }] = commands.as_slice() else {
+        panic!("the question is embedded first: {commands:?}")
+    };
+    let text = String::from_utf8_lossy(request);
+    assert!(text.starts_with("POST /v1/embeddings"), "{text}");
+    assert!(text.contains("Which way to the sunrise?"), "{text}");
+    assert!(w.responses(q).is_empty(), "the answer waits for the vector");
+    let body = json!({"data": [{"index": 0, "embedding": [0.1, 0.9]}], "model": "m"});
+    let id = *id;
+    w.on_call(|s, now| {
+        s.handle_call_connected(id, now);
+        s.handle_call_data(id, &with_length(body.to_string().as_bytes()), now);
+        s.handle_call_eof(id, now);
+    });
+    w.sync();
+    let r = w.responses(q);
+    assert_eq!(r.len(), 1, "{r:?}");
+    let reply = r[0].json();
+    let snippets = reply["context_snippets"].as_array().unwrap();
+    assert_eq!(snippets[0]["record"]["id"], "east", "{reply}");
+
+    // The provider fails: text alone gives the context, and the answer comes.
+    let q = w.connect();
+    w.send(q, &ask("Where is north?"));
+    w.sync();
+    let commands = w.take_calls();
+    let [id] = started(&commands)[..] else {
+        panic!("{commands:?}")
+    };
+    w.on_call(|s, now| s.handle_call_error(id, TransportError::Connect("refused".into()), now));
+    w.sync();
+    let r = w.responses(q);
+    assert_eq!(r.len(), 1, "{r:?}");
+    let reply = r[0].json();
+    let snippets = reply["context_snippets"].as_array().unwrap();
+    assert_eq!(snippets[0]["record"]["id"], "north", "{reply}");
+}
+
 // ----- what a client may hold before it proves anything ----------------------
 
 /// A head announcing a large body; the body itself is never sent.

@@ -126,6 +126,56 @@ both_runtimes!(embeddings_are_semantic, |rt: Runtime| {
     assert!(cosine(&vector, &direct[0]) > 0.9999, "{got}");
 });
 
+// Chat retrieval embeds the question with the same model: "automobiles"
+// finds the record about a car through its vector, though no word matches.
+both_runtimes!(chat_retrieval_is_semantic, |rt: Runtime| {
+    let dir = model_path(EMBED_MODEL);
+    let srv = TestServer::start_with(rt, &["--embed-model-dir", &dir]);
+    let docs = [
+        ("fruit", "Bananas are a yellow fruit rich in potassium"),
+        ("car", "I drive my car to work every morning"),
+    ];
+    let texts: Vec<&str> = docs.iter().map(|(_, t)| *t).collect();
+    let (vectors, _) = embed(&srv, &texts);
+    for ((id, text), vector) in docs.iter().zip(vectors) {
+        srv.insert(
+            "notes",
+            &json!({"name": id, "text": text, "embedding": vector}),
+        );
+    }
+    let token = srv.token();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/chat",
+        &json!({"llm_provider": "offline",
+                "collections": [{"collection_name": "notes", "fields": [{"field": "text"}]}]})
+        .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chat = r.json()["chat_id"].as_str().unwrap().to_string();
+    let r = srv.call(
+        &token,
+        "POST",
+        &format!("/api/chat/{chat}/messages"),
+        &json!({"message": "Tell me about automobiles"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reply = r.json();
+    let snippets = reply["context_snippets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!snippets.is_empty(), "{reply}");
+    // The snippet holds the session's fields (`text`) and the id.
+    let first = snippets[0]["record"]["text"].as_str().unwrap_or_default();
+    assert!(first.contains("car"), "{reply}");
+    assert!(
+        snippets[0]["score"].as_f64() > snippets.get(1).and_then(|s| s["score"].as_f64()),
+        "{reply}"
+    );
+});
+
 #[test]
 fn a_missing_or_corrupt_model_stops_the_server_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

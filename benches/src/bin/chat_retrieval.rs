@@ -159,12 +159,19 @@ fn main() {
     for (label, coll) in [("text", "products"), ("hybrid", "products_vec")] {
         let cfg = config(coll);
         // Warm up: the indexes are built on first use.
-        retrieval::retrieve(&mut engine, &cfg, &questions[0], now);
+        retrieval::retrieve(
+            &mut engine,
+            &cfg,
+            &questions[0],
+            &retrieval::QueryVector::Offline,
+            now,
+        );
         let mut times = Vec::with_capacity(queries);
         let mut found = 0usize;
         for q in &questions {
             let t = Instant::now();
-            let snippets = retrieval::retrieve(&mut engine, &cfg, q, now);
+            let snippets =
+                retrieval::retrieve(&mut engine, &cfg, q, &retrieval::QueryVector::Offline, now);
             times.push(t.elapsed());
             found += usize::from(!snippets.is_empty());
         }

@@ -11,6 +11,7 @@
 
 use super::session::CollectionConfig;
 use crate::engine::filter::Filter;
+use crate::engine::search::vector_of;
 use crate::engine::search::SearchRequest;
 use crate::engine::Engine;
 use crate::time::Timestamp;
@@ -104,11 +105,39 @@ fn names_field(term: &str, field: &str) -> bool {
     singular(&f) == t || f.split('_').any(|part| singular(part) == t)
 }
 
+/// Where the question's vector comes from, for a collection whose records
+/// carry an `embedding`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueryVector {
+    /// The offline embedder, at the records' dimensions (no embedding
+    /// provider is configured, so the records' vectors came from it too).
+    Offline,
+    /// The embedding provider's vector for the question; used where the
+    /// records' vectors have its dimensions.
+    Given(Vec<f32>),
+    /// Text only (the provider could not embed the question).
+    None,
+}
+
+/// Whether any of `collections` holds records with an `embedding` vector
+/// (the first live record of each is looked at, as retrieval does).
+pub fn wants_vector(engine: &mut Engine, collections: &[CollectionConfig], now: Timestamp) -> bool {
+    collections.iter().any(|config| {
+        !config.name.contains("__ek0_")
+            && engine.collection(&config.name).is_ok_and(|c| {
+                c.iter_live(now)
+                    .take(1)
+                    .any(|(_, r)| vector_of(r, "embedding").is_some())
+            })
+    })
+}
+
 /// The context for `question` from `collections`.
 pub fn retrieve(
     engine: &mut Engine,
     collections: &[CollectionConfig],
     question: &str,
+    vector: &QueryVector,
     now: Timestamp,
 ) -> Vec<Snippet> {
     let words = terms(question);
@@ -121,7 +150,7 @@ pub fn retrieve(
         if config.name.contains("__ek0_") {
             continue;
         }
-        out.extend(from_collection(engine, config, &words, now));
+        out.extend(from_collection(engine, config, &words, vector, now));
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
     out.truncate(MAX_SNIPPETS);
@@ -132,6 +161,7 @@ fn from_collection(
     engine: &mut Engine,
     config: &CollectionConfig,
     words: &[String],
+    vector: &QueryVector,
     now: Timestamp,
 ) -> Vec<Snippet> {
     let Ok(c) = engine.collection(&config.name) else {
@@ -155,16 +185,25 @@ fn from_collection(
         .filter(|f| words.iter().any(|w| names_field(w, f)))
         .cloned()
         .collect();
-    // An embedding field the offline embedder can match, if any.
-    let embedding_dim = c
-        .iter_live(now)
-        .take(1)
-        .find_map(|(_, r)| match r.get("embedding") {
-            Some(Value::Vector(v)) if !v.is_empty() => Some(v.len()),
-            _ => None,
-        });
+    // An embedding field the question's vector can match, if any: the
+    // offline embedder's only where records hold typed vectors (as the
+    // document folder writes them), a provider's wherever the dimensions
+    // agree.
+    let first = c.iter_live(now).next().map(|(_, r)| r);
+    let stored_dim = first
+        .and_then(|r| vector_of(r, "embedding"))
+        .map(|v| v.len());
+    let offline_dim = first.and_then(|r| match r.get("embedding") {
+        Some(Value::Vector(v)) if !v.is_empty() => Some(v.len()),
+        _ => None,
+    });
 
-    let req = search_request(config, words, embedding_dim);
+    let vector = match (vector, offline_dim, stored_dim) {
+        (QueryVector::Offline, Some(d), _) => Some(tidepool_search::embed(&words.join(" "), d)),
+        (QueryVector::Given(v), _, Some(d)) if v.len() == d => Some(v.clone()),
+        _ => None,
+    };
+    let req = search_request(config, words, vector);
     let mut hits: Vec<(String, f64, Vec<String>)> =
         match engine.search(&config.name, &req, &Filter::All, now) {
             Ok((hits, _)) => hits
@@ -249,7 +288,7 @@ fn from_collection(
 fn search_request(
     config: &CollectionConfig,
     words: &[String],
-    embedding_dim: Option<usize>,
+    vector: Option<Vec<f32>>,
 ) -> SearchRequest {
     let query = words.join(" ");
     let mut text = TextQuery::new(query.clone());
@@ -292,7 +331,7 @@ fn search_request(
     text.limit = PER_COLLECTION;
     SearchRequest {
         text,
-        vector: embedding_dim.map(|d| tidepool_search::embed(&query, d)),
+        vector,
         vector_field: "embedding".into(),
         metric: Metric::Cosine,
         vector_k: Some(PER_COLLECTION),

@@ -14,6 +14,8 @@
 
 use super::event::{ChatEvent, ChatEventKind};
 use super::retrieval::Snippet;
+use super::session::Session;
+use super::store::Message;
 use super::tools::Policy;
 use crate::ids::{ConnId, Lsn};
 use crate::providers::{Choice, Prompt, StreamParser, ToolCall, ToolSpec};
@@ -66,6 +68,23 @@ pub enum Phase {
     AwaitingClient { waiting: Vec<String> },
     /// The offline provider answers within the request.
     Offline,
+    /// Embedding the question (an embedding provider is configured and the
+    /// chat's collections hold vectors); the prompt is built once it is in.
+    Retrieving {
+        call: CallId,
+        pending: Box<Retrieval>,
+    },
+}
+
+/// What a turn's prompt is built from once its question's vector arrives.
+#[derive(Debug)]
+pub struct Retrieval {
+    pub session: Session,
+    pub history: Vec<Message>,
+    /// The words retrieval searches with (the question, or a follow-up
+    /// with the question before it).
+    pub query: String,
+    pub window: usize,
 }
 
 #[derive(Debug)]

@@ -116,7 +116,7 @@ fn put_into(text: Option<&mut TextIndex>, vectors: &mut [VectorSlot], doc: DocId
 }
 
 /// A record's vector in `field`, from a Vector or a plain numeric array.
-fn vector_of(record: &Record, field: &str) -> Option<Vec<f32>> {
+pub(crate) fn vector_of(record: &Record, field: &str) -> Option<Vec<f32>> {
     match record.get(field)? {
         Value::Vector(v) => Some(v.iter().map(|&x| x as f32).collect()),
         Value::Array(items) => items

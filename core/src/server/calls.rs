@@ -152,7 +152,13 @@ pub enum Purpose {
     Turn(TurnId),
     /// A stored function's `HttpRequest`: the whole response resumes the run.
     Function { run: RunId, max_body: usize },
+    /// The embedding of a chat turn's question, for vector retrieval before
+    /// the turn asks its provider.
+    Retrieval(TurnId),
 }
+
+/// The most a question's embedding response may hold.
+const MAX_RETRIEVAL_BODY: usize = 1 << 20;
 
 /// A piece of a turn's provider response, in order: the head, body bytes
 /// (de-chunked), then the end or a failure.
@@ -190,6 +196,8 @@ pub(crate) struct Calls {
     pub(super) turn_inputs: Vec<(TurnId, CallId, TurnInput)>,
     /// Responses for function runs, for the server to resume them with.
     pub(super) function_results: Vec<(RunId, Result<ClientResponse, CallFailure>)>,
+    /// Question embeddings for turns, for the server to retrieve with.
+    pub(super) retrieval_results: Vec<(TurnId, Result<ClientResponse, CallFailure>)>,
 }
 
 impl Calls {
@@ -204,6 +212,7 @@ impl Calls {
             done: Vec::new(),
             turn_inputs: Vec::new(),
             function_results: Vec::new(),
+            retrieval_results: Vec::new(),
         }
     }
 
@@ -492,6 +501,7 @@ impl Calls {
                 self.turn_inputs.push((turn, id, input));
             }
             Purpose::Function { run, .. } => self.function_results.push((run, result)),
+            Purpose::Retrieval(turn) => self.retrieval_results.push((turn, result)),
         }
     }
 }
@@ -513,6 +523,7 @@ fn consume(
 ) -> Result<(), CallFailure> {
     let max = match &call.purpose {
         Purpose::Reply { max_body, .. } | Purpose::Function { max_body, .. } => *max_body,
+        Purpose::Retrieval(_) => MAX_RETRIEVAL_BODY,
         Purpose::Turn(turn) => {
             for event in events {
                 match event {

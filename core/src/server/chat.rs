@@ -11,11 +11,11 @@ use super::calls::{CallFailure, CallId, Phase as CallPhase, Purpose, TurnInput};
 use super::pending::Ticket;
 use super::{Server, ServerTimer};
 use crate::chat::event::{ChatEvent, ChatEventKind};
-use crate::chat::retrieval::{self, Snippet};
+use crate::chat::retrieval::{self, QueryVector, Snippet};
 use crate::chat::session::Session;
 use crate::chat::store::{self, Message, Role, Status};
 use crate::chat::tools::{self, Policy};
-use crate::chat::turn::{Listener, Phase, Shape, Turn, TurnId};
+use crate::chat::turn::{Listener, Phase, Retrieval, Shape, Turn, TurnId};
 use crate::chat::{compact, emotion, offline};
 use crate::dialect::{self, ekodb_ws, rest};
 use crate::error::{Error, ErrorKind, Result};
@@ -25,6 +25,7 @@ use crate::providers::{
     StreamParser, ToolCall, ToolSpec,
 };
 use crate::time::Timestamp;
+use crate::wire::http::client::OutboundRequest;
 use serde_json::{json, Value as J};
 use std::time::Duration;
 
@@ -326,7 +327,20 @@ impl Server {
                 query = format!("{} {}", prev.content, question);
             }
         }
-        let snippets = retrieval::retrieve(&mut self.engine, &session.collections, &query, now);
+        // With an embedding provider, collections holding vectors are
+        // searched with the question's own embedding: asked for first, the
+        // prompt waits for it (`Phase::Retrieving`).
+        let embed_first = self.question_embedding(&session, &query, now);
+        let snippets = match embed_first {
+            Some(_) => Vec::new(),
+            None => retrieval::retrieve(
+                &mut self.engine,
+                &session.collections,
+                &query,
+                &QueryVector::Offline,
+                now,
+            ),
+        };
         // The answer is stored from the start, marked incomplete: a restart
         // in the middle leaves it so, never lost and never twice.
         let seq = session.next_seq;
@@ -383,6 +397,15 @@ impl Server {
         };
         let gate = self.finish_operation(now);
         let chat_id = session.chat_id.clone();
+        let first = embed_first.map(|request| {
+            let pending = Retrieval {
+                session,
+                history,
+                query,
+                window,
+            };
+            (request, Box::new(pending))
+        });
         let started = self.new_turn(
             Shape::Chat,
             chat_id,
@@ -395,9 +418,129 @@ impl Server {
             snippets,
             gate,
             listener,
+            first,
             now,
         );
         Ok(started)
+    }
+
+    /// The call that embeds a turn's question, when an embedding provider
+    /// is configured and one of the chat's collections holds vectors.
+    fn question_embedding(
+        &mut self,
+        session: &Session,
+        query: &str,
+        now: Timestamp,
+    ) -> Option<OutboundRequest> {
+        if self.config.embed_url.is_empty()
+            || !retrieval::wants_vector(&mut self.engine, &session.collections, now)
+        {
+            return None;
+        }
+        rest::embed::provider_request(
+            &self.config,
+            &self.config.embed_url,
+            &[query.to_string()],
+            &self.config.embed_model,
+        )
+        .ok()
+    }
+
+    /// Asks for the question's embedding; the answer starts when it is in
+    /// (or, if the call cannot even start, with text retrieval alone).
+    fn start_retrieval(
+        &mut self,
+        id: TurnId,
+        request: OutboundRequest,
+        pending: Box<Retrieval>,
+        now: Timestamp,
+    ) {
+        match self
+            .calls
+            .start(request, Purpose::Retrieval(id), now, &mut self.timers)
+        {
+            Ok(call) => {
+                if let Some(turn) = self.turns.active.get_mut(&id) {
+                    turn.phase = Phase::Retrieving { call, pending };
+                }
+            }
+            Err(failure) => self.finish_retrieval(
+                id,
+                *pending,
+                QueryVector::None,
+                Some(failure.to_string()),
+                now,
+            ),
+        }
+    }
+
+    /// The question's embedding is in (or failed): retrieve, build the
+    /// prompt, start the answer.
+    fn finish_retrieval(
+        &mut self,
+        id: TurnId,
+        pending: Retrieval,
+        vector: QueryVector,
+        failed: Option<String>,
+        now: Timestamp,
+    ) {
+        if let Some(why) = failed {
+            self.note(format!(
+                "chat: the question could not be embedded ({why}); text retrieval alone gives the context"
+            ));
+        }
+        let snippets = retrieval::retrieve(
+            &mut self.engine,
+            &pending.session.collections,
+            &pending.query,
+            &vector,
+            now,
+        );
+        let Some(turn) = self.turns.active.get_mut(&id) else {
+            return;
+        };
+        let (system, messages) = build_prompt(
+            &pending.session,
+            &pending.history,
+            &turn.question,
+            &snippets,
+            pending.window,
+        );
+        turn.prompt.system = system;
+        turn.prompt.messages = messages;
+        turn.snippets = snippets;
+        turn.phase = Phase::Offline;
+        self.start_answer(id, now);
+    }
+
+    /// Hands question embeddings to their turns.
+    fn pump_retrievals(&mut self, now: Timestamp) {
+        for (id, result) in std::mem::take(&mut self.calls.retrieval_results) {
+            let Some(turn) = self.turns.active.get_mut(&id) else {
+                continue;
+            };
+            if !matches!(turn.phase, Phase::Retrieving { .. }) {
+                continue;
+            }
+            let Phase::Retrieving { pending, .. } =
+                std::mem::replace(&mut turn.phase, Phase::Offline)
+            else {
+                continue;
+            };
+            let job = rest::embed::Job {
+                model: self.config.embed_model.clone(),
+                count: 1,
+            };
+            match rest::embed::vectors(&job, result) {
+                Ok((mut v, _)) => {
+                    let vector = v.swap_remove(0).into_iter().map(|x| x as f32).collect();
+                    self.finish_retrieval(id, *pending, QueryVector::Given(vector), None, now);
+                }
+                Err(e) => {
+                    self.finish_retrieval(id, *pending, QueryVector::None, Some(e.message), now)
+                }
+            }
+        }
     }
 
     /// A stateless completion: no session, history, retrieval or tools.
@@ -437,6 +580,7 @@ impl Server {
             Vec::new(),
             gate,
             listener,
+            None,
             now,
         ))
     }
@@ -455,6 +599,7 @@ impl Server {
         snippets: Vec<Snippet>,
         gate: Lsn,
         listener: Option<Listener>,
+        embed_first: Option<(OutboundRequest, Box<Retrieval>)>,
         now: Timestamp,
     ) -> Started {
         let id = self.turns.new_id();
@@ -503,14 +648,27 @@ impl Server {
         self.turns.by_chat.insert(chat_id.clone(), id);
         self.turns.active.insert(id, turn);
         self.emit(id, ChatEventKind::Started, now);
-        if offline {
-            self.answer_offline(id, now);
-        } else {
-            self.call_provider(id, now);
+        match embed_first {
+            Some((request, pending)) => self.start_retrieval(id, request, pending, now),
+            None => self.start_answer(id, now),
         }
         Started {
             chat_key: chat_id,
             message_id,
+        }
+    }
+
+    /// The provider starts answering (the offline one at once).
+    fn start_answer(&mut self, id: TurnId, now: Timestamp) {
+        let offline = self
+            .turns
+            .active
+            .get(&id)
+            .is_some_and(|t| t.choice.provider.api == Api::Offline);
+        if offline {
+            self.answer_offline(id, now);
+        } else {
+            self.call_provider(id, now);
         }
     }
 
@@ -597,6 +755,7 @@ impl Server {
     /// Hands the pieces of providers' responses to their turns. Runs after
     /// every call report and timer.
     pub(super) fn pump_turns(&mut self, now: Timestamp) {
+        self.pump_retrievals(now);
         while !self.calls.turn_inputs.is_empty() {
             let inputs = std::mem::take(&mut self.calls.turn_inputs);
             for (id, call, input) in inputs {
@@ -679,7 +838,7 @@ impl Server {
     /// Stops a turn's running call (its answer is not wanted any more).
     fn abandon_call(&mut self, id: TurnId, now: Timestamp) {
         if let Some(Turn {
-            phase: Phase::Calling { call, .. },
+            phase: Phase::Calling { call, .. } | Phase::Retrieving { call, .. },
             ..
         }) = self.turns.active.get(&id)
         {

@@ -75,12 +75,7 @@ pub fn start(config: &Config, ctx: &Ctx<'_>) -> Result<Plan> {
             } else {
                 requested
             };
-            let payload = json!({"model": model, "input": texts});
-            let body = serde_json::to_vec(&payload).map_err(|e| Error::internal(e.to_string()))?;
-            let outbound = post_json(url, "/embeddings", Some(&config.embed_api_key), &body)
-                .map_err(|e| {
-                    Error::new(ErrorKind::BadGateway, format!("embedding provider: {e}"))
-                })?;
+            let outbound = provider_request(config, url, &texts, &model)?;
             Ok(Plan::Call(
                 outbound,
                 Job {
@@ -103,6 +98,19 @@ pub fn start(config: &Config, ctx: &Ctx<'_>) -> Result<Plan> {
     }
 }
 
+/// The provider call that embeds `texts` with `model`.
+pub fn provider_request(
+    config: &Config,
+    url: &str,
+    texts: &[String],
+    model: &str,
+) -> Result<OutboundRequest> {
+    let payload = json!({"model": model, "input": texts});
+    let body = serde_json::to_vec(&payload).map_err(|e| Error::internal(e.to_string()))?;
+    post_json(url, "/embeddings", Some(&config.embed_api_key), &body)
+        .map_err(|e| Error::new(ErrorKind::BadGateway, format!("embedding provider: {e}")))
+}
+
 fn provider_error(message: String) -> Error {
     Error::new(ErrorKind::BadGateway, message)
 }
@@ -116,6 +124,19 @@ pub fn finish(job: &Job, result: std::result::Result<ClientResponse, CallFailure
 }
 
 fn answer(job: &Job, result: std::result::Result<ClientResponse, CallFailure>) -> Result<Response> {
+    let (embeddings, model) = vectors(job, result)?;
+    let dims = embeddings[0].len();
+    let body = json!({"embeddings": embeddings, "model": model, "dimensions": dims});
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(Response::json(200, bytes))
+}
+
+/// The provider's vectors, in the order of the texts, and the model that
+/// made them (or why there are none).
+pub fn vectors(
+    job: &Job,
+    result: std::result::Result<ClientResponse, CallFailure>,
+) -> Result<(Vec<Vec<f64>>, String)> {
     // Every provider failure is a 502 (spec A, E10: clients retry 503 on their
     // own, which only genuine overload here should cause).
     let resp = result.map_err(|failure| match failure {
@@ -178,14 +199,11 @@ fn answer(job: &Job, result: std::result::Result<ClientResponse, CallFailure>) -
             job.count
         )));
     }
-    let dims = items[0].1.len();
     let embeddings: Vec<Vec<f64>> = items.into_iter().map(|(_, e)| e).collect();
     let model = v
         .get("model")
         .and_then(J::as_str)
         .unwrap_or(&job.model)
         .to_string();
-    let body = json!({"embeddings": embeddings, "model": model, "dimensions": dims});
-    let bytes = serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(Response::json(200, bytes))
+    Ok((embeddings, model))
 }
