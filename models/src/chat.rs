@@ -2,12 +2,11 @@
 //! conversation in Gemma's turn format, then one token at a time, each
 //! handed to the caller as text the moment it is whole.
 
+use crate::gemma3::Gemma3;
 use crate::spm::{SentencePiece, Utf8Stream};
 use crate::ModelError;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_gemma3::ModelWeights;
 use std::path::Path;
 
 /// Tokens of prompt and answer the model attends to at most; older turns
@@ -59,14 +58,15 @@ pub struct Generated {
 
 #[derive(Debug)]
 pub struct ChatModel {
-    /// Cloned per answer: the tensors are shared, the cache is the answer's.
-    weights: ModelWeights,
+    /// Shared by every answer; each has a cache of its own.
+    weights: Gemma3,
     vocab: SentencePiece,
     name: String,
     bos: u32,
     start_turn: u32,
     end_turn: u32,
     eos: u32,
+    format: Format,
 }
 
 impl ChatModel {
@@ -105,12 +105,12 @@ impl ChatModel {
             number("tokenizer.ggml.eos_token_id")?,
         );
         let (start_turn, end_turn) = (id("<start_of_turn>")?, id("<end_of_turn>")?);
-        // candle's k-quant kernels use AVX only when the whole build targets
-        // it; matrix products on weights expanded to f32 take its runtime-
-        // detected SIMD path instead: 14x faster to read a prompt here, for
-        // about 1 GB more memory. Read by candle on this thread, at load.
-        std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
-        let weights = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
+        let format = if content.metadata.contains_key("tokenizer.chat_template") {
+            Format::Turns
+        } else {
+            Format::Completion
+        };
+        let weights = Gemma3::load(&content, &mut reader, CONTEXT_TOKENS)
             .map_err(|e| err(format!("cannot load the weights: {e}")))?;
         let name = file
             .file_stem()
@@ -123,6 +123,7 @@ impl ChatModel {
             start_turn,
             end_turn,
             eos,
+            format,
         })
     }
 
@@ -140,7 +141,7 @@ impl ChatModel {
     ) -> Result<Generated, String> {
         let max_tokens = options.max_tokens.clamp(1, CONTEXT_TOKENS / 2);
         let prompt = self.prompt(turns, CONTEXT_TOKENS - max_tokens);
-        let mut model = self.weights.clone();
+        let mut cache = self.weights.new_cache();
         let mut sampler = match options.temperature {
             Some(t) if t > 0.0 => LogitsProcessor::from_sampling(
                 options.seed,
@@ -151,15 +152,16 @@ impl ChatModel {
             _ => LogitsProcessor::from_sampling(options.seed, Sampling::ArgMax),
         };
         let e = |e: candle_core::Error| e.to_string();
-        let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(e)?;
-        let mut logits = model.forward(&input, 0).map_err(e)?;
+        let mut logits = self.weights.forward(&prompt, 0, &mut cache).map_err(e)?;
         let mut said: Vec<u32> = Vec::new();
         let mut text = Utf8Stream::default();
+        let mut stops = Stops::new(match self.format {
+            Format::Turns => &[],
+            Format::Completion => &["\n\nQuestion:", "\nQuestion:"],
+        });
         let mut completion = 0;
         let finish = loop {
-            let last = logits.squeeze(0).map_err(e)?;
+            let last = logits;
             let recent = &said[said.len().saturating_sub(REPEAT_WINDOW)..];
             let last =
                 candle_transformers::utils::apply_repeat_penalty(&last, REPEAT_PENALTY, recent)
@@ -170,23 +172,27 @@ impl ChatModel {
             }
             completion += 1;
             said.push(next);
-            let piece = text.push(&self.vocab.piece_bytes(next));
+            let (piece, stopped) = stops.push(&text.push(&self.vocab.piece_bytes(next)));
             if !piece.is_empty() && !on_text(&piece) {
                 break Finish::Cancelled;
+            }
+            if stopped {
+                break Finish::Stop;
             }
             if completion >= max_tokens {
                 break Finish::Length;
             }
-            let input = Tensor::new(&[next], &Device::Cpu)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(e)?;
-            logits = model
-                .forward(&input, prompt.len() + said.len() - 1)
+            logits = self
+                .weights
+                .forward(&[next], prompt.len() + said.len() - 1, &mut cache)
                 .map_err(e)?;
         };
-        let rest = text.finish();
-        if !rest.is_empty() && finish != Finish::Cancelled {
-            on_text(&rest);
+        if finish != Finish::Cancelled {
+            let (mut rest, _) = stops.push(&text.finish());
+            rest.push_str(&stops.finish());
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
         }
         Ok(Generated {
             prompt_tokens: prompt.len(),
@@ -195,12 +201,45 @@ impl ChatModel {
         })
     }
 
-    /// The conversation in Gemma's turn format, ending where the model
-    /// speaks, within `budget` tokens. Gemma has no system role: the system
-    /// text opens the first user turn. Over budget, the oldest turns go
-    /// first, then the end of the system text, then the start of the
-    /// question.
+    /// The tokens around each part of the conversation, in the file's
+    /// format.
+    fn frame(&self) -> Frame {
+        let e = |t: &str| self.vocab.encode(t);
+        let marked = |mark: u32, text: &str| {
+            let mut v = vec![mark];
+            v.extend(e(text));
+            v
+        };
+        match self.format {
+            Format::Turns => Frame {
+                system: (
+                    marked(self.start_turn, "user\n"),
+                    marked(self.end_turn, "\n"),
+                ),
+                user: (
+                    marked(self.start_turn, "user\n"),
+                    marked(self.end_turn, "\n"),
+                ),
+                model: (
+                    marked(self.start_turn, "model\n"),
+                    marked(self.end_turn, "\n"),
+                ),
+                tail: marked(self.start_turn, "model\n"),
+            },
+            Format::Completion => Frame {
+                system: (Vec::new(), e("\n\n")),
+                user: (e("Question: "), e("\n")),
+                model: (e("Answer: "), e("\n\n")),
+                tail: e("Answer:"),
+            },
+        }
+    }
+
+    /// The conversation as the model reads it, ending where it speaks,
+    /// within `budget` tokens. Over budget, the oldest turns go first, then
+    /// the end of the system text, then the start of the question.
     fn prompt(&self, turns: &[Turn], budget: usize) -> Vec<u32> {
+        let frame = self.frame();
         let system: Vec<String> = turns
             .iter()
             .filter(|t| t.role == Role::System)
@@ -212,18 +251,18 @@ impl ChatModel {
             .filter(|t| t.role != Role::System)
             .map(|t| (t.role, self.vocab.encode(&t.text)))
             .collect();
-        let newline = self.vocab.encode("\n");
-        let user = self.vocab.encode("user\n");
-        let model = self.vocab.encode("model\n");
-        // Per turn: <start_of_turn>, role line, text, <end_of_turn>, newline.
-        let framing = 2 + user.len().max(model.len()) + newline.len();
-        let separator = 2 * newline.len();
+        let around = |(a, b): &(Vec<u32>, Vec<u32>)| a.len() + b.len();
         let size = |system: &[u32], rest: &[(Role, Vec<u32>)]| {
-            1 + system.len()
-                + separator
-                + rest.iter().map(|(_, t)| t.len() + framing).sum::<usize>()
-                + 1
-                + model.len()
+            let sys = if system.is_empty() {
+                0
+            } else {
+                system.len() + around(&frame.system)
+            };
+            let turns: usize = rest
+                .iter()
+                .map(|(r, t)| t.len() + around(frame.of(*r)))
+                .sum();
+            1 + sys + turns + frame.tail.len()
         };
         while rest.len() > 1 && size(&system, &rest) > budget {
             rest.remove(0);
@@ -233,30 +272,112 @@ impl ChatModel {
             system.truncate(system.len().saturating_sub(over));
         }
         if size(&system, &rest) > budget {
+            let over = size(&system, &rest) - budget;
             if let Some((_, last)) = rest.last_mut() {
-                let over = size(&system, &[(Role::User, last.clone())]) - budget;
                 last.drain(..over.min(last.len()));
             }
         }
-        if rest.first().is_none_or(|(r, _)| *r != Role::User) {
-            rest.insert(0, (Role::User, Vec::new()));
-        }
         let mut out = vec![self.bos];
-        for (i, (role, text)) in rest.iter().enumerate() {
-            out.push(self.start_turn);
-            out.extend(if *role == Role::User { &user } else { &model });
-            if i == 0 && !system.is_empty() {
-                out.extend(&system);
-                out.extend(&newline);
-                out.extend(&newline);
-            }
-            out.extend(text);
-            out.push(self.end_turn);
-            out.extend(&newline);
+        if !system.is_empty() {
+            out.extend(&frame.system.0);
+            out.extend(&system);
+            out.extend(&frame.system.1);
         }
-        out.push(self.start_turn);
-        out.extend(&model);
+        for (role, text) in &rest {
+            let (before, after) = frame.of(*role);
+            out.extend(before);
+            out.extend(text);
+            out.extend(after);
+        }
+        out.extend(&frame.tail);
         out
+    }
+}
+
+/// How a file's model reads a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// An instruction-tuned model (its file carries a chat template):
+    /// Gemma's `<start_of_turn>` turns.
+    Turns,
+    /// A pretrained base model: a document of questions and answers, which
+    /// it continues; a turn format it was never taught, it only echoes.
+    Completion,
+}
+
+/// Tokens before and after each kind of part, and where the model starts.
+struct Frame {
+    system: (Vec<u32>, Vec<u32>),
+    user: (Vec<u32>, Vec<u32>),
+    model: (Vec<u32>, Vec<u32>),
+    tail: Vec<u32>,
+}
+
+impl Frame {
+    fn of(&self, role: Role) -> &(Vec<u32>, Vec<u32>) {
+        match role {
+            Role::System => &self.system,
+            Role::User => &self.user,
+            Role::Assistant => &self.model,
+        }
+    }
+}
+
+/// Hands on an answer's text, minus its leading space and anything from a
+/// stop text on: text that may be the start of one is held back until it
+/// is clear.
+#[derive(Debug)]
+struct Stops {
+    stops: &'static [&'static str],
+    held: String,
+    started: bool,
+    /// A stop was met: nothing more is handed on.
+    done: bool,
+}
+
+impl Stops {
+    fn new(stops: &'static [&'static str]) -> Stops {
+        Stops {
+            stops,
+            held: String::new(),
+            started: false,
+            done: false,
+        }
+    }
+
+    /// The text that may be handed on now, and whether a stop was met.
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.done {
+            return (String::new(), true);
+        }
+        let piece = if self.started {
+            piece
+        } else {
+            piece.trim_start()
+        };
+        if piece.is_empty() {
+            return (String::new(), false);
+        }
+        self.started = true;
+        self.held.push_str(piece);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s)).min() {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            self.done = true;
+            return (out, true);
+        }
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&n| self.held.ends_with(&s[..n])))
+            .max()
+            .unwrap_or(0);
+        let out: String = self.held.drain(..self.held.len() - keep).collect();
+        (out, false)
+    }
+
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -305,4 +426,38 @@ fn vocabulary<'a>(
         .and_then(|v| v.to_u32().map_err(|e| err(e.to_string())))
         .unwrap_or(0);
     Ok(SentencePiece::new(pieces, scores, kinds, unknown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stops;
+
+    fn run(pieces: &[&str]) -> (Vec<String>, String) {
+        let mut stops = Stops::new(&["\n\nQuestion:", "\nQuestion:"]);
+        let mut out = Vec::new();
+        for p in pieces {
+            let (text, stopped) = stops.push(p);
+            if !text.is_empty() {
+                out.push(text);
+            }
+            if stopped {
+                return (out, String::new());
+            }
+        }
+        let rest = stops.finish();
+        (out, rest)
+    }
+
+    #[test]
+    fn the_answer_ends_where_the_next_question_would_start() {
+        let (out, rest) = run(&[" In", "ky", "\n", "\n", "Question", ":", " more"]);
+        assert_eq!(out.concat(), "Inky");
+        assert_eq!(rest, "");
+        // A newline that turns out not to start a question is handed on.
+        let (out, rest) = run(&["a", "\n", "b", "\n"]);
+        assert_eq!(out.concat(), "a\nb");
+        assert_eq!(rest, "\n");
+        let (out, _) = run(&["x\nQuestion: y"]);
+        assert_eq!(out.concat(), "x");
+    }
 }

@@ -1,12 +1,14 @@
 //! Offline models, run in-process on the CPU with candle: a sentence
 //! embedder (`--embed-model-dir`, e.g. all-MiniLM-L6-v2) and a chat model
-//! (`--chat-model-file`, e.g. Gemma 3 270M in GGUF). Blocking compute only:
+//! (`--chat-model-file`, e.g. Gemma 3 270M in GGUF, with a forward pass
+//! of our own: `gemma3`). Blocking compute only:
 //! the host runs these on threads of their own, never under the server lock.
 
 #![forbid(unsafe_code)]
 
 mod chat;
 mod embedder;
+mod gemma3;
 mod spm;
 
 pub use chat::{ChatModel, Finish, Generated, Options, Role, Turn};

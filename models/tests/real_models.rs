@@ -92,21 +92,40 @@ fn missing_or_corrupt_files_name_the_file() {
 fn the_chat_model_streams_its_own_tokens() {
     let model = ChatModel::load(&models_dir().join("gemma-3-270m-q4_k_m.gguf")).unwrap();
     assert_eq!(model.name(), "gemma-3-270m-q4_k_m");
-    let turns = [
-        Turn {
-            role: Role::System,
-            text: "Answer in one short sentence.".into(),
-        },
-        Turn {
-            role: Role::User,
-            text: "What is the capital of France?".into(),
-        },
-    ];
     let options = Options {
         max_tokens: 16,
         temperature: None,
         seed: 0,
     };
+    // What the model knows: the forward pass is Gemma's.
+    let mut answer = String::new();
+    let done = model
+        .generate(
+            &[Turn {
+                role: Role::User,
+                text: "What is the capital of France?".into(),
+            }],
+            &options,
+            |p| {
+                answer.push_str(p);
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(answer, "Paris", "{done:?}");
+    assert_eq!(done.finish, Finish::Stop, "it ends its own answer");
+
+    // What it reads: the system text's record, streamed piece by piece.
+    let turns = [
+        Turn {
+            role: Role::System,
+            text: "Records: The Tidepool mascot is a purple octopus named Inky.".into(),
+        },
+        Turn {
+            role: Role::User,
+            text: "Describe the Tidepool mascot.".into(),
+        },
+    ];
     let mut pieces = Vec::new();
     let done = model
         .generate(&turns, &options, |p| {
@@ -119,7 +138,7 @@ fn the_chat_model_streams_its_own_tokens() {
     assert!(done.prompt_tokens > 10, "{done:?}");
     assert!(matches!(done.finish, Finish::Stop | Finish::Length));
     let text: String = pieces.concat();
-    assert!(!text.trim().is_empty());
+    assert!(text.contains("Inky"), "{text:?}");
 
     // The likeliest token each time: the same answer again.
     let mut again = String::new();

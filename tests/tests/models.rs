@@ -244,7 +244,7 @@ async fn drain(rx: &mut Receiver<ChatStreamEvent>) -> (Vec<String>, Option<Value
 }
 
 const FACT: &str = "The Tidepool mascot is a purple octopus named Inky.";
-const QUESTION: &str = "What is the name of the Tidepool mascot?";
+const QUESTION: &str = "Describe the Tidepool mascot.";
 
 // A chat answered by the real model: streamed in pieces over SSE and over
 // WebSocket, grounded in the retrieved record ("Inky" is only there), the
