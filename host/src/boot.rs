@@ -216,7 +216,11 @@ pub fn boot(mut config: Config) -> Result<Booted, BootError> {
     let sync: SyncPolicy = config.fsync.parse().map_err(BootError::Fsync)?;
     // Before the store: a missing model file fails at once, not after a
     // long recovery.
-    let loaded = crate::models::load(&config).map_err(BootError::Model)?;
+    let loaded = if config.embed_model_dir.is_empty() && config.chat_model_file.is_empty() {
+        crate::models::Loaded::default()
+    } else {
+        crate::models::load(&config).map_err(BootError::Model)?
+    };
     banner.extend(loaded.banner);
     let opts = StoreOptions {
         segment_bytes: config.segment_bytes.max(1 << 20),

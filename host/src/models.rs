@@ -43,6 +43,7 @@ struct Job {
 }
 
 /// What was loaded, for the banner.
+#[derive(Default)]
 pub struct Loaded {
     pub models: Option<Arc<Models>>,
     pub banner: Vec<String>,
@@ -51,12 +52,6 @@ pub struct Loaded {
 /// Loads the configured models (a clear error naming the file when one is
 /// missing or unreadable) and starts a worker thread for each.
 pub fn load(config: &Config) -> Result<Loaded, String> {
-    if config.embed_model_dir.is_empty() && config.chat_model_file.is_empty() {
-        return Ok(Loaded {
-            models: None,
-            banner: Vec::new(),
-        });
-    }
     let mut banner = Vec::new();
     let embed = match config.embed_model_dir.as_str() {
         "" => None,

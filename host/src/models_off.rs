@@ -19,18 +19,14 @@ impl Models {
     }
 }
 
+#[derive(Default)]
 pub struct Loaded {
     pub models: Option<Arc<Models>>,
     pub banner: Vec<String>,
 }
 
-pub fn load(config: &Config) -> Result<Loaded, String> {
-    if config.embed_model_dir.is_empty() && config.chat_model_file.is_empty() {
-        return Ok(Loaded {
-            models: None,
-            banner: Vec::new(),
-        });
-    }
+/// Called only when a model is configured.
+pub fn load(_config: &Config) -> Result<Loaded, String> {
     Err(
         "this tidepool was built without the `models` cargo feature; \
          build it with `--features models` to use --embed-model-dir or --chat-model-file"

@@ -45,10 +45,10 @@ impl Embedder {
         let config_file = dir.join("config.json");
         let text =
             std::fs::read_to_string(&config_file).map_err(|e| ModelError::new(&config_file, e))?;
-        let config: Config = serde_json::from_str(&text)
-            .map_err(|e| ModelError::new(&config_file, format!("not a BERT config: {e}")))?;
         let raw: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::new(&config_file, e))?;
+        let config: Config = serde_json::from_value(raw.clone())
+            .map_err(|e| ModelError::new(&config_file, format!("not a BERT config: {e}")))?;
         let dimensions = raw
             .get("hidden_size")
             .and_then(serde_json::Value::as_u64)

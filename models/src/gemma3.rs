@@ -14,7 +14,7 @@
 //! embedding serves as the output projection too (tied), so it is held once.
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::Linear;
 use std::io::{Read, Seek};
 
@@ -256,7 +256,7 @@ impl Gemma3 {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         let keys = k.dim(2)?;
-        if let Some(mask) = self.mask(tokens, at, keys, layer.sliding)? {
+        if let Some(mask) = self.mask(tokens, keys, layer.sliding)? {
             scores = scores.broadcast_add(&mask)?;
         }
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -270,13 +270,12 @@ impl Gemma3 {
 
     /// `-inf` where a query may not look: later tokens, and in a sliding
     /// layer those a window or more behind. `None` when every key is seen.
-    fn mask(&self, tokens: usize, at: usize, keys: usize, sliding: bool) -> Result<Option<Tensor>> {
+    fn mask(&self, tokens: usize, keys: usize, sliding: bool) -> Result<Option<Tensor>> {
         let start = keys - tokens; // the position of the first query
         let window = if sliding { self.window } else { usize::MAX };
         if tokens == 1 && keys <= window {
             return Ok(None);
         }
-        debug_assert_eq!(start, at);
         let mut m = Vec::with_capacity(tokens * keys);
         for i in 0..tokens {
             let p = start + i;
@@ -295,5 +294,5 @@ impl Gemma3 {
 /// Root-mean-square normalisation over the last dimension, scaled by `w`
 /// (GGUF files hold Gemma's `1 + w` already added).
 fn rms(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?.to_dtype(DType::F32)
+    candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)
 }

@@ -55,6 +55,18 @@ fn embed(srv: &TestServer, texts: &[&str]) -> (Vec<Vec<f64>>, Value) {
     (vectors, v)
 }
 
+/// Inserts `(name, text)` notes, in order, each with the model's embedding.
+fn insert_notes(srv: &TestServer, docs: &[(&str, &str)]) {
+    let texts: Vec<&str> = docs.iter().map(|(_, t)| *t).collect();
+    let (vectors, _) = embed(srv, &texts);
+    for ((name, text), vector) in docs.iter().zip(vectors) {
+        srv.insert(
+            "notes",
+            &json!({"name": name, "text": text, "embedding": vector}),
+        );
+    }
+}
+
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -74,18 +86,13 @@ both_runtimes!(embeddings_are_semantic, |rt: Runtime| {
     let sim = cosine(&v[0], &v[1]);
     assert!((sim - 0.755337).abs() < 1e-3, "{sim}");
 
-    let docs = [
-        ("car", "I drive my car to work every morning"),
-        ("fruit", "Bananas are a yellow fruit rich in potassium"),
-    ];
-    let texts: Vec<&str> = docs.iter().map(|(_, t)| *t).collect();
-    let (vectors, _) = embed(&srv, &texts);
-    for ((id, text), vector) in docs.iter().zip(vectors) {
-        srv.insert(
-            "notes",
-            &json!({"name": id, "text": text, "embedding": vector}),
-        );
-    }
+    insert_notes(
+        &srv,
+        &[
+            ("car", "I drive my car to work every morning"),
+            ("fruit", "Bananas are a yellow fruit rich in potassium"),
+        ],
+    );
     let (query, _) = embed(&srv, &["automobile"]);
     let r = srv.call(
         &srv.token(),
@@ -131,18 +138,13 @@ both_runtimes!(embeddings_are_semantic, |rt: Runtime| {
 both_runtimes!(chat_retrieval_is_semantic, |rt: Runtime| {
     let dir = model_path(EMBED_MODEL);
     let srv = TestServer::start_with(rt, &["--embed-model-dir", &dir]);
-    let docs = [
-        ("fruit", "Bananas are a yellow fruit rich in potassium"),
-        ("car", "I drive my car to work every morning"),
-    ];
-    let texts: Vec<&str> = docs.iter().map(|(_, t)| *t).collect();
-    let (vectors, _) = embed(&srv, &texts);
-    for ((id, text), vector) in docs.iter().zip(vectors) {
-        srv.insert(
-            "notes",
-            &json!({"name": id, "text": text, "embedding": vector}),
-        );
-    }
+    insert_notes(
+        &srv,
+        &[
+            ("fruit", "Bananas are a yellow fruit rich in potassium"),
+            ("car", "I drive my car to work every morning"),
+        ],
+    );
     let token = srv.token();
     let r = srv.call(
         &token,
