@@ -87,7 +87,7 @@ pub fn embed(text: &str, dimension: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hnsw::dot;
+    use crate::distance::dot;
 
     #[test]
     fn deterministic_unit_vectors() {

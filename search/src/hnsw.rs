@@ -17,6 +17,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
+use crate::distance::{dot, l2sq, prefetch};
 use crate::rng::SplitMix64;
 use crate::vector::Metric;
 
@@ -88,57 +89,6 @@ impl<'a> Vectors<'a> {
     fn dist(&self, a: u32, b: u32) -> f32 {
         self.dist_to(self.row(a), b)
     }
-}
-
-/// Dot product with eight independent accumulators over fixed-size chunks, so the
-/// compiler vectorises it without bounds checks.
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut acc = [0f32; 8];
-    for (x, y) in ca.zip(cb) {
-        let (x, y): (&[f32; 8], &[f32; 8]) = match (x.try_into(), y.try_into()) {
-            (Ok(x), Ok(y)) => (x, y),
-            _ => continue, // cannot happen: chunks_exact(8)
-        };
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        sum += x * y;
-    }
-    sum
-}
-
-/// Squared euclidean distance, vectorised like [`dot`].
-#[inline]
-pub(crate) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut acc = [0f32; 8];
-    for (x, y) in ca.zip(cb) {
-        let (x, y): (&[f32; 8], &[f32; 8]) = match (x.try_into(), y.try_into()) {
-            (Ok(x), Ok(y)) => (x, y),
-            _ => continue,
-        };
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        let d = x - y;
-        sum += d * d;
-    }
-    sum
 }
 
 /// A visited set over slots, zeroed per search.
@@ -274,6 +224,9 @@ impl Hnsw {
             self.set_neighbors(from, level, &list);
             return;
         }
+        for &slot in current {
+            prefetch(vectors.row(slot));
+        }
         let base = vectors.row(from);
         let mut candidates: Vec<Scored> = current
             .iter()
@@ -289,6 +242,22 @@ impl Hnsw {
             .map(|s| s.slot)
             .collect();
         self.set_neighbors(from, level, &kept);
+    }
+
+    /// The neighbours of `node` on `level` not visited yet, now marked, their rows
+    /// already on their way into the cache.
+    fn unvisited<'s>(
+        &'s self,
+        node: u32,
+        level: usize,
+        visited: &'s mut Visited,
+        vectors: &'s Vectors<'_>,
+    ) -> impl Iterator<Item = u32> + 's {
+        self.neighbors(node, level)
+            .iter()
+            .copied()
+            .filter(|&n| visited.insert(n))
+            .inspect(|&n| prefetch(vectors.row(n)))
     }
 
     fn greedy(&self, q: &[f32], mut ep: Scored, level: usize, vectors: &Vectors<'_>) -> Scored {
@@ -319,6 +288,7 @@ impl Hnsw {
         let mut visited = Visited::new(self.nodes());
         let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
         let mut w: BinaryHeap<Scored> = BinaryHeap::new();
+        let mut fresh = Vec::with_capacity(self.m0);
         for &ep in eps {
             if visited.insert(ep.slot) {
                 candidates.push(Reverse(ep));
@@ -332,10 +302,15 @@ impl Hnsw {
             if w.len() >= ef && w.peek().is_some_and(|far| c.dist > far.dist) {
                 break;
             }
-            for &n in self.neighbors(c.slot, level) {
-                if !visited.insert(n) {
-                    continue;
-                }
+            if let Some(Reverse(next)) = candidates.peek() {
+                prefetch(self.neighbors(next.slot, 0));
+            }
+            if let Some(Reverse(next)) = candidates.peek() {
+                prefetch(self.neighbors(next.slot, level));
+            }
+            fresh.clear();
+            fresh.extend(self.unvisited(c.slot, level, &mut visited, vectors));
+            for &n in &fresh {
                 let dist = vectors.dist_to(q, n);
                 if w.len() < ef || w.peek().is_some_and(|far| dist < far.dist) {
                     let s = Scored { dist, slot: n };
@@ -375,6 +350,7 @@ impl Hnsw {
         let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
         let mut w: BinaryHeap<Scored> = BinaryHeap::new();
         let mut results: BinaryHeap<Scored> = BinaryHeap::new();
+        let mut fresh = Vec::with_capacity(self.m0);
         let offer = |s: Scored, results: &mut BinaryHeap<Scored>| {
             if results.len() < k {
                 if ok(s.slot) {
@@ -392,10 +368,9 @@ impl Hnsw {
             if w.len() >= ef && w.peek().is_some_and(|far| c.dist > far.dist) {
                 break;
             }
-            for &n in self.neighbors(c.slot, 0) {
-                if !visited.insert(n) {
-                    continue;
-                }
+            fresh.clear();
+            fresh.extend(self.unvisited(c.slot, 0, &mut visited, vectors));
+            for &n in &fresh {
                 let s = Scored {
                     dist: vectors.dist_to(q, n),
                     slot: n,

@@ -71,6 +71,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analyzer;
+mod distance;
 mod embed;
 mod fuzzy;
 mod hnsw;
