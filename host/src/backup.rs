@@ -9,6 +9,10 @@
 //! manifest) and the data directory's generated secrets (`api_key`,
 //! `jwt_secret`), without which the restored server would not know its
 //! keys and tokens. Guard it as you guard the data directory.
+//!
+//! A target whose name ends in `.tar` is a one-file backup instead: the
+//! same files as one tar stream, secrets first and the manifest last
+//! (`tidepool_storage::archive`). Restore and verify take either form.
 
 use crate::progress::Progress;
 use crate::shared::Host;
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidepool_core::error::Error;
 use tidepool_core::server::host_jobs::{HostJob, HostTask};
+use tidepool_storage::archive::{self, is_archive};
 use tidepool_storage::backup::{self, Manifest};
 use tidepool_storage::{BackupPlan, Store, StoreError};
 
@@ -55,10 +60,26 @@ pub fn store_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("store")
 }
 
-/// Checks a backup: its manifest, every file's length and CRC.
+/// Checks a backup (a directory or one file): its manifest, every file's
+/// length and CRC.
 pub fn verify(dir: &Path) -> Result<J, StoreError> {
-    let manifest = backup::verify(&store_dir(dir))?;
+    let manifest = if is_archive(dir) {
+        archive::verify_archive(dir, &mut |name, _| only_secrets(name))?
+    } else {
+        backup::verify(&store_dir(dir))?
+    };
     Ok(summary(dir, &manifest, None))
+}
+
+/// The only files an archive carries besides the store are the secrets.
+fn only_secrets(name: &str) -> Result<(), StoreError> {
+    if SECRETS.contains(&name) {
+        Ok(())
+    } else {
+        Err(StoreError::Misuse {
+            reason: format!("`{name}` in the archive is not part of a Tidepool backup"),
+        })
+    }
 }
 
 /// Restores the backup in `from` into `data_dir`, which must be missing or
@@ -66,14 +87,35 @@ pub fn verify(dir: &Path) -> Result<J, StoreError> {
 /// result to check it reaches the backup's LSN. A restore that fails
 /// removes what it wrote, so it can be tried again.
 pub fn restore(from: &Path, data_dir: &Path, on_terminal: bool) -> Result<J, StoreError> {
-    let total = Manifest::read(&store_dir(from))?.bytes();
+    let one_file = is_archive(from);
+    let total = if one_file {
+        // The manifest is at the end: the archive's size is the estimate.
+        std::fs::metadata(from)
+            .map_err(|e| StoreError::Io {
+                op: "reading",
+                path: from.to_path_buf(),
+                source: e,
+            })?
+            .len()
+    } else {
+        Manifest::read(&store_dir(from))?.bytes()
+    };
     refuse_occupied(data_dir, "restore")?;
     let started = Instant::now();
     let mut progress = Progress::new("restore", total, on_terminal);
-    let restored = backup::restore(&store_dir(from), &store_dir(data_dir), &mut |n| {
-        progress.update(n)
-    })
-    .and_then(|m| copy_secrets(from, data_dir).map(|()| m));
+    let restored = if one_file {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
+            op: "creating directory",
+            path: data_dir.to_path_buf(),
+            source: e,
+        })?;
+        archive_restore(from, data_dir, &mut |n| progress.update(n))
+    } else {
+        backup::restore(&store_dir(from), &store_dir(data_dir), &mut |n| {
+            progress.update(n)
+        })
+        .and_then(|m| copy_secrets(from, data_dir).map(|()| m))
+    };
     let manifest = match restored {
         Ok(m) => m,
         Err(e) => {
@@ -86,6 +128,19 @@ pub fn restore(from: &Path, data_dir: &Path, on_terminal: bool) -> Result<J, Sto
     };
     progress.finish(total);
     Ok(summary(data_dir, &manifest, Some(started.elapsed())))
+}
+
+/// Restores a one-file backup: the store into `data_dir/store`, the
+/// secrets beside it.
+fn archive_restore(
+    from: &Path,
+    data_dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Manifest, StoreError> {
+    backup::restore_archive(from, &store_dir(data_dir), progress, &mut |name, bytes| {
+        only_secrets(name)?;
+        write_secret(&data_dir.join(name), &bytes)
+    })
 }
 
 /// Backups and restores go only into new or empty directories.
@@ -101,23 +156,32 @@ fn refuse_occupied(dir: &Path, what: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The secrets `data_dir` holds, by name.
+fn read_secrets(data_dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    SECRETS
+        .iter()
+        .filter_map(|name| Some((*name, std::fs::read(data_dir.join(name)).ok()?)))
+        .collect()
+}
+
 /// Copies the secrets `from` holds into `to` (synced).
 fn copy_secrets(from: &Path, to: &Path) -> Result<(), StoreError> {
-    for name in SECRETS {
-        let (src, dst) = (from.join(name), to.join(name));
-        let Ok(bytes) = std::fs::read(&src) else {
-            continue;
-        };
-        let io = |e| StoreError::Io {
-            op: "copying a secret",
-            path: dst.clone(),
-            source: e,
-        };
-        let mut f = std::fs::File::create_new(&dst).map_err(io)?;
-        std::io::Write::write_all(&mut f, &bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+    for (name, bytes) in read_secrets(from) {
+        write_secret(&to.join(name), &bytes)?;
     }
     Ok(())
+}
+
+/// Writes a secret into a new file (synced).
+fn write_secret(dst: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |e| StoreError::Io {
+        op: "writing a secret",
+        path: dst.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::create_new(dst).map_err(io)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 fn online(host: &Host, dir: &Path) -> Result<J, Error> {
@@ -140,26 +204,35 @@ fn online(host: &Host, dir: &Path) -> Result<J, Error> {
 }
 
 /// Copies `plan` (of `data_dir`'s store) and the secrets into `dir`, which
-/// must be missing or empty, with progress; the reply's summary.
+/// must be missing or empty (or, for a name ending in `.tar`, into that new
+/// file), with progress; the reply's summary.
 pub fn write(
     plan: &BackupPlan,
     data_dir: &Path,
     dir: &Path,
     on_terminal: bool,
 ) -> Result<J, StoreError> {
-    refuse_occupied(dir, "back up")?;
     let started = Instant::now();
     let mut progress = Progress::new("backup", plan.bytes(), on_terminal);
-    let manifest = plan.write_to(&store_dir(dir), &mut |n| progress.update(n))?;
-    copy_secrets(data_dir, dir)?;
+    let manifest = if is_archive(dir) {
+        let secrets = read_secrets(data_dir);
+        let extras: Vec<(&str, &[u8])> = secrets.iter().map(|(n, b)| (*n, &b[..])).collect();
+        plan.write_archive(dir, &extras, &mut |n| progress.update(n))?
+    } else {
+        refuse_occupied(dir, "back up")?;
+        let manifest = plan.write_to(&store_dir(dir), &mut |n| progress.update(n))?;
+        copy_secrets(data_dir, dir)?;
+        manifest
+    };
     progress.finish(plan.bytes());
     Ok(summary(dir, &manifest, Some(started.elapsed())))
 }
 
 /// What a backup holds (and how fast it was written).
 pub fn summary(dir: &Path, m: &Manifest, took: Option<Duration>) -> J {
+    let key = if is_archive(dir) { "file" } else { "dir" };
     let mut out = json!({
-        "dir": dir.display().to_string(),
+        key: dir.display().to_string(),
         "lsn": m.lsn.0,
         "files": m.files.len(),
         "bytes": m.bytes(),

@@ -3,6 +3,7 @@
 //! ```text
 //! tidepool backup DIR [--data-dir D]            a stopped server's data
 //! tidepool backup DIR --url URL --api-key KEY   a running server's (online)
+//!                      (DIR ending in .tar: one tar file instead)
 //! tidepool restore BACKUP --data-dir D          into a new or empty D
 //! tidepool verify BACKUP                        manifest and checksums
 //! tidepool export COLLECTION FILE --url URL --api-key KEY     JSON Lines out
@@ -22,14 +23,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
-use tidepool_storage::{Store, StoreError, StoreOptions};
+use tidepool_storage::{archive, Store, StoreError, StoreOptions};
 
 pub const USAGE: &str = "\
 SUBCOMMANDS:
   backup DIR [--data-dir D]           back up a stopped server's data directory into DIR
   backup DIR --url URL --api-key KEY  ask a running server for an online backup into DIR
                                       (a directory on the server's machine)
-  restore BACKUP --data-dir D         restore a backup into a new or empty data directory
+                                      a DIR ending in .tar is one file (a tar archive)
+                                      instead of a directory, for either form
+  restore BACKUP --data-dir D         restore a backup (directory or .tar) into a new or
+                                      empty data directory
   verify BACKUP                       check a backup's manifest and every file's checksum
   export COLLECTION FILE --url URL --api-key KEY
                                       write a collection as JSON Lines (types kept)
@@ -128,7 +132,12 @@ fn backup_cmd(a: &Args) -> Result<String, String> {
     if a.url.is_some() {
         let (addr, token) = session(a)?;
         let dir = std::path::absolute(&a.target).map_err(|e| e.to_string())?;
-        let body = json!({"dir": dir.display().to_string()});
+        let key = if archive::is_archive(&dir) {
+            "file"
+        } else {
+            "dir"
+        };
+        let body = json!({ key: dir.display().to_string() });
         return post(&addr, "/api/admin/backup", Some(&token), &body).map(|v| v.to_string());
     }
     let dir = data_dir(a);

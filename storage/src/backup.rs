@@ -88,7 +88,7 @@ impl Manifest {
         self.files.iter().map(|f| f.1).sum()
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = format!("{MAGIC}\nlsn {}\n", self.lsn.0);
         for (name, len, crc) in &self.files {
             text.push_str(&format!("file {name} {len} {crc:08x}\n"));
@@ -96,7 +96,7 @@ impl Manifest {
         text
     }
 
-    fn parse(text: &str, path: &Path) -> Result<Manifest, StoreError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Manifest, StoreError> {
         let bad = |line: usize, why: &str| StoreError::corrupt(path, line as u64, why.to_string());
         let mut lines = text.lines();
         if lines.next() != Some(MAGIC) {
@@ -163,7 +163,7 @@ impl BackupPlan {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Manifest, StoreError> {
         let backend = &*self.backend;
-        let started = std::time::Instant::now();
+        let pacer = Pacer::new(self.max_rate);
         ensure_empty(backend, dest)?;
         let mut done = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -189,12 +189,7 @@ impl BackupPlan {
                     out.sync_data()
                         .map_err(|e| StoreError::io("syncing backup file", &path, e))?;
                 }
-                if let Some(rate) = self.max_rate {
-                    let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                }
+                pacer.pace(done);
                 progress(done);
             }
             out.sync_data()
@@ -213,6 +208,30 @@ impl BackupPlan {
             .sync_dir(dest)
             .map_err(|e| StoreError::io("syncing backup directory", dest, e))?;
         Ok(manifest)
+    }
+}
+
+/// Holds a copy to a rate: `pace(done)` sleeps until `done` bytes are due.
+pub(crate) struct Pacer {
+    started: std::time::Instant,
+    max_rate: Option<u64>,
+}
+
+impl Pacer {
+    pub(crate) fn new(max_rate: Option<u64>) -> Pacer {
+        Pacer {
+            started: std::time::Instant::now(),
+            max_rate,
+        }
+    }
+
+    pub(crate) fn pace(&self, done: u64) {
+        if let Some(rate) = self.max_rate {
+            let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
 }
 
@@ -292,6 +311,32 @@ pub fn restore(
     backend
         .sync_dir(data_dir)
         .map_err(|e| StoreError::io("syncing directory", data_dir, e))?;
+    check_recovery(data_dir, &manifest)?;
+    Ok(manifest)
+}
+
+/// Restores the one-file backup `archive` into `data_dir` (missing or
+/// empty, or this refuses), checking it as [`restore`] does; `extra` hears
+/// the archive's extra files (name, bytes) and may refuse them.
+pub fn restore_archive(
+    archive: &Path,
+    data_dir: &Path,
+    progress: &mut dyn FnMut(u64),
+    extra: &mut crate::archive::OnExtra<'_>,
+) -> Result<Manifest, StoreError> {
+    let backend: Arc<dyn Backend> = Arc::new(crate::FileBackend);
+    ensure_empty(&*backend, data_dir)?;
+    let manifest = crate::archive::read_archive(archive, Some(data_dir), progress, extra)?;
+    backend
+        .sync_dir(data_dir)
+        .map_err(|e| StoreError::io("syncing directory", data_dir, e))?;
+    check_recovery(data_dir, &manifest)?;
+    Ok(manifest)
+}
+
+/// Opens the restored store in `data_dir` and checks that recovery ends at
+/// the backup's LSN.
+fn check_recovery(data_dir: &Path, manifest: &Manifest) -> Result<(), StoreError> {
     let (store, recovery) = Store::open(StoreOptions::new(data_dir))?;
     let reached = recovery.last_lsn();
     drop(recovery);
@@ -306,7 +351,7 @@ pub fn restore(
             ),
         ));
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// Reads `from` in chunks, checking its length and CRC against the
@@ -318,8 +363,34 @@ fn copy_checked(
     crc: u32,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), StoreError> {
-    use std::io::{Read, Write};
     let mut input = std::fs::File::open(from).map_err(|e| StoreError::io("opening", from, e))?;
+    let (seen, got) = copy_hashed(&mut input, from, to, progress)?;
+    if seen != len {
+        return Err(StoreError::corrupt(
+            from,
+            seen.min(len),
+            format!("the manifest says {len} bytes, the file has {seen}"),
+        ));
+    }
+    if got != crc {
+        return Err(StoreError::corrupt(
+            from,
+            0,
+            "its CRC-32 does not match the backup manifest",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `input` (from `from`, for errors) to its end, writing it to a new
+/// file `to` (synced) when given; the bytes read and their CRC-32.
+pub(crate) fn copy_hashed(
+    input: &mut dyn std::io::Read,
+    from: &Path,
+    to: Option<&Path>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, u32), StoreError> {
+    use std::io::Write;
     let mut output = match to {
         Some(p) => Some((
             std::fs::File::create_new(p).map_err(|e| StoreError::io("creating", p, e))?,
@@ -345,24 +416,10 @@ fn copy_checked(
         }
         progress(seen);
     }
-    if seen != len {
-        return Err(StoreError::corrupt(
-            from,
-            seen.min(len),
-            format!("the manifest says {len} bytes, the file has {seen}"),
-        ));
-    }
-    if hasher.finalize() != crc {
-        return Err(StoreError::corrupt(
-            from,
-            0,
-            "its CRC-32 does not match the backup manifest",
-        ));
-    }
     if let Some((f, p)) = output {
         f.sync_all().map_err(|e| StoreError::io("syncing", p, e))?;
     }
-    Ok(())
+    Ok((seen, hasher.finalize()))
 }
 
 fn file_name(path: &Path) -> String {

@@ -41,6 +41,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod archive;
 mod backend;
 pub mod backup;
 mod error;

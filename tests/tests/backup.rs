@@ -29,10 +29,23 @@ fn numbers(srv: &TestServer, token: &str) -> Vec<u64> {
 }
 
 both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
+    backup_under_load_restores_to_its_point(rt, "monday", "dir");
+});
+
+both_runtimes!(
+    a_one_file_backup_under_load_restores_to_its_point,
+    |rt: Runtime| {
+        backup_under_load_restores_to_its_point(rt, "monday.tar", "file");
+    }
+);
+
+/// Backs up into `name` (given to the API as `key`) while a writer
+/// inserts, then verifies, restores and checks the restored server.
+fn backup_under_load_restores_to_its_point(rt: Runtime, name: &str, key: &str) {
     let srv = TestServer::start(rt);
     let token = srv.token();
     let tmp = tempfile::tempdir().unwrap();
-    let backup_dir = tmp.path().join("monday");
+    let backup_dir = tmp.path().join(name);
     let (acked, sent, stop) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
     let (before, after, lsn) = std::thread::scope(|s| {
         s.spawn(|| {
@@ -56,7 +69,7 @@ both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
             std::thread::yield_now();
         }
         let before = acked.load(Ordering::SeqCst);
-        let body = json!({"dir": backup_dir.display().to_string()}).to_string();
+        let body = json!({ key: backup_dir.display().to_string() }).to_string();
         let r = srv.call(&token, "POST", "/api/admin/backup", &body);
         let after = sent.load(Ordering::SeqCst) + 1;
         // A few more after the backup answered, then stop.
@@ -71,8 +84,9 @@ both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
         (before, after, reply["lsn"].as_u64().unwrap())
     });
 
+    assert_eq!(backup_dir.is_file(), key == "file");
     // It verifies, over the API and with the subcommand.
-    let body = json!({"dir": backup_dir.display().to_string()}).to_string();
+    let body = json!({ key: backup_dir.display().to_string() }).to_string();
     let r = srv.call(&token, "POST", "/api/admin/backup/verify", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["lsn"].as_u64(), Some(lsn));
@@ -117,7 +131,7 @@ both_runtimes!(a_backup_under_load_restores_to_its_point, |rt: Runtime| {
     let r = again.call(&token2, "POST", "/api/find/events", &json!({"filter": {"type": "Condition", "content": {"field": "n", "operator": "Eq", "value": 1_000_000}}}).to_string());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()[0]["when"]["type"], "DateTime", "{}", r.text());
-});
+}
 
 both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
     let srv = TestServer::start(rt);
@@ -206,6 +220,52 @@ both_runtimes!(bad_backups_and_restores_are_refused, |rt: Runtime| {
     assert!(!ok && err.contains("CRC"), "{err}");
     // The failed restore left nothing behind: it can be tried again.
     let fresh = tmp.path().join("fresh");
+    assert!(
+        std::fs::read_dir(&fresh).map_or(true, |mut d| d.next().is_none()),
+        "a failed restore left files in {}",
+        fresh.display()
+    );
+
+    // One-file backups: only `.tar` names, never over an existing file, and
+    // a damaged archive is refused by verify and restore alike.
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/admin/backup",
+        &json!({"file": "/tmp/x.zip"}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let tar = tmp.path().join("good.tar");
+    let body = json!({"file": tar.display().to_string()}).to_string();
+    let r = srv.call(&token, "POST", "/api/admin/backup", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = srv.call(&token, "POST", "/api/admin/backup", &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("exists"), "{}", r.text());
+    let mut bytes = std::fs::read(&tar).unwrap();
+    // A byte inside the first store file: its 512-byte tar header starts
+    // with its name.
+    let header = bytes
+        .windows(6)
+        .position(|w| w == b"store/")
+        .expect("a store file in the archive");
+    bytes[header + 512 + 40] ^= 0x40;
+    std::fs::write(&tar, bytes).unwrap();
+    let r = srv.call(&token, "POST", "/api/admin/backup/verify", &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("do not match its manifest"),
+        "{}",
+        r.text()
+    );
+    let fresh = tmp.path().join("fresh-from-tar");
+    let (ok, _, err) = rt.subcommand(&[
+        "restore",
+        tar.to_str().unwrap(),
+        "--data-dir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("do not match its manifest"), "{err}");
     assert!(
         std::fs::read_dir(&fresh).map_or(true, |mut d| d.next().is_none()),
         "a failed restore left files in {}",
