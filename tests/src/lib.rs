@@ -91,6 +91,39 @@ impl TestServer {
         s
     }
 
+    /// Starts a server on a data directory restored from a one-file online
+    /// backup of another server, which held a record (`restored_from_backup`
+    /// / `kept`) that the restored server is checked to have: for running a
+    /// suite against a restored server.
+    pub fn start_restored(runtime: Runtime) -> TestServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("tidepool-restored-")
+            .tempdir()
+            .expect("temp dir");
+        let (archive, dir) = (tmp.path().join("backup.tar"), tmp.path().join("data"));
+        {
+            let first = TestServer::start(runtime);
+            first.insert(
+                "restored_from_backup",
+                &serde_json::json!({"id": "kept", "n": 1}),
+            );
+            let body = serde_json::json!({"file": archive}).to_string();
+            let r = first.call(&first.token(), "POST", "/api/admin/backup", &body);
+            assert_eq!(r.status, 200, "backup: {}", r.text());
+        }
+        let (archive, dir_arg) = (
+            archive.to_str().expect("utf-8"),
+            dir.to_str().expect("utf-8"),
+        );
+        let (ok, _, err) = runtime.subcommand(&["restore", archive, "--data-dir", dir_arg]);
+        assert!(ok, "restore: {err}");
+        let mut s = Self::spawn(runtime, &dir, "127.0.0.1:0", &[]);
+        s._tmp = Some(tmp);
+        let r = s.call(&s.token(), "GET", "/api/find/restored_from_backup/kept", "");
+        assert_eq!(r.status, 200, "the backup's record: {}", r.text());
+        s
+    }
+
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(runtime: Runtime, dir: &Path, extra: &[&str]) -> TestServer {
         Self::spawn(runtime, dir, "127.0.0.1:0", extra)

@@ -1,9 +1,11 @@
 //! Shared pieces of the `client_*` suites: the runtime × format matrix and small
 //! helpers that read records the way a user of `ekodb_client` sees them.
 //!
-//! Each scenario is written once as an `async fn` and runs four times: against
+//! Each scenario is written once as an `async fn` and runs five times: against
 //! the smol and the threads runtime, with the client in MessagePack (its
-//! default) and in JSON mode. Every case starts its own server process.
+//! default) and in JSON mode, and once more (threads, JSON) against a server
+//! restored from a one-file backup of another. Every case starts its own
+//! server process.
 
 #![allow(dead_code)]
 
@@ -19,7 +21,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use tidepool_tests::{Runtime, API_KEY};
 
-/// Declares the four tests of a scenario. The scenario is an `async fn` of the
+/// Declares the five tests of a scenario. The scenario is an `async fn` of the
 /// same name taking `(&mut TestServer, Client, SerializationFormat)`:
 ///
 /// ```ignore
@@ -27,9 +29,9 @@ use tidepool_tests::{Runtime, API_KEY};
 /// async fn name(srv: &mut TestServer, c: Client, fmt: SerializationFormat) { ... }
 /// ```
 ///
-/// This makes `name::smol_msgpack`, `name::smol_json`, `name::std_msgpack` and
-/// `name::std_json`. Attributes before the name (for example
-/// `#[ignore = "..."]`) go on all four tests.
+/// This makes `name::smol_msgpack`, `name::smol_json`, `name::std_msgpack`,
+/// `name::std_json` and `name::std_json_restored`. Attributes before the name
+/// (for example `#[ignore = "..."]`) go on all five tests.
 macro_rules! client_test {
     ($(#[$attr:meta])* $name:ident) => {
         mod $name {
@@ -59,6 +61,13 @@ macro_rules! client_test {
             fn std_json() {
                 crate::common::run(Std, Json, |s, c, f| Box::pin(super::$name(s, c, f)));
             }
+
+            /// The same against a server restored from a backup.
+            $(#[$attr])*
+            #[test]
+            fn std_json_restored() {
+                crate::common::run_restored(Std, Json, |s, c, f| Box::pin(super::$name(s, c, f)));
+            }
         }
     };
 }
@@ -73,6 +82,18 @@ where
     F: for<'a> FnOnce(&'a mut TestServer, Client, SerializationFormat) -> ScenarioFuture<'a>,
 {
     let (mut srv, c) = start(rt, fmt);
+    block_on(scenario(&mut srv, c, fmt));
+}
+
+/// Like [`run`], against a server restored from a one-file backup of
+/// another ([`TestServer::start_restored`]): the data-plane suite holds for
+/// a restored server too.
+pub fn run_restored<F>(rt: Runtime, fmt: SerializationFormat, scenario: F)
+where
+    F: for<'a> FnOnce(&'a mut TestServer, Client, SerializationFormat) -> ScenarioFuture<'a>,
+{
+    let mut srv = TestServer::start_restored(rt);
+    let c = client(&srv, fmt);
     block_on(scenario(&mut srv, c, fmt));
 }
 
