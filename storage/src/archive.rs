@@ -17,10 +17,10 @@
 //! `store/`, no file twice, nothing after the manifest.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::backup::{copy_hashed, BackupPlan, Manifest, Pacer, MANIFEST};
+use crate::backup::{copy_hashed, BackupPlan, Manifest, Pacer, MANIFEST, SYNC_EVERY};
 use crate::error::StoreError;
 use crate::segment::{classify, FileKind};
 
@@ -53,7 +53,8 @@ impl BackupPlan {
         let partial = partial_path(path);
         let file =
             File::create(&partial).map_err(|e| StoreError::io("creating", partial.clone(), e))?;
-        let written = self.write_tar(BufWriter::with_capacity(1 << 20, file), extras, progress);
+        let out = BufWriter::with_capacity(1 << 20, SyncingWriter { file, unsynced: 0 });
+        let written = self.write_tar(out, extras, progress);
         let (manifest, file) = match written {
             Ok(done) => done,
             Err(e) => {
@@ -76,7 +77,7 @@ impl BackupPlan {
 
     fn write_tar(
         &self,
-        out: BufWriter<File>,
+        out: BufWriter<SyncingWriter>,
         extras: &[(&str, &[u8])],
         progress: &mut dyn FnMut(u64),
     ) -> Result<(Manifest, File), StoreError> {
@@ -104,7 +105,10 @@ impl BackupPlan {
                     progress(done);
                 },
             };
-            append(&mut tar, &name, f.len, &mut counted)
+            // tar copies through `dyn Read` in 8 KiB pieces: read the
+            // store file a megabyte at a time instead.
+            let buffered = BufReader::with_capacity(1 << 20, &mut counted);
+            append(&mut tar, &name, f.len, buffered)
                 .map_err(|e| StoreError::io("copying into the backup archive", &f.name, e))?;
             files.push((f.name.clone(), f.len, reader.crc.finalize()));
         }
@@ -116,15 +120,15 @@ impl BackupPlan {
         let name = format!("{STORE_PREFIX}{MANIFEST}");
         append(&mut tar, &name, text.len() as u64, text.as_bytes()).map_err(io)?;
         let out = tar.into_inner().map_err(io)?;
-        let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let file = out.into_inner().map_err(|e| io(e.into_error()))?.file;
         Ok((manifest, file))
     }
 }
 
 /// Appends one regular file (owner-only, no timestamps: the manifest is
 /// what identifies a backup).
-fn append(
-    tar: &mut tar::Builder<BufWriter<File>>,
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
     name: &str,
     len: u64,
     data: impl Read,
@@ -135,6 +139,30 @@ fn append(
     header.set_mode(0o600);
     header.set_mtime(0);
     tar.append_data(&mut header, name, data)
+}
+
+/// Syncs the archive every [`SYNC_EVERY`] bytes, as the directory form
+/// does: left to pile up, its dirty pages would be flushed by the log's own
+/// fsync, stalling every durable write behind the copy.
+struct SyncingWriter {
+    file: File,
+    unsynced: u64,
+}
+
+impl Write for SyncingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -40,7 +40,7 @@ const CHUNK: usize = 1 << 20;
 /// A backup file is synced every this many bytes. Left to pile up, its
 /// dirty pages would be flushed by the log's own fsync (the file system
 /// commits them together), stalling every durable write behind the copy.
-const SYNC_EVERY: u64 = 4 << 20;
+pub(crate) const SYNC_EVERY: u64 = 4 << 20;
 
 /// What a backup copies.
 #[derive(Debug)]

@@ -5,7 +5,8 @@
 //! 2. durable single-record inserts by `--connections` clients for
 //!    `--seconds`: the rate without a backup;
 //! 3. the same while backups run back to back (`POST /api/admin/backup`),
-//!    each into a fresh directory: the rate during backups, their MiB/s.
+//!    each into a fresh directory, then again each into one new `.tar`
+//!    file: the rate during backups, their MiB/s.
 //!
 //! It prints the backup throughput and the insert rate during backups as a
 //! ratio of the rate without (target >= 0.8x).
@@ -127,50 +128,72 @@ fn main() {
     // 2. Inserts alone.
     let alone = inserts(&server.addr, &token, &args);
 
-    // 3. Inserts while backups run back to back.
+    // 3. Inserts while backups run back to back, into directories, then
+    //    into one file each.
+    for one_file in [false, true] {
+        let (during, backups) = during_backups(&server.addr, &token, &args, one_file);
+        let (bytes, secs) = backups
+            .iter()
+            .fold((0u64, 0.0f64), |(b, s), (bb, ss)| (b + bb, s + ss));
+        let mib = bytes as f64 / (1024.0 * 1024.0);
+        let form = if one_file {
+            "one .tar file"
+        } else {
+            "a directory"
+        };
+        println!(
+            "backups into {form}: {} of {:.0} MiB each, {:.0} MiB/s while {} clients insert",
+            backups.len(),
+            mib / backups.len().max(1) as f64,
+            mib / secs.max(1e-9),
+            args.connections
+        );
+        println!(
+            "durable inserts: {alone:.0}/s alone, {during:.0}/s during backups into {form} ({:.2}x; target >= 0.8x)",
+            during / alone
+        );
+    }
+}
+
+/// The insert rate while backups (into directories, or into one file
+/// each) run back to back, and each backup's (bytes, seconds).
+fn during_backups(addr: &str, token: &str, args: &Args, one_file: bool) -> (f64, Vec<(u64, f64)>) {
     let root = std::env::temp_dir().join(format!("backup_bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("bench directory");
     let stop = AtomicBool::new(false);
-    let (during, backups) = std::thread::scope(|s| {
+    let result = std::thread::scope(|s| {
         let backups = s.spawn(|| {
-            let mut c = Conn::open(&server.addr);
+            let mut c = Conn::open(addr);
             let mut done = Vec::new();
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
-                let dir = root.join(format!("b{n}"));
+                let target = root.join(if one_file {
+                    format!("b{n}.tar")
+                } else {
+                    format!("b{n}")
+                });
                 n += 1;
-                let body = json!({"dir": dir.display().to_string()}).to_string();
-                let (s, resp) = c.call("POST", "/api/admin/backup", &token, &body);
+                let key = if one_file { "file" } else { "dir" };
+                let body = json!({ key: target.display().to_string() }).to_string();
+                let (s, resp) = c.call("POST", "/api/admin/backup", token, &body);
                 assert_eq!(s, 200, "backup: {}", String::from_utf8_lossy(&resp));
                 let reply: Value = serde_json::from_slice(&resp).expect("json");
                 done.push((
                     reply["bytes"].as_u64().unwrap_or(0),
                     reply["seconds"].as_f64().unwrap_or(0.0),
                 ));
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&target);
+                let _ = std::fs::remove_file(&target);
             }
             done
         });
         // Let the first backup start before measuring.
         std::thread::sleep(Duration::from_millis(50));
-        let rate = inserts(&server.addr, &token, &args);
+        let rate = inserts(addr, token, args);
         stop.store(true, Ordering::SeqCst);
         (rate, backups.join().expect("backups"))
     });
     let _ = std::fs::remove_dir_all(&root);
-    let (bytes, secs) = backups
-        .iter()
-        .fold((0u64, 0.0f64), |(b, s), (bb, ss)| (b + bb, s + ss));
-    let mib = bytes as f64 / (1024.0 * 1024.0);
-    println!(
-        "backups: {} of {:.0} MiB each, {:.0} MiB/s while {} clients insert",
-        backups.len(),
-        mib / backups.len().max(1) as f64,
-        mib / secs.max(1e-9),
-        args.connections
-    );
-    println!(
-        "durable inserts: {alone:.0}/s alone, {during:.0}/s during backups ({:.2}x; target >= 0.8x)",
-        during / alone
-    );
+    result
 }
