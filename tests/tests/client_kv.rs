@@ -210,6 +210,57 @@ async fn find_pattern_and_clear(_srv: &mut TestServer, c: Client, _fmt: Serializ
     ok(c.kv_clear().await);
 }
 
+client_test!(find_pages_in_key_order);
+/// `/api/kv/find` with Tidepool's optional paging: `limit` entries in key
+/// order after the key `after`, with the pattern applied first; a client
+/// that sends neither still gets every match.
+async fn find_pages_in_key_order(srv: &mut TestServer, c: Client, _fmt: SerializationFormat) {
+    for i in 0..25 {
+        ok(c.kv_set(&format!("page:{i:02}"), json!(i), None).await);
+    }
+    ok(c.kv_set("other", json!("x"), None).await);
+    let token = srv.token();
+    let find = |body: Value| {
+        let r = srv.call(&token, "POST", "/api/kv/find", &body.to_string());
+        (r.status, r.json())
+    };
+    let keys = |page: &Value| -> Vec<String> {
+        page.as_array()
+            .unwrap_or_else(|| panic!("not an array: {page}"))
+            .iter()
+            .map(|e| e["key"].as_str().expect("key").to_string())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let (status, page) = find(json!({"pattern": "^page:", "limit": 10, "after": after}));
+        assert_eq!(status, 200, "{page}");
+        let got = keys(&page);
+        pages += 1;
+        seen.extend(got.iter().cloned());
+        if got.len() < 10 {
+            break;
+        }
+        after = got.last().cloned();
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..25).map(|i| format!("page:{i:02}")).collect();
+    assert_eq!(seen, want);
+    assert_eq!(keys(&find(json!({})).1).len(), 26);
+    assert_eq!(keys(&find(json!({"limit": 1})).1), vec!["other"]);
+    assert_eq!(keys(&find(json!({"after": "page:23"})).1), vec!["page:24"]);
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": "ten"}),
+        json!({"after": 3}),
+    ] {
+        let (status, body) = find(bad.clone());
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}
+
 /// `(collection, document_id)` of each link entry.
 fn link_targets(links: &Value) -> BTreeSet<(String, String)> {
     links

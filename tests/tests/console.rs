@@ -52,7 +52,17 @@ both_runtimes!(the_console_works_in_a_real_browser, |rt: Runtime| {
         "{} is missing: scripts/setup-test-deps installs Debian's chromium",
         browser.display()
     );
-    let srv = TestServer::start(rt);
+    // console.js serves a fake OpenAI-compatible provider (a hosted LLM
+    // lives outside the machine) on this port, for the tool-call view.
+    let fake_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let fake_url = format!("http://127.0.0.1:{fake_port}/v1");
+    let srv = TestServer::start_with(
+        rt,
+        &["--openai-url", &fake_url, "--openai-api-key", "sk-test"],
+    );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shots = root
         .join("../target/console-screenshots")
@@ -65,6 +75,7 @@ both_runtimes!(the_console_works_in_a_real_browser, |rt: Runtime| {
         .env("TIDEPOOL_API_KEY", API_KEY)
         .env("TIDEPOOL_SCREENSHOTS", &shots)
         .env("TIDEPOOL_CHROMIUM", &browser)
+        .env("TIDEPOOL_FAKE_OPENAI_PORT", fake_port.to_string())
         .output()
         .expect("node is required (scripts/setup-test-deps installs it)");
     assert!(
@@ -74,5 +85,8 @@ both_runtimes!(the_console_works_in_a_real_browser, |rt: Runtime| {
         String::from_utf8_lossy(&out.stderr)
     );
     let taken = std::fs::read_dir(&shots).unwrap().count();
-    assert_eq!(taken, 8, "one screenshot per page");
+    assert_eq!(
+        taken, 9,
+        "one screenshot per page (and the chat with tools)"
+    );
 });

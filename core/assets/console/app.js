@@ -296,19 +296,37 @@ async function kvPage() {
       <button type="submit">Set</button>
     </form>
     <form id="kv-find" class="row"><label class="grow">Keys matching (regular expression) <input id="kv-pattern" placeholder=".*"></label><button type="submit" class="plain">List</button></form>
-    <div class="table-wrap"><table><thead><tr><th>key</th><th>value</th><th>actions</th></tr></thead><tbody id="kv-rows"></tbody></table></div>`;
+    <div class="table-wrap"><table><thead><tr><th>key</th><th>value</th><th>actions</th></tr></thead><tbody id="kv-rows"></tbody></table></div>
+    <div class="row pager"><button id="kv-prev" class="plain" type="button">Previous</button><button id="kv-next" class="plain" type="button">Next</button><span id="kv-page" class="muted"></span></div>`;
   const gen = generation;
+  // Pages of KV_PAGE keys in key order: `after` is the last key of the
+  // previous page; `starts` holds each shown page's `after`, for Previous.
+  const KV_PAGE = 50;
+  let starts = [null];
+  let nextAfter = null;
   async function list() {
     const pattern = $("#kv-pattern").value.trim();
+    const after = starts[starts.length - 1];
     try {
-      const rows = await api("POST", "/api/kv/find", pattern ? { pattern } : {});
+      const body = { limit: KV_PAGE + 1 };
+      if (pattern) body.pattern = pattern;
+      if (after !== null) body.after = after;
+      const rows = await api("POST", "/api/kv/find", body);
       if (stale(gen)) return;
-      const items = Array.isArray(rows) ? rows : rows.results || [];
+      const all = Array.isArray(rows) ? rows : rows.results || [];
+      const items = all.slice(0, KV_PAGE);
+      nextAfter = all.length > KV_PAGE ? items[items.length - 1].key : null;
       $("#kv-rows").innerHTML = items.length ? items.map((e) => `<tr data-key="${esc(e.key)}"><td>${esc(e.key)}</td><td><pre>${pretty(e.value)}</pre></td>
         <td><button class="danger kv-delete" type="button">Delete</button></td></tr>`).join("")
         : `<tr><td colspan="3" class="muted">No keys.</td></tr>`;
+      const first = (starts.length - 1) * KV_PAGE;
+      $("#kv-page").textContent = items.length ? `keys ${first + 1}–${first + items.length}` : "";
+      $("#kv-prev").disabled = starts.length === 1;
+      $("#kv-next").disabled = nextAfter === null;
     } catch (e) { fail(e); }
   }
+  $("#kv-next").addEventListener("click", () => { if (nextAfter !== null) { starts.push(nextAfter); list(); } });
+  $("#kv-prev").addEventListener("click", () => { if (starts.length > 1) { starts.pop(); list(); } });
   $("#kv-set").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
@@ -319,7 +337,7 @@ async function kvPage() {
       toast("Saved"); list();
     } catch (e) { fail(e); }
   });
-  $("#kv-find").addEventListener("submit", (ev) => { ev.preventDefault(); list(); });
+  $("#kv-find").addEventListener("submit", (ev) => { ev.preventDefault(); starts = [null]; list(); });
   $("#kv-rows").addEventListener("click", async (ev) => {
     const row = ev.target.closest("tr");
     if (!row || !ev.target.classList.contains("kv-delete")) return;
@@ -329,12 +347,47 @@ async function kvPage() {
   list();
 }
 
+// One line of the tool-call log: a call with its arguments, or a result.
+function toolLine(event, data) {
+  const li = document.createElement("li");
+  if (event === "tool_result") {
+    li.className = data.success === false ? "tool-result bad" : "tool-result";
+    li.innerHTML = `← <strong>${esc(data.tool || "")}</strong> ${data.success === false ? "failed" : "returned"}
+      <pre class="json">${pretty(data.result)}</pre>`;
+  } else {
+    li.className = "tool-call";
+    li.innerHTML = `→ <strong>${esc(data.tool || "")}</strong>${event === "__client_tool_call" ? " (for the client to run)" : ""}
+      <pre class="json">${pretty(data.args)}</pre>`;
+  }
+  return li;
+}
+
+// The records the answer `messageId` was grounded in (its stored
+// context_snippets): collection/id, score, matched fields, an excerpt.
+async function showSources(session, messageId) {
+  const list = $("#chat-sources");
+  if (!list || !messageId) return;
+  try {
+    const msg = natural(await api("GET", `/api/chat/${encodeURIComponent(session)}/messages/${encodeURIComponent(messageId)}`));
+    const snippets = Array.isArray(msg.context_snippets) ? msg.context_snippets : [];
+    list.innerHTML = snippets.length ? snippets.map((sn) => {
+      const rec = sn.record || {};
+      const excerpt = JSON.stringify(rec).slice(0, 200);
+      const score = typeof sn.score === "number" ? sn.score.toFixed(3) : "";
+      return `<li><strong>${esc(sn.collection)}/${esc(rec.id || sn.id || "")}</strong>
+        <span class="muted">score ${esc(score)}; matched ${esc((sn.matched_fields || []).join(", ") || "—")}</span>
+        <pre class="json">${esc(excerpt)}</pre></li>`;
+    }).join("") : `<li class="muted">No records were retrieved for this answer.</li>`;
+  } catch (e) { fail(e); }
+}
+
 async function chatPage() {
   main.innerHTML = `
     <h1>Chat playground</h1>
     <form id="chat-new" class="row">
       <label>Retrieve from collection <select id="chat-collection"><option value="">(none)</option></select></label>
       <label>Provider <input id="chat-provider" size="10" placeholder="server default"></label>
+      <label class="check"><input id="chat-tools" type="checkbox"> Tools</label>
       <button type="submit" class="plain">New session</button>
       <span id="chat-session" class="muted"></span>
     </form>
@@ -343,8 +396,10 @@ async function chatPage() {
       <button type="submit">Send</button>
     </form>
     <div id="chat-answer" class="answer" aria-live="polite"></div>
-    <h2>Sources and tool calls</h2>
-    <ul id="chat-log"></ul>`;
+    <h2>Sources</h2>
+    <ol id="chat-sources" class="sources"><li class="muted">The records an answer drew on appear here.</li></ol>
+    <h2>Tool calls</h2>
+    <ul id="chat-log"><li class="muted">None yet.</li></ul>`;
   let chatId = null;
   async function newSession() {
     const body = {};
@@ -352,6 +407,7 @@ async function chatPage() {
     if (c) body.collections = [{ collection_name: c }];
     const p = $("#chat-provider").value.trim();
     if (p) body.llm_provider = p;
+    if ($("#chat-tools").checked) body.tool_config = { enabled: true };
     const r = await api("POST", "/api/chat", body);
     chatId = r.chat_id;
     $("#chat-session").textContent = "session " + chatId;
@@ -363,17 +419,19 @@ async function chatPage() {
       if (!chatId) await newSession();
       const answer = $("#chat-answer");
       answer.textContent = "";
+      delete answer.dataset.done;
       const log = $("#chat-log");
-      const s = stream("POST", `/api/chat/${encodeURIComponent(chatId)}/messages/stream`, { message: $("#chat-message").value }, (event, data) => {
+      log.innerHTML = "";
+      const session = chatId;
+      const s = stream("POST", `/api/chat/${encodeURIComponent(session)}/messages/stream`, { message: $("#chat-message").value }, (event, data) => {
         if (data && typeof data.token === "string") answer.textContent += data.token;
         else if (data && data.error) toast(String(data.error), true);
-        else if (data && (data.tool || data.context_snippets || data.sources)) {
-          const li = document.createElement("li");
-          li.innerHTML = `<strong>${esc(event)}</strong> <pre class="json">${pretty(data)}</pre>`;
-          log.append(li);
+        else if (event === "tool_call" || event === "__client_tool_call" || event === "tool_result") {
+          log.append(toolLine(event, data));
         } else if (event === "done") {
           if (!answer.textContent) answer.textContent = data.content || "";
-          answer.dataset.done = "true";
+          if (!log.children.length) log.innerHTML = `<li class="muted">No tools were called.</li>`;
+          showSources(session, data.message_id).finally(() => { answer.dataset.done = "true"; });
         }
       });
       stopStream = s.stop;

@@ -81,18 +81,22 @@ impl Engine {
     }
 
     /// Keys matching `pattern` (unanchored), with their entries.
-    pub fn kv_find(
-        &self,
-        pattern: Option<&regex::Regex>,
+    /// Entries in key order (after `after`, when given) whose key matches
+    /// `pattern`, lazily: the caller takes a page.
+    pub fn kv_find<'a>(
+        &'a self,
+        pattern: Option<&'a regex::Regex>,
         include_expired: bool,
+        after: Option<&str>,
         now: Timestamp,
-    ) -> Vec<(&str, &KvEntry)> {
+    ) -> impl Iterator<Item = (&'a str, &'a KvEntry)> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = after.map_or(Unbounded, |a| Excluded(Box::<str>::from(a)));
         self.kv
-            .iter()
-            .filter(|(_, e)| include_expired || !e.is_expired(now))
-            .filter(|(k, _)| pattern.is_none_or(|p| p.is_match(k)))
+            .range((start, Unbounded))
+            .filter(move |(_, e)| include_expired || !e.is_expired(now))
+            .filter(move |(k, _)| pattern.is_none_or(|p| p.is_match(k)))
             .map(|(k, e)| (k.as_ref(), e))
-            .collect()
     }
 
     pub fn kv_links(&self, key: &str) -> &[Link] {

@@ -487,13 +487,11 @@ pub fn run(
                     }
                     None => None,
                 };
-                let mut entries = store
+                let entries = store
                     .engine
-                    .kv_find(pattern.as_ref(), *include_expired, now);
-                entries.sort_by(|a, b| a.0.cmp(b.0));
+                    .kv_find(pattern.as_ref(), *include_expired, None, now);
                 Ok(Out::Ws(
                     entries
-                        .into_iter()
                         .map(|(k, e)| {
                             let mut d = one("key", J::String(k.to_string()));
                             d.insert("value".into(), e.value.to_serde());

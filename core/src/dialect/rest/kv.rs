@@ -168,6 +168,21 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
         .get("include_expired")
         .and_then(J::as_bool)
         .unwrap_or(false);
+    // Paging (Tidepool's, optional): at most `limit` entries, in key order,
+    // after the key `after` (the last key of the previous page).
+    let after = match body.get("after") {
+        None | Some(J::Null) => None,
+        Some(J::String(a)) => Some(a.as_str()),
+        Some(_) => return Err(Error::invalid("`after` must be a string (a key)")),
+    };
+    let limit = match body.get("limit") {
+        None | Some(J::Null) => usize::MAX,
+        Some(n) => n
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or_else(|| Error::invalid("`limit` must be a positive integer"))?,
+    };
     #[derive(Serialize)]
     struct Entry<'a> {
         key: &'a str,
@@ -175,9 +190,9 @@ pub fn find(engine: &mut Engine, ctx: &Ctx<'_>) -> Result<Response> {
         expires_at: Option<String>,
     }
     let entries: Vec<Entry<'_>> = engine
-        .kv_find(pattern.as_ref(), include_expired, ctx.now)
-        .into_iter()
+        .kv_find(pattern.as_ref(), include_expired, after, ctx.now)
         .filter(|(key, _)| ctx.access.sees_kv(key, Action::Read))
+        .take(limit)
         .map(|(key, e)| Entry {
             key,
             value: Plain(&e.value),
