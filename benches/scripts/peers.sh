@@ -10,10 +10,12 @@
 # - Tidepool (--fsync sync) and PocketBase over HTTP with one load
 #   generator (loadgen, --pocketbase for the latter): durable single-record
 #   inserts, reads by id, a filtered query (age = N and active), on the same
-#   documents (10,000 prefilled for reads).
+#   documents (10,000 prefilled for reads); Tidepool also a text search
+#   (two words OR-ed, BM25, top 10) over 10,000 documents of 20 words.
 # - PostgreSQL with pgbench over its own protocol, synchronous_commit = on:
 #   the same documents as jsonb rows (insert, select by primary key, the
-#   filtered query).
+#   filtered query), and the same text documents with a tsvector column, a
+#   GIN index and ts_rank (PocketBase and Redis have no text search).
 # - Redis with redis-benchmark: SET with appendfsync always and everysec,
 #   GET.
 #
@@ -65,7 +67,7 @@ rate() { awk -F'|' -v w="$1" '$2 ~ w { gsub(/ /, "", $3); print $3; exit }' "$2"
 # --- Tidepool ---
 echo "== Tidepool (--fsync sync)" >&2
 ./target/release/loadgen --spawn tidepool --connections $CONNS --seconds "$SECS" \
-  --prefill $PREFILL --workloads insert,get,query | tee "$RUN/tidepool.txt" >&2
+  --prefill $PREFILL --workloads insert,get,query,search | tee "$RUN/tidepool.txt" >&2
 FSYNC=$(awk '/^raw fsync rate/ { sub(/\/s/, "", $NF); print $NF; exit }' "$RUN/tidepool.txt")
 
 # --- PocketBase ---
@@ -92,6 +94,17 @@ DOC="jsonb_build_object('name', 'user-' || :n, 'email', 'user' || :n || '@exampl
 CREATE TABLE bench_write (id bigserial PRIMARY KEY, doc jsonb NOT NULL);
 CREATE TABLE bench_read (id bigserial PRIMARY KEY, doc jsonb NOT NULL);
 INSERT INTO bench_read (doc) SELECT $(echo "$DOC" | sed 's/:n/g/g') FROM generate_series(1, $PREFILL) g;
+-- The text-search documents loadgen writes (text_doc): 20 words each, word k
+-- of document i hashed into 5,000 words and squared for a skew.
+CREATE TABLE bench_text (id bigint PRIMARY KEY, body text NOT NULL, tsv tsvector);
+INSERT INTO bench_text (id, body)
+SELECT i, string_agg('word' || (h * h / 5000), ' ' ORDER BY k) FROM (
+  SELECT i, k, ((i * 7919 + k * 104729)::bigint * 2654435761) % 4294967296 % 5000 AS h
+  FROM generate_series(0, $PREFILL - 1) i, generate_series(0, 19) k) t
+GROUP BY i;
+UPDATE bench_text SET tsv = to_tsvector('simple', body);
+CREATE INDEX ON bench_text USING gin (tsv);
+VACUUM ANALYZE bench_text;
 SQL
 cat >"$RUN/insert.sql" <<SQL
 \set n random(1, 1000000000)
@@ -105,14 +118,21 @@ cat >"$RUN/query.sql" <<SQL
 \set age random(0, 99)
 SELECT doc FROM bench_read WHERE (doc->>'age')::int = :age AND (doc->>'active')::boolean LIMIT 10;
 SQL
+cat >"$RUN/search.sql" <<SQL
+\set n random(0, 1000000000)
+\set a (:n * 31) % 1000
+\set b (:n * 17) % 2500
+SELECT id FROM bench_text, to_tsquery('simple', 'word' || :a || ' | word' || :b) q
+WHERE tsv @@ q ORDER BY ts_rank(tsv, q) DESC LIMIT 10;
+SQL
 chmod 644 "$RUN"/*.sql
 pgb() {
   runuser -u postgres -- "$PGBIN/pgbench" -n -h "$RUN" -p 55432 -c $CONNS -j 2 -T "$SECS" \
     -M prepared -f "$RUN/$1.sql" postgres 2>&1 | tee -a "$RUN/pgbench.txt" |
     awk '/^tps = / { print int($3); exit }'
 }
-PG_INSERT=$(pgb insert); PG_GET=$(pgb get); PG_QUERY=$(pgb query)
-echo "pgbench: insert $PG_INSERT/s, get $PG_GET/s, query $PG_QUERY/s" >&2
+PG_INSERT=$(pgb insert); PG_GET=$(pgb get); PG_QUERY=$(pgb query); PG_SEARCH=$(pgb search)
+echo "pgbench: insert $PG_INSERT/s, get $PG_GET/s, query $PG_QUERY/s, search $PG_SEARCH/s" >&2
 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$RUN/pg" -m fast stop >/dev/null
 
 # --- Redis ---
@@ -134,14 +154,15 @@ echo "redis-benchmark: SET $R_SET_ALWAYS/s (always), $R_SET_EVERYSEC/s (everysec
 
 # --- the table ---
 TP_INSERT=$(rate "insert" "$RUN/tidepool.txt"); TP_GET=$(rate "get by id" "$RUN/tidepool.txt")
-TP_QUERY=$(rate "query" "$RUN/tidepool.txt")
+TP_QUERY=$(rate "query" "$RUN/tidepool.txt"); TP_SEARCH=$(rate "text search" "$RUN/tidepool.txt")
 PB_INSERT=$(rate "insert" "$RUN/pb.txt"); PB_GET=$(rate "get by id" "$RUN/pb.txt")
 PB_QUERY=$(rate "query" "$RUN/pb.txt")
 python3 - "$FSYNC" "$TP_INSERT" "$TP_GET" "$TP_QUERY" "$PB_INSERT" "$PB_GET" "$PB_QUERY" \
-  "$PG_INSERT" "$PG_GET" "$PG_QUERY" "$R_SET_ALWAYS" "$R_SET_EVERYSEC" "$R_GET" "$SECS" <<'PY'
+  "$PG_INSERT" "$PG_GET" "$PG_QUERY" "$R_SET_ALWAYS" "$R_SET_EVERYSEC" "$R_GET" "$SECS" \
+  "$TP_SEARCH" "$PG_SEARCH" <<'PY'
 import sys
 (fsync, tp_i, tp_g, tp_q, pb_i, pb_g, pb_q, pg_i, pg_g, pg_q,
- r_always, r_every, r_get, secs) = [float(x or 0) for x in sys.argv[1:]]
+ r_always, r_every, r_get, secs, tp_s, pg_s) = [float(x or 0) for x in sys.argv[1:]]
 def ratio(a, b):
     return f"{a / b:.2f}x" if b else "-"
 print(f"\n64 clients, {secs:.0f} s per workload, loopback; raw fsync rate (4 KiB append + fdatasync): {fsync:.0f}/s\n")
@@ -157,6 +178,7 @@ rows = [
     ("read by id", tp_g, "PocketBase (HTTP)", pb_g),
     ("filtered query", tp_q, "PostgreSQL (jsonb, no index)", pg_q),
     ("filtered query", tp_q, "PocketBase (HTTP, no index)", pb_q),
+    ("text search, 2 words OR, ranked, top 10", tp_s, "PostgreSQL (tsvector, GIN, ts_rank)", pg_s),
 ]
 for name, tp, peer, rate in rows:
     print(f"| {name} | {tp:,.0f}/s | {peer} | {rate:,.0f}/s | {ratio(tp, rate)} |")

@@ -99,7 +99,7 @@ fn parse_args() -> Args {
             "--help" | "-h" => {
                 println!(
                     "loadgen [--spawn tidepool|tidepool-std | --url http://host:port --api-key KEY]\n\
-                     \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv]\n\
+                     \t[--connections 64] [--seconds 10] [--workloads insert,get,query,kv,search]\n\
                      \t[--prefill 10000] [--fill N (bulk-load N docs and report server RSS)] [--fsync sync]\n\
                      \t[--scoped (a non-admin key granted what the workloads touch)] [--server-args \"FLAGS\"]\n\
                      \t[--tls (with --spawn: HTTPS with a fresh self-signed certificate)]\n\
@@ -123,6 +123,33 @@ fn doc(i: u64) -> String {
         i.is_multiple_of(2),
         i % 10
     )
+}
+
+/// Words in the text-search documents: `word0` .. `word4999`.
+const TEXT_VOCAB: u64 = 5000;
+/// Words per text-search document.
+const TEXT_WORDS: u64 = 20;
+
+/// The `k`-th word of text document `i`: a hash of (i, k) into the
+/// vocabulary, squared so that low-numbered words are common (a skew like a
+/// real text's). benches/scripts/peers.sh computes the same in SQL.
+fn text_word(i: u64, k: u64) -> u64 {
+    let h = ((i * 7919 + k * 104_729) * 2_654_435_761) % (1 << 32) % TEXT_VOCAB;
+    h * h / TEXT_VOCAB
+}
+
+/// Text document `i`: `{"body": "word.. word.."}`.
+fn text_doc(i: u64) -> String {
+    let words: Vec<String> = (0..TEXT_WORDS)
+        .map(|k| format!("word{}", text_word(i, k)))
+        .collect();
+    format!(r#"{{"body":"{}"}}"#, words.join(" "))
+}
+
+/// The two query words of search `n` (from the commoner half of the
+/// vocabulary), as peers.sh's pgbench script picks them.
+fn text_query(n: u64) -> (u64, u64) {
+    (n * 31 % 1000, n * 17 % 2500)
 }
 
 /// 4 KiB append + fdatasync in a loop for `secs`: the disk's durable-write ceiling.
@@ -495,6 +522,44 @@ fn main() {
                     },
                 );
                 report("kv get", &o);
+            }
+            "search" if pb => eprintln!("search: PocketBase has no full-text search"),
+            "search" => {
+                // 10,000 documents of 20 words; searches for two words (OR),
+                // ranked by BM25 (as PostgreSQL's ts_rank ranks), whole words
+                // only, top 10. The first search builds the index.
+                let mut c = Conn::open(&addr);
+                for start in (0..args.prefill as u64).step_by(1000) {
+                    let end = (start + 1000).min(args.prefill as u64);
+                    let items: Vec<String> = (start..end)
+                        .map(|j| format!("{{\"data\":{}}}", text_doc(j)))
+                        .collect();
+                    let body = format!("{{\"inserts\":[{}]}}", items.join(","));
+                    let (status, resp) =
+                        c.call("POST", "/api/batch/insert/bench_text", &tok, &body);
+                    assert_eq!(status, 200, "prefill: {}", String::from_utf8_lossy(&resp));
+                }
+                let (status, resp) = c.call(
+                    "POST",
+                    "/api/search/bench_text",
+                    &tok,
+                    r#"{"query":"word1","limit":10}"#,
+                );
+                assert_eq!(status, 200, "search: {}", String::from_utf8_lossy(&resp));
+                let o = run(
+                    &addr,
+                    &tok,
+                    args.connections,
+                    args.seconds,
+                    move |w, seq| {
+                        let (a, b) = text_query((w as u64) << 20 | seq);
+                        let body = format!(
+                            r#"{{"query":"word{a} word{b}","limit":10,"prefix":false,"scoring":"bm25"}}"#
+                        );
+                        ("POST", "/api/search/bench_text".to_string(), body)
+                    },
+                );
+                report(&format!("text search ({} docs)", args.prefill), &o);
             }
             "none" => {}
             other => eprintln!("unknown workload {other}"),
