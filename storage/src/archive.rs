@@ -34,8 +34,8 @@ const STORE_PREFIX: &str = "store/";
 pub const MAX_EXTRA_BYTES: u64 = 64 * 1024;
 
 impl BackupPlan {
-    /// Writes the plan as one archive at `path` (which must not exist):
-    /// `extras` (name, bytes) first, then every store file, then the
+    /// Writes the plan as one archive at `path` (which must not exist; its
+    /// directory is created if missing): `extras` (name, bytes) first, then every store file, then the
     /// manifest; synced and renamed into place. `progress` hears the store
     /// bytes written so far.
     pub fn write_archive(
@@ -49,6 +49,10 @@ impl BackupPlan {
                 "{} exists: a backup is written only to a new file",
                 path.display()
             )));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io("creating directory", dir, e))?;
         }
         let partial = partial_path(path);
         let file =
@@ -320,7 +324,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (data, file, restored) = (
             tmp.path().join("data"),
-            tmp.path().join("monday.tar"),
+            tmp.path().join("backups/monday.tar"), // its directory is created
             tmp.path().join("restored"),
         );
         let (mut store, _) = Store::open(StoreOptions::new(&data)).unwrap();

@@ -80,9 +80,8 @@ impl Engine {
         n
     }
 
-    /// Keys matching `pattern` (unanchored), with their entries.
-    /// Entries in key order (after `after`, when given) whose key matches
-    /// `pattern`, lazily: the caller takes a page.
+    /// Keys matching `pattern` (unanchored) with their entries, in key order
+    /// from after `after` when given, lazily: the caller takes a page.
     pub fn kv_find<'a>(
         &'a self,
         pattern: Option<&'a regex::Regex>,
