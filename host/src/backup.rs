@@ -104,11 +104,8 @@ pub fn restore(from: &Path, data_dir: &Path, on_terminal: bool) -> Result<J, Sto
     let started = Instant::now();
     let mut progress = Progress::new("restore", total, on_terminal);
     let restored = if one_file {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
-            op: "creating directory",
-            path: data_dir.to_path_buf(),
-            source: e,
-        })?;
+        // Creates `data_dir/store` (and so `data_dir`) before the secrets,
+        // which come first in the archive, are written beside it.
         archive_restore(from, data_dir, &mut |n| progress.update(n))
     } else {
         backup::restore(&store_dir(from), &store_dir(data_dir), &mut |n| {

@@ -19,22 +19,22 @@ fn arch() -> Arch {
 /// `a . b` over the shorter length.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    arch().dispatch(Kernel {
-        a: &a[..n],
-        b: &b[..n],
-        op: Op::Dot,
-    })
+    run(a, b, Op::Dot)
 }
 
 /// `|a - b|^2` over the shorter length.
 #[inline]
 pub(crate) fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    run(a, b, Op::L2sq)
+}
+
+#[inline]
+fn run(a: &[f32], b: &[f32], op: Op) -> f32 {
     let n = a.len().min(b.len());
     arch().dispatch(Kernel {
         a: &a[..n],
         b: &b[..n],
-        op: Op::L2sq,
+        op,
     })
 }
 

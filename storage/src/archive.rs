@@ -32,6 +32,9 @@ const STORE_PREFIX: &str = "store/";
 /// The largest extra file an archive may carry (the secrets are a few
 /// dozen bytes): a hostile archive cannot make a reader hold more.
 pub const MAX_EXTRA_BYTES: u64 = 64 * 1024;
+/// The largest manifest an archive may carry: a line of under 100 bytes per
+/// store file, so room for far more segments than a store keeps.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 impl BackupPlan {
     /// Writes the plan as one archive at `path` (which must not exist; its
@@ -265,12 +268,13 @@ pub(crate) fn read_archive(
             continue;
         };
         if store_name == MANIFEST {
+            if len > MAX_MANIFEST_BYTES {
+                return Err(bad(format!(
+                    "its manifest is {len} bytes, more than a backup's ever is"
+                )));
+            }
             let mut text = String::new();
-            entry
-                .by_ref()
-                .take(MAX_EXTRA_BYTES.max(len))
-                .read_to_string(&mut text)
-                .map_err(io)?;
+            entry.read_to_string(&mut text).map_err(io)?;
             manifest = Some(Manifest::parse(&text, path)?);
             continue;
         }
