@@ -68,7 +68,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::analyzer::{Analyzer, Language};
 use crate::fuzzy::FuzzyDict;
@@ -235,68 +235,52 @@ pub struct TextResults {
     pub total: usize,
 }
 
+mod dict;
+mod postings;
+
+use dict::{Dict, Keyed};
+use postings::{Posting, PostingList};
+
 type TermId = u32;
 type FieldId = u16;
+type StemId = u32;
 
-const NO_TERM: TermId = TermId::MAX;
-
-const NS_STEM: usize = 0;
-const NS_FOLD: usize = 1;
-const NS_RAW: usize = 2;
-const NS_UPPER: usize = 3;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Posting {
-    doc: u32,
-    field: FieldId,
-    /// Occurrences in the field, saturating; 0 marks a tombstone.
-    tf: u16,
-}
+/// No term, no stem, or (in [`TextIndex::seqs`]) a removed document version.
+const NONE: u32 = u32::MAX;
 
 struct Term {
-    space: u8,
-    /// For a `fold` term: its `stem` term, once known. Valid while this term
-    /// lives, because every posting of a folded word has a posting of its stem
-    /// (added and removed together), so the stem term outlives it.
-    stem: TermId,
     key: Box<str>,
-    postings: Vec<Posting>,
-    /// Live postings per field (document frequency).
-    df: Vec<(FieldId, u32)>,
-    tombstones: u32,
+    postings: PostingList,
+    /// A word as written (with uppercase), not a folded word.
+    raw: bool,
+    /// For a folded word: its stem's group (`NONE` when the index has no
+    /// language).
+    stem: StemId,
+    /// The next folded word of the same stem group (`NONE` at the end).
+    next_in_stem: TermId,
 }
 
-impl Term {
-    fn live(&self) -> usize {
-        self.postings.len() - self.tombstones as usize
+impl Keyed for Term {
+    fn key(&self) -> &str {
+        &self.key
     }
-    fn df(&self, field: FieldId) -> u32 {
-        self.df
-            .iter()
-            .find(|(f, _)| *f == field)
-            .map_or(0, |(_, n)| *n)
-    }
-    fn add_df(&mut self, field: FieldId, delta: i64) {
-        match self.df.iter_mut().find(|(f, _)| *f == field) {
-            Some((_, n)) => *n = (i64::from(*n) + delta).max(0) as u32,
-            None if delta > 0 => self.df.push((field, delta as u32)),
-            None => {}
-        }
-        if delta < 0 {
-            self.df.retain(|(_, n)| *n > 0);
-        }
-    }
-    /// The postings of `doc`, tombstones included.
-    fn range_of(&self, doc: u32) -> std::ops::Range<usize> {
-        let start = self.postings.partition_point(|p| p.doc < doc);
-        let end = start + self.postings[start..].partition_point(|p| p.doc == doc);
-        start..end
+}
+
+/// The folded words that share a stem: a chain through [`Term::next_in_stem`].
+struct Stem {
+    key: Box<str>,
+    head: TermId,
+}
+
+impl Keyed for Stem {
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 
 struct DocEntry {
-    /// Every term (all spaces) the document has a posting in.
-    terms: Box<[TermId]>,
+    /// The sequence number of the indexed version.
+    seq: u32,
     /// Indexed fields and their lengths in words.
     fields: Box<[(FieldId, u32)]>,
 }
@@ -317,10 +301,15 @@ pub struct TextIndex {
     analyzer: Analyzer,
     fields: Vec<Field>,
     field_ids: FxHashMap<Box<str>, FieldId>,
-    dict: [FxHashMap<Box<str>, TermId>; 4],
     terms: Vec<Term>,
-    free_terms: Vec<TermId>,
+    folded: Dict,
+    raw: Dict,
+    stems: Vec<Stem>,
+    stem_dict: Dict,
     docs: Vec<Option<DocEntry>>,
+    /// Sequence number -> doc id, `NONE` once that version is removed or replaced.
+    seqs: Vec<u32>,
+    dead_seqs: usize,
     live_docs: usize,
     fuzzy: FuzzyDict,
 }
@@ -331,7 +320,7 @@ impl fmt::Debug for TextIndex {
             .field("analyzer", &self.analyzer)
             .field("docs", &self.live_docs)
             .field("fields", &self.fields.len())
-            .field("terms", &(self.terms.len() - self.free_terms.len()))
+            .field("terms", &self.terms.len())
             .finish()
     }
 }
@@ -352,6 +341,65 @@ struct FieldCounts<'t> {
     raw: FxHashMap<&'t str, u32>,
 }
 
+/// Buffers reused by every entry of a query.
+#[derive(Default)]
+struct Scratch {
+    /// The entry's hits, grouped by document.
+    hits: Vec<Hit>,
+    /// The entry's document frequency, by field.
+    df: Vec<u32>,
+    /// A stem group's union: by sequence number, the first node of its
+    /// chain (`NONE` when untouched; reset after each use).
+    first: Vec<u32>,
+    /// Chain nodes: a (version, field) posting and the next node.
+    nodes: Vec<(Posting, u32)>,
+    /// The sequence numbers with a chain, in first-seen order.
+    touched: Vec<u32>,
+}
+
+/// A live posting of a plan entry, as scoring reads it.
+#[derive(Clone, Copy)]
+struct Hit {
+    doc: u32,
+    field: FieldId,
+    tf: f32,
+}
+
+/// Which fields matched, per document, gathered while scoring.
+struct FieldMarks {
+    /// Bit f for field f < 64, by doc id.
+    low: Vec<u64>,
+    high: FxHashSet<(u32, FieldId)>,
+}
+
+impl FieldMarks {
+    fn new(docs: usize) -> FieldMarks {
+        FieldMarks {
+            low: vec![0; docs],
+            high: FxHashSet::default(),
+        }
+    }
+
+    fn mark(&mut self, doc: u32, field: FieldId) {
+        if field < 64 {
+            if let Some(bits) = self.low.get_mut(doc as usize) {
+                *bits |= 1 << field;
+            }
+        } else {
+            self.high.insert((doc, field));
+        }
+    }
+
+    fn of(&self, doc: u32) -> Vec<FieldId> {
+        let bits = self.low.get(doc as usize).copied().unwrap_or(0);
+        let mut out: Vec<FieldId> = (0..64).filter(|f| bits & (1 << f) != 0).collect();
+        if !self.high.is_empty() {
+            out.extend(self.high.iter().filter(|(d, _)| *d == doc).map(|(_, f)| *f));
+        }
+        out
+    }
+}
+
 impl TextIndex {
     /// An empty index analysing with `analyzer`.
     pub fn new(analyzer: Analyzer) -> TextIndex {
@@ -359,10 +407,14 @@ impl TextIndex {
             analyzer,
             fields: Vec::new(),
             field_ids: FxHashMap::default(),
-            dict: Default::default(),
             terms: Vec::new(),
-            free_terms: Vec::new(),
+            folded: Dict::default(),
+            raw: Dict::default(),
+            stems: Vec::new(),
+            stem_dict: Dict::default(),
             docs: Vec::new(),
+            seqs: Vec::new(),
+            dead_seqs: 0,
             live_docs: 0,
             fuzzy: FuzzyDict::default(),
         }
@@ -419,48 +471,42 @@ impl TextIndex {
             });
         }
 
-        let d = doc.0;
-        let mut doc_terms: Vec<TermId> = Vec::new();
+        // Each version's postings go in field order, so that the lists of a
+        // stem group's words merge by (seq, field).
+        per_field.sort_by_key(|(field, _)| *field);
+        let seq = self.seqs.len() as u32;
+        self.seqs.push(doc.0);
         let mut doc_fields: Vec<(FieldId, u32)> = Vec::with_capacity(per_field.len());
-        let stemming = self.analyzer.language().is_some();
-        let mut stems: FxHashMap<TermId, u32> = FxHashMap::default();
-        for (fid, counts) in &per_field {
-            let fid = *fid;
-            doc_fields.push((fid, counts.len));
-            stems.clear();
+        for (field, counts) in &per_field {
+            let field = *field;
+            doc_fields.push((field, counts.len));
             for (folded, &(tf, upper)) in &counts.folded {
-                let folded_tid = self.add_posting(NS_FOLD, folded, d, fid, tf);
-                doc_terms.push(folded_tid);
-                if upper > 0 {
-                    doc_terms.push(self.add_posting(NS_UPPER, folded, d, fid, upper));
-                }
-                if stemming {
-                    // Stemming is the costliest step of indexing: do it once per
-                    // distinct word, not once per document.
-                    let mut stem_tid = self.terms[folded_tid as usize].stem;
-                    if stem_tid == NO_TERM {
-                        let stem = self.analyzer.stem(folded);
-                        stem_tid = match self.dict[NS_STEM].get(&*stem) {
-                            Some(&tid) => tid,
-                            None => self.new_term(NS_STEM, &stem),
-                        };
-                        self.terms[folded_tid as usize].stem = stem_tid;
-                    }
-                    *stems.entry(stem_tid).or_insert(0) += tf;
-                }
-            }
-            for (&stem_tid, &tf) in &stems {
-                self.push_posting(stem_tid, d, fid, tf);
-                doc_terms.push(stem_tid);
+                let tid = match self.folded.get(&self.terms, folded) {
+                    Some(tid) => tid,
+                    None => self.new_folded_term(folded),
+                };
+                self.terms[tid as usize].postings.push(Posting {
+                    seq,
+                    field,
+                    tf,
+                    upper,
+                });
             }
             for (raw, &tf) in &counts.raw {
-                doc_terms.push(self.add_posting(NS_RAW, raw, d, fid, tf));
+                let tid = match self.raw.get(&self.terms, raw) {
+                    Some(tid) => tid,
+                    None => self.new_raw_term(raw),
+                };
+                self.terms[tid as usize].postings.push(Posting {
+                    seq,
+                    field,
+                    tf,
+                    upper: 0,
+                });
             }
         }
-        doc_terms.sort_unstable();
-        doc_terms.dedup();
 
-        let slot = d as usize;
+        let slot = doc.0 as usize;
         if self.docs.len() <= slot {
             self.docs.resize_with(slot + 1, || None);
         }
@@ -474,7 +520,7 @@ impl TextIndex {
             field.lens[slot] = len;
         }
         self.docs[slot] = Some(DocEntry {
-            terms: doc_terms.into_boxed_slice(),
+            seq,
             fields: doc_fields.into_boxed_slice(),
         });
         self.live_docs += 1;
@@ -488,14 +534,20 @@ impl TextIndex {
     pub fn bulk(&mut self, load: impl FnOnce(&mut TextIndex)) {
         self.fuzzy.begin_bulk();
         load(self);
-        let folded = &self.dict[NS_FOLD];
-        self.fuzzy.end_bulk(&|t| folded.contains_key(t));
+        let (folded, terms) = (&self.folded, &self.terms);
+        self.fuzzy.end_bulk(&|t| folded.get(terms, t).is_some());
         for term in &mut self.terms {
             term.postings.shrink_to_fit();
         }
     }
 
     /// Removes `doc`; returns whether it was indexed.
+    ///
+    /// Its postings stay in their lists, skipped by search (their sequence
+    /// number is dead), until removed versions outnumber live documents; then
+    /// [`TextIndex::compact`] rewrites every list without them. So the index
+    /// holds at most about twice its live postings, and a removal costs
+    /// amortised time proportional to the postings it leaves behind.
     pub fn remove(&mut self, doc: DocId) -> bool {
         let slot = doc.0 as usize;
         let Some(entry) = self.docs.get_mut(slot).and_then(Option::take) else {
@@ -508,39 +560,83 @@ impl TextIndex {
             field.total_len -= u64::from(len);
             field.lens[slot] = 0;
         }
-        for &tid in entry.terms.iter() {
-            let term = &mut self.terms[tid as usize];
-            let range = term.range_of(doc.0);
-            let mut killed: Vec<FieldId> = Vec::new();
-            for p in &mut term.postings[range] {
-                if p.tf > 0 {
-                    p.tf = 0;
-                    killed.push(p.field);
-                }
-            }
-            term.tombstones += killed.len() as u32;
-            for f in killed {
-                term.add_df(f, -1);
-            }
-            if term.live() == 0 {
-                self.free_term(tid);
-            } else if term.tombstones as usize > term.live() && term.postings.len() >= 8 {
-                term.postings.retain(|p| p.tf > 0);
-                term.tombstones = 0;
-            }
+        if let Some(s) = self.seqs.get_mut(entry.seq as usize) {
+            *s = NONE;
+        }
+        self.dead_seqs += 1;
+        if self.dead_seqs > self.live_docs {
+            self.compact();
         }
         true
     }
 
-    fn free_term(&mut self, tid: TermId) {
-        let term = &mut self.terms[tid as usize];
-        self.dict[term.space as usize].remove(&term.key);
-        term.key = "".into();
-        term.stem = NO_TERM;
-        term.postings = Vec::new();
-        term.df = Vec::new();
-        term.tombstones = 0;
-        self.free_terms.push(tid);
+    /// Rewrites every posting list without removed versions, renumbering the
+    /// live ones densely (in the same order), and drops the terms left with
+    /// no posting.
+    fn compact(&mut self) {
+        let mut renumber = vec![NONE; self.seqs.len()];
+        let mut seqs = Vec::with_capacity(self.live_docs);
+        for (old, &doc) in self.seqs.iter().enumerate() {
+            if doc != NONE {
+                renumber[old] = seqs.len() as u32;
+                seqs.push(doc);
+            }
+        }
+        for entry in self.docs.iter_mut().flatten() {
+            entry.seq = renumber[entry.seq as usize];
+        }
+        self.seqs = seqs;
+        self.dead_seqs = 0;
+
+        let old_terms = std::mem::take(&mut self.terms);
+        let mut old_stems: Vec<Option<Stem>> = std::mem::take(&mut self.stems)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut stem_ids = vec![NONE; old_stems.len()];
+        self.folded = Dict::default();
+        self.raw = Dict::default();
+        self.stem_dict = Dict::default();
+        for term in old_terms {
+            let mut postings = PostingList::default();
+            for p in term.postings.iter() {
+                let seq = renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+                if seq != NONE {
+                    postings.push(Posting { seq, ..p });
+                }
+            }
+            if postings.len() == 0 {
+                continue;
+            }
+            postings.shrink_to_fit();
+            let tid = self.terms.len() as TermId;
+            let mut stem = NONE;
+            let mut next_in_stem = NONE;
+            if let Some(old) = (term.stem != NONE).then_some(term.stem as usize) {
+                if stem_ids[old] == NONE {
+                    let key = old_stems[old].take().map_or_else(|| "".into(), |s| s.key);
+                    stem_ids[old] = self.stems.len() as StemId;
+                    self.stems.push(Stem { key, head: NONE });
+                    self.stem_dict.insert(&self.stems, stem_ids[old]);
+                }
+                stem = stem_ids[old];
+                let group = &mut self.stems[stem as usize];
+                next_in_stem = group.head;
+                group.head = tid;
+            }
+            self.terms.push(Term {
+                key: term.key,
+                postings,
+                raw: term.raw,
+                stem,
+                next_in_stem,
+            });
+            if term.raw {
+                self.raw.insert(&self.terms, tid);
+            } else {
+                self.folded.insert(&self.terms, tid);
+            }
+        }
     }
 
     fn field_id(&mut self, name: &str) -> FieldId {
@@ -559,115 +655,104 @@ impl TextIndex {
         id
     }
 
-    fn add_posting(
-        &mut self,
-        space: usize,
-        key: &str,
-        doc: u32,
-        field: FieldId,
-        tf: u32,
-    ) -> TermId {
-        let tid = match self.dict[space].get(key) {
-            Some(&tid) => tid,
-            None => self.new_term(space, key),
-        };
-        self.push_posting(tid, doc, field, tf);
-        tid
-    }
-
-    fn push_posting(&mut self, tid: TermId, doc: u32, field: FieldId, tf: u32) {
-        let term = &mut self.terms[tid as usize];
-        let posting = Posting {
-            doc,
-            field,
-            tf: tf.clamp(1, u32::from(u16::MAX)) as u16,
-        };
-        let after_last = term
-            .postings
-            .last()
-            .is_none_or(|p| (p.doc, p.field) < (doc, field));
-        if after_last {
-            term.postings.push(posting);
-        } else {
-            let at = term
-                .postings
-                .partition_point(|p| (p.doc, p.field) < (doc, field));
-            match term.postings.get_mut(at) {
-                Some(p) if p.doc == doc && p.field == field => {
-                    // Only a tombstone can be here: the document was removed first.
-                    if p.tf == 0 {
-                        term.tombstones -= 1;
-                    }
-                    *p = posting;
+    /// Adds a folded word to the dictionary, its stem group and the typo and
+    /// prefix dictionary. Stemming is the costliest step of indexing: it runs
+    /// once per distinct word, here.
+    fn new_folded_term(&mut self, key: &str) -> TermId {
+        let tid = self.terms.len() as TermId;
+        let mut stem = NONE;
+        let mut next_in_stem = NONE;
+        if self.analyzer.language().is_some() {
+            let stem_key = self.analyzer.stem(key);
+            stem = match self.stem_dict.get(&self.stems, &stem_key) {
+                Some(sid) => sid,
+                None => {
+                    let sid = self.stems.len() as StemId;
+                    self.stems.push(Stem {
+                        key: stem_key.into(),
+                        head: NONE,
+                    });
+                    self.stem_dict.insert(&self.stems, sid);
+                    sid
                 }
-                _ => term.postings.insert(at, posting),
-            }
+            };
+            let group = &mut self.stems[stem as usize];
+            next_in_stem = group.head;
+            group.head = tid;
         }
-        term.add_df(field, 1);
+        self.terms.push(Term {
+            key: key.into(),
+            postings: PostingList::default(),
+            raw: false,
+            stem,
+            next_in_stem,
+        });
+        self.folded.insert(&self.terms, tid);
+        let (folded, terms) = (&self.folded, &self.terms);
+        self.fuzzy.insert(key, &|t| folded.get(terms, t).is_some());
+        tid
     }
 
-    fn new_term(&mut self, space: usize, key: &str) -> TermId {
-        let term = Term {
-            space: space as u8,
-            stem: NO_TERM,
+    fn new_raw_term(&mut self, key: &str) -> TermId {
+        let tid = self.terms.len() as TermId;
+        self.terms.push(Term {
             key: key.into(),
-            postings: Vec::new(),
-            df: Vec::new(),
-            tombstones: 0,
-        };
-        let tid = match self.free_terms.pop() {
-            Some(tid) => {
-                self.terms[tid as usize] = term;
-                tid
-            }
-            None => {
-                self.terms.push(term);
-                (self.terms.len() - 1) as TermId
-            }
-        };
-        self.dict[space].insert(key.into(), tid);
-        if space == NS_FOLD {
-            let folded = &self.dict[NS_FOLD];
-            self.fuzzy.insert(key, &|t| folded.contains_key(t));
-        }
+            postings: PostingList::default(),
+            raw: true,
+            stem: NONE,
+            next_in_stem: NONE,
+        });
+        self.raw.insert(&self.terms, tid);
         tid
+    }
+
+    /// True when `tid` has a posting of a live document version.
+    fn is_live(&self, tid: TermId) -> bool {
+        self.terms[tid as usize]
+            .postings
+            .iter()
+            .any(|p| self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE))
+    }
+
+    /// The folded words with the stem `stem`.
+    fn stem_members(&self, stem: StemId) -> Vec<TermId> {
+        let mut out = Vec::new();
+        let mut at = self.stems[stem as usize].head;
+        while at != NONE {
+            out.push(at);
+            at = self.terms[at as usize].next_in_stem;
+        }
+        out
     }
 
     /// Approximate heap memory of the index in bytes (capacities, not lengths).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let map_entry = size_of::<(Box<str>, TermId)>() + 1;
-        let dict: usize = self
-            .dict
-            .iter()
-            .map(|m| m.capacity() * map_entry + m.keys().map(|k| k.len()).sum::<usize>())
-            .sum();
         let terms: usize = self
             .terms
             .iter()
-            .map(|t| {
-                t.key.len()
-                    + t.postings.capacity() * size_of::<Posting>()
-                    + t.df.capacity() * size_of::<(FieldId, u32)>()
-            })
+            .map(|t| t.key.len() + t.postings.capacity())
             .sum::<usize>()
-            + self.terms.capacity() * size_of::<Term>()
-            + self.free_terms.capacity() * size_of::<TermId>();
+            + self.terms.capacity() * size_of::<Term>();
+        let stems: usize = self.stems.iter().map(|s| s.key.len()).sum::<usize>()
+            + self.stems.capacity() * size_of::<Stem>();
+        let dicts =
+            self.folded.memory_bytes() + self.raw.memory_bytes() + self.stem_dict.memory_bytes();
         let docs: usize = self
             .docs
             .iter()
             .flatten()
-            .map(|d| {
-                d.terms.len() * size_of::<TermId>() + d.fields.len() * size_of::<(FieldId, u32)>()
-            })
+            .map(|d| d.fields.len() * size_of::<(FieldId, u32)>())
             .sum::<usize>()
-            + self.docs.capacity() * size_of::<Option<DocEntry>>();
+            + self.docs.capacity() * size_of::<Option<DocEntry>>()
+            + self.seqs.capacity() * size_of::<u32>();
+        let map_entry = size_of::<(Box<str>, FieldId)>() + 1;
         let fields: usize = self
             .fields
             .iter()
             .map(|f| f.name.len() * 2 + f.lens.capacity() * 4 + size_of::<Field>() + map_entry)
             .sum();
-        dict + terms + docs + fields + self.fuzzy.memory_bytes()
+        terms + stems + dicts + docs + fields + self.fuzzy.memory_bytes()
     }
 
     /// Runs `query`; `accept` is the caller's pre-filter (called once for each
@@ -691,9 +776,10 @@ impl TextIndex {
         }
 
         let min_score = query.min_score.filter(|m| !m.is_nan());
+        let mut marks = FieldMarks::new(self.docs.len());
         let scores = match query.scoring {
-            Scoring::Bm25 => self.bm25_scores(&plan),
-            Scoring::EkoDb => self.ekodb_scores(&plan),
+            Scoring::Bm25 => self.bm25_scores(&plan, &mut marks),
+            Scoring::EkoDb => self.ekodb_scores(&plan, &mut marks),
         };
         let mut scored: Vec<(f32, u32)> = Vec::with_capacity(scores.len());
         for (doc, score) in scores {
@@ -721,23 +807,140 @@ impl TextIndex {
             .map(|(score, doc)| TextHit {
                 doc: DocId(doc),
                 score,
-                matched_fields: self.matched_fields(&plan, doc),
+                matched_fields: self.field_names(marks.of(doc)),
             })
             .collect();
         Ok(TextResults { hits, total })
     }
 
+    fn field_names(&self, fields: Vec<FieldId>) -> Vec<String> {
+        let mut names: Vec<String> = fields
+            .into_iter()
+            .filter_map(|f| self.fields.get(f as usize))
+            .map(|f| f.name.to_string())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The live postings of `entry` in the fields the plan searches, one per
+    /// (document, field) with the tfs of a stem group's words summed, grouped by
+    /// document; and the entry's document frequency per field. The
+    /// case-sensitive lowercase entry subtracts the non-lowercase spellings from
+    /// each tf (a posting left with none is dropped, but still counts in the
+    /// document frequency).
+    fn gather(&self, entry: &Entry, fields: &[FieldPlan], scratch: &mut Scratch) {
+        let Scratch {
+            hits,
+            df,
+            first,
+            nodes,
+            touched,
+        } = scratch;
+        hits.clear();
+        df.clear();
+        df.resize(fields.len(), 0);
+        let searched = |f: FieldId| {
+            fields
+                .get(f as usize)
+                .is_some_and(|fp| fp.coef > 0.0 && fp.docs > 0)
+        };
+        // The document of a live posting.
+        let doc_of = |p: &Posting| {
+            self.seqs
+                .get(p.seq as usize)
+                .copied()
+                .filter(|&d| d != NONE && searched(p.field))
+        };
+        let mut take = |p: Posting, doc: u32| {
+            df[p.field as usize] += 1;
+            let tf = if entry.minus {
+                p.tf.saturating_sub(p.upper)
+            } else {
+                p.tf
+            };
+            if tf > 0 {
+                hits.push(Hit {
+                    doc,
+                    field: p.field,
+                    tf: tf as f32,
+                });
+            }
+        };
+        if let [tid] = entry.terms[..] {
+            for p in self.terms[tid as usize].postings.iter() {
+                if let Some(doc) = doc_of(&p) {
+                    take(p, doc);
+                }
+            }
+            return;
+        }
+        // A stem group: its words' lists are summed per (version, field)
+        // through a chain per version, fields in order, so a version's
+        // postings come out together.
+        if first.len() < self.seqs.len() {
+            first.resize(self.seqs.len(), NONE);
+        }
+        nodes.clear();
+        touched.clear();
+        for &tid in &entry.terms {
+            for p in self.terms[tid as usize].postings.iter() {
+                if doc_of(&p).is_none() {
+                    continue;
+                }
+                let head = &mut first[p.seq as usize];
+                let fresh = nodes.len() as u32;
+                if *head == NONE {
+                    touched.push(p.seq);
+                    *head = fresh;
+                    nodes.push((p, NONE));
+                    continue;
+                }
+                // Find the node of this field, or where it goes.
+                let (mut prev, mut at) = (NONE, *head);
+                while at != NONE && nodes[at as usize].0.field < p.field {
+                    prev = at;
+                    at = nodes[at as usize].1;
+                }
+                if at != NONE && nodes[at as usize].0.field == p.field {
+                    let q = &mut nodes[at as usize].0;
+                    q.tf = q.tf.saturating_add(p.tf);
+                    q.upper = q.upper.saturating_add(p.upper);
+                    continue;
+                }
+                nodes.push((p, at));
+                if prev == NONE {
+                    *head = fresh;
+                } else {
+                    nodes[prev as usize].1 = fresh;
+                }
+            }
+        }
+        for &seq in touched.iter() {
+            let mut at = std::mem::replace(&mut first[seq as usize], NONE);
+            while at != NONE {
+                let (p, next) = nodes[at as usize];
+                take(p, self.seqs[seq as usize]);
+                at = next;
+            }
+        }
+    }
+
     /// BM25 scores of every document matching a word of `plan`.
-    fn bm25_scores(&self, plan: &Plan) -> Vec<(u32, f32)> {
+    fn bm25_scores(&self, plan: &Plan, marks: &mut FieldMarks) -> Vec<(u32, f32)> {
         let n = self.docs.len();
         let mut acc = vec![0f32; n];
         let mut word_acc = vec![0f32; n];
         let mut matched = vec![0u16; n];
         let mut touched: Vec<u32> = Vec::new();
         let mut word_touched: Vec<u32> = Vec::new();
+        let mut scratch = Scratch::default();
         for word in &plan.words {
             for entry in &word.entries {
-                self.score_entry(entry, &plan.fields, &mut |doc, s| {
+                self.gather(entry, &plan.fields, &mut scratch);
+                let Scratch { hits, df, .. } = &scratch;
+                let mut add = |doc: u32, s: f32| {
                     let slot = &mut word_acc[doc as usize];
                     if *slot == 0.0 {
                         word_touched.push(doc);
@@ -747,7 +950,45 @@ impl TextIndex {
                     } else if s > *slot {
                         *slot = s;
                     }
-                });
+                };
+                // Per-field constants: idf * weight * mult * (k1 + 1), and the norm terms.
+                let consts: Vec<(f32, f32, f32)> = plan
+                    .fields
+                    .iter()
+                    .zip(df)
+                    .map(|(fp, &df)| {
+                        if df == 0 {
+                            return (0.0, 0.0, 0.0);
+                        }
+                        let (df, n) = (df as f32, fp.docs as f32);
+                        let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                        (
+                            idf * fp.coef * entry.mult * (BM25_K1 + 1.0),
+                            BM25_K1 * (1.0 - BM25_B),
+                            BM25_K1 * BM25_B / fp.avg_len,
+                        )
+                    })
+                    .collect();
+                let mut current: Option<(u32, f32)> = None;
+                for h in hits {
+                    marks.mark(h.doc, h.field);
+                    let (c, a, b) = consts[h.field as usize];
+                    let fp = &plan.fields[h.field as usize];
+                    let len = fp.lens.get(h.doc as usize).copied().unwrap_or(0) as f32;
+                    let s = c * h.tf / (h.tf + a + b * len);
+                    match &mut current {
+                        Some((doc, sum)) if *doc == h.doc => *sum += s,
+                        _ => {
+                            if let Some((doc, sum)) = current {
+                                add(doc, sum);
+                            }
+                            current = Some((h.doc, s));
+                        }
+                    }
+                }
+                if let Some((doc, sum)) = current {
+                    add(doc, sum);
+                }
             }
             for doc in word_touched.drain(..) {
                 let i = doc as usize;
@@ -777,15 +1018,16 @@ impl TextIndex {
     /// already counted for this word is skipped (a per-document bit set of the
     /// first 64 fields, a hash set beyond). Sums are f64, rounded once at the
     /// end, so 6.6 + 6.6 reads 13.2 (as ekoDB's scores do), not 13.200001.
-    fn ekodb_scores(&self, plan: &Plan) -> Vec<(u32, f32)> {
+    fn ekodb_scores(&self, plan: &Plan, marks: &mut FieldMarks) -> Vec<(u32, f32)> {
         let n: u32 = plan.words.iter().map(|w| w.count).sum();
         let docs = self.docs.len();
         let mut acc = vec![0f64; docs];
         // Per doc: the word (1-based) its field bits belong to, and the bits.
         let mut seen: Vec<(u32, u64)> = vec![(0, 0); docs];
-        let mut seen_high: rustc_hash::FxHashSet<(u32, FieldId)> = Default::default();
+        let mut seen_high: FxHashSet<(u32, FieldId)> = Default::default();
         let mut touched: Vec<u32> = Vec::new();
         let mut order: Vec<(f64, &Entry)> = Vec::new();
+        let mut scratch = Scratch::default();
         for (w, word) in plan.words.iter().enumerate() {
             let stamp = w as u32 + 1;
             seen_high.clear();
@@ -806,165 +1048,36 @@ impl TextIndex {
                 } else {
                     f64::from(word.count) * m / f64::from(n)
                 };
-                self.for_each_posting(entry, &plan.fields, |p, _| {
-                    let d = p.doc as usize;
-                    let first = if p.field < 64 {
+                self.gather(entry, &plan.fields, &mut scratch);
+                for h in &scratch.hits {
+                    marks.mark(h.doc, h.field);
+                    let d = h.doc as usize;
+                    let first = if h.field < 64 {
                         let slot = &mut seen[d];
                         if slot.0 != stamp {
                             *slot = (stamp, 0);
                         }
-                        let bit = 1u64 << p.field;
+                        let bit = 1u64 << h.field;
                         let new = slot.1 & bit == 0;
                         slot.1 |= bit;
                         new
                     } else {
-                        seen_high.insert((p.doc, p.field))
+                        seen_high.insert((h.doc, h.field))
                     };
                     if first {
                         if acc[d] == 0.0 {
-                            touched.push(p.doc);
+                            touched.push(h.doc);
                         }
-                        let weight = f64::from(plan.fields[p.field as usize].coef);
+                        let weight = f64::from(plan.fields[h.field as usize].coef);
                         acc[d] += weight * per_field;
                     }
-                });
+                }
             }
         }
         touched
             .into_iter()
             .map(|doc| (doc, acc[doc as usize] as f32))
             .collect()
-    }
-
-    /// Names of the fields in which any entry of the plan has a live posting for `doc`.
-    fn matched_fields(&self, plan: &Plan, doc: u32) -> Vec<String> {
-        let mut fields: Vec<FieldId> = Vec::new();
-        for entry in plan.words.iter().flat_map(|w| &w.entries) {
-            let term = &self.terms[entry.term as usize];
-            for p in &term.postings[term.range_of(doc)] {
-                let weighted = plan
-                    .fields
-                    .get(p.field as usize)
-                    .is_some_and(|f| f.coef > 0.0);
-                if p.tf > 0 && weighted && self.tf_of(entry, p) > 0.0 {
-                    fields.push(p.field);
-                }
-            }
-        }
-        fields.sort_unstable();
-        fields.dedup();
-        let mut names: Vec<String> = fields
-            .into_iter()
-            .map(|f| self.fields[f as usize].name.to_string())
-            .collect();
-        names.sort_unstable();
-        names
-    }
-
-    /// The effective term frequency of posting `p` for `entry` (only the
-    /// case-sensitive lowercase entry subtracts the non-lowercase spellings).
-    fn tf_of(&self, entry: &Entry, p: &Posting) -> f32 {
-        let mut tf = f32::from(p.tf);
-        if let Some(upper) = entry.minus {
-            let upper = &self.terms[upper as usize];
-            let at = upper
-                .postings
-                .partition_point(|q| (q.doc, q.field) < (p.doc, p.field));
-            if let Some(q) = upper.postings.get(at) {
-                if q.doc == p.doc && q.field == p.field {
-                    tf -= f32::from(q.tf);
-                }
-            }
-        }
-        tf
-    }
-
-    /// Calls `out(doc, score)` once per document with a live posting in `entry`,
-    /// with the field-weighted BM25 sum times the entry's multiplier.
-    fn score_entry(&self, entry: &Entry, fields: &[FieldPlan], out: &mut dyn FnMut(u32, f32)) {
-        let term = &self.terms[entry.term as usize];
-        // Per-field constants: idf * weight * mult * (k1 + 1), and the norm terms.
-        let consts: Vec<(f32, f32, f32)> = fields
-            .iter()
-            .enumerate()
-            .map(|(f, fp)| {
-                if fp.coef <= 0.0 || fp.docs == 0 {
-                    return (0.0, 0.0, 0.0);
-                }
-                let df = term.df(f as FieldId) as f32;
-                let n = fp.docs as f32;
-                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                (
-                    idf * fp.coef * entry.mult * (BM25_K1 + 1.0),
-                    BM25_K1 * (1.0 - BM25_B),
-                    BM25_K1 * BM25_B / fp.avg_len,
-                )
-            })
-            .collect();
-        let mut current: Option<(u32, f32)> = None;
-        self.for_each_posting(entry, fields, |p, tf| {
-            let Some(&(c, a, b)) = consts.get(p.field as usize) else {
-                return;
-            };
-            let len = fields[p.field as usize]
-                .lens
-                .get(p.doc as usize)
-                .copied()
-                .unwrap_or(0) as f32;
-            let s = c * tf / (tf + a + b * len);
-            match &mut current {
-                Some((doc, sum)) if *doc == p.doc => *sum += s,
-                _ => {
-                    if let Some((doc, sum)) = current {
-                        out(doc, sum);
-                    }
-                    current = Some((p.doc, s));
-                }
-            }
-        });
-        if let Some((doc, sum)) = current {
-            out(doc, sum);
-        }
-    }
-
-    /// Calls `f(posting, tf)` for each live posting of `entry` in a field the
-    /// plan searches, in posting order, with its effective term frequency
-    /// (only the case-sensitive lowercase entry subtracts the non-lowercase
-    /// spellings; a posting left with none is skipped).
-    fn for_each_posting(
-        &self,
-        entry: &Entry,
-        fields: &[FieldPlan],
-        mut f: impl FnMut(&Posting, f32),
-    ) {
-        let term = &self.terms[entry.term as usize];
-        let mut upper_at = 0usize;
-        let upper = entry.minus.map(|t| &self.terms[t as usize].postings);
-        for p in &term.postings {
-            let searched = fields
-                .get(p.field as usize)
-                .is_some_and(|fp| fp.coef > 0.0 && fp.docs > 0);
-            if p.tf == 0 || !searched {
-                continue;
-            }
-            let mut tf = f32::from(p.tf);
-            if let Some(upper) = upper {
-                while upper_at < upper.len()
-                    && (upper[upper_at].doc, upper[upper_at].field) < (p.doc, p.field)
-                {
-                    upper_at += 1;
-                }
-                if let Some(q) = upper.get(upper_at) {
-                    if q.doc == p.doc && q.field == p.field {
-                        tf -= f32::from(q.tf);
-                    }
-                }
-                if tf <= 0.0 {
-                    continue;
-                }
-            }
-            f(p, tf);
-        }
     }
 
     /// Resolves the query into per-word posting entries and per-field constants.
@@ -1011,6 +1124,11 @@ impl TextIndex {
         let last = query_words.len().saturating_sub(1);
         let mut seen: FxHashMap<String, usize> = FxHashMap::default();
         let mut words: Vec<WordPlan> = Vec::new();
+        let live_folded = |key: &str| {
+            self.folded
+                .get(&self.terms, key)
+                .filter(|&t| self.is_live(t))
+        };
         for (i, (raw, folded)) in query_words.into_iter().enumerate() {
             let key = if query.case_sensitive { raw } else { &*folded };
             if let Some(&at) = seen.get(key) {
@@ -1019,45 +1137,49 @@ impl TextIndex {
             }
             seen.insert(key.to_string(), words.len());
             let mut entries = Vec::new();
-            let lookup = |space: usize, key: &str| self.dict[space].get(key).copied();
             if query.case_sensitive {
                 if raw != &*folded {
-                    if let Some(t) = lookup(NS_RAW, raw) {
-                        entries.push(Entry::new(t, Match::Exact));
+                    if let Some(t) = self.raw.get(&self.terms, raw) {
+                        entries.push(Entry::new(vec![t], Match::Exact));
                     }
-                } else if let Some(t) = lookup(NS_FOLD, raw) {
-                    let mut e = Entry::new(t, Match::Exact);
-                    e.minus = lookup(NS_UPPER, raw);
+                } else if let Some(t) = self.folded.get(&self.terms, raw) {
+                    let mut e = Entry::new(vec![t], Match::Exact);
+                    e.minus = true;
                     entries.push(e);
                 }
             } else {
-                let stem = stemming.then(|| self.analyzer.stem(&folded));
-                let primary = match &stem {
-                    Some(stem) => lookup(NS_STEM, stem),
-                    None => lookup(NS_FOLD, &folded),
+                // The word's stem group (stemming) or the word itself.
+                let stem = stemming
+                    .then(|| {
+                        self.stem_dict
+                            .get(&self.stems, &self.analyzer.stem(&folded))
+                    })
+                    .flatten();
+                let primary = match stem {
+                    Some(sid) => self.stem_members(sid),
+                    None if stemming => Vec::new(),
+                    None => live_folded(&folded).into_iter().collect(),
                 };
-                entries.extend(primary.map(|t| Entry::new(t, Match::Exact)));
+                let found = primary.iter().any(|&t| self.is_live(t));
+                if found {
+                    entries.push(Entry::new(primary, Match::Exact));
+                }
                 // The last word may be cut short by someone typing; an earlier
                 // word is completed only when it is not a word of the index.
                 let completes = if i == last {
                     folded.chars().count() >= MIN_LAST_PREFIX_CHARS
                 } else {
-                    primary.is_none() && folded.chars().count() >= MIN_PREFIX_CHARS
+                    !found && folded.chars().count() >= MIN_PREFIX_CHARS
                 };
                 if prefix && completes {
-                    self.prefix_entries(&folded, stem.as_deref(), &mut entries);
+                    self.prefix_entries(&folded, stem, &mut entries);
                 }
                 if fuzzy {
-                    self.fuzzy_entries(
-                        &folded,
-                        query.max_edit_distance,
-                        stem.as_deref(),
-                        &mut entries,
-                    );
+                    self.fuzzy_entries(&folded, query.max_edit_distance, stem, &mut entries);
                 }
                 if query.boost_exact && (stemming || fuzzy || prefix) {
-                    if let Some(t) = lookup(NS_FOLD, &folded) {
-                        entries.push(Entry::new(t, Match::ExactBonus));
+                    if let Some(t) = live_folded(&folded) {
+                        entries.push(Entry::new(vec![t], Match::ExactBonus));
                     }
                 }
             }
@@ -1070,31 +1192,39 @@ impl TextIndex {
     /// The most frequent longer terms that begin with `folded` (a bounded walk
     /// of the dictionary), except forms with the query's own stem (already
     /// matched exactly).
-    fn prefix_entries(&self, folded: &str, stem: Option<&str>, entries: &mut Vec<Entry>) {
+    fn prefix_entries(&self, folded: &str, stem: Option<StemId>, entries: &mut Vec<Entry>) {
         let mut found: Vec<TermId> = Vec::new();
         self.fuzzy.prefixed(folded, PREFIX_SCAN, &mut |term| {
-            let tid = self.dict[NS_FOLD].get(term).copied();
+            let tid = self
+                .folded
+                .get(&self.terms, term)
+                .filter(|&t| self.is_live(t));
             found.extend(tid);
             tid.is_some()
         });
         found.sort_unstable();
         found.dedup();
-        found.retain(|&tid| {
-            stem.is_none_or(|s| self.analyzer.stem(&self.terms[tid as usize].key) != s)
-        });
+        found.retain(|&tid| stem.is_none_or(|s| self.terms[tid as usize].stem != s));
         found.sort_unstable_by(|&a, &b| {
             let (ta, tb) = (&self.terms[a as usize], &self.terms[b as usize]);
-            tb.live().cmp(&ta.live()).then(ta.key.cmp(&tb.key))
+            tb.postings
+                .len()
+                .cmp(&ta.postings.len())
+                .then(ta.key.cmp(&tb.key))
         });
         found.truncate(MAX_PREFIX_EXPANSIONS);
-        entries.extend(found.into_iter().map(|tid| Entry::new(tid, Match::Prefix)));
+        entries.extend(
+            found
+                .into_iter()
+                .map(|tid| Entry::new(vec![tid], Match::Prefix)),
+        );
     }
 
     fn fuzzy_entries(
         &self,
         folded: &str,
         max_distance: u8,
-        stem: Option<&str>,
+        stem: Option<StemId>,
         entries: &mut Vec<Entry>,
     ) {
         let chars = folded.chars().count();
@@ -1109,7 +1239,7 @@ impl TextIndex {
             if d == 0 {
                 return;
             }
-            if let Some(&tid) = self.dict[NS_FOLD].get(term) {
+            if let Some(tid) = self.folded.get(&self.terms, term) {
                 let best = found.entry(tid).or_insert(d);
                 *best = (*best).min(d);
             }
@@ -1118,20 +1248,20 @@ impl TextIndex {
             .into_iter()
             .filter(|&(tid, _)| {
                 // Forms with the query's stem are already matched by the stem entry.
-                stem.is_none_or(|s| self.analyzer.stem(&self.terms[tid as usize].key) != s)
+                stem.is_none_or(|s| self.terms[tid as usize].stem != s) && self.is_live(tid)
             })
             .collect();
         found.sort_unstable_by(|a, b| {
             let (ta, tb) = (&self.terms[a.0 as usize], &self.terms[b.0 as usize]);
             a.1.cmp(&b.1)
-                .then(tb.live().cmp(&ta.live()))
+                .then(tb.postings.len().cmp(&ta.postings.len()))
                 .then(ta.key.cmp(&tb.key))
         });
         found.truncate(MAX_FUZZY_EXPANSIONS);
         entries.extend(
             found
                 .into_iter()
-                .map(|(tid, d)| Entry::new(tid, Match::Typo(d.min(2)))),
+                .map(|(tid, d)| Entry::new(vec![tid], Match::Typo(d.min(2)))),
         );
     }
 }
@@ -1179,24 +1309,27 @@ impl Match {
     }
 }
 
+/// Posting lists that match a query word one way, read as one list.
 struct Entry {
-    term: TermId,
+    /// One word, or the words of a stem group (their tfs summed per field).
+    terms: Vec<TermId>,
     kind: Match,
     mult: f32,
     /// Added to the word's score instead of competing for its maximum.
     additive: bool,
-    /// Subtract this term's tf (case-sensitive match of a lowercase word).
-    minus: Option<TermId>,
+    /// Subtract the non-lowercase spellings from each tf (a case-sensitive
+    /// match of a lowercase word).
+    minus: bool,
 }
 
 impl Entry {
-    fn new(term: TermId, kind: Match) -> Entry {
+    fn new(terms: Vec<TermId>, kind: Match) -> Entry {
         Entry {
-            term,
+            terms,
             kind,
             mult: kind.mult(),
             additive: kind == Match::ExactBonus,
-            minus: None,
+            minus: false,
         }
     }
 }
