@@ -2,26 +2,30 @@
 //!
 //! # What is indexed
 //!
-//! Every word of every field (see [`crate::analyzer`]) is recorded under up to four
-//! term spaces, each a map from a term string to a posting list:
+//! Every word of every field (see [`crate::analyzer`]) is recorded as its
+//! folded form (`lowercase(word)`), and, when it has uppercase, also as
+//! written (for case-sensitive queries). The folded posting also counts how
+//! many of the occurrences were not written in lowercase, so a case-sensitive
+//! query for `rust` counts only the lowercase ones.
 //!
-//! | space | key | when | used by |
-//! |---|---|---|---|
-//! | stem  | `stem(lowercase(word))` | the analyzer has a language | stemmed queries |
-//! | fold  | `lowercase(word)` | always | unstemmed and fuzzy queries, `boost_exact` |
-//! | raw   | the word as written | only if it has uppercase | case-sensitive queries |
-//! | upper | `lowercase(word)` | count of non-lowercase spellings | case-sensitive lowercase queries |
+//! Postings live in **groups**: with a language, all folded words with one stem
+//! share a group (`running`, `runs` and `run`); without one, and for words as
+//! written, each word is its own group. A posting is `(seq, field, tf, upper,
+//! member)`, `member` saying which word of the group it counts, and a group's
+//! postings of one document version and field lie together. So a stemmed
+//! lookup reads one list and sums per (version, field) as it goes, and an
+//! unstemmed, typo or prefix lookup reads the same list keeping one member.
+//! There is no separate list per stem: that would store every word twice.
 //!
-//! The "upper" space makes case-sensitive matching exact without storing every
-//! word twice: the number of times a document writes `rust` in lowercase is its
-//! `fold` count minus its `upper` count.
-//!
-//! A posting is `(doc, field, tf)` (8 bytes) and a posting list is sorted by
-//! `(doc, field)`. Removing a document turns its postings into tombstones (`tf = 0`)
-//! found by binary search through the document's term list (a forward index); a
-//! list is compacted when its tombstones outnumber its live postings, and a term
-//! with no live posting left is dropped from the dictionary. Search skips
-//! tombstones, so a removed or replaced document never produces a hit.
+//! A list is varint-encoded and append-only (`text/postings.rs`): every write of a
+//! document takes a fresh sequence number, higher than all before, so new
+//! postings go at the end. Removing or replacing a document marks its old
+//! sequence number dead; search skips dead postings, and document frequencies
+//! are counted from the live postings as a query reads them, so they stay
+//! exact. When dead versions outnumber live documents, every list is rewritten
+//! without them and the words left with no posting are dropped, so the index
+//! never holds much more than twice its live postings, and removals need no
+//! forward index (which would cost as much memory as the postings).
 //!
 //! # Scoring
 //!
@@ -243,21 +247,23 @@ use postings::{Posting, PostingList};
 
 type TermId = u32;
 type FieldId = u16;
-type StemId = u32;
+type GroupId = u32;
 
-/// No term, no stem, or (in [`TextIndex::seqs`]) a removed document version.
+/// No group, or (in [`TextIndex::seqs`]) a removed document version.
 const NONE: u32 = u32::MAX;
 
+/// A folded word, or a word as written (with uppercase).
 struct Term {
     key: Box<str>,
-    postings: PostingList,
-    /// A word as written (with uppercase), not a folded word.
+    /// The group whose list holds this word's postings.
+    group: GroupId,
+    /// The word's number in its group's postings.
+    member: u32,
+    /// Its postings, those of removed versions included (to rank completions
+    /// and typo variants by frequency).
+    count: u32,
+    /// A word as written, not a folded word.
     raw: bool,
-    /// For a folded word: its stem's group (`NONE` when the index has no
-    /// language).
-    stem: StemId,
-    /// The next folded word of the same stem group (`NONE` at the end).
-    next_in_stem: TermId,
 }
 
 impl Keyed for Term {
@@ -266,15 +272,20 @@ impl Keyed for Term {
     }
 }
 
-/// The folded words that share a stem: a chain through [`Term::next_in_stem`].
-struct Stem {
-    key: Box<str>,
-    head: TermId,
+/// One posting list, shared by the folded words with one stem (an index with
+/// a language), or of one word (a folded word without a language, or a word as
+/// written).
+struct Group {
+    /// The stem, for a stem group.
+    stem: Option<Box<str>>,
+    postings: PostingList,
+    /// Member numbers given out so far.
+    members: u32,
 }
 
-impl Keyed for Stem {
+impl Keyed for Group {
     fn key(&self) -> &str {
-        &self.key
+        self.stem.as_deref().unwrap_or("")
     }
 }
 
@@ -302,10 +313,12 @@ pub struct TextIndex {
     fields: Vec<Field>,
     field_ids: FxHashMap<Box<str>, FieldId>,
     terms: Vec<Term>,
+    /// Folded words and words as written, by key.
     folded: Dict,
     raw: Dict,
-    stems: Vec<Stem>,
-    stem_dict: Dict,
+    groups: Vec<Group>,
+    /// Stem groups by stem.
+    stems: Dict,
     docs: Vec<Option<DocEntry>>,
     /// Sequence number -> doc id, `NONE` once that version is removed or replaced.
     seqs: Vec<u32>,
@@ -348,13 +361,6 @@ struct Scratch {
     hits: Vec<Hit>,
     /// The entry's document frequency, by field.
     df: Vec<u32>,
-    /// A stem group's union: by sequence number, the first node of its
-    /// chain (`NONE` when untouched; reset after each use).
-    first: Vec<u32>,
-    /// Chain nodes: a (version, field) posting and the next node.
-    nodes: Vec<(Posting, u32)>,
-    /// The sequence numbers with a chain, in first-seen order.
-    touched: Vec<u32>,
 }
 
 /// A live posting of a plan entry, as scoring reads it.
@@ -410,8 +416,8 @@ impl TextIndex {
             terms: Vec::new(),
             folded: Dict::default(),
             raw: Dict::default(),
-            stems: Vec::new(),
-            stem_dict: Dict::default(),
+            groups: Vec::new(),
+            stems: Dict::default(),
             docs: Vec::new(),
             seqs: Vec::new(),
             dead_seqs: 0,
@@ -477,32 +483,50 @@ impl TextIndex {
         let seq = self.seqs.len() as u32;
         self.seqs.push(doc.0);
         let mut doc_fields: Vec<(FieldId, u32)> = Vec::with_capacity(per_field.len());
+        // (group, member, term, tf, upper) of one field's folded words.
+        let mut row: Vec<(GroupId, u32, TermId, u32, u32)> = Vec::new();
         for (field, counts) in &per_field {
             let field = *field;
             doc_fields.push((field, counts.len));
+            row.clear();
             for (folded, &(tf, upper)) in &counts.folded {
                 let tid = match self.folded.get(&self.terms, folded) {
                     Some(tid) => tid,
                     None => self.new_folded_term(folded),
                 };
-                self.terms[tid as usize].postings.push(Posting {
-                    seq,
-                    field,
-                    tf,
-                    upper,
-                });
+                let term = &self.terms[tid as usize];
+                row.push((term.group, term.member, tid, tf, upper));
+            }
+            // A group's postings of one version and field lie together, so
+            // a stemmed lookup sums them as it reads.
+            row.sort_unstable_by_key(|r| (r.0, r.1));
+            for &(group, member, tid, tf, upper) in &row {
+                self.push(
+                    group,
+                    tid,
+                    Posting {
+                        seq,
+                        field,
+                        tf,
+                        upper,
+                        member,
+                    },
+                );
             }
             for (raw, &tf) in &counts.raw {
                 let tid = match self.raw.get(&self.terms, raw) {
                     Some(tid) => tid,
                     None => self.new_raw_term(raw),
                 };
-                self.terms[tid as usize].postings.push(Posting {
+                let group = self.terms[tid as usize].group;
+                let p = Posting {
                     seq,
                     field,
                     tf,
                     upper: 0,
-                });
+                    member: 0,
+                };
+                self.push(group, tid, p);
             }
         }
 
@@ -536,16 +560,19 @@ impl TextIndex {
         load(self);
         let (folded, terms) = (&self.folded, &self.terms);
         self.fuzzy.end_bulk(&|t| folded.get(terms, t).is_some());
-        for term in &mut self.terms {
-            term.postings.shrink_to_fit();
+        for group in &mut self.groups {
+            group.postings.shrink_to_fit();
         }
+        self.groups.shrink_to_fit();
+        self.terms.shrink_to_fit();
+        self.seqs.shrink_to_fit();
     }
 
     /// Removes `doc`; returns whether it was indexed.
     ///
     /// Its postings stay in their lists, skipped by search (their sequence
     /// number is dead), until removed versions outnumber live documents; then
-    /// [`TextIndex::compact`] rewrites every list without them. So the index
+    /// every list is rewritten without them. So the index
     /// holds at most about twice its live postings, and a removal costs
     /// amortised time proportional to the postings it leaves behind.
     pub fn remove(&mut self, doc: DocId) -> bool {
@@ -588,50 +615,71 @@ impl TextIndex {
         self.seqs = seqs;
         self.dead_seqs = 0;
 
+        // Each group's list without the dead versions, its surviving members
+        // renumbered in order; then the terms of surviving members.
+        let old_groups = std::mem::take(&mut self.groups);
+        let mut new_group = vec![NONE; old_groups.len()];
+        // Per old group: old member -> (new member, live postings).
+        let mut members: Vec<Vec<(u32, u32)>> = Vec::with_capacity(old_groups.len());
+        self.stems = Dict::default();
+        for (old, group) in old_groups.into_iter().enumerate() {
+            let mut map = vec![(NONE, 0u32); group.members as usize];
+            let live = |p: &Posting| renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+            for p in group.postings.iter() {
+                if let Some(m) = map.get_mut(p.member as usize).filter(|_| live(&p) != NONE) {
+                    m.1 += 1;
+                }
+            }
+            let mut next = 0;
+            for m in &mut map {
+                if m.1 > 0 {
+                    m.0 = next;
+                    next += 1;
+                }
+            }
+            if next > 0 {
+                let mut postings = PostingList::default();
+                for p in group.postings.iter() {
+                    let seq = live(&p);
+                    if seq != NONE {
+                        let member = map[p.member as usize].0;
+                        postings.push(Posting { seq, member, ..p });
+                    }
+                }
+                postings.shrink_to_fit();
+                new_group[old] = self.groups.len() as GroupId;
+                let is_stem = group.stem.is_some();
+                self.groups.push(Group {
+                    stem: group.stem,
+                    postings,
+                    members: next,
+                });
+                if is_stem {
+                    self.stems.insert(&self.groups, new_group[old]);
+                }
+            }
+            members.push(map);
+        }
         let old_terms = std::mem::take(&mut self.terms);
-        let mut old_stems: Vec<Option<Stem>> = std::mem::take(&mut self.stems)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut stem_ids = vec![NONE; old_stems.len()];
         self.folded = Dict::default();
         self.raw = Dict::default();
-        self.stem_dict = Dict::default();
         for term in old_terms {
-            let mut postings = PostingList::default();
-            for p in term.postings.iter() {
-                let seq = renumber.get(p.seq as usize).copied().unwrap_or(NONE);
-                if seq != NONE {
-                    postings.push(Posting { seq, ..p });
-                }
-            }
-            if postings.len() == 0 {
+            let g = term.group as usize;
+            let Some(&(member, count)) = members[g].get(term.member as usize) else {
+                continue;
+            };
+            if count == 0 {
                 continue;
             }
-            postings.shrink_to_fit();
             let tid = self.terms.len() as TermId;
-            let mut stem = NONE;
-            let mut next_in_stem = NONE;
-            if let Some(old) = (term.stem != NONE).then_some(term.stem as usize) {
-                if stem_ids[old] == NONE {
-                    let key = old_stems[old].take().map_or_else(|| "".into(), |s| s.key);
-                    stem_ids[old] = self.stems.len() as StemId;
-                    self.stems.push(Stem { key, head: NONE });
-                    self.stem_dict.insert(&self.stems, stem_ids[old]);
-                }
-                stem = stem_ids[old];
-                let group = &mut self.stems[stem as usize];
-                next_in_stem = group.head;
-                group.head = tid;
-            }
+            let raw = term.raw;
             self.terms.push(Term {
-                key: term.key,
-                postings,
-                raw: term.raw,
-                stem,
-                next_in_stem,
+                group: new_group[g],
+                member,
+                count,
+                ..term
             });
-            if term.raw {
+            if raw {
                 self.raw.insert(&self.terms, tid);
             } else {
                 self.folded.insert(&self.terms, tid);
@@ -655,38 +703,55 @@ impl TextIndex {
         id
     }
 
+    /// Appends `p` to `group`'s list, as a posting of `term`.
+    fn push(&mut self, group: GroupId, term: TermId, p: Posting) {
+        self.groups[group as usize].postings.push(p);
+        let term = &mut self.terms[term as usize];
+        term.count = term.count.saturating_add(1);
+    }
+
+    fn new_group(&mut self, stem: Option<Box<str>>) -> GroupId {
+        let gid = self.groups.len() as GroupId;
+        let is_stem = stem.is_some();
+        self.groups.push(Group {
+            stem,
+            postings: PostingList::default(),
+            members: 0,
+        });
+        if is_stem {
+            self.stems.insert(&self.groups, gid);
+        }
+        gid
+    }
+
+    fn new_term(&mut self, key: &str, group: GroupId, raw: bool) -> TermId {
+        let g = &mut self.groups[group as usize];
+        let member = g.members;
+        g.members += 1;
+        self.terms.push(Term {
+            key: key.into(),
+            group,
+            member,
+            count: 0,
+            raw,
+        });
+        (self.terms.len() - 1) as TermId
+    }
+
     /// Adds a folded word to the dictionary, its stem group and the typo and
     /// prefix dictionary. Stemming is the costliest step of indexing: it runs
     /// once per distinct word, here.
     fn new_folded_term(&mut self, key: &str) -> TermId {
-        let tid = self.terms.len() as TermId;
-        let mut stem = NONE;
-        let mut next_in_stem = NONE;
-        if self.analyzer.language().is_some() {
-            let stem_key = self.analyzer.stem(key);
-            stem = match self.stem_dict.get(&self.stems, &stem_key) {
-                Some(sid) => sid,
-                None => {
-                    let sid = self.stems.len() as StemId;
-                    self.stems.push(Stem {
-                        key: stem_key.into(),
-                        head: NONE,
-                    });
-                    self.stem_dict.insert(&self.stems, sid);
-                    sid
-                }
-            };
-            let group = &mut self.stems[stem as usize];
-            next_in_stem = group.head;
-            group.head = tid;
-        }
-        self.terms.push(Term {
-            key: key.into(),
-            postings: PostingList::default(),
-            raw: false,
-            stem,
-            next_in_stem,
-        });
+        let group = if self.analyzer.language().is_some() {
+            let stem = self.analyzer.stem(key);
+            match self.stems.get(&self.groups, &stem) {
+                Some(gid) => gid,
+                None => self.new_group(Some(stem.into())),
+            }
+        } else {
+            self.new_group(None)
+        };
+        let tid = self.new_term(key, group, false);
         self.folded.insert(&self.terms, tid);
         let (folded, terms) = (&self.folded, &self.terms);
         self.fuzzy.insert(key, &|t| folded.get(terms, t).is_some());
@@ -694,50 +759,45 @@ impl TextIndex {
     }
 
     fn new_raw_term(&mut self, key: &str) -> TermId {
-        let tid = self.terms.len() as TermId;
-        self.terms.push(Term {
-            key: key.into(),
-            postings: PostingList::default(),
-            raw: true,
-            stem: NONE,
-            next_in_stem: NONE,
-        });
+        let group = self.new_group(None);
+        let tid = self.new_term(key, group, true);
         self.raw.insert(&self.terms, tid);
         tid
     }
 
-    /// True when `tid` has a posting of a live document version.
-    fn is_live(&self, tid: TermId) -> bool {
-        self.terms[tid as usize]
-            .postings
-            .iter()
-            .any(|p| self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE))
+    /// True when `entry` has a posting of a live document version.
+    fn is_live(&self, entry: &Entry) -> bool {
+        let group = &self.groups[entry.group as usize];
+        if self.dead_seqs == 0 {
+            // Every posting is live, and every word has one.
+            return !group.postings.is_empty();
+        }
+        group.postings.iter().any(|p| {
+            entry.member.is_none_or(|m| p.member == m)
+                && self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE)
+        })
     }
 
-    /// The folded words with the stem `stem`.
-    fn stem_members(&self, stem: StemId) -> Vec<TermId> {
-        let mut out = Vec::new();
-        let mut at = self.stems[stem as usize].head;
-        while at != NONE {
-            out.push(at);
-            at = self.terms[at as usize].next_in_stem;
-        }
-        out
+    /// The entry reading `term`'s postings.
+    fn word(&self, term: TermId, kind: Match) -> Entry {
+        let t = &self.terms[term as usize];
+        let alone = self.groups[t.group as usize].members == 1;
+        Entry::new(t.group, (!alone).then_some(t.member), kind)
     }
 
     /// Approximate heap memory of the index in bytes (capacities, not lengths).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let terms: usize = self
-            .terms
-            .iter()
-            .map(|t| t.key.len() + t.postings.capacity())
-            .sum::<usize>()
+        let terms: usize = self.terms.iter().map(|t| t.key.len()).sum::<usize>()
             + self.terms.capacity() * size_of::<Term>();
-        let stems: usize = self.stems.iter().map(|s| s.key.len()).sum::<usize>()
-            + self.stems.capacity() * size_of::<Stem>();
+        let groups: usize = self
+            .groups
+            .iter()
+            .map(|g| g.key().len() + g.postings.capacity())
+            .sum::<usize>()
+            + self.groups.capacity() * size_of::<Group>();
         let dicts =
-            self.folded.memory_bytes() + self.raw.memory_bytes() + self.stem_dict.memory_bytes();
+            self.folded.memory_bytes() + self.raw.memory_bytes() + self.stems.memory_bytes();
         let docs: usize = self
             .docs
             .iter()
@@ -752,7 +812,7 @@ impl TextIndex {
             .iter()
             .map(|f| f.name.len() * 2 + f.lens.capacity() * 4 + size_of::<Field>() + map_entry)
             .sum();
-        terms + stems + dicts + docs + fields + self.fuzzy.memory_bytes()
+        terms + groups + dicts + docs + fields + self.fuzzy.memory_bytes()
     }
 
     /// Runs `query`; `accept` is the caller's pre-filter (called once for each
@@ -831,29 +891,16 @@ impl TextIndex {
     /// each tf (a posting left with none is dropped, but still counts in the
     /// document frequency).
     fn gather(&self, entry: &Entry, fields: &[FieldPlan], scratch: &mut Scratch) {
-        let Scratch {
-            hits,
-            df,
-            first,
-            nodes,
-            touched,
-        } = scratch;
+        let Scratch { hits, df } = scratch;
         hits.clear();
+        hits.reserve(self.groups[entry.group as usize].postings.max_len());
         df.clear();
         df.resize(fields.len(), 0);
-        let searched = |f: FieldId| {
-            fields
-                .get(f as usize)
-                .is_some_and(|fp| fp.coef > 0.0 && fp.docs > 0)
-        };
-        // The document of a live posting.
-        let doc_of = |p: &Posting| {
-            self.seqs
-                .get(p.seq as usize)
-                .copied()
-                .filter(|&d| d != NONE && searched(p.field))
-        };
-        let mut take = |p: Posting, doc: u32| {
+        let mut emit = |p: Posting| {
+            let doc = self.seqs.get(p.seq as usize).copied().unwrap_or(NONE);
+            if doc == NONE {
+                return;
+            }
             df[p.field as usize] += 1;
             let tf = if entry.minus {
                 p.tf.saturating_sub(p.upper)
@@ -868,62 +915,42 @@ impl TextIndex {
                 });
             }
         };
-        if let [tid] = entry.terms[..] {
-            for p in self.terms[tid as usize].postings.iter() {
-                if let Some(doc) = doc_of(&p) {
-                    take(p, doc);
-                }
+        // A stem group's words' postings of one (version, field) lie
+        // together: they are summed as they come.
+        let postings = &self.groups[entry.group as usize].postings;
+        let mut pending: Option<Posting> = None;
+        let searched = |f: FieldId| {
+            fields
+                .get(f as usize)
+                .is_some_and(|fp| fp.coef > 0.0 && fp.docs > 0)
+        };
+        // Bit f: field f (< 64) is searched.
+        let mask = (0..fields.len().min(64) as FieldId)
+            .filter(|&f| searched(f))
+            .fold(0u64, |m, f| m | 1 << f);
+        for p in postings.iter() {
+            let searched = if p.field < 64 {
+                mask & (1 << p.field) != 0
+            } else {
+                searched(p.field)
+            };
+            if !searched || entry.member.is_some_and(|m| p.member != m) {
+                continue;
             }
-            return;
-        }
-        // A stem group: its words' lists are summed per (version, field)
-        // through a chain per version, fields in order, so a version's
-        // postings come out together.
-        if first.len() < self.seqs.len() {
-            first.resize(self.seqs.len(), NONE);
-        }
-        nodes.clear();
-        touched.clear();
-        for &tid in &entry.terms {
-            for p in self.terms[tid as usize].postings.iter() {
-                if doc_of(&p).is_none() {
-                    continue;
-                }
-                let head = &mut first[p.seq as usize];
-                let fresh = nodes.len() as u32;
-                if *head == NONE {
-                    touched.push(p.seq);
-                    *head = fresh;
-                    nodes.push((p, NONE));
-                    continue;
-                }
-                // Find the node of this field, or where it goes.
-                let (mut prev, mut at) = (NONE, *head);
-                while at != NONE && nodes[at as usize].0.field < p.field {
-                    prev = at;
-                    at = nodes[at as usize].1;
-                }
-                if at != NONE && nodes[at as usize].0.field == p.field {
-                    let q = &mut nodes[at as usize].0;
+            match &mut pending {
+                Some(q) if q.seq == p.seq && q.field == p.field => {
                     q.tf = q.tf.saturating_add(p.tf);
                     q.upper = q.upper.saturating_add(p.upper);
-                    continue;
                 }
-                nodes.push((p, at));
-                if prev == NONE {
-                    *head = fresh;
-                } else {
-                    nodes[prev as usize].1 = fresh;
+                _ => {
+                    if let Some(q) = pending.replace(p) {
+                        emit(q);
+                    }
                 }
             }
         }
-        for &seq in touched.iter() {
-            let mut at = std::mem::replace(&mut first[seq as usize], NONE);
-            while at != NONE {
-                let (p, next) = nodes[at as usize];
-                take(p, self.seqs[seq as usize]);
-                at = next;
-            }
+        if let Some(q) = pending {
+            emit(q);
         }
     }
 
@@ -1124,10 +1151,10 @@ impl TextIndex {
         let last = query_words.len().saturating_sub(1);
         let mut seen: FxHashMap<String, usize> = FxHashMap::default();
         let mut words: Vec<WordPlan> = Vec::new();
-        let live_folded = |key: &str| {
-            self.folded
-                .get(&self.terms, key)
-                .filter(|&t| self.is_live(t))
+        // The live folded word `key`, read with `kind`.
+        let folded_word = |key: &str, kind: Match| {
+            let t = self.folded.get(&self.terms, key)?;
+            Some(self.word(t, kind)).filter(|e| self.is_live(e))
         };
         for (i, (raw, folded)) in query_words.into_iter().enumerate() {
             let key = if query.case_sensitive { raw } else { &*folded };
@@ -1140,30 +1167,26 @@ impl TextIndex {
             if query.case_sensitive {
                 if raw != &*folded {
                     if let Some(t) = self.raw.get(&self.terms, raw) {
-                        entries.push(Entry::new(vec![t], Match::Exact));
+                        entries.push(self.word(t, Match::Exact));
                     }
                 } else if let Some(t) = self.folded.get(&self.terms, raw) {
-                    let mut e = Entry::new(vec![t], Match::Exact);
+                    let mut e = self.word(t, Match::Exact);
                     e.minus = true;
                     entries.push(e);
                 }
             } else {
                 // The word's stem group (stemming) or the word itself.
                 let stem = stemming
-                    .then(|| {
-                        self.stem_dict
-                            .get(&self.stems, &self.analyzer.stem(&folded))
-                    })
+                    .then(|| self.stems.get(&self.groups, &self.analyzer.stem(&folded)))
                     .flatten();
                 let primary = match stem {
-                    Some(sid) => self.stem_members(sid),
-                    None if stemming => Vec::new(),
-                    None => live_folded(&folded).into_iter().collect(),
+                    Some(group) => Some(Entry::new(group, None, Match::Exact)),
+                    None if stemming => None,
+                    None => folded_word(&folded, Match::Exact),
                 };
-                let found = primary.iter().any(|&t| self.is_live(t));
-                if found {
-                    entries.push(Entry::new(primary, Match::Exact));
-                }
+                let primary = primary.filter(|e| self.is_live(e));
+                let found = primary.is_some();
+                entries.extend(primary);
                 // The last word may be cut short by someone typing; an earlier
                 // word is completed only when it is not a word of the index.
                 let completes = if i == last {
@@ -1178,9 +1201,7 @@ impl TextIndex {
                     self.fuzzy_entries(&folded, query.max_edit_distance, stem, &mut entries);
                 }
                 if query.boost_exact && (stemming || fuzzy || prefix) {
-                    if let Some(t) = live_folded(&folded) {
-                        entries.push(Entry::new(vec![t], Match::ExactBonus));
-                    }
+                    entries.extend(folded_word(&folded, Match::ExactBonus));
                 }
             }
             // A word with no entry still counts in the coordination factor.
@@ -1192,39 +1213,32 @@ impl TextIndex {
     /// The most frequent longer terms that begin with `folded` (a bounded walk
     /// of the dictionary), except forms with the query's own stem (already
     /// matched exactly).
-    fn prefix_entries(&self, folded: &str, stem: Option<StemId>, entries: &mut Vec<Entry>) {
+    fn prefix_entries(&self, folded: &str, stem: Option<GroupId>, entries: &mut Vec<Entry>) {
         let mut found: Vec<TermId> = Vec::new();
         self.fuzzy.prefixed(folded, PREFIX_SCAN, &mut |term| {
             let tid = self
                 .folded
                 .get(&self.terms, term)
-                .filter(|&t| self.is_live(t));
+                .filter(|&t| self.is_live(&self.word(t, Match::Prefix)));
             found.extend(tid);
             tid.is_some()
         });
         found.sort_unstable();
         found.dedup();
-        found.retain(|&tid| stem.is_none_or(|s| self.terms[tid as usize].stem != s));
+        found.retain(|&tid| stem.is_none_or(|s| self.terms[tid as usize].group != s));
         found.sort_unstable_by(|&a, &b| {
             let (ta, tb) = (&self.terms[a as usize], &self.terms[b as usize]);
-            tb.postings
-                .len()
-                .cmp(&ta.postings.len())
-                .then(ta.key.cmp(&tb.key))
+            tb.count.cmp(&ta.count).then(ta.key.cmp(&tb.key))
         });
         found.truncate(MAX_PREFIX_EXPANSIONS);
-        entries.extend(
-            found
-                .into_iter()
-                .map(|tid| Entry::new(vec![tid], Match::Prefix)),
-        );
+        entries.extend(found.into_iter().map(|tid| self.word(tid, Match::Prefix)));
     }
 
     fn fuzzy_entries(
         &self,
         folded: &str,
         max_distance: u8,
-        stem: Option<StemId>,
+        stem: Option<GroupId>,
         entries: &mut Vec<Entry>,
     ) {
         let chars = folded.chars().count();
@@ -1248,20 +1262,21 @@ impl TextIndex {
             .into_iter()
             .filter(|&(tid, _)| {
                 // Forms with the query's stem are already matched by the stem entry.
-                stem.is_none_or(|s| self.terms[tid as usize].stem != s) && self.is_live(tid)
+                stem.is_none_or(|s| self.terms[tid as usize].group != s)
+                    && self.is_live(&self.word(tid, Match::Typo(1)))
             })
             .collect();
         found.sort_unstable_by(|a, b| {
             let (ta, tb) = (&self.terms[a.0 as usize], &self.terms[b.0 as usize]);
             a.1.cmp(&b.1)
-                .then(tb.postings.len().cmp(&ta.postings.len()))
+                .then(tb.count.cmp(&ta.count))
                 .then(ta.key.cmp(&tb.key))
         });
         found.truncate(MAX_FUZZY_EXPANSIONS);
         entries.extend(
             found
                 .into_iter()
-                .map(|(tid, d)| Entry::new(vec![tid], Match::Typo(d.min(2)))),
+                .map(|(tid, d)| self.word(tid, Match::Typo(d.min(2)))),
         );
     }
 }
@@ -1309,10 +1324,12 @@ impl Match {
     }
 }
 
-/// Posting lists that match a query word one way, read as one list.
+/// A posting list that matches a query word one way.
 struct Entry {
-    /// One word, or the words of a stem group (their tfs summed per field).
-    terms: Vec<TermId>,
+    group: GroupId,
+    /// Only this word of the group (`None`: all of them, their tfs summed
+    /// per field).
+    member: Option<u32>,
     kind: Match,
     mult: f32,
     /// Added to the word's score instead of competing for its maximum.
@@ -1323,9 +1340,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(terms: Vec<TermId>, kind: Match) -> Entry {
+    fn new(group: GroupId, member: Option<u32>, kind: Match) -> Entry {
         Entry {
-            terms,
+            group,
+            member,
             kind,
             mult: kind.mult(),
             additive: kind == Match::ExactBonus,

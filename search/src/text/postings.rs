@@ -1,22 +1,25 @@
 //! Compressed posting lists: the occurrences of one term, in the order the
 //! documents were written.
 //!
-//! A posting says that the document version numbered `seq` has the term `tf`
-//! times in `field`, `upper` of them not written in lowercase. Sequence numbers
+//! A posting says that the document version numbered `seq` has the word
+//! numbered `member` of the list's group (see [`crate::text`]) `tf` times in
+//! `field`, `upper` of them not written in lowercase. Sequence numbers
 //! only grow (every write of a document takes a fresh one, see
 //! [`crate::text::TextIndex`]), so a list is only ever appended to and each
 //! posting is stored as small varints:
 //!
 //! ```text
-//! varint(seq - previous seq)                      -- 0 for another field of the same version
-//! varint(field << 4 | tf_small << 1 | has_upper)  -- tf_small = tf when 1..=7, else 0
-//! [varint(tf)]                                    -- when tf_small = 0
-//! [varint(upper)]                                 -- when has_upper
+//! varint(seq - previous seq)   -- 0 for another posting of the same version
+//! varint(field << 5 | tf_small << 2 | has_upper << 1 | has_member)
+//!                              -- tf_small = tf when 1..=7, else 0
+//! [varint(tf)]                 -- when tf_small = 0
+//! [varint(upper)]              -- when has_upper (upper > 0)
+//! [varint(member)]             -- when has_member (member > 0)
 //! ```
 //!
-//! A word written once in lowercase in one of the first eight fields of a
-//! document costs two bytes when the previous posting is fewer than 128
-//! versions back: a quarter of a fixed-width posting.
+//! A group's first word, written once in lowercase in one of the first four
+//! fields of a document, costs two bytes when the previous posting is fewer
+//! than 128 versions back: a quarter of a fixed-width posting.
 
 /// One decoded posting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub(crate) struct Posting {
     pub tf: u32,
     /// Occurrences not written in lowercase (at most `tf`).
     pub upper: u32,
+    /// Which word of the list's group.
+    pub member: u32,
 }
 
 /// An append-only, varint-encoded list of postings in ascending `seq` order.
@@ -34,7 +39,6 @@ pub(crate) struct Posting {
 pub(crate) struct PostingList {
     bytes: Vec<u8>,
     last_seq: u32,
-    len: u32,
 }
 
 impl PostingList {
@@ -43,7 +47,10 @@ impl PostingList {
         let delta = p.seq.saturating_sub(self.last_seq);
         put_varint(&mut self.bytes, delta);
         let small = if (1..=7).contains(&p.tf) { p.tf } else { 0 };
-        let head = (u32::from(p.field) << 4) | (small << 1) | u32::from(p.upper > 0);
+        let head = (u32::from(p.field) << 5)
+            | (small << 2)
+            | (u32::from(p.upper > 0) << 1)
+            | u32::from(p.member > 0);
         put_varint(&mut self.bytes, head);
         if small == 0 {
             put_varint(&mut self.bytes, p.tf);
@@ -51,13 +58,19 @@ impl PostingList {
         if p.upper > 0 {
             put_varint(&mut self.bytes, p.upper);
         }
+        if p.member > 0 {
+            put_varint(&mut self.bytes, p.member);
+        }
         self.last_seq = p.seq;
-        self.len += 1;
     }
 
-    /// Number of postings, removed documents' included.
-    pub fn len(&self) -> usize {
-        self.len as usize
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// At least the number of postings (each takes two bytes or more).
+    pub fn max_len(&self) -> usize {
+        self.bytes.len() / 2
     }
 
     pub fn iter(&self) -> Postings<'_> {
@@ -88,25 +101,29 @@ pub(crate) struct Postings<'a> {
 impl Iterator for Postings<'_> {
     type Item = Posting;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Posting> {
         if self.at >= self.bytes.len() {
             return None;
         }
         self.seq = self.seq.wrapping_add(self.varint());
         let head = self.varint();
-        let small = (head >> 1) & 7;
+        let small = (head >> 2) & 7;
         let tf = if small == 0 { self.varint() } else { small };
-        let upper = if head & 1 == 1 { self.varint() } else { 0 };
+        let upper = if head & 2 != 0 { self.varint() } else { 0 };
+        let member = if head & 1 != 0 { self.varint() } else { 0 };
         Some(Posting {
             seq: self.seq,
-            field: (head >> 4) as u16,
+            field: (head >> 5) as u16,
             tf,
             upper,
+            member,
         })
     }
 }
 
 impl Postings<'_> {
+    #[inline(always)]
     fn varint(&mut self) -> u32 {
         // Most values fit in one byte.
         if let Some(&b) = self.bytes.get(self.at) {
@@ -115,6 +132,11 @@ impl Postings<'_> {
                 return u32::from(b);
             }
         }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> u32 {
         let mut value = 0u32;
         let mut shift = 0u32;
         while let Some(&b) = self.bytes.get(self.at) {
@@ -141,51 +163,30 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
 mod tests {
     use super::*;
 
+    fn posting(seq: u32, field: u16, tf: u32, upper: u32, member: u32) -> Posting {
+        Posting {
+            seq,
+            field,
+            tf,
+            upper,
+            member,
+        }
+    }
+
     #[test]
     fn round_trips_every_shape_of_posting() {
         let input = [
-            Posting {
-                seq: 0,
-                field: 0,
-                tf: 1,
-                upper: 0,
-            },
-            Posting {
-                seq: 0,
-                field: 3,
-                tf: 7,
-                upper: 7,
-            },
-            Posting {
-                seq: 5,
-                field: 7,
-                tf: 8,
-                upper: 0,
-            },
-            Posting {
-                seq: 200,
-                field: 9,
-                tf: 1,
-                upper: 1,
-            },
-            Posting {
-                seq: 70_000,
-                field: u16::MAX,
-                tf: u32::MAX,
-                upper: u32::MAX,
-            },
-            Posting {
-                seq: u32::MAX,
-                field: 1,
-                tf: 300,
-                upper: 2,
-            },
+            posting(0, 0, 1, 0, 0),
+            posting(0, 3, 7, 7, 1),
+            posting(5, 7, 8, 0, 300),
+            posting(200, 9, 1, 1, 0),
+            posting(70_000, u16::MAX, u32::MAX, u32::MAX, u32::MAX),
+            posting(u32::MAX, 1, 300, 2, 2),
         ];
         let mut list = PostingList::default();
         for p in input {
             list.push(p);
         }
-        assert_eq!(list.len(), input.len());
         assert_eq!(list.iter().collect::<Vec<_>>(), input);
     }
 
@@ -193,12 +194,7 @@ mod tests {
     fn a_common_posting_takes_two_bytes() {
         let mut list = PostingList::default();
         for seq in 0..100 {
-            list.push(Posting {
-                seq,
-                field: 2,
-                tf: 1,
-                upper: 0,
-            });
+            list.push(posting(seq, 2, 1, 0, 0));
         }
         assert_eq!(list.bytes.len(), 200);
     }
