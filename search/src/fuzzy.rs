@@ -65,7 +65,8 @@ pub(crate) struct FuzzyDict {
     /// Sizes at least double from the last to the first.
     levels: Vec<Set<Vec<u8>>>,
     buffer: BTreeSet<Box<str>>,
-    /// A bulk load is under way: the buffer grows until [`FuzzyDict::end_bulk`].
+    /// A bulk load is under way: nothing is recorded until
+    /// [`FuzzyDict::end_bulk`] is given every term.
     bulk: bool,
 }
 
@@ -73,23 +74,39 @@ impl FuzzyDict {
     /// Records a term that has just come to life. `is_live` tells, at merge time,
     /// which older terms still have postings.
     pub(crate) fn insert(&mut self, term: &str, is_live: &dyn Fn(&str) -> bool) {
+        if self.bulk {
+            return;
+        }
         self.buffer.insert(term.into());
-        if self.buffer.len() >= BUFFER_TERMS && !self.bulk {
+        if self.buffer.len() >= BUFFER_TERMS {
             self.flush(is_live);
         }
     }
 
-    /// Starts a bulk load: new terms are only buffered (no fst is written)
-    /// until [`FuzzyDict::end_bulk`] writes them as one.
+    /// Starts a bulk load: new terms are not recorded one by one;
+    /// [`FuzzyDict::end_bulk`] writes them all at once.
     pub(crate) fn begin_bulk(&mut self) {
         self.bulk = true;
     }
 
-    /// Ends a bulk load: the buffered terms become one fst, each written once.
-    pub(crate) fn end_bulk(&mut self, is_live: &dyn Fn(&str) -> bool) {
+    /// Ends a bulk load: `terms` (every term, sorted and unique) replace what
+    /// was recorded, written as one fst.
+    pub(crate) fn end_bulk(&mut self, terms: &[&str]) {
         self.bulk = false;
-        if self.buffer.len() >= BUFFER_TERMS {
-            self.flush(is_live);
+        let mut set = SetBuilder::memory();
+        let written = terms.iter().all(|t| set.insert(t.as_bytes()).is_ok());
+        let set = set.into_inner().ok().filter(|_| written);
+        match set.and_then(|bytes| Set::new(bytes).ok()) {
+            Some(set) => {
+                self.levels = vec![set];
+                self.buffer.clear();
+            }
+            // Cannot happen (the terms are sorted and unique); keep every
+            // term findable anyway.
+            None => {
+                self.levels.clear();
+                self.buffer = terms.iter().map(|&t| t.into()).collect();
+            }
         }
     }
 

@@ -460,7 +460,14 @@ impl TextIndex {
             let slot = match per_field.iter().position(|(f, _)| *f == fid) {
                 Some(i) => i,
                 None => {
-                    per_field.push((fid, FieldCounts::default()));
+                    // About one distinct word per 16 bytes of text: sized
+                    // once, not grown step by step.
+                    let distinct = (text.len() / 16).min(1 << 16);
+                    let counts = FieldCounts {
+                        folded: FxHashMap::with_capacity_and_hasher(distinct, Default::default()),
+                        ..FieldCounts::default()
+                    };
+                    per_field.push((fid, counts));
                     per_field.len() - 1
                 }
             };
@@ -499,7 +506,7 @@ impl TextIndex {
             }
             // A group's postings of one version and field lie together, so
             // a stemmed lookup sums them as it reads.
-            row.sort_unstable_by_key(|r| (r.0, r.1));
+            row.sort_unstable_by_key(|r| (u64::from(r.0) << 32) | u64::from(r.1));
             for &(group, member, tid, tf, upper) in &row {
                 self.push(
                     group,
@@ -553,13 +560,20 @@ impl TextIndex {
     /// Indexes many documents at once (a first build over a collection):
     /// `load` calls [`TextIndex::upsert`] for each. The result is the same
     /// index, built faster and smaller: the typo and prefix dictionary is
-    /// written once at the end (not once per 2,048 new terms),
-    /// and posting lists are trimmed to their length.
+    /// written once at the end, from the word table (not once per 2,048 new
+    /// words), and posting lists are trimmed to their length.
     pub fn bulk(&mut self, load: impl FnOnce(&mut TextIndex)) {
         self.fuzzy.begin_bulk();
         load(self);
-        let (folded, terms) = (&self.folded, &self.terms);
-        self.fuzzy.end_bulk(&|t| folded.get(terms, t).is_some());
+        let mut folded: Vec<&str> = self
+            .terms
+            .iter()
+            .filter(|t| !t.raw)
+            .map(|t| &*t.key)
+            .collect();
+        folded.sort_unstable();
+        folded.dedup();
+        self.fuzzy.end_bulk(&folded);
         for group in &mut self.groups {
             group.postings.shrink_to_fit();
         }
