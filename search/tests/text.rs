@@ -361,3 +361,57 @@ fn a_bulk_load_answers_like_one_by_one_upserts() {
     bulk.upsert(DocId(9_999), &[("body", "zebra")]);
     assert_eq!(ids(&bulk, &fuzzy("zebr", 1)), [9_999]);
 }
+
+#[test]
+fn fields_beyond_the_sixty_fourth_match_and_are_reported() {
+    let names: Vec<String> = (0..70).map(|f| format!("f{f:02}")).collect();
+    let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "filler")).collect();
+    fields[66].1 = "needle Needle";
+    fields[2].1 = "needle";
+    let ix = index(&[&fields, &[("f66", "needle")]]);
+    let r = ix.search(&TextQuery::new("needle"), &|_| true).unwrap();
+    assert_eq!(r.total, 2);
+    let first = r.hits.iter().find(|h| h.doc.0 == 0).unwrap();
+    assert_eq!(first.matched_fields, ["f02", "f66"]);
+    // Restricted to the high field, and case-sensitive there.
+    let mut q = TextQuery::new("Needle");
+    q.fields = Some(vec!["f66".into()]);
+    q.case_sensitive = true;
+    assert_eq!(ids(&ix, &q), [0]);
+    q.query = "needle".into();
+    assert_eq!(ids(&ix, &q), [1, 0]);
+}
+
+#[test]
+fn replaced_and_removed_documents_leave_no_trace_after_compaction() {
+    let mut ix = TextIndex::new(Analyzer::new(Some(Language::ENGLISH)));
+    for round in 0..5u32 {
+        for d in 0..50u32 {
+            let text = format!("round{round} running doc{d}");
+            ix.upsert(DocId(d), &[("body", &text)]);
+        }
+    }
+    // Only the last round's words remain, with exact document frequencies.
+    let mut q = TextQuery::new("round3");
+    q.fuzzy = false;
+    assert_eq!(ix.search(&q, &|_| true).unwrap().total, 0);
+    assert_eq!(
+        ix.search(&TextQuery::new("round4"), &|_| true)
+            .unwrap()
+            .total,
+        50
+    );
+    assert_eq!(
+        ix.search(&TextQuery::new("runs"), &|_| true).unwrap().total,
+        50
+    );
+    let mut typo = fuzzy("round", 1);
+    typo.limit = 100;
+    assert_eq!(ix.search(&typo, &|_| true).unwrap().total, 50);
+    for d in 0..49u32 {
+        assert!(ix.remove(DocId(d)));
+    }
+    assert_eq!(ids(&ix, &TextQuery::new("running")), [49]);
+    assert!(!ix.remove(DocId(0)));
+    assert_eq!(ix.len(), 1);
+}
