@@ -57,8 +57,10 @@
 //! # Code map
 //!
 //! * [`analyzer`]: words (UAX #29), case folding, Snowball stemming per language.
-//! * [`text`]: the inverted index, BM25 per field, query planning (stemming, exact
-//!   boost, case-sensitive matching, fuzzy expansion), tombstones.
+//! * [`text`]: the inverted index (a compressed posting list per stem group,
+//!   dead versions compacted away), BM25 and ekoDB scoring per field, query
+//!   planning (stemming, exact boost, case-sensitive matching, fuzzy and prefix
+//!   expansion).
 //! * `fuzzy`: the term dictionary for typo tolerance (Levenshtein DFA over fsts).
 //! * [`vector`]: flat/HNSW switching, filtered search with exact fallback.
 //! * `hnsw`: the graph.
