@@ -279,8 +279,17 @@ struct Group {
     /// The stem, for a stem group.
     stem: Option<Box<str>>,
     postings: PostingList,
+    /// The `seq` of the last posting appended.
+    last_seq: u32,
     /// Member numbers given out so far.
     members: u32,
+}
+
+impl Group {
+    fn push(&mut self, p: Posting) {
+        self.postings.push(self.last_seq, p);
+        self.last_seq = p.seq;
+    }
 }
 
 impl Keyed for Group {
@@ -652,22 +661,23 @@ impl TextIndex {
                 }
             }
             if next > 0 {
-                let mut postings = PostingList::default();
+                let mut fresh = Group {
+                    stem: group.stem,
+                    postings: PostingList::default(),
+                    last_seq: 0,
+                    members: next,
+                };
                 for p in group.postings.iter() {
                     let seq = live(&p);
                     if seq != NONE {
                         let member = map[p.member as usize].0;
-                        postings.push(Posting { seq, member, ..p });
+                        fresh.push(Posting { seq, member, ..p });
                     }
                 }
-                postings.shrink_to_fit();
+                fresh.postings.shrink_to_fit();
                 new_group[old] = self.groups.len() as GroupId;
-                let is_stem = group.stem.is_some();
-                self.groups.push(Group {
-                    stem: group.stem,
-                    postings,
-                    members: next,
-                });
+                let is_stem = fresh.stem.is_some();
+                self.groups.push(fresh);
                 if is_stem {
                     self.stems.insert(&self.groups, new_group[old]);
                 }
@@ -719,7 +729,7 @@ impl TextIndex {
 
     /// Appends `p` to `group`'s list, as a posting of `term`.
     fn push(&mut self, group: GroupId, term: TermId, p: Posting) {
-        self.groups[group as usize].postings.push(p);
+        self.groups[group as usize].push(p);
         let term = &mut self.terms[term as usize];
         term.count = term.count.saturating_add(1);
     }
@@ -730,6 +740,7 @@ impl TextIndex {
         self.groups.push(Group {
             stem,
             postings: PostingList::default(),
+            last_seq: 0,
             members: 0,
         });
         if is_stem {
