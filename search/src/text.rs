@@ -639,18 +639,32 @@ impl TextIndex {
         self.dead_seqs = 0;
 
         // Each group's list without the dead versions, its surviving members
-        // renumbered in order; then the terms of surviving members.
+        // renumbered in order; then the terms of surviving members. Lists are
+        // encoded into a scratch list and copied out at their exact size.
         let old_groups = std::mem::take(&mut self.groups);
+        self.groups = Vec::with_capacity(old_groups.len());
         let mut new_group = vec![NONE; old_groups.len()];
         // Per old group: old member -> (new member, live postings).
         let mut members: Vec<Vec<(u32, u32)>> = Vec::with_capacity(old_groups.len());
-        self.stems = Dict::default();
+        self.stems = Dict::with_capacity(old_groups.iter().filter(|g| g.stem.is_some()).count());
+        let blank = || Group {
+            stem: None,
+            postings: PostingList::default(),
+            last_seq: 0,
+            members: 0,
+        };
+        let (mut scratch, mut renumbered) = (blank(), blank());
         for (old, group) in old_groups.into_iter().enumerate() {
             let mut map = vec![(NONE, 0u32); group.members as usize];
-            let live = |p: &Posting| renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+            scratch.postings.clear();
+            scratch.last_seq = 0;
             for p in group.postings.iter() {
-                if let Some(m) = map.get_mut(p.member as usize).filter(|_| live(&p) != NONE) {
-                    m.1 += 1;
+                let seq = renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+                if seq != NONE {
+                    if let Some(m) = map.get_mut(p.member as usize) {
+                        m.1 += 1;
+                    }
+                    scratch.push(Posting { seq, ..p });
                 }
             }
             let mut next = 0;
@@ -661,23 +675,25 @@ impl TextIndex {
                 }
             }
             if next > 0 {
-                let mut fresh = Group {
-                    stem: group.stem,
-                    postings: PostingList::default(),
-                    last_seq: 0,
-                    members: next,
-                };
-                for p in group.postings.iter() {
-                    let seq = live(&p);
-                    if seq != NONE {
+                let mut list = &scratch;
+                if next as usize != map.len() {
+                    // A word lost its last posting: the others are renumbered.
+                    renumbered.postings.clear();
+                    renumbered.last_seq = 0;
+                    for p in scratch.postings.iter() {
                         let member = map[p.member as usize].0;
-                        fresh.push(Posting { seq, member, ..p });
+                        renumbered.push(Posting { member, ..p });
                     }
+                    list = &renumbered;
                 }
-                fresh.postings.shrink_to_fit();
                 new_group[old] = self.groups.len() as GroupId;
-                let is_stem = fresh.stem.is_some();
-                self.groups.push(fresh);
+                let is_stem = group.stem.is_some();
+                self.groups.push(Group {
+                    stem: group.stem,
+                    postings: list.postings.to_exact(),
+                    last_seq: list.last_seq,
+                    members: next,
+                });
                 if is_stem {
                     self.stems.insert(&self.groups, new_group[old]);
                 }
@@ -685,7 +701,8 @@ impl TextIndex {
             members.push(map);
         }
         let old_terms = std::mem::take(&mut self.terms);
-        self.folded = Dict::default();
+        self.terms = Vec::with_capacity(old_terms.len());
+        self.folded = Dict::with_capacity(old_terms.iter().filter(|t| !t.raw).count());
         self.raw = Dict::default();
         for term in old_terms {
             let g = term.group as usize;
@@ -709,6 +726,8 @@ impl TextIndex {
                 self.folded.insert(&self.terms, tid);
             }
         }
+        self.terms.shrink_to_fit();
+        self.groups.shrink_to_fit();
     }
 
     fn field_id(&mut self, name: &str) -> FieldId {

@@ -27,6 +27,11 @@ fn key_hash<T: Keyed>(items: &[T], id: u32) -> u64 {
 }
 
 impl Dict {
+    /// A table with room for `n` ids.
+    pub fn with_capacity(n: usize) -> Dict {
+        Dict(HashTable::with_capacity(n))
+    }
+
     /// The id of the item of `items` whose key is `key`.
     pub fn get<T: Keyed>(&self, items: &[T], key: &str) -> Option<u32> {
         self.0

@@ -65,6 +65,17 @@ impl PostingList {
         }
     }
 
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// A copy holding exactly its bytes.
+    pub fn to_exact(&self) -> PostingList {
+        PostingList {
+            bytes: self.bytes.as_slice().to_vec(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
