@@ -1226,11 +1226,12 @@ impl TextIndex {
                     .then(|| self.stems.get(&self.groups, &self.analyzer.stem(&folded)))
                     .flatten();
                 let primary = match stem {
-                    Some(group) => Some(Entry::new(group, None, Match::Exact)),
+                    Some(group) => {
+                        Some(Entry::new(group, None, Match::Exact)).filter(|e| self.is_live(e))
+                    }
                     None if stemming => None,
                     None => folded_word(&folded, Match::Exact),
                 };
-                let primary = primary.filter(|e| self.is_live(e));
                 let found = primary.is_some();
                 entries.extend(primary);
                 // The last word may be cut short by someone typing; an earlier
