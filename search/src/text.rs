@@ -22,10 +22,18 @@
 //! postings go at the end. Removing or replacing a document marks its old
 //! sequence number dead; search skips dead postings, and document frequencies
 //! are counted from the live postings as a query reads them, so they stay
-//! exact. When dead versions outnumber live documents, every list is rewritten
-//! without them and the words left with no posting are dropped, so the index
-//! never holds much more than twice its live postings, and removals need no
-//! forward index (which would cost as much memory as the postings).
+//! exact, and removals need no forward index (which would cost as much memory
+//! as the postings).
+//!
+//! When dead versions outnumber live documents, a **sweep** begins: the live
+//! versions are renumbered densely, and the lists are rewritten without the
+//! dead ones a few at a time, by the writes that follow (each reads a few
+//! documents' worth of lists), until every list is in the new numbering. A
+//! list not yet swept is read through the old-to-new map, and one appended to
+//! meanwhile restarts its delta chain where the new numbers begin. Words and
+//! groups left with no posting are freed, and their slots reused. So no write
+//! pays for the whole index, and the lists hold at most about 2.25 times their
+//! live postings.
 //!
 //! # Scoring
 //!
@@ -249,21 +257,28 @@ type TermId = u32;
 type FieldId = u16;
 type GroupId = u32;
 
-/// No group, or (in [`TextIndex::seqs`]) a removed document version.
+/// No group or term, or (in [`TextIndex::seqs`]) a removed document version.
 const NONE: u32 = u32::MAX;
+
+/// A sweep of removed versions reads this many times (list bytes / live
+/// documents) per write (see [`TextIndex::sweep_step`])...
+const SWEEP_PACE: usize = 4;
+/// ... and at least this many bytes.
+const MIN_SWEEP_BYTES: usize = 4096;
 
 /// A folded word, or a word as written (with uppercase).
 struct Term {
+    /// Empty for a free slot.
     key: Box<str>,
-    /// The group whose list holds this word's postings.
+    /// The group whose list holds this word's postings (`NONE`: a free slot).
     group: GroupId,
     /// The word's number in its group's postings.
     member: u32,
     /// Its postings, those of removed versions included (to rank completions
     /// and typo variants by frequency).
     count: u32,
-    /// A word as written, not a folded word.
-    raw: bool,
+    /// The group's word with the next lower member number, or `NONE`.
+    next: TermId,
 }
 
 impl Keyed for Term {
@@ -281,11 +296,22 @@ struct Group {
     postings: PostingList,
     /// The `seq` of the last posting appended.
     last_seq: u32,
-    /// Member numbers given out so far.
-    members: u32,
+    /// The word with the highest member number: the group's words form a
+    /// chain through [`Term::next`], members descending. `NONE` for a free slot.
+    head: TermId,
 }
 
 impl Group {
+    /// An empty group, or a free slot.
+    fn free() -> Group {
+        Group {
+            stem: None,
+            postings: PostingList::default(),
+            last_seq: 0,
+            head: NONE,
+        }
+    }
+
     fn push(&mut self, p: Posting) {
         self.postings.push(self.last_seq, p);
         self.last_seq = p.seq;
@@ -334,6 +360,39 @@ pub struct TextIndex {
     dead_seqs: usize,
     live_docs: usize,
     fuzzy: FuzzyDict,
+    /// Slots of `terms` and `groups` freed by a sweep, reused first.
+    free_terms: Vec<TermId>,
+    free_groups: Vec<GroupId>,
+    /// The renumbering under way, if any.
+    migration: Option<Migration>,
+    /// Sweep one group per write (tests of the states in between).
+    slow_sweep: bool,
+}
+
+/// A renumbering of document versions under way: removed versions are
+/// dropped from the lists a few at a time, as writes come (see
+/// [`TextIndex::sweep_step`]).
+///
+/// It begins by giving each live version a new, dense sequence number, in
+/// order, and every version written since takes the next new number. The
+/// groups before `next` (swept) and from `end` (created since) are wholly in
+/// the new numbering; a group between is in the old one, up to its `split`
+/// offset if it has been appended to since (where the delta chain restarts).
+struct Migration {
+    /// Old sequence number -> new (`NONE`: a version already removed).
+    renumber: Vec<u32>,
+    next: GroupId,
+    end: GroupId,
+    split: FxHashMap<GroupId, u32>,
+    /// List bytes to sweep per write.
+    budget: usize,
+}
+
+impl Migration {
+    /// True when `group` still holds old-numbered postings.
+    fn unswept(&self, group: GroupId) -> bool {
+        (self.next..self.end).contains(&group)
+    }
 }
 
 impl fmt::Debug for TextIndex {
@@ -432,7 +491,18 @@ impl TextIndex {
             dead_seqs: 0,
             live_docs: 0,
             fuzzy: FuzzyDict::default(),
+            free_terms: Vec::new(),
+            free_groups: Vec::new(),
+            migration: None,
+            slow_sweep: false,
         }
+    }
+
+    /// Makes sweeps of removed versions read one group per write, so tests
+    /// see (and query) an index in the middle of one. Not for production use.
+    #[doc(hidden)]
+    pub fn sweep_one_group_per_write(&mut self) {
+        self.slow_sweep = true;
     }
 
     /// The analyzer (and so the stemming language) of this index.
@@ -459,10 +529,15 @@ impl TextIndex {
     /// was indexed for it before. A field name may repeat (an array of strings):
     /// its texts are indexed as one field. A document with no fields is removed.
     pub fn upsert(&mut self, doc: DocId, fields: &[(&str, &str)]) {
-        self.remove(doc);
-        if fields.is_empty() {
-            return;
+        self.remove_version(doc);
+        if !fields.is_empty() {
+            self.insert_version(doc, fields);
         }
+        self.after_write();
+    }
+
+    /// Indexes a new version of `doc`, which has none indexed.
+    fn insert_version(&mut self, doc: DocId, fields: &[(&str, &str)]) {
         let mut per_field: Vec<(FieldId, FieldCounts<'_>)> = Vec::new();
         for &(name, text) in fields {
             let fid = self.field_id(name);
@@ -575,10 +650,9 @@ impl TextIndex {
         self.fuzzy.begin_bulk();
         load(self);
         let mut folded: Vec<&str> = self
-            .terms
-            .iter()
-            .filter(|t| !t.raw)
-            .map(|t| &*t.key)
+            .folded
+            .ids()
+            .map(|t| &*self.terms[t as usize].key)
             .collect();
         folded.sort_unstable();
         folded.dedup();
@@ -594,13 +668,15 @@ impl TextIndex {
     /// Removes `doc`; returns whether it was indexed.
     ///
     /// Its postings stay in their lists, skipped by search (their sequence
-    /// number is dead), until removed versions outnumber live documents; then
-    /// every list is rewritten without them. So the index holds at most about
-    /// twice its live postings, and a removal costs amortised time
-    /// proportional to the postings it leaves behind; but the one removal
-    /// that starts the rewrite pays for all of it at once (148-200 ms for
-    /// 20,000 man pages: `search_bench`).
+    /// number is dead), until a sweep drops them: see [`TextIndex::sweep_step`].
     pub fn remove(&mut self, doc: DocId) -> bool {
+        let removed = self.remove_version(doc);
+        self.after_write();
+        removed
+    }
+
+    /// Marks `doc`'s indexed version dead; returns whether it had one.
+    fn remove_version(&mut self, doc: DocId) -> bool {
         let slot = doc.0 as usize;
         let Some(entry) = self.docs.get_mut(slot).and_then(Option::take) else {
             return false;
@@ -616,18 +692,24 @@ impl TextIndex {
             *s = NONE;
         }
         self.dead_seqs += 1;
-        if self.dead_seqs > self.live_docs {
-            self.compact();
-        }
         true
     }
 
-    /// Rewrites every posting list without removed versions, renumbering the
-    /// live ones densely (in the same order), and drops the terms left with
-    /// no posting.
-    fn compact(&mut self) {
+    /// Starts a sweep when removed versions outnumber live documents, and
+    /// advances the one under way.
+    fn after_write(&mut self) {
+        if self.migration.is_none() && self.dead_seqs > self.live_docs {
+            self.begin_migration();
+        }
+        self.sweep_step();
+    }
+
+    /// Renumbers the live versions densely (in order) and starts sweeping the
+    /// removed ones out of every list. This costs a pass over the sequence
+    /// numbers, documents and groups, but reads no posting.
+    fn begin_migration(&mut self) {
         let mut renumber = vec![NONE; self.seqs.len()];
-        let mut seqs = Vec::with_capacity(self.live_docs);
+        let mut seqs = Vec::with_capacity(self.live_docs + self.live_docs / 2);
         for (old, &doc) in self.seqs.iter().enumerate() {
             if doc != NONE {
                 renumber[old] = seqs.len() as u32;
@@ -639,97 +721,164 @@ impl TextIndex {
         }
         self.seqs = seqs;
         self.dead_seqs = 0;
-
-        // Each group's list without the dead versions, its surviving members
-        // renumbered in order; then the terms of surviving members. Lists are
-        // encoded into a scratch list and copied out at their exact size.
-        let old_groups = std::mem::take(&mut self.groups);
-        self.groups = Vec::with_capacity(old_groups.len());
-        let mut new_group = vec![NONE; old_groups.len()];
-        // Per old group: old member -> (new member, live postings).
-        let mut members: Vec<Vec<(u32, u32)>> = Vec::with_capacity(old_groups.len());
-        self.stems = Dict::with_capacity(old_groups.iter().filter(|g| g.stem.is_some()).count());
-        let blank = || Group {
-            stem: None,
-            postings: PostingList::default(),
-            last_seq: 0,
-            members: 0,
-        };
-        let (mut scratch, mut renumbered) = (blank(), blank());
-        for (old, group) in old_groups.into_iter().enumerate() {
-            let mut map = vec![(NONE, 0u32); group.members as usize];
-            scratch.postings.clear();
-            scratch.last_seq = 0;
-            for p in group.postings.iter() {
-                let seq = renumber.get(p.seq as usize).copied().unwrap_or(NONE);
-                if seq != NONE {
-                    if let Some(m) = map.get_mut(p.member as usize) {
-                        m.1 += 1;
-                    }
-                    scratch.push(Posting { seq, ..p });
-                }
-            }
-            let mut next = 0;
-            for m in &mut map {
-                if m.1 > 0 {
-                    m.0 = next;
-                    next += 1;
-                }
-            }
-            if next > 0 {
-                let mut list = &scratch;
-                if next as usize != map.len() {
-                    // A word lost its last posting: the others are renumbered.
-                    renumbered.postings.clear();
-                    renumbered.last_seq = 0;
-                    for p in scratch.postings.iter() {
-                        let member = map[p.member as usize].0;
-                        renumbered.push(Posting { member, ..p });
-                    }
-                    list = &renumbered;
-                }
-                new_group[old] = self.groups.len() as GroupId;
-                let is_stem = group.stem.is_some();
-                self.groups.push(Group {
-                    stem: group.stem,
-                    postings: list.postings.to_exact(),
-                    last_seq: list.last_seq,
-                    members: next,
-                });
-                if is_stem {
-                    self.stems.insert(&self.groups, new_group[old]);
-                }
-            }
-            members.push(map);
-        }
-        let old_terms = std::mem::take(&mut self.terms);
-        self.terms = Vec::with_capacity(old_terms.len());
-        self.folded = Dict::with_capacity(old_terms.iter().filter(|t| !t.raw).count());
-        self.raw = Dict::default();
-        for term in old_terms {
-            let g = term.group as usize;
-            let Some(&(member, count)) = members[g].get(term.member as usize) else {
-                continue;
-            };
-            if count == 0 {
-                continue;
-            }
-            let tid = self.terms.len() as TermId;
-            let raw = term.raw;
-            self.terms.push(Term {
-                group: new_group[g],
-                member,
-                count,
-                ..term
-            });
-            if raw {
-                self.raw.insert(&self.terms, tid);
+        let bytes: usize = self.groups.iter().map(|g| g.postings.len_bytes()).sum();
+        self.migration = Some(Migration {
+            renumber,
+            next: 0,
+            end: self.groups.len() as GroupId,
+            split: FxHashMap::default(),
+            budget: if self.slow_sweep {
+                1
             } else {
-                self.folded.insert(&self.terms, tid);
+                (SWEEP_PACE * bytes / self.live_docs.max(1)).max(MIN_SWEEP_BYTES)
+            },
+        });
+    }
+
+    /// Sweeps the next groups of the migration under way, until `budget`
+    /// bytes of lists are read, and ends the migration after the last.
+    ///
+    /// A migration begins when removed versions reach the live documents
+    /// `L`, when the lists hold `B` bytes; sweeping `SWEEP_PACE * B / L`
+    /// bytes per write ends it within `L / SWEEP_PACE` writes, in which at
+    /// most as many new versions die. So no write rewrites more than a few
+    /// documents' worth of the index (and one list), and the lists hold at
+    /// most about `2 + 1 / SWEEP_PACE` times their live postings.
+    fn sweep_step(&mut self) {
+        let Some(m) = &self.migration else {
+            return;
+        };
+        let (budget, end) = (m.budget, m.end);
+        let mut next = m.next;
+        let mut read = 0;
+        while read < budget && next < end {
+            read += self.sweep(next);
+            next += 1;
+            if let Some(m) = &mut self.migration {
+                m.next = next;
             }
         }
-        self.terms.shrink_to_fit();
-        self.groups.shrink_to_fit();
+        if next >= end {
+            self.migration = None;
+        }
+    }
+
+    /// Rewrites `group`'s list in the new numbering without removed
+    /// versions, renumbers its surviving words densely (in order), and frees
+    /// the words left with no posting (and the group, when none is left).
+    /// Returns the bytes read.
+    fn sweep(&mut self, group: GroupId) -> usize {
+        let g = &self.groups[group as usize];
+        let read = g.postings.len_bytes();
+        if g.head == NONE {
+            return read;
+        }
+        let members = self.terms[g.head as usize].member as usize + 1;
+        let live = |seq: u32| self.seqs.get(seq as usize).is_some_and(|&d| d != NONE);
+        // Old member -> (new member, live postings).
+        let mut map = vec![(NONE, 0u32); members];
+        self.each_posting(group, |p| {
+            if live(p.seq) {
+                if let Some(m) = map.get_mut(p.member as usize) {
+                    m.1 += 1;
+                }
+            }
+            true
+        });
+        let mut next = 0;
+        for m in &mut map {
+            if m.1 > 0 {
+                m.0 = next;
+                next += 1;
+            }
+        }
+        let mut list = PostingList::with_capacity(read);
+        let mut last_seq = 0;
+        self.each_posting(group, |p| {
+            if live(p.seq) {
+                let member = map.get(p.member as usize).map_or(0, |m| m.0);
+                list.push(last_seq, Posting { member, ..p });
+                last_seq = p.seq;
+            }
+            true
+        });
+        list.shrink_to_fit();
+        if let Some(m) = &mut self.migration {
+            m.split.remove(&group);
+        }
+        let g = &mut self.groups[group as usize];
+        g.postings = list;
+        g.last_seq = last_seq;
+
+        // The chain of words without the dead ones.
+        let mut at = g.head;
+        let mut kept_head = NONE;
+        let mut kept_tail: TermId = NONE;
+        while at != NONE {
+            let term = &mut self.terms[at as usize];
+            let following = term.next;
+            let (member, count) = map.get(term.member as usize).copied().unwrap_or((NONE, 0));
+            if count == 0 {
+                if !self.folded.remove(&self.terms, at) {
+                    self.raw.remove(&self.terms, at);
+                }
+                self.terms[at as usize] = Term {
+                    key: Box::default(),
+                    group: NONE,
+                    member: 0,
+                    count: 0,
+                    next: NONE,
+                };
+                self.free_terms.push(at);
+            } else {
+                term.member = member;
+                term.count = count;
+                term.next = NONE;
+                if kept_tail == NONE {
+                    kept_head = at;
+                } else {
+                    self.terms[kept_tail as usize].next = at;
+                }
+                kept_tail = at;
+            }
+            at = following;
+        }
+        self.groups[group as usize].head = kept_head;
+        if kept_head == NONE {
+            if self.groups[group as usize].stem.is_some() {
+                self.stems.remove(&self.groups, group);
+            }
+            self.groups[group as usize] = Group::free();
+            self.free_groups.push(group);
+        }
+        read
+    }
+
+    /// Calls `f` with each posting of `group`, its sequence number in the
+    /// current numbering (`NONE` for a version removed before the migration
+    /// under way began), until `f` returns false.
+    #[inline(always)]
+    fn each_posting(&self, group: GroupId, mut f: impl FnMut(Posting) -> bool) {
+        let list = &self.groups[group as usize].postings;
+        let mut from = 0;
+        if let Some(m) = self.migration.as_ref().filter(|m| m.unswept(group)) {
+            let split = m
+                .split
+                .get(&group)
+                .map_or(list.len_bytes(), |&at| at as usize);
+            for p in list.iter_range(0, split) {
+                let seq = m.renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+                if !f(Posting { seq, ..p }) {
+                    return;
+                }
+            }
+            from = split;
+        }
+        for p in list.iter_range(from, usize::MAX) {
+            if !f(p) {
+                return;
+            }
+        }
     }
 
     fn field_id(&mut self, name: &str) -> FieldId {
@@ -750,38 +899,64 @@ impl TextIndex {
 
     /// Appends `p` to `group`'s list, as a posting of `term`.
     fn push(&mut self, group: GroupId, term: TermId, p: Posting) {
-        self.groups[group as usize].push(p);
+        let g = &mut self.groups[group as usize];
+        if let Some(m) = self.migration.as_mut().filter(|m| m.unswept(group)) {
+            // The first new-numbered posting of an old-numbered list: the
+            // delta chain restarts here.
+            m.split.entry(group).or_insert_with(|| {
+                g.last_seq = 0;
+                g.postings.len_bytes() as u32
+            });
+        }
+        g.push(p);
         let term = &mut self.terms[term as usize];
         term.count = term.count.saturating_add(1);
     }
 
     fn new_group(&mut self, stem: Option<Box<str>>) -> GroupId {
-        let gid = self.groups.len() as GroupId;
         let is_stem = stem.is_some();
-        self.groups.push(Group {
+        let group = Group {
             stem,
-            postings: PostingList::default(),
-            last_seq: 0,
-            members: 0,
-        });
+            ..Group::free()
+        };
+        let gid = match self.free_groups.pop() {
+            Some(gid) => {
+                self.groups[gid as usize] = group;
+                gid
+            }
+            None => {
+                self.groups.push(group);
+                (self.groups.len() - 1) as GroupId
+            }
+        };
         if is_stem {
             self.stems.insert(&self.groups, gid);
         }
         gid
     }
 
-    fn new_term(&mut self, key: &str, group: GroupId, raw: bool) -> TermId {
-        let g = &mut self.groups[group as usize];
-        let member = g.members;
-        g.members += 1;
-        self.terms.push(Term {
+    /// Adds `key` to `group` as its next word.
+    fn new_term(&mut self, key: &str, group: GroupId) -> TermId {
+        let head = self.groups[group as usize].head;
+        let term = Term {
             key: key.into(),
             group,
-            member,
+            member: self.terms.get(head as usize).map_or(0, |t| t.member + 1),
             count: 0,
-            raw,
-        });
-        (self.terms.len() - 1) as TermId
+            next: head,
+        };
+        let tid = match self.free_terms.pop() {
+            Some(tid) => {
+                self.terms[tid as usize] = term;
+                tid
+            }
+            None => {
+                self.terms.push(term);
+                (self.terms.len() - 1) as TermId
+            }
+        };
+        self.groups[group as usize].head = tid;
+        tid
     }
 
     /// Adds a folded word to the dictionary, its stem group and the typo and
@@ -797,7 +972,7 @@ impl TextIndex {
         } else {
             self.new_group(None)
         };
-        let tid = self.new_term(key, group, false);
+        let tid = self.new_term(key, group);
         self.folded.insert(&self.terms, tid);
         let (folded, terms) = (&self.folded, &self.terms);
         self.fuzzy.insert(key, &|t| folded.get(terms, t).is_some());
@@ -806,28 +981,30 @@ impl TextIndex {
 
     fn new_raw_term(&mut self, key: &str) -> TermId {
         let group = self.new_group(None);
-        let tid = self.new_term(key, group, true);
+        let tid = self.new_term(key, group);
         self.raw.insert(&self.terms, tid);
         tid
     }
 
     /// True when `entry` has a posting of a live document version.
     fn is_live(&self, entry: &Entry) -> bool {
-        let group = &self.groups[entry.group as usize];
-        if self.dead_seqs == 0 {
+        if self.dead_seqs == 0 && self.migration.is_none() {
             // Every posting is live, and every word has one.
-            return !group.postings.is_empty();
+            return !self.groups[entry.group as usize].postings.is_empty();
         }
-        group.postings.iter().any(|p| {
-            entry.member.is_none_or(|m| p.member == m)
-                && self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE)
-        })
+        let mut live = false;
+        self.each_posting(entry.group, |p| {
+            live = entry.member.is_none_or(|m| p.member == m)
+                && self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE);
+            !live
+        });
+        live
     }
 
     /// The entry reading `term`'s postings.
     fn word(&self, term: TermId, kind: Match) -> Entry {
         let t = &self.terms[term as usize];
-        let alone = self.groups[t.group as usize].members == 1;
+        let alone = t.next == NONE && self.groups[t.group as usize].head == term;
         Entry::new(t.group, (!alone).then_some(t.member), kind)
     }
 
@@ -852,13 +1029,16 @@ impl TextIndex {
             .sum::<usize>()
             + self.docs.capacity() * size_of::<Option<DocEntry>>()
             + self.seqs.capacity() * size_of::<u32>();
+        let sweep = self.migration.as_ref().map_or(0, |m| {
+            m.renumber.capacity() * size_of::<u32>() + m.split.capacity() * 9
+        }) + (self.free_terms.capacity() + self.free_groups.capacity()) * 4;
         let map_entry = size_of::<(Box<str>, FieldId)>() + 1;
         let fields: usize = self
             .fields
             .iter()
             .map(|f| f.name.len() * 2 + f.lens.capacity() * 4 + size_of::<Field>() + map_entry)
             .sum();
-        terms + groups + dicts + docs + fields + self.fuzzy.memory_bytes()
+        terms + groups + dicts + docs + fields + sweep + self.fuzzy.memory_bytes()
     }
 
     /// Runs `query`; `accept` is the caller's pre-filter (called once for each
@@ -963,7 +1143,6 @@ impl TextIndex {
         };
         // A stem group's words' postings of one (version, field) lie
         // together: they are summed as they come.
-        let postings = &self.groups[entry.group as usize].postings;
         let mut pending: Option<Posting> = None;
         let searched = |f: FieldId| {
             fields
@@ -974,14 +1153,14 @@ impl TextIndex {
         let mask = (0..fields.len().min(64) as FieldId)
             .filter(|&f| searched(f))
             .fold(0u64, |m, f| m | 1 << f);
-        for p in postings.iter() {
+        self.each_posting(entry.group, |p| {
             let searched = if p.field < 64 {
                 mask & (1 << p.field) != 0
             } else {
                 searched(p.field)
             };
             if !searched || entry.member.is_some_and(|m| p.member != m) {
-                continue;
+                return true;
             }
             match &mut pending {
                 Some(q) if q.seq == p.seq && q.field == p.field => {
@@ -994,7 +1173,8 @@ impl TextIndex {
                     }
                 }
             }
-        }
+            true
+        });
         if let Some(q) = pending {
             emit(q);
         }

@@ -285,6 +285,39 @@ fn many_updates_compact_postings() {
 }
 
 #[test]
+fn memory_stays_bounded_when_every_write_brings_new_words() {
+    // Each round replaces every document with words never seen before: the
+    // old words must be freed (and their slots reused), not kept forever.
+    let mut ix = TextIndex::new(Analyzer::new(Some(Language::ENGLISH)));
+    let mut at_round_50 = 0;
+    let mut largest_later = 0;
+    for round in 0..200u32 {
+        for d in 0..100u32 {
+            let text = format!("common w{round}x{d} v{round}y{d} running");
+            ix.upsert(DocId(d), &[("body", &text)]);
+        }
+        if round == 50 {
+            at_round_50 = ix.memory_bytes();
+        }
+        if round > 150 {
+            largest_later = largest_later.max(ix.memory_bytes());
+        }
+    }
+    assert!(
+        largest_later < 2 * at_round_50,
+        "{largest_later} bytes after 150 rounds, {at_round_50} after 50"
+    );
+    assert_eq!(ids(&ix, &TextQuery::new("w199x7")), [7]);
+    let mut old = TextQuery::new("w100x7");
+    old.fuzzy = false;
+    assert_eq!(ix.search(&old, &|_| true).unwrap().total, 0);
+    assert_eq!(
+        ix.search(&TextQuery::new("runs"), &|_| true).unwrap().total,
+        100
+    );
+}
+
+#[test]
 fn repeated_field_names_are_one_field() {
     let ix = index(&[
         &[("tags", "red"), ("tags", "blue")],

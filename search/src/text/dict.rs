@@ -27,11 +27,6 @@ fn key_hash<T: Keyed>(items: &[T], id: u32) -> u64 {
 }
 
 impl Dict {
-    /// A table with room for `n` ids.
-    pub fn with_capacity(n: usize) -> Dict {
-        Dict(HashTable::with_capacity(n))
-    }
-
     /// The id of the item of `items` whose key is `key`.
     pub fn get<T: Keyed>(&self, items: &[T], key: &str) -> Option<u32> {
         self.0
@@ -45,6 +40,22 @@ impl Dict {
     pub fn insert<T: Keyed>(&mut self, items: &[T], id: u32) {
         self.0
             .insert_unique(key_hash(items, id), id, |&i| key_hash(items, i));
+    }
+
+    /// Forgets `items[id]` (still holding its key); returns whether it was here.
+    pub fn remove<T: Keyed>(&mut self, items: &[T], id: u32) -> bool {
+        match self.0.find_entry(key_hash(items, id), |&i| i == id) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The ids recorded, in no order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().copied()
     }
 
     /// Heap bytes held (a 4-byte slot and a control byte per bucket).

@@ -65,14 +65,10 @@ impl PostingList {
         }
     }
 
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-    }
-
-    /// A copy holding exactly its bytes.
-    pub fn to_exact(&self) -> PostingList {
+    /// An empty list with room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> PostingList {
         PostingList {
-            bytes: self.bytes.as_slice().to_vec(),
+            bytes: Vec::with_capacity(bytes),
         }
     }
 
@@ -85,12 +81,21 @@ impl PostingList {
         self.bytes.len() / 2
     }
 
-    pub fn iter(&self) -> Postings<'_> {
+    /// The postings in bytes `from..to`, where `from` is 0 or a byte length
+    /// the list had when a posting was appended after `previous` 0 (a
+    /// restart of the delta chain), and `to` is 0, such a length or the end.
+    pub fn iter_range(&self, from: usize, to: usize) -> Postings<'_> {
+        let to = to.min(self.bytes.len());
         Postings {
-            bytes: &self.bytes,
-            at: 0,
+            bytes: &self.bytes[..to],
+            at: from.min(to),
             seq: 0,
         }
+    }
+
+    /// Encoded length in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
     }
 
     pub fn shrink_to_fit(&mut self) {
@@ -201,7 +206,21 @@ mod tests {
             list.push(previous, p);
             previous = p.seq;
         }
-        assert_eq!(list.iter().collect::<Vec<_>>(), input);
+        assert_eq!(list.iter_range(0, usize::MAX).collect::<Vec<_>>(), input);
+    }
+
+    #[test]
+    fn a_range_reads_from_a_restart_of_the_delta_chain() {
+        let mut list = PostingList::default();
+        list.push(0, posting(10, 1, 1, 0, 0));
+        list.push(10, posting(12, 1, 2, 0, 0));
+        let split = list.len_bytes();
+        list.push(0, posting(3, 0, 1, 0, 1));
+        list.push(3, posting(4, 2, 9, 1, 0));
+        let seqs = |from, to| list.iter_range(from, to).map(|p| p.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(0, split), [10, 12]);
+        assert_eq!(seqs(split, usize::MAX), [3, 4]);
+        assert_eq!(seqs(split, split), Vec::<u32>::new());
     }
 
     #[test]
