@@ -7,6 +7,11 @@
 //! sizes at least double going down, and each term is rewritten O(log n) times in
 //! total. Terms that have died (no live posting left) are dropped at merges.
 //!
+//! A merge runs a few keys at a time, as the next new terms arrive, so no insert
+//! pays for rewriting the whole dictionary: the sets being merged stay
+//! searchable until the merged one is complete, and it completes before the
+//! buffer fills again.
+//!
 //! A lookup builds the Schulz–Mihov DFA of the query word for the wanted distance
 //! (`levenshtein_automata`, transpositions cost 1) and intersects it with each fst:
 //! the walk only enters prefixes from which the DFA can still accept, so its cost
@@ -16,11 +21,15 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
+use fst::set::OpBuilder;
 use fst::{IntoStreamer, Set, SetBuilder, Streamer};
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA, SINK_STATE};
 
 /// Recent terms kept outside the fsts.
 pub(crate) const BUFFER_TERMS: usize = 2048;
+
+/// A merge reads at least this many keys per new term.
+const MIN_MERGE_KEYS: usize = 64;
 
 /// The DFA builder for `distance` (1 or 2). Building one takes a few milliseconds,
 /// so each is built once per process and shared (it is immutable).
@@ -64,10 +73,23 @@ fn distance_of(dfa: &DFA, state: u32) -> Option<u8> {
 pub(crate) struct FuzzyDict {
     /// Sizes at least double from the last to the first.
     levels: Vec<Set<Vec<u8>>>,
+    /// The merge under way, whose result goes below the last level.
+    merging: Option<Merge>,
     buffer: BTreeSet<Box<str>>,
     /// A bulk load is under way: nothing is recorded until
     /// [`FuzzyDict::end_bulk`] is given every term.
     bulk: bool,
+}
+
+/// A merge of the last levels and a flushed buffer, a few keys at a time.
+struct Merge {
+    /// The sets being merged, searched as levels until the merge ends.
+    inputs: Vec<Set<Vec<u8>>>,
+    out: SetBuilder<Vec<u8>>,
+    /// The last key read from `inputs`.
+    after: Option<Vec<u8>>,
+    /// Keys read per step: the merge ends within `BUFFER_TERMS / 2` steps.
+    pace: usize,
 }
 
 impl FuzzyDict {
@@ -78,6 +100,7 @@ impl FuzzyDict {
             return;
         }
         self.buffer.insert(term.into());
+        self.merge_step(is_live);
         if self.buffer.len() >= BUFFER_TERMS {
             self.flush(is_live);
         }
@@ -96,6 +119,7 @@ impl FuzzyDict {
         let mut set = SetBuilder::memory();
         let written = terms.iter().all(|t| set.insert(t.as_bytes()).is_ok());
         let set = set.into_inner().ok().filter(|_| written);
+        self.merging = None;
         match set.and_then(|bytes| Set::new(bytes).ok()) {
             Some(set) => {
                 self.levels = vec![set];
@@ -110,7 +134,13 @@ impl FuzzyDict {
         }
     }
 
+    /// Writes the buffer as a new set and starts merging it with the last
+    /// levels that are at most twice its size (their sum, as it grows).
     fn flush(&mut self, is_live: &dyn Fn(&str) -> bool) {
+        // Cannot normally happen: a merge ends within half a buffer of inserts.
+        while self.merging.is_some() {
+            self.merge_step(is_live);
+        }
         let mut fresh = SetBuilder::memory();
         for term in &self.buffer {
             if is_live(term) && fresh.insert(term.as_bytes()).is_err() {
@@ -120,42 +150,91 @@ impl FuzzyDict {
         let Ok(bytes) = fresh.into_inner() else {
             return;
         };
-        let Ok(mut top) = Set::new(bytes) else { return };
+        let Ok(top) = Set::new(bytes) else { return };
         self.buffer.clear();
-        while self
-            .levels
-            .last()
-            .is_some_and(|below| below.len() <= 2 * top.len())
-        {
-            let Some(below) = self.levels.pop() else {
+        let mut size = top.len();
+        let mut joining = 0;
+        for below in self.levels.iter().rev() {
+            if below.len() > 2 * size {
                 break;
-            };
-            let merged = {
-                let mut merged = SetBuilder::memory();
-                let mut union = below.op().add(&top).union();
-                let mut ok = true;
-                while let Some(key) = union.next() {
-                    let live = std::str::from_utf8(key).is_ok_and(is_live);
-                    if live && merged.insert(key).is_err() {
-                        ok = false; // cannot happen: a union stream is sorted and unique
-                        break;
-                    }
-                }
-                if ok {
-                    merged.into_inner().ok().and_then(|b| Set::new(b).ok())
-                } else {
-                    None
-                }
-            };
-            match merged {
-                Some(set) => top = set,
-                None => {
-                    self.levels.push(below);
-                    break;
-                }
+            }
+            size += below.len();
+            joining += 1;
+        }
+        if joining == 0 {
+            self.levels.push(top);
+            return;
+        }
+        let mut inputs = self.levels.split_off(self.levels.len() - joining);
+        inputs.push(top);
+        self.merging = Some(Merge {
+            inputs,
+            out: SetBuilder::memory(),
+            after: None,
+            pace: size.div_ceil(BUFFER_TERMS / 2).max(MIN_MERGE_KEYS),
+        });
+        self.merge_step(is_live);
+    }
+
+    /// Reads the next `pace` keys of the merge under way (keeping the live
+    /// ones), and installs the merged set after the last.
+    fn merge_step(&mut self, is_live: &dyn Fn(&str) -> bool) {
+        let Some(Merge {
+            inputs,
+            out,
+            after,
+            pace,
+        }) = &mut self.merging
+        else {
+            return;
+        };
+        let mut union = match after {
+            None => inputs.iter().collect::<OpBuilder>().union(),
+            Some(key) => inputs
+                .iter()
+                .map(|set| set.range().gt(&*key))
+                .collect::<OpBuilder>()
+                .union(),
+        };
+        let mut read = 0;
+        let mut more = false;
+        let mut failed = false;
+        while let Some(key) = union.next() {
+            let live = std::str::from_utf8(key).is_ok_and(is_live);
+            if live && out.insert(key).is_err() {
+                failed = true; // cannot happen: a union stream is sorted and unique
+                break;
+            }
+            read += 1;
+            if read >= *pace {
+                *after = Some(key.to_vec());
+                more = true;
+                break;
             }
         }
-        self.levels.push(top);
+        drop(union);
+        if more && !failed {
+            return;
+        }
+        let Some(merge) = self.merging.take() else {
+            return;
+        };
+        let merged = if failed {
+            None
+        } else {
+            merge.out.into_inner().ok().and_then(|b| Set::new(b).ok())
+        };
+        match merged {
+            Some(set) => self.levels.push(set),
+            // Keep every term findable.
+            None => self.levels.extend(merge.inputs),
+        }
+    }
+
+    /// The sets to search: the levels and those being merged.
+    fn sets(&self) -> impl Iterator<Item = &Set<Vec<u8>>> {
+        let merging = self.merging.as_ref().map(|m| m.inputs.as_slice());
+        self.levels.iter().chain(merging.unwrap_or_default())
     }
 
     /// Calls `f(term, distance)` for every recorded term within `max_distance`
@@ -167,7 +246,7 @@ impl FuzzyDict {
             return;
         }
         let dfa = builder(max_distance).build_dfa(word);
-        for set in &self.levels {
+        for set in self.sets() {
             let mut stream = set.search_with_state(Lev(&dfa)).into_stream();
             while let Some((key, state)) = stream.next() {
                 if let (Ok(term), Some(d)) = (std::str::from_utf8(key), distance_of(&dfa, state)) {
@@ -199,7 +278,7 @@ impl FuzzyDict {
         use fst::automaton::{Automaton, Str};
         let mut left = max_terms;
         let mut reads = max_terms.saturating_mul(4);
-        for set in &self.levels {
+        for set in self.sets() {
             let mut stream = set.search(Str::new(prefix).starts_with()).into_stream();
             while let Some(key) = stream.next() {
                 if left == 0 || reads == 0 {
@@ -229,14 +308,14 @@ impl FuzzyDict {
     }
 
     pub(crate) fn memory_bytes(&self) -> usize {
-        let sets: usize = self
-            .levels
-            .iter()
-            .map(|s| s.as_fst().as_bytes().len())
-            .sum();
+        let sets: usize = self.sets().map(|s| s.as_fst().as_bytes().len()).sum();
+        let merged = self
+            .merging
+            .as_ref()
+            .map_or(0, |m| m.out.bytes_written() as usize);
         // A BTreeSet entry: the boxed str (16 bytes + heap) plus node overhead.
         let buffer: usize = self.buffer.iter().map(|t| t.len() + 32).sum();
-        sets + buffer + self.levels.capacity() * std::mem::size_of::<Set<Vec<u8>>>()
+        sets + merged + buffer + self.levels.capacity() * std::mem::size_of::<Set<Vec<u8>>>()
     }
 
     #[cfg(test)]
@@ -329,6 +408,31 @@ mod tests {
             false // all dead
         });
         assert_eq!(read, 40);
+    }
+
+    #[test]
+    fn terms_stay_findable_while_a_merge_runs_and_it_ends_before_the_next_flush() {
+        let mut dict = FuzzyDict::default();
+        let live = |_: &str| true;
+        let mut saw_merge = false;
+        for i in 0..BUFFER_TERMS * 6 {
+            dict.insert(&format!("m{i:05}"), &live);
+            saw_merge |= dict.merging.is_some();
+            if dict.buffer.len() == BUFFER_TERMS - 1 {
+                assert!(dict.merging.is_none(), "still merging at insert {i}");
+            }
+            for probe in [0, i / 2, i] {
+                let word = format!("m{probe:05}");
+                assert_eq!(
+                    lookup(&dict, &word, 1).get(&word),
+                    Some(&0),
+                    "{word} at {i}"
+                );
+            }
+        }
+        assert!(saw_merge);
+        let total: usize = dict.level_sizes().iter().sum::<usize>() + dict.buffer.len();
+        assert_eq!(total, BUFFER_TERMS * 6);
     }
 
     #[test]
