@@ -992,6 +992,10 @@ impl TextIndex {
             // Every posting is live, and every word has one.
             return !self.groups[entry.group as usize].postings.is_empty();
         }
+        if entry.member.is_none() && self.last_posting_live(entry.group) {
+            // The common answer, without reading the list.
+            return true;
+        }
         let mut live = false;
         self.each_posting(entry.group, |p| {
             live = entry.member.is_none_or(|m| p.member == m)
@@ -999,6 +1003,21 @@ impl TextIndex {
             !live
         });
         live
+    }
+
+    /// True when the last posting appended to `group` is of a live version.
+    fn last_posting_live(&self, group: GroupId) -> bool {
+        let g = &self.groups[group as usize];
+        if g.postings.is_empty() {
+            return false;
+        }
+        let mut seq = g.last_seq;
+        if let Some(m) = self.migration.as_ref().filter(|m| m.unswept(group)) {
+            if !m.split.contains_key(&group) {
+                seq = m.renumber.get(seq as usize).copied().unwrap_or(NONE);
+            }
+        }
+        self.seqs.get(seq as usize).is_some_and(|&d| d != NONE)
     }
 
     /// The entry reading `term`'s postings.
