@@ -395,3 +395,27 @@ write("function_definition", {
         transaction_config={"enabled": True, "auto_rollback": True}),
     "bad_stage": msg({"definition": {"label": "f", "name": "f", "functions": [{"type": "Nope"}]}}),
 })
+
+
+# ----- text_index: flags, then opcodes (fuzz_targets/text_index.rs) -----
+
+def upsert(doc, *fields):
+    out = bytes([0, doc, len(fields)])
+    for name, text in fields:
+        t = text.encode()
+        out += bytes([name, len(t)]) + t
+    return out
+
+def search(text, options=0, distance=1, limit=10):
+    t = text.encode()
+    return bytes([3, len(t)]) + t + bytes([options, distance, limit])
+
+churn = b"".join(upsert(d % 5, (0, "running rust runs %d" % r), (1, "Caf\u00e9 db%d" % d))
+                 for r in range(4) for d in range(5))
+write("text_index", {
+    "empty": b"\x00",
+    "upsert_search": b"\x02" + upsert(1, (0, "Rust engines")) + search("engine", 1 | 2),
+    "churn_slow_sweep": b"\x03" + churn + bytes([2, 3]) + search("run", 16 | 2) + search("rust", 4),
+    "churn_normal": b"\x02" + churn + search("runing", 1, 2) + search("db", 2 | 16 | 128),
+    "bad_distance": b"\x00" + upsert(0, (2, "x")) + search("x", 1, 3),
+})
