@@ -78,6 +78,7 @@
 //! changes nothing under this rule (an exact match already scores highest).
 
 use std::borrow::Cow;
+use std::collections::BinaryHeap;
 use std::fmt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -251,7 +252,7 @@ mod dict;
 mod postings;
 
 use dict::{Dict, Keyed};
-use postings::{Posting, PostingList};
+use postings::{Posting, PostingList, Postings};
 
 type TermId = u32;
 type FieldId = u16;
@@ -367,6 +368,58 @@ pub struct TextIndex {
     migration: Option<Migration>,
     /// Sweep one group per write (tests of the states in between).
     slow_sweep: bool,
+}
+
+/// A scored document, ordered best first: higher score, then lower id.
+#[derive(Clone, Copy)]
+struct Ranked {
+    score: f32,
+    doc: u32,
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.doc.cmp(&other.doc))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked {}
+
+/// A group's postings: those numbered before the migration under way (if
+/// any), translated, then those numbered since.
+struct GroupPostings<'a> {
+    old: Postings<'a>,
+    /// Old sequence number -> new (empty: no old postings).
+    renumber: &'a [u32],
+    new: Postings<'a>,
+}
+
+impl Iterator for GroupPostings<'_> {
+    type Item = Posting;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Posting> {
+        if let Some(p) = self.old.next() {
+            let seq = self.renumber.get(p.seq as usize).copied().unwrap_or(NONE);
+            return Some(Posting { seq, ..p });
+        }
+        self.new.next()
+    }
 }
 
 /// A renumbering of document versions under way: removed versions are
@@ -777,14 +830,13 @@ impl TextIndex {
         let live = |seq: u32| self.seqs.get(seq as usize).is_some_and(|&d| d != NONE);
         // Old member -> (new member, live postings).
         let mut map = vec![(NONE, 0u32); members];
-        self.each_posting(group, |p| {
+        for p in self.postings_of(group) {
             if live(p.seq) {
                 if let Some(m) = map.get_mut(p.member as usize) {
                     m.1 += 1;
                 }
             }
-            true
-        });
+        }
         let mut next = 0;
         for m in &mut map {
             if m.1 > 0 {
@@ -794,14 +846,13 @@ impl TextIndex {
         }
         let mut list = PostingList::with_capacity(read);
         let mut last_seq = 0;
-        self.each_posting(group, |p| {
+        for p in self.postings_of(group) {
             if live(p.seq) {
                 let member = map.get(p.member as usize).map_or(0, |m| m.0);
                 list.push(last_seq, Posting { member, ..p });
                 last_seq = p.seq;
             }
-            true
-        });
+        }
         list.shrink_to_fit();
         if let Some(m) = &mut self.migration {
             m.split.remove(&group);
@@ -854,30 +905,25 @@ impl TextIndex {
         read
     }
 
-    /// Calls `f` with each posting of `group`, its sequence number in the
-    /// current numbering (`NONE` for a version removed before the migration
-    /// under way began), until `f` returns false.
-    #[inline(always)]
-    fn each_posting(&self, group: GroupId, mut f: impl FnMut(Posting) -> bool) {
+    /// The postings of `group`, with sequence numbers in the current
+    /// numbering (`NONE` for a version removed before the migration under
+    /// way began).
+    #[inline]
+    fn postings_of(&self, group: GroupId) -> GroupPostings<'_> {
         let list = &self.groups[group as usize].postings;
-        let mut from = 0;
-        if let Some(m) = self.migration.as_ref().filter(|m| m.unswept(group)) {
-            let split = m
-                .split
-                .get(&group)
-                .map_or(list.len_bytes(), |&at| at as usize);
-            for p in list.iter_range(0, split) {
-                let seq = m.renumber.get(p.seq as usize).copied().unwrap_or(NONE);
-                if !f(Posting { seq, ..p }) {
-                    return;
-                }
-            }
-            from = split;
-        }
-        for p in list.iter_range(from, usize::MAX) {
-            if !f(p) {
-                return;
-            }
+        let (split, renumber) = match self.migration.as_ref().filter(|m| m.unswept(group)) {
+            Some(m) => (
+                m.split
+                    .get(&group)
+                    .map_or(list.len_bytes(), |&at| at as usize),
+                m.renumber.as_slice(),
+            ),
+            None => (0, &[][..]),
+        };
+        GroupPostings {
+            old: list.iter_range(0, split),
+            renumber,
+            new: list.iter_range(split, usize::MAX),
         }
     }
 
@@ -996,13 +1042,10 @@ impl TextIndex {
             // The common answer, without reading the list.
             return true;
         }
-        let mut live = false;
-        self.each_posting(entry.group, |p| {
-            live = entry.member.is_none_or(|m| p.member == m)
-                && self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE);
-            !live
-        });
-        live
+        self.postings_of(entry.group).any(|p| {
+            entry.member.is_none_or(|m| p.member == m)
+                && self.seqs.get(p.seq as usize).is_some_and(|&d| d != NONE)
+        })
     }
 
     /// True when the last posting appended to `group` is of a live version.
@@ -1086,30 +1129,31 @@ impl TextIndex {
             Scoring::Bm25 => self.bm25_scores(&plan, &mut marks),
             Scoring::EkoDb => self.ekodb_scores(&plan, &mut marks),
         };
-        let mut scored: Vec<(f32, u32)> = Vec::with_capacity(scores.len());
+        // The best `limit` in a heap whose top is the worst kept: most
+        // documents are turned away by one comparison.
+        let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(query.limit.min(scores.len()));
+        let mut total = 0;
         for (doc, score) in scores {
             if score.is_nan() || score <= 0.0 || min_score.is_some_and(|m| score < m) {
                 continue;
             }
-            if accept(DocId(doc)) {
-                scored.push((score, doc));
+            if !accept(DocId(doc)) {
+                continue;
+            }
+            total += 1;
+            let hit = Ranked { score, doc };
+            if best.len() < query.limit {
+                best.push(hit);
+            } else if let Some(mut worst) = best.peek_mut() {
+                if hit < *worst {
+                    *worst = hit;
+                }
             }
         }
-        let total = scored.len();
-        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        let limit = query.limit.min(total);
-        if limit < total {
-            if limit == 0 {
-                scored.clear();
-            } else {
-                scored.select_nth_unstable_by(limit - 1, order);
-                scored.truncate(limit);
-            }
-        }
-        scored.sort_unstable_by(order);
+        let scored = best.into_sorted_vec();
         let hits = scored
             .into_iter()
-            .map(|(score, doc)| TextHit {
+            .map(|Ranked { score, doc }| TextHit {
                 doc: DocId(doc),
                 score,
                 matched_fields: self.field_names(marks.of(doc)),
@@ -1172,14 +1216,14 @@ impl TextIndex {
         let mask = (0..fields.len().min(64) as FieldId)
             .filter(|&f| searched(f))
             .fold(0u64, |m, f| m | 1 << f);
-        self.each_posting(entry.group, |p| {
+        for p in self.postings_of(entry.group) {
             let searched = if p.field < 64 {
                 mask & (1 << p.field) != 0
             } else {
                 searched(p.field)
             };
             if !searched || entry.member.is_some_and(|m| p.member != m) {
-                return true;
+                continue;
             }
             match &mut pending {
                 Some(q) if q.seq == p.seq && q.field == p.field => {
@@ -1192,8 +1236,7 @@ impl TextIndex {
                     }
                 }
             }
-            true
-        });
+        }
         if let Some(q) = pending {
             emit(q);
         }

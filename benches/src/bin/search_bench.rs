@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p tidepool-benches --bin search_bench [-- --small] [--no-text] [--no-vectors]
-//!     [--docs N] [--vectors N] [--dim D] [--queries N] [--dump-vectors DIR]
+//!     [--docs N] [--vectors N] [--dim D] [--queries N] [--rounds N] [--dump-vectors DIR]
 //! ```
 //!
 //! Text: one document per English man page (`/usr/share/man/man*/*.gz`, symlinks
@@ -40,6 +40,8 @@ struct Args {
     n_vectors: usize,
     dim: usize,
     queries: usize,
+    /// Times each text query set is run (p50/p99 over all runs).
+    rounds: usize,
     shape: Shape,
     /// Write the vectors and queries here (raw little-endian f32) for a peer
     /// to index the same ones (`benches/scripts/hnswlib.sh`).
@@ -54,6 +56,7 @@ fn args() -> Args {
         n_vectors: 100_000,
         dim: 384,
         queries: 500,
+        rounds: 20,
         shape: Shape {
             latent: 64,
             clusters: 1_000,
@@ -77,6 +80,7 @@ fn args() -> Args {
             "--vectors" => a.n_vectors = num(),
             "--dim" => a.dim = num(),
             "--queries" => a.queries = num(),
+            "--rounds" => a.rounds = num().max(1),
             "--dump-vectors" => a.dump_vectors = it.next().map(PathBuf::from),
             "--latent" => a.shape.latent = num().max(1),
             "--clusters" => a.shape.clusters = num().max(1),
@@ -489,7 +493,7 @@ fn text_bench(a: &Args) {
         .enumerate()
         .map(|(i, q)| with_typos(q, i))
         .collect();
-    let rounds = 20;
+    let rounds = a.rounds;
 
     let ix_ref = &ix;
     let ours_as = |fuzzy: bool, served: bool| move |q: &str| run_query(ix_ref, q, fuzzy, served);
