@@ -1180,11 +1180,31 @@ impl TextIndex {
     /// each tf (a posting left with none is dropped, but still counts in the
     /// document frequency).
     fn gather(&self, entry: &Entry, fields: &[FieldPlan], scratch: &mut Scratch) {
+        scratch.hits.clear();
+        scratch
+            .hits
+            .reserve(self.groups[entry.group as usize].postings.max_len());
+        scratch.df.clear();
+        scratch.df.resize(fields.len(), 0);
+        // Outside a migration the list is read directly: the loop is
+        // compiled once for each kind of iterator.
+        if self.migration.is_none() {
+            let list = &self.groups[entry.group as usize].postings;
+            self.gather_from(list.iter_range(0, usize::MAX), entry, fields, scratch);
+        } else {
+            self.gather_from(self.postings_of(entry.group), entry, fields, scratch);
+        }
+    }
+
+    #[inline(always)]
+    fn gather_from(
+        &self,
+        postings: impl Iterator<Item = Posting>,
+        entry: &Entry,
+        fields: &[FieldPlan],
+        scratch: &mut Scratch,
+    ) {
         let Scratch { hits, df } = scratch;
-        hits.clear();
-        hits.reserve(self.groups[entry.group as usize].postings.max_len());
-        df.clear();
-        df.resize(fields.len(), 0);
         let mut emit = |p: Posting| {
             let doc = self.seqs.get(p.seq as usize).copied().unwrap_or(NONE);
             if doc == NONE {
@@ -1216,7 +1236,7 @@ impl TextIndex {
         let mask = (0..fields.len().min(64) as FieldId)
             .filter(|&f| searched(f))
             .fold(0u64, |m, f| m | 1 << f);
-        for p in self.postings_of(entry.group) {
+        for p in postings {
             let searched = if p.field < 64 {
                 mask & (1 << p.field) != 0
             } else {
