@@ -266,6 +266,9 @@ const NONE: u32 = u32::MAX;
 const SWEEP_PACE: usize = 4;
 /// ... and at least this many bytes.
 const MIN_SWEEP_BYTES: usize = 4096;
+/// What visiting one group costs a sweep, in list bytes (so a run of free
+/// or empty groups is not walked in one write).
+const GROUP_SWEEP_BYTES: usize = 16;
 
 /// A folded word, or a word as written (with uppercase).
 struct Term {
@@ -774,7 +777,11 @@ impl TextIndex {
         }
         self.seqs = seqs;
         self.dead_seqs = 0;
-        let bytes: usize = self.groups.iter().map(|g| g.postings.len_bytes()).sum();
+        let bytes: usize = self
+            .groups
+            .iter()
+            .map(|g| g.postings.len_bytes() + GROUP_SWEEP_BYTES)
+            .sum();
         self.migration = Some(Migration {
             renumber,
             next: 0,
@@ -805,7 +812,7 @@ impl TextIndex {
         let mut next = m.next;
         let mut read = 0;
         while read < budget && next < end {
-            read += self.sweep(next);
+            read += self.sweep(next) + GROUP_SWEEP_BYTES;
             next += 1;
             if let Some(m) = &mut self.migration {
                 m.next = next;
