@@ -13,11 +13,14 @@
 //! width `ef` on layer 0. The beam is driven by all nodes (tombstoned and filtered
 //! ones still route), while a separate list keeps the best `k` nodes the caller
 //! accepts.
+//!
+//! Every distance the graph takes is [`Vectors::approx_to`]: to a half-precision
+//! copy of the row when there is one (cosine, see [`crate::distance`]).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::distance::{dot, l2sq, prefetch};
+use crate::distance::{dot, dot_half, l2sq, prefetch};
 use crate::rng::SplitMix64;
 use crate::vector::Metric;
 
@@ -52,15 +55,24 @@ impl Ord for Scored {
 
 /// The vector array seen as rows, with the metric's internal distance:
 /// cosine `1 - a.b` (rows are normalised), dot `-a.b`, euclidean `|a-b|^2`.
+/// Under cosine on a CPU with AVX-512 the graph walks a half-precision copy
+/// (`coarse`): a walk waits on memory, and the copy is half the bytes.
 pub(crate) struct Vectors<'a> {
     data: &'a [f32],
+    coarse: &'a [u16],
     dim: usize,
     metric: Metric,
 }
 
 impl<'a> Vectors<'a> {
-    pub(crate) fn new(data: &'a [f32], dim: usize, metric: Metric) -> Self {
-        Vectors { data, dim, metric }
+    /// `coarse` is `data` in half precision (cosine only), or empty.
+    pub(crate) fn new(data: &'a [f32], coarse: &'a [u16], dim: usize, metric: Metric) -> Self {
+        Vectors {
+            data,
+            coarse,
+            dim,
+            metric,
+        }
     }
 
     #[inline]
@@ -69,6 +81,13 @@ impl<'a> Vectors<'a> {
         &self.data[at..at + self.dim]
     }
 
+    #[inline]
+    fn coarse(&self, slot: u32) -> Option<&'a [u16]> {
+        let at = slot as usize * self.dim;
+        self.coarse.get(at..at + self.dim)
+    }
+
+    /// Exact distance from `q` to `slot`.
     #[inline]
     pub(crate) fn dist_to(&self, q: &[f32], slot: u32) -> f32 {
         let row = self.row(slot);
@@ -85,9 +104,28 @@ impl<'a> Vectors<'a> {
         }
     }
 
+    /// The distance the graph walks by: to the half-precision copy when there
+    /// is one (cosine only), else exact.
     #[inline]
-    fn dist(&self, a: u32, b: u32) -> f32 {
-        self.dist_to(self.row(a), b)
+    fn approx_to(&self, q: &[f32], slot: u32) -> f32 {
+        match self.coarse(slot) {
+            Some(half) => 1.0 - dot_half(q, half),
+            None => self.dist_to(q, slot),
+        }
+    }
+
+    #[inline]
+    fn approx(&self, a: u32, b: u32) -> f32 {
+        self.approx_to(self.row(a), b)
+    }
+
+    /// Starts loading the row the graph reads for `slot` into the cache.
+    #[inline]
+    fn prefetch(&self, slot: u32) {
+        match self.coarse(slot) {
+            Some(half) => prefetch(half),
+            None => prefetch(self.row(slot)),
+        }
     }
 }
 
@@ -188,7 +226,7 @@ impl Hnsw {
         }
         let q = vectors.row(slot);
         let mut ep = Scored {
-            dist: vectors.dist_to(q, self.entry),
+            dist: vectors.approx_to(q, self.entry),
             slot: self.entry,
         };
         for l in (level + 1..=self.top).rev() {
@@ -225,14 +263,13 @@ impl Hnsw {
             return;
         }
         for &slot in current {
-            prefetch(vectors.row(slot));
+            vectors.prefetch(slot);
         }
-        let base = vectors.row(from);
         let mut candidates: Vec<Scored> = current
             .iter()
             .chain(std::iter::once(&to))
             .map(|&slot| Scored {
-                dist: vectors.dist_to(base, slot),
+                dist: vectors.approx(from, slot),
                 slot,
             })
             .collect();
@@ -257,14 +294,14 @@ impl Hnsw {
             .iter()
             .copied()
             .filter(|&n| visited.insert(n))
-            .inspect(|&n| prefetch(vectors.row(n)))
+            .inspect(|&n| vectors.prefetch(n))
     }
 
     fn greedy(&self, q: &[f32], mut ep: Scored, level: usize, vectors: &Vectors<'_>) -> Scored {
         loop {
             let mut moved = false;
             for &n in self.neighbors(ep.slot, level) {
-                let dist = vectors.dist_to(q, n);
+                let dist = vectors.approx_to(q, n);
                 if dist < ep.dist {
                     ep = Scored { dist, slot: n };
                     moved = true;
@@ -311,7 +348,7 @@ impl Hnsw {
             fresh.clear();
             fresh.extend(self.unvisited(c.slot, level, &mut visited, vectors));
             for &n in &fresh {
-                let dist = vectors.dist_to(q, n);
+                let dist = vectors.approx_to(q, n);
                 if w.len() < ef || w.peek().is_some_and(|far| dist < far.dist) {
                     let s = Scored { dist, slot: n };
                     candidates.push(Reverse(s));
@@ -325,7 +362,9 @@ impl Hnsw {
         w.into_sorted_vec()
     }
 
-    /// The best `k` nodes with `ok(node)` found by a beam of width `ef`, closest first.
+    /// The best `k` nodes with `ok(node)` found by a beam of width `ef`, closest
+    /// first by the walk's distances (half precision when `vectors` has a copy:
+    /// the caller rescores them).
     pub(crate) fn search(
         &self,
         q: &[f32],
@@ -338,7 +377,7 @@ impl Hnsw {
             return Vec::new();
         }
         let mut ep = Scored {
-            dist: vectors.dist_to(q, self.entry),
+            dist: vectors.approx_to(q, self.entry),
             slot: self.entry,
         };
         for l in (1..=self.top).rev() {
@@ -372,7 +411,7 @@ impl Hnsw {
             fresh.extend(self.unvisited(c.slot, 0, &mut visited, vectors));
             for &n in &fresh {
                 let s = Scored {
-                    dist: vectors.dist_to(q, n),
+                    dist: vectors.approx_to(q, n),
                     slot: n,
                 };
                 if w.len() < ef || w.peek().is_some_and(|far| s.dist < far.dist) {
@@ -411,7 +450,7 @@ fn select(candidates: &[Scored], m: usize, vectors: &Vectors<'_>) -> Vec<Scored>
         if kept.len() >= m {
             break;
         }
-        if kept.iter().all(|k| vectors.dist(c.slot, k.slot) > c.dist) {
+        if kept.iter().all(|k| vectors.approx(c.slot, k.slot) > c.dist) {
             kept.push(c);
         }
     }

@@ -5,7 +5,9 @@
 //!
 //! Vectors live in one contiguous `Vec<f32>` by slot (`slot * dim ..`), with maps
 //! slot -> doc and doc -> slot. Under [`Metric::Cosine`] vectors are stored
-//! L2-normalised (a zero vector stays zero), so cosine is a dot product.
+//! L2-normalised (a zero vector stays zero), so cosine is a dot product. A
+//! cosine graph on a CPU with AVX-512 also keeps a half-precision copy that the
+//! graph walks (see [`crate::distance`]); hits are then scored on the `f32` rows.
 //!
 //! * **Flat mode** (at most [`FLAT_MAX`] live vectors): no graph. Search scans every
 //!   live vector, so it is exact. Removing a vector moves the last slot into its
@@ -43,6 +45,7 @@
 use std::collections::BinaryHeap;
 use std::fmt;
 
+use crate::distance::{half_rows_pay, to_f16};
 use crate::hnsw::{Hnsw, Scored, Vectors};
 use crate::rng::SplitMix64;
 use crate::DocId;
@@ -118,6 +121,10 @@ pub struct VectorIndex {
     /// Pinned by the first vector; forgotten when the index becomes empty.
     dim: Option<usize>,
     data: Vec<f32>,
+    /// `data` in half precision while a cosine graph exists on a CPU that
+    /// widens it in hardware (empty otherwise): the graph walks it, and the
+    /// hits it finds are scored on `data`.
+    coarse: Vec<u16>,
     slot_doc: Vec<u32>,
     /// Tombstoned slots have `NONE` in `slot_doc`.
     doc_slot: Vec<u32>,
@@ -151,6 +158,7 @@ impl VectorIndex {
             rng: SplitMix64::new(seed),
             dim: None,
             data: Vec::new(),
+            coarse: Vec::new(),
             slot_doc: Vec::new(),
             doc_slot: Vec::new(),
             live: 0,
@@ -256,7 +264,10 @@ impl VectorIndex {
         let metric = self.metric;
         match &mut self.graph {
             Some(graph) => {
-                let vectors = Vectors::new(&self.data, dim, metric);
+                if !self.coarse.is_empty() {
+                    self.coarse.extend(stored.iter().map(|&x| to_f16(x)));
+                }
+                let vectors = Vectors::new(&self.data, &self.coarse, dim, metric);
                 graph.insert(slot, &vectors, &mut self.rng);
                 self.maybe_rebuild();
             }
@@ -307,6 +318,7 @@ impl VectorIndex {
     fn clear(&mut self) {
         self.dim = None;
         self.data = Vec::new();
+        self.coarse = Vec::new();
         self.slot_doc = Vec::new();
         self.doc_slot = Vec::new();
         self.live = 0;
@@ -336,8 +348,12 @@ impl VectorIndex {
         self.data = data;
         self.slot_doc = slot_doc;
         self.graph = None;
+        self.coarse = Vec::new();
         if self.live > self.flat_max {
-            let vectors = Vectors::new(&self.data, dim, self.metric);
+            if self.metric == Metric::Cosine && half_rows_pay() {
+                self.coarse = self.data.iter().map(|&x| to_f16(x)).collect();
+            }
+            let vectors = Vectors::new(&self.data, &self.coarse, dim, self.metric);
             let mut graph = Hnsw::new(self.m, self.ef_construction);
             for slot in 0..self.slot_doc.len() as u32 {
                 graph.insert(slot, &vectors, &mut self.rng);
@@ -371,7 +387,7 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         let q = self.prepare(q);
-        let vectors = Vectors::new(&self.data, dim, self.metric);
+        let vectors = Vectors::new(&self.data, &self.coarse, dim, self.metric);
         let ok = |slot: u32| {
             let doc = self.slot_doc[slot as usize];
             doc != NONE && accept(DocId(doc))
@@ -412,6 +428,10 @@ impl VectorIndex {
                 }
                 ef = (ef * 4).min(limit);
             }
+            // The graph may have ranked by half-precision rows: scores are exact.
+            for hit in &mut found {
+                hit.dist = vectors.dist_to(&q, hit.slot);
+            }
         }
         if found.len() < k {
             found = exact(&q, k, &vectors, self.slot_doc.len() as u32, &ok);
@@ -442,7 +462,7 @@ impl VectorIndex {
         };
         self.validate(q)?;
         let q = self.prepare(q);
-        let vectors = Vectors::new(&self.data, dim, self.metric);
+        let vectors = Vectors::new(&self.data, &[], dim, self.metric);
         let ok = |slot: u32| {
             let doc = self.slot_doc[slot as usize];
             doc != NONE && accept(DocId(doc))
@@ -469,6 +489,7 @@ impl VectorIndex {
     /// Approximate heap memory in bytes (capacities).
     pub fn memory_bytes(&self) -> usize {
         self.data.capacity() * 4
+            + self.coarse.capacity() * 2
             + self.slot_doc.capacity() * 4
             + self.doc_slot.capacity() * 4
             + self.graph.as_ref().map_or(0, Hnsw::memory_bytes)
