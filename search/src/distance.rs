@@ -83,46 +83,12 @@ fn half_arch() -> Option<()> {
 /// Rounds to the nearest IEEE half-precision value (ties to even); beyond its
 /// range (65504) it gives infinity, below it subnormals, then zero.
 pub(crate) fn to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let man = bits & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let rounded = (m + (1 << (shift - 1)) - 1 + ((m >> shift) & 1)) >> shift;
-        return sign | rounded as u16;
-    }
-    let mut h = ((e as u32) << 10) | (man >> 13);
-    let rest = man & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-        // A carry into the exponent is right, up to infinity.
-        h += 1;
-    }
-    sign | h as u16
+    half::f16::from_f32(x).to_bits()
 }
 
 /// The value of a half-precision number.
 pub(crate) fn from_f16(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1f);
-    let man = f32::from(h & 0x3ff);
-    sign * match exp {
-        0 => man * (2f32).powi(-24),
-        0x1f if man == 0.0 => f32::INFINITY,
-        0x1f => f32::NAN,
-        _ => (1.0 + man / 1024.0) * (2f32).powi(exp - 15),
-    }
+    half::f16::from_bits(h).to_f32()
 }
 
 /// `q . row` with `row` in half precision, over the shorter length.
