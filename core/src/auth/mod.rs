@@ -27,6 +27,9 @@ type Parsed = (Lsn, Arc<keys::StoredKey>, Access);
 /// Parsed registered keys kept at most (more keys are parsed again).
 const MAX_PARSED_KEYS: usize = 10_000;
 
+/// Tokens whose signature was checked, kept at most (more are checked again).
+const MAX_SIGNED_TOKENS: usize = 10_000;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Who a verified credential belongs to, and what it may do.
@@ -56,6 +59,11 @@ pub struct Auth {
     /// record they were parsed from: a request with a token costs a lookup,
     /// not a parse, and a changed or revoked key is never served stale.
     parsed: RefCell<HashMap<String, Parsed>>,
+    /// The claims of tokens whose signature was checked, by the whole token:
+    /// a client that sends the same token with every request costs a lookup
+    /// under the server lock, not an HMAC and a JSON parse. Only tokens this
+    /// server signed get in, and expiry is still checked on each use.
+    signed: RefCell<HashMap<Box<str>, Claims>>,
 }
 
 fn unauthorized(msg: &str) -> Error {
@@ -63,6 +71,7 @@ fn unauthorized(msg: &str) -> Error {
 }
 
 /// A token's claims once its signature and expiry are checked.
+#[derive(Clone, Debug)]
 struct Claims {
     key_id: String,
     issued: i64,
@@ -79,6 +88,7 @@ impl Auth {
                 .collect(),
             token_lifetime,
             parsed: RefCell::new(HashMap::new()),
+            signed: RefCell::new(HashMap::new()),
         }
     }
 
@@ -177,8 +187,29 @@ impl Auth {
         self.registered(engine, id, now).map(|(_, access)| access)
     }
 
-    /// Checks a token's signature and expiry.
+    /// Checks a token's signature (once per token) and expiry.
     fn claims(&self, token: &str, now: Timestamp) -> Result<Claims> {
+        let known = self.signed.borrow().get(token).cloned();
+        let claims = match known {
+            Some(c) => c,
+            None => {
+                let c = self.signature_claims(token)?;
+                let mut signed = self.signed.borrow_mut();
+                if signed.len() >= MAX_SIGNED_TOKENS {
+                    signed.clear();
+                }
+                signed.insert(token.into(), c.clone());
+                c
+            }
+        };
+        if claims.exp <= now.secs() {
+            return Err(unauthorized("Token expired"));
+        }
+        Ok(claims)
+    }
+
+    /// A token's claims once its signature is checked.
+    fn signature_claims(&self, token: &str) -> Result<Claims> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -203,9 +234,6 @@ impl Auth {
         let exp = claims["exp"]
             .as_i64()
             .ok_or_else(|| unauthorized("Invalid token: no exp"))?;
-        if exp <= now.secs() {
-            return Err(unauthorized("Token expired"));
-        }
         Ok(Claims {
             key_id: claims["sub"].as_str().unwrap_or_default().to_string(),
             issued: claims["iat"].as_i64().unwrap_or(0),
@@ -304,6 +332,16 @@ mod tests {
         let mut forged = token.clone();
         forged.push('x');
         assert!(auth.verify(&engine, &forged, now).is_err());
+        // The genuine token is known now; its signature on another payload
+        // (a later `exp`) is still refused.
+        let parts: Vec<&str> = token.split('.').collect();
+        let later = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"sub": payload["sub"], "iat": payload["iat"], "exp": 1_800_000_000})
+                .to_string(),
+        );
+        let swapped = format!("{}.{later}.{}", parts[0], parts[2]);
+        assert!(auth.verify(&engine, &swapped, now).is_err());
+        assert!(auth.verify(&engine, &token, now).is_ok());
         assert!(auth.verify(&engine, "a.b", now).is_err());
         let other = Auth::new(b"other", &["key-1".to_string()], Duration::from_secs(3600));
         assert!(other.verify(&engine, &token, now).is_err());
