@@ -67,8 +67,9 @@ impl World {
         let reply = self.server.handle_request(ConnId(1), &req, None, self.now);
         self.drain();
         assert!(reply.pending.is_none(), "schedule calls answer at once");
-        let v = serde_json::from_slice(&reply.response.body).unwrap_or(J::Null);
-        (reply.response.status, v)
+        let response = reply.response.into_rendered();
+        let v = serde_json::from_slice(&response.body).unwrap_or(J::Null);
+        (response.status, v)
     }
 
     fn call(&mut self, method: Method, target: &str, body: Option<J>) -> (u16, J) {

@@ -1016,6 +1016,32 @@ fn pipelined_keep_alive_requests_are_answered_in_order() {
     );
 }
 
+/// A read's reply is encoded after the server lock is let go, when the
+/// requests pipelined behind it may have run already: it still shows the
+/// record as it was when the read ran.
+#[test]
+fn a_read_answers_with_the_record_as_it_was_when_it_ran() {
+    check(
+        &cat(&[
+            insert("c", json!({"id":"a","n":1})),
+            get("c", "a"),
+            update("c", "a", json!({"n":2})),
+            get("c", "a"),
+            delete("c", "a"),
+            get("c", "a"),
+        ]),
+        &[
+            (200, r#"{"id":"a"}"#),
+            (200, r#""n":{"type":"Integer","value":1}"#),
+            (200, r#""n":{"type":"Integer","value":2}"#),
+            (200, r#""n":{"type":"Integer","value":2}"#),
+            (200, r#""id":"a""#),
+            (404, "Record not found"),
+        ],
+        false,
+    );
+}
+
 #[test]
 fn connection_close_and_http_1_0_end_the_connection() {
     let close = http("GET", "/api/health", &[("Connection", "close")], None);

@@ -184,7 +184,7 @@ impl Connection {
                 if !keep_alive {
                     self.state = State::Closing;
                 }
-                self.push_out(reply.wait_for, reply.response.encode(keep_alive, head_only));
+                self.push_reply(reply.wait_for, reply.response, keep_alive, head_only);
             }
             Some(Upgrade::WebSocket {
                 accept,

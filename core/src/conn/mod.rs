@@ -146,6 +146,32 @@ pub struct ConnConfig {
     pub body_timeout: Duration,
 }
 
+/// What waits in `Connection::out`: bytes, or an HTTP reply (with whether
+/// to keep the connection alive, and whether it answers a HEAD) whose body
+/// is encoded when it is sent.
+#[derive(Debug)]
+enum Out {
+    Bytes(Bytes),
+    Reply(Box<Response>, bool, bool),
+}
+
+impl Out {
+    /// Bytes it holds (none for a reply not encoded yet).
+    fn len(&self) -> usize {
+        match self {
+            Out::Bytes(b) => b.len(),
+            Out::Reply(r, ..) => r.body.len(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Out::Bytes(b) => b,
+            Out::Reply(r, keep_alive, head_only) => r.encode(keep_alive, head_only),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Connection {
     id: ConnId,
@@ -157,7 +183,7 @@ pub struct Connection {
     parser: RequestParser,
     inbuf: BytesMut,
     work: VecDeque<Work>,
-    out: VecDeque<(Lsn, Bytes)>,
+    out: VecDeque<(Lsn, Out)>,
     out_bytes: usize,
     last_activity: Timestamp,
     opened: Timestamp,
@@ -271,11 +297,22 @@ impl Connection {
 
     fn push_out(&mut self, lsn: Lsn, bytes: Bytes) {
         self.out_bytes += bytes.len();
-        self.out.push_back((lsn, bytes));
+        self.out.push_back((lsn, Out::Bytes(bytes)));
+    }
+
+    /// Queues an HTTP reply; one with a deferred body is encoded when it is
+    /// sent, which is outside the server lock (`driver::step`).
+    fn push_reply(&mut self, lsn: Lsn, response: Response, keep_alive: bool, head_only: bool) {
+        if response.deferred.is_some() {
+            self.out
+                .push_back((lsn, Out::Reply(Box::new(response), keep_alive, head_only)));
+        } else {
+            self.push_out(lsn, response.encode(keep_alive, head_only));
+        }
     }
 
     fn recount_out(&mut self) {
-        self.out_bytes = self.out.iter().map(|(_, b)| b.len()).sum();
+        self.out_bytes = self.out.iter().map(|(_, o)| o.len()).sum();
     }
 
     // ----- inputs -----------------------------------------------------------
@@ -391,7 +428,7 @@ impl Connection {
                 self.state = State::Closing;
             }
             response.headers.extend(call.headers);
-            self.push_out(wait_for, response.encode(call.keep_alive, call.head_only));
+            self.push_reply(wait_for, response, call.keep_alive, call.head_only);
         }
         while self.pending_call.is_none() {
             if self.state != State::Open && !self.is_streaming() {
@@ -458,8 +495,9 @@ impl Connection {
     pub fn poll_transmit(&mut self, durable: Lsn) -> Option<Bytes> {
         match self.out.front() {
             Some((lsn, _)) if *lsn <= durable => {
-                let (_, bytes) = self.out.pop_front()?;
-                self.out_bytes = self.out_bytes.saturating_sub(bytes.len());
+                let (_, out) = self.out.pop_front()?;
+                self.out_bytes = self.out_bytes.saturating_sub(out.len());
+                let bytes = out.into_bytes();
                 if self.notified && self.out_bytes < LOCAL_OUT_BYTES / 2 {
                     self.pull_events();
                 }
@@ -525,7 +563,7 @@ impl Connection {
             if let Mode::WebSocket(ws) = &mut self.mode {
                 ws.transport.close(1011, "storage failure");
                 if let Some(b) = ws.transport.take_output() {
-                    self.out.push_back((Lsn::ZERO, b));
+                    self.out.push_back((Lsn::ZERO, Out::Bytes(b)));
                 }
             }
         } else if let Some(at) = self.out.iter().position(|(lsn, _)| *lsn > durable) {
@@ -540,7 +578,7 @@ impl Connection {
             )
             .with_header("X-Tidepool-Durability", "unknown")
             .encode(false, false);
-            self.out.push_back((Lsn::ZERO, r));
+            self.out.push_back((Lsn::ZERO, Out::Bytes(r)));
         }
         self.recount_out();
         self.history_due = None;

@@ -178,7 +178,7 @@ impl Connection {
         if let Mode::WebSocket(ws) = &mut self.mode {
             ws.transport.close(1013, "subscriber too slow");
             if let Some(b) = ws.transport.take_output() {
-                self.out.push_back((Lsn::ZERO, b));
+                self.out.push_back((Lsn::ZERO, super::Out::Bytes(b)));
             }
         }
         self.recount_out();

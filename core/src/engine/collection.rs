@@ -153,6 +153,11 @@ impl Collection {
         self.records.get_key_value(id)
     }
 
+    /// A record, expired or not, shared.
+    pub fn shared(&self, id: &str) -> Option<Arc<Record>> {
+        self.records.0.get(id).cloned()
+    }
+
     /// Visible records in id order.
     pub fn iter_live(&self, now: Timestamp) -> impl Iterator<Item = (&str, &Record)> {
         self.records.iter_live(now)

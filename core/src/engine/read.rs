@@ -12,6 +12,7 @@ use crate::time::Timestamp;
 use crate::value::{compare_json, json_eq, Json, View};
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a query reads records from: the engine itself (under the server
@@ -140,6 +141,38 @@ impl Engine {
 
     /// Finds one record. Records with sliding expiry get their expiry pushed on.
     pub fn find_by_id(&mut self, collection: &str, id: &str, now: Timestamp) -> Result<Found<'_>> {
+        self.touch(collection, id, now)?;
+        self.found(collection, id)
+    }
+
+    /// `find_by_id`, with the primary key's name and the record shared
+    /// rather than borrowed: for a reply serialised after the lock is let go.
+    pub fn find_shared(
+        &mut self,
+        collection: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<(String, Arc<Record>)> {
+        // One lookup for a live record without sliding expiry; the rest
+        // (missing, expired, sliding) take `find_by_id`'s path.
+        let plain = self.collections.get(collection).and_then(|c| {
+            let r = c.shared(id)?;
+            let still = !r.is_expired(now) && r.sliding_micros.is_none_or(|s| s == 0);
+            still.then(|| (c.schema.primary_key_alias.clone(), r))
+        });
+        if let Some(found) = plain {
+            return Ok(found);
+        }
+        self.touch(collection, id, now)?;
+        let c = self.collection(collection)?;
+        let record = c
+            .shared(id)
+            .ok_or_else(|| Error::internal("record vanished during the operation"))?;
+        Ok((c.schema.primary_key_alias.clone(), record))
+    }
+
+    /// A live record, read: sliding expiry pushes its expiry on.
+    fn touch(&mut self, collection: &str, id: &str, now: Timestamp) -> Result<()> {
         let record = self.live(collection, id, now)?;
         if let Some(slide) = record.sliding_micros.filter(|s| *s > 0) {
             let mut bumped = record.clone();
@@ -147,7 +180,7 @@ impl Engine {
             bumped.version = self.op_lsn();
             self.store(collection, id, bumped, now)?;
         }
-        self.found(collection, id)
+        Ok(())
     }
 
     /// A snapshot of `collections` (unknown ones are left out: they have no

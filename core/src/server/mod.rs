@@ -686,7 +686,7 @@ impl Server {
         // it (rate limits, CORS) go onto the real reply (`Connection`).
         let (response, upgrade, pending) = match outcome {
             Ok(Outcome::Reply(r)) => (r, None, None),
-            Ok(Outcome::Upgrade(r, u)) => (r, Some(u), None),
+            Ok(Outcome::Upgrade(r, u)) => (r, Some(*u), None),
             Ok(Outcome::Call(request, kind)) => {
                 let ticket = self.pending.ticket(conn);
                 let purpose = Purpose::Reply {

@@ -61,7 +61,7 @@ impl Sut {
                     .expect("a deferred read answers")
                     .0
             }
-            None => reply.response,
+            None => reply.response.into_rendered(),
         };
         let v = serde_json::from_slice(&r.body).unwrap_or(J::Null);
         (r.status, v)

@@ -205,14 +205,14 @@ pub fn open(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     };
     Ok(Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
-        Upgrade::Feed {
+        Box::new(Upgrade::Feed {
             codec,
             collection: MEMORIES.to_string(),
             filter: (!all.is_empty()).then_some(Filter { all }),
             resume: resume.map(FeedPos::resume_point),
             missed,
             feed,
-        },
+        }),
     ))
 }
 

@@ -546,11 +546,11 @@ fn pending_answer(
 fn stream(started: Started) -> Outcome {
     Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
-        Upgrade::ChatStream {
+        Box::new(Upgrade::ChatStream {
             chat_key: started.chat_key,
             message_id: Some(started.message_id),
             after: None,
-        },
+        }),
     )
 }
 
@@ -608,11 +608,11 @@ pub fn resume(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     }
     Ok(Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
-        Upgrade::ChatStream {
+        Box::new(Upgrade::ChatStream {
             chat_key: chat_id.to_string(),
             message_id: Some(mid.to_string()),
             after,
-        },
+        }),
     ))
 }
 

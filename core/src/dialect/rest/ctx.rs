@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::ids::ConnId;
 use crate::time::Timestamp;
 use crate::wire::format::{self, Format};
-use crate::wire::http::{url, Method, Request, Response};
+use crate::wire::http::{url, Deferred, Method, Request, Response};
 use serde::Serialize;
 use serde_json::Value as J;
 use std::cell::RefCell;
@@ -202,6 +202,28 @@ impl<'a> Ctx<'a> {
     /// A 200 response in the negotiated format.
     pub fn ok<T: Serialize + ?Sized>(&self, value: &T) -> Result<Response> {
         ok_in(self.out, value)
+    }
+
+    /// A 200 response in the negotiated format whose body `render` makes:
+    /// for an HTTP request when the reply is sent, after the server lock is
+    /// let go (so `render` works on data it owns); for a message call at once.
+    pub fn ok_deferred(
+        &self,
+        render: impl Fn(Format) -> Result<bytes::Bytes> + Send + Sync + 'static,
+    ) -> Result<Response> {
+        let format = self.out;
+        match self.input {
+            Input::Http(..) => Ok(Response::deferred(
+                200,
+                format::content_type(format),
+                Deferred::new(move || render(format).map_err(|e| e.message)),
+            )),
+            Input::Value(_) => Ok(Response::new(
+                200,
+                format::content_type(format),
+                render(format)?,
+            )),
+        }
     }
 
     /// A 200 response in JSON whatever was negotiated, for the REST endpoints the

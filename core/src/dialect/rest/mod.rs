@@ -46,7 +46,7 @@ pub enum Outcome {
     /// The response, ready.
     Reply(Response),
     /// The response switches the connection to another protocol.
-    Upgrade(Response, Upgrade),
+    Upgrade(Response, Box<Upgrade>),
     /// The response needs an outbound call first.
     Call(OutboundRequest, ReplyKind),
     /// The response comes later, for this ticket (`Server::fulfil`).

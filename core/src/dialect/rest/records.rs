@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::server::reads::ReadWork;
 use crate::server::Server;
 use crate::value::{Json, Plain};
-use crate::wire::format::Format;
+use crate::wire::format::{self, Format};
 use crate::wire::http::Response;
 use serde_json::{json, Value as J};
 
@@ -58,8 +58,16 @@ pub fn find_by_id(engine: &mut Engine, ctx: &Ctx<'_>, c: &str, id: &str) -> Resu
         return txn::find_by_id(engine, ctx, tx, c, id);
     }
     let p = projection(ctx, c);
-    let found = engine.find_by_id(c, id, ctx.now)?;
-    ctx.ok(&out(found, Some(&p)))
+    let (pk, record) = engine.find_shared(c, id, ctx.now)?;
+    let id = id.to_string();
+    ctx.ok_deferred(move |format| {
+        let found = Found {
+            pk: &pk,
+            id: &id,
+            record: &record,
+        };
+        format::encode(format, &out(found, Some(&p)))
+    })
 }
 
 pub fn find(engine: &mut Engine, ctx: &Ctx<'_>, c: &str) -> Result<Response> {

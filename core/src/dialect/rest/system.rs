@@ -99,11 +99,11 @@ pub fn handshake(ctx: &Ctx<'_>) -> Result<String> {
 pub fn upgrade_to(ctx: &Ctx<'_>, session: WsSession, protocol: Option<String>) -> Result<Outcome> {
     Ok(Outcome::Upgrade(
         Response::new(101, "", ""),
-        Upgrade::WebSocket {
+        Box::new(Upgrade::WebSocket {
             accept: handshake(ctx)?,
             protocol,
             session,
-        },
+        }),
     ))
 }
 
@@ -169,11 +169,11 @@ pub fn subscribe(server: &mut Server, ctx: &Ctx<'_>) -> Result<Outcome> {
     claim_stream(server, ctx)?;
     Ok(Outcome::Upgrade(
         Response::new(200, "text/event-stream", ""),
-        Upgrade::Sse {
+        Box::new(Upgrade::Sse {
             collection,
             filter,
             resume,
-        },
+        }),
     ))
 }
 

@@ -7,4 +7,4 @@ pub mod response;
 pub mod url;
 
 pub use request::{HttpError, Limits, Method, Phase, Request, RequestParser};
-pub use response::Response;
+pub use response::{Deferred, Response};
