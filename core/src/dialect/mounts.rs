@@ -145,6 +145,12 @@ impl Mounts {
             .map_or(POINTS[i].default, |(_, p)| p.as_str())
     }
 
+    /// Whether no endpoint was moved (`resolve` is then the identity on
+    /// the main listener).
+    pub fn moves_nothing(&self) -> bool {
+        self.moved.is_empty()
+    }
+
     /// The documented path a request's path stands for on `listener`, or
     /// `None` when nothing is mounted there.
     pub fn resolve<'p>(&self, listener: Listener, path: &'p str) -> Option<Cow<'p, str>> {

@@ -260,6 +260,9 @@ fn route_for(
     // Mounts match the decoded path, so `/%77s` is `/ws` here as it is to
     // the route table.
     let listener = server.peer_of(conn).listener;
+    if listener == Listener::Main && server.config().mounts.moves_nothing() {
+        return routes::resolve(&req.method, &segments);
+    }
     let decoded = format!("/{}", segments.join("/"));
     let segments = match server.config().mounts.resolve(listener, &decoded) {
         Some(path) if path == decoded => segments,

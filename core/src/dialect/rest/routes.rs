@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::Server;
 use crate::wire::http::{Method, Response};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// Who may call a route. Checked in one place (`rest::permit`), for the
@@ -413,9 +414,80 @@ impl Compiled {
     }
 }
 
-fn compiled() -> &'static [Compiled] {
-    static TABLE: OnceLock<Vec<Compiled>> = OnceLock::new();
-    TABLE.get_or_init(|| ROUTES.iter().map(Compiled::new).collect())
+/// The compiled rows, with the rows whose first two segments are literals
+/// found by those two (most of the table: `/api/insert/...`), so a request
+/// is matched against a handful of rows rather than every one.
+struct Table {
+    rows: Vec<Compiled>,
+    /// Rows by their two leading literals, in table order.
+    by_head: HashMap<&'static str, HashMap<&'static str, Vec<usize>>>,
+    /// Every other row (a variable or the end within two segments), in
+    /// table order.
+    other: Vec<usize>,
+}
+
+impl Table {
+    fn new() -> Table {
+        let rows: Vec<Compiled> = ROUTES.iter().map(Compiled::new).collect();
+        let mut by_head: HashMap<&'static str, HashMap<&'static str, Vec<usize>>> = HashMap::new();
+        let mut other = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            match row.segs.as_slice() {
+                [Seg::Lit(a), Seg::Lit(b), ..] => {
+                    by_head
+                        .entry(*a)
+                        .or_default()
+                        .entry(*b)
+                        .or_default()
+                        .push(i);
+                }
+                _ => other.push(i),
+            }
+        }
+        Table {
+            rows,
+            by_head,
+            other,
+        }
+    }
+
+    /// The rows that can match `segments`, in table order.
+    fn candidates<'t>(&'t self, segments: &[String]) -> impl Iterator<Item = &'t Compiled> + 't {
+        let headed: &[usize] = match segments {
+            [a, b, ..] => self
+                .by_head
+                .get(a.as_str())
+                .and_then(|next| next.get(b.as_str()))
+                .map_or(&[], Vec::as_slice),
+            _ => &[],
+        };
+        merge_sorted(headed, &self.other).map(|i| &self.rows[i])
+    }
+}
+
+/// The union of two ascending index lists, ascending.
+fn merge_sorted<'a>(a: &'a [usize], b: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x < y => x,
+            (Some(_), Some(&y)) | (None, Some(&y)) => y,
+            (Some(&x), None) => x,
+            (None, None) => return None,
+        };
+        if a.get(i) == Some(&next) {
+            i += 1;
+        }
+        if b.get(j) == Some(&next) {
+            j += 1;
+        }
+        Some(next)
+    })
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(Table::new)
 }
 
 /// The variables a matched path binds, by name.
@@ -426,7 +498,7 @@ pub type Args = Vec<(&'static str, String)>;
 pub fn resolve(method: &Method, segments: &[String]) -> Result<(&'static Route, Args)> {
     // The rows matching with the most specific rank.
     let mut best: Vec<&Compiled> = Vec::new();
-    for row in compiled() {
+    for row in table().candidates(segments) {
         if !row.matches(segments) {
             continue;
         }
@@ -477,6 +549,46 @@ mod tests {
     /// Where a request should go: the row's path and its bound variables, or
     /// the error status.
     type Expect<'a> = std::result::Result<(&'a str, &'a [(&'a str, &'a str)]), u16>;
+
+    /// The rows the index offers for a path are the rows of the whole table
+    /// that match it, in the same order: for every row's own path (variables
+    /// filled in), a rest match's extra segments, and paths that lie near.
+    #[test]
+    fn the_index_offers_every_row_that_matches() {
+        let mut paths = vec!["/".to_string(), "/api".to_string(), "/x/y/z".to_string()];
+        for row in ROUTES {
+            let filled: Vec<&str> = pattern(row.path)
+                .map(|seg| match seg {
+                    Seg::Lit(l) => l,
+                    Seg::Var(_) => "v",
+                    Seg::Rest(_) => "r/s",
+                })
+                .collect();
+            let path = format!("/{}", filled.join("/"));
+            paths.push(format!("{path}/more"));
+            paths.push(path.trim_end_matches("/r/s").to_string());
+            paths.push(path);
+        }
+        for path in paths {
+            let segs = split_path(&path).unwrap();
+            let all: Vec<&str> = table()
+                .rows
+                .iter()
+                .filter(|r| r.matches(&segs))
+                .map(|r| r.route.path)
+                .collect();
+            let offered: Vec<&str> = table()
+                .candidates(&segs)
+                .filter(|r| r.matches(&segs))
+                .map(|r| r.route.path)
+                .collect();
+            assert_eq!(offered, all, "{path}");
+        }
+        let merged: Vec<usize> = merge_sorted(&[0, 3, 9], &[1, 2, 3, 10]).collect();
+        assert_eq!(merged, [0, 1, 2, 3, 9, 10]);
+        assert_eq!(merge_sorted(&[1, 4], &[]).collect::<Vec<_>>(), [1, 4]);
+        assert_eq!(merge_sorted(&[], &[2]).collect::<Vec<_>>(), [2]);
+    }
 
     fn check(method: Method, path: &str, expect: Expect<'_>) {
         let segs = split_path(path).unwrap();
