@@ -56,6 +56,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "embed-model", env: "TIDEPOOL_EMBED_MODEL", default: "text-embedding-3-small", help: "model sent to the provider when a request names none" },
     Setting { flag: "embed-model-dir", env: "TIDEPOOL_EMBED_MODEL_DIR", default: "", help: "a sentence-transformers model directory (config.json, model.safetensors, tokenizer.json; e.g. all-MiniLM-L6-v2) run in-process on the CPU for /api/embed and the Embed stage; replaces --embed-url" },
     Setting { flag: "chat-model-file", env: "TIDEPOOL_CHAT_MODEL_FILE", default: "", help: "a Gemma 3 GGUF file (e.g. gemma-3-270m-q4_k_m.gguf) run in-process on the CPU: the offline chat provider answers with this model instead of composing from records" },
+    Setting { flag: "chat-model-answers", env: "TIDEPOOL_CHAT_MODEL_ANSWERS", default: "2", help: "answers the in-process chat model writes at once, each on a thread with its own cache (more wait their turn; at least 1)" },
     Setting { flag: "embed-dimensions", env: "TIDEPOOL_EMBED_DIMENSIONS", default: "384", help: "dimensions of the built-in offline embedder (feature hashing, deterministic, not a neural model)" },
     Setting { flag: "outbound-connect-timeout", env: "TIDEPOOL_OUTBOUND_CONNECT_TIMEOUT", default: "10", help: "seconds an outbound provider call may take to connect (TCP and TLS) and send its request" },
     Setting { flag: "outbound-timeout", env: "TIDEPOOL_OUTBOUND_TIMEOUT", default: "30", help: "seconds a provider may take to start answering once the request is sent" },
@@ -186,6 +187,8 @@ pub struct Config {
     pub embed_model_dir: String,
     /// The in-process chat model's file (the host loads it).
     pub chat_model_file: String,
+    /// Answers the in-process chat model writes at once (at least 1).
+    pub chat_model_answers: usize,
     pub outbound_connect_timeout_secs: u64,
     pub outbound_timeout_secs: u64,
     pub outbound_idle_timeout_secs: u64,
@@ -297,6 +300,7 @@ fn unreachable_default() -> Config {
         embed_dimensions: 384,
         embed_model_dir: String::new(),
         chat_model_file: String::new(),
+        chat_model_answers: 2,
         outbound_connect_timeout_secs: 10,
         outbound_timeout_secs: 30,
         outbound_idle_timeout_secs: 30,
@@ -523,6 +527,10 @@ impl Config {
             embed_dimensions: num("embed-dimensions", get("embed-dimensions"))?,
             embed_model_dir: get("embed-model-dir"),
             chat_model_file: get("chat-model-file"),
+            chat_model_answers: match num("chat-model-answers", get("chat-model-answers"))? {
+                0 => return Err("`--chat-model-answers` must be at least 1".into()),
+                n => n,
+            },
             outbound_connect_timeout_secs: num(
                 "outbound-connect-timeout",
                 get("outbound-connect-timeout"),
@@ -634,6 +642,22 @@ fn file_stem(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_model_answers_at_once_is_at_least_one() {
+        let none = |_: &str| None;
+        let parse = |n: &'static str| Config::parse(["--chat-model-answers", n], none);
+        let Command::Run(c) = parse("3").unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.chat_model_answers, 3);
+        let Command::Run(c) = Config::parse(Vec::<String>::new(), none).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.chat_model_answers, 2);
+        assert!(parse("0").unwrap_err().contains("at least 1"));
+        assert!(parse("x").unwrap_err().contains("--chat-model-answers"));
+    }
 
     #[test]
     fn local_models_become_the_providers() {

@@ -1,9 +1,10 @@
 //! The in-process models (`--embed-model-dir`, `--chat-model-file`) as the
 //! server's providers. Core sends them ordinary OpenAI-format calls to
 //! `providers::IN_PROCESS_HOST`; the host answers those here, with no
-//! socket, on a thread per model: `/embeddings` as one JSON response, and
-//! `/chat/completions` as an SSE stream, one event per piece of text the
-//! moment the model makes it. So the provider parsers, deadlines,
+//! socket, on worker threads: `/embeddings` as one JSON response (one
+//! thread), and `/chat/completions` as an SSE stream, one event per piece
+//! of text the moment the model makes it (`--chat-model-answers` threads,
+//! so that many answers stream at once; more wait their turn). So the provider parsers, deadlines,
 //! cancellation and metrics that serve hosted models serve these unchanged.
 
 use crate::clock::now;
@@ -74,9 +75,10 @@ pub fn load(config: &Config) -> Result<Loaded, String> {
             let started = std::time::Instant::now();
             let model = ChatModel::load(Path::new(file)).map_err(|e| e.to_string())?;
             banner.push(format!(
-                "chat model {} loaded in {:.1} s: the offline provider answers with it",
+                "chat model {} loaded in {:.1} s: the offline provider answers with it, {} answers at a time",
                 model.name(),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                config.chat_model_answers
             ));
             Some(Arc::new(model))
         }
@@ -89,14 +91,21 @@ pub fn load(config: &Config) -> Result<Loaded, String> {
         running: Mutex::new(HashSet::new()),
     });
     if let Some(model) = embed {
-        spawn("embedder", embed_rx, models.clone(), move |m, job| {
+        spawn("embedder", 1, embed_rx, models.clone(), move |m, job| {
             answer_embeddings(&model, m, job)
         })?;
     }
     if let Some(model) = chat {
-        spawn("chat-model", chat_rx, models.clone(), move |m, job| {
-            answer_chat(&model, m, job)
-        })?;
+        // Each answer has a cache of its own over the shared weights, so
+        // answers on different threads stream side by side.
+        let threads = config.chat_model_answers;
+        spawn(
+            "chat-model",
+            threads,
+            chat_rx,
+            models.clone(),
+            move |m, job| answer_chat(&model, m, job),
+        )?;
     }
     Ok(Loaded {
         models: Some(models),
@@ -104,24 +113,36 @@ pub fn load(config: &Config) -> Result<Loaded, String> {
     })
 }
 
+/// Starts `threads` workers named after `name` that take jobs from one
+/// queue, so up to `threads` jobs run at once and the rest wait in order.
 fn spawn(
     name: &str,
+    threads: usize,
     jobs: Receiver<Job>,
     models: Arc<Models>,
-    answer: impl Fn(&Models, &Job) + Send + 'static,
+    answer: impl Fn(&Models, &Job) + Send + Sync + 'static,
 ) -> Result<(), String> {
-    thread::Builder::new()
-        .name(format!("tidepool-{name}"))
-        .spawn(move || {
-            for job in jobs {
-                if models.is_running(job.id) {
-                    answer(&models, &job);
+    let answer = Arc::new(answer);
+    for n in 0..threads.max(1) {
+        let (jobs, models, answer) = (jobs.clone(), models.clone(), answer.clone());
+        let thread_name = if threads > 1 {
+            format!("tidepool-{name}-{n}")
+        } else {
+            format!("tidepool-{name}")
+        };
+        thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                for job in jobs {
+                    if models.is_running(job.id) {
+                        answer(&models, &job);
+                    }
+                    models.lock().remove(&job.id);
                 }
-                models.lock().remove(&job.id);
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+            })
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Models {

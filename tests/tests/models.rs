@@ -317,3 +317,104 @@ both_runtimes!(chat_streams_from_the_local_model, |rt: Runtime| {
         assert_eq!(sessions.sessions[0].llm_model, CHAT_MODEL);
     });
 });
+
+/// The next event of whichever stream has one first, as (which, event).
+async fn next_of(
+    streams: &mut [Receiver<ChatStreamEvent>; 2],
+    ended: [bool; 2],
+) -> (usize, Option<ChatStreamEvent>) {
+    let [a, b] = streams;
+    let next = async {
+        tokio::select! {
+            ev = a.recv(), if !ended[0] => (0, ev),
+            ev = b.recv(), if !ended[1] => (1, ev),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), next)
+        .await
+        .expect("a stream hung")
+}
+
+// Two chats asked at once, with the default of two answers at a time: both
+// stream side by side (each one's first piece comes before the other one
+// ends; one at a time, the second would start only after the first ended),
+// and each is the answer the question gets alone, token for token, since
+// every answer has a cache of its own over the shared weights.
+#[test]
+fn two_answers_from_the_local_model_stream_side_by_side() {
+    let file = model_path("gemma-3-270m-q4_k_m.gguf");
+    let srv = TestServer::start_with(Runtime::Smol, &["--chat-model-file", &file]);
+    block_on(async {
+        let c = client(&srv);
+        c.insert(
+            "facts",
+            Record::new()
+                .field("id", "mascot")
+                .field("title", "mascot")
+                .field("text", FACT),
+            None,
+        )
+        .await
+        .unwrap();
+        let session = || {
+            let mut s = CreateChatSessionRequest::new("offline").collection(CollectionConfig {
+                collection_name: "facts".into(),
+                fields: vec![FieldSearchOptions {
+                    field: "text".into(),
+                    search_options: None,
+                }],
+                search_options: None,
+            });
+            s.max_tokens = Some(48);
+            s
+        };
+        let alone = c.create_chat_session(session()).await.unwrap().chat_id;
+        let mut rx = c
+            .chat_message_stream(&alone, ChatMessageRequest::new(QUESTION))
+            .await
+            .unwrap();
+        let (chunks, _) = drain(&mut rx).await;
+        let answer_alone = chunks.concat();
+        assert!(
+            chunks.len() > 10,
+            "a long enough answer to overlap: {chunks:?}"
+        );
+
+        let a = c.create_chat_session(session()).await.unwrap().chat_id;
+        let b = c.create_chat_session(session()).await.unwrap().chat_id;
+        let ask = |chat: String| {
+            let c = c.clone();
+            async move {
+                c.chat_message_stream(&chat, ChatMessageRequest::new(QUESTION))
+                    .await
+                    .unwrap()
+            }
+        };
+        let (ra, rb) = tokio::join!(ask(a), ask(b));
+        let mut streams = [ra, rb];
+        let mut texts = [String::new(), String::new()];
+        let mut ended = [false, false];
+        // (which stream, whether the event ended it), in arrival order.
+        let mut order: Vec<(usize, bool)> = Vec::new();
+        while !(ended[0] && ended[1]) {
+            match next_of(&mut streams, ended).await {
+                (w, Some(ChatStreamEvent::Chunk(s))) => {
+                    texts[w].push_str(&s);
+                    order.push((w, false));
+                }
+                (w, Some(ChatStreamEvent::End { .. })) => {
+                    ended[w] = true;
+                    order.push((w, true));
+                }
+                (w, other) => panic!("stream {w}: unexpected {other:?} after {texts:?}"),
+            }
+        }
+        let first_piece = |w: usize| order.iter().position(|e| *e == (w, false)).unwrap();
+        let end = |w: usize| order.iter().position(|e| *e == (w, true)).unwrap();
+        assert!(
+            first_piece(0) < end(1) && first_piece(1) < end(0),
+            "side by side: {order:?}"
+        );
+        assert_eq!(texts, [answer_alone.clone(), answer_alone]);
+    });
+}
