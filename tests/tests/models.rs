@@ -248,6 +248,39 @@ async fn drain(rx: &mut Receiver<ChatStreamEvent>) -> (Vec<String>, Option<Value
 const FACT: &str = "The Tidepool mascot is a purple octopus named Inky.";
 const QUESTION: &str = "Describe the Tidepool mascot.";
 
+/// The record holding `FACT`, under a fixed id: the record's JSON is in the
+/// prompt, so the prompt, and with it the likeliest answer, is the same
+/// every run.
+async fn insert_fact(c: &Client) {
+    c.insert(
+        "facts",
+        Record::new()
+            .field("id", "mascot")
+            .field("title", "mascot")
+            .field("text", FACT),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// A chat of the offline provider retrieving from `fields` of the facts.
+fn fact_session(fields: &[&str], max_tokens: i32) -> CreateChatSessionRequest {
+    let mut s = CreateChatSessionRequest::new("offline").collection(CollectionConfig {
+        collection_name: "facts".into(),
+        fields: fields
+            .iter()
+            .map(|f| FieldSearchOptions {
+                field: (*f).into(),
+                search_options: None,
+            })
+            .collect(),
+        search_options: None,
+    });
+    s.max_tokens = Some(max_tokens);
+    s
+}
+
 // A chat answered by the real model: streamed in pieces over SSE and over
 // WebSocket, grounded in the retrieved record ("Inky" is only there), the
 // session saying which model answered, and the same answer both times (the
@@ -257,33 +290,8 @@ both_runtimes!(chat_streams_from_the_local_model, |rt: Runtime| {
     let srv = TestServer::start_with(rt, &["--chat-model-file", &file]);
     block_on(async {
         let c = client(&srv);
-        // A fixed id: the record's JSON is in the prompt, so the prompt, and
-        // with it the likeliest answer, is the same every run.
-        c.insert(
-            "facts",
-            Record::new()
-                .field("id", "mascot")
-                .field("title", "mascot")
-                .field("text", FACT),
-            None,
-        )
-        .await
-        .unwrap();
-        let session = || {
-            let mut s = CreateChatSessionRequest::new("offline").collection(CollectionConfig {
-                collection_name: "facts".into(),
-                fields: ["title", "text"]
-                    .into_iter()
-                    .map(|f| FieldSearchOptions {
-                        field: f.into(),
-                        search_options: None,
-                    })
-                    .collect(),
-                search_options: None,
-            });
-            s.max_tokens = Some(24);
-            s
-        };
+        insert_fact(&c).await;
+        let session = || fact_session(&["title", "text"], 24);
         let chat = c.create_chat_session(session()).await.unwrap().chat_id;
 
         let mut rx = c
@@ -346,28 +354,8 @@ fn two_answers_from_the_local_model_stream_side_by_side() {
     let srv = TestServer::start_with(Runtime::Smol, &["--chat-model-file", &file]);
     block_on(async {
         let c = client(&srv);
-        c.insert(
-            "facts",
-            Record::new()
-                .field("id", "mascot")
-                .field("title", "mascot")
-                .field("text", FACT),
-            None,
-        )
-        .await
-        .unwrap();
-        let session = || {
-            let mut s = CreateChatSessionRequest::new("offline").collection(CollectionConfig {
-                collection_name: "facts".into(),
-                fields: vec![FieldSearchOptions {
-                    field: "text".into(),
-                    search_options: None,
-                }],
-                search_options: None,
-            });
-            s.max_tokens = Some(48);
-            s
-        };
+        insert_fact(&c).await;
+        let session = || fact_session(&["text"], 48);
         let alone = c.create_chat_session(session()).await.unwrap().chat_id;
         let mut rx = c
             .chat_message_stream(&alone, ChatMessageRequest::new(QUESTION))
