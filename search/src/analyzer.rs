@@ -142,6 +142,43 @@ impl Analyzer {
         }
     }
 
+    /// `for_each_word` for a caller that looks the lowercase form up before
+    /// it keeps it (an index counting words): `f(raw, lowered)` gets the
+    /// lowercase form only when it differs from `raw`, in a buffer reused from
+    /// word to word, so a word written with capitals costs no allocation.
+    pub fn for_each_word_lowered<'t>(
+        &self,
+        text: &'t str,
+        mut f: impl FnMut(&'t str, Option<&str>),
+    ) {
+        let mut buf = String::new();
+        let mut word = |word: &'t str| {
+            if word.len() > MAX_TOKEN_BYTES {
+                return;
+            }
+            if !word.is_ascii() {
+                match fold(word) {
+                    Cow::Borrowed(_) => f(word, None),
+                    Cow::Owned(lower) => f(word, Some(&lower)),
+                }
+                return;
+            }
+            if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                buf.clear();
+                buf.push_str(word);
+                buf.make_ascii_lowercase();
+                f(word, Some(&buf));
+            } else {
+                f(word, None);
+            }
+        };
+        if text.is_ascii() {
+            ascii_words(text, &mut word);
+        } else {
+            text.unicode_words().for_each(word);
+        }
+    }
+
     /// The words of `text` as `(raw, folded)` pairs.
     pub fn words<'t>(&self, text: &'t str) -> Vec<(&'t str, Cow<'t, str>)> {
         let mut out = Vec::new();
@@ -228,6 +265,32 @@ mod tests {
             .map(|(_, f)| a.stem(&f).into_owned())
             .collect();
         assert_eq!(got, expect, "analyzing {text:?}");
+    }
+
+    #[test]
+    fn lowered_words_are_the_folded_words() {
+        let a = Analyzer::default();
+        let long = "X".repeat(MAX_TOKEN_BYTES + 1);
+        for text in [
+            "The QUICK brown Fox, don't e.g. 3.14 A_b",
+            "ÉCOLE Straße naïve ΣΊΣΥΦΟΣ déjà",
+            &format!("keep {long} Drop"),
+            "",
+        ] {
+            let folded: Vec<(String, Option<String>)> = a
+                .words(text)
+                .into_iter()
+                .map(|(raw, f)| {
+                    let lowered = matches!(f, Cow::Owned(_)).then(|| f.into_owned());
+                    (raw.to_string(), lowered)
+                })
+                .collect();
+            let mut lowered = Vec::new();
+            a.for_each_word_lowered(text, |raw, l| {
+                lowered.push((raw.to_string(), l.map(str::to_string)));
+            });
+            assert_eq!(lowered, folded, "{text:?}");
+        }
     }
 
     #[test]

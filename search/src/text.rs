@@ -612,15 +612,20 @@ impl TextIndex {
                 }
             };
             let counts = &mut per_field[slot].1;
-            self.analyzer.for_each_word(text, |raw, folded| {
+            self.analyzer.for_each_word_lowered(text, |raw, lowered| {
                 counts.len = counts.len.saturating_add(1);
-                let upper = matches!(folded, Cow::Owned(_));
-                if upper {
-                    *counts.raw.entry(raw).or_insert(0) += 1;
+                let Some(lower) = lowered else {
+                    counts.folded.entry(Cow::Borrowed(raw)).or_insert((0, 0)).0 += 1;
+                    return;
+                };
+                *counts.raw.entry(raw).or_insert(0) += 1;
+                // Looked up by the borrowed form: a copy only for a new word.
+                if let Some(e) = counts.folded.get_mut(lower) {
+                    e.0 += 1;
+                    e.1 += 1;
+                    return;
                 }
-                let e = counts.folded.entry(folded).or_insert((0, 0));
-                e.0 += 1;
-                e.1 += u32::from(upper);
+                counts.folded.insert(Cow::Owned(lower.to_string()), (1, 1));
             });
         }
 
