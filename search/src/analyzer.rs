@@ -130,16 +130,7 @@ impl Analyzer {
     /// Calls `f(raw, folded)` for every word of `text`, in order. `raw` is the word
     /// as written, `folded` its lowercase form.
     pub fn for_each_word<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str, Cow<'t, str>)) {
-        let mut word = |word: &'t str| {
-            if word.len() <= MAX_TOKEN_BYTES {
-                f(word, fold(word));
-            }
-        };
-        if text.is_ascii() {
-            ascii_words(text, &mut word);
-        } else {
-            text.unicode_words().for_each(word);
-        }
+        each_token(text, |word| f(word, fold(word)));
     }
 
     /// `for_each_word` for a caller that looks the lowercase form up before
@@ -152,18 +143,13 @@ impl Analyzer {
         mut f: impl FnMut(&'t str, Option<&str>),
     ) {
         let mut buf = String::new();
-        let mut word = |word: &'t str| {
-            if word.len() > MAX_TOKEN_BYTES {
-                return;
-            }
+        each_token(text, |word| {
             if !word.is_ascii() {
                 match fold(word) {
                     Cow::Borrowed(_) => f(word, None),
                     Cow::Owned(lower) => f(word, Some(&lower)),
                 }
-                return;
-            }
-            if word.bytes().any(|b| b.is_ascii_uppercase()) {
+            } else if word.bytes().any(|b| b.is_ascii_uppercase()) {
                 buf.clear();
                 buf.push_str(word);
                 buf.make_ascii_lowercase();
@@ -171,12 +157,7 @@ impl Analyzer {
             } else {
                 f(word, None);
             }
-        };
-        if text.is_ascii() {
-            ascii_words(text, &mut word);
-        } else {
-            text.unicode_words().for_each(word);
-        }
+        });
     }
 
     /// The words of `text` as `(raw, folded)` pairs.
@@ -192,6 +173,21 @@ impl Analyzer {
             Some(stemmer) => stemmer.stem(folded),
             None => Cow::Borrowed(folded),
         }
+    }
+}
+
+/// Calls `f` for every word of `text` no longer than [`MAX_TOKEN_BYTES`], in
+/// order: UAX #29 words, found by `ascii_words` when the text is ASCII.
+fn each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
+    let mut word = |word: &'t str| {
+        if word.len() <= MAX_TOKEN_BYTES {
+            f(word);
+        }
+    };
+    if text.is_ascii() {
+        ascii_words(text, &mut word);
+    } else {
+        text.unicode_words().for_each(word);
     }
 }
 
