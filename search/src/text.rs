@@ -80,6 +80,7 @@
 use std::borrow::Cow;
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::sync::Mutex;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -371,6 +372,8 @@ pub struct TextIndex {
     migration: Option<Migration>,
     /// Sweep one group per write (tests of the states in between).
     slow_sweep: bool,
+    /// Score buffers kept between queries.
+    buffers: BufferPool,
 }
 
 /// A scored document, ordered best first: higher score, then lower id.
@@ -495,38 +498,133 @@ struct Hit {
     tf: f32,
 }
 
-/// Which fields matched, per document, gathered while scoring.
-struct FieldMarks {
-    /// Bit f for field f < 64, by doc id.
-    low: Vec<u64>,
-    high: FxHashSet<(u32, FieldId)>,
+/// A document's running totals in a BM25 query.
+#[derive(Clone, Copy, Default)]
+struct Bm25Slot {
+    total: f32,
+    /// The current query word's score.
+    word: f32,
+    /// Bit f: field f (< 32) matched.
+    fields: u32,
+    /// Query words matched.
+    matched: u16,
 }
 
-impl FieldMarks {
-    fn new(docs: usize) -> FieldMarks {
-        FieldMarks {
-            low: vec![0; docs],
-            high: FxHashSet::default(),
-        }
-    }
+/// A document's running totals in an ekoDB-rule query.
+#[derive(Clone, Copy, Default)]
+struct EkoSlot {
+    /// Summed in f64, rounded once at the end.
+    total: f64,
+    /// The query word (1-based) that `seen` belongs to.
+    word: u32,
+    /// Bit f: that word already counted in field f (< 32).
+    seen: u32,
+    /// Bit f: field f (< 32) matched.
+    fields: u32,
+}
 
-    fn mark(&mut self, doc: u32, field: FieldId) {
-        if field < 64 {
-            if let Some(bits) = self.low.get_mut(doc as usize) {
-                *bits |= 1 << field;
-            }
-        } else {
-            self.high.insert((doc, field));
-        }
-    }
+/// What a query scores into, kept between queries. The per-document slots
+/// are all zero between queries: a query resets only the documents it
+/// scored, so it costs what it matches, not the size of the index (zeroing
+/// fresh per-document arrays was a tenth of a common query's time). Each
+/// document's totals share one slot, so scoring a posting touches one
+/// cache line rather than one per array.
+#[derive(Default)]
+struct Buffers {
+    bm25: Vec<Bm25Slot>,
+    eko: Vec<EkoSlot>,
+    scratch: Scratch,
+    /// The scored documents and their scores, each document once.
+    scores: Vec<(u32, f32)>,
+    /// The documents the current word scored (BM25).
+    word_docs: Vec<u32>,
+    /// (document, field) pairs matched, for fields numbered 32 and up.
+    high_fields: FxHashSet<(u32, FieldId)>,
+    /// (document, field) pairs the current word counted, fields 32 and up
+    /// (ekoDB rule).
+    high_seen: FxHashSet<(u32, FieldId)>,
+}
 
-    fn of(&self, doc: u32) -> Vec<FieldId> {
-        let bits = self.low.get(doc as usize).copied().unwrap_or(0);
-        let mut out: Vec<FieldId> = (0..64).filter(|f| bits & (1 << f) != 0).collect();
-        if !self.high.is_empty() {
-            out.extend(self.high.iter().filter(|(d, _)| *d == doc).map(|(_, f)| *f));
-        }
+impl Buffers {
+    /// The fields matched in `doc`, in no order.
+    fn fields_of(&self, doc: u32, scoring: Scoring) -> Vec<FieldId> {
+        let i = doc as usize;
+        let bits = match scoring {
+            Scoring::Bm25 => self.bm25.get(i).map_or(0, |s| s.fields),
+            Scoring::EkoDb => self.eko.get(i).map_or(0, |s| s.fields),
+        };
+        let mut out: Vec<FieldId> = (0..32).filter(|f| bits & (1 << f) != 0).collect();
+        out.extend(
+            self.high_fields
+                .iter()
+                .filter(|(d, _)| *d == doc)
+                .map(|(_, f)| *f),
+        );
         out
+    }
+
+    /// Zeroes what the last query wrote: the slots of the documents in
+    /// `scores` (every document a query writes to is there).
+    fn reset(&mut self) {
+        for &(doc, _) in &self.scores {
+            let i = doc as usize;
+            if let Some(slot) = self.bm25.get_mut(i) {
+                *slot = Bm25Slot::default();
+            }
+            if let Some(slot) = self.eko.get_mut(i) {
+                *slot = EkoSlot::default();
+            }
+        }
+        self.scores.clear();
+        self.high_fields.clear();
+    }
+
+    fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.bm25.capacity() * size_of::<Bm25Slot>()
+            + self.eko.capacity() * size_of::<EkoSlot>()
+            + self.scratch.hits.capacity() * size_of::<Hit>()
+            + self.scratch.df.capacity() * size_of::<u32>()
+            + self.scores.capacity() * size_of::<(u32, f32)>()
+            + self.word_docs.capacity() * size_of::<u32>()
+    }
+}
+
+/// Idle [`Buffers`]: one for each query that ran at the same time as others,
+/// up to [`MAX_IDLE_BUFFERS`].
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Buffers>>);
+
+/// Idle buffer sets kept; more queries at once make their own.
+const MAX_IDLE_BUFFERS: usize = 4;
+
+impl BufferPool {
+    fn take(&self) -> Buffers {
+        let idle = self.0.lock().ok().and_then(|mut pool| pool.pop());
+        idle.unwrap_or_default()
+    }
+
+    /// Keeps `buffers` (reset) for a later query.
+    fn give_back(&self, mut buffers: Buffers) {
+        buffers.reset();
+        if let Ok(mut pool) = self.0.lock() {
+            if pool.len() < MAX_IDLE_BUFFERS {
+                pool.push(buffers);
+            }
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.0
+            .lock()
+            .map_or(0, |pool| pool.iter().map(Buffers::memory_bytes).sum())
+    }
+}
+
+/// Grows `slots` to cover `docs` documents.
+fn fit<T: Copy + Default>(slots: &mut Vec<T>, docs: usize) {
+    if slots.len() < docs {
+        slots.resize(docs, T::default());
     }
 }
 
@@ -551,6 +649,7 @@ impl TextIndex {
             free_groups: Vec::new(),
             migration: None,
             slow_sweep: false,
+            buffers: BufferPool::default(),
         }
     }
 
@@ -1112,7 +1211,14 @@ impl TextIndex {
             .iter()
             .map(|f| f.name.len() * 2 + f.lens.capacity() * 4 + size_of::<Field>() + map_entry)
             .sum();
-        terms + groups + dicts + docs + fields + sweep + self.fuzzy.memory_bytes()
+        terms
+            + groups
+            + dicts
+            + docs
+            + fields
+            + sweep
+            + self.fuzzy.memory_bytes()
+            + self.buffers.memory_bytes()
     }
 
     /// Runs `query`; `accept` is the caller's pre-filter (called once for each
@@ -1136,16 +1242,17 @@ impl TextIndex {
         }
 
         let min_score = query.min_score.filter(|m| !m.is_nan());
-        let mut marks = FieldMarks::new(self.docs.len());
-        let scores = match query.scoring {
-            Scoring::Bm25 => self.bm25_scores(&plan, &mut marks),
-            Scoring::EkoDb => self.ekodb_scores(&plan, &mut marks),
-        };
+        let mut buffers = self.buffers.take();
+        match query.scoring {
+            Scoring::Bm25 => self.bm25_scores(&plan, &mut buffers),
+            Scoring::EkoDb => self.ekodb_scores(&plan, &mut buffers),
+        }
         // The best `limit` in a heap whose top is the worst kept: most
         // documents are turned away by one comparison.
+        let scores = &buffers.scores;
         let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(query.limit.min(scores.len()));
         let mut total = 0;
-        for (doc, score) in scores {
+        for &(doc, score) in scores {
             if score.is_nan() || score <= 0.0 || min_score.is_some_and(|m| score < m) {
                 continue;
             }
@@ -1168,9 +1275,10 @@ impl TextIndex {
             .map(|Ranked { score, doc }| TextHit {
                 doc: DocId(doc),
                 score,
-                matched_fields: self.field_names(marks.of(doc)),
+                matched_fields: self.field_names(buffers.fields_of(doc, query.scoring)),
             })
             .collect();
+        self.buffers.give_back(buffers);
         Ok(TextResults { hits, total })
     }
 
@@ -1274,25 +1382,31 @@ impl TextIndex {
         }
     }
 
-    /// BM25 scores of every document matching a word of `plan`.
-    fn bm25_scores(&self, plan: &Plan, marks: &mut FieldMarks) -> Vec<(u32, f32)> {
-        let n = self.docs.len();
-        let mut acc = vec![0f32; n];
-        let mut word_acc = vec![0f32; n];
-        let mut matched = vec![0u16; n];
-        let mut touched: Vec<u32> = Vec::new();
-        let mut word_touched: Vec<u32> = Vec::new();
-        let mut scratch = Scratch::default();
+    /// BM25 scores of every document matching a word of `plan`, into
+    /// `buffers.scores`.
+    fn bm25_scores(&self, plan: &Plan, buffers: &mut Buffers) {
+        let Buffers {
+            bm25: slots,
+            scratch,
+            scores,
+            word_docs,
+            high_fields,
+            ..
+        } = buffers;
+        fit(slots, self.docs.len());
+        // Documents in the order first matched.
+        let touched = scores;
         for word in &plan.words {
             for entry in &word.entries {
-                self.gather(entry, &plan.fields, &mut scratch);
-                let Scratch { hits, df, .. } = &scratch;
-                let mut add = |doc: u32, s: f32| {
-                    let slot = &mut word_acc[doc as usize];
+                self.gather(entry, &plan.fields, scratch);
+                let Scratch { hits, df, .. } = &*scratch;
+                let additive = entry.additive;
+                let mut add = |slots: &mut [Bm25Slot], doc: u32, s: f32| {
+                    let slot = &mut slots[doc as usize].word;
                     if *slot == 0.0 {
-                        word_touched.push(doc);
+                        word_docs.push(doc);
                     }
-                    if entry.additive {
+                    if additive {
                         *slot += s;
                     } else if s > *slot {
                         *slot = s;
@@ -1318,66 +1432,75 @@ impl TextIndex {
                     .collect();
                 let mut current: Option<(u32, f32)> = None;
                 for h in hits {
-                    marks.mark(h.doc, h.field);
                     let (c, a, b) = consts[h.field as usize];
                     let fp = &plan.fields[h.field as usize];
                     let len = fp.lens.get(h.doc as usize).copied().unwrap_or(0) as f32;
                     let s = c * h.tf / (h.tf + a + b * len);
+                    // Only a field that adds to the score counts as matched
+                    // (so every document marked is in `add`'s list).
+                    if s > 0.0 {
+                        if h.field < 32 {
+                            slots[h.doc as usize].fields |= 1 << h.field;
+                        } else {
+                            high_fields.insert((h.doc, h.field));
+                        }
+                    }
                     match &mut current {
                         Some((doc, sum)) if *doc == h.doc => *sum += s,
                         _ => {
                             if let Some((doc, sum)) = current {
-                                add(doc, sum);
+                                add(slots, doc, sum);
                             }
                             current = Some((h.doc, s));
                         }
                     }
                 }
                 if let Some((doc, sum)) = current {
-                    add(doc, sum);
+                    add(slots, doc, sum);
                 }
             }
-            for doc in word_touched.drain(..) {
-                let i = doc as usize;
-                if matched[i] == 0 {
-                    touched.push(doc);
+            for doc in word_docs.drain(..) {
+                let slot = &mut slots[doc as usize];
+                if slot.matched == 0 {
+                    touched.push((doc, 0.0));
                 }
-                acc[i] += word_acc[i];
-                matched[i] = matched[i].saturating_add(1);
-                word_acc[i] = 0.0;
+                slot.total += slot.word;
+                slot.matched = slot.matched.saturating_add(1);
+                slot.word = 0.0;
             }
         }
         let words = plan.words.len() as f32;
-        touched
-            .into_iter()
-            .map(|doc| {
-                let i = doc as usize;
-                (doc, acc[i] * f32::from(matched[i]) / words)
-            })
-            .collect()
+        for (doc, score) in touched.iter_mut() {
+            let slot = &slots[*doc as usize];
+            *score = slot.total * f32::from(slot.matched) / words;
+        }
     }
 
     /// ekoDB-rule scores (module documentation) of every document matching a
-    /// word of `plan`.
+    /// word of `plan`, into `buffers.scores`.
     ///
     /// A word adds, for each field of a document, its strongest match there:
     /// its entries are read strongest first, and a (document, field) pair
     /// already counted for this word is skipped (a per-document bit set of the
-    /// first 64 fields, a hash set beyond). Sums are f64, rounded once at the
+    /// first 32 fields, a hash set beyond). Sums are f64, rounded once at the
     /// end, so 6.6 + 6.6 reads 13.2 (as ekoDB's scores do), not 13.200001.
-    fn ekodb_scores(&self, plan: &Plan, marks: &mut FieldMarks) -> Vec<(u32, f32)> {
+    fn ekodb_scores(&self, plan: &Plan, buffers: &mut Buffers) {
         let n: u32 = plan.words.iter().map(|w| w.count).sum();
-        let docs = self.docs.len();
-        let mut acc = vec![0f64; docs];
-        // Per doc: the word (1-based) its field bits belong to, and the bits.
-        let mut seen: Vec<(u32, u64)> = vec![(0, 0); docs];
-        let mut seen_high: FxHashSet<(u32, FieldId)> = Default::default();
-        let mut touched: Vec<u32> = Vec::new();
+        let Buffers {
+            eko: slots,
+            scratch,
+            scores,
+            high_fields,
+            high_seen,
+            ..
+        } = buffers;
+        fit(slots, self.docs.len());
+        // Documents in the order first matched.
+        let touched = scores;
         let mut order: Vec<(f64, &Entry)> = Vec::new();
-        let mut scratch = Scratch::default();
         for (w, word) in plan.words.iter().enumerate() {
             let stamp = w as u32 + 1;
-            seen_high.clear();
+            high_seen.clear();
             order.clear();
             order.extend(
                 word.entries
@@ -1395,36 +1518,36 @@ impl TextIndex {
                 } else {
                     f64::from(word.count) * m / f64::from(n)
                 };
-                self.gather(entry, &plan.fields, &mut scratch);
+                self.gather(entry, &plan.fields, scratch);
                 for h in &scratch.hits {
-                    marks.mark(h.doc, h.field);
-                    let d = h.doc as usize;
-                    let first = if h.field < 64 {
-                        let slot = &mut seen[d];
-                        if slot.0 != stamp {
-                            *slot = (stamp, 0);
+                    let slot = &mut slots[h.doc as usize];
+                    let first = if h.field < 32 {
+                        if slot.word != stamp {
+                            slot.word = stamp;
+                            slot.seen = 0;
                         }
-                        let bit = 1u64 << h.field;
-                        let new = slot.1 & bit == 0;
-                        slot.1 |= bit;
+                        let bit = 1u32 << h.field;
+                        slot.fields |= bit;
+                        let new = slot.seen & bit == 0;
+                        slot.seen |= bit;
                         new
                     } else {
-                        seen_high.insert((h.doc, h.field))
+                        high_fields.insert((h.doc, h.field));
+                        high_seen.insert((h.doc, h.field))
                     };
                     if first {
-                        if acc[d] == 0.0 {
-                            touched.push(h.doc);
+                        if slot.total == 0.0 {
+                            touched.push((h.doc, 0.0));
                         }
                         let weight = f64::from(plan.fields[h.field as usize].coef);
-                        acc[d] += weight * per_field;
+                        slot.total += weight * per_field;
                     }
                 }
             }
         }
-        touched
-            .into_iter()
-            .map(|doc| (doc, acc[doc as usize] as f32))
-            .collect()
+        for (doc, score) in touched.iter_mut() {
+            *score = slots[*doc as usize].total as f32;
+        }
     }
 
     /// Resolves the query into per-word posting entries and per-field constants.

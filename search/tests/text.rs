@@ -1,6 +1,6 @@
 //! Full-text index: ranking with known answers, query options, updates, edge cases.
 
-use tidepool_search::{Analyzer, DocId, Language, TextError, TextIndex, TextQuery};
+use tidepool_search::{Analyzer, DocId, Language, Scoring, TextError, TextIndex, TextQuery};
 
 fn index(docs: &[&[(&str, &str)]]) -> TextIndex {
     let mut ix = TextIndex::new(Analyzer::new(Some(Language::ENGLISH)));
@@ -447,4 +447,58 @@ fn replaced_and_removed_documents_leave_no_trace_after_compaction() {
     assert_eq!(ids(&ix, &TextQuery::new("running")), [49]);
     assert!(!ix.remove(DocId(0)));
     assert_eq!(ix.len(), 1);
+}
+
+#[test]
+fn a_query_answers_the_same_whatever_ran_before_it() {
+    // Scoring buffers are kept between queries: each query must find them
+    // as a fresh one would. Documents with fields past the 32nd exercise
+    // the overflow sets too.
+    let names: Vec<String> = (0..40).map(|f| format!("f{f:02}")).collect();
+    let texts = [
+        "kernel scheduler runs the queue",
+        "Kernel modules and the scheduler",
+        "a network interface for the kernel",
+        "queue of network packets, queued twice",
+        "nothing relevant at all",
+    ];
+    let docs: Vec<Vec<(&str, &str)>> = (0..30)
+        .map(|d| {
+            (0..names.len())
+                .filter(|f| (d + f) % 7 == 0 || f % 13 == d % 13)
+                .map(|f| (names[f].as_str(), texts[(d * 3 + f) % texts.len()]))
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[(&str, &str)]> = docs.iter().map(|d| d.as_slice()).collect();
+    let mut queries = Vec::new();
+    for text in [
+        "kernel",
+        "network queue",
+        "schedul",
+        "kernal netwrk",
+        "Kernel",
+    ] {
+        for scoring in [Scoring::Bm25, Scoring::EkoDb] {
+            let mut q = TextQuery::new(text);
+            q.scoring = scoring;
+            q.prefix = text == "schedul";
+            q.fuzzy = text == "kernal netwrk";
+            q.case_sensitive = text == "Kernel";
+            queries.push(q.clone());
+            q.fields = Some(vec!["f35".into(), "f03".into()]);
+            queries.push(q);
+        }
+    }
+    let shared = index(&refs);
+    for q in &queries {
+        let fresh = index(&refs).search(q, &|_| true).unwrap();
+        assert!(fresh.total > 0, "query {:?} finds nothing", q.query);
+        assert_eq!(shared.search(q, &|_| true).unwrap(), fresh, "query {q:?}");
+    }
+    // And again in reverse order.
+    for q in queries.iter().rev() {
+        let fresh = index(&refs).search(q, &|_| true).unwrap();
+        assert_eq!(shared.search(q, &|_| true).unwrap(), fresh, "query {q:?}");
+    }
 }
