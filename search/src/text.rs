@@ -1293,26 +1293,28 @@ impl TextIndex {
         names
     }
 
-    /// The live postings of `entry` in the fields the plan searches, one per
-    /// (document, field) with the tfs of a stem group's words summed, grouped by
-    /// document; and the entry's document frequency per field. The
-    /// case-sensitive lowercase entry subtracts the non-lowercase spellings from
-    /// each tf (a posting left with none is dropped, but still counts in the
-    /// document frequency).
-    fn gather(&self, entry: &Entry, fields: &[FieldPlan], scratch: &mut Scratch) {
-        scratch.hits.clear();
-        scratch
-            .hits
-            .reserve(self.groups[entry.group as usize].postings.max_len());
-        scratch.df.clear();
-        scratch.df.resize(fields.len(), 0);
+    /// Passes `sink` the live postings of `entry` in the fields the plan
+    /// searches, one per (document, field) with the tfs of a stem group's
+    /// words summed, in document order; and counts the entry's document
+    /// frequency per field into `df`. The case-sensitive lowercase entry
+    /// subtracts the non-lowercase spellings from each tf (a posting left with
+    /// none is not passed on, but still counts in the document frequency).
+    fn gather(
+        &self,
+        entry: &Entry,
+        fields: &[FieldPlan],
+        df: &mut Vec<u32>,
+        sink: impl FnMut(Hit),
+    ) {
+        df.clear();
+        df.resize(fields.len(), 0);
         // Outside a migration the list is read directly: the loop is
         // compiled once for each kind of iterator.
         if self.migration.is_none() {
             let list = &self.groups[entry.group as usize].postings;
-            self.gather_from(list.iter_range(0, usize::MAX), entry, fields, scratch);
+            self.gather_from(list.iter_range(0, usize::MAX), entry, fields, df, sink);
         } else {
-            self.gather_from(self.postings_of(entry.group), entry, fields, scratch);
+            self.gather_from(self.postings_of(entry.group), entry, fields, df, sink);
         }
     }
 
@@ -1322,9 +1324,9 @@ impl TextIndex {
         postings: impl Iterator<Item = Posting>,
         entry: &Entry,
         fields: &[FieldPlan],
-        scratch: &mut Scratch,
+        df: &mut [u32],
+        mut sink: impl FnMut(Hit),
     ) {
-        let Scratch { hits, df } = scratch;
         let mut emit = |p: Posting| {
             let doc = self.seqs.get(p.seq as usize).copied().unwrap_or(NONE);
             if doc == NONE {
@@ -1337,7 +1339,7 @@ impl TextIndex {
                 p.tf
             };
             if tf > 0 {
-                hits.push(Hit {
+                sink(Hit {
                     doc,
                     field: p.field,
                     tf: tf as f32,
@@ -1398,8 +1400,11 @@ impl TextIndex {
         let touched = scores;
         for word in &plan.words {
             for entry in &word.entries {
-                self.gather(entry, &plan.fields, scratch);
-                let Scratch { hits, df, .. } = &*scratch;
+                let Scratch { hits, df } = &mut *scratch;
+                hits.clear();
+                hits.reserve(self.groups[entry.group as usize].postings.max_len());
+                self.gather(entry, &plan.fields, df, |h| hits.push(h));
+                let (hits, df) = (&*hits, &*df);
                 let additive = entry.additive;
                 let mut add = |slots: &mut [Bm25Slot], doc: u32, s: f32| {
                     let slot = &mut slots[doc as usize].word;
@@ -1412,14 +1417,15 @@ impl TextIndex {
                         *slot = s;
                     }
                 };
-                // Per-field constants: idf * weight * mult * (k1 + 1), and the norm terms.
-                let consts: Vec<(f32, f32, f32)> = plan
+                // Per-field constants: idf * weight * mult * (k1 + 1), the
+                // norm terms, and the field's lengths.
+                let consts: Vec<(f32, f32, f32, &[u32])> = plan
                     .fields
                     .iter()
                     .zip(df)
                     .map(|(fp, &df)| {
                         if df == 0 {
-                            return (0.0, 0.0, 0.0);
+                            return (0.0, 0.0, 0.0, fp.lens);
                         }
                         let (df, n) = (df as f32, fp.docs as f32);
                         let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
@@ -1427,14 +1433,14 @@ impl TextIndex {
                             idf * fp.coef * entry.mult * (BM25_K1 + 1.0),
                             BM25_K1 * (1.0 - BM25_B),
                             BM25_K1 * BM25_B / fp.avg_len,
+                            fp.lens,
                         )
                     })
                     .collect();
                 let mut current: Option<(u32, f32)> = None;
                 for h in hits {
-                    let (c, a, b) = consts[h.field as usize];
-                    let fp = &plan.fields[h.field as usize];
-                    let len = fp.lens.get(h.doc as usize).copied().unwrap_or(0) as f32;
+                    let (c, a, b, lens) = consts[h.field as usize];
+                    let len = lens.get(h.doc as usize).copied().unwrap_or(0) as f32;
                     let s = c * h.tf / (h.tf + a + b * len);
                     // Only a field that adds to the score counts as matched
                     // (so every document marked is in `add`'s list).
@@ -1518,8 +1524,10 @@ impl TextIndex {
                 } else {
                     f64::from(word.count) * m / f64::from(n)
                 };
-                self.gather(entry, &plan.fields, scratch);
-                for h in &scratch.hits {
+                let weights = &plan.fields;
+                // The ekoDB rule needs no document frequency: postings are
+                // scored as they are read.
+                self.gather(entry, weights, &mut scratch.df, |h| {
                     let slot = &mut slots[h.doc as usize];
                     let first = if h.field < 32 {
                         if slot.word != stamp {
@@ -1539,10 +1547,10 @@ impl TextIndex {
                         if slot.total == 0.0 {
                             touched.push((h.doc, 0.0));
                         }
-                        let weight = f64::from(plan.fields[h.field as usize].coef);
+                        let weight = f64::from(weights[h.field as usize].coef);
                         slot.total += weight * per_field;
                     }
-                }
+                });
             }
         }
         for (doc, score) in touched.iter_mut() {
