@@ -130,7 +130,7 @@ impl Analyzer {
     /// Calls `f(raw, folded)` for every word of `text`, in order. `raw` is the word
     /// as written, `folded` its lowercase form.
     pub fn for_each_word<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str, Cow<'t, str>)) {
-        each_token(text, |word| f(word, fold(word)));
+        each_token(text, |word, _| f(word, fold(word)));
     }
 
     /// `for_each_word` for a caller that looks the lowercase form up before
@@ -143,20 +143,18 @@ impl Analyzer {
         mut f: impl FnMut(&'t str, Option<&str>),
     ) {
         let mut buf = String::new();
-        each_token(text, |word| {
-            if !word.is_ascii() {
-                match fold(word) {
-                    Cow::Borrowed(_) => f(word, None),
-                    Cow::Owned(lower) => f(word, Some(&lower)),
-                }
-            } else if word.bytes().any(|b| b.is_ascii_uppercase()) {
+        each_token(text, |word, case| match case {
+            Case::Lower => f(word, None),
+            Case::AsciiUpper => {
                 buf.clear();
                 buf.push_str(word);
                 buf.make_ascii_lowercase();
                 f(word, Some(&buf));
-            } else {
-                f(word, None);
             }
+            Case::Unknown => match fold(word) {
+                Cow::Borrowed(_) => f(word, None),
+                Cow::Owned(lower) => f(word, Some(&lower)),
+            },
         });
     }
 
@@ -176,61 +174,113 @@ impl Analyzer {
     }
 }
 
+/// What the tokenizer knows of a word's case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    /// ASCII, no capital.
+    Lower,
+    /// ASCII, with a capital.
+    AsciiUpper,
+    /// Not looked at (a word of non-ASCII text).
+    Unknown,
+}
+
 /// Calls `f` for every word of `text` no longer than [`MAX_TOKEN_BYTES`], in
 /// order: UAX #29 words, found by `ascii_words` when the text is ASCII.
-fn each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
-    let mut word = |word: &'t str| {
-        if word.len() <= MAX_TOKEN_BYTES {
-            f(word);
-        }
-    };
+fn each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str, Case)) {
     if text.is_ascii() {
-        ascii_words(text, &mut word);
+        ascii_words(text, &mut |word, upper| {
+            if word.len() <= MAX_TOKEN_BYTES {
+                f(word, if upper { Case::AsciiUpper } else { Case::Lower });
+            }
+        });
     } else {
-        text.unicode_words().for_each(word);
+        for word in text.unicode_words() {
+            if word.len() <= MAX_TOKEN_BYTES {
+                f(word, Case::Unknown);
+            }
+        }
     }
 }
 
+/// Byte classes of ASCII for [`ascii_words`].
+const JOINS: u8 = 1;
+const LETTER: u8 = 2;
+const DIGIT: u8 = 4;
+const UPPER: u8 = 8;
+/// Joins two letters (`:`, `.`, `'`)...
+const MID_LETTER: u8 = 16;
+/// ... or two digits (`,`, `;`, `.`, `'`).
+const MID_NUM: u8 = 32;
+
+/// The class bits of every byte (0 for non-ASCII bytes).
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_uppercase() {
+            JOINS | LETTER | UPPER
+        } else if c.is_ascii_lowercase() {
+            JOINS | LETTER
+        } else if c.is_ascii_digit() {
+            JOINS | DIGIT
+        } else {
+            match c {
+                b'_' => JOINS,
+                b':' => MID_LETTER,
+                b'.' | b'\'' => MID_LETTER | MID_NUM,
+                b',' | b';' => MID_NUM,
+                _ => 0,
+            }
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The words of an ASCII `text`, exactly as `unicode_words` finds them, at a
-/// fraction of the cost (no per-character table lookups). UAX #29 restricted
-/// to ASCII: letters, digits and `_` always join (WB5, WB8-WB10, WB13a-b);
-/// `:`, `.` and `'` join two letters (WB6-WB7); `,`, `;`, `.` and `'` join
-/// two digits (WB11-WB12); everything else breaks. A word has at least one
-/// letter or digit (a run of `_` is not one).
-fn ascii_words<'t>(text: &'t str, f: &mut impl FnMut(&'t str)) {
-    let joins = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+/// fraction of the cost (one table lookup per byte), each with whether it
+/// has a capital. UAX #29 restricted to ASCII: letters, digits and `_`
+/// always join (WB5, WB8-WB10, WB13a-b); `:`, `.` and `'` join two letters
+/// (WB6-WB7); `,`, `;`, `.` and `'` join two digits (WB11-WB12); everything
+/// else breaks. A word has at least one letter or digit (a run of `_` is not
+/// one).
+fn ascii_words<'t>(text: &'t str, f: &mut impl FnMut(&'t str, bool)) {
     let bytes = text.as_bytes();
+    let class = |i: usize| bytes.get(i).map_or(0, |&b| CLASSES[usize::from(b)]);
     let mut i = 0;
     while i < bytes.len() {
-        if !joins(bytes[i]) {
+        let mut c = class(i);
+        if c & JOINS == 0 {
             i += 1;
             continue;
         }
         let start = i;
-        let mut alphanumeric = false;
+        let mut seen = 0;
         loop {
-            let c = bytes[i];
-            alphanumeric |= c.is_ascii_alphanumeric();
-            match (bytes.get(i + 1), bytes.get(i + 2)) {
-                (Some(&next), _) if joins(next) => i += 1,
-                (Some(&mid), Some(&after))
-                    if (c.is_ascii_alphabetic()
-                        && after.is_ascii_alphabetic()
-                        && matches!(mid, b':' | b'.' | b'\''))
-                        || (c.is_ascii_digit()
-                            && after.is_ascii_digit()
-                            && matches!(mid, b',' | b';' | b'.' | b'\'')) =>
+            seen |= c;
+            let next = class(i + 1);
+            if next & JOINS != 0 {
+                i += 1;
+                c = next;
+                continue;
+            }
+            if next & (MID_LETTER | MID_NUM) != 0 {
+                let after = class(i + 2);
+                if (c & after & LETTER != 0 && next & MID_LETTER != 0)
+                    || (c & after & DIGIT != 0 && next & MID_NUM != 0)
                 {
-                    i += 2
-                }
-                _ => {
-                    i += 1;
-                    break;
+                    i += 2;
+                    c = after;
+                    continue;
                 }
             }
+            i += 1;
+            break;
         }
-        if alphanumeric {
-            f(&text[start..i]);
+        if seen & (LETTER | DIGIT) != 0 {
+            f(&text[start..i], seen & UPPER != 0);
         }
     }
 }
@@ -319,14 +369,17 @@ mod tests {
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
                 .collect();
             let mut ours = Vec::new();
-            ascii_words(&text, &mut |w| ours.push(w));
+            ascii_words(&text, &mut |w, upper| {
+                assert_eq!(upper, w.bytes().any(|b| b.is_ascii_uppercase()), "{w:?}");
+                ours.push(w)
+            });
             let theirs: Vec<&str> = text.unicode_words().collect();
             assert_eq!(ours, theirs, "splitting {text:?}");
         }
         let mut words = Vec::new();
         ascii_words(
             "can't a.b 3.14 1,000 a:b __x__ a_.b x1.5 a..b 1:2 ",
-            &mut |w| words.push(w),
+            &mut |w, _| words.push(w),
         );
         assert_eq!(
             words,
