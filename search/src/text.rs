@@ -596,7 +596,10 @@ impl Buffers {
 struct BufferPool(Mutex<Vec<Buffers>>);
 
 /// Idle buffer sets kept; more queries at once make their own.
-const MAX_IDLE_BUFFERS: usize = 4;
+const MAX_IDLE_BUFFERS: usize = 2;
+/// Hits and scores an idle buffer set keeps room for (about 1 MiB); a query
+/// of a longer list grows them for its own run.
+const MAX_KEPT_HITS: usize = 1 << 16;
 
 impl BufferPool {
     fn take(&self) -> Buffers {
@@ -607,6 +610,9 @@ impl BufferPool {
     /// Keeps `buffers` (reset) for a later query.
     fn give_back(&self, mut buffers: Buffers) {
         buffers.reset();
+        buffers.scratch.hits.clear();
+        buffers.scratch.hits.shrink_to(MAX_KEPT_HITS);
+        buffers.scores.shrink_to(MAX_KEPT_HITS);
         if let Ok(mut pool) = self.0.lock() {
             if pool.len() < MAX_IDLE_BUFFERS {
                 pool.push(buffers);
