@@ -193,8 +193,8 @@ enum Case {
 /// byte other than a space: no word-boundary rule joins across that point
 /// (spaces join only further spaces, and the combining marks that could
 /// attach to whitespace are not ASCII), nor looks back across it, so each
-/// piece splits as it would within the whole. One accented letter in a long page no longer
-/// sends the whole page through the per-character tables.
+/// piece splits as it would within the whole. One accented letter in a long
+/// page no longer sends the whole page through the per-character tables.
 fn each_token<'t>(text: &'t str, mut f: impl FnMut(&'t str, Case)) {
     let mut rest = text;
     loop {
