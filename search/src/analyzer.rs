@@ -403,13 +403,8 @@ mod tests {
     #[test]
     fn ascii_words_split_as_unicode_words_does() {
         let alphabet = b"aZ09_:.',; \n\t-/@\"!#xY5";
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::rng::SplitMix64::new(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = || rng.next_u64();
         for _ in 0..20_000 {
             let len = (next() % 24) as usize;
             let text: String = (0..len)
@@ -445,13 +440,8 @@ mod tests {
         let alphabet: Vec<char> = "aZ09_:.',; \n\r\t-\u{a0}\u{301}\u{200d}\u{93f}\u{2019}éß日🇫👍"
             .chars()
             .collect();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::rng::SplitMix64::new(0x2545_f491_4f6c_dd1du64);
+        let mut next = || rng.next_u64();
         for _ in 0..20_000 {
             let len = (next() % 32) as usize;
             let text: String = (0..len)
