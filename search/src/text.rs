@@ -740,35 +740,28 @@ impl TextIndex {
         let seq = self.seqs.len() as u32;
         self.seqs.push(doc.0);
         let mut doc_fields: Vec<(FieldId, u32)> = Vec::with_capacity(per_field.len());
-        // (group, member, term, tf, upper) of one field's folded words.
-        let mut row: Vec<(GroupId, u32, TermId, u32, u32)> = Vec::new();
         for (field, counts) in &per_field {
             let field = *field;
             doc_fields.push((field, counts.len));
-            row.clear();
+            // A group's postings of one version and field lie together (a
+            // stemmed lookup sums them as it reads) in whatever order the
+            // words come: only this field of this version appends to any
+            // list until the loop moves on to the next field.
             for (folded, &(tf, upper)) in &counts.folded {
                 let tid = match self.folded.get(&self.terms, folded) {
                     Some(tid) => tid,
                     None => self.new_folded_term(folded),
                 };
                 let term = &self.terms[tid as usize];
-                row.push((term.group, term.member, tid, tf, upper));
-            }
-            // A group's postings of one version and field lie together, so
-            // a stemmed lookup sums them as it reads.
-            row.sort_unstable_by_key(|r| (u64::from(r.0) << 32) | u64::from(r.1));
-            for &(group, member, tid, tf, upper) in &row {
-                self.push(
-                    group,
-                    tid,
-                    Posting {
-                        seq,
-                        field,
-                        tf,
-                        upper,
-                        member,
-                    },
-                );
+                let (group, member) = (term.group, term.member);
+                let p = Posting {
+                    seq,
+                    field,
+                    tf,
+                    upper,
+                    member,
+                };
+                self.push(group, tid, p);
             }
             for (raw, &tf) in &counts.raw {
                 let tid = match self.raw.get(&self.terms, raw) {

@@ -130,6 +130,32 @@ fn stemming_matches_other_forms() {
 }
 
 #[test]
+fn the_forms_of_one_stem_in_a_field_count_as_one_word() {
+    // However the index orders a document's words, "running runs run" in a
+    // field counts as the stem three times, as "run run run" does (BM25
+    // saturates: three separate occurrences of tf 1 would score higher).
+    let ix = index(&[
+        &[
+            ("body", "running alpha runs beta run gamma"),
+            ("title", "runs the run"),
+        ],
+        &[
+            ("body", "run alpha run beta run gamma"),
+            ("title", "run the run"),
+        ],
+        &[("body", "unrelated words only here")],
+    ]);
+    let results = ix.search(&TextQuery::new("run"), &|_| true).unwrap();
+    assert_eq!(results.total, 2);
+    let [a, b] = &results.hits[..] else {
+        panic!("two hits expected: {results:?}");
+    };
+    assert!((a.score - b.score).abs() < 1e-6, "{a:?} {b:?}");
+    assert_eq!(a.matched_fields, ["body", "title"]);
+    assert_eq!(b.matched_fields, ["body", "title"]);
+}
+
+#[test]
 fn boost_exact_prefers_unstemmed_matches() {
     let ix = index(&[&[("body", "connections")], &[("body", "connection")]]);
     let mut q = TextQuery::new("connection");
