@@ -250,9 +250,11 @@ pub struct TextResults {
 }
 
 mod dict;
+mod keys;
 mod postings;
 
 use dict::{Dict, Keyed};
+use keys::{Key, Keys};
 use postings::{Posting, PostingList, Postings};
 
 type TermId = u32;
@@ -274,7 +276,7 @@ const GROUP_SWEEP_BYTES: usize = 16;
 /// A folded word, or a word as written (with uppercase).
 struct Term {
     /// Empty for a free slot.
-    key: Box<str>,
+    key: Key,
     /// The group whose list holds this word's postings (`NONE`: a free slot).
     group: GroupId,
     /// The word's number in its group's postings.
@@ -287,8 +289,8 @@ struct Term {
 }
 
 impl Keyed for Term {
-    fn key(&self) -> &str {
-        &self.key
+    fn key(&self) -> Key {
+        self.key
     }
 }
 
@@ -296,8 +298,8 @@ impl Keyed for Term {
 /// a language), or of one word (a folded word without a language, or a word as
 /// written).
 struct Group {
-    /// The stem, for a stem group.
-    stem: Option<Box<str>>,
+    /// The stem, for a stem group (else empty).
+    stem: Key,
     postings: PostingList,
     /// The `seq` of the last posting appended.
     last_seq: u32,
@@ -310,7 +312,7 @@ impl Group {
     /// An empty group, or a free slot.
     fn free() -> Group {
         Group {
-            stem: None,
+            stem: Key::default(),
             postings: PostingList::default(),
             last_seq: 0,
             head: NONE,
@@ -324,8 +326,8 @@ impl Group {
 }
 
 impl Keyed for Group {
-    fn key(&self) -> &str {
-        self.stem.as_deref().unwrap_or("")
+    fn key(&self) -> Key {
+        self.stem
     }
 }
 
@@ -353,6 +355,8 @@ pub struct TextIndex {
     fields: Vec<Field>,
     field_ids: FxHashMap<Box<str>, FieldId>,
     terms: Vec<Term>,
+    /// The text of the words and stems.
+    keys: Keys,
     /// Folded words and words as written, by key.
     folded: Dict,
     raw: Dict,
@@ -642,6 +646,7 @@ impl TextIndex {
             fields: Vec::new(),
             field_ids: FxHashMap::default(),
             terms: Vec::new(),
+            keys: Keys::default(),
             folded: Dict::default(),
             raw: Dict::default(),
             groups: Vec::new(),
@@ -748,7 +753,7 @@ impl TextIndex {
             // words come: only this field of this version appends to any
             // list until the loop moves on to the next field.
             for (folded, &(tf, upper)) in &counts.folded {
-                let tid = match self.folded.get(&self.terms, folded) {
+                let tid = match self.folded.get(&self.terms, &self.keys, folded) {
                     Some(tid) => tid,
                     None => self.new_folded_term(folded),
                 };
@@ -764,7 +769,7 @@ impl TextIndex {
                 self.push(group, tid, p);
             }
             for (raw, &tf) in &counts.raw {
-                let tid = match self.raw.get(&self.terms, raw) {
+                let tid = match self.raw.get(&self.terms, &self.keys, raw) {
                     Some(tid) => tid,
                     None => self.new_raw_term(raw),
                 };
@@ -811,7 +816,7 @@ impl TextIndex {
         let mut folded: Vec<&str> = self
             .folded
             .ids()
-            .map(|t| &*self.terms[t as usize].key)
+            .map(|t| self.keys.get(self.terms[t as usize].key))
             .collect();
         folded.sort_unstable();
         folded.dedup();
@@ -821,6 +826,7 @@ impl TextIndex {
         }
         self.groups.shrink_to_fit();
         self.terms.shrink_to_fit();
+        self.keys.shrink_to_fit();
         self.seqs.shrink_to_fit();
     }
 
@@ -861,6 +867,14 @@ impl TextIndex {
             self.begin_migration();
         }
         self.sweep_step();
+        if self.keys.wants_compaction() {
+            // The words a sweep freed outnumber the live ones: their text is
+            // rewritten without them (once per doubling, like a vector's
+            // growth).
+            let terms = self.terms.iter_mut().map(|t| &mut t.key);
+            let stems = self.groups.iter_mut().map(|g| &mut g.stem);
+            self.keys.compact(terms.chain(stems));
+        }
     }
 
     /// Renumbers the live versions densely (in order) and starts sweeping the
@@ -980,11 +994,12 @@ impl TextIndex {
             let following = term.next;
             let (member, count) = map.get(term.member as usize).copied().unwrap_or((NONE, 0));
             if count == 0 {
-                if !self.folded.remove(&self.terms, at) {
-                    self.raw.remove(&self.terms, at);
+                if !self.folded.remove(&self.terms, &self.keys, at) {
+                    self.raw.remove(&self.terms, &self.keys, at);
                 }
+                self.keys.release(self.terms[at as usize].key);
                 self.terms[at as usize] = Term {
-                    key: Box::default(),
+                    key: Key::default(),
                     group: NONE,
                     member: 0,
                     count: 0,
@@ -1006,9 +1021,9 @@ impl TextIndex {
         }
         self.groups[group as usize].head = kept_head;
         if kept_head == NONE {
-            if self.groups[group as usize].stem.is_some() {
-                self.stems.remove(&self.groups, group);
-            }
+            // (A group of one word as written has no stem, and is not there.)
+            self.stems.remove(&self.groups, &self.keys, group);
+            self.keys.release(self.groups[group as usize].stem);
             self.groups[group as usize] = Group::free();
             self.free_groups.push(group);
         }
@@ -1069,10 +1084,10 @@ impl TextIndex {
         term.count = term.count.saturating_add(1);
     }
 
-    fn new_group(&mut self, stem: Option<Box<str>>) -> GroupId {
+    fn new_group(&mut self, stem: Option<&str>) -> GroupId {
         let is_stem = stem.is_some();
         let group = Group {
-            stem,
+            stem: stem.map_or(Key::default(), |s| self.keys.add(s)),
             ..Group::free()
         };
         let gid = match self.free_groups.pop() {
@@ -1086,7 +1101,7 @@ impl TextIndex {
             }
         };
         if is_stem {
-            self.stems.insert(&self.groups, gid);
+            self.stems.insert(&self.groups, &self.keys, gid);
         }
         gid
     }
@@ -1095,7 +1110,7 @@ impl TextIndex {
     fn new_term(&mut self, key: &str, group: GroupId) -> TermId {
         let head = self.groups[group as usize].head;
         let term = Term {
-            key: key.into(),
+            key: self.keys.add(key),
             group,
             member: self.terms.get(head as usize).map_or(0, |t| t.member + 1),
             count: 0,
@@ -1121,24 +1136,25 @@ impl TextIndex {
     fn new_folded_term(&mut self, key: &str) -> TermId {
         let group = if self.analyzer.language().is_some() {
             let stem = self.analyzer.stem(key);
-            match self.stems.get(&self.groups, &stem) {
+            match self.stems.get(&self.groups, &self.keys, &stem) {
                 Some(gid) => gid,
-                None => self.new_group(Some(stem.into())),
+                None => self.new_group(Some(&stem)),
             }
         } else {
             self.new_group(None)
         };
         let tid = self.new_term(key, group);
-        self.folded.insert(&self.terms, tid);
-        let (folded, terms) = (&self.folded, &self.terms);
-        self.fuzzy.insert(key, &|t| folded.get(terms, t).is_some());
+        self.folded.insert(&self.terms, &self.keys, tid);
+        let (folded, terms, keys) = (&self.folded, &self.terms, &self.keys);
+        self.fuzzy
+            .insert(key, &|t| folded.get(terms, keys, t).is_some());
         tid
     }
 
     fn new_raw_term(&mut self, key: &str) -> TermId {
         let group = self.new_group(None);
         let tid = self.new_term(key, group);
-        self.raw.insert(&self.terms, tid);
+        self.raw.insert(&self.terms, &self.keys, tid);
         tid
     }
 
@@ -1183,12 +1199,11 @@ impl TextIndex {
     /// Approximate heap memory of the index in bytes (capacities, not lengths).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let terms: usize = self.terms.iter().map(|t| t.key.len()).sum::<usize>()
-            + self.terms.capacity() * size_of::<Term>();
+        let terms = self.keys.memory_bytes() + self.terms.capacity() * size_of::<Term>();
         let groups: usize = self
             .groups
             .iter()
-            .map(|g| g.key().len() + g.postings.capacity())
+            .map(|g| g.postings.capacity())
             .sum::<usize>()
             + self.groups.capacity() * size_of::<Group>();
         let dicts =
@@ -1603,7 +1618,7 @@ impl TextIndex {
         let mut words: Vec<WordPlan> = Vec::new();
         // The live folded word `key`, read with `kind`.
         let folded_word = |key: &str, kind: Match| {
-            let t = self.folded.get(&self.terms, key)?;
+            let t = self.folded.get(&self.terms, &self.keys, key)?;
             Some(self.word(t, kind)).filter(|e| self.is_live(e))
         };
         for (i, (raw, folded)) in query_words.into_iter().enumerate() {
@@ -1616,10 +1631,10 @@ impl TextIndex {
             let mut entries = Vec::new();
             if query.case_sensitive {
                 if raw != &*folded {
-                    if let Some(t) = self.raw.get(&self.terms, raw) {
+                    if let Some(t) = self.raw.get(&self.terms, &self.keys, raw) {
                         entries.push(self.word(t, Match::Exact));
                     }
-                } else if let Some(t) = self.folded.get(&self.terms, raw) {
+                } else if let Some(t) = self.folded.get(&self.terms, &self.keys, raw) {
                     let mut e = self.word(t, Match::Exact);
                     e.minus = true;
                     entries.push(e);
@@ -1627,7 +1642,10 @@ impl TextIndex {
             } else {
                 // The word's stem group (stemming) or the word itself.
                 let stem = stemming
-                    .then(|| self.stems.get(&self.groups, &self.analyzer.stem(&folded)))
+                    .then(|| {
+                        let stem = self.analyzer.stem(&folded);
+                        self.stems.get(&self.groups, &self.keys, &stem)
+                    })
                     .flatten();
                 let primary = match stem {
                     Some(group) => {
@@ -1669,7 +1687,7 @@ impl TextIndex {
         self.fuzzy.prefixed(folded, PREFIX_SCAN, &mut |term| {
             let tid = self
                 .folded
-                .get(&self.terms, term)
+                .get(&self.terms, &self.keys, term)
                 .filter(|&t| self.is_live(&self.word(t, Match::Prefix)));
             found.extend(tid);
             tid.is_some()
@@ -1679,7 +1697,9 @@ impl TextIndex {
         found.retain(|&tid| stem.is_none_or(|s| self.terms[tid as usize].group != s));
         found.sort_unstable_by(|&a, &b| {
             let (ta, tb) = (&self.terms[a as usize], &self.terms[b as usize]);
-            tb.count.cmp(&ta.count).then(ta.key.cmp(&tb.key))
+            tb.count
+                .cmp(&ta.count)
+                .then(self.keys.get(ta.key).cmp(self.keys.get(tb.key)))
         });
         found.truncate(MAX_PREFIX_EXPANSIONS);
         entries.extend(found.into_iter().map(|tid| self.word(tid, Match::Prefix)));
@@ -1704,7 +1724,7 @@ impl TextIndex {
             if d == 0 {
                 return;
             }
-            if let Some(tid) = self.folded.get(&self.terms, term) {
+            if let Some(tid) = self.folded.get(&self.terms, &self.keys, term) {
                 let best = found.entry(tid).or_insert(d);
                 *best = (*best).min(d);
             }
@@ -1721,7 +1741,7 @@ impl TextIndex {
             let (ta, tb) = (&self.terms[a.0 as usize], &self.terms[b.0 as usize]);
             a.1.cmp(&b.1)
                 .then(tb.count.cmp(&ta.count))
-                .then(ta.key.cmp(&tb.key))
+                .then(self.keys.get(ta.key).cmp(self.keys.get(tb.key)))
         });
         found.truncate(MAX_FUZZY_EXPANSIONS);
         entries.extend(
