@@ -21,12 +21,14 @@ const MIN_COMPACT_BYTES: usize = 1 << 16;
 pub(crate) struct Key(u64);
 
 impl Key {
-    fn start(self) -> usize {
-        (self.0 >> LEN_BITS) as usize
+    fn len(self) -> usize {
+        (self.0 & ((1 << LEN_BITS) - 1)) as usize
     }
 
-    pub fn len(self) -> usize {
-        (self.0 & ((1 << LEN_BITS) - 1)) as usize
+    /// Where the string lies in the buffer.
+    fn range(self) -> std::ops::Range<usize> {
+        let start = (self.0 >> LEN_BITS) as usize;
+        start..start + self.len()
     }
 }
 
@@ -53,19 +55,14 @@ impl Keys {
     /// The string `key` names.
     #[inline]
     pub fn get(&self, key: Key) -> &str {
-        self.text
-            .get(key.start()..key.start() + key.len())
-            .unwrap_or("")
+        self.text.get(key.range()).unwrap_or("")
     }
 
     /// The bytes of the string `key` names (compared without the character
     /// boundary checks of [`Keys::get`]).
     #[inline]
     pub fn bytes(&self, key: Key) -> &[u8] {
-        self.text
-            .as_bytes()
-            .get(key.start()..key.start() + key.len())
-            .unwrap_or(&[])
+        self.text.as_bytes().get(key.range()).unwrap_or(&[])
     }
 
     /// Forgets `key` (its bytes stay until the next compaction).
@@ -84,12 +81,8 @@ impl Keys {
         let old = std::mem::take(&mut self.text);
         self.text = String::with_capacity(old.len().saturating_sub(self.freed));
         self.freed = 0;
-        let old = Keys {
-            text: old,
-            freed: 0,
-        };
         for key in live {
-            *key = self.add(old.get(*key));
+            *key = self.add(old.get(key.range()).unwrap_or(""));
         }
     }
 
