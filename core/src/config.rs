@@ -4,6 +4,7 @@
 
 use crate::dialect::mounts::Mounts;
 use std::fmt::Write as _;
+use tidepool_search::HalfRows;
 
 /// One setting: its flag (`--data-dir`), variable (`TIDEPOOL_DATA_DIR`), default
 /// and description.
@@ -43,6 +44,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { flag: "max-query-time", env: "TIDEPOOL_MAX_QUERY_TIME", default: "30", help: "seconds a find or distinct may run (on a snapshot, outside the server lock) before it is stopped with 400" },
     Setting { flag: "read-threads", env: "TIDEPOOL_READ_THREADS", default: "0", help: "threads that run finds and distincts outside the server lock (0: one per CPU, at least 2)" },
     Setting { flag: "max-query-work", env: "TIDEPOOL_MAX_QUERY_WORK", default: "50000000", help: "work one query may do (records examined times the filter's conditions, plus sort comparisons and records joined) before it is stopped with 400, so one request cannot hold the server for long; changeable with PUT /api/config" },
+    Setting { flag: "vector-half-rows", env: "TIDEPOOL_VECTOR_HALF_ROWS", default: "auto", help: "whether a cosine HNSW graph walks a half-precision copy of its vectors (2 bytes more per component; faster builds and searches): auto = on CPUs with AVX-512, which widen it in hardware; on = everywhere; off = never, for less memory" },
     Setting { flag: "idle-timeout", env: "TIDEPOOL_IDLE_TIMEOUT", default: "300", help: "seconds before an idle HTTP connection is closed" },
     Setting { flag: "heartbeat", env: "TIDEPOOL_HEARTBEAT", default: "20", help: "seconds between SSE heartbeats and WebSocket pings" },
     Setting { flag: "ws-max-message-bytes", env: "TIDEPOOL_WS_MAX_MESSAGE_BYTES", default: "16777216", help: "largest WebSocket message accepted (close 1009 above)" },
@@ -169,6 +171,8 @@ pub struct Config {
     pub max_query_work: u64,
     pub max_query_time_secs: u64,
     pub read_threads: usize,
+    /// Whether cosine graphs walk a half-precision copy of their vectors.
+    pub vector_half_rows: HalfRows,
     /// Bytes one operation may log at once.
     pub max_batch_bytes: usize,
     pub heartbeat_secs: u64,
@@ -285,6 +289,7 @@ fn unreachable_default() -> Config {
         max_query_work: 50_000_000,
         max_query_time_secs: 30,
         read_threads: 0,
+        vector_half_rows: HalfRows::Auto,
         max_batch_bytes: 268_431_360,
         heartbeat_secs: 20,
         ws_max_message_bytes: 1 << 24,
@@ -508,6 +513,12 @@ impl Config {
             max_query_work: num("max-query-work", get("max-query-work"))?,
             max_query_time_secs: num("max-query-time", get("max-query-time"))?,
             read_threads: num("read-threads", get("read-threads"))?,
+            vector_half_rows: {
+                let v = get("vector-half-rows");
+                HalfRows::parse(v.trim()).ok_or_else(|| {
+                    format!("`--vector-half-rows` must be auto, on or off, got `{v}`")
+                })?
+            },
             max_batch_bytes: num("max-batch-bytes", get("max-batch-bytes"))?,
             transaction_idle_timeout_secs: num(
                 "transaction-idle-timeout",
@@ -657,6 +668,31 @@ mod tests {
         assert_eq!(c.chat_model_answers, 2);
         assert!(parse("0").unwrap_err().contains("at least 1"));
         assert!(parse("x").unwrap_err().contains("--chat-model-answers"));
+    }
+
+    #[test]
+    fn vector_half_rows_is_auto_on_or_off() {
+        let run = |args: Vec<&str>, env: Option<&str>| {
+            let env = env.map(str::to_string);
+            match Config::parse(args, |name| {
+                (name == "TIDEPOOL_VECTOR_HALF_ROWS")
+                    .then(|| env.clone())
+                    .flatten()
+            }) {
+                Ok(Command::Run(c)) => Ok(c.vector_half_rows),
+                Ok(_) => panic!("not a run"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(run(vec![], None), Ok(HalfRows::Auto));
+        assert_eq!(
+            run(vec!["--vector-half-rows", "off"], None),
+            Ok(HalfRows::Off)
+        );
+        assert_eq!(run(vec!["--vector-half-rows=on"], None), Ok(HalfRows::On));
+        assert_eq!(run(vec![], Some("off")), Ok(HalfRows::Off));
+        let err = run(vec!["--vector-half-rows", "yes"], None).unwrap_err();
+        assert!(err.contains("auto, on or off"), "{err}");
     }
 
     #[test]

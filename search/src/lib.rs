@@ -86,7 +86,7 @@ pub use analyzer::{Analyzer, Language};
 pub use embed::embed;
 pub use hybrid::{hybrid, hybrid_unscaled};
 pub use text::{Scoring, TextError, TextHit, TextIndex, TextQuery, TextResults};
-pub use vector::{Metric, VectorError, VectorIndex};
+pub use vector::{HalfRows, Metric, VectorError, VectorIndex};
 
 /// A document's id inside the indexes: dense, assigned by the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

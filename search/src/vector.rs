@@ -8,6 +8,7 @@
 //! L2-normalised (a zero vector stays zero), so cosine is a dot product. A
 //! cosine graph on a CPU with AVX-512 also keeps a half-precision copy that the
 //! graph walks (see [`crate::distance`]); hits are then scored on the `f32` rows.
+//! [`HalfRows`] turns the copy off (or on everywhere).
 //!
 //! * **Flat mode** (at most [`FLAT_MAX`] live vectors): no graph. Search scans every
 //!   live vector, so it is exact. Removing a vector moves the last slot into its
@@ -112,18 +113,54 @@ impl std::error::Error for VectorError {}
 
 const NONE: u32 = u32::MAX;
 
+/// Whether a cosine graph keeps a half-precision copy of its vectors to walk:
+/// two bytes more per component, for a walk that reads half the bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HalfRows {
+    /// Where the CPU widens half precision in hardware (AVX-512).
+    #[default]
+    Auto,
+    /// On every CPU; without AVX-512 the widening runs in software, which
+    /// costs more than the smaller reads save.
+    On,
+    /// Never: the graph walks the `f32` rows, for less memory.
+    Off,
+}
+
+impl HalfRows {
+    /// `auto`, `on` or `off`.
+    pub fn parse(s: &str) -> Option<HalfRows> {
+        match s {
+            "auto" => Some(HalfRows::Auto),
+            "on" => Some(HalfRows::On),
+            "off" => Some(HalfRows::Off),
+            _ => None,
+        }
+    }
+
+    /// Whether a cosine graph keeps the copy on this CPU.
+    pub fn keeps_copy(self) -> bool {
+        match self {
+            HalfRows::Auto => half_rows_pay(),
+            HalfRows::On => true,
+            HalfRows::Off => false,
+        }
+    }
+}
+
 /// Nearest-neighbour index over one vector per document. See the module docs.
 pub struct VectorIndex {
     metric: Metric,
+    half_rows: HalfRows,
     m: usize,
     ef_construction: usize,
     rng: SplitMix64,
     /// Pinned by the first vector; forgotten when the index becomes empty.
     dim: Option<usize>,
     data: Vec<f32>,
-    /// `data` in half precision while a cosine graph exists on a CPU that
-    /// widens it in hardware (empty otherwise): the graph walks it, and the
-    /// hits it finds are scored on `data`.
+    /// `data` in half precision while a cosine graph exists and `half_rows`
+    /// keeps a copy (empty otherwise): the graph walks it, and the hits it
+    /// finds are scored on `data`.
     coarse: Vec<u16>,
     slot_doc: Vec<u32>,
     /// Tombstoned slots have `NONE` in `slot_doc`.
@@ -153,6 +190,7 @@ impl VectorIndex {
         let m = m.clamp(2, 128);
         VectorIndex {
             metric,
+            half_rows: HalfRows::Auto,
             m,
             ef_construction: ef_construction.max(m),
             rng: SplitMix64::new(seed),
@@ -173,6 +211,29 @@ impl VectorIndex {
     pub fn with_flat_max(mut self, n: usize) -> VectorIndex {
         self.flat_max = n;
         self
+    }
+
+    /// Sets whether a cosine graph walks a half-precision copy (default
+    /// [`HalfRows::Auto`]).
+    pub fn with_half_rows(mut self, half_rows: HalfRows) -> VectorIndex {
+        self.set_half_rows(half_rows);
+        self
+    }
+
+    /// Changes whether a cosine graph walks a half-precision copy: an
+    /// existing graph makes or drops its copy now and keeps its edges.
+    pub fn set_half_rows(&mut self, half_rows: HalfRows) {
+        self.half_rows = half_rows;
+        if self.graph.is_none() || !self.keeps_half_copy() {
+            self.coarse = Vec::new();
+        } else if self.coarse.is_empty() {
+            self.coarse = self.data.iter().map(|&x| to_f16(x)).collect();
+        }
+    }
+
+    /// Whether a graph over this index's vectors walks a half-precision copy.
+    fn keeps_half_copy(&self) -> bool {
+        self.metric == Metric::Cosine && self.half_rows.keeps_copy()
     }
 
     /// The metric.
@@ -350,7 +411,7 @@ impl VectorIndex {
         self.graph = None;
         self.coarse = Vec::new();
         if self.live > self.flat_max {
-            if self.metric == Metric::Cosine && half_rows_pay() {
+            if self.keeps_half_copy() {
                 self.coarse = self.data.iter().map(|&x| to_f16(x)).collect();
             }
             let vectors = Vectors::new(&self.data, &self.coarse, dim, self.metric);

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use tidepool_search::{DocId, Metric, VectorError, VectorIndex};
+use tidepool_search::{DocId, HalfRows, Metric, VectorError, VectorIndex};
 
 /// SplitMix64 + Box-Muller: a seeded Gaussian source for synthetic data.
 struct Gen(u64);
@@ -184,6 +184,68 @@ fn hnsw_recall_on_10k_clustered_vectors() {
     let l2 = build(Metric::Euclidean, &data[..5_000]);
     let r = recall(&l2, &queries, 10, 0);
     assert!(r >= 0.95, "euclidean recall@10: {r}");
+}
+
+#[test]
+fn the_half_precision_copy_follows_its_setting() {
+    let mut data = clustered(3_100, 64, 30, 0.35, 5);
+    let queries = data.split_off(3_000);
+    let (n, dim) = (data.len(), 64);
+    let mut on = VectorIndex::new(Metric::Cosine, 16, 128, 7).with_half_rows(HalfRows::On);
+    for (i, v) in data.iter().enumerate() {
+        on.upsert(DocId(i as u32), v).unwrap();
+    }
+    assert!(on.is_graph());
+    let walked_half = on.memory_bytes();
+    // The copy walked by the graph is as good a guide as the rows.
+    assert!(recall(&on, &queries, 10, 0) >= 0.95);
+
+    // Switched off, the copy goes and the graph stays: two bytes a component
+    // less (or up to twice that: the copy grew with the graph, doubling its
+    // capacity as vectors do), and the same answers up to the walk's rounding.
+    let copy = n * dim * 2;
+    on.set_half_rows(HalfRows::Off);
+    let without = on.memory_bytes();
+    assert!((copy..=2 * copy).contains(&(walked_half - without)));
+    assert!(recall(&on, &queries, 10, 0) >= 0.95);
+    // Made afresh, the copy holds exactly the vectors there are.
+    on.set_half_rows(HalfRows::On);
+    assert_eq!(on.memory_bytes() - without, copy);
+    // A vector added to the graph is added to the copy.
+    on.upsert(DocId(n as u32), &queries[0]).unwrap();
+    let grown = on.memory_bytes();
+    on.set_half_rows(HalfRows::Off);
+    assert!(grown - on.memory_bytes() >= copy + dim * 2);
+
+    // Built with the copy off, the graph never had one: it differs from
+    // the one walked in half precision only in its edges.
+    let mut off = VectorIndex::new(Metric::Cosine, 16, 128, 7).with_half_rows(HalfRows::Off);
+    for (i, v) in data.iter().enumerate() {
+        off.upsert(DocId(i as u32), v).unwrap();
+    }
+    let saved = walked_half - off.memory_bytes();
+    assert!((copy * 9 / 10..=copy * 21 / 10).contains(&saved), "{saved}");
+    assert!(recall(&off, &queries, 10, 0) >= 0.95);
+
+    // Auto keeps the copy only where the CPU widens it in hardware; other
+    // metrics never walk one.
+    let mut auto = build(Metric::Cosine, &data);
+    let with_auto = auto.memory_bytes();
+    auto.set_half_rows(HalfRows::Off);
+    let dropped = with_auto - auto.memory_bytes();
+    match HalfRows::Auto.keeps_copy() {
+        true => assert!((copy..=2 * copy).contains(&dropped), "{dropped}"),
+        false => assert_eq!(dropped, 0),
+    }
+    let mut l2 = VectorIndex::new(Metric::Euclidean, 16, 128, 7).with_half_rows(HalfRows::On);
+    for (i, v) in data.iter().enumerate() {
+        l2.upsert(DocId(i as u32), v).unwrap();
+    }
+    let l2_bytes = l2.memory_bytes();
+    l2.set_half_rows(HalfRows::Off);
+    assert_eq!(l2.memory_bytes(), l2_bytes);
+    assert_eq!(HalfRows::parse("off"), Some(HalfRows::Off));
+    assert_eq!(HalfRows::parse("sometimes"), None);
 }
 
 #[test]

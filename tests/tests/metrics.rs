@@ -323,3 +323,77 @@ both_runtimes!(
         let _ = child.wait();
     }
 );
+
+/// The bytes `/metrics` reports for `collection`'s vector index.
+fn vector_index_bytes(srv: &TestServer, collection: &str) -> f64 {
+    let samples = scrape(srv, &srv.token());
+    value(
+        &samples,
+        "tidepool_search_index_bytes",
+        &[("collection", collection), ("index", "vector")],
+    )
+}
+
+/// Fills `vecs` with `n` pseudo-random `dim`-dimensional vectors (more than
+/// a flat index holds, so a graph is built) and searches it once.
+fn fill_and_search(srv: &TestServer, n: usize, dim: usize) {
+    let token = srv.token();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+    };
+    for chunk in 0..n.div_ceil(500) {
+        let inserts: Vec<Value> = (chunk * 500..n.min((chunk + 1) * 500))
+            .map(|i| {
+                let v: Vec<f64> = (0..dim).map(|_| next()).collect();
+                json!({"data": {"id": format!("v{i}"), "e": v}})
+            })
+            .collect();
+        let body = json!({ "inserts": inserts }).to_string();
+        let r = srv.call(&token, "POST", "/api/batch/insert/vecs", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let q: Vec<f64> = (0..dim).map(|_| next()).collect();
+    let r = srv.call(
+        &token,
+        "POST",
+        "/api/search/vecs",
+        &json!({"query": "", "vector": q, "vector_field": "e", "limit": 3}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["results"].as_array().map(Vec::len), Some(3));
+}
+
+// `--vector-half-rows` decides whether a cosine graph keeps a half-precision
+// copy of its vectors, and `/metrics` shows what it costs: two bytes a
+// component. Switched off, only the `f32` rows (and the graph) remain.
+both_runtimes!(
+    search_index_memory_follows_the_half_precision_setting,
+    |rt: Runtime| {
+        let (n, dim) = (2_100, 64);
+        let mut bytes = Vec::new();
+        for setting in ["on", "off"] {
+            let srv = TestServer::start_with(rt, &["--vector-half-rows", setting]);
+            assert_eq!(vector_index_bytes(&srv, "vecs"), 0.0, "no index yet");
+            fill_and_search(&srv, n, dim);
+            bytes.push(vector_index_bytes(&srv, "vecs"));
+        }
+        let (on, off) = (bytes[0], bytes[1]);
+        let rows = (n * dim * 4) as f64;
+        assert!(off >= rows, "the f32 rows are counted: {off} < {rows}");
+        // The copy grows with the vectors (up to twice their bytes in
+        // capacity), and the two graphs may differ a little in their edges.
+        let copy = (n * dim * 2) as f64;
+        assert!(
+            on - off > copy * 0.9 && on - off < copy * 2.1,
+            "on {on}, off {off}: the copy is {copy} bytes"
+        );
+
+        let (ok, _, err) = rt.subcommand(&["--vector-half-rows", "sometimes"]);
+        assert!(!ok, "an unknown setting is refused");
+        assert!(err.contains("--vector-half-rows"), "{err}");
+    }
+);

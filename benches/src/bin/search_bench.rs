@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p tidepool-benches --bin search_bench [-- --small] [--no-text] [--no-vectors]
 //!     [--docs N] [--vectors N] [--dim D] [--queries N] [--rounds N] [--dump-vectors DIR]
+//!     [--half-rows auto|on|off]
 //! ```
 //!
 //! Text: one document per English man page (`/usr/share/man/man*/*.gz`, symlinks
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 use tidepool_search::{
-    Analyzer, DocId, Language, Metric, Scoring, TextIndex, TextQuery, VectorIndex,
+    Analyzer, DocId, HalfRows, Language, Metric, Scoring, TextIndex, TextQuery, VectorIndex,
 };
 
 struct Args {
@@ -46,6 +47,8 @@ struct Args {
     /// Write the vectors and queries here (raw little-endian f32) for a peer
     /// to index the same ones (`benches/scripts/hnswlib.sh`).
     dump_vectors: Option<PathBuf>,
+    /// Whether the graph walks a half-precision copy (`--vector-half-rows`).
+    half_rows: HalfRows,
 }
 
 fn args() -> Args {
@@ -64,6 +67,7 @@ fn args() -> Args {
             noise: 0.1,
         },
         dump_vectors: None,
+        half_rows: HalfRows::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,6 +90,13 @@ fn args() -> Args {
             "--clusters" => a.shape.clusters = num().max(1),
             "--spread" => a.shape.spread = num() as f32 / 100.0,
             "--noise" => a.shape.noise = num() as f32 / 100.0,
+            "--half-rows" => {
+                let v = it.next().unwrap_or_default();
+                a.half_rows = HalfRows::parse(&v).unwrap_or_else(|| {
+                    eprintln!("--half-rows takes auto, on or off, not `{v}`");
+                    std::process::exit(2);
+                });
+            }
             other => {
                 eprintln!("unknown argument {other}");
                 std::process::exit(2);
@@ -692,12 +703,14 @@ fn vector_bench(a: &Args) {
         println!("Vectors written to {} (dim {})\n", dir.display(), a.dim);
     }
     println!(
-        "## Vector search: {} x {}-dim synthetic clustered vectors (generated in {:.1} s), cosine, m = 16, ef_construction = 128\n",
+        "## Vector search: {} x {}-dim synthetic clustered vectors (generated in {:.1} s), cosine, m = 16, ef_construction = 128, half-precision copy {:?} (kept: {})\n",
         a.n_vectors,
         a.dim,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        a.half_rows,
+        a.half_rows.keeps_copy()
     );
-    let mut ix = VectorIndex::new(Metric::Cosine, 16, 128, 7);
+    let mut ix = VectorIndex::new(Metric::Cosine, 16, 128, 7).with_half_rows(a.half_rows);
     let t = Instant::now();
     for (i, v) in data.iter().enumerate() {
         ix.upsert(DocId(i as u32), v).expect("valid vector");

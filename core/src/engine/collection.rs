@@ -14,7 +14,7 @@ use crate::value::View;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
-use tidepool_search::Metric;
+use tidepool_search::{HalfRows, Metric};
 
 /// A collection's live records by id. Cloning is O(1) and the clone does not
 /// change when the collection does (structural sharing), so it is what a
@@ -116,7 +116,8 @@ fn unique_key(v: View<'_>) -> Option<String> {
 }
 
 impl Collection {
-    pub fn new(schema: Schema) -> Self {
+    /// An empty collection; its vector indexes follow `half_rows`.
+    pub fn new(schema: Schema, half_rows: HalfRows) -> Self {
         let mut c = Collection {
             schema,
             records: Records::default(),
@@ -124,7 +125,7 @@ impl Collection {
             trash_by_age: BTreeSet::new(),
             expiry: BTreeSet::new(),
             unique: HashMap::new(),
-            search: SearchState::default(),
+            search: SearchState::new(half_rows),
         };
         c.rebuild_unique();
         c.build_declared_indexes();
@@ -365,5 +366,10 @@ impl Collection {
 
     pub fn search_state(&self) -> &SearchState {
         &self.search
+    }
+
+    /// See `SearchState::set_half_rows`.
+    pub fn set_half_rows(&mut self, half_rows: HalfRows) {
+        self.search.set_half_rows(half_rows);
     }
 }

@@ -171,8 +171,8 @@ impl Engine {
                         c.build_declared_indexes();
                     }
                     None => {
-                        self.collections
-                            .insert(collection.into(), Collection::new(schema));
+                        let c = Collection::new(schema, self.half_rows);
+                        self.collections.insert(collection.into(), c);
                     }
                 }
             }
@@ -203,7 +203,7 @@ impl Engine {
         if !self.collections.contains_key(name) {
             self.collections.insert(
                 name.into(),
-                Collection::new(Schema::empty(Timestamp::EPOCH)),
+                Collection::new(Schema::empty(Timestamp::EPOCH), self.half_rows),
             );
         }
         // Present: inserted just above if it was missing.

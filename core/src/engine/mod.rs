@@ -55,6 +55,7 @@ use record::{Interner, Record};
 use serde_json::Value as J;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+use tidepool_search::HalfRows;
 
 const MAX_NAME_BYTES: usize = 512;
 const MAX_ID_BYTES: usize = 1024;
@@ -112,6 +113,8 @@ pub struct Engine {
     query_work: u64,
     /// The largest batch one operation may log (`--max-batch-bytes`).
     max_batch: usize,
+    /// Whether cosine graphs walk a half-precision copy (`--vector-half-rows`).
+    half_rows: HalfRows,
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -212,7 +215,30 @@ impl Engine {
             txns: txn::Transactions::default(),
             query_work: u64::MAX,
             max_batch: MAX_BATCH_BYTES,
+            half_rows: HalfRows::Auto,
         }
+    }
+
+    /// Whether cosine graphs walk a half-precision copy of their vectors:
+    /// the indexes there are make or drop it now, later ones follow.
+    pub fn set_vector_half_rows(&mut self, half_rows: HalfRows) {
+        self.half_rows = half_rows;
+        for c in self.collections.values_mut() {
+            c.set_half_rows(half_rows);
+        }
+    }
+
+    /// Heap bytes of each collection's search indexes, as (collection,
+    /// text, vectors), for the collections that have any.
+    pub fn search_index_bytes(&self) -> Vec<(&str, usize, usize)> {
+        self.collections
+            .iter()
+            .map(|(name, c)| {
+                let s = c.search_state();
+                (&**name, s.text_bytes(), s.vector_bytes())
+            })
+            .filter(|&(_, text, vectors)| text + vectors > 0)
+            .collect()
     }
 
     /// Conditions one query may evaluate before it is refused (`find`).

@@ -37,6 +37,7 @@ impl Engine {
             text,
             vector,
             docs: state.docs_for_plan(),
+            half_rows: state.half_rows(),
         })
     }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::value::{Json, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use tidepool_search::{Analyzer, DocId, Metric, TextIndex, TextQuery, VectorIndex};
+use tidepool_search::{Analyzer, DocId, HalfRows, Metric, TextIndex, TextQuery, VectorIndex};
 
 /// Dense ids for the indexes, mapped to record ids.
 #[derive(Clone, Debug, Default)]
@@ -63,6 +63,8 @@ pub struct SearchState {
     docs: DocMap,
     text: Option<TextIndex>,
     vectors: Vec<VectorSlot>,
+    /// Whether cosine graphs walk a half-precision copy (`--vector-half-rows`).
+    half_rows: HalfRows,
 }
 
 #[derive(Debug)]
@@ -143,6 +145,27 @@ fn seed_for(field: &str) -> u64 {
 }
 
 impl SearchState {
+    /// No index yet; vector indexes will follow `half_rows`.
+    pub fn new(half_rows: HalfRows) -> SearchState {
+        SearchState {
+            half_rows,
+            ..SearchState::default()
+        }
+    }
+
+    /// Changes whether cosine graphs walk a half-precision copy, for the
+    /// indexes there are (at once) and those to come.
+    pub fn set_half_rows(&mut self, half_rows: HalfRows) {
+        self.half_rows = half_rows;
+        for slot in &mut self.vectors {
+            slot.index.set_half_rows(half_rows);
+        }
+    }
+
+    pub fn half_rows(&self) -> HalfRows {
+        self.half_rows
+    }
+
     pub fn is_active(&self) -> bool {
         self.text.is_some() || !self.vectors.is_empty()
     }
@@ -211,7 +234,8 @@ impl SearchState {
         {
             return;
         }
-        let mut index = VectorIndex::new(metric, m, ef_construction, seed_for(field));
+        let mut index = VectorIndex::new(metric, m, ef_construction, seed_for(field))
+            .with_half_rows(self.half_rows);
         for (id, r) in records {
             if let Some(v) = vector_of(r, field) {
                 let doc = self.docs.get_or_assign(id);
@@ -250,6 +274,7 @@ impl SearchState {
             docs: then,
             text,
             vectors,
+            half_rows: _,
         } = built;
         // The numbers the build used, when they are not (now) this state's.
         let then = match (fresh, self.is_active()) {
@@ -308,14 +333,14 @@ impl SearchState {
             .map(|s| &s.index)
     }
 
-    /// Memory the indexes use (for diagnostics).
-    pub fn memory_bytes(&self) -> usize {
+    /// Heap bytes of the text index (0 without one), for `/metrics`.
+    pub fn text_bytes(&self) -> usize {
         self.text.as_ref().map_or(0, TextIndex::memory_bytes)
-            + self
-                .vectors
-                .iter()
-                .map(|s| s.index.memory_bytes())
-                .sum::<usize>()
+    }
+
+    /// Heap bytes of the vector indexes, for `/metrics`.
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.iter().map(|s| s.index.memory_bytes()).sum()
     }
 }
 
@@ -334,6 +359,7 @@ pub struct IndexPlan {
     /// The collection's document numbers, when it has indexes already (the
     /// new ones must number documents the same way).
     pub(super) docs: Option<DocMap>,
+    pub(super) half_rows: HalfRows,
 }
 
 /// An `IndexPlan` carried out: indexes over the snapshot's records.
@@ -353,7 +379,7 @@ impl IndexPlan {
         let fresh = self.docs.is_none();
         let mut state = SearchState {
             docs: self.docs.unwrap_or_default(),
-            ..SearchState::default()
+            ..SearchState::new(self.half_rows)
         };
         if let Some(language) = &self.text {
             state.ensure_text(language.as_deref(), self.records.iter())?;

@@ -191,7 +191,7 @@ impl Default for Metrics {
 
 /// Gauges the server reads from its state for one scrape.
 #[derive(Debug, Default)]
-pub(crate) struct Gauges {
+pub(crate) struct Gauges<'a> {
     pub connections: usize,
     pub streams: BTreeMap<&'static str, usize>,
     pub subscribers: usize,
@@ -205,6 +205,9 @@ pub(crate) struct Gauges {
     /// Function runs ended: `[succeeded, failed]` (kept by the function state).
     pub function_runs_ended: [u64; 2],
     pub uptime_secs: Option<u64>,
+    /// Heap bytes of each collection's search indexes: (collection, text,
+    /// vectors).
+    pub search_index_bytes: Vec<(&'a str, usize, usize)>,
 }
 
 impl Metrics {
@@ -420,6 +423,21 @@ impl Metrics {
         );
         for (codec, n) in &g.streams {
             let _ = writeln!(out, "tidepool_streams{{protocol=\"{codec}\"}} {n}");
+        }
+        head(
+            &mut out,
+            "tidepool_search_index_bytes",
+            "gauge",
+            "Heap bytes of a collection's search indexes, by collection and index (text, vector).",
+        );
+        for (collection, text, vectors) in &g.search_index_bytes {
+            let c = escape(collection);
+            for (index, n) in [("text", text), ("vector", vectors)] {
+                let _ = writeln!(
+                    out,
+                    "tidepool_search_index_bytes{{collection=\"{c}\",index=\"{index}\"}} {n}"
+                );
+            }
         }
         head(
             &mut out,

@@ -272,6 +272,7 @@ impl Server {
             config.transaction_idle_timeout_secs,
         ));
         engine.set_query_work(config.max_query_work);
+        engine.set_vector_half_rows(config.vector_half_rows);
         engine.set_max_batch_bytes(config.max_batch_bytes);
         Server {
             engine,
@@ -818,6 +819,7 @@ impl Server {
             function_runs: self.functions.running(),
             function_runs_ended: [self.functions.finished_ok, self.functions.finished_err],
             uptime_secs: self.booted_at.map(|t| now.since(t).as_secs()),
+            search_index_bytes: self.engine.search_index_bytes(),
         };
         self.metrics.render(&gauges)
     }
