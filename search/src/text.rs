@@ -867,14 +867,47 @@ impl TextIndex {
             self.begin_migration();
         }
         self.sweep_step();
+        self.compact_keys();
+    }
+
+    /// Rewrites the words' text without the freed ones once they outnumber
+    /// the live ones (once per doubling, like a vector's growth).
+    fn compact_keys(&mut self) {
         if self.keys.wants_compaction() {
-            // The words a sweep freed outnumber the live ones: their text is
-            // rewritten without them (once per doubling, like a vector's
-            // growth).
             let terms = self.terms.iter_mut().map(|t| &mut t.key);
             let stems = self.groups.iter_mut().map(|g| &mut g.stem);
             self.keys.compact(terms.chain(stems));
         }
+    }
+
+    /// Sweeps removed versions out of the lists between writes, reading
+    /// about `bytes` of lists (at least one group); returns the bytes read,
+    /// 0 when there is nothing to sweep. Writes alone start a sweep once
+    /// removed versions outnumber live documents and then sweep a little
+    /// each; a caller with idle time (the server, between requests) finishes
+    /// that sweep sooner, and starts one already at a quarter, so queries
+    /// and memory come back to a clean index's.
+    pub fn sweep_removed(&mut self, bytes: usize) -> usize {
+        if !self.wants_sweep() {
+            return 0;
+        }
+        if self.migration.is_none() {
+            self.begin_migration();
+        }
+        let read = self.sweep_for(bytes.max(1));
+        self.compact_keys();
+        read
+    }
+
+    /// Whether a sweep of removed versions is under way.
+    pub fn sweeping(&self) -> bool {
+        self.migration.is_some()
+    }
+
+    /// Whether [`TextIndex::sweep_removed`] has work: a sweep under way, or
+    /// removed versions reaching a quarter of the live documents.
+    pub fn wants_sweep(&self) -> bool {
+        self.migration.is_some() || (self.dead_seqs > 0 && self.dead_seqs * 4 >= self.live_docs)
     }
 
     /// Renumbers the live versions densely (in order) and starts sweeping the
@@ -922,10 +955,18 @@ impl TextIndex {
     /// documents' worth of the index (and one list), and the lists hold at
     /// most about `2 + 1 / SWEEP_PACE` times their live postings.
     fn sweep_step(&mut self) {
+        if let Some(budget) = self.migration.as_ref().map(|m| m.budget) {
+            self.sweep_for(budget);
+        }
+    }
+
+    /// Sweeps the next groups of the migration under way until `budget`
+    /// bytes of lists are read; returns the bytes read.
+    fn sweep_for(&mut self, budget: usize) -> usize {
         let Some(m) = &self.migration else {
-            return;
+            return 0;
         };
-        let (budget, end) = (m.budget, m.end);
+        let end = m.end;
         let mut next = m.next;
         let mut read = 0;
         while read < budget && next < end {
@@ -938,6 +979,7 @@ impl TextIndex {
         if next >= end {
             self.migration = None;
         }
+        read
     }
 
     /// Rewrites `group`'s list in the new numbering without removed

@@ -311,6 +311,59 @@ fn many_updates_compact_postings() {
 }
 
 #[test]
+fn idle_sweeps_bring_a_replaced_index_back_to_a_fresh_ones_answers_and_size() {
+    let text = |d: u32, round: u32| format!("shared words {} topic{} round{round}", d % 7, d % 13);
+    let mut ix = TextIndex::default();
+    for d in 0..400u32 {
+        ix.upsert(DocId(d), &[("body", &text(d, 0))]);
+    }
+    // A third of the documents replaced: too few removed versions for the
+    // writes to start a sweep, enough for idle time to.
+    for d in 0..130u32 {
+        ix.upsert(DocId(d), &[("body", &text(d, 1))]);
+    }
+    assert!(!ix.sweeping());
+    let mut fresh = TextIndex::default();
+    for d in 0..400u32 {
+        fresh.upsert(DocId(d), &[("body", &text(d, u32::from(d < 130)))]);
+    }
+    let queries = ["shared topic3", "round0", "round1 topic5", "words"];
+    let answers = |ix: &TextIndex| -> Vec<Vec<(u32, u32)>> {
+        queries
+            .iter()
+            .map(|q| {
+                let r = ix.search(&TextQuery::new(*q), &|_| true).unwrap();
+                r.hits
+                    .iter()
+                    .map(|h| (h.doc.0, (h.score * 1e4).round() as u32))
+                    .collect()
+            })
+            .collect()
+    };
+    // Removed versions are skipped by queries before any sweep (and the
+    // queries' buffers, kept between queries, are grown before measuring).
+    assert_eq!(answers(&ix), answers(&fresh), "before the sweep");
+    let before = ix.memory_bytes();
+    let mut steps = 0;
+    while ix.sweep_removed(256) > 0 {
+        steps += 1;
+        if steps == 1 {
+            assert!(ix.sweeping(), "a small budget leaves the sweep under way");
+            assert_eq!(answers(&ix), answers(&fresh), "mid-sweep");
+        }
+    }
+    assert!(steps > 1, "{steps}");
+    assert!(!ix.sweeping());
+    assert!(
+        ix.memory_bytes() < before,
+        "{} >= {before}",
+        ix.memory_bytes()
+    );
+    assert_eq!(answers(&ix), answers(&fresh));
+    assert_eq!(ix.sweep_removed(usize::MAX), 0, "nothing left to sweep");
+}
+
+#[test]
 fn memory_stays_bounded_when_every_write_brings_new_words() {
     // Each round replaces every document with words never seen before: the
     // old words must be freed (and their slots reused), not kept forever.

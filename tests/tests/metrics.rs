@@ -397,3 +397,71 @@ both_runtimes!(
         assert!(err.contains("--vector-half-rows"), "{err}");
     }
 );
+
+/// The bytes `/metrics` reports for `collection`'s text index.
+fn text_index_bytes(srv: &TestServer, collection: &str) -> f64 {
+    let samples = scrape(srv, &srv.token());
+    value(
+        &samples,
+        "tidepool_search_index_bytes",
+        &[("collection", collection), ("index", "text")],
+    )
+}
+
+// Replaced records leave their old versions in the text index until a sweep
+// drops them. Writes start one only once removed versions outnumber live
+// records; a server with idle time sweeps a third of them away unasked, and
+// its index shrinks without another write.
+both_runtimes!(
+    idle_time_sweeps_replaced_versions_out_of_the_text_index,
+    |rt: Runtime| {
+        let srv = TestServer::start(rt);
+        let token = srv.token();
+        let note = |i: usize, round: usize| {
+            let word = ["zucchini", "xylophone"][round];
+            json!({"id": format!("n{i}"), "data": {
+                "body": format!("note {i} about topic{} with a {word} in round {round}", i % 17)
+            }})
+        };
+        let inserts: Vec<Value> = (0..600)
+            .map(|i| json!({"data": {"id": format!("n{i}"), "body": note(i, 0)["data"]["body"]}}))
+            .collect();
+        let body = json!({ "inserts": inserts }).to_string();
+        let r = srv.call(&token, "POST", "/api/batch/insert/notes", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let search = |q: &str| {
+            let r = srv.call(
+                &token,
+                "POST",
+                "/api/search/notes",
+                &json!({"query": q}).to_string(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["total"].as_u64()
+        };
+        assert_eq!(search("zucchini"), Some(600));
+        let built = text_index_bytes(&srv, "notes");
+        assert!(built > 0.0);
+
+        let updates: Vec<Value> = (0..200).map(|i| note(i, 1)).collect();
+        let body = json!({ "updates": updates }).to_string();
+        let r = srv.call(&token, "PUT", "/api/batch/update/notes", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let replaced = text_index_bytes(&srv, "notes");
+        assert!(
+            replaced > built,
+            "the new versions are indexed: {replaced} <= {built}"
+        );
+
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut now = replaced;
+        while now >= replaced && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            now = text_index_bytes(&srv, "notes");
+        }
+        assert!(now < replaced, "swept while idle: still {now} bytes");
+        // The replaced versions' words are gone, the new ones found.
+        assert_eq!(search("zucchini"), Some(400));
+        assert_eq!(search("xylophone"), Some(200));
+    }
+);

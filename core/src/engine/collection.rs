@@ -368,6 +368,11 @@ impl Collection {
         &self.search
     }
 
+    /// See `SearchState::sweep_removed`.
+    pub fn sweep_removed(&mut self, bytes: usize) -> usize {
+        self.search.sweep_removed(bytes)
+    }
+
     /// See `SearchState::set_half_rows`.
     pub fn set_half_rows(&mut self, half_rows: HalfRows) {
         self.search.set_half_rows(half_rows);

@@ -228,6 +228,28 @@ impl Engine {
         }
     }
 
+    /// Gives idle time to the text indexes' sweeps of removed versions:
+    /// reads up to about `bytes` of their lists, collection by collection.
+    /// Returns whether a sweep is still under way (call again soon).
+    pub fn search_upkeep(&mut self, bytes: usize) -> bool {
+        let mut left = bytes;
+        for c in self.collections.values_mut() {
+            left = left.saturating_sub(c.sweep_removed(left));
+            if c.search_state().sweeping() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a text index has removed versions for `search_upkeep` to
+    /// sweep.
+    pub fn search_upkeep_wanted(&self) -> bool {
+        self.collections
+            .values()
+            .any(|c| c.search_state().wants_sweep())
+    }
+
     /// Heap bytes of each collection's search indexes, as (collection,
     /// text, vectors), for the collections that have any.
     pub fn search_index_bytes(&self) -> Vec<(&str, usize, usize)> {

@@ -333,6 +333,23 @@ impl SearchState {
             .map(|s| &s.index)
     }
 
+    /// Sweeps removed versions out of the text index with idle time, up to
+    /// about `bytes` of its lists; returns the bytes read (see
+    /// `TextIndex::sweep_removed`).
+    pub fn sweep_removed(&mut self, bytes: usize) -> usize {
+        self.text.as_mut().map_or(0, |t| t.sweep_removed(bytes))
+    }
+
+    /// Whether the text index has a sweep of removed versions under way.
+    pub fn sweeping(&self) -> bool {
+        self.text.as_ref().is_some_and(TextIndex::sweeping)
+    }
+
+    /// Whether `sweep_removed` has work to do.
+    pub fn wants_sweep(&self) -> bool {
+        self.text.as_ref().is_some_and(TextIndex::wants_sweep)
+    }
+
     /// Heap bytes of the text index (0 without one), for `/metrics`.
     pub fn text_bytes(&self) -> usize {
         self.text.as_ref().map_or(0, TextIndex::memory_bytes)

@@ -129,7 +129,17 @@ pub(crate) enum ServerTimer {
     Function(functions::RunId),
     /// The earliest enabled schedule is due (`schedules`).
     Schedules,
+    /// Text indexes may have removed versions to sweep with idle time.
+    SearchUpkeep,
 }
+
+/// How soon after a write the text indexes' sweeps get idle time, and how
+/// often while one is under way...
+const UPKEEP_AFTER: Duration = Duration::from_millis(200);
+const UPKEEP_EVERY: Duration = Duration::from_millis(20);
+/// ... reading this many bytes of lists each time (about a millisecond
+/// under the lock).
+const UPKEEP_BYTES: usize = 256 * 1024;
 
 /// What the store was doing when it failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -620,6 +630,12 @@ impl Server {
                 ServerTimer::Health => self.health_due(now),
                 ServerTimer::Function(id) => self.function_timeout(id, now),
                 ServerTimer::Schedules => self.schedules_due(now),
+                ServerTimer::SearchUpkeep => {
+                    if self.engine.search_upkeep(UPKEEP_BYTES) {
+                        let next = now.saturating_add(UPKEEP_EVERY);
+                        self.timers.set(ServerTimer::SearchUpkeep, Some(next));
+                    }
+                }
             }
             self.pump_turns(now);
             self.pump_functions(now);
@@ -647,6 +663,13 @@ impl Server {
         self.rearm(now);
         match self.engine.commit(now) {
             Some(lsn) => {
+                // A write may have left removed versions in a text index.
+                if self.timers.get(ServerTimer::SearchUpkeep).is_none()
+                    && self.engine.search_upkeep_wanted()
+                {
+                    let at = now.saturating_add(UPKEEP_AFTER);
+                    self.timers.set(ServerTimer::SearchUpkeep, Some(at));
+                }
                 if !self.hub.is_idle() {
                     let engine = &self.engine;
                     if let Some(batch) = engine
