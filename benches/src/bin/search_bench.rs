@@ -526,11 +526,11 @@ fn text_bench(a: &Args) {
     let churned = &one_by_one;
     let churned_exact = measure(&exact, rounds, |q| run_query(churned, q, false, false));
     let churned_served = measure(&exact, rounds, |q| run_query(churned, q, false, true));
-    // The server gives such a sweep its idle time, 256 KiB of lists a turn
+    // The server gives such a sweep its idle time, 128 KiB of lists a turn
     // (`TextIndex::sweep_removed`): the same index after it.
     let t = Instant::now();
     let mut turns = 0;
-    while one_by_one.sweep_removed(256 * 1024) > 0 {
+    while one_by_one.sweep_removed(128 * 1024) > 0 {
         turns += 1;
     }
     let (idle_sweep, swept_mem) = (t.elapsed(), one_by_one.memory_bytes());
@@ -539,7 +539,7 @@ fn text_bench(a: &Args) {
     let fts_typos = measure(&typos, rounds, &mut fts);
 
     println!(
-        "Idle sweeps of the index replaced twice: {turns} turns of 256 KiB, {:.0} ms in all (longest turn bounded by its budget); memory {} -> {}\n",
+        "Idle sweeps of the index replaced twice: {turns} turns of 128 KiB, {:.0} ms in all (longest turn bounded by its budget); memory {} -> {}\n",
         idle_sweep.as_secs_f64() * 1e3,
         mib(ours_replace_mem),
         mib(swept_mem)
