@@ -137,9 +137,9 @@ pub(crate) enum ServerTimer {
 /// often while one is under way...
 const UPKEEP_AFTER: Duration = Duration::from_millis(200);
 const UPKEEP_EVERY: Duration = Duration::from_millis(20);
-/// ... reading this many bytes of lists each time: about a millisecond
-/// under the lock (`search_bench`: 2.0 ms a turn of 256 KiB on a 2-core
-/// EPYC), so at most 5% of the lock's time while a sweep is under way.
+/// ... reading this many bytes of lists each time: 1.4-1.6 ms under the
+/// lock on a 2-core EPYC (`search_bench`), under 8% of the lock's time
+/// while a sweep is under way.
 const UPKEEP_BYTES: usize = 128 * 1024;
 
 /// What the store was doing when it failed.
