@@ -131,6 +131,18 @@ both_runtimes!(embeddings_are_semantic, |rt: Runtime| {
         .collect();
     let (direct, _) = embed(&srv, &["A man is eating food."]);
     assert!(cosine(&vector, &direct[0]) > 0.9999, "{got}");
+
+    // A text longer than the model's 256 word pieces is truncated to them,
+    // as documented (and as sentence-transformers does): words after them
+    // change nothing, where they change a short text's vector.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(40);
+    let tail = " bananas are a yellow fruit rich in potassium";
+    let (v, body) = embed(&srv, &[&long, &format!("{long}{tail}")]);
+    assert_eq!(v[0].len(), 384, "{body}");
+    assert!(cosine(&v[0], &v[1]) > 0.99999, "{}", cosine(&v[0], &v[1]));
+    let short = "the quick brown fox";
+    let (v, _) = embed(&srv, &[short, &format!("{short}{tail}")]);
+    assert!(cosine(&v[0], &v[1]) < 0.9, "{}", cosine(&v[0], &v[1]));
 });
 
 // Chat retrieval embeds the question with the same model: "automobiles"
