@@ -376,6 +376,7 @@ pub struct IndexPlan {
     /// The collection's document numbers, when it has indexes already (the
     /// new ones must number documents the same way).
     pub(super) docs: Option<DocMap>,
+    /// The collection's `--vector-half-rows`, for a vector index built here.
     pub(super) half_rows: HalfRows,
 }
 
