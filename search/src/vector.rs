@@ -227,8 +227,13 @@ impl VectorIndex {
         if self.graph.is_none() || !self.keeps_half_copy() {
             self.coarse = Vec::new();
         } else if self.coarse.is_empty() {
-            self.coarse = self.data.iter().map(|&x| to_f16(x)).collect();
+            self.coarse = self.half_copy();
         }
+    }
+
+    /// `data` in half precision.
+    fn half_copy(&self) -> Vec<u16> {
+        self.data.iter().map(|&x| to_f16(x)).collect()
     }
 
     /// Whether a graph over this index's vectors walks a half-precision copy.
@@ -412,7 +417,7 @@ impl VectorIndex {
         self.coarse = Vec::new();
         if self.live > self.flat_max {
             if self.keeps_half_copy() {
-                self.coarse = self.data.iter().map(|&x| to_f16(x)).collect();
+                self.coarse = self.half_copy();
             }
             let vectors = Vectors::new(&self.data, &self.coarse, dim, self.metric);
             let mut graph = Hnsw::new(self.m, self.ef_construction);

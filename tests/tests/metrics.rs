@@ -324,13 +324,14 @@ both_runtimes!(
     }
 );
 
-/// The bytes `/metrics` reports for `collection`'s vector index.
-fn vector_index_bytes(srv: &TestServer, collection: &str) -> f64 {
+/// The bytes `/metrics` reports for `collection`'s `index` (`text` or
+/// `vector`).
+fn index_bytes(srv: &TestServer, collection: &str, index: &str) -> f64 {
     let samples = scrape(srv, &srv.token());
     value(
         &samples,
         "tidepool_search_index_bytes",
-        &[("collection", collection), ("index", "vector")],
+        &[("collection", collection), ("index", index)],
     )
 }
 
@@ -377,9 +378,9 @@ both_runtimes!(
         let mut bytes = Vec::new();
         for setting in ["on", "off"] {
             let srv = TestServer::start_with(rt, &["--vector-half-rows", setting]);
-            assert_eq!(vector_index_bytes(&srv, "vecs"), 0.0, "no index yet");
+            assert_eq!(index_bytes(&srv, "vecs", "vector"), 0.0, "no index yet");
             fill_and_search(&srv, n, dim);
-            bytes.push(vector_index_bytes(&srv, "vecs"));
+            bytes.push(index_bytes(&srv, "vecs", "vector"));
         }
         let (on, off) = (bytes[0], bytes[1]);
         let rows = (n * dim * 4) as f64;
@@ -398,16 +399,6 @@ both_runtimes!(
     }
 );
 
-/// The bytes `/metrics` reports for `collection`'s text index.
-fn text_index_bytes(srv: &TestServer, collection: &str) -> f64 {
-    let samples = scrape(srv, &srv.token());
-    value(
-        &samples,
-        "tidepool_search_index_bytes",
-        &[("collection", collection), ("index", "text")],
-    )
-}
-
 // Replaced records leave their old versions in the text index until a sweep
 // drops them. Writes start one only once removed versions outnumber live
 // records; a server with idle time sweeps a third of them away unasked, and
@@ -417,17 +408,18 @@ both_runtimes!(
     |rt: Runtime| {
         let srv = TestServer::start(rt);
         let token = srv.token();
-        let note = |i: usize, round: usize| {
+        let body = |i: usize, round: usize| {
             let word = ["zucchini", "xylophone"][round];
-            json!({"id": format!("n{i}"), "data": {
-                "body": format!("note {i} about topic{} with a {word} in round {round}", i % 17)
-            }})
+            format!(
+                "note {i} about topic{} with a {word} in round {round}",
+                i % 17
+            )
         };
         let inserts: Vec<Value> = (0..600)
-            .map(|i| json!({"data": {"id": format!("n{i}"), "body": note(i, 0)["data"]["body"]}}))
+            .map(|i| json!({"data": {"id": format!("n{i}"), "body": body(i, 0)}}))
             .collect();
-        let body = json!({ "inserts": inserts }).to_string();
-        let r = srv.call(&token, "POST", "/api/batch/insert/notes", &body);
+        let batch = json!({ "inserts": inserts }).to_string();
+        let r = srv.call(&token, "POST", "/api/batch/insert/notes", &batch);
         assert_eq!(r.status, 200, "{}", r.text());
         let search = |q: &str| {
             let r = srv.call(
@@ -440,14 +432,16 @@ both_runtimes!(
             r.json()["total"].as_u64()
         };
         assert_eq!(search("zucchini"), Some(600));
-        let built = text_index_bytes(&srv, "notes");
+        let built = index_bytes(&srv, "notes", "text");
         assert!(built > 0.0);
 
-        let updates: Vec<Value> = (0..200).map(|i| note(i, 1)).collect();
-        let body = json!({ "updates": updates }).to_string();
-        let r = srv.call(&token, "PUT", "/api/batch/update/notes", &body);
+        let updates: Vec<Value> = (0..200)
+            .map(|i| json!({"id": format!("n{i}"), "data": {"body": body(i, 1)}}))
+            .collect();
+        let batch = json!({ "updates": updates }).to_string();
+        let r = srv.call(&token, "PUT", "/api/batch/update/notes", &batch);
         assert_eq!(r.status, 200, "{}", r.text());
-        let replaced = text_index_bytes(&srv, "notes");
+        let replaced = index_bytes(&srv, "notes", "text");
         assert!(
             replaced > built,
             "the new versions are indexed: {replaced} <= {built}"
@@ -457,7 +451,7 @@ both_runtimes!(
         let mut now = replaced;
         while now >= replaced && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-            now = text_index_bytes(&srv, "notes");
+            now = index_bytes(&srv, "notes", "text");
         }
         assert!(now < replaced, "swept while idle: still {now} bytes");
         // The replaced versions' words are gone, the new ones found.

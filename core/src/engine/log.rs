@@ -132,7 +132,9 @@ impl Engine {
                 ..
             } => {
                 let record = record.into_record(&mut self.interner);
-                self.collection_or_create(&collection).put(&id, record);
+                let c = self.collection_or_create(&collection);
+                c.put(&id, record);
+                self.sweep_wanted |= c.search_state().wants_sweep();
             }
             Mutation::Remove {
                 collection,
@@ -145,6 +147,7 @@ impl Engine {
                     if let Some((record, at)) = trash {
                         c.trash_put(&id, record, at);
                     }
+                    self.sweep_wanted |= c.search_state().wants_sweep();
                 }
             }
             Mutation::Restore {
@@ -156,6 +159,7 @@ impl Engine {
                 let c = self.collection_or_create(&collection);
                 c.trash_take(&id);
                 c.put(&id, record);
+                self.sweep_wanted |= c.search_state().wants_sweep();
             }
             Mutation::TrashPurge { collection, id } => {
                 if let Some(c) = self.collections.get_mut(collection.as_ref()) {

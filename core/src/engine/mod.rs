@@ -115,6 +115,9 @@ pub struct Engine {
     max_batch: usize,
     /// Whether cosine graphs walk a half-precision copy (`--vector-half-rows`).
     half_rows: HalfRows,
+    /// A write left a text index with removed versions to sweep, and
+    /// `search_upkeep` has not yet swept them all.
+    sweep_wanted: bool,
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -216,6 +219,7 @@ impl Engine {
             query_work: u64::MAX,
             max_batch: MAX_BATCH_BYTES,
             half_rows: HalfRows::Auto,
+            sweep_wanted: false,
         }
     }
 
@@ -239,15 +243,16 @@ impl Engine {
                 return true;
             }
         }
+        // Every index that wanted a sweep had it to the end.
+        self.sweep_wanted = false;
         false
     }
 
-    /// Whether a text index has removed versions for `search_upkeep` to
-    /// sweep.
+    /// Whether a write left a text index with removed versions for
+    /// `search_upkeep` to sweep (kept as writes are applied, so a write
+    /// does not look at every collection).
     pub fn search_upkeep_wanted(&self) -> bool {
-        self.collections
-            .values()
-            .any(|c| c.search_state().wants_sweep())
+        self.sweep_wanted
     }
 
     /// Heap bytes of each collection's search indexes, as (collection,
